@@ -1,0 +1,122 @@
+"""Checkpoint directories: config.json (every architecture choice) + model.safetensors (trainable tensors only).
+
+The frozen backbones are referenced by id and revision in the config, not copied. Files are written to a temporary
+name in the same directory and renamed into place, so a crash never leaves a half-written file under a final name;
+the tensors are written first and the config last, so a directory with a config.json is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .model import AVSRModel, ModelConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1  # bumped when the layout of a checkpoint directory changes
+
+# Fields that decide the shape or meaning of the trained tensors: an adapter fits a model only if they agree.
+ARCHITECTURE_FIELDS = ("llm", "audio_dim", "video_dim", "rates", "compression", "projector_hidden", "mome", "tags")
+
+
+class CheckpointError(Exception):
+    """A checkpoint directory that is missing, incomplete, or does not fit the model."""
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path), then rename tmp_path to path; the temporary file is removed on failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(model: AVSRModel, directory: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write model.safetensors then config.json into directory (created if needed)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.trainable_state_dict().items()}
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    config = {"format_version": FORMAT_VERSION, "model": model.config.to_dict(), **(extra or {})}
+    text = json.dumps(config, indent=2) + "\n"
+    atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+    return directory
+
+
+def read_config(directory: str | os.PathLike) -> ModelConfig:
+    directory = Path(directory)
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: not a mome checkpoint (no {CONFIG_NAME})")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable: {e}") from e
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {version}, this mome reads format {FORMAT_VERSION}")
+    try:
+        return ModelConfig.from_dict(data["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: invalid model config: {e}") from e
+
+
+def load_weights(model: AVSRModel, directory: str | os.PathLike) -> None:
+    """Load a checkpoint's tensors into a model built with a compatible config; any mismatch is an error."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    saved = read_config(directory)
+    mine = model.config.to_dict()
+    theirs = saved.to_dict()
+    differ = [f for f in ARCHITECTURE_FIELDS if mine[f] != theirs[f]]
+    if differ:
+        detail = "; ".join(f"{f}: checkpoint {theirs[f]!r}, model {mine[f]!r}" for f in differ)
+        raise CheckpointError(f"{directory}: checkpoint does not fit this model ({detail})")
+    path = directory / WEIGHTS_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: incomplete checkpoint (no {WEIGHTS_NAME})")
+    tensors = load_file(path)
+    expected = model.trainable_state_dict()
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{path}: tensors do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"wrong shape {wrong[:5]})"
+        )
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, tensor in tensors.items():
+            params[name].copy_(tensor)
+
+
+def build_model(config: ModelConfig, device: str = "cpu", dtype: torch.dtype | None = None) -> AVSRModel:
+    """A fresh model (frozen LLM loaded by id, new projectors and MoME modules) from a config."""
+    from .llm import load_llm
+
+    llm, tokenizer = load_llm(config.llm, config.llm_revision, dtype=dtype, device=device)
+    return AVSRModel(config, llm, tokenizer).to(device)
+
+
+def load_checkpoint(directory: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | None = None) -> AVSRModel:
+    """Rebuild the model a checkpoint directory describes and load its tensors."""
+    model = build_model(read_config(directory), device=device, dtype=dtype)
+    load_weights(model, directory)
+    return model.eval()
+
+
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "CheckpointError", "atomic_write", "save_checkpoint", "read_config",
+           "load_weights", "build_model", "load_checkpoint"]

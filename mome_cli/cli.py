@@ -1,0 +1,186 @@
+"""The ``mome`` command line: transcribe, evaluate, train, download.
+
+The contract is in CLI-CONTRACT.md. This module imports only click and rich: command bodies import library code
+(torch, transformers, numpy) inside the function, so ``mome --help`` and TAB completion never load them.
+"""
+
+from dataclasses import dataclass
+from typing import NoReturn
+
+import click
+from rich.console import Console
+
+from . import __version__
+from .report import ExitCode
+
+OUTPUT_FORMATS = ("txt", "json", "srt", "vtt", "jsonl", "all")
+MODES = ("a", "v", "av")
+
+# Messages, warnings and progress go to stderr; rich honours NO_COLOR and drops colour when stderr is not a terminal.
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@dataclass
+class GlobalOptions:
+    """What the group's options leave in ``ctx.obj`` for every command."""
+
+    quiet: bool = False  # only errors on stderr
+    verbose: int = 0  # number of -v given: more detail
+
+
+def _parse_rate(text: str) -> tuple[int, ...] | None:
+    """Parse "4,2" into (4, 2) and "4" into (4,); None unless one or two positive integers."""
+    try:
+        rate = tuple(int(part) for part in str(text).split(","))
+    except ValueError:
+        return None
+    return rate if 1 <= len(rate) <= 2 and min(rate) >= 1 else None
+
+
+class RateParam(click.ParamType):
+    """``--rate A,V``: audio and video compression rates, or one rate (``--rate 4``) in mode a or v."""
+
+    name = "rate"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        rate = _parse_rate(value)
+        if rate is None:
+            self.fail(f"{value!r}: expected A,V such as 4,2 (or one rate such as 4 in mode a or v)", param, ctx)
+        return rate
+
+
+class RateListParam(click.ParamType):
+    """``--rates "4,2;4,5"``: rate pairs separated by ';'. With ``allow_all``, "all" gives None (every trained pair)."""
+
+    name = "rates"
+
+    def __init__(self, allow_all: bool = False):
+        self.allow_all = allow_all
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, tuple):
+            return value
+        if self.allow_all and value.strip() == "all":
+            return None
+        rates = [_parse_rate(part) for part in value.split(";") if part.strip()]
+        if not rates or None in rates:
+            self.fail(f"{value!r}: expected A,V pairs separated by ';' such as \"4,2;4,5\"", param, ctx)
+        return tuple(rates)
+
+
+class OrderedGroup(click.Group):
+    """Lists commands in the order they are defined (the order of the contract), not alphabetically."""
+
+    def list_commands(self, ctx):
+        return list(self.commands)
+
+
+def _not_available(command: str, issue: int) -> NoReturn:
+    stderr.print(f"mome {command}: not available yet in {__version__} (tracked in issue #{issue})", markup=False)
+    click.get_current_context().exit(ExitCode.FAILURE)
+
+
+@click.group(cls=OrderedGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mome", message="%(prog)s %(version)s")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("-v", "--verbose", count=True, help="Print more detail (repeatable).")
+@click.pass_context
+def cli(ctx: click.Context, quiet: bool, verbose: int):
+    """Audio-visual speech recognition with a Mixture of Matryoshka Experts (MoME)."""
+    if quiet and verbose:
+        raise click.UsageError("-q/--quiet and -v/--verbose cannot be used together.")
+    ctx.obj = GlobalOptions(quiet=quiet, verbose=verbose)
+
+
+def model_options(f):
+    """--model, --adapter, --mode, --device, --beam, --batch-size: shared by transcribe and evaluate."""
+    options = [
+        click.option("--model", default="demo", show_default=True, help="Preset or checkpoint directory."),
+        click.option("--adapter", type=click.Path(file_okay=False), help="MoME adapter checkpoint directory."),
+        click.option("--mode", type=click.Choice(MODES), default="av", show_default=True, help="Audio, video or both."),
+        click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True),
+        click.option("--beam", type=click.IntRange(min=1), default=1, show_default=True, help="Beam size (1: greedy)."),
+        click.option("--batch-size", type=click.IntRange(min=1), help="Inputs decoded together."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@cli.command()
+@click.argument("inputs", metavar="INPUT...", nargs=-1, required=True, type=click.Path())
+@click.option("-r", "--recursive", is_flag=True, help="Look into sub-folders of folder inputs.")
+@click.option("--glob", metavar="PATTERN", help="Only files of folder inputs matching PATTERN.")
+@model_options
+@click.option("--rate", type=RateParam(), metavar="A,V", help="Compression rates [the model's first trained pair].")
+@click.option("--any-rate", is_flag=True, help="Accept a rate the model was not trained on.")
+@click.option("--roi", is_flag=True, help="Videos are already mouth crops: skip face detection.")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False), default=".", show_default=True)
+@click.option("-f", "--format", "formats", type=click.Choice(OUTPUT_FORMATS), multiple=True, default=("txt",),
+              show_default=True, help="Output format (repeatable).")
+@click.option("--stdout", is_flag=True, help="Print '<input>\\t<text>' lines.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs instead of skipping their inputs.")
+def transcribe(inputs, **options):
+    """Transcribe media files or folders."""
+    _not_available("transcribe", 5)
+
+
+@cli.command()
+@click.option("--dataset", required=True, metavar="lrs3|lrs2|PATH", help="Name, manifest (.jsonl, .csv) or folder.")
+@click.option("--data-root", type=click.Path(file_okay=False), envvar="MOME_DATA", help="Dataset folder [$MOME_DATA].")
+@click.option("--split", default="test", show_default=True)
+@model_options
+@click.option("--rates", type=RateListParam(allow_all=True), default="all", metavar="all|A,V[;A,V...]",
+              help="Rate pairs [all trained].")
+@click.option("--snr", default="clean", show_default=True, help="Comma-separated SNRs in dB, 'clean' for no noise.")
+@click.option("--noise", type=click.Path(dir_okay=False), help="Noise file [babble from the dataset's own utterances].")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate the first N utterances only.")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False), default="mome-eval", show_default=True)
+def evaluate(**options):
+    """Word error rate on a dataset, per rate pair and SNR."""
+    _not_available("evaluate", 6)
+
+
+@cli.command()
+@click.option("--config", type=click.Path(dir_okay=False), help="TOML file; the options below override it.")
+@click.option("--model", help="Backbone preset.")
+@click.option("--train", "train_manifest", metavar="MANIFEST", type=click.Path(dir_okay=False))
+@click.option("--valid", "valid_manifest", metavar="MANIFEST", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Checkpoint directory to write.")
+@click.option("--steps", type=click.IntRange(min=1))
+@click.option("--epochs", type=click.IntRange(min=1))
+@click.option("--batch-frames", type=click.IntRange(min=1))
+@click.option("--lr", type=float)
+@click.option("--rates", type=RateListParam(), metavar="A,V[;A,V...]", help='Rate pairs, e.g. "4,2;4,5;16,2;16,5".')
+@click.option("--experts", type=click.IntRange(min=1), help="Routed experts N_r.")
+@click.option("--shared", type=click.IntRange(min=0), help="Shared experts N_s.")
+@click.option("--top-k", type=click.IntRange(min=1))
+@click.option("--bottleneck", type=click.IntRange(min=1))
+@click.option("--position", type=click.Choice(("mhsa", "ffn", "layer")))
+@click.option("--lb-coef", type=float, help="Load-balancing loss coefficient.")
+@click.option("--precision", type=click.Choice(("bf16", "fp32")))
+@click.option("--seed", type=int)
+@click.option("--save-every", type=click.IntRange(min=1))
+@click.option("--eval-every", type=click.IntRange(min=1))
+@click.option("--average-last", type=click.IntRange(min=1))
+@click.option("--resume", is_flag=True)
+def train(**options):
+    """Train MoME adapters on frozen backbones."""
+    _not_available("train", 6)
+
+
+@cli.command()
+@click.argument("names", metavar="[NAME...]", nargs=-1)
+@click.option("--list", "list_cached", is_flag=True, help="Show what is cached, with sizes.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="[$MOME_HOME]")
+@click.option("--revision")
+@click.option("--token", help="Hugging Face token [$HF_TOKEN].")
+def download(names, **options):
+    """Fetch the models NAME needs into the cache."""
+    _not_available("download", 3)
+
+
+def main():
+    cli.main(prog_name="mome")

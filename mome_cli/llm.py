@@ -1,0 +1,122 @@
+"""The frozen causal LLM: loading it, and tiny stand-ins built locally from configs.
+
+`load_llm(name)` takes a hub id (e.g. meta-llama/Llama-3.2-1B), a local directory saved with save_pretrained, or the
+name of a tiny model built here from a config with a fixed seed (tiny, tiny-llama, tiny-qwen2, tiny-mistral): tiny
+models need no download, are the same on every machine, and exist for tests and smoke runs. Their tokenizer is
+byte-level (one token per byte), so any text round-trips.
+
+LLM_SHAPES holds the published shapes of the real backbones so that they can be built on the meta device (no
+weights, no download) for parameter accounting.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+# Published architecture shapes of the real backbones (their config.json), enough to build them on the meta device.
+LLM_SHAPES = {
+    "meta-llama/Llama-3.2-1B": dict(
+        model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
+    ),
+    "meta-llama/Llama-3.2-3B": dict(
+        model_type="llama", hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
+        num_attention_heads=24, num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=True,
+    ),
+    "meta-llama/Llama-3.1-8B": dict(
+        model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=False,
+    ),
+}
+
+# Tiny decoder-only LMs for tests and smoke runs, built with TINY_SEED. initializer_range 0.15 (not transformers'
+# 0.02) gives the tied embeddings a trained model's scale: with 0.02 no logit can exceed ~1.3 after the final norm,
+# so no output can ever be confident and adapters on the frozen random LM barely learn.
+TINY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True,
+                  initializer_range=0.15)
+TINY_LLMS = {"tiny": "llama", "tiny-llama": "llama", "tiny-qwen2": "qwen2", "tiny-mistral": "mistral"}
+TINY_SEED = 0
+
+# Special tokens of the byte-level tokenizer, named as Llama 3 names its own.
+BOS, EOS, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>"
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer (256 byte tokens + BOS/EOS/PAD) built locally: no vocabulary file to download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # 256 printable stand-ins, one per byte
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD)
+    return tokenizer
+
+
+def llm_config(model_type: str, **shape):
+    """A transformers config of the given family and shape."""
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(model_type, **shape)
+
+
+def build_tiny_llm(name: str = "tiny"):
+    """A tiny random LM and its byte tokenizer, identical on every machine (seeded, built on the CPU in fp32)."""
+    from transformers import AutoModelForCausalLM
+
+    if name not in TINY_LLMS:
+        raise ValueError(f"unknown tiny LLM {name!r}; choose from {', '.join(TINY_LLMS)}")
+    tokenizer = byte_tokenizer()
+    config = llm_config(
+        TINY_LLMS[name], vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **TINY_SHAPE,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return model, tokenizer
+
+
+def build_on_meta(name: str) -> nn.Module:
+    """The real backbone's module tree with no weights (meta device), for counting parameters."""
+    from transformers import AutoModelForCausalLM
+
+    if name in TINY_LLMS:
+        shape = dict(TINY_SHAPE, vocab_size=len(byte_tokenizer()))
+        config = llm_config(TINY_LLMS[name], **shape)
+    elif name in LLM_SHAPES:
+        config = llm_config(**LLM_SHAPES[name])
+    else:
+        raise ValueError(f"no built-in shape for {name!r}; known: {', '.join(LLM_SHAPES)}")
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def load_llm(name: str, revision: str | None = None, dtype: torch.dtype | None = None, device: str = "cpu"):
+    """(model, tokenizer) for a tiny name, a local directory or a hub id; frozen, in eval mode."""
+    if name in TINY_LLMS:
+        model, tokenizer = build_tiny_llm(name)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if dtype is None:
+            dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        source = os.fspath(name)
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=dtype)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.requires_grad_(False)
+    model.eval()
+    if dtype is not None:
+        model.to(dtype)
+    return model.to(device), tokenizer
+
+
+__all__ = ["LLM_SHAPES", "TINY_LLMS", "byte_tokenizer", "build_tiny_llm", "build_on_meta", "load_llm"]

@@ -1,0 +1,297 @@
+"""The MoME speech recogniser: compressed audio/video tokens -> frozen causal LLM with MoME modules -> text.
+
+Encoder features come in (the encoders stage makes them); per rate they are compressed and projected, laid out with the
+prompt and transcript as one sequence per (clip, rate), and all sequences of all asked rates go through the LLM in one
+padded forward. Only the projectors and the MoME modules train; the LLM is frozen.
+
+Sequence layout, one row per clip and rate (predecessors' convention; tags and prompt are plain text):
+
+    [BOS] <audio> A-tokens </audio> <video> V-tokens </video> prompt transcript [EOS]
+
+with the audio or video part left out in modes v and a. Labels are -100 everywhere except the transcript and EOS.
+Training rows are right-padded; decoding prefixes are left-padded so that every row continues at the same index.
+
+Notation for shapes: B clips, T frames, D encoder width, M = rates x B rows, L row length, H LLM width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .compression import COMPRESSION_KINDS, MatryoshkaCompressor
+from .mome import MoME, MoMEConfig, active_parameters, attach, decoder_layers, load_balancing_loss
+
+MODES = ("a", "v", "av")
+DEFAULT_PROMPTS = {
+    "a": "Transcribe speech to text.",
+    "v": "Transcribe video to text.",
+    "av": "Transcribe speech and video to text.",
+}
+DEFAULT_RATES = [(4, 2), (4, 5), (16, 2), (16, 5)]  # (audio, video) pairs trained jointly
+IGNORE_INDEX = -100  # label of positions that carry no loss
+
+Rate = tuple  # (audio rate or None, video rate or None)
+
+
+@dataclass
+class ModelConfig:
+    llm: str = "meta-llama/Llama-3.2-1B"  # hub id, local directory or tiny name (see llm.py)
+    llm_revision: str | None = None  # hub revision (branch, tag or commit) of the LLM
+    audio_encoder: str = "openai/whisper-medium.en"  # frozen audio encoder (50 Hz)
+    audio_encoder_revision: str | None = None
+    audio_dim: int = 1024  # audio encoder output width
+    video_encoder: str = "avhubert-large"  # frozen lip encoder (25 Hz)
+    video_encoder_revision: str | None = None
+    video_dim: int = 1024  # video encoder output width
+    rates: list = field(default_factory=lambda: list(DEFAULT_RATES))  # (audio, video) rate pairs trained
+    compression: str = "avgpool"  # avgpool | stack
+    projector_hidden: int = 2048  # hidden width of each projector
+    mome: MoMEConfig = field(default_factory=MoMEConfig)
+    modes: list = field(default_factory=lambda: ["av"])  # modes trained: any of a, v, av
+    prompts: dict = field(default_factory=lambda: dict(DEFAULT_PROMPTS))  # instruction text per mode
+    tags: dict = field(default_factory=lambda: {"audio": ["<audio>", "</audio>"], "video": ["<video>", "</video>"]})
+
+    def __post_init__(self):
+        if isinstance(self.mome, dict):
+            self.mome = MoMEConfig(**self.mome)
+        self.rates = [tuple(int(r) for r in pair) for pair in self.rates]
+        if not self.rates or any(len(p) != 2 or min(p) < 1 for p in self.rates):
+            raise ValueError(f"rates must be a non-empty list of (audio, video) pairs of rates >= 1, got {self.rates}")
+        if len(set(self.rates)) != len(self.rates):
+            raise ValueError(f"rates has duplicate pairs: {self.rates}")
+        if self.compression not in COMPRESSION_KINDS:
+            raise ValueError(f"compression must be one of {', '.join(COMPRESSION_KINDS)}, got {self.compression!r}")
+        unknown = [m for m in self.modes if m not in MODES]
+        if not self.modes or unknown:
+            raise ValueError(f"modes must be a non-empty subset of {', '.join(MODES)}, got {self.modes}")
+        missing = [m for m in MODES if m not in self.prompts]
+        if missing:
+            raise ValueError(f"prompts has no text for mode(s) {', '.join(missing)}")
+
+    def rates_for(self, mode: str) -> list[Rate]:
+        """Trained rates in a mode: (a, v) pairs for av, (a, None) for a, (None, v) for v; first is the default."""
+        if mode == "av":
+            return list(self.rates)
+        if mode == "a":
+            return [(a, None) for a in dict.fromkeys(a for a, _ in self.rates)]
+        if mode == "v":
+            return [(None, v) for v in dict.fromkeys(v for _, v in self.rates)]
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["rates"] = [list(p) for p in self.rates]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+
+@dataclass
+class Features:
+    """Frozen-encoder outputs for a batch of B clips; a modality may be absent (None)."""
+
+    audio: torch.Tensor | None = None  # (B, Ta, Da) at 50 Hz
+    audio_lengths: torch.Tensor | None = None  # (B,) real frames
+    video: torch.Tensor | None = None  # (B, Tv, Dv) at 25 Hz
+    video_lengths: torch.Tensor | None = None  # (B,) real frames
+
+    @property
+    def batch_size(self) -> int:
+        return (self.audio if self.audio is not None else self.video).shape[0]
+
+
+@dataclass
+class ModelOutput:
+    loss: torch.Tensor  # lm_loss + lb_coef * lb_loss
+    lm_loss: torch.Tensor  # mean over rates of each rate's token-mean cross-entropy
+    lb_loss: torch.Tensor  # load-balancing loss, mean over layers and rates
+    rate_losses: dict  # rate -> that rate's LM loss (detached)
+
+
+@dataclass
+class Prefix:
+    """Left-padded decoding prefixes, one row per clip."""
+
+    embeds: torch.Tensor  # (B, L, H)
+    attention_mask: torch.Tensor  # (B, L) 1 for real positions
+    position_ids: torch.Tensor  # (B, L) 0.. from each row's first real position
+
+
+def check_rate(rate: Rate, mode: str) -> Rate:
+    a, v = rate
+    if (a is not None) != ("a" in mode) or (v is not None) != ("v" in mode):
+        raise ValueError(f"rate {rate} does not fit mode {mode!r}: give the audio rate for a, the video rate for v")
+    return rate
+
+
+class AVSRModel(nn.Module):
+    def __init__(self, config: ModelConfig, llm: nn.Module, tokenizer):
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        H = llm.config.get_text_config().hidden_size
+        self.audio = MatryoshkaCompressor(
+            config.audio_dim, [a for a, _ in config.rates], config.compression, config.projector_hidden, H
+        )
+        self.video = MatryoshkaCompressor(
+            config.video_dim, [v for _, v in config.rates], config.compression, config.projector_hidden, H
+        )
+        self.llm = llm.requires_grad_(False)
+        self.mome = nn.ModuleList(MoME(H, config.mome) for _ in decoder_layers(llm))  # one per layer, every rate
+        self._hooks = attach(llm, self.mome, config.mome.position)
+        ids = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+        self._tags = {m: (ids(o), ids(c)) for m, (o, c) in config.tags.items()}
+        self._prompts = {m: ids(p) for m, p in config.prompts.items()}
+
+    # ---- parameters ---------------------------------------------------------------------------------------------
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint holds: projectors and MoME modules (never the frozen backbone)."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {n: t for n, t in self.state_dict().items() if n in names}
+
+    def parameter_counts(self, rate: Rate | None = None) -> dict[str, int]:
+        """Trainable and active parameter counts; active = what one token uses at one rate pair."""
+        a, v = rate or self.config.rates[0]
+        H = self.llm.config.get_text_config().hidden_size
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        mome_active = len(self.mome) * active_parameters(H, self.config.mome)
+        projector_active = (count(self.audio.projectors[str(a)]) if a else 0) + (
+            count(self.video.projectors[str(v)]) if v else 0
+        )
+        return {
+            "llm": count(self.llm),
+            "trainable": sum(p.numel() for p in self.parameters() if p.requires_grad),
+            "mome": count(self.mome),
+            "projectors": count(self.audio) + count(self.video),
+            "mome_active": mome_active,
+            "projectors_active": projector_active,
+            "active": mome_active + projector_active,
+        }
+
+    # ---- sequence layout ----------------------------------------------------------------------------------------
+
+    def _embed(self, ids: list[int]) -> torch.Tensor:
+        table = self.llm.get_input_embeddings()
+        return table(torch.tensor(ids, dtype=torch.long, device=table.weight.device))  # (len, H)
+
+    def _modality_tokens(self, features: Features, rate: Rate, any_rate: bool = False):
+        """Per modality present in the rate: ((B, N, H) tokens, (B,) lengths) or None."""
+        a, v = rate
+        out = {}
+        if a is not None:
+            if features.audio is None:
+                raise ValueError("audio rate given but the batch has no audio features")
+            out["audio"] = self.audio(features.audio, features.audio_lengths, a, any_rate)
+        if v is not None:
+            if features.video is None:
+                raise ValueError("video rate given but the batch has no video features")
+            out["video"] = self.video(features.video, features.video_lengths, v, any_rate)
+        return out
+
+    def layout(self, features: Features, rate: Rate, mode: str, targets=None, any_rate: bool = False):
+        """One (embeds (L_i, H), labels (L_i,)) per clip: BOS, tags, modality tokens, prompt [, target]."""
+        tokens = self._modality_tokens(features, check_rate(rate, mode), any_rate)
+        bos = self.tokenizer.bos_token_id
+        rows = []
+        for i in range(features.batch_size):
+            parts = [self._embed([bos])]
+            for modality in ("audio", "video"):
+                if modality in tokens:
+                    x, n = tokens[modality]
+                    open_ids, close_ids = self._tags[modality]
+                    parts += [self._embed(open_ids), x[i, : n[i]].to(parts[0].dtype), self._embed(close_ids)]
+            parts.append(self._embed(self._prompts[mode]))
+            prefix_len = sum(p.shape[0] for p in parts)
+            labels = [IGNORE_INDEX] * prefix_len
+            if targets is not None:
+                parts.append(self._embed(targets[i]))
+                labels += targets[i]
+            rows.append((torch.cat(parts), torch.tensor(labels, dtype=torch.long)))
+        return rows
+
+    @staticmethod
+    def _pad(rows, side: str):
+        """Rows -> (M, L, H) embeds, (M, L) labels, (M, L) attention mask, (M, L) position ids."""
+        M, L = len(rows), max(e.shape[0] for e, _ in rows)
+        H = rows[0][0].shape[1]
+        ref = rows[0][0]
+        embeds = ref.new_zeros(M, L, H)
+        labels = torch.full((M, L), IGNORE_INDEX, dtype=torch.long, device=ref.device)
+        mask = torch.zeros(M, L, dtype=torch.long, device=ref.device)
+        for i, (e, y) in enumerate(rows):
+            n = e.shape[0]
+            s = slice(L - n, L) if side == "left" else slice(0, n)
+            embeds[i, s], labels[i, s], mask[i, s] = e, y.to(ref.device), 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return embeds, labels, mask, positions
+
+    def encode_targets(self, texts: list[str]) -> list[list[int]]:
+        """Transcript token ids followed by EOS."""
+        eos = self.tokenizer.eos_token_id
+        return [self.tokenizer(t, add_special_tokens=False).input_ids + [eos] for t in texts]
+
+    # ---- training forward ---------------------------------------------------------------------------------------
+
+    def forward(
+        self, features: Features, texts: list[str], rates: list[Rate] | None = None, mode: str = "av"
+    ) -> ModelOutput:
+        """Mean LM loss over the rates + lb_coef * load-balancing loss, every rate in one batched LLM forward."""
+        rates = [check_rate(tuple(r), mode) for r in (rates or self.config.rates_for(mode))]
+        targets = self.encode_targets(texts)
+        rows, row_rate = [], []
+        for g, rate in enumerate(rates):
+            new = self.layout(features, rate, mode, targets)
+            rows += new
+            row_rate += [g] * len(new)
+        embeds, labels, mask, positions = self._pad(rows, side="right")  # (M, L, H), (M, L) x3
+        M, L, _ = embeds.shape
+
+        for m in self.mome:
+            m.record_routing = True
+        try:
+            hidden = self.llm.get_decoder()(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
+            ).last_hidden_state  # (M, L, H)
+            routings = [m.last_routing for m in self.mome]
+        finally:
+            for m in self.mome:
+                m.record_routing, m.last_routing = False, None
+
+        # Next-token loss only where a label follows: the LM head never sees the other positions.
+        next_labels = labels[:, 1:]  # (M, L-1)
+        where = next_labels != IGNORE_INDEX
+        logits = self.llm.get_output_embeddings()(hidden[:, :-1][where]).float()  # (n_targets, V)
+        token_loss = F.cross_entropy(logits, next_labels[where], reduction="none")  # (n_targets,)
+        rate_of_row = torch.tensor(row_rate, device=hidden.device)
+        token_rate = rate_of_row.unsqueeze(1).expand(M, L - 1)[where]  # (n_targets,)
+        G = len(rates)
+        per_rate = torch.zeros(G, device=hidden.device).index_add(0, token_rate, token_loss)
+        per_rate = per_rate / torch.bincount(token_rate, minlength=G).clamp(min=1)
+        lm_loss = per_rate.mean()
+
+        groups = torch.where(mask.bool(), rate_of_row.unsqueeze(1), -1).reshape(-1)  # (M*L,) rate of each token
+        lb_loss = torch.stack([load_balancing_loss(r, groups, G) for r in routings]).mean()
+        loss = lm_loss + self.config.mome.lb_coef * lb_loss
+        return ModelOutput(loss, lm_loss, lb_loss, {r: l.detach() for r, l in zip(rates, per_rate)})
+
+    # ---- inference ----------------------------------------------------------------------------------------------
+
+    def prefix(self, features: Features, rate: Rate, mode: str = "av", any_rate: bool = False) -> Prefix:
+        """Left-padded prompts for decoding at one rate."""
+        embeds, _, mask, positions = self._pad(self.layout(features, rate, mode, any_rate=any_rate), side="left")
+        return Prefix(embeds, mask, positions)
+
+
+__all__ = ["MODES", "DEFAULT_PROMPTS", "DEFAULT_RATES", "ModelConfig", "Features", "ModelOutput", "Prefix",
+           "AVSRModel", "check_rate"]

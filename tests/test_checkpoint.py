@@ -1,0 +1,64 @@
+"""Checkpoint directories: trainable tensors only, atomic writes, bit-exact reload, refusal of a mismatch."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mome_cli.checkpoint import (CheckpointError, atomic_write, build_model, load_checkpoint, load_weights,
+                                 save_checkpoint)
+from mome_cli.decoding import DecodingOptions, decode
+
+from conftest import random_features, tiny_config, tiny_model
+
+
+def test_save_then_load_gives_identical_logits_and_text(tmp_path, model):
+    save_checkpoint(model, tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    tensors = load_file(tmp_path / "ckpt" / "model.safetensors")
+    assert set(tensors) == set(model.trainable_state_dict()) and not any(k.startswith("llm.") for k in tensors)
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.config == model.config
+    features = random_features()
+    with torch.no_grad():
+        a, b = model.prefix(features, (16, 2)), loaded.prefix(features, (16, 2))
+        assert torch.equal(a.embeds, b.embeds)
+        logits = [m.llm(inputs_embeds=p.embeds, attention_mask=p.attention_mask).logits for m, p in [(model, a),
+                                                                                                     (loaded, b)]]
+    assert torch.equal(*logits)
+    options = DecodingOptions(max_new_tokens=8)
+    assert decode(model, features, (4, 5), options=options) == decode(loaded, features, (4, 5), options=options)
+
+
+def test_checkpoint_of_one_position_refuses_another(tmp_path):
+    save_checkpoint(tiny_model(mome=dict(position="mhsa")), tmp_path)
+    other = build_model(tiny_config(mome=dict(position="ffn")))
+    with pytest.raises(CheckpointError, match="does not fit this model.*position.*'mhsa'.*'ffn'"):
+        load_weights(other, tmp_path)
+
+
+def test_missing_or_damaged_checkpoints_are_clear_errors(tmp_path, model):
+    with pytest.raises(CheckpointError, match="not a mome checkpoint"):
+        load_checkpoint(tmp_path)
+    save_checkpoint(model, tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
+        load_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"format_version": 99, "model": {}}))
+    with pytest.raises(CheckpointError, match="format 99"):
+        load_checkpoint(tmp_path)
+
+
+def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):
+    target = tmp_path / "model.safetensors"
+    target.write_bytes(b"old")
+
+    def crash(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, crash)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]

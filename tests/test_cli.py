@@ -1,0 +1,171 @@
+"""The command-line shell: version, help, exit codes, rate parsing, import hygiene and shell completion."""
+
+import os
+import shutil
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from mome_cli import __version__
+from mome_cli.cli import RateListParam, RateParam, cli
+from mome_cli.report import ExitCode, Report
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = ("transcribe", "evaluate", "train", "download")
+HEAVY_MODULES = ("torch", "transformers", "numpy")
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, args, prog_name="mome")
+
+
+def explain(result) -> str:
+    """What a failed assertion shows about a CliRunner result or a CompletedProcess."""
+    code = getattr(result, "exit_code", getattr(result, "returncode", None))
+    extra = f"\nexception: {result.exception!r}" if getattr(result, "exception", None) else ""
+    return f"exit {code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}{extra}"
+
+
+def run_mome(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m mome_cli ARGS`` in a fresh interpreter."""
+    return subprocess.run(
+        [sys.executable, "-m", "mome_cli", *args],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=60,
+    )
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout == f"mome {__version__}\n", explain(result)
+
+
+def test_version_subprocess():
+    result = run_mome("--version")
+    assert result.returncode == 0 and result.stdout == f"mome {__version__}\n", explain(result)
+
+
+def test_console_script_registered():
+    (script,) = entry_points(group="console_scripts", name="mome")
+    assert script.value == "mome_cli.cli:main"
+
+
+def test_help_lists_commands_in_contract_order():
+    result = invoke("--help")
+    assert result.exit_code == 0, explain(result)
+    positions = [result.stdout.find(f"  {command} ") for command in COMMANDS]
+    assert -1 not in positions and positions == sorted(positions), explain(result)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["transcribe", "--help"]], ids=" ".join)
+def test_help_imports_nothing_heavy(args):
+    code = (
+        "import sys\n"
+        "from mome_cli.cli import main\n"
+        f"sys.argv = ['mome', *{args!r}]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        f"print('HEAVY=' + ','.join(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, explain(result)
+    assert result.stdout.splitlines()[-1] == "HEAVY=", explain(result)
+
+
+def test_quiet_and_verbose_conflict():
+    result = invoke("-q", "-v", "download")
+    assert result.exit_code == ExitCode.USAGE and "cannot be used together" in result.stderr, explain(result)
+
+
+@pytest.mark.parametrize("command, issue", [("transcribe", 5), ("evaluate", 6), ("train", 6), ("download", 3)])
+def test_unavailable_commands_fail_on_stderr(command, issue):
+    args = {"transcribe": ["clip.mp4"], "evaluate": ["--dataset", "lrs3"]}.get(command, [])
+    result = invoke(command, *args)
+    assert result.exit_code == ExitCode.FAILURE, explain(result)
+    assert result.stdout == "" and f"mome {command}: not available yet" in result.stderr, explain(result)
+    assert f"issue #{issue}" in result.stderr, explain(result)
+
+
+@pytest.mark.parametrize("text, rate", [("4,2", (4, 2)), ("4", (4,)), (" 16 , 5 ", (16, 5))])
+def test_rate_param(text, rate):
+    assert RateParam().convert(text, None, None) == rate
+
+
+@pytest.mark.parametrize("text", ["4,x", "", "4,", "0,2", "-4,2", "4,2,1", "4;2"])
+def test_rate_param_rejects(text):
+    with pytest.raises(click.BadParameter, match="such as 4,2"):
+        RateParam().convert(text, None, None)
+
+
+@pytest.mark.parametrize(
+    "text, rates",
+    [("4,2;4,5", ((4, 2), (4, 5))), ("16,5", ((16, 5),)), ("4,2; 16,5;", ((4, 2), (16, 5))), ("all", None)],
+)
+def test_rate_list_param(text, rates):
+    assert RateListParam(allow_all=True).convert(text, None, None) == rates
+
+
+@pytest.mark.parametrize("text", ["", ";", "4,2;x", "4,2;4,2,2", "all"])
+def test_rate_list_param_rejects(text):
+    with pytest.raises(click.BadParameter, match="such as"):
+        RateListParam().convert(text, None, None)
+
+
+def test_bad_rate_is_a_usage_error():
+    result = invoke("transcribe", "--rate", "4,x", "clip.mp4")
+    assert result.exit_code == ExitCode.USAGE, explain(result)
+    assert "'4,x'" in result.stderr and "such as 4,2" in result.stderr, explain(result)
+
+
+@pytest.mark.parametrize(
+    "ok, skipped, failed, code",
+    [
+        (3, 0, 0, ExitCode.OK),
+        (0, 2, 0, ExitCode.OK),
+        (2, 1, 0, ExitCode.OK),
+        (0, 0, 0, ExitCode.OK),
+        (2, 0, 1, ExitCode.PARTIAL),
+        (0, 1, 1, ExitCode.PARTIAL),
+        (0, 0, 2, ExitCode.FAILURE),
+    ],
+)
+def test_report_return_code(ok, skipped, failed, code):
+    assert Report(ok=ok, skipped=skipped, failed=failed).return_code == code
+
+
+def test_report_summary():
+    assert Report(ok=3, skipped=1, failed=1).summary() == "3 ok, 1 skipped, 1 failed"
+
+
+def test_exit_codes_match_contract():
+    assert [(code.name, int(code)) for code in ExitCode] == [
+        ("OK", 0), ("FAILURE", 1), ("USAGE", 2), ("PARTIAL", 3), ("MISSING", 4)
+    ]
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_scripts_are_current(shell):
+    result = run_mome(env={"_MOME_COMPLETE": f"{shell}_source"})
+    assert result.returncode == 0, explain(result)
+    path = ROOT / "completions" / f"mome.{shell}"
+    assert path.read_text() == result.stdout, f"{path} is stale: run scripts/gen_completions.sh"
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_script_syntax(shell):
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed")
+    result = subprocess.run([shell, "-n", str(ROOT / "completions" / f"mome.{shell}")], capture_output=True, text=True)
+    assert result.returncode == 0, explain(result)
+
+
+def test_bash_completion_of_command():
+    result = run_mome(env={"_MOME_COMPLETE": "bash_complete", "COMP_WORDS": "mome tr", "COMP_CWORD": "1"})
+    assert result.returncode == 0, explain(result)
+    assert "plain,transcribe" in result.stdout.splitlines(), explain(result)

@@ -1,0 +1,84 @@
+"""Decoding: deterministic, batched = one by one, cached = uncached, beam scores = teacher-forced scores."""
+
+import pytest
+import torch
+
+from mome_cli.decoding import DecodingOptions, decode
+
+from conftest import clip, random_features
+
+OPTIONS = DecodingOptions(max_new_tokens=10)
+
+
+def uncached_greedy(model, features, rate, steps):
+    """Greedy decoding that re-runs the whole sequence every step (no KV cache)."""
+    prefix = model.prefix(features, rate)
+    embeds, table, eos, tokens = prefix.embeds, model.llm.get_input_embeddings(), model.tokenizer.eos_token_id, []
+    with torch.no_grad():
+        for _ in range(steps):
+            token = int(model.llm(inputs_embeds=embeds).logits[0, -1].argmax())
+            if token == eos:
+                break
+            tokens.append(token)
+            embeds = torch.cat([embeds, table(torch.tensor([[token]]))], dim=1)
+    return tokens
+
+
+def teacher_forced_logprob(model, features, rate, tokens, ended):
+    prefix = model.prefix(features, rate)
+    target = tokens + ([model.tokenizer.eos_token_id] if ended else [])
+    table = model.llm.get_input_embeddings()
+    with torch.no_grad():
+        embeds = torch.cat([prefix.embeds, table(torch.tensor([target]))], dim=1)
+        logprobs = model.llm(inputs_embeds=embeds).logits[0].float().log_softmax(-1)
+    L = prefix.embeds.shape[1]
+    return sum(float(logprobs[L - 1 + i, t]) for i, t in enumerate(target))
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_same_input_same_output(model, beam):
+    features = random_features()
+    options = DecodingOptions(max_new_tokens=10, beam_size=beam)
+    assert decode(model, features, (16, 5), options=options) == decode(model, features, (16, 5), options=options)
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+@pytest.mark.parametrize("rate", [(4, 2), (16, 5)])
+def test_batched_equals_one_by_one(model, beam, rate):
+    features = random_features((50, 37, 21))
+    options = DecodingOptions(max_new_tokens=10, beam_size=beam)
+    batched = decode(model, features, rate, options=options)
+    alone = [decode(model, clip(features, i), rate, options=options)[0] for i in range(3)]
+    assert [r.tokens for r in batched] == [r.tokens for r in alone]
+    for b, a in zip(batched, alone):
+        assert b.logprob == pytest.approx(a.logprob, abs=1e-4)
+
+
+def test_cached_greedy_equals_uncached_reference(model):
+    features = random_features((37,))
+    result = decode(model, features, (4, 5), options=OPTIONS)[0]
+    assert result.tokens == uncached_greedy(model, features, (4, 5), OPTIONS.max_new_tokens)
+
+
+@pytest.mark.parametrize("beam", [1, 5])
+def test_reported_logprob_is_the_sequence_logprob(model, beam):
+    features = random_features((44,))
+    result = decode(model, features, (4, 2), options=DecodingOptions(max_new_tokens=10, beam_size=beam))[0]
+    ended = len(result.tokens) < 10
+    assert result.logprob == pytest.approx(teacher_forced_logprob(model, features, (4, 2), result.tokens, ended),
+                                           abs=1e-3)
+
+
+def test_modes_and_rates_decode_from_one_model(model):
+    features = random_features((50, 20))
+    for mode, rate in [("a", (16, None)), ("v", (None, 2)), ("av", (4, 5))]:
+        assert len(decode(model, features, rate, mode, OPTIONS)) == 2
+    with pytest.raises(ValueError, match="was not trained"):
+        decode(model, features, (8, 2), options=OPTIONS)
+    assert len(decode(model, features, (8, 2), options=OPTIONS, any_rate=True)) == 2
+
+
+@pytest.mark.parametrize("kw", [dict(beam_size=0), dict(max_new_tokens=0), dict(length_penalty=3.0)])
+def test_options_reject_impossible_values(kw):
+    with pytest.raises(ValueError):
+        DecodingOptions(**kw)
