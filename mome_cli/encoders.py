@@ -1,0 +1,118 @@
+"""Frozen encoders: Whisper for audio (50 Hz), AV-HuBERT for lips (25 Hz).
+
+The audio encoder is the encoder half of a transformers Whisper checkpoint (default openai/whisper-medium.en), loaded
+without its decoder. Whisper always encodes 30 s (its feature extractor pads to that); only the frames that cover the
+real audio are kept: ceil(samples / 320), 50 per second. Longer audio is the media stage's job (it cuts segments of at
+most 20 s), so more than 30 s here is an error.
+
+The video encoder is AV-HuBERT Large (avhubert.py), fed 88x88 normalised mouth crops at 25 fps, one output per frame.
+
+Both come as `tiny` too: random, seeded, built here from a config, for tests and smoke runs.
+
+Notation for shapes: B clips, S samples, T frames, D encoder width.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+
+import torch
+from torch import nn
+
+SAMPLE_RATE = 16_000  # Hz, what Whisper and the media stage use
+HOP_LENGTH = 160  # samples per mel frame: 100 mel frames a second
+AUDIO_FRAME_RATE = 50  # Whisper encoder outputs per second: its second conv has stride 2
+SAMPLES_PER_AUDIO_FRAME = SAMPLE_RATE // AUDIO_FRAME_RATE  # 320
+MAX_AUDIO_SECONDS = 30  # Whisper's fixed window
+VIDEO_FRAME_RATE = 25  # AV-HuBERT: one output per video frame
+
+TINY_SEED = 0
+TINY_WHISPER = dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, decoder_layers=1,
+                    decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80, vocab_size=64, pad_token_id=0,
+                    bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+
+
+class EncoderError(Exception):
+    """An input an encoder cannot take, or encoder weights that do not fit."""
+
+
+class WhisperAudioEncoder(nn.Module):
+    """16 kHz waveforms -> (B, T, D) Whisper encoder states at 50 Hz, trimmed to the real audio."""
+
+    def __init__(self, encoder: nn.Module, feature_extractor):
+        super().__init__()
+        self.encoder = encoder.requires_grad_(False).eval()
+        self.feature_extractor = feature_extractor
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.config.d_model
+
+    def forward(self, waveforms: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """waveforms: B 1-D float arrays or tensors at 16 kHz -> (B, T, D) states, (B,) real frames."""
+        samples = [int(len(w)) for w in waveforms]
+        longest = max(samples)
+        if longest > MAX_AUDIO_SECONDS * SAMPLE_RATE:
+            raise EncoderError(f"audio of {longest / SAMPLE_RATE:.1f} s is longer than Whisper's "
+                               f"{MAX_AUDIO_SECONDS} s window: cut it into segments first")
+        arrays = [w.detach().float().cpu().numpy() if torch.is_tensor(w) else w for w in waveforms]
+        mel = self.feature_extractor(arrays, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        param = next(self.encoder.parameters())
+        mel = mel.to(device=param.device, dtype=param.dtype)  # (B, n_mels, 3000)
+        states = self.encoder(mel).last_hidden_state  # (B, 1500, D)
+        lengths = torch.tensor([max(1, math.ceil(s / SAMPLES_PER_AUDIO_FRAME)) for s in samples])
+        return states[:, : int(lengths.max())], lengths.to(states.device)
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' loading report (the Whisper decoder's keys are left out on purpose)."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def build_tiny_whisper() -> WhisperAudioEncoder:
+    """A tiny random Whisper encoder with the real feature extractor (80 mel bins), the same on every machine."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        encoder = WhisperEncoder(WhisperConfig(**TINY_WHISPER))
+    return WhisperAudioEncoder(encoder, WhisperFeatureExtractor(feature_size=80))
+
+
+def load_whisper(name: str, revision: str | None = None, dtype: torch.dtype | None = None,
+                 device: str = "cpu") -> WhisperAudioEncoder:
+    """The encoder of a Whisper checkpoint (hub id or local folder), or `tiny`; frozen, in eval mode."""
+    if name == "tiny":
+        model = build_tiny_whisper()
+    else:
+        from transformers import WhisperFeatureExtractor
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+        source = os.fspath(name)
+        feature_extractor = WhisperFeatureExtractor.from_pretrained(source, revision=revision)
+        with quiet_transformers():
+            encoder, info = WhisperEncoder.from_pretrained(
+                source, revision=revision, key_mapping={r"^model\.encoder\.": ""}, output_loading_info=True
+            )
+        if info["missing_keys"]:
+            raise EncoderError(f"{name}: not a Whisper checkpoint, encoder weights missing: "
+                               f"{sorted(info['missing_keys'])[:5]}")
+        model = WhisperAudioEncoder(encoder, feature_extractor)
+    if dtype is None:
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    return model.to(device=device, dtype=dtype)
+
+
+__all__ = ["SAMPLE_RATE", "AUDIO_FRAME_RATE", "VIDEO_FRAME_RATE", "MAX_AUDIO_SECONDS", "EncoderError",
+           "WhisperAudioEncoder", "build_tiny_whisper", "load_whisper"]

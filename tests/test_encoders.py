@@ -1,0 +1,70 @@
+"""The Whisper audio encoder: 50 Hz output trimmed to the real audio, loading a checkpoint without its decoder."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mome_cli.encoders import SAMPLE_RATE, EncoderError, build_tiny_whisper, load_whisper
+
+
+def tone(seconds: float, hz: float = 220.0) -> np.ndarray:
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def test_output_is_50_frames_a_second_of_real_audio():
+    encoder = build_tiny_whisper()
+    with torch.no_grad():
+        states, lengths = encoder([tone(1.0), tone(2.51), tone(0.01)])
+    assert lengths.tolist() == [50, 126, 1]  # ceil(samples / 320)
+    assert states.shape == (3, 126, encoder.dim)
+
+
+def test_a_clip_encodes_the_same_alone_and_in_a_batch():
+    encoder = build_tiny_whisper()
+    a, b = tone(1.0), tone(2.0, hz=440)
+    with torch.no_grad():
+        batched, _ = encoder([a, b])
+        alone, n = encoder([a])
+    torch.testing.assert_close(batched[0, : n[0]], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_audio_longer_than_whisper_window_is_refused():
+    with pytest.raises(EncoderError, match="longer than Whisper's 30 s window"):
+        build_tiny_whisper()([tone(30.5)])
+
+
+def save_tiny_whisper_checkpoint(folder):
+    """A full WhisperForConditionalGeneration (encoder + decoder) and its feature extractor, as on the hub."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    from mome_cli.encoders import TINY_WHISPER
+
+    torch.manual_seed(3)
+    full = WhisperForConditionalGeneration(WhisperConfig(**TINY_WHISPER))
+    full.save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
+    return full
+
+
+def test_loads_the_encoder_half_of_a_saved_checkpoint(tmp_path):
+    full = save_tiny_whisper_checkpoint(tmp_path)
+    encoder = load_whisper(str(tmp_path))
+    for name, p in full.model.encoder.state_dict().items():
+        assert torch.equal(encoder.encoder.state_dict()[name], p), name
+    assert not any(p.requires_grad for p in encoder.parameters())
+    with torch.no_grad():
+        mel = encoder.feature_extractor([tone(1.0)], sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        expected = full.model.encoder(mel).last_hidden_state[:, :50]
+        got, _ = encoder([tone(1.0)])
+    torch.testing.assert_close(got, expected)
+
+
+def test_a_checkpoint_without_encoder_weights_is_refused(tmp_path):
+    save_tiny_whisper_checkpoint(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    del tensors["model.encoder.layers.1.fc1.weight"]
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(EncoderError, match="layers.1.fc1.weight"):
+        load_whisper(str(tmp_path))
