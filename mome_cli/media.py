@@ -1,0 +1,264 @@
+"""Media in: probe a file, decode 16 kHz mono audio and 25 fps video on one clock, cut long inputs at pauses.
+
+Every ffmpeg call goes through ffmpeg-python with -nostdin and its stderr captured; a failure becomes a MediaError that
+names the file and quotes ffmpeg's own last words. Audio and video are decoded on the file's timeline from t = 0:
+audio that starts late is padded with silence, video that starts late repeats its first frame, and both are cut to
+the same duration, so sample s and frame f are at s / 16000 and f / 25 seconds.
+
+Notation for shapes: S samples, T frames, H x W pixels.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+SAMPLE_RATE = 16_000  # Hz, mono: what Whisper takes
+VIDEO_FPS = 25  # frames a second: what AV-HuBERT and the LRS corpora use
+SAMPLES_PER_FRAME = SAMPLE_RATE // VIDEO_FPS  # 640 samples = 40 ms, one video frame
+MAX_SEGMENT_SECONDS = 20.0  # longest segment handed to the model
+MIN_PAUSE_SECONDS = 0.2  # a pause shorter than this is not a place to cut
+ENERGY_WINDOW = SAMPLES_PER_FRAME  # energy measured per video frame, so cuts fall on frame boundaries
+SILENCE_DB = -35.0  # a window this far below the clip's loudest (95th percentile) window counts as silence
+
+
+class MediaError(Exception):
+    """An input that cannot be used; str() is one line naming the file and the problem."""
+
+    def __init__(self, path, problem: str):
+        self.path, self.problem = str(path), problem
+        super().__init__(f"{path}: {problem}")
+
+
+class NoAudioError(MediaError):
+    pass
+
+
+class NoVideoError(MediaError):
+    pass
+
+
+@dataclass
+class MediaInfo:
+    path: str
+    duration: float  # seconds from t = 0 to the end of the shorter stream
+    has_audio: bool
+    has_video: bool
+    width: int = 0
+    height: int = 0
+    fps: float = 0.0  # the video stream's own average frame rate
+
+
+@dataclass
+class Segment:
+    start: float  # seconds, on a video-frame boundary
+    end: float  # seconds, on a video-frame boundary
+    speech: bool = True  # False when the segment is silence throughout
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+def _ffmpeg():
+    import ffmpeg
+
+    if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
+        raise MediaError("ffmpeg", "the ffmpeg and ffprobe programs are not installed (e.g. apt-get install ffmpeg)")
+    return ffmpeg
+
+
+def _last_words(error) -> str:
+    """The last non-empty line ffmpeg wrote to stderr."""
+    lines = [ln.strip() for ln in (error.stderr or b"").decode("utf-8", "replace").splitlines() if ln.strip()]
+    return lines[-1] if lines else "ffmpeg failed"
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise MediaError(path, "no such file")
+    if path.is_dir():
+        raise MediaError(path, "is a folder, not a media file")
+    if not os.access(path, os.R_OK):
+        raise MediaError(path, "permission denied")
+    if path.stat().st_size == 0:
+        raise MediaError(path, "empty file (0 bytes)")
+
+
+def probe(path) -> MediaInfo:
+    """Streams and duration of a media file; MediaError if it is missing, unreadable or not media."""
+    path = Path(path)
+    _check_file(path)
+    ffmpeg = _ffmpeg()
+    try:
+        info = ffmpeg.probe(str(path), cmd="ffprobe")
+    except ffmpeg.Error as e:
+        raise MediaError(path, f"not a readable media file ({_last_words(e)})") from e
+    streams = info.get("streams", [])
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    video = next((s for s in streams if s.get("codec_type") == "video" and not _is_cover_art(s)), None)
+    if audio is None and video is None:
+        raise MediaError(path, "no audio or video stream")
+    # The clip is as long as its shorter stream: the audio's real length (AAC priming and padding are not audio),
+    # and no held frames or padded silence at the end. Streams that give no duration fall back on the container's.
+    streams_duration = [float(s["duration"]) for s in (audio, video) if s and s.get("duration") not in (None, "N/A")]
+    container = info.get("format", {}).get("duration")
+    duration = min(streams_duration) if streams_duration else float(container or 0)
+    if duration <= 0:
+        raise MediaError(path, "zero-length media")
+    fps = 0.0
+    if video is not None:
+        num, _, den = str(video.get("avg_frame_rate", "0/1")).partition("/")
+        fps = float(num) / float(den or 1) if float(den or 1) else 0.0
+    return MediaInfo(
+        path=str(path), duration=duration, has_audio=audio is not None, has_video=video is not None,
+        width=int(video.get("width", 0)) if video else 0, height=int(video.get("height", 0)) if video else 0, fps=fps,
+    )
+
+
+def _is_cover_art(stream: dict) -> bool:
+    return bool(stream.get("disposition", {}).get("attached_pic"))
+
+
+def _window(start: float, duration: float | None, info: MediaInfo) -> tuple[float, float]:
+    end = info.duration if duration is None else min(info.duration, start + duration)
+    if start < 0 or start >= info.duration:
+        raise ValueError(f"start {start:.3f} s is outside the media (0 to {info.duration:.3f} s)")
+    return start, end - start
+
+
+def decode_audio(path, start: float = 0.0, duration: float | None = None, info: MediaInfo | None = None) -> np.ndarray:
+    """(S,) float32 mono samples at 16 kHz, exactly round(duration * 16000) of them."""
+    info = info or probe(path)
+    if not info.has_audio:
+        raise NoAudioError(path, "no audio stream")
+    start, duration = _window(start, duration, info)
+    ffmpeg = _ffmpeg()
+    stream = (
+        ffmpeg.input(str(path), ss=start, t=duration)
+        .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE, af="aresample=async=1:first_pts=0",
+                map="0:a:0")
+        .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
+    )
+    try:
+        out, _ = stream.run(cmd="ffmpeg", capture_stdout=True, capture_stderr=True)
+    except ffmpeg.Error as e:
+        raise MediaError(path, f"cannot decode audio ({_last_words(e)})") from e
+    samples = np.frombuffer(out, np.float32)
+    want = int(round(duration * SAMPLE_RATE))
+    if samples.size < want:  # a stream that ends early: pad its tail with silence
+        samples = np.concatenate([samples, np.zeros(want - samples.size, np.float32)])
+    return samples[:want].copy()
+
+
+def iter_video(path, start: float = 0.0, duration: float | None = None, info: MediaInfo | None = None,
+               chunk: int = 250, max_height: int | None = None) -> Iterator[np.ndarray]:
+    """Chunks of (n, H, W, 3) uint8 RGB frames at 25 fps, from the file's t = start, round(duration * 25) in all.
+
+    max_height scales larger frames down (keeping the aspect ratio) so that long high-resolution inputs stream in
+    bounded memory.
+    """
+    info = info or probe(path)
+    if not info.has_video:
+        raise NoVideoError(path, "no video stream")
+    start, duration = _window(start, duration, info)
+    width, height = info.width, info.height
+    if max_height and height > max_height:
+        width, height = int(round(width * max_height / height / 2)) * 2, max_height
+    ffmpeg = _ffmpeg()
+    stream = (
+        ffmpeg.input(str(path), ss=start, t=duration)
+        .video.filter("fps", fps=VIDEO_FPS, start_time=0)  # input -ss puts the start at t = 0
+        .filter("scale", width, height)
+        .output("pipe:", format="rawvideo", pix_fmt="rgb24")
+        .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
+    )
+    want = int(round(duration * VIDEO_FPS))
+    frame_bytes = width * height * 3
+    process = stream.run_async(cmd="ffmpeg", pipe_stdout=True, pipe_stderr=True)
+    sent, last = 0, None
+    try:
+        while sent < want:
+            n = min(chunk, want - sent)
+            data = process.stdout.read(n * frame_bytes)
+            got = len(data) // frame_bytes
+            if got == 0:
+                break
+            frames = np.frombuffer(data[: got * frame_bytes], np.uint8).reshape(got, height, width, 3)
+            last = frames[-1]
+            sent += got
+            yield frames
+    finally:
+        process.stdout.close()
+        stderr = process.stderr.read()
+        process.stderr.close()
+        code = process.wait()
+    if code != 0 and sent < want:
+        lines = [ln for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+        raise MediaError(path, f"cannot decode video ({lines[-1].strip() if lines else 'ffmpeg failed'})")
+    if last is None:
+        raise MediaError(path, "video stream holds no frames")
+    if sent < want:  # a stream that ends early: hold its last frame
+        yield np.repeat(last[None], want - sent, axis=0)
+
+
+def decode_video(path, start: float = 0.0, duration: float | None = None, info: MediaInfo | None = None,
+                 max_height: int | None = None) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB frames at 25 fps (all at once: for short clips)."""
+    return np.concatenate(list(iter_video(path, start, duration, info, max_height=max_height)))
+
+
+def frame_energy_db(samples: np.ndarray) -> np.ndarray:
+    """(T,) energy per 40 ms window in dB relative to the clip's loud level (its 95th percentile window)."""
+    n = len(samples) // ENERGY_WINDOW
+    if n == 0:
+        return np.zeros(0, np.float32)
+    power = (samples[: n * ENERGY_WINDOW].reshape(n, ENERGY_WINDOW).astype(np.float64) ** 2).mean(axis=1)
+    db = 10 * np.log10(power + 1e-12)
+    return (db - np.percentile(db, 95)).astype(np.float32)
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) of each run of True in a 1-D boolean array."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+
+
+def split_at_pauses(samples: np.ndarray, max_seconds: float = MAX_SEGMENT_SECONDS) -> list[Segment]:
+    """Contiguous segments of at most max_seconds covering the audio, cut in the middle of pauses.
+
+    Each cut is the middle of the longest silent run between a quarter of the limit and the limit (runs shorter than
+    MIN_PAUSE_SECONDS are not pauses); without a pause, the quietest frame of the last quarter. Cuts fall on
+    video-frame boundaries, so audio and video are cut at the same instants.
+    """
+    total = len(samples) / SAMPLE_RATE
+    db = frame_energy_db(samples)  # (T,) one value per 40 ms frame
+    silent = db < SILENCE_DB
+    n_frames = int(np.ceil(total * VIDEO_FPS))
+    limit = max(1, int(max_seconds * VIDEO_FPS))
+    min_pause = max(1, int(round(MIN_PAUSE_SECONDS * VIDEO_FPS)))
+    cuts = [0]
+    while n_frames - cuts[-1] > limit:
+        start = cuts[-1]
+        lo, hi = start + limit // 4, start + limit  # no uselessly short segments
+        pauses = [(a + lo, b + lo) for a, b in _runs(silent[lo:hi]) if b - a >= min_pause]
+        if pauses:
+            a, b = max(pauses, key=lambda run: run[1] - run[0])
+            cut = (a + b) // 2
+        else:  # no pause: the quietest frame of the window's last quarter, so segments stay long
+            late = start + 3 * limit // 4
+            cut = late + int(np.argmin(db[late:hi])) if late < min(hi, len(db)) else hi
+        cuts.append(min(max(cut, start + 1), hi))
+    cuts.append(n_frames)
+    return [Segment(a / VIDEO_FPS, min(b / VIDEO_FPS, total), speech=bool((~silent[a:b]).any()))
+            for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+__all__ = ["SAMPLE_RATE", "VIDEO_FPS", "SAMPLES_PER_FRAME", "MAX_SEGMENT_SECONDS", "MediaError", "NoAudioError",
+           "NoVideoError", "MediaInfo", "Segment", "probe", "decode_audio", "iter_video", "decode_video",
+           "frame_energy_db", "split_at_pauses"]

@@ -1,0 +1,125 @@
+"""Media decoding and segmenting on media made by ffmpeg in the test."""
+
+import subprocess
+
+import numpy as np
+import pytest
+
+from mome_cli.media import (SAMPLE_RATE, VIDEO_FPS, MediaError, NoAudioError, NoVideoError, decode_audio,
+                            decode_video, iter_video, probe, split_at_pauses)
+
+pytestmark = pytest.mark.skipif(subprocess.run(["which", "ffmpeg"], capture_output=True).returncode != 0,
+                                reason="ffmpeg is not installed")
+
+
+def make(path, video=None, audio=None, extra=()):
+    """Run ffmpeg with lavfi sources; video/audio are lavfi graphs."""
+    args = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y"]
+    for graph in (video, audio):
+        if graph:
+            args += ["-f", "lavfi", "-i", graph]
+    if video:
+        args += ["-c:v", "libx264", "-pix_fmt", "yuv420p"]
+    args += [*extra, str(path)]
+    subprocess.run(args, check=True)
+    return path
+
+
+@pytest.mark.parametrize("fps", [25, 30])
+@pytest.mark.parametrize("seconds", [0.5, 45])
+def test_lengths_rates_and_frame_counts(tmp_path, fps, seconds):
+    path = make(tmp_path / "clip.mp4", f"testsrc2=size=64x48:rate={fps}:duration={seconds}",
+                f"sine=frequency=300:sample_rate=44100:duration={seconds}", ["-c:a", "aac", "-shortest"])
+    info = probe(path)
+    assert info.has_audio and info.has_video and info.fps == fps
+    assert info.duration == pytest.approx(seconds, abs=0.05)
+    audio = decode_audio(path, info=info)
+    video = decode_video(path, info=info)
+    assert audio.dtype == np.float32 and audio.ndim == 1 and len(audio) == round(info.duration * SAMPLE_RATE)
+    assert video.shape == (round(info.duration * VIDEO_FPS), 48, 64, 3) and video.dtype == np.uint8
+    spectrum = np.abs(np.fft.rfft(audio[: SAMPLE_RATE // 4]))  # 4 Hz bins
+    assert np.argmax(spectrum) * SAMPLE_RATE / (SAMPLE_RATE // 4) == pytest.approx(300, abs=4)  # resampled right
+
+
+@pytest.mark.parametrize("fps", [25, 30])
+def test_audio_and_video_are_aligned_within_one_frame(tmp_path, fps):
+    """A white flash and a beep both at t = 1.3 s come out at the same instant."""
+    flash = f"color=black:size=64x48:rate={fps}:duration=3,drawbox=enable='between(t,1.3,1.5)':color=white:t=fill"
+    beep = "sine=frequency=1000:sample_rate=48000:duration=3,volume=enable='not(between(t,1.3,1.5))':volume=0"
+    path = make(tmp_path / "sync.mp4", flash, beep, ["-c:a", "aac", "-shortest"])
+    video = decode_video(path)
+    audio = decode_audio(path)
+    flash_at = np.argmax(video.mean(axis=(1, 2, 3)) > 128) / VIDEO_FPS
+    beep_at = np.argmax(np.abs(audio) > 0.05) / SAMPLE_RATE  # lavfi sine: amplitude 1/8
+    assert flash_at == pytest.approx(1.3, abs=1 / VIDEO_FPS)
+    assert abs(flash_at - beep_at) <= 1 / VIDEO_FPS
+
+
+def test_a_window_and_chunks(tmp_path):
+    path = make(tmp_path / "clip.mp4", "testsrc2=size=64x48:rate=30:duration=4",
+                "sine=frequency=300:duration=4", ["-c:a", "aac", "-shortest"])
+    assert len(decode_audio(path, start=1.0, duration=2.0)) == 2 * SAMPLE_RATE
+    chunks = list(iter_video(path, start=1.0, duration=2.0, chunk=16))
+    assert [len(c) for c in chunks] == [16, 16, 16, 2]
+    np.testing.assert_array_equal(np.concatenate(chunks), decode_video(path)[25:75])
+    assert decode_video(path, max_height=24).shape[1:] == (24, 32, 3)
+
+
+def test_bad_inputs_give_one_clear_line(tmp_path):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "notes.mp4").write_text("this is not a video\n" * 50)
+    good = make(tmp_path / "good.mp4", "testsrc2=size=64x48:rate=25:duration=2", "sine=duration=2",
+                ["-c:a", "aac", "-shortest"])
+    (tmp_path / "cut.mp4").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    silent_video = make(tmp_path / "silent.mp4", "testsrc2=size=64x48:rate=25:duration=1")
+    speech_only = make(tmp_path / "speech.wav", None, "sine=duration=1")
+    cases = {
+        tmp_path / "missing.mp4": "no such file",
+        tmp_path: "is a folder",
+        tmp_path / "empty.mp4": "empty file",
+        tmp_path / "notes.mp4": "not a readable media file",
+    }
+    for path, problem in cases.items():
+        with pytest.raises(MediaError, match=problem) as e:
+            probe(path)
+        assert str(e.value).startswith(str(path)) and "\n" not in str(e.value)
+    with pytest.raises(MediaError, match="cut.mp4"):  # a truncated container fails on probe or decode
+        decode_video(tmp_path / "cut.mp4")
+    with pytest.raises(NoAudioError, match="no audio stream"):
+        decode_audio(silent_video)
+    with pytest.raises(NoVideoError, match="no video stream"):
+        decode_video(speech_only)
+
+
+def noise(seconds, rng):
+    return (0.3 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)
+
+
+def silence(seconds):
+    return np.zeros(int(seconds * SAMPLE_RATE), np.float32)
+
+
+def test_long_audio_is_cut_in_its_pauses():
+    rng = np.random.default_rng(0)
+    audio = np.concatenate([noise(12, rng), silence(0.6), noise(17.4, rng), silence(0.8), noise(19.2, rng)])
+    segments = split_at_pauses(audio)
+    assert [round(s.start, 2) for s in segments] == [0.0, 12.28, 30.4]  # the middles of the two pauses
+    assert segments[-1].end == pytest.approx(50.0)
+    assert all(s.duration <= 20.0 for s in segments) and all(s.speech for s in segments)
+    for a, b in zip(segments, segments[1:]):
+        assert a.end == b.start and round(a.end * VIDEO_FPS, 6) == int(round(a.end * VIDEO_FPS))
+
+
+def test_audio_without_pauses_is_still_cut_within_the_limit():
+    rng = np.random.default_rng(1)
+    segments = split_at_pauses(noise(45, rng))
+    assert len(segments) == 3 and all(s.duration <= 20.0 for s in segments)
+    assert segments[0].start == 0 and segments[-1].end == pytest.approx(45.0)
+
+
+def test_short_audio_is_one_segment_and_silence_is_marked():
+    rng = np.random.default_rng(2)
+    assert len(split_at_pauses(noise(3, rng))) == 1
+    quiet = np.concatenate([noise(15, rng), silence(25)])
+    segments = split_at_pauses(quiet)
+    assert segments[0].speech and not segments[-1].speech
