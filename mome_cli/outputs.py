@@ -1,0 +1,152 @@
+"""Inputs found and outputs written: which files a run covers, where each transcript goes, in which formats.
+
+Outputs mirror the inputs: a file found under a folder given as INPUT keeps its path below that folder, a file given
+directly lands at the top. When two inputs would still map to the same output (same name in two INPUT folders, or
+x.mp4 beside x.wav), every input falls back to its path below the inputs' common folder, and same-stem files keep
+their extension in the name, so no two outputs ever collide. Every file is written to a temporary name and renamed.
+
+Torch-free: the CLI may import it at any time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MEDIA_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".wav", ".flac", ".mp3", ".m4a", ".ogg")
+FORMATS = ("txt", "json", "srt", "vtt", "jsonl")
+
+
+@dataclass
+class Input:
+    path: Path  # the media file
+    root: Path | None  # the folder given as INPUT that it was found under, None for a file given directly
+
+
+@dataclass
+class Transcript:
+    """What transcribing one input produced."""
+
+    text: str  # the segments' texts joined by spaces
+    segments: list = field(default_factory=list)  # [{"start": s, "end": s, "text": str}], seconds
+    mode: str = "av"
+    rate: tuple = ()
+    model: str = ""
+    duration: float = 0.0  # seconds of media
+    warnings: list = field(default_factory=list)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text to path through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def collect_inputs(arguments: list[str], recursive: bool = False, glob: str | None = None) -> list[Input]:
+    """Media files named by INPUT arguments (files, or folders searched for media), in a stable order."""
+    found = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            pattern = glob or "*"
+            candidates = path.rglob(pattern) if recursive else path.glob(pattern)
+            media = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in MEDIA_EXTENSIONS)
+            found += [Input(p, path) for p in media]
+        else:
+            found.append(Input(path, None))  # missing or bad files are reported per input, later
+    unique, seen = [], set()
+    for item in found:
+        key = item.path.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(item)
+    return unique
+
+
+def output_stems(inputs: list[Input]) -> list[Path]:
+    """Relative output path (without extension) for each input; distinct for distinct inputs."""
+
+    def stems(relative: list[Path]) -> list[Path]:
+        clash = _clashing(relative)
+        return [r if i in clash else r.with_suffix("") for i, r in enumerate(relative)]  # x.mp4 beside x.wav: keep .mp4
+
+    preferred = [Path(i.path.name) if i.root is None else i.path.relative_to(i.root) for i in inputs]
+    chosen = stems(preferred)
+    if len(set(chosen)) < len(chosen):
+        common = Path(os.path.commonpath([str(i.path.resolve().parent) for i in inputs]))
+        chosen = stems([i.path.resolve().relative_to(common) for i in inputs])
+    return chosen
+
+
+def _clashing(relative: list[Path]) -> set[int]:
+    """Indices of paths whose extension-less forms collide (x.mp4 beside x.wav)."""
+    by_stem = {}
+    for i, r in enumerate(relative):
+        by_stem.setdefault(r.with_suffix(""), []).append(i)
+    return {i for group in by_stem.values() if len(group) > 1 for i in group}
+
+
+def output_path(out_dir: Path, stem: Path, fmt: str) -> Path:
+    return out_dir / stem.parent / f"{stem.name}.{fmt}"
+
+
+def timestamp(seconds: float, separator: str) -> str:
+    """HH:MM:SS<sep>mmm, as SRT (',') and WebVTT ('.') write it."""
+    ms = int(round(max(seconds, 0.0) * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{separator}{ms:03d}"
+
+
+def render(transcript: Transcript, fmt: str) -> str:
+    """The text of one output format."""
+    segments = [s for s in transcript.segments if s["text"].strip()]
+    if fmt == "txt":
+        return transcript.text + "\n"
+    if fmt == "json":
+        document = {
+            "text": transcript.text,
+            "segments": transcript.segments,
+            "mode": transcript.mode,
+            "rate": list(transcript.rate),
+            "model": transcript.model,
+            "duration": round(transcript.duration, 3),
+            "warnings": transcript.warnings,
+        }
+        return json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+    if fmt == "jsonl":
+        return "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in transcript.segments)
+    if fmt == "srt":
+        cues = [f"{n}\n{timestamp(s['start'], ',')} --> {timestamp(s['end'], ',')}\n{s['text'].strip()}\n"
+                for n, s in enumerate(segments, 1)]
+        return "\n".join(cues)
+    if fmt == "vtt":
+        cues = [f"{timestamp(s['start'], '.')} --> {timestamp(s['end'], '.')}\n{s['text'].strip()}\n"
+                for s in segments]
+        return "WEBVTT\n\n" + "\n".join(cues)
+    raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+
+
+def write_outputs(transcript: Transcript, out_dir: Path, stem: Path, formats: list[str]) -> list[Path]:
+    """Write every format, each atomically; returns the paths written."""
+    written = []
+    for fmt in formats:
+        path = output_path(out_dir, stem, fmt)
+        atomic_write_text(path, render(transcript, fmt))
+        written.append(path)
+    return written
+
+
+__all__ = ["MEDIA_EXTENSIONS", "FORMATS", "Input", "Transcript", "atomic_write_text", "collect_inputs",
+           "output_stems", "output_path", "timestamp", "render", "write_outputs"]

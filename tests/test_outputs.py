@@ -1,0 +1,87 @@
+"""Inputs found, output paths that mirror them without collisions, and the output formats."""
+
+import json
+from pathlib import Path
+import re
+
+import pytest
+
+from mome_cli.outputs import (Transcript, collect_inputs, output_path, output_stems, render, timestamp,
+                              write_outputs)
+
+
+def touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def test_folders_are_searched_for_media_recursively_or_not(tmp_path):
+    for name in ["a/x.mp4", "a/notes.txt", "a/sub/y.wav", "b/x.mp4", "b/Z.MKV"]:
+        touch(tmp_path / name)
+    flat = collect_inputs([str(tmp_path / "a")])
+    assert [i.path.name for i in flat] == ["x.mp4"] and flat[0].root == tmp_path / "a"
+    deep = collect_inputs([str(tmp_path / "a"), str(tmp_path / "b")], recursive=True)
+    assert [str(i.path.relative_to(tmp_path)) for i in deep] == ["a/sub/y.wav", "a/x.mp4", "b/Z.MKV", "b/x.mp4"]
+    assert [i.path.name for i in collect_inputs([str(tmp_path / "b")], glob="*.mp4")] == ["x.mp4"]
+    twice = collect_inputs([str(tmp_path / "a" / "x.mp4"), str(tmp_path / "a")])
+    assert len(twice) == 1
+
+
+@pytest.mark.parametrize("layout, arguments, expected", [
+    # a folder INPUT: paths below it are kept
+    (["d/a/x.mp4", "d/b/x.mp4"], ["d"], ["a/x", "b/x"]),
+    # files given directly land at the top
+    (["talk.mp4", "other/film.mkv"], ["talk.mp4", "other/film.mkv"], ["talk", "film"]),
+    # same name given directly from two folders: paths below their common folder
+    (["p/x.mp4", "q/x.mp4"], ["p/x.mp4", "q/x.mp4"], ["p/x", "q/x"]),
+    # same relative path in two INPUT folders: the same fallback
+    (["d1/x.mp4", "d2/x.mp4"], ["d1", "d2"], ["d1/x", "d2/x"]),
+    # same stem, different extensions: the extension stays in the name
+    (["d/x.mp4", "d/x.wav", "d/y.mp4"], ["d"], ["x.mp4", "x.wav", "y"]),
+])
+def test_output_stems_mirror_inputs_and_never_collide(tmp_path, monkeypatch, layout, arguments, expected):
+    monkeypatch.chdir(tmp_path)
+    for name in layout:
+        touch(tmp_path / name)
+    stems = output_stems(collect_inputs(arguments, recursive=True))
+    assert [str(s) for s in stems] == expected
+    assert output_path(tmp_path / "out", stems[0], "srt") == tmp_path / "out" / f"{expected[0]}.srt"
+
+
+@pytest.mark.parametrize("seconds, srt, vtt", [(0, "00:00:00,000", "00:00:00.000"),
+                                               (3.4567, "00:00:03,457", "00:00:03.457"),
+                                               (3725.1, "01:02:05,100", "01:02:05.100")])
+def test_timestamps(seconds, srt, vtt):
+    assert timestamp(seconds, ",") == srt and timestamp(seconds, ".") == vtt
+
+
+TRANSCRIPT = Transcript(
+    text="hello there general kenobi",
+    segments=[{"start": 0.0, "end": 2.5, "text": "hello there"}, {"start": 2.5, "end": 3.0, "text": ""},
+              {"start": 3.0, "end": 21.04, "text": "general kenobi"}],
+    mode="av", rate=(4, 2), model="demo", duration=21.04,
+)
+
+
+def test_every_format_is_well_formed(tmp_path):
+    paths = write_outputs(TRANSCRIPT, tmp_path, Path("talk"),
+                          ["txt", "json", "srt", "vtt", "jsonl"])
+    text = {p.suffix[1:]: p.read_text() for p in paths}
+    assert text["txt"] == "hello there general kenobi\n"
+    document = json.loads(text["json"])
+    assert document["rate"] == [4, 2] and document["mode"] == "av" and document["model"] == "demo"
+    assert [s["text"] for s in document["segments"]] == ["hello there", "", "general kenobi"]
+    assert [json.loads(line)["start"] for line in text["jsonl"].splitlines()] == [0.0, 2.5, 3.0]
+    srt = re.findall(r"^(\d+)\n(\S+) --> (\S+)\n(.+)$", text["srt"], re.M)
+    assert srt == [("1", "00:00:00,000", "00:00:02,500", "hello there"),
+                   ("2", "00:00:03,000", "00:00:21,040", "general kenobi")]
+    assert text["vtt"].startswith("WEBVTT\n\n")
+    assert re.findall(r"^(\S+) --> (\S+)$", text["vtt"], re.M) == [("00:00:00.000", "00:00:02.500"),
+                                                                     ("00:00:03.000", "00:00:21.040")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"talk.{f}" for f in text)  # no temporary left
+
+
+def test_unknown_format_is_refused():
+    with pytest.raises(ValueError, match="unknown format"):
+        render(TRANSCRIPT, "docx")
