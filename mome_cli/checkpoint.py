@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .files import atomic_write
 from .model import AVSRModel, ModelConfig
 
 CONFIG_NAME = "config.json"
@@ -26,20 +26,6 @@ ARCHITECTURE_FIELDS = ("llm", "audio_dim", "video_dim", "rates", "compression", 
 
 class CheckpointError(Exception):
     """A checkpoint directory that is missing, incomplete, or does not fit the model."""
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then rename tmp_path to path; the temporary file is removed on failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(model: AVSRModel, directory: str | os.PathLike, extra: dict | None = None) -> Path:

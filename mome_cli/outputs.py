@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .files import atomic_write_text
 
 MEDIA_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".wav", ".flac", ".mp3", ".m4a", ".ogg")
 FORMATS = ("txt", "json", "srt", "vtt", "jsonl")
@@ -37,19 +38,6 @@ class Transcript:
     model: str = ""
     duration: float = 0.0  # seconds of media
     warnings: list = field(default_factory=list)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to path through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def collect_inputs(arguments: list[str], recursive: bool = False, glob: str | None = None) -> list[Input]:
@@ -148,5 +136,5 @@ def write_outputs(transcript: Transcript, out_dir: Path, stem: Path, formats: li
     return written
 
 
-__all__ = ["MEDIA_EXTENSIONS", "FORMATS", "Input", "Transcript", "atomic_write_text", "collect_inputs",
+__all__ = ["MEDIA_EXTENSIONS", "FORMATS", "Input", "Transcript", "collect_inputs",
            "output_stems", "output_path", "timestamp", "render", "write_outputs"]
