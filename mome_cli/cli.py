@@ -173,13 +173,40 @@ def train(**options):
 
 @cli.command()
 @click.argument("names", metavar="[NAME...]", nargs=-1)
-@click.option("--list", "list_cached", is_flag=True, help="Show what is cached, with sizes.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="[$MOME_HOME]")
-@click.option("--revision")
-@click.option("--token", help="Hugging Face token [$HF_TOKEN].")
-def download(names, **options):
-    """Fetch the models NAME needs into the cache."""
-    _not_available("download", 3)
+@click.option("--list", "list_cached", is_flag=True,
+              help="Show what is cached, with sizes, and which presets are complete.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache folder [$MOME_HOME].")
+@click.option("--revision", help="Branch, tag or commit of the LLM (and adapter) [the preset's].")
+@click.option("--token", help="Hugging Face token, for gated models [$HF_TOKEN].")
+@click.option("--offline", is_flag=True, help="Use no network: check the cache and report what is missing "
+              "[$HF_HUB_OFFLINE].")
+@click.pass_context
+def download(ctx: click.Context, names, list_cached, cache_dir, revision, token, offline):
+    """Fetch the models NAME needs into the cache (presets: tiny, demo, mome-1b, mome-3b, mome-8b)."""
+    from pathlib import Path
+
+    from . import hub
+
+    unknown = [name for name in names if name not in hub.PRESETS]
+    if unknown:
+        raise click.BadParameter(f"unknown preset {unknown[0]!r}; known presets: {', '.join(hub.PRESETS)}",
+                                 param_hint="NAME")
+    if not names and not list_cached:
+        raise click.UsageError(f"name a preset to download ({', '.join(hub.PRESETS)}), or use --list.")
+    home = Path(cache_dir) if cache_dir else hub.mome_home()
+    if list_cached:
+        click.echo(hub.cache_listing(home, list(names)), nl=False)
+        return
+    quiet = ctx.obj.quiet
+    log = (lambda message: None) if quiet else (lambda message: stderr.print(message, markup=False))
+    console = stderr if stderr.is_terminal and not quiet else None
+    try:
+        for name in names:
+            hub.download_preset(name, home, revision=revision, token=token, offline=offline or None,
+                                console=console, log=log)
+    except hub.HubError as e:
+        stderr.print(f"mome download: {e}", markup=False)
+        ctx.exit(e.exit_code)
 
 
 def main():

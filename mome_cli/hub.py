@@ -1,0 +1,779 @@
+"""Model registry, cache and downloads: what each preset needs, where it lives on disk, and how it gets there.
+
+Cache layout under `mome_home()` ($MOME_HOME, else platformdirs' user data dir for "mome"):
+
+    hub/                      huggingface_hub's cache (models--org--name/snapshots/<commit>/...), passed as cache_dir=
+    avhubert/                 the AV-HuBERT checkpoint
+    torch/hub/checkpoints/    face-alignment's detector and landmark weights; face-alignment looks in torch hub's
+                              folder, so run it under `face_alignment_env(home)` (TORCH_HOME=<home>/torch)
+
+Hub repositories come through `huggingface_hub.snapshot_download` (it resumes and verifies by itself). Plain URLs
+come through `fetch_url`: it streams into `<file>.part` beside the final name, resumes a `.part` with an HTTP Range
+request, checks the SHA-256 before renaming into place and deletes the `.part` when it does not match, so a final
+name never holds a partial or wrong file. Where no checksum is published, the digest of the first download is
+recorded in `<file>.sha256` (sha256sum's format) and later checks compare against it.
+
+Errors carry the exit code of the contract (report.ExitCode): MISSING (4) when something needed is not in the cache
+and cannot be fetched now (offline, gated, not found, no network), FAILURE (1) for a checksum mismatch or a cache that
+cannot be written. Torch-free, and huggingface_hub, httpx and rich are imported where they are used, so the CLI can
+import this module cheaply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .report import ExitCode
+
+HUB_DIR = "hub"  # huggingface_hub cache_dir, relative to the mome home
+AVHUBERT_DIR = "avhubert"
+TORCH_DIR = "torch"  # TORCH_HOME while face-alignment runs
+FACE_ALIGNMENT_DIR = "torch/hub/checkpoints"  # = $TORCH_HOME/hub/checkpoints, where torch.hub stores downloads
+PART_SUFFIX = ".part"  # a download in progress, resumable
+SHA256_SUFFIX = ".sha256"  # the recorded digest of a file that has no published checksum
+CHUNK_BYTES = 1 << 20  # 1 MiB per read while streaming and hashing
+OFFLINE_ENV = "HF_HUB_OFFLINE"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Errors
+
+
+class HubError(Exception):
+    """A download or cache problem with a one-line message for the user and the exit code that goes with it."""
+
+    exit_code = ExitCode.FAILURE
+
+
+class MissingModelError(HubError):
+    """Something a preset needs is not in the cache and cannot be fetched now; the message says what fixes it."""
+
+    exit_code = ExitCode.MISSING
+
+
+class ChecksumError(HubError):
+    """A downloaded or cached file whose SHA-256 is not the expected one."""
+
+    exit_code = ExitCode.FAILURE
+
+    def __init__(self, path: Path, expected: str, got: str):
+        self.path, self.expected, self.got = Path(path), expected, got
+        super().__init__(f"{Path(path).name}: checksum mismatch: expected SHA-256 {expected}, got {got}")
+
+
+class CacheWriteError(HubError):
+    """The cache cannot be written (disk full, no permission, read-only file system)."""
+
+    exit_code = ExitCode.FAILURE
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Registry
+
+
+@dataclass(frozen=True)
+class HubRepo:
+    """A repository on the Hugging Face Hub, fetched into <home>/hub."""
+
+    repo_id: str  # "org/name"
+    revision: str = "main"  # branch, tag or commit
+    allow_patterns: tuple[str, ...] = ()  # only files matching these are fetched (fnmatch, as huggingface_hub does)
+    ignore_patterns: tuple[str, ...] = ()  # and none matching these
+    gated: bool = False  # a download needs an accepted licence and a token
+    licence_url: str | None = None  # the page where the licence is read (and, for gated repos, accepted)
+
+    @property
+    def label(self) -> str:
+        return f"{self.repo_id} ({self.revision})"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A single file at a plain URL, stored as <home>/<folder>/<filename>."""
+
+    label: str  # what it is, for messages
+    url: str
+    folder: str  # relative to the mome home
+    filename: str  # the name its user expects in that folder
+    # Full hex SHA-256, or a prefix of it (torch hub's convention: name-<first hex digits of the SHA-256>.ext).
+    # None: nobody publishes one; the digest of the first download is recorded beside the file instead.
+    sha256: str | None = None
+    size: int | None = None  # bytes, where known
+    licence_url: str | None = None
+
+    def path(self, home: Path) -> Path:
+        return Path(home) / self.folder / self.filename
+
+
+# Only what transformers needs to build the model and its tokenizer: configs, tokenizer files and safetensors weights
+# (no pytorch_model.bin, TF or Flax copies, no Meta-format original/*.pth).
+WHISPER_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "*.safetensors",
+                 "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
+                 "merges.txt", "normalizer.json", "added_tokens.json", "special_tokens_map.json")
+LLAMA_FILES = ("config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+               "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+WHISPER_MEDIUM_EN = HubRepo("openai/whisper-medium.en", allow_patterns=WHISPER_FILES, ignore_patterns=("original/*",),
+                            licence_url="https://huggingface.co/openai/whisper-medium.en")
+
+
+def _llama(repo_id: str) -> HubRepo:
+    return HubRepo(repo_id, allow_patterns=LLAMA_FILES, ignore_patterns=("original/*",), gated=True,
+                   licence_url=f"https://huggingface.co/{repo_id}")
+
+
+# The authors' model zoo (https://facebookresearch.github.io/av_hubert/): AV-HuBERT Large, pretrained on
+# LRS3 + VoxCeleb2 (En), no fine-tuning. Non-commercial research licence.
+AVHUBERT_LARGE = RemoteFile(
+    label="AV-HuBERT Large (LRS3 + VoxCeleb2, self-supervised)",
+    url="https://dl.fbaipublicfiles.com/avhubert/model/lrs3_vox/clean-pretrain/large_vox_iter5.pt",
+    folder=AVHUBERT_DIR,
+    filename="large_vox_iter5.pt",
+    sha256=None,  # no checksum published: the first download's digest is recorded in large_vox_iter5.pt.sha256
+    licence_url="https://github.com/facebookresearch/av_hubert/blob/main/LICENSE",
+)
+
+# face-alignment 1.5.0's weights, at the URLs its source names (detection/sfd, detection/blazeface, api.py) and under
+# the names it looks for in $TORCH_HOME/hub/checkpoints (the basename of the URL's path). The s3fd and 2DFAN-4 names
+# carry the first 10 hex digits of their SHA-256; BlazeFace's carry none.
+_FA = "https://www.adrianbulat.com/downloads/python-fan"
+_BLAZEFACE = "https://github.com/hollance/BlazeFace-PyTorch/blob/master"
+FACE_ALIGNMENT_FILES = (
+    RemoteFile("face-alignment s3fd face detector", f"{_FA}/s3fd-619a316812.pth", FACE_ALIGNMENT_DIR,
+               "s3fd-619a316812.pth", sha256="619a316812"),
+    RemoteFile("face-alignment BlazeFace detector", f"{_BLAZEFACE}/blazeface.pth?raw=true", FACE_ALIGNMENT_DIR,
+               "blazeface.pth"),
+    RemoteFile("face-alignment BlazeFace anchors", f"{_BLAZEFACE}/anchors.npy?raw=true", FACE_ALIGNMENT_DIR,
+               "anchors.npy"),
+    RemoteFile("face-alignment BlazeFace back-camera detector", f"{_BLAZEFACE}/blazefaceback.pth?raw=true",
+               FACE_ALIGNMENT_DIR, "blazefaceback.pth"),
+    RemoteFile("face-alignment BlazeFace back-camera anchors", f"{_BLAZEFACE}/anchorsback.npy?raw=true",
+               FACE_ALIGNMENT_DIR, "anchorsback.npy"),
+    RemoteFile("face-alignment 2DFAN-4 landmarks", f"{_FA}/2DFAN4-11f355bf06.pth.tar", FACE_ALIGNMENT_DIR,
+               "2DFAN4-11f355bf06.pth.tar", sha256="11f355bf06"),
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named model: the backbones it is built on and where they come from."""
+
+    name: str
+    summary: str
+    source: str = "hub"  # "hub": fetched into the cache; "local": built from configs; "bundled": ships in the package
+    llm: HubRepo | None = None
+    audio: HubRepo | None = None  # the Whisper encoder
+    video: RemoteFile | None = None  # the AV-HuBERT checkpoint
+    face: tuple[RemoteFile, ...] = ()  # face-alignment's detector and landmark weights
+    # No MoME adapter is published yet: presets take one from `--adapter DIR` at run time. One published later goes
+    # here and is fetched with the backbones.
+    adapter: HubRepo | None = None
+    note: str = ""
+
+    def __post_init__(self):
+        if self.source not in ("hub", "local", "bundled"):
+            raise ValueError(f"preset {self.name}: source {self.source!r} is not one of hub, local, bundled")
+
+    def items(self) -> list[tuple[str, HubRepo | RemoteFile]]:
+        """(role, item) of everything to fetch; the gated LLM first, so a missing licence shows before big downloads."""
+        roles = [("llm", self.llm), ("adapter", self.adapter), ("audio", self.audio), ("video", self.video)]
+        return [(role, item) for role, item in roles if item is not None] + [("face", f) for f in self.face]
+
+    def with_revision(self, revision: str | None) -> Preset:
+        """The preset with its LLM (and adapter) at another revision."""
+        if revision is None:
+            return self
+        change = {k: dataclasses.replace(getattr(self, k), revision=revision)
+                  for k in ("llm", "adapter") if getattr(self, k) is not None}
+        return dataclasses.replace(self, **change)
+
+
+def _mome(name: str, llm: str) -> Preset:
+    return Preset(name, f"Whisper-medium.en + AV-HuBERT Large + {llm.split('/')[1]}", llm=_llama(llm),
+                  audio=WHISPER_MEDIUM_EN, video=AVHUBERT_LARGE, face=FACE_ALIGNMENT_FILES,
+                  note="MoME adapter: give a trained one with --adapter DIR")
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p for p in (
+        Preset("tiny", "random tiny backbones built locally from configs, for tests and smoke runs", source="local",
+               note="nothing to download; output is meaningless until trained"),
+        Preset("demo", "small model trained on the project's synthetic corpus", source="bundled",
+               note="ships inside the package, nothing to download; its weights land with issue #7"),
+        _mome("mome-1b", "meta-llama/Llama-3.2-1B"),
+        _mome("mome-3b", "meta-llama/Llama-3.2-3B"),
+        _mome("mome-8b", "meta-llama/Llama-3.1-8B"),
+    )
+}
+
+
+def get_preset(preset: str | Preset, revision: str | None = None) -> Preset:
+    """The preset named (or given), at another LLM revision if asked; ValueError for an unknown name."""
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
+        preset = PRESETS[preset]
+    return preset.with_revision(revision)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Cache locations
+
+
+def mome_home() -> Path:
+    """$MOME_HOME, else the platform's user data folder for "mome" (e.g. ~/.local/share/mome)."""
+    if os.environ.get("MOME_HOME"):
+        return Path(os.environ["MOME_HOME"]).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("mome"))
+
+
+def hub_cache_dir(home: Path | None = None) -> Path:
+    return Path(home or mome_home()) / HUB_DIR
+
+
+def torch_home(home: Path | None = None) -> Path:
+    return Path(home or mome_home()) / TORCH_DIR
+
+
+def face_alignment_dir(home: Path | None = None) -> Path:
+    return Path(home or mome_home()) / FACE_ALIGNMENT_DIR
+
+
+@contextlib.contextmanager
+def face_alignment_env(home: Path | None = None) -> Iterator[Path]:
+    """Run face-alignment inside this: TORCH_HOME points at <home>/torch, where its weights are cached."""
+    previous = os.environ.get("TORCH_HOME")
+    os.environ["TORCH_HOME"] = str(torch_home(home))
+    try:
+        yield torch_home(home)
+    finally:
+        if previous is None:
+            os.environ.pop("TORCH_HOME", None)
+        else:
+            os.environ["TORCH_HOME"] = previous
+
+
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE asks for no network (read now, not when huggingface_hub was imported)."""
+    return os.environ.get(OFFLINE_ENV, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checksums
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _matches(digest: str, expected: str) -> bool:
+    """A full digest or a prefix of one (torch hub file names carry the first hex digits)."""
+    return digest.startswith(expected.lower())
+
+
+def recorded_sha256(path: Path) -> str | None:
+    """The digest recorded in <path>.sha256 when the file was downloaded, if any."""
+    sidecar = Path(f"{path}{SHA256_SUFFIX}")
+    try:
+        return sidecar.read_text().split()[0].lower()
+    except (OSError, IndexError):
+        return None
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def verify_file(item: RemoteFile, path: Path) -> str:
+    """Check a cached file against the registry's checksum or, lacking one, the recorded digest; return the digest.
+
+    A file with neither (copied into the cache by hand) gets its digest recorded now.
+    """
+    digest = sha256_of(path)
+    expected = item.sha256 or recorded_sha256(path)
+    if expected is None:
+        with contextlib.suppress(OSError):  # a read-only cache (copied from elsewhere) is still usable
+            _write_text_atomic(Path(f"{path}{SHA256_SUFFIX}"), f"{digest}  {path.name}\n")
+    elif not _matches(digest, expected):
+        raise ChecksumError(path, expected, digest)
+    return digest
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Downloads
+
+
+def _cache_write_error(e: OSError, path: Path) -> HubError | OSError:
+    """A clear one-line error for an OSError met while writing the cache, or e itself for anything else."""
+    where = e.filename or path
+    fix = "free some space or choose another place with --cache-dir or MOME_HOME"
+    if isinstance(e, PermissionError) or e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return CacheWriteError(f"cannot write to {where}: {e.strerror or 'permission denied'}; "
+                               "choose another place with --cache-dir or MOME_HOME")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return CacheWriteError(f"no space left to write {where}: {fix}")
+    return e
+
+
+def _reraise_os_error(e: OSError, path: Path) -> None:
+    error = _cache_write_error(e, path)
+    if error is e:
+        raise e
+    raise error from e
+
+
+def _no_network(what: str, e: BaseException, home: Path | None = None) -> MissingModelError:
+    where = f"the cache folder {home}" if home is not None else "the cache"
+    return MissingModelError(f"no network: cannot reach {what} ({type(e).__name__}: {e}); run again when online, or "
+                             f"copy {where} from a machine that has it")
+
+
+def _ensure_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        error = _cache_write_error(e, folder)
+        raise (CacheWriteError(f"cannot create {folder}: {e.strerror or e}") if error is e else error) from e
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CacheWriteError(f"cannot write to {folder}: permission denied; "
+                              "choose another place with --cache-dir or MOME_HOME")
+
+
+def _progress_bar(console):
+    """A rich progress bar for one file on console (stderr), or None without a console."""
+    if console is None:
+        return None
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeRemainingColumn(), console=console, transient=False)
+
+
+def fetch_url(url: str, dest: Path, sha256: str | None = None, size: int | None = None, *, console=None,
+              client=None) -> str:
+    """Download url to dest through dest.part, resuming a .part left by an interrupted run; return the SHA-256.
+
+    Size and digest (full or prefix) are checked before the rename; on a mismatch the .part is deleted. Without an
+    expected digest, the one found is recorded in dest.sha256. console: a rich Console for a progress bar, or None.
+    """
+    import httpx
+
+    dest = Path(dest)
+    part = dest.with_name(dest.name + PART_SUFFIX)
+    own_client = client is None
+    if own_client:
+        client = httpx.Client(follow_redirects=True, timeout=httpx.Timeout(60.0, connect=15.0))
+    try:
+        if size is not None and part.is_file() and part.stat().st_size > size:
+            part.unlink()
+        got = _download_part(client, url, part, console, dest.name)
+        if size is not None and part.stat().st_size != size:
+            part.unlink()
+            raise HubError(f"{dest.name}: expected {size} bytes, got {part.stat().st_size}")
+        if sha256 is not None and not _matches(got, sha256):
+            part.unlink()
+            raise ChecksumError(dest, sha256, got)
+        os.replace(part, dest)
+        if sha256 is None:
+            _write_text_atomic(Path(f"{dest}{SHA256_SUFFIX}"), f"{got}  {dest.name}\n")
+        return got
+    except httpx.TransportError as e:
+        if part.is_file() and part.stat().st_size:
+            raise MissingModelError(f"download of {dest.name} interrupted after {part.stat().st_size} bytes "
+                                    f"({type(e).__name__}: {e}); run again to resume it") from e
+        raise _no_network(url, e) from e
+    except OSError as e:
+        _reraise_os_error(e, part)
+    finally:
+        if own_client:
+            client.close()
+
+
+def _download_part(client, url: str, part: Path, console, name: str) -> str:
+    """Bring part up to the whole file at url, resuming it with a Range request; return the file's SHA-256.
+
+    A server that ignores Range answers 200 with the whole file: part is then rewritten from the first byte.
+    """
+    offset = part.stat().st_size if part.is_file() else 0
+    headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={offset}-"} if offset else {})}
+    with client.stream("GET", url, headers=headers) as response:
+        status = response.status_code
+        misfit = offset and (status == 416 or status == 206 and not _range_starts_at(response, offset))
+        if not misfit:
+            if status not in (200, 206):
+                raise HubError(f"{url}: the server answered HTTP {status}")
+            digest = hashlib.sha256()
+            if status == 206:
+                with open(part, "rb") as f:  # the digest covers the bytes already there
+                    while chunk := f.read(CHUNK_BYTES):
+                        digest.update(chunk)
+            else:
+                offset = 0
+            length = response.headers.get("Content-Length")
+            total = offset + int(length) if length is not None else None
+            written = _stream_to(response, part, "ab" if offset else "wb", digest, offset, total, console, name)
+    if misfit:  # the .part does not fit the file the server has now: start again without Range
+        part.unlink()
+        return _download_part(client, url, part, console, name)
+    if total is not None and written != total:
+        raise MissingModelError(f"download of {name} stopped at {written} of {total} bytes; run again to resume it")
+    return digest.hexdigest()
+
+
+def _range_starts_at(response, offset: int) -> bool:
+    """Whether a 206 answer's Content-Range ("bytes START-END/TOTAL") starts where the .part ends."""
+    match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
+    return match is not None and int(match.group(1)) == offset
+
+
+def _stream_to(response, part: Path, mode: str, digest, offset: int, total: int | None, console, name: str) -> int:
+    """Append the response body to part, hashing it; return the size of part afterwards."""
+    written = offset
+    bar = _progress_bar(console)
+    with contextlib.ExitStack() as stack:
+        task = None
+        if bar is not None:
+            stack.enter_context(bar)
+            task = bar.add_task(name, total=total, completed=offset)
+        f = stack.enter_context(open(part, mode))
+        for chunk in response.iter_bytes(CHUNK_BYTES):
+            f.write(chunk)
+            digest.update(chunk)
+            written += len(chunk)
+            if task is not None:
+                bar.update(task, completed=written)
+    return written
+
+
+def fetch_file(item: RemoteFile, home: Path, *, console=None, log: Callable[[str], None] = lambda m: None,
+               client=None) -> Path:
+    """Make sure item is in the cache and checks out; download it (resuming) if not. Return its path."""
+    path = item.path(home)
+    if path.is_file():
+        log(f"verifying {path}")
+        try:
+            verify_file(item, path)
+            return path
+        except ChecksumError as e:
+            log(f"{e}; downloading it again")
+            path.unlink()
+            Path(f"{path}{SHA256_SUFFIX}").unlink(missing_ok=True)
+    _ensure_writable(path.parent)
+    log(f"fetching {item.label}: {item.url}")
+    if item.licence_url:
+        log(f"  licence: {item.licence_url}")
+    fetch_url(item.url, path, item.sha256, item.size, console=console, client=client)
+    return path
+
+
+@contextlib.contextmanager
+def _hub_errors(repo: HubRepo, home: Path) -> Iterator[None]:
+    """Turn huggingface_hub's errors while fetching repo into HubErrors that say what to do."""
+    import httpx
+    from huggingface_hub import errors
+
+    token_fix = "set HF_TOKEN (or pass --token) to a token of an account that has accepted it"
+    try:
+        yield
+    except errors.GatedRepoError as e:  # before RepositoryNotFoundError, its base class
+        raise MissingModelError(f"{repo.repo_id} is gated: accept its licence at {repo.licence_url} and "
+                                f"{token_fix}") from e
+    except errors.RevisionNotFoundError as e:
+        raise MissingModelError(f"{repo.repo_id}: revision {repo.revision!r} not found on the Hub; "
+                                "check --revision") from e
+    except errors.RepositoryNotFoundError as e:
+        raise MissingModelError(f"{repo.repo_id}: repository not found on the Hub (if it is private, set HF_TOKEN "
+                                "or pass --token)") from e
+    except errors.LocalEntryNotFoundError as e:  # the Hub could not be reached and nothing is cached
+        raise _no_network(f"the Hugging Face Hub for {repo.repo_id}", e.__cause__ or e, home) from e
+    except errors.HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else None
+        if status in (401, 403):
+            licence = f"accept its licence at {repo.licence_url} and " if repo.gated else ""
+            raise MissingModelError(f"{repo.repo_id}: access denied (HTTP {status}); {licence}{token_fix}") from e
+        raise HubError(f"{repo.repo_id}: the Hub answered HTTP {status}: {e}") from e
+    except httpx.TransportError as e:
+        raise _no_network(f"the Hugging Face Hub for {repo.repo_id}", e, home) from e
+    except OSError as e:
+        _reraise_os_error(e, hub_cache_dir(home))
+
+
+def fetch_repo(repo: HubRepo, home: Path, *, token: str | None = None, console=None,
+               log: Callable[[str], None] = lambda m: None) -> Path:
+    """Fetch a Hub repository's needed files into <home>/hub (resumed and verified by huggingface_hub)."""
+    import huggingface_hub
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    _ensure_writable(hub_cache_dir(home))
+    log(f"fetching {repo.label} from the Hugging Face Hub")
+    bars_were_off = are_progress_bars_disabled()
+    if console is None:
+        disable_progress_bars()
+    try:
+        with _hub_errors(repo, home):
+            folder = huggingface_hub.snapshot_download(
+                repo.repo_id, revision=repo.revision, cache_dir=hub_cache_dir(home), token=token,
+                allow_patterns=list(repo.allow_patterns) or None, ignore_patterns=list(repo.ignore_patterns) or None,
+            )
+    finally:
+        if console is None and not bars_were_off:
+            enable_progress_bars()
+    if not _snapshot_complete(Path(folder)):
+        raise HubError(f"{repo.label}: the snapshot in {folder} has no config.json or no safetensors weights")
+    return Path(folder)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Resolution: local paths of a preset's parts, without the network
+
+
+@dataclass(frozen=True)
+class ResolvedPreset:
+    """Local paths of everything a preset is built from (None where the preset has no such part)."""
+
+    preset: Preset
+    home: Path
+    llm: Path | None = None  # snapshot folder: AutoModelForCausalLM / AutoTokenizer.from_pretrained(llm)
+    audio: Path | None = None  # snapshot folder of the Whisper repo: WhisperModel / WhisperFeatureExtractor
+    video: Path | None = None  # the AV-HuBERT checkpoint file (a fairseq torch pickle)
+    face_alignment: Path | None = None  # folder of face-alignment's weights; run it under face_alignment_env(home)
+    adapter: Path | None = None
+
+    def face_alignment_env(self):
+        return face_alignment_env(self.home)
+
+
+def _snapshot_complete(folder: Path) -> bool:
+    """config.json, some safetensors, and every shard an index names."""
+    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
+        return False
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError):
+            return False
+        return all((folder / shard).is_file() for shard in shards)
+    return True
+
+
+def locate_repo(repo: HubRepo, home: Path) -> Path | None:
+    """The cached snapshot folder of repo at its revision, if complete; never touches the network."""
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    try:
+        folder = huggingface_hub.snapshot_download(
+            repo.repo_id, revision=repo.revision, cache_dir=hub_cache_dir(home), local_files_only=True,
+            allow_patterns=list(repo.allow_patterns) or None, ignore_patterns=list(repo.ignore_patterns) or None,
+        )
+    except (errors.LocalEntryNotFoundError, FileNotFoundError):
+        return None
+    return Path(folder) if _snapshot_complete(Path(folder)) else None
+
+
+def locate(item: HubRepo | RemoteFile, home: Path, verify: bool = False) -> Path | None:
+    """Where item is in the cache, or None. verify re-hashes plain files (ChecksumError when they do not match)."""
+    if isinstance(item, HubRepo):
+        return locate_repo(item, home)
+    path = item.path(home)
+    if not path.is_file():
+        return None
+    if verify:
+        verify_file(item, path)
+    return path
+
+
+def _labels(preset: Preset, items: list[HubRepo | RemoteFile]) -> list[str]:
+    """Short names of items for messages; face-alignment's files counted as one."""
+    labels = [item.label if isinstance(item, HubRepo) else item.filename for item in items if item not in preset.face]
+    face = [item for item in items if item in preset.face]
+    if face:
+        labels.append(f"face-alignment weights ({len(face)} of {len(preset.face)} files)")
+    return labels
+
+
+def missing_items(preset: str | Preset, home: Path | None = None, revision: str | None = None) -> list[str]:
+    """Short names of what preset needs and the cache lacks."""
+    preset, home = get_preset(preset, revision), Path(home or mome_home())
+    return _labels(preset, [item for _, item in preset.items() if locate(item, home) is None])
+
+
+def _find(preset: Preset, home: Path, verify: bool) -> tuple[dict[str, Path], list[HubRepo | RemoteFile]]:
+    """(paths by ResolvedPreset field, items missing from the cache)."""
+    paths: dict[str, Path] = {}
+    missing: list[HubRepo | RemoteFile] = []
+    for role, item in preset.items():
+        path = locate(item, home, verify=verify)
+        if path is None:
+            missing.append(item)
+        elif role == "face":
+            paths["face_alignment"] = path.parent
+        else:
+            paths[role] = path
+    return paths, missing
+
+
+def _missing_message(preset: Preset, missing: list, home: Path, revision: str | None, offline: bool) -> str:
+    fix = f"mome download {preset.name}" + (f" --revision {revision}" if revision else "")
+    message = f"{preset.name} needs {', '.join(_labels(preset, missing))}, not in the cache ({home}); "
+    if offline:
+        message = f"offline ({OFFLINE_ENV}=1 or --offline): {message}run `{fix}` when online, or copy the cache " \
+                  "folder from a machine that has it"
+    else:
+        message += f"run `{fix}`"
+    gated = [m for m in missing if isinstance(m, HubRepo) and m.gated]
+    if gated:
+        message += (f" (gated: accept the licence at {', '.join(m.licence_url for m in gated)} and set HF_TOKEN "
+                    "or pass --token)")
+    return message
+
+
+def resolve_preset(preset: str | Preset, home: Path | None = None, *, offline: bool = True,
+                   revision: str | None = None, token: str | None = None, verify: bool = False,
+                   console=None, log: Callable[[str], None] = lambda m: None) -> ResolvedPreset:
+    """Local paths of every part of preset, or MissingModelError naming what is missing and the command that fixes it.
+
+    offline=True never touches the network; offline=False first fetches what is missing (as `mome download` does),
+    unless HF_HUB_OFFLINE is set. verify re-hashes the plain files (AV-HuBERT, face-alignment) against their
+    checksums: that reads ~4 GB. Presets with source "local" or "bundled" resolve to no paths.
+    """
+    preset, home = get_preset(preset, revision), Path(home or mome_home())
+    if not offline and not hub_offline():
+        return download_preset(preset, home, revision=revision, token=token, console=console, log=log)
+    paths, missing = _find(preset, home, verify)
+    if missing:
+        raise MissingModelError(_missing_message(preset, missing, home, revision, offline=hub_offline()))
+    return ResolvedPreset(preset, home, **paths)
+
+
+def download_preset(preset: str | Preset, home: Path | None = None, *, revision: str | None = None,
+                    token: str | None = None, offline: bool | None = None, console=None,
+                    log: Callable[[str], None] = lambda m: None) -> ResolvedPreset:
+    """Fetch what preset needs into the cache (checking what is already there) and return the local paths.
+
+    offline (None: from HF_HUB_OFFLINE) fetches nothing and raises MissingModelError if anything is missing.
+    console: a rich Console (stderr) for progress bars, or None for none; log: where messages go.
+    """
+    preset, home = get_preset(preset, revision), Path(home or mome_home())
+    if preset.source != "hub":
+        log(f"{preset.name}: {preset.note}")
+        return ResolvedPreset(preset, home)
+    if offline or (offline is None and hub_offline()):
+        paths, missing = _find(preset, home, verify=False)
+        if missing:
+            raise MissingModelError(_missing_message(preset, missing, home, revision, offline=True))
+        log(f"{preset.name}: complete in {home}")
+        return ResolvedPreset(preset, home, **paths)
+    for _, item in preset.items():
+        if isinstance(item, HubRepo):
+            fetch_repo(item, home, token=token, console=console, log=log)
+        else:
+            fetch_file(item, home, console=console, log=log)
+    log(f"{preset.name}: complete in {home}" + (f" ({preset.note})" if preset.note else ""))
+    paths, missing = _find(preset, home, verify=False)
+    if missing:  # fetched a moment ago: only a concurrent deletion gets here
+        raise MissingModelError(_missing_message(preset, missing, home, revision, offline=False))
+    return ResolvedPreset(preset, home, **paths)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Listing the cache
+
+
+def human_size(n: int) -> str:
+    """Decimal units, as the Hub shows sizes: 1.5 GB."""
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows]
+
+
+def cache_listing(home: Path | None = None, names: list[str] | None = None) -> str:
+    """What is cached (item, size, location) and, per preset, whether it is complete and what it lacks."""
+    home = Path(home or mome_home())
+    lines = [f"cache: {home}", "", "Hub repositories:"]
+    rows = []
+    if hub_cache_dir(home).is_dir():
+        from huggingface_hub import scan_cache_dir
+
+        for repo in sorted(scan_cache_dir(hub_cache_dir(home)).repos, key=lambda r: r.repo_id):
+            refs = sorted(ref for rev in repo.revisions for ref in rev.refs) or [
+                rev.commit_hash[:10] for rev in repo.revisions]
+            rows.append((repo.repo_id, ",".join(refs), human_size(_folder_size(repo.repo_path)), str(repo.repo_path)))
+    lines += _table(rows) if rows else ["  (none)"]
+    lines += ["", "Files:"]
+    rows = []
+    for folder in (AVHUBERT_DIR, FACE_ALIGNMENT_DIR):
+        for path in sorted((home / folder).glob("*")) if (home / folder).is_dir() else []:
+            if not path.is_file() or path.name.endswith(SHA256_SUFFIX) or path.name.startswith("."):
+                continue
+            if path.name.endswith(PART_SUFFIX):
+                state = "partial: `mome download` resumes it"
+            else:
+                state = "sha256 recorded" if recorded_sha256(path) else ""
+            rows.append((f"{folder}/{path.name}", human_size(path.stat().st_size), state, str(path)))
+    lines += _table(rows) if rows else ["  (none)"]
+    lines += ["", "Presets:"]
+    rows = []
+    for name in names or list(PRESETS):
+        preset = get_preset(name)
+        if preset.source != "hub":
+            state = f"ready: {preset.note}"
+        else:
+            missing = missing_items(preset, home)
+            state = "complete" if not missing else (f"incomplete: missing {', '.join(missing)}; "
+                                                    f"run `mome download {name}`")
+        rows.append((name, state))
+    lines += _table(rows)
+    return "\n".join(lines) + "\n"
+
+
+def _folder_size(folder: Path) -> int:
+    """Bytes of the files under folder (each blob once: snapshots hold links to blobs)."""
+    seen, total = set(), 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            stat = os.stat(os.path.join(root, name))
+            if (stat.st_dev, stat.st_ino) not in seen:
+                seen.add((stat.st_dev, stat.st_ino))
+                total += stat.st_size
+    return total
+
+
+__all__ = ["HubError", "MissingModelError", "ChecksumError", "CacheWriteError", "HubRepo", "RemoteFile", "Preset",
+           "PRESETS", "WHISPER_MEDIUM_EN", "AVHUBERT_LARGE", "FACE_ALIGNMENT_FILES", "get_preset", "mome_home",
+           "hub_cache_dir", "torch_home", "face_alignment_dir", "face_alignment_env", "hub_offline", "sha256_of",
+           "verify_file", "fetch_url", "fetch_file", "fetch_repo", "ResolvedPreset", "locate", "missing_items",
+           "resolve_preset", "download_preset", "cache_listing", "human_size"]

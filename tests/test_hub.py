@@ -1,0 +1,524 @@
+"""The model registry, the cache and downloads, against a local HTTP server and hand-built caches: no network."""
+
+import errno
+import hashlib
+import os
+import random
+import re
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import huggingface_hub
+import pytest
+from click.testing import CliRunner
+from huggingface_hub import errors
+from huggingface_hub.utils import filter_repo_objects
+
+from mome_cli import hub
+from mome_cli.cli import cli
+from mome_cli.hub import (AVHUBERT_LARGE, FACE_ALIGNMENT_FILES, PRESETS, ChecksumError, MissingModelError, Preset,
+                          RemoteFile)
+from mome_cli.report import ExitCode
+
+DATA = random.Random(0).randbytes(300_000)  # what the server serves as weights.bin
+DATA_SHA256 = hashlib.sha256(DATA).hexdigest()
+COMMIT = "0123456789abcdef0123456789abcdef01234567"  # a made-up 40-hex commit hash
+
+
+# --- a local file server that can honour or ignore Range requests -----------------------------------------------------
+
+
+class FileServer(ThreadingHTTPServer):
+    """Serves `files` by name; records (path, Range header) of every request."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), RangeHandler)
+        self.files: dict[str, bytes] = {"weights.bin": DATA}
+        self.honour_range = True
+        self.requests: list[tuple[str, str | None]] = []
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/{name}"
+
+
+class RangeHandler(BaseHTTPRequestHandler):
+    server: FileServer
+
+    def do_GET(self):
+        range_header = self.headers.get("Range")
+        self.server.requests.append((self.path, range_header))
+        body = self.server.files.get(urlparse(self.path).path.lstrip("/"))
+        if body is None:
+            self.send_error(404)
+            return
+        start = 0
+        if range_header and self.server.honour_range:
+            start = int(re.fullmatch(r"bytes=(\d+)-", range_header).group(1))
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        self.wfile.write(body[start:])
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    srv = FileServer()
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty mome home, online as far as the environment says."""
+    monkeypatch.setenv("MOME_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return tmp_path / "home"
+
+
+def invoke(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(cli, args, prog_name="mome", env=env)
+
+
+def explain(result) -> str:
+    extra = f"\nexception: {result.exception!r}" if result.exception else ""
+    return f"exit {result.exit_code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}{extra}"
+
+
+def file_preset(*files: RemoteFile, name: str = "mome-1b") -> Preset:
+    """A preset made only of plain files, standing in for a real one in CLI tests."""
+    return Preset(name, "test preset", video=files[0], face=files[1:])
+
+
+def remote(server: FileServer, sha256: str | None, filename: str = "weights.bin", folder: str = "avhubert"):
+    return RemoteFile("test weights", server.url("weights.bin"), folder, filename, sha256=sha256)
+
+
+def make_snapshot(home: Path, repo_id: str, write, revision: str = "main") -> Path:
+    """A Hugging Face cache entry as huggingface_hub lays it out: snapshots/<commit>/ and refs/<revision>."""
+    repo = home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    folder = repo / "snapshots" / COMMIT
+    folder.mkdir(parents=True)
+    write(folder)
+    (repo / "refs").mkdir()
+    (repo / "refs" / revision).write_text(COMMIT)
+    return folder
+
+
+def fake_repo(folder: Path) -> None:
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"not loaded by these tests")
+
+
+def fill_files(home: Path, files) -> None:
+    for item in files:
+        item.path(home).parent.mkdir(parents=True, exist_ok=True)
+        item.path(home).write_bytes(b"x")
+
+
+# --- registry ---------------------------------------------------------------------------------------------------------
+
+
+def test_presets_are_the_contracts():
+    assert list(PRESETS) == ["tiny", "demo", "mome-1b", "mome-3b", "mome-8b"]
+    assert PRESETS["tiny"].source == "local" and not PRESETS["tiny"].items()
+    assert PRESETS["demo"].source == "bundled" and not PRESETS["demo"].items() and "#7" in PRESETS["demo"].note
+    llms = {"mome-1b": "meta-llama/Llama-3.2-1B", "mome-3b": "meta-llama/Llama-3.2-3B",
+            "mome-8b": "meta-llama/Llama-3.1-8B"}
+    for name, llm in llms.items():
+        preset = PRESETS[name]
+        assert preset.llm.repo_id == llm and preset.llm.gated
+        assert preset.llm.licence_url == f"https://huggingface.co/{llm}"
+        assert preset.audio.repo_id == "openai/whisper-medium.en" and not preset.audio.gated
+        assert preset.video is AVHUBERT_LARGE and preset.face == FACE_ALIGNMENT_FILES and preset.adapter is None
+
+
+def test_revision_overrides_the_llm_only():
+    preset = hub.get_preset("mome-3b", revision="abc123")
+    assert preset.llm.revision == "abc123" and preset.audio.revision == "main"
+    assert PRESETS["mome-3b"].llm.revision == "main"  # the registry itself is untouched
+    with pytest.raises(ValueError, match="known presets: tiny, demo, mome-1b"):
+        hub.get_preset("mome-2b")
+
+
+def test_allow_patterns_fetch_only_what_transformers_needs():
+    repo_files = ["config.json", "generation_config.json", "model.safetensors", "model-00001-of-00002.safetensors",
+                  "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                  "original/consolidated.00.pth", "original/params.json", "original/tokenizer.model",
+                  "pytorch_model.bin", "LICENSE.txt", "USE_POLICY.md", "README.md"]
+    for repo in (PRESETS["mome-8b"].llm, PRESETS["mome-1b"].audio):
+        kept = set(filter_repo_objects(repo_files, allow_patterns=list(repo.allow_patterns),
+                                       ignore_patterns=list(repo.ignore_patterns)))
+        assert {"config.json", "model.safetensors", "model-00001-of-00002.safetensors", "tokenizer.json"} <= kept
+        assert not kept & {"original/consolidated.00.pth", "original/params.json", "pytorch_model.bin", "README.md"}
+
+
+def test_face_alignment_files_are_named_as_torch_hub_expects():
+    for item in FACE_ALIGNMENT_FILES:
+        assert item.folder == "torch/hub/checkpoints"
+        assert item.filename == Path(urlparse(item.url).path).name  # torch.hub names a download after its URL
+        prefix = re.search(r"-([a-f0-9]*)\.", item.filename)  # torch.hub's HASH_REGEX
+        assert item.sha256 == (prefix.group(1) if prefix else None), item
+
+
+def test_avhubert_has_no_published_checksum():
+    assert AVHUBERT_LARGE.sha256 is None and AVHUBERT_LARGE.size is None
+    assert AVHUBERT_LARGE.url.endswith("/lrs3_vox/clean-pretrain/large_vox_iter5.pt")
+
+
+# --- cache locations --------------------------------------------------------------------------------------------------
+
+
+def test_mome_home_from_env_or_platformdirs(tmp_path, monkeypatch):
+    from platformdirs import user_data_dir
+
+    monkeypatch.setenv("MOME_HOME", str(tmp_path))
+    assert hub.mome_home() == tmp_path
+    assert hub.hub_cache_dir() == tmp_path / "hub"
+    assert hub.face_alignment_dir() == tmp_path / "torch" / "hub" / "checkpoints"
+    monkeypatch.delenv("MOME_HOME")
+    assert hub.mome_home() == Path(user_data_dir("mome"))
+
+
+def test_face_alignment_env_points_torch_hub_into_the_cache(tmp_path, monkeypatch):
+    import torch.hub
+
+    monkeypatch.setenv("TORCH_HOME", "/elsewhere")
+    with hub.face_alignment_env(tmp_path):
+        assert Path(torch.hub.get_dir()) / "checkpoints" == hub.face_alignment_dir(tmp_path)
+    assert torch.hub.get_dir() == "/elsewhere/hub"
+
+
+# --- the downloader ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sha256", [DATA_SHA256, DATA_SHA256[:10]], ids=["full", "prefix"])
+def test_fetch_url_checks_the_sha256_then_renames(server, tmp_path, sha256):
+    dest = tmp_path / "weights.bin"
+    assert hub.fetch_url(server.url("weights.bin"), dest, sha256) == DATA_SHA256
+    assert dest.read_bytes() == DATA
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.bin"]  # no .part, no sidecar
+
+
+def test_fetch_url_checksum_mismatch_leaves_nothing(server, tmp_path):
+    dest = tmp_path / "weights.bin"
+    with pytest.raises(ChecksumError) as caught:
+        hub.fetch_url(server.url("weights.bin"), dest, "0" * 64)
+    assert caught.value.exit_code == ExitCode.FAILURE
+    assert "weights.bin" in str(caught.value) and "0" * 64 in str(caught.value) and DATA_SHA256 in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fetch_url_resumes_a_part_with_a_range_request(server, tmp_path):
+    dest = tmp_path / "weights.bin"
+    (tmp_path / "weights.bin.part").write_bytes(DATA[:123_456])
+    hub.fetch_url(server.url("weights.bin"), dest, DATA_SHA256)
+    assert server.requests == [("/weights.bin", "bytes=123456-")]
+    assert dest.read_bytes() == DATA and not (tmp_path / "weights.bin.part").exists()
+
+
+def test_fetch_url_restarts_when_the_server_ignores_range(server, tmp_path):
+    server.honour_range = False
+    dest = tmp_path / "weights.bin"
+    (tmp_path / "weights.bin.part").write_bytes(b"stale bytes from another version of the file")
+    hub.fetch_url(server.url("weights.bin"), dest, DATA_SHA256)
+    assert server.requests == [("/weights.bin", "bytes=44-")]
+    assert dest.read_bytes() == DATA and not (tmp_path / "weights.bin.part").exists()
+
+
+def test_fetch_url_restarts_when_the_part_is_longer_than_the_file(server, tmp_path):
+    dest = tmp_path / "weights.bin"
+    (tmp_path / "weights.bin.part").write_bytes(DATA + b"tail")
+    hub.fetch_url(server.url("weights.bin"), dest, DATA_SHA256)
+    assert server.requests == [("/weights.bin", f"bytes={len(DATA) + 4}-"), ("/weights.bin", None)]
+    assert dest.read_bytes() == DATA
+
+
+def test_file_without_checksum_gets_its_digest_recorded_and_rechecked(server, tmp_path):
+    item = remote(server, sha256=None)
+    path = hub.fetch_file(item, tmp_path)
+    assert path.read_bytes() == DATA
+    assert Path(f"{path}.sha256").read_text() == f"{DATA_SHA256}  weights.bin\n"
+    hub.verify_file(item, path)
+    path.write_bytes(DATA[:-1] + bytes([DATA[-1] ^ 1]))  # one bit changed
+    with pytest.raises(ChecksumError, match=f"expected SHA-256 {DATA_SHA256}"):
+        hub.verify_file(item, path)
+    hub.fetch_file(item, tmp_path)  # a corrupted cached file is fetched again
+    assert path.read_bytes() == DATA and len(server.requests) == 2
+
+
+def test_unreachable_server_is_missing_with_no_network(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(MissingModelError, match="no network: .*run again when online") as caught:
+        hub.fetch_url(f"http://127.0.0.1:{port}/weights.bin", tmp_path / "weights.bin", DATA_SHA256)
+    assert caught.value.exit_code == ExitCode.MISSING and list(tmp_path.iterdir()) == []
+
+
+def test_http_error_is_a_failure(server, tmp_path):
+    with pytest.raises(hub.HubError, match="HTTP 404") as caught:
+        hub.fetch_url(server.url("nothing.bin"), tmp_path / "nothing.bin", DATA_SHA256)
+    assert caught.value.exit_code == ExitCode.FAILURE and list(tmp_path.iterdir()) == []
+
+
+# --- mome download ----------------------------------------------------------------------------------------------------
+
+
+def test_download_fetches_a_preset_then_lists_it_complete(server, home, monkeypatch):
+    face = remote(server, DATA_SHA256[:10], filename="s3fd-0123.pth", folder="torch/hub/checkpoints")
+    monkeypatch.setitem(PRESETS, "mome-1b", file_preset(remote(server, None), face))
+    result = invoke("download", "mome-1b")
+    assert result.exit_code == 0 and result.stdout == "", explain(result)
+    assert (home / "avhubert" / "weights.bin").read_bytes() == DATA
+    assert (home / "torch" / "hub" / "checkpoints" / "s3fd-0123.pth").read_bytes() == DATA
+    result = invoke("download", "--list")
+    assert result.exit_code == 0, explain(result)
+    assert re.search(r"avhubert/weights\.bin +300\.0 kB +sha256 recorded", result.stdout), explain(result)
+    assert "torch/hub/checkpoints/s3fd-0123.pth" in result.stdout, explain(result)
+    assert re.search(r"mome-1b +complete", result.stdout), explain(result)
+    assert re.search(r"mome-3b +incomplete: missing meta-llama/Llama-3.2-3B", result.stdout), explain(result)
+
+
+def test_download_checksum_mismatch_exits_1(server, home, monkeypatch):
+    monkeypatch.setitem(PRESETS, "mome-1b", file_preset(remote(server, "f" * 64)))
+    result = invoke("download", "mome-1b")
+    assert result.exit_code == ExitCode.FAILURE, explain(result)
+    assert f"checksum mismatch: expected SHA-256 {'f' * 64}, got {DATA_SHA256}" in result.stderr, explain(result)
+    assert "Traceback" not in result.stderr and not list((home / "avhubert").iterdir()), explain(result)
+
+
+def test_list_names_cached_items_and_what_presets_lack(home):
+    make_snapshot(home, "openai/whisper-medium.en", fake_repo)
+    fill_files(home, [AVHUBERT_LARGE])
+    (home / "avhubert" / "other.pt.part").write_bytes(b"half")
+    result = invoke("download", "--list", "mome-1b", "tiny")
+    assert result.exit_code == 0 and result.stderr == "", explain(result)
+    assert re.search(r"openai/whisper-medium\.en +main +\d+ B +\S+models--openai--whisper-medium\.en", result.stdout), \
+        explain(result)
+    assert re.search(r"avhubert/large_vox_iter5\.pt +1 B", result.stdout), explain(result)
+    assert re.search(r"avhubert/other\.pt\.part +4 B +partial", result.stdout), explain(result)
+    line = next(line for line in result.stdout.splitlines() if line.strip().startswith("mome-1b"))
+    assert "incomplete: missing meta-llama/Llama-3.2-1B (main), face-alignment weights (6 of 6 files)" in line
+    assert "whisper" not in line and "large_vox_iter5" not in line and "mome download mome-1b" in line
+    assert re.search(r"tiny +ready", result.stdout) and "mome-8b" not in result.stdout, explain(result)
+
+
+@pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "--offline"])
+def test_offline_with_nothing_cached_exits_4(home, how, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("offline must not try the network")
+
+    monkeypatch.setattr(httpx.Client, "send", no_network)
+    args, env = (["download", "mome-1b"], {"HF_HUB_OFFLINE": "1"}) if how == "HF_HUB_OFFLINE" else (
+        ["download", "--offline", "mome-1b"], None)
+    result = invoke(*args, env=env)
+    assert result.exit_code == ExitCode.MISSING, explain(result)
+    assert "offline" in result.stderr and "`mome download mome-1b` when online" in result.stderr, explain(result)
+    assert "meta-llama/Llama-3.2-1B" in result.stderr and "large_vox_iter5.pt" in result.stderr, explain(result)
+
+
+def hub_fails_with(monkeypatch, error: Exception) -> list[str]:
+    """Make huggingface_hub.snapshot_download raise error for downloads (nothing is cached); return repos asked."""
+    asked = []
+
+    def snapshot_download(repo_id, **kwargs):
+        if kwargs.get("local_files_only"):
+            raise errors.LocalEntryNotFoundError("not in the cache")
+        asked.append(repo_id)
+        raise error
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return asked
+
+
+def hub_response(status: int, repo_id: str = "meta-llama/Llama-3.2-1B") -> httpx.Response:
+    request = httpx.Request("GET", f"https://huggingface.co/api/models/{repo_id}/revision/main")
+    return httpx.Response(status, request=request)
+
+
+def test_gated_repo_exits_4_with_licence_and_token(home, monkeypatch):
+    gated = errors.GatedRepoError("403 Client Error: cannot access gated repo", response=hub_response(403))
+    asked = hub_fails_with(monkeypatch, gated)
+    result = invoke("download", "mome-1b")
+    assert result.exit_code == ExitCode.MISSING and asked == ["meta-llama/Llama-3.2-1B"], explain(result)
+    assert "meta-llama/Llama-3.2-1B is gated" in result.stderr, explain(result)
+    assert "https://huggingface.co/meta-llama/Llama-3.2-1B" in result.stderr, explain(result)
+    assert "HF_TOKEN" in result.stderr and "--token" in result.stderr, explain(result)
+    assert "Traceback" not in result.stderr, explain(result)
+
+
+@pytest.mark.parametrize("error, code, message", [
+    (errors.RepositoryNotFoundError("404", response=hub_response(404)), ExitCode.MISSING,
+     "meta-llama/Llama-3.2-1B: repository not found"),
+    (errors.RevisionNotFoundError("404", response=hub_response(404)), ExitCode.MISSING,
+     "meta-llama/Llama-3.2-1B: revision 'main' not found"),
+    (errors.HfHubHTTPError("401", response=hub_response(401)), ExitCode.MISSING, "access denied (HTTP 401)"),
+    (errors.LocalEntryNotFoundError("cannot find"), ExitCode.MISSING, "no network: cannot reach the Hugging Face Hub"),
+    (httpx.ConnectError("Name or service not known"), ExitCode.MISSING, "no network"),
+    (OSError(errno.ENOSPC, "No space left on device"), ExitCode.FAILURE, "no space left to write "),
+    (PermissionError(errno.EACCES, "Permission denied", "/cache/hub/models--meta-llama--Llama-3.2-1B"),
+     ExitCode.FAILURE, "cannot write to /cache/hub/models--meta-llama--Llama-3.2-1B: Permission denied"),
+], ids=["repo-not-found", "revision-not-found", "401", "hub-unreachable", "connect-error", "disk-full",
+        "permission"])
+def test_hub_errors_become_one_line_and_an_exit_code(home, monkeypatch, error, code, message):
+    hub_fails_with(monkeypatch, error)
+    result = invoke("download", "mome-1b")
+    assert result.exit_code == code, explain(result)
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 2, explain(result)  # + "fetching"
+    assert "Traceback" not in result.stderr, explain(result)
+
+
+def test_disk_full_while_streaming_names_the_file(server, home, monkeypatch):
+    monkeypatch.setitem(PRESETS, "mome-1b", file_preset(remote(server, DATA_SHA256)))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(hub, "_stream_to", full)
+    result = invoke("-q", "download", "mome-1b")
+    assert result.exit_code == ExitCode.FAILURE, explain(result)
+    assert result.stderr == f"mome download: no space left to write {home}/avhubert/weights.bin.part: free some " \
+                            "space or choose another place with --cache-dir or MOME_HOME\n", explain(result)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_unwritable_cache_dir_exits_1(server, tmp_path, monkeypatch):
+    monkeypatch.setitem(PRESETS, "mome-1b", file_preset(remote(server, DATA_SHA256)))
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    result = invoke("download", "--cache-dir", str(locked), "mome-1b")
+    assert result.exit_code == ExitCode.FAILURE, explain(result)
+    assert f"cannot write to {locked}/avhubert: Permission denied" in result.stderr, explain(result)
+
+
+def test_cache_dir_without_write_permission_exits_1(server, home, monkeypatch):
+    monkeypatch.setitem(PRESETS, "mome-1b", file_preset(remote(server, DATA_SHA256)))
+    monkeypatch.setattr(hub.os, "access", lambda path, mode: False)  # as a read-only folder looks to a non-root user
+    result = invoke("download", "mome-1b")
+    assert result.exit_code == ExitCode.FAILURE, explain(result)
+    assert f"cannot write to {home}/avhubert: permission denied" in result.stderr, explain(result)
+    assert not server.requests and "Traceback" not in result.stderr, explain(result)
+
+
+def test_cache_dir_that_cannot_be_created_exits_1(server, tmp_path, monkeypatch):
+    monkeypatch.setitem(PRESETS, "mome-1b", file_preset(remote(server, DATA_SHA256)))
+    (tmp_path / "a-file").write_text("in the way")
+    result = invoke("download", "--cache-dir", str(tmp_path / "a-file" / "cache"), "mome-1b")
+    assert result.exit_code == ExitCode.FAILURE, explain(result)
+    assert f"cannot create {tmp_path}/a-file/cache/avhubert: Not a directory" in result.stderr, explain(result)
+    assert "Traceback" not in result.stderr, explain(result)
+
+
+def test_progress_bar_on_a_terminal(server, tmp_path):
+    from io import StringIO
+
+    from rich.console import Console
+
+    out = StringIO()
+    hub.fetch_url(server.url("weights.bin"), tmp_path / "weights.bin", DATA_SHA256,
+                  console=Console(file=out, force_terminal=True, width=100))
+    assert "weights.bin" in out.getvalue() and "300.0" in out.getvalue()
+
+
+def test_cache_dir_overrides_mome_home(server, home, tmp_path, monkeypatch):
+    monkeypatch.setitem(PRESETS, "mome-1b", file_preset(remote(server, DATA_SHA256)))
+    result = invoke("download", "--cache-dir", str(tmp_path / "other"), "mome-1b")
+    assert result.exit_code == 0, explain(result)
+    assert (tmp_path / "other" / "avhubert" / "weights.bin").is_file() and not home.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "name a preset to download"),
+    (["mome-2b"], "unknown preset 'mome-2b'; known presets: tiny, demo, mome-1b, mome-3b, mome-8b"),
+    (["tiny", "nope"], "unknown preset 'nope'"),
+])
+def test_download_usage_errors_exit_2(home, args, message):
+    result = invoke("download", *args)
+    assert result.exit_code == ExitCode.USAGE and message in result.stderr, explain(result)
+
+
+def test_download_help_names_every_preset():
+    result = invoke("download", "--help")
+    assert result.exit_code == 0, explain(result)
+    for name in PRESETS:
+        assert name in result.stdout, explain(result)
+    for option in ("--list", "--cache-dir", "--revision", "--token", "--offline"):
+        assert option in result.stdout, explain(result)
+
+
+def test_tiny_and_demo_need_no_download(home):
+    result = invoke("download", "tiny", "demo")
+    assert result.exit_code == 0 and result.stdout == "", explain(result)
+    assert "nothing to download" in result.stderr and not home.exists(), explain(result)
+    result = invoke("-q", "download", "tiny")
+    assert result.exit_code == 0 and result.stderr == "", explain(result)
+
+
+# --- resolution: the presets' own loading path ------------------------------------------------------------------------
+
+
+def test_resolve_preset_finds_a_hub_cache_offline_and_transformers_loads_it(home, monkeypatch):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mome_cli.llm import build_tiny_llm
+
+    model, tokenizer = build_tiny_llm("tiny")
+
+    def save(folder):
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    llm_folder = make_snapshot(home, "meta-llama/Llama-3.2-1B", save)
+    whisper_folder = make_snapshot(home, "openai/whisper-medium.en", fake_repo)
+    fill_files(home, [AVHUBERT_LARGE, *FACE_ALIGNMENT_FILES])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    resolved = hub.resolve_preset("mome-1b")
+    assert resolved.llm == llm_folder and resolved.audio == whisper_folder
+    assert resolved.video == home / "avhubert" / "large_vox_iter5.pt"
+    assert resolved.face_alignment == home / "torch" / "hub" / "checkpoints" and resolved.adapter is None
+    loaded = AutoModelForCausalLM.from_pretrained(resolved.llm)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    assert AutoTokenizer.from_pretrained(resolved.llm)("hi").input_ids == tokenizer("hi").input_ids
+    result = invoke("download", "mome-1b")  # offline and complete: nothing to do
+    assert result.exit_code == 0 and "mome-1b: complete" in result.stderr, explain(result)
+
+    with pytest.raises(MissingModelError, match=r"mome download mome-1b --revision v2"):
+        hub.resolve_preset("mome-1b", revision="v2")  # no refs/v2 in the cache
+    (home / "avhubert" / "large_vox_iter5.pt").unlink()
+    with pytest.raises(MissingModelError, match=r"mome-1b needs large_vox_iter5.pt, .*run `mome download mome-1b`"):
+        hub.resolve_preset("mome-1b")
+
+
+def test_resolve_preset_rejects_an_incomplete_snapshot(home):
+    make_snapshot(home, "meta-llama/Llama-3.2-3B", lambda folder: (folder / "config.json").write_text("{}"))
+    assert hub.locate(PRESETS["mome-3b"].llm, home) is None
+    with pytest.raises(MissingModelError, match="meta-llama/Llama-3.2-3B") as caught:
+        hub.resolve_preset("mome-3b")
+    assert caught.value.exit_code == ExitCode.MISSING and "HF_TOKEN" in str(caught.value)
+
+
+def test_local_and_bundled_presets_resolve_to_no_paths(home):
+    for name in ("tiny", "demo"):
+        resolved = hub.resolve_preset(name)
+        assert resolved.llm is resolved.audio is resolved.video is resolved.face_alignment is None
