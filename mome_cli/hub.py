@@ -8,73 +8,35 @@ Cache layout under `mome_home()` ($MOME_HOME, else platformdirs' user data dir f
                               folder, so run it under `face_alignment_env(home)` (TORCH_HOME=<home>/torch)
 
 Hub repositories come through `huggingface_hub.snapshot_download` (it resumes and verifies by itself). Plain URLs
-come through `fetch_url`: it streams into `<file>.part` beside the final name, resumes a `.part` with an HTTP Range
-request, checks the SHA-256 before renaming into place and deletes the `.part` when it does not match, so a final
-name never holds a partial or wrong file. Where no checksum is published, the digest of the first download is
-recorded in `<file>.sha256` (sha256sum's format) and later checks compare against it.
+come through downloads.py's `fetch_url`: streamed into `<file>.part`, resumed with an HTTP Range request, SHA-256
+checked before the rename (or, where none is published, the first download's digest recorded in `<file>.sha256`), so
+a final name never holds a partial or wrong file.
 
-Errors carry the exit code of the contract (report.ExitCode): MISSING (4) when something needed is not in the cache
-and cannot be fetched now (offline, gated, not found, no network), FAILURE (1) for a checksum mismatch or a cache that
-cannot be written. Torch-free, and huggingface_hub, httpx and rich are imported where they are used, so the CLI can
-import this module cheaply.
+Errors (defined in downloads.py, re-exported here) carry the exit code of the contract (report.ExitCode): MISSING (4)
+when something needed is not in the cache and cannot be fetched now (offline, gated, not found, no network), FAILURE
+(1) for a checksum mismatch or a cache that cannot be written. Torch-free, and huggingface_hub, httpx and rich are
+imported where they are used, so the CLI can import this module cheaply.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import hashlib
 import json
 import os
-import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .report import ExitCode
+from .downloads import (PART_SUFFIX, SHA256_SUFFIX, CacheWriteError, ChecksumError, HubError, MissingModelError,
+                        ensure_writable, fetch_url, no_network_error, recorded_sha256, reraise_os_error, sha256_of,
+                        verify_file)
 
 HUB_DIR = "hub"  # huggingface_hub cache_dir, relative to the mome home
 AVHUBERT_DIR = "avhubert"
 TORCH_DIR = "torch"  # TORCH_HOME while face-alignment runs
 FACE_ALIGNMENT_DIR = "torch/hub/checkpoints"  # = $TORCH_HOME/hub/checkpoints, where torch.hub stores downloads
-PART_SUFFIX = ".part"  # a download in progress, resumable
-SHA256_SUFFIX = ".sha256"  # the recorded digest of a file that has no published checksum
-CHUNK_BYTES = 1 << 20  # 1 MiB per read while streaming and hashing
 OFFLINE_ENV = "HF_HUB_OFFLINE"
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Errors
-
-
-class HubError(Exception):
-    """A download or cache problem with a one-line message for the user and the exit code that goes with it."""
-
-    exit_code = ExitCode.FAILURE
-
-
-class MissingModelError(HubError):
-    """Something a preset needs is not in the cache and cannot be fetched now; the message says what fixes it."""
-
-    exit_code = ExitCode.MISSING
-
-
-class ChecksumError(HubError):
-    """A downloaded or cached file whose SHA-256 is not the expected one."""
-
-    exit_code = ExitCode.FAILURE
-
-    def __init__(self, path: Path, expected: str, got: str):
-        self.path, self.expected, self.got = Path(path), expected, got
-        super().__init__(f"{Path(path).name}: checksum mismatch: expected SHA-256 {expected}, got {got}")
-
-
-class CacheWriteError(HubError):
-    """The cache cannot be written (disk full, no permission, read-only file system)."""
-
-    exit_code = ExitCode.FAILURE
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -271,202 +233,7 @@ def hub_offline() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Checksums
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _matches(digest: str, expected: str) -> bool:
-    """A full digest or a prefix of one (torch hub file names carry the first hex digits)."""
-    return digest.startswith(expected.lower())
-
-
-def recorded_sha256(path: Path) -> str | None:
-    """The digest recorded in <path>.sha256 when the file was downloaded, if any."""
-    sidecar = Path(f"{path}{SHA256_SUFFIX}")
-    try:
-        return sidecar.read_text().split()[0].lower()
-    except (OSError, IndexError):
-        return None
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def verify_file(item: RemoteFile, path: Path) -> str:
-    """Check a cached file against the registry's checksum or, lacking one, the recorded digest; return the digest.
-
-    A file with neither (copied into the cache by hand) gets its digest recorded now.
-    """
-    digest = sha256_of(path)
-    expected = item.sha256 or recorded_sha256(path)
-    if expected is None:
-        with contextlib.suppress(OSError):  # a read-only cache (copied from elsewhere) is still usable
-            _write_text_atomic(Path(f"{path}{SHA256_SUFFIX}"), f"{digest}  {path.name}\n")
-    elif not _matches(digest, expected):
-        raise ChecksumError(path, expected, digest)
-    return digest
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Downloads
-
-
-def _cache_write_error(e: OSError, path: Path) -> HubError | OSError:
-    """A clear one-line error for an OSError met while writing the cache, or e itself for anything else."""
-    where = e.filename or path
-    fix = "free some space or choose another place with --cache-dir or MOME_HOME"
-    if isinstance(e, PermissionError) or e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return CacheWriteError(f"cannot write to {where}: {e.strerror or 'permission denied'}; "
-                               "choose another place with --cache-dir or MOME_HOME")
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return CacheWriteError(f"no space left to write {where}: {fix}")
-    return e
-
-
-def _reraise_os_error(e: OSError, path: Path) -> None:
-    error = _cache_write_error(e, path)
-    if error is e:
-        raise e
-    raise error from e
-
-
-def _no_network(what: str, e: BaseException, home: Path | None = None) -> MissingModelError:
-    where = f"the cache folder {home}" if home is not None else "the cache"
-    return MissingModelError(f"no network: cannot reach {what} ({type(e).__name__}: {e}); run again when online, or "
-                             f"copy {where} from a machine that has it")
-
-
-def _ensure_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        error = _cache_write_error(e, folder)
-        raise (CacheWriteError(f"cannot create {folder}: {e.strerror or e}") if error is e else error) from e
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise CacheWriteError(f"cannot write to {folder}: permission denied; "
-                              "choose another place with --cache-dir or MOME_HOME")
-
-
-def _progress_bar(console):
-    """A rich progress bar for one file on console (stderr), or None without a console."""
-    if console is None:
-        return None
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeRemainingColumn(), console=console, transient=False)
-
-
-def fetch_url(url: str, dest: Path, sha256: str | None = None, size: int | None = None, *, console=None,
-              client=None) -> str:
-    """Download url to dest through dest.part, resuming a .part left by an interrupted run; return the SHA-256.
-
-    Size and digest (full or prefix) are checked before the rename; on a mismatch the .part is deleted. Without an
-    expected digest, the one found is recorded in dest.sha256. console: a rich Console for a progress bar, or None.
-    """
-    import httpx
-
-    dest = Path(dest)
-    part = dest.with_name(dest.name + PART_SUFFIX)
-    own_client = client is None
-    if own_client:
-        client = httpx.Client(follow_redirects=True, timeout=httpx.Timeout(60.0, connect=15.0))
-    try:
-        if size is not None and part.is_file() and part.stat().st_size > size:
-            part.unlink()
-        got = _download_part(client, url, part, console, dest.name)
-        if size is not None and part.stat().st_size != size:
-            part.unlink()
-            raise HubError(f"{dest.name}: expected {size} bytes, got {part.stat().st_size}")
-        if sha256 is not None and not _matches(got, sha256):
-            part.unlink()
-            raise ChecksumError(dest, sha256, got)
-        os.replace(part, dest)
-        if sha256 is None:
-            _write_text_atomic(Path(f"{dest}{SHA256_SUFFIX}"), f"{got}  {dest.name}\n")
-        return got
-    except httpx.TransportError as e:
-        if part.is_file() and part.stat().st_size:
-            raise MissingModelError(f"download of {dest.name} interrupted after {part.stat().st_size} bytes "
-                                    f"({type(e).__name__}: {e}); run again to resume it") from e
-        raise _no_network(url, e) from e
-    except OSError as e:
-        _reraise_os_error(e, part)
-    finally:
-        if own_client:
-            client.close()
-
-
-def _download_part(client, url: str, part: Path, console, name: str) -> str:
-    """Bring part up to the whole file at url, resuming it with a Range request; return the file's SHA-256.
-
-    A server that ignores Range answers 200 with the whole file: part is then rewritten from the first byte.
-    """
-    offset = part.stat().st_size if part.is_file() else 0
-    headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={offset}-"} if offset else {})}
-    with client.stream("GET", url, headers=headers) as response:
-        status = response.status_code
-        misfit = offset and (status == 416 or status == 206 and not _range_starts_at(response, offset))
-        if not misfit:
-            if status not in (200, 206):
-                raise HubError(f"{url}: the server answered HTTP {status}")
-            digest = hashlib.sha256()
-            if status == 206:
-                with open(part, "rb") as f:  # the digest covers the bytes already there
-                    while chunk := f.read(CHUNK_BYTES):
-                        digest.update(chunk)
-            else:
-                offset = 0
-            length = response.headers.get("Content-Length")
-            total = offset + int(length) if length is not None else None
-            written = _stream_to(response, part, "ab" if offset else "wb", digest, offset, total, console, name)
-    if misfit:  # the .part does not fit the file the server has now: start again without Range
-        part.unlink()
-        return _download_part(client, url, part, console, name)
-    if total is not None and written != total:
-        raise MissingModelError(f"download of {name} stopped at {written} of {total} bytes; run again to resume it")
-    return digest.hexdigest()
-
-
-def _range_starts_at(response, offset: int) -> bool:
-    """Whether a 206 answer's Content-Range ("bytes START-END/TOTAL") starts where the .part ends."""
-    match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
-    return match is not None and int(match.group(1)) == offset
-
-
-def _stream_to(response, part: Path, mode: str, digest, offset: int, total: int | None, console, name: str) -> int:
-    """Append the response body to part, hashing it; return the size of part afterwards."""
-    written = offset
-    bar = _progress_bar(console)
-    with contextlib.ExitStack() as stack:
-        task = None
-        if bar is not None:
-            stack.enter_context(bar)
-            task = bar.add_task(name, total=total, completed=offset)
-        f = stack.enter_context(open(part, mode))
-        for chunk in response.iter_bytes(CHUNK_BYTES):
-            f.write(chunk)
-            digest.update(chunk)
-            written += len(chunk)
-            if task is not None:
-                bar.update(task, completed=written)
-    return written
+# Fetching: plain files through downloads.fetch_url, Hub repositories through huggingface_hub
 
 
 def fetch_file(item: RemoteFile, home: Path, *, console=None, log: Callable[[str], None] = lambda m: None,
@@ -482,7 +249,7 @@ def fetch_file(item: RemoteFile, home: Path, *, console=None, log: Callable[[str
             log(f"{e}; downloading it again")
             path.unlink()
             Path(f"{path}{SHA256_SUFFIX}").unlink(missing_ok=True)
-    _ensure_writable(path.parent)
+    ensure_writable(path.parent)
     log(f"fetching {item.label}: {item.url}")
     if item.licence_url:
         log(f"  licence: {item.licence_url}")
@@ -509,7 +276,7 @@ def _hub_errors(repo: HubRepo, home: Path) -> Iterator[None]:
         raise MissingModelError(f"{repo.repo_id}: repository not found on the Hub (if it is private, set HF_TOKEN "
                                 "or pass --token)") from e
     except errors.LocalEntryNotFoundError as e:  # the Hub could not be reached and nothing is cached
-        raise _no_network(f"the Hugging Face Hub for {repo.repo_id}", e.__cause__ or e, home) from e
+        raise no_network_error(f"the Hugging Face Hub for {repo.repo_id}", e.__cause__ or e, home) from e
     except errors.HfHubHTTPError as e:
         status = e.response.status_code if e.response is not None else None
         if status in (401, 403):
@@ -517,9 +284,9 @@ def _hub_errors(repo: HubRepo, home: Path) -> Iterator[None]:
             raise MissingModelError(f"{repo.repo_id}: access denied (HTTP {status}); {licence}{token_fix}") from e
         raise HubError(f"{repo.repo_id}: the Hub answered HTTP {status}: {e}") from e
     except httpx.TransportError as e:
-        raise _no_network(f"the Hugging Face Hub for {repo.repo_id}", e, home) from e
+        raise no_network_error(f"the Hugging Face Hub for {repo.repo_id}", e, home) from e
     except OSError as e:
-        _reraise_os_error(e, hub_cache_dir(home))
+        reraise_os_error(e, hub_cache_dir(home))
 
 
 def fetch_repo(repo: HubRepo, home: Path, *, token: str | None = None, console=None,
@@ -528,7 +295,7 @@ def fetch_repo(repo: HubRepo, home: Path, *, token: str | None = None, console=N
     import huggingface_hub
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-    _ensure_writable(hub_cache_dir(home))
+    ensure_writable(hub_cache_dir(home))
     log(f"fetching {repo.label} from the Hugging Face Hub")
     bars_were_off = are_progress_bars_disabled()
     if console is None:

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from huggingface_hub import errors
 from huggingface_hub.utils import filter_repo_objects
 
-from mome_cli import hub
+from mome_cli import downloads, hub
 from mome_cli.cli import cli
 from mome_cli.hub import (AVHUBERT_LARGE, FACE_ALIGNMENT_FILES, PRESETS, ChecksumError, MissingModelError, Preset,
                           RemoteFile)
@@ -393,7 +393,7 @@ def test_disk_full_while_streaming_names_the_file(server, home, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(hub, "_stream_to", full)
+    monkeypatch.setattr(downloads, "_stream_to", full)  # fetch_url streams through downloads._stream_to
     result = invoke("-q", "download", "mome-1b")
     assert result.exit_code == ExitCode.FAILURE, explain(result)
     assert result.stderr == f"mome download: no space left to write {home}/avhubert/weights.bin.part: free some " \
