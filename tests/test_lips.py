@@ -1,0 +1,362 @@
+"""The lip stage: face-alignment's real loading and batch code on random weights saved where it looks for them,
+crop geometry on synthetic faces, interpolation and smoothing against hand-computed values, tracking, crops."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+# face-alignment's heatmap decoding is numba-jitted; compiling it takes ~10 s per process on 2 cores, running the same
+# Python code uncompiled on 2 small faces takes milliseconds. NUMBA_DISABLE_JIT=0 tests the compiled path.
+os.environ.setdefault("NUMBA_DISABLE_JIT", "1")
+
+from mome_cli import lips
+from mome_cli.lips import (
+    CROP_SIZE,
+    MOUTH_POINTS,
+    PIXEL_MEAN,
+    PIXEL_STD,
+    ROI_SIZE,
+    LandmarkDetector,
+    LipConfig,
+    NoFaceError,
+    centre_crop_normalise,
+    crop_mouths,
+    interpolate_missing,
+    load_mean_face,
+    mouth_rois,
+    rois_from_crops,
+    similarity_transform,
+    smooth,
+    track_faces,
+)
+
+# File names face-alignment 1.5.0 looks for in $TORCH_HOME/hub/checkpoints (the basenames of its download URLs).
+FAN_FILE = "2DFAN4-11f355bf06.pth.tar"
+SFD_FILE = "s3fd-619a316812.pth"
+BLAZEFACE_FILE, BLAZEFACE_ANCHORS = "blazeface.pth", "anchors.npy"
+
+
+# -- face-alignment with random weights ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def torch_home(tmp_path_factory):
+    """A TORCH_HOME whose hub cache holds face-alignment's networks with random weights, in its own formats: plain
+    state dicts saved by torch.save. The detectors' score heads are set to find no face anywhere."""
+    from face_alignment.detection.blazeface.net_blazeface import BlazeFace
+    from face_alignment.detection.sfd.net_s3fd import s3fd
+    from face_alignment.models import FAN
+
+    home = tmp_path_factory.mktemp("torch_home")
+    checkpoints = home / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(FAN(4).state_dict(), checkpoints / FAN_FILE)  # 2DFAN-4: 4 stacked hourglasses
+
+    sfd = s3fd()
+    with torch.no_grad():
+        for name, module in sfd.named_modules():
+            if name.endswith("_mbox_conf"):  # class scores: background wins everywhere
+                module.weight.zero_()
+                module.bias.fill_(10.0)
+                module.bias[-1] = -10.0
+    torch.save(sfd.state_dict(), checkpoints / SFD_FILE)
+
+    blaze = BlazeFace()
+    with torch.no_grad():
+        for module in (blaze.classifier_8, blaze.classifier_16):
+            module.weight.zero_()
+            module.bias.fill_(-100.0)  # sigmoid(-100): no face
+    torch.save(blaze.state_dict(), checkpoints / BLAZEFACE_FILE)
+    np.save(checkpoints / BLAZEFACE_ANCHORS, np.random.default_rng(0).uniform(0.1, 0.9, (896, 4)).astype(np.float32))
+    return home
+
+
+@pytest.fixture
+def detector(torch_home, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    return LandmarkDetector(device="cpu")
+
+
+def synthetic_frames(T=2, H=192, W=192, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(T, H, W, 3), dtype=np.uint8)
+
+
+def test_landmarks_from_given_box_go_through_face_alignment(detector, monkeypatch):
+    assert type(detector.fa.face_alignment_net).__name__ == "FAN"  # loaded from our file, not compiled
+    calls = {"landmarks": [], "detect": 0}
+    original = detector.fa.get_landmarks_from_batch
+
+    def spy_landmarks(batch, detected_faces=None, **kw):
+        calls["landmarks"].append((tuple(batch.shape), detected_faces))
+        return original(batch, detected_faces=detected_faces, **kw)
+
+    def spy_detect(batch):
+        calls["detect"] += 1
+        return []
+
+    monkeypatch.setattr(detector.fa, "get_landmarks_from_batch", spy_landmarks)
+    monkeypatch.setattr(detector.fa.face_detector, "detect_from_batch", spy_detect)
+    box = np.array([100.0, 100.0, 140.0, 140.0])
+    frames = synthetic_frames()
+    landmarks = detector.detect(frames, boxes=box)
+
+    assert landmarks.shape == (2, 68, 2) and landmarks.dtype == np.float32
+    assert np.isfinite(landmarks).all()
+    assert (landmarks >= 0).all() and (landmarks < 192).all()
+    # FAN looks at a square about 2 box sides wide around the box: meaningless points, but near the given box
+    assert (landmarks > box[0] - 40).all() and (landmarks < box[2] + 40).all()
+    assert calls["detect"] == 0
+    (shape, faces), = calls["landmarks"]
+    assert shape == (2, 3, 192, 192)
+    assert len(faces) == 2 and all(np.array_equal(f[0], box) for f in faces)
+
+
+def test_frames_without_a_box_get_nan_and_no_landmark_call(detector):
+    boxes = np.array([[100.0, 100.0, 140.0, 140.0], [np.nan] * 4])
+    landmarks = detector.detect(synthetic_frames(), boxes=boxes)
+    assert np.isfinite(landmarks[0]).all() and np.isnan(landmarks[1]).all()
+
+
+def test_real_detector_batches_find_no_face_and_whole_path_raises(detector):
+    frames = synthetic_frames(T=3, H=64, W=80)
+    faces = detector.detect_faces(frames, batch_size=2)
+    assert len(faces) == 3 and all(f.shape == (0, 4) for f in faces)
+    assert np.isnan(detector.detect(frames, batch_size=2)).all()
+    with pytest.raises(NoFaceError):
+        mouth_rois(frames, detector, config=LipConfig(batch_size=2))
+
+
+def test_detections_are_scaled_back_and_tracked(detector, monkeypatch):
+    frames = synthetic_frames(T=3, H=720, W=1280)  # detected at half size: longest side 640
+    seen, used = [], []
+    small, big = [40, 40, 80, 80, 0.99], [300, 100, 400, 200, 0.99]
+
+    def fake_detect(batch):
+        seen.append(tuple(batch.shape))
+        return [np.array([small, big]), np.array([small]), np.empty((0, 5))][: len(batch)]
+
+    original = detector.fa.get_landmarks_from_batch
+
+    def spy_landmarks(batch, detected_faces=None, **kw):
+        used.extend(f[0] for f in detected_faces)
+        return original(batch, detected_faces=detected_faces, **kw)
+
+    monkeypatch.setattr(detector.fa.face_detector, "detect_from_batch", fake_detect)
+    monkeypatch.setattr(detector.fa, "get_landmarks_from_batch", spy_landmarks)
+    landmarks = detector.detect(frames, batch_size=3)
+    assert seen == [(3, 3, 360, 640)]
+    np.testing.assert_allclose(used, [np.array(big[:4]) * 2])  # the largest face, in frame pixels
+    assert np.isfinite(landmarks[0]).all() and np.isnan(landmarks[1:]).all()  # the small face is not the track
+
+
+def test_blazeface_loads_from_its_files(torch_home, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    blaze = LandmarkDetector(device="cpu", detector="blazeface")
+    assert type(blaze.fa.face_detector).__name__ == "BlazeFaceDetector"
+    faces = blaze.detect_faces(synthetic_frames(T=2, H=96, W=128))
+    assert [f.shape for f in faces] == [(0, 4), (0, 4)]
+
+
+def test_config_validation_names_the_value():
+    with pytest.raises(ValueError, match="dlib"):
+        LipConfig(detector="dlib")
+    with pytest.raises(ValueError, match="0"):
+        LipConfig(batch_size=0)
+    with pytest.raises(ValueError, match="tpu"):
+        LipConfig(device="tpu")
+
+
+# -- crop geometry -----------------------------------------------------------------------------------------------
+
+
+def _pose(angle_deg=20.0, scale=1.7, shift=(150.0, 90.0)):
+    a = np.deg2rad(angle_deg)
+    rotation = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    return scale * rotation, np.array(shift)
+
+
+def _posed_face(**pose):
+    """Mean-face landmarks moved into a frame by a known rotation, scale and translation."""
+    M, t = _pose(**pose)
+    return load_mean_face() @ M.T + t, M, t
+
+
+def _draw(H, W, inside):
+    """(H, W, 3) uint8: grey 40 background, 255 where inside(x, y) holds (x, y pixel centres)."""
+    y, x = np.mgrid[0:H, 0:W].astype(np.float64)
+    frame = np.full((H, W, 3), 40, dtype=np.uint8)
+    frame[inside(x, y)] = 255
+    return frame
+
+
+def _bright(roi):
+    ys, xs = np.nonzero(roi > 150)
+    return xs, ys
+
+
+def test_similarity_transform_recovers_a_known_pose():
+    points, M, t = _posed_face()
+    A = similarity_transform(load_mean_face(), points)
+    np.testing.assert_allclose(A[:, :2], M, atol=1e-9)
+    np.testing.assert_allclose(A[:, 2], t, atol=1e-7)
+
+
+def test_crop_centres_the_mouth_and_removes_rotation_and_scale():
+    points, M, t = _posed_face()
+    reference = load_mean_face()
+    H, W = 480, 560
+    centre = points[MOUTH_POINTS].mean(axis=0)
+    radius = 8 * 1.7  # 8 px of the reference frame
+    disc = _draw(H, W, lambda x, y: np.hypot(x - centre[0], y - centre[1]) <= radius)
+
+    a, b = points[48], points[54]  # mouth corners; a bar 3 px (reference) thick between them
+    direction = (b - a) / np.linalg.norm(b - a)
+
+    def bar(x, y):
+        along = (x - a[0]) * direction[0] + (y - a[1]) * direction[1]
+        across = -(x - a[0]) * direction[1] + (y - a[1]) * direction[0]
+        return (along >= 0) & (along <= np.linalg.norm(b - a)) & (np.abs(across) <= 1.5 * 1.7)
+
+    frames = np.stack([disc, _draw(H, W, bar)])
+    rois = crop_mouths(frames, np.stack([points, points]))
+    assert rois.shape == (2, ROI_SIZE, ROI_SIZE) and rois.dtype == np.uint8
+
+    xs, ys = _bright(rois[0])
+    assert abs(xs.mean() - 47.5) <= 1.0 and abs(ys.mean() - 47.5) <= 1.0  # the mouth centre is the ROI's centre
+    assert abs(len(xs) - np.pi * 8**2) < 0.15 * np.pi * 8**2  # scale removed: radius 8 px again
+
+    xs, ys = _bright(rois[1])
+    slope = np.polyfit(xs, ys, 1)[0]  # rotation removed: the bar lies as the mean face's mouth corners do
+    ref_a, ref_b = reference[48], reference[54]
+    assert abs(np.degrees(np.arctan(slope)) - np.degrees(np.arctan2(*(ref_b - ref_a)[::-1]))) < 1.0
+    assert abs((xs.max() - xs.min()) - np.linalg.norm(ref_b - ref_a)) <= 2.0
+
+    crops = centre_crop_normalise(rois)
+    assert crops.shape == (2, CROP_SIZE, CROP_SIZE) and crops.dtype == np.float32
+    np.testing.assert_allclose(crops[0, 44, 44], (255 / 255 - PIXEL_MEAN) / PIXEL_STD, rtol=1e-5)
+    np.testing.assert_allclose(crops[0, 0, 0], (40 / 255 - PIXEL_MEAN) / PIXEL_STD, rtol=1e-5)
+
+
+def test_crop_outside_the_frame_is_black():
+    points, _, _ = _posed_face(shift=(-1000.0, -1000.0))  # the whole ROI outside a 100 x 100 frame
+    rois = crop_mouths(np.full((1, 100, 100, 3), 200, dtype=np.uint8), points[None])
+    assert rois.shape == (1, ROI_SIZE, ROI_SIZE) and (rois == 0).all()
+
+
+class FakeDetector:
+    """Stands in for LandmarkDetector: the same landmarks every frame, NaN in the frames listed as missing."""
+
+    def __init__(self, points, missing=()):
+        self.points, self.missing = points, set(missing)
+
+    def detect(self, frames, batch_size=16, boxes=None):
+        out = np.repeat(self.points[None].astype(np.float32), len(frames), axis=0)
+        out[list(self.missing)] = np.nan
+        return out
+
+
+def test_mouth_rois_whole_path():
+    points, _, _ = _posed_face()
+    centre = points[MOUTH_POINTS].mean(axis=0)
+    frame = _draw(480, 560, lambda x, y: np.hypot(x - centre[0], y - centre[1]) <= 8 * 1.7)
+    frames = np.repeat(frame[None], 5, axis=0)
+
+    result = mouth_rois(frames, FakeDetector(points, missing=[1]))
+    assert result.rois.shape == (5, ROI_SIZE, ROI_SIZE) and result.n_missing == 1 and result.warning is None
+    assert (result.rois == result.rois[0]).all()  # interpolated and smoothed landmarks are the same face
+
+    half = mouth_rois(frames[:4], FakeDetector(points, missing=[0, 3]))
+    assert half.n_missing == 2 and half.warning is None  # exactly half: no warning
+
+    most = mouth_rois(frames, FakeDetector(points, missing=[0, 2, 4]))
+    assert most.n_missing == 3 and "3 of 5" in most.warning
+
+    with pytest.raises(NoFaceError, match="5 frames"):
+        mouth_rois(frames, FakeDetector(points, missing=range(5)))
+
+
+# -- landmark time series ----------------------------------------------------------------------------------------
+
+
+def test_interpolation_by_hand():
+    values = np.array([np.nan, 2.0, np.nan, np.nan, 8.0, np.nan])
+    landmarks = np.broadcast_to(values[:, None, None], (6, 68, 2)).copy()
+    filled, n_missing = interpolate_missing(landmarks)
+    assert n_missing == 4 and filled.dtype == np.float32
+    np.testing.assert_allclose(filled[:, 0, 0], [2, 2, 4, 6, 8, 8])
+    np.testing.assert_allclose(filled[:, 67, 1], [2, 2, 4, 6, 8, 8])
+
+    partial = landmarks.copy()
+    partial[1, 5, 0] = np.nan  # one missing point makes the whole frame missing
+    assert interpolate_missing(partial)[1] == 5
+
+
+def test_all_missing_raises():
+    with pytest.raises(NoFaceError, match="4 frames"):
+        interpolate_missing(np.full((4, 68, 2), np.nan))
+
+
+def test_smoothing_by_hand():
+    # two points on the x axis: p0 = t, p1 = t + a_t; window 4 -> half-widths 0, 1, 2, 1, 0
+    a = np.array([0.0, 3.0, 6.0, 0.0, 3.0])
+    t = np.arange(5.0)
+    landmarks = np.zeros((5, 2, 2))
+    landmarks[:, 0, 0], landmarks[:, 1, 0] = t, t + a
+    out = smooth(landmarks, window=4)
+    np.testing.assert_allclose(out[:, 0, 0], [0, 1, 3.8, 1.5, 4], atol=1e-6)
+    np.testing.assert_allclose(out[:, 1, 0], [0, 4, 6.2, 4.5, 7], atol=1e-6)
+    np.testing.assert_allclose(out[..., 1], 0, atol=1e-6)
+
+    np.testing.assert_allclose(smooth(landmarks, window=1), landmarks, atol=1e-6)  # no smoothing
+    moving = np.random.default_rng(0).normal(size=(1, 68, 2)) + np.arange(30.0)[:, None, None]
+    np.testing.assert_allclose(smooth(moving, window=12), moving, atol=1e-5)  # pure translation is kept
+
+
+def test_tracking_keeps_the_first_largest_face():
+    a0, b0 = [10, 10, 110, 110, 0.9], [300, 10, 340, 50, 0.9]
+    a1, b1 = [15, 12, 112, 114, 0.9], [200, 0, 400, 200, 0.9]  # the second person is now bigger
+    candidates = [np.array([b0, a0]), np.array([b1, a1]), np.array([b1]), np.empty((0, 5))]
+    tracked = track_faces(candidates)
+    np.testing.assert_array_equal(tracked[0], a0[:4])
+    np.testing.assert_array_equal(tracked[1], a1[:4])  # nearest the previous face, not the largest
+    assert np.isnan(tracked[2:]).all()  # only the other person (too far) or nobody
+
+    later = track_faces([np.array([a0])] + [np.array([b1])] * (lips.TRACK_RESET + 1))
+    assert np.isnan(later[1 : lips.TRACK_RESET + 1]).all()
+    np.testing.assert_array_equal(later[-1], b1[:4])  # after a second without the face: a new track
+
+
+# -- ready-made mouth crops --------------------------------------------------------------------------------------
+
+
+def test_rois_from_crops_96():
+    frames = np.zeros((3, 96, 96, 3), dtype=np.uint8)
+    frames[...] = (100, 150, 200)
+    rois = rois_from_crops(frames)
+    assert rois.shape == (3, 96, 96) and rois.dtype == np.uint8
+    assert (rois == 141).all()  # round(0.299 * 100 + 0.587 * 150 + 0.114 * 200) = round(140.75)
+    assert centre_crop_normalise(rois).shape == (3, CROP_SIZE, CROP_SIZE)
+
+
+@pytest.mark.parametrize("shape", [(2, 120, 100), (2, 120, 100, 3), (2, 100, 120)])
+def test_rois_from_crops_other_sizes_stay_centred(shape):
+    frames = np.full(shape, 30, dtype=np.uint8)
+    H, W = shape[1:3]
+    frames[:, H // 2 - 10 : H // 2 + 10, W // 2 - 10 : W // 2 + 10] = 250  # a 20 px square at the centre
+    rois = rois_from_crops(frames)
+    assert rois.shape == (2, 96, 96) and rois.dtype == np.uint8
+    xs, ys = _bright(rois[0])
+    assert abs(xs.mean() - 47.5) <= 0.5 and abs(ys.mean() - 47.5) <= 0.5
+    side = 20 * 96 / min(H, W)  # the shorter side became 96
+    assert abs(len(xs) - side**2) < 0.15 * side**2
+
+
+def test_bundled_mean_face():
+    face = load_mean_face()
+    assert face.shape == (68, 2) and (face > 0).all() and (face < lips.REFERENCE_SIZE).all()
+    assert face[8, 1] > face[57, 1] > face[33, 1] > face[27, 1]  # chin below lips below nose tip below nose bridge
+    assert face[36, 0] < face[45, 0] and face[48, 0] < face[54, 0]  # not mirrored
