@@ -4,6 +4,7 @@ The contract is in CLI-CONTRACT.md. This module imports only click and rich: com
 (torch, transformers, numpy) inside the function, so ``mome --help`` and TAB completion never load them.
 """
 
+import contextlib
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -122,9 +123,51 @@ def model_options(f):
               show_default=True, help="Output format (repeatable).")
 @click.option("--stdout", is_flag=True, help="Print '<input>\\t<text>' lines.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs instead of skipping their inputs.")
-def transcribe(inputs, **options):
-    """Transcribe media files or folders."""
-    _not_available("transcribe", 5)
+@click.option("--detector", type=click.Choice(("sfd", "blazeface")), default="sfd", show_default=True,
+              help="Face detector (blazeface is faster, sfd finds smaller faces).")
+@click.option("--no-cache", is_flag=True, help="Don't reuse or store preprocessed clips.")
+@click.pass_context
+def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode, device, beam, batch_size, rate,
+               any_rate, roi, output_dir, formats, stdout, overwrite, detector, no_cache):
+    """Transcribe media files or folders (voice and lips, or either alone)."""
+    from pathlib import Path
+
+    from . import transcribe as library
+    from .hub import HubError, mome_home
+    from .outputs import collect_inputs
+    from .preprocess import PreprocessOptions
+    from .recognizer import RecognizeOptions, UsageProblem
+
+    if rate is not None and mode != "av" and len(rate) != 1:
+        raise click.BadParameter(f"mode {mode} takes one rate, e.g. --rate {rate[0 if mode == 'a' else -1]}",
+                                 param_hint="--rate")
+    if rate is not None and mode == "av" and len(rate) != 2:
+        raise click.BadParameter("mode av takes an audio and a video rate, e.g. --rate 4,2", param_hint="--rate")
+    found = collect_inputs(list(inputs), recursive=recursive, glob=glob)
+    if not found:
+        raise click.UsageError(f"no media files found in {', '.join(inputs)}"
+                               f"{'' if recursive else ' (use -r to search sub-folders)'}")
+    quiet = ctx.obj.quiet
+    log = lambda message: stderr.print(message, markup=False, highlight=False)  # noqa: E731
+    quiet_log = (lambda message: log(message) if message.startswith("error") else None) if quiet else log
+    job = library.TranscribeJob(
+        inputs=found, output_dir=Path(output_dir), formats=library.expand_formats(formats), overwrite=overwrite,
+        stdout=stdout, model=model, adapter=adapter, device=device,
+        cache_dir=None if no_cache else mome_home() / "cache" / "clips",
+    )
+    prep = PreprocessOptions(mode=mode, roi=roi, detector=detector, device=device)
+    recog = RecognizeOptions(mode=mode, rate=rate, any_rate=any_rate, beam=beam, batch_size=batch_size or 8)
+    try:
+        with _progress(len(found), "transcribing", enabled=stderr.is_terminal and not quiet) as advance:
+            report = library.run(job, prep, recog, quiet_log, advance)
+    except HubError as e:
+        stderr.print(f"mome transcribe: {e}", markup=False)
+        ctx.exit(e.exit_code)
+    except UsageProblem as e:
+        raise click.UsageError(str(e)) from e
+    if not quiet:
+        log(f"{report.summary()} (outputs in {output_dir})")
+    ctx.exit(report.return_code)
 
 
 @cli.command()
@@ -207,6 +250,20 @@ def download(ctx: click.Context, names, list_cached, cache_dir, revision, token,
     except hub.HubError as e:
         stderr.print(f"mome download: {e}", markup=False)
         ctx.exit(e.exit_code)
+
+
+@contextlib.contextmanager
+def _progress(total: int, what: str, enabled: bool):
+    """Yields advance(n): a rich progress bar on stderr when enabled (a TTY, not --quiet), else nothing."""
+    if not enabled:
+        yield lambda n=1: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=stderr, transient=True) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda n=1: bar.advance(task, n)
 
 
 def main():

@@ -175,7 +175,7 @@ def decode(
     decoder = GreedyDecoder(options, eos) if options.beam_size == 1 else BeamSearchDecoder(options, eos)
     results = []
     for tokens, logprob in decoder.run(stepper):
-        text = model.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        text = " ".join(model.tokenizer.decode(tokens, skip_special_tokens=True).split())  # one line, single spaces
         results.append(DecodingResult(text=text, tokens=tokens, logprob=logprob))
     return results
 

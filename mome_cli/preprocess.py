@@ -1,0 +1,171 @@
+"""From a user's media file to what the encoders read: 16 kHz audio samples and 25 fps mouth ROIs, cached.
+
+Video is read twice, in chunks, so memory stays bounded on long high-resolution inputs: the first pass finds the
+landmarks of every frame (face detection and FAN), the second cuts the mouth ROIs with the interpolated and smoothed
+landmarks. Frames taller than `max_height` are scaled down first (the ROI is 96 x 96 of a 256 x 256 face frame, so
+720 pixels lose nothing).
+
+What happens when a modality is missing follows the contract: a file with no audio stream fails in modes a and av; a
+file with no video stream fails in mode v and falls back to audio in av; a clip in which no frame shows a face falls
+back to audio in av (with a warning) and fails in v; a clip where more than half the frames show no face warns.
+
+A finished clip is cached under <cache>/<sha256 of the file>-<options>.npz (written atomically), so running
+transcribe or evaluate again skips decoding and face detection. PREPROCESS_VERSION is in the key: change it whenever
+the output of this stage changes.
+
+Notation for shapes: S samples, T frames, R = 96 ROI side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .files import atomic_write
+from .lips import NoFaceError, crop_mouths, interpolate_missing, load_mean_face, rois_from_crops, smooth
+from .media import MediaError, NoAudioError, NoVideoError, decode_audio, decode_video, iter_video, probe
+
+PREPROCESS_VERSION = 1
+MAX_HEIGHT = 720  # frames taller than this are scaled down before detection and cropping
+CHUNK_FRAMES = 125  # frames held in memory at once: 5 s of video
+
+
+@dataclass(frozen=True)
+class PreprocessOptions:
+    mode: str = "av"  # a | v | av: which modalities are wanted
+    roi: bool = False  # the video is already mouth crops (LRS2/LRS3 style): no face detection
+    detector: str = "sfd"  # sfd | blazeface: face-alignment's face detector
+    device: str = "auto"  # where face-alignment runs
+    max_height: int = MAX_HEIGHT
+
+    def __post_init__(self):
+        if self.mode not in ("a", "v", "av"):
+            raise ValueError(f"mode must be a, v or av, got {self.mode!r}")
+        if self.detector not in ("sfd", "blazeface"):
+            raise ValueError(f"detector must be sfd or blazeface, got {self.detector!r}")
+
+
+@dataclass
+class Clip:
+    path: str
+    duration: float  # seconds
+    mode: str  # the modalities actually present: the asked mode, or a after a fallback
+    audio: np.ndarray | None = None  # (S,) float32 at 16 kHz
+    rois: np.ndarray | None = None  # (T, R, R) uint8 grayscale mouth ROIs at 25 fps
+    warnings: list = field(default_factory=list)
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Preprocessor:
+    """Turns media files into Clips; holds the landmark detector (built on first need) and the cache folder."""
+
+    def __init__(self, options: PreprocessOptions = PreprocessOptions(), cache_dir: Path | None = None,
+                 detector=None):
+        self.options = options
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self._detector = detector
+
+    @property
+    def detector(self):
+        if self._detector is None:
+            from .lips import LandmarkDetector
+
+            self._detector = LandmarkDetector(device=self.options.device, detector=self.options.detector)
+        return self._detector
+
+    def __call__(self, path) -> Clip:
+        info = probe(path)
+        mode, warnings = self.options.mode, []
+        if "a" in mode and not info.has_audio:
+            raise NoAudioError(path, f"no audio stream (mode {mode} needs one)")
+        if mode == "v" and not info.has_video:
+            raise NoVideoError(path, "no video stream (mode v needs one)")
+        if mode == "av" and not info.has_video:
+            mode = "a"
+            warnings.append("no video stream: transcribed from audio alone")
+        key = self._cache_key(path, mode)
+        cached = self._load(key)
+        if cached is not None:
+            return cached
+        clip = Clip(path=str(path), duration=info.duration, mode=mode, warnings=warnings)
+        if "a" in mode:
+            clip.audio = decode_audio(path, info=info)
+        if "v" in mode:
+            try:
+                clip.rois = self._rois(path, info, warnings)
+            except NoFaceError as e:
+                if mode == "v":
+                    raise MediaError(path, "no face found in any frame (mode v needs the lips)") from e
+                clip.mode = "a"
+                warnings.append("no face found in any frame: transcribed from audio alone")
+        self._save(key, clip)
+        return clip
+
+    def _rois(self, path, info, warnings: list) -> np.ndarray:
+        if self.options.roi:
+            return rois_from_crops(decode_video(path, info=info))
+        chunks = lambda: iter_video(path, info=info, chunk=CHUNK_FRAMES, max_height=self.options.max_height)  # noqa
+        landmarks = np.concatenate([self.detector.detect(frames) for frames in chunks()])  # (T, 68, 2), NaN rows
+        filled, missing = interpolate_missing(landmarks)
+        smoothed = smooth(filled)
+        mean_face, rois, at = load_mean_face(), [], 0
+        for frames in chunks():
+            rois.append(crop_mouths(frames, smoothed[at : at + len(frames)], mean_face))
+            at += len(frames)
+        T = len(landmarks)
+        if missing > T / 2:
+            warnings.append(f"no face in {missing} of {T} frames: their mouth crops are interpolated")
+        return np.concatenate(rois)  # (T, R, R)
+
+    # ---- cache --------------------------------------------------------------------------------------------------
+
+    def _cache_key(self, path, mode: str) -> str | None:
+        if self.cache_dir is None:
+            return None
+        o = self.options
+        tag = f"v{PREPROCESS_VERSION}-{mode}-{'roi' if o.roi else o.detector}-{o.max_height}"
+        return f"{file_sha256(path)}-{tag}"
+
+    def _load(self, key: str | None) -> Clip | None:
+        if key is None:
+            return None
+        path = self.cache_dir / f"{key}.npz"
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                return Clip(**meta, audio=data["audio"] if "audio" in data else None,
+                            rois=data["rois"] if "rois" in data else None)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # a damaged entry is recomputed and overwritten
+
+    def _save(self, key: str | None, clip: Clip) -> None:
+        if key is None:
+            return
+        meta = {k: v for k, v in asdict(clip).items() if k not in ("audio", "rois")}
+        arrays = {"meta": np.array(json.dumps(meta))}
+        if clip.audio is not None:
+            arrays["audio"] = clip.audio
+        if clip.rois is not None:
+            arrays["rois"] = clip.rois
+
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+
+        atomic_write(self.cache_dir / f"{key}.npz", write)
+
+
+__all__ = ["PREPROCESS_VERSION", "PreprocessOptions", "Clip", "Preprocessor", "file_sha256"]

@@ -1,0 +1,258 @@
+"""A loaded recogniser: both frozen encoders and the MoME model, and the loop from a Clip to a Transcript.
+
+`load_recognizer(model)` takes a preset name (tiny, demo, mome-1b, mome-3b, mome-8b) or a checkpoint directory written
+by `mome train`. Backbones named by hub id are looked up in mome's cache and never downloaded here: a missing one is
+a MissingModelError (exit 4) that names the `mome download` command that fetches it.
+
+A clip is cut into segments at pauses (at most 20 s, media.split_at_pauses); segments are encoded and decoded in
+batches; silent segments are not decoded.
+
+Notation for shapes: B segments in a batch, S samples, T frames, R ROI side, D encoder width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import read_config, load_weights
+from .decoding import DecodingOptions, decode
+from .hub import AVHUBERT_LARGE, PRESETS, HubRepo, MissingModelError, locate, mome_home
+from .media import MAX_SEGMENT_SECONDS, SAMPLES_PER_FRAME, VIDEO_FPS, Segment, split_at_pauses
+from .model import AVSRModel, Features, ModelConfig
+from .mome import MoMEConfig
+from .outputs import Transcript
+from .preprocess import Clip
+
+BUNDLED = Path(__file__).parent / "models"  # checkpoints that ship inside the package (demo)
+WHISPER_ID = "openai/whisper-medium.en"
+
+
+class UsageProblem(ValueError):
+    """A model name, device or rate the user asked for that cannot be had (the CLI exits 2)."""
+
+
+def tiny_config() -> ModelConfig:
+    """The `tiny` preset: random tiny backbones built from configs, MoME modules that change nothing yet."""
+    from .avhubert import AVHubertConfig
+    from .encoders import TINY_WHISPER
+
+    return ModelConfig(llm="tiny", audio_encoder="tiny", video_encoder="tiny", audio_dim=TINY_WHISPER["d_model"],
+                       video_dim=AVHubertConfig.tiny().embed_dim, projector_hidden=64,
+                       mome=MoMEConfig(num_routed=4, num_shared=1, top_k=2, bottleneck=8))
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageProblem("--device cuda: no CUDA device is available")
+    return device
+
+
+@dataclass(frozen=True)
+class RecognizeOptions:
+    mode: str = "av"  # a | v | av
+    rate: tuple | None = None  # (audio, video) with None for an absent modality; None: the model's first trained rate
+    any_rate: bool = False  # allow a rate the model was not trained on
+    beam: int = 1
+    batch_size: int = 8  # segments decoded together
+    max_new_tokens: int = 96
+
+
+class Recognizer:
+    def __init__(self, model: AVSRModel, audio_encoder, video_encoder, name: str):
+        self.model, self.audio_encoder, self.video_encoder, self.name = model, audio_encoder, video_encoder, name
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    def rate_for(self, mode: str, rate: tuple | None, any_rate: bool = False) -> tuple:
+        """The rate to use in a mode: the given one (checked against the trained ones) or the first trained."""
+        trained = self.config.rates_for(mode)
+        if rate is None:
+            return trained[0]
+        if mode == "a":
+            rate = (rate[0], None)
+        elif mode == "v":
+            rate = (None, rate[-1])
+        elif len(rate) != 2:
+            raise UsageProblem(f"mode av needs --rate A,V (e.g. {trained[0][0]},{trained[0][1]}), got {rate}")
+        if rate not in trained and not any_rate:
+            shown = "; ".join(",".join(str(r) for r in t if r is not None) for t in trained)
+            raise UsageProblem(f"rate {','.join(str(r) for r in rate if r is not None)} was not trained for mode {mode}; "
+                             f"trained: {shown} (or pass --any-rate)")
+        return rate
+
+    @torch.inference_mode()
+    def features(self, audio: list | None, rois: list | None) -> Features:
+        """Encode a batch: audio as B sample arrays, rois as B (T, R, R) uint8 arrays; either may be None."""
+        from .lips import centre_crop_normalise
+
+        f = Features()
+        if audio is not None:
+            f.audio, f.audio_lengths = self.audio_encoder(audio)
+        if rois is not None:
+            crops = [torch.from_numpy(centre_crop_normalise(r)) for r in rois]  # (T_i, 88, 88) each
+            lengths = torch.tensor([len(c) for c in crops])
+            frames = torch.nn.utils.rnn.pad_sequence(crops, batch_first=True)  # (B, T, 88, 88)
+            param = next(self.video_encoder.parameters())
+            f.video, f.video_lengths = self.video_encoder(frames.to(param.device), lengths)
+        return f
+
+    def transcribe(self, clip: Clip, options: RecognizeOptions = RecognizeOptions()) -> Transcript:
+        return self.transcribe_many([clip], options)[0]
+
+    def transcribe_many(self, clips: list[Clip], options: RecognizeOptions = RecognizeOptions()) -> list[Transcript]:
+        """Transcripts of many clips; their segments are decoded together, longest first, grouped by mode."""
+        modes = [clip.mode if options.mode == "av" else options.mode for clip in clips]  # av may have fallen back to a
+        rates = [self.rate_for(m, options.rate if m == options.mode else None, options.any_rate) for m in modes]
+        segments = [_segments(clip) for clip in clips]
+        texts = [[""] * len(s) for s in segments]
+        groups = {}  # (mode, rate) -> [(clip, segment)]; silent segments are not decoded
+        for c, segs in enumerate(segments):
+            for i, seg in enumerate(segs):
+                if seg.speech:
+                    groups.setdefault((modes[c], rates[c]), []).append((c, i))
+        decoding = DecodingOptions(beam_size=options.beam, max_new_tokens=options.max_new_tokens)
+        for (mode, rate), jobs in groups.items():
+            jobs.sort(key=lambda job: -segments[job[0]][job[1]].duration)  # similar lengths share a batch
+            for at in range(0, len(jobs), options.batch_size):
+                batch = jobs[at : at + options.batch_size]
+                audio = [_slice_audio(clips[c], segments[c][i]) for c, i in batch] if "a" in mode else None
+                rois = [_slice_rois(clips[c], segments[c][i]) for c, i in batch] if "v" in mode else None
+                features = self.features(audio, rois)
+                for (c, i), result in zip(batch, decode(self.model, features, rate, mode, decoding, options.any_rate)):
+                    texts[c][i] = result.text
+        return [
+            Transcript(
+                text=" ".join(t for t in texts[c] if t),
+                segments=[{"start": round(s.start, 3), "end": round(s.end, 3), "text": t}
+                          for s, t in zip(segments[c], texts[c])],
+                mode=modes[c], rate=tuple(r for r in rates[c] if r is not None), model=self.name,
+                duration=clip.duration, warnings=list(clip.warnings),
+            )
+            for c, clip in enumerate(clips)
+        ]
+
+
+def _segments(clip: Clip) -> list[Segment]:
+    if clip.audio is not None:
+        return split_at_pauses(clip.audio)
+    frames = len(clip.rois)  # video only: fixed windows
+    step = int(MAX_SEGMENT_SECONDS * VIDEO_FPS)
+    return [Segment(a / VIDEO_FPS, min(a + step, frames) / VIDEO_FPS) for a in range(0, frames, step)]
+
+
+def _slice_audio(clip: Clip, s: Segment):
+    a, b = round(s.start * VIDEO_FPS) * SAMPLES_PER_FRAME, round(s.end * VIDEO_FPS) * SAMPLES_PER_FRAME
+    return clip.audio[a:b]
+
+
+def _slice_rois(clip: Clip, s: Segment):
+    a, b = round(s.start * VIDEO_FPS), round(s.end * VIDEO_FPS)
+    return clip.rois[a:max(b, a + 1)]
+
+
+# ---- loading --------------------------------------------------------------------------------------------------------
+
+
+def _presets_with(repo_id: str) -> list[str]:
+    return [p.name for p in PRESETS.values() if p.llm and p.llm.repo_id == repo_id or p.audio and
+            p.audio.repo_id == repo_id]
+
+
+def _cached_repo(repo_id: str, revision: str | None, home: Path) -> Path:
+    path = locate(HubRepo(repo_id, revision or "main"), home)
+    if path is None:
+        presets = _presets_with(repo_id)
+        fix = f"run `mome download {presets[0]}`" if presets else "put it in the cache with `mome download`"
+        raise MissingModelError(f"{repo_id} is not in the cache ({home}); {fix}")
+    return path
+
+
+def _backbone_path(name: str, revision: str | None, home: Path) -> str:
+    """tiny names and local folders as they are; hub ids resolved to their cached snapshot folder."""
+    if name.startswith("tiny") or Path(name).exists():
+        return name
+    return str(_cached_repo(name, revision, home))
+
+
+def load_audio_encoder(config: ModelConfig, home: Path, device: str):
+    from .encoders import load_whisper
+
+    if config.audio_encoder == "tiny" or Path(config.audio_encoder).exists():
+        return load_whisper(config.audio_encoder, device=device)
+    return load_whisper(str(_cached_repo(config.audio_encoder, config.audio_encoder_revision, home)), device=device)
+
+
+def load_video_encoder(config: ModelConfig, home: Path, device: str):
+    from .avhubert import AVHubertConfig, AVHubertVideoEncoder, load_avhubert
+
+    name = config.video_encoder
+    if name == "tiny":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            encoder = AVHubertVideoEncoder(AVHubertConfig.tiny()).eval().requires_grad_(False)
+    elif name == "avhubert-large":
+        path = locate(AVHUBERT_LARGE, home)
+        if path is None:
+            raise MissingModelError(f"AV-HuBERT Large ({AVHUBERT_LARGE.filename}) is not in the cache ({home}); "
+                                    f"run `mome download mome-1b`")
+        encoder = load_avhubert(path)
+    else:
+        encoder = load_avhubert(name)
+    return encoder.to(device)
+
+
+def preset_config(name: str) -> ModelConfig:
+    preset = PRESETS[name]
+    return ModelConfig(llm=preset.llm.repo_id, llm_revision=preset.llm.revision, audio_encoder=preset.audio.repo_id,
+                       audio_encoder_revision=preset.audio.revision, video_encoder="avhubert-large")
+
+
+def load_recognizer(model: str, adapter: str | None = None, device: str = "auto",
+                    home: Path | None = None) -> Recognizer:
+    """A Recognizer from a preset name or a checkpoint directory, with an optional adapter checkpoint directory."""
+    from .llm import load_llm
+
+    device = resolve_device(device)
+    home = Path(home) if home else mome_home()
+    weights = None
+    if Path(model).is_dir():
+        config, weights = read_config(model), model
+    elif model == "tiny":
+        config = tiny_config()
+    elif model == "demo":
+        if not (BUNDLED / "demo").is_dir():
+            raise MissingModelError("the demo model does not ship with this build yet (issue #7); use --model DIR "
+                                    "with a checkpoint from `mome train`, or --model tiny for a smoke run")
+        config, weights = read_config(BUNDLED / "demo"), BUNDLED / "demo"
+    elif model in PRESETS:
+        if adapter is None:
+            raise MissingModelError(f"{model} needs a trained MoME adapter and none is published yet: train one with "
+                                    f"`mome train` and pass it with --adapter DIR")
+        config = preset_config(model)
+    else:
+        raise UsageProblem(f"--model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
+    if adapter is not None:
+        adapter_config = read_config(adapter)
+        config = dataclasses.replace(adapter_config, llm=config.llm, llm_revision=config.llm_revision)
+        weights = adapter
+    llm, tokenizer = load_llm(_backbone_path(config.llm, config.llm_revision, home), device=device)
+    recognizer = Recognizer(
+        AVSRModel(config, llm, tokenizer).to(device).eval(),
+        load_audio_encoder(config, home, device) if "a" in "".join(config.modes) else None,
+        load_video_encoder(config, home, device) if "v" in "".join(config.modes) else None,
+        name=model,
+    )
+    if weights is not None:
+        load_weights(recognizer.model, weights)
+    return recognizer
+
+
+__all__ = ["UsageProblem", "RecognizeOptions", "Recognizer", "load_recognizer", "tiny_config", "resolve_device"]

@@ -1,0 +1,96 @@
+"""`mome transcribe` as a library call: many inputs in, one transcript per input and format out, and a Report.
+
+The model is loaded once, only if some input has work to do. Inputs are prepared one by one (a bad file is reported
+on one line and the batch goes on) and decoded in groups of `batch_size` clips, whose segments are batched together.
+Outputs whose every format exists already are skipped unless `overwrite`; every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .outputs import FORMATS, Input, output_path, output_stems, write_outputs
+from .report import Report
+
+
+@dataclass
+class TranscribeJob:
+    inputs: list[Input]
+    output_dir: Path
+    formats: list[str] = field(default_factory=lambda: ["txt"])
+    overwrite: bool = False
+    stdout: bool = False  # print "<input>\t<text>" lines
+    model: str = "demo"
+    adapter: str | None = None
+    device: str = "auto"
+    cache_dir: Path | None = None  # preprocessed clips; None: no cache
+
+
+def expand_formats(formats) -> list[str]:
+    chosen = []
+    for f in formats:
+        for g in FORMATS if f == "all" else [f]:
+            if g not in chosen:
+                chosen.append(g)
+    return chosen
+
+
+def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress=None) -> Report:
+    """Transcribe job.inputs; log(message) prints a line on stderr; progress(advance) moves a bar."""
+    from .media import MediaError
+    from .preprocess import Preprocessor
+
+    report = Report()
+    stems = output_stems(job.inputs)
+    todo = []
+    for item, stem in zip(job.inputs, stems):
+        if not job.overwrite and all(output_path(job.output_dir, stem, f).exists() for f in job.formats):
+            report.skipped += 1
+            progress and progress(1)
+        else:
+            todo.append((item, stem))
+    if not todo:
+        return report
+
+    from .recognizer import load_recognizer
+
+    recognizer = load_recognizer(job.model, job.adapter, job.device)  # MissingModelError etc. end the whole run
+    o = recognize_options
+    recognizer.rate_for(o.mode, o.rate, o.any_rate)  # a bad --rate is refused before any work (UsageProblem)
+    if job.model == "tiny" and job.adapter is None:
+        log("warning: --model tiny is random and untrained: its transcripts are meaningless")
+    preprocess = Preprocessor(preprocess_options, cache_dir=job.cache_dir)
+    batch_clips = max(1, recognize_options.batch_size)
+    for at in range(0, len(todo), batch_clips):
+        ready = []
+        for item, stem in todo[at : at + batch_clips]:
+            try:
+                clip = preprocess(item.path)
+            except MediaError as e:
+                log(f"error: {e}")
+                report.failed += 1
+                progress and progress(1)
+                continue
+            for warning in clip.warnings:
+                log(f"warning: {item.path}: {warning}")
+            ready.append((item, stem, clip))
+        if not ready:
+            continue
+        transcripts = recognizer.transcribe_many([clip for _, _, clip in ready], recognize_options)
+        for (item, stem, _), transcript in zip(ready, transcripts):
+            try:
+                write_outputs(transcript, job.output_dir, stem, job.formats)
+            except OSError as e:
+                log(f"error: {item.path}: cannot write outputs to {job.output_dir}: {e.strerror or e}")
+                report.failed += 1
+            else:
+                report.ok += 1
+                if job.stdout:
+                    print(f"{item.path}\t{transcript.text}", file=sys.stdout, flush=True)
+            progress and progress(1)
+    return report
+
+
+__all__ = ["TranscribeJob", "expand_formats", "run"]

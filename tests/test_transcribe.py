@@ -1,0 +1,153 @@
+"""`mome transcribe` end to end, through the installed executable, with a checkpoint trained in the test."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mome_cli.checkpoint import save_checkpoint
+from mome_cli.preprocess import Preprocessor, PreprocessOptions
+from mome_cli.recognizer import load_recognizer
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
+
+MOME = str(Path(sys.executable).parent / "mome")
+TEXTS = {"hello.mp4": "hello world", "morning.mp4": "good morning"}
+
+
+def make_clip(path: Path, pattern: str, sound: str, seconds: float) -> Path:
+    """A 96x96 mouth-crop style video (LRS3 layout, hence --roi) with a sound (a lavfi audio source)."""
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y",
+                    "-f", "lavfi", "-i", f"{pattern}=size=96x96:rate=25:duration={seconds}",
+                    "-f", "lavfi", "-i", f"{sound}:duration={seconds}",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(path)], check=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two clips and a tiny model trained until it transcribes each of them right, at every rate pair."""
+    root = tmp_path_factory.mktemp("transcribe")
+    media = root / "media"
+    media.mkdir()
+    # Random tiny encoders map similar inputs to near-identical features: the clips differ in length and content.
+    make_clip(media / "hello.mp4", "testsrc2", "sine=frequency=300", 2.0)
+    make_clip(media / "morning.mp4", "rgbtestsrc", "anoisesrc=color=pink:amplitude=0.3", 3.2)
+    clips = [Preprocessor(PreprocessOptions(roi=True))(media / name) for name in TEXTS]
+    torch.manual_seed(0)
+    recognizer = load_recognizer("tiny")
+    model = recognizer.model
+    features = recognizer.features([c.audio for c in clips], [c.rois for c in clips])
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(150):
+        optimiser.zero_grad()
+        model(features, list(TEXTS.values())).loss.backward()
+        optimiser.step()
+    model.eval()
+    save_checkpoint(model, root / "ckpt")
+    return root
+
+
+def mome(*args, cwd, env=None):
+    result = subprocess.run([MOME, *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                            env={**os.environ, "MOME_HOME": str(cwd / "home"), **(env or {})})
+    result.explain = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return result
+
+
+def test_transcripts_match_what_the_model_learned_in_every_format(trained):
+    out = trained / "out-all"
+    result = mome("transcribe", trained / "media", "--model", trained / "ckpt", "--roi", "-o", out, "-f", "all",
+                  "--stdout", cwd=trained)
+    assert result.returncode == 0, result.explain
+    lines = dict(line.split("\t") for line in result.stdout.splitlines())
+    assert {Path(k).name: v for k, v in lines.items()} == TEXTS, result.explain
+    for name, text in TEXTS.items():
+        stem = out / Path(name).stem
+        assert (stem.with_suffix(".txt")).read_text() == text + "\n"
+        document = json.loads(stem.with_suffix(".json").read_text())
+        assert document["text"] == text and document["mode"] == "av" and document["rate"] == [4, 2]
+        assert document["model"] == str(trained / "ckpt") and document["duration"] > 1.9
+        assert [s["text"] for s in document["segments"]] == [text]
+        assert [json.loads(line)["text"] for line in stem.with_suffix(".jsonl").read_text().splitlines()] == [text]
+        srt = stem.with_suffix(".srt").read_text()
+        assert re.fullmatch(r"1\n00:00:00,000 --> 00:00:0\d,\d{3}\n" + text + "\n", srt), srt
+        vtt = stem.with_suffix(".vtt").read_text()
+        assert re.fullmatch(r"WEBVTT\n\n00:00:00\.000 --> 00:00:0\d\.\d{3}\n" + text + "\n", vtt), vtt
+
+
+@pytest.mark.parametrize("rate", ["4,5", "16,2", "16,5"])
+def test_every_trained_rate_from_one_checkpoint(trained, rate):
+    result = mome("transcribe", trained / "media" / "morning.mp4", "--model", trained / "ckpt", "--roi",
+                  "--rate", rate, "--stdout", "-o", trained / f"out-{rate}", cwd=trained)
+    assert result.returncode == 0 and result.stdout.split("\t")[1].strip() == "good morning", result.explain
+
+
+def test_same_names_in_two_folders_skip_overwrite_and_a_bad_file(trained, tmp_path):
+    tree = tmp_path / "in"
+    for sub in ("a", "b"):
+        (tree / sub).mkdir(parents=True)
+        shutil.copy(trained / "media" / "hello.mp4", tree / sub / "x.mp4")
+    (tree / "b" / "broken.mp4").write_bytes(b"\x00\x01 not a video" * 64)
+    args = ["transcribe", tree, "-r", "--model", trained / "ckpt", "--roi", "-o", tmp_path / "out"]
+    first = mome(*args, cwd=trained)
+    assert first.returncode == 3, first.explain  # partial failure
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*")
+                  if p.is_file()) == ["a/x.txt", "b/x.txt"]
+    assert "broken.mp4" in first.stderr and "2 ok, 0 skipped, 1 failed" in first.stderr, first.explain
+    assert len([ln for ln in first.stderr.splitlines() if "broken.mp4" in ln]) == 1, first.explain
+    (tmp_path / "out" / "a" / "x.txt").write_text("kept\n")
+    again = mome(*args, cwd=trained)
+    assert "0 ok, 2 skipped, 1 failed" in again.stderr and again.returncode == 3, again.explain
+    assert (tmp_path / "out" / "a" / "x.txt").read_text() == "kept\n"
+    (tree / "b" / "broken.mp4").unlink()
+    forced = mome(*args, "--overwrite", cwd=trained)
+    assert forced.returncode == 0 and "2 ok, 0 skipped, 0 failed" in forced.stderr, forced.explain
+    assert (tmp_path / "out" / "a" / "x.txt").read_text() == "hello world\n"
+
+
+def test_all_inputs_failing_exits_1_and_a_missing_model_exits_4(trained, tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("nope")
+    result = mome("transcribe", bad, "--model", trained / "ckpt", "-o", tmp_path, cwd=trained)
+    assert result.returncode == 1 and f"{bad}: not a readable media file" in result.stderr, result.explain
+    missing = mome("transcribe", trained / "media", "--model", "mome-1b", cwd=trained)
+    assert missing.returncode == 4 and "--adapter" in missing.stderr, missing.explain
+    untrained = mome("transcribe", trained / "media", "--model", trained / "ckpt", "--rate", "8,2", cwd=trained)
+    assert untrained.returncode == 2 and "trained: 4,2; 4,5; 16,2; 16,5" in untrained.stderr, untrained.explain
+
+
+def test_quiet_prints_only_results_and_errors(trained, tmp_path):
+    result = mome("-q", "transcribe", trained / "media" / "hello.mp4", "--model", trained / "ckpt", "--roi",
+                  "--stdout", "-o", tmp_path, cwd=trained)
+    assert result.returncode == 0 and result.stderr == "", result.explain
+    assert result.stdout.strip().endswith("\thello world")
+
+
+def test_long_input_comes_out_as_timestamped_segments(tmp_path):
+    """45 s of tone bursts with pauses: segments of at most 20 s, cut in pauses, timestamps increasing."""
+    burst = "sine=frequency=400:duration=45,volume=enable='between(t,14,14.8)+between(t,31,31.8)':volume=0"
+    path = tmp_path / "long.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=96x96:rate=25:duration=45", "-f", "lavfi", "-i", burst, "-c:v", "libx264",
+                    "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(path)], check=True)
+    result = mome("transcribe", path, "--model", "tiny", "--roi", "-f", "json", "-f", "srt", "-o", tmp_path,
+                  cwd=tmp_path)
+    assert result.returncode == 0, result.explain
+    segments = json.loads((tmp_path / "long.json").read_text())["segments"]
+    starts = [s["start"] for s in segments]
+    assert starts[0] == 0 and all(b["start"] == a["end"] for a, b in zip(segments, segments[1:]))
+    assert len(segments) == 3 and all(s["end"] - s["start"] <= 20 for s in segments), segments
+    assert 14 < starts[1] < 14.8 and 31 < starts[2] < 31.8  # cut inside the pauses
+    assert segments[-1]["end"] == pytest.approx(45, abs=0.05)
+    cues = re.findall(r"(\d\d):(\d\d):(\d\d),(\d{3}) --> ", (tmp_path / "long.srt").read_text())
+    seconds = [int(h) * 3600 + int(m) * 60 + int(s) + int(ms) / 1000 for h, m, s, ms in cues]
+    assert seconds == sorted(seconds) and len(seconds) >= 1
