@@ -1,0 +1,181 @@
+"""Datasets: manifests in, utterances out, and batches of utterances by frame budget.
+
+Three layouts are read (CLI-CONTRACT.md, Manifests):
+- JSON lines: {"id", "video", "audio"?, "text"}, paths relative to the manifest's folder; no "audio" means the video's
+  own audio track, no "video" means audio only.
+- The auto_avsr CSV of LRS2/LRS3 (dataset,rel_path,frames,token_ids,text): mouth-crop mp4s with a .wav beside each,
+  found under <manifest folder>/<dataset>/<rel_path> (or <manifest folder>/<rel_path>).
+- A folder of media files, each with a same-named .txt transcript beside it.
+
+Named datasets (lrs3, lrs2) are looked up as <data root>/<name>/<split>.jsonl | .csv | <split>/ ; when none is there,
+DatasetMissing (exit 4) says how to obtain and place it. Torch-free.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from .outputs import MEDIA_EXTENSIONS
+from .report import ExitCode
+
+NAMED_DATASETS = {
+    "lrs3": "LRS3-TED (https://www.robots.ox.ac.uk/~vgg/data/lip_reading/lrs3.html, licence agreement with the BBC / "
+            "Oxford VGG)",
+    "lrs2": "LRS2-BBC (https://www.robots.ox.ac.uk/~vgg/data/lip_reading/lrs2.html, licence agreement with the BBC)",
+}
+
+
+class DataError(Exception):
+    """A manifest that cannot be read; str() names the file (and line) and the problem."""
+
+    exit_code = ExitCode.FAILURE
+
+
+class DatasetMissing(DataError):
+    exit_code = ExitCode.MISSING
+
+
+@dataclass
+class Utterance:
+    id: str
+    text: str
+    video: Path | None = None  # video file (mouth crops or full face); None: audio only
+    audio: Path | None = None  # separate audio file; None: the video's own track
+
+    @property
+    def media(self) -> Path:
+        """The file that holds the audio (or the video when there is no separate audio)."""
+        return self.audio or self.video
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(value)
+    return p if p.is_absolute() else base / p
+
+
+def read_jsonl(path: Path) -> list[Utterance]:
+    utterances = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not JSON ({e.msg})") from e
+            if not isinstance(row, dict) or "text" not in row or not (row.get("video") or row.get("audio")):
+                raise DataError(f"{path}:{n}: needs \"text\" and at least one of \"video\", \"audio\"")
+            video = _resolve(path.parent, row["video"]) if row.get("video") else None
+            audio = _resolve(path.parent, row["audio"]) if row.get("audio") else None
+            utterances.append(Utterance(str(row.get("id") or (video or audio).stem), str(row["text"]), video, audio))
+    return utterances
+
+
+def read_auto_avsr_csv(path: Path) -> list[Utterance]:
+    utterances = []
+    with open(path, encoding="utf-8", newline="") as f:
+        for n, row in enumerate(csv.reader(f), 1):
+            if not row or (n == 1 and row[0] == "dataset"):  # an optional header line
+                continue
+            if len(row) < 5:
+                raise DataError(f"{path}:{n}: expected dataset,rel_path,frames,token_ids,text; got {len(row)} fields")
+            dataset, rel_path, text = row[0], row[1], ",".join(row[4:])
+            video = path.parent / dataset / rel_path
+            if not video.exists() and (path.parent / rel_path).exists():
+                video = path.parent / rel_path
+            wav = video.with_suffix(".wav")
+            utterances.append(Utterance(rel_path.rsplit(".", 1)[0], text, video, wav if wav.exists() else None))
+    return utterances
+
+
+def read_folder(folder: Path) -> list[Utterance]:
+    utterances = []
+    for media in sorted(p for p in folder.rglob("*") if p.suffix.lower() in MEDIA_EXTENSIONS and p.is_file()):
+        transcript = media.with_suffix(".txt")
+        if not transcript.is_file():
+            continue
+        is_audio = media.suffix.lower() in (".wav", ".flac", ".mp3", ".m4a", ".ogg")
+        text = " ".join(transcript.read_text(encoding="utf-8").split())
+        rel = media.relative_to(folder).with_suffix("").as_posix()
+        utterances.append(Utterance(rel, text, None if is_audio else media, media if is_audio else None))
+    if not utterances:
+        raise DataError(f"{folder}: no media files with a same-named .txt transcript")
+    return utterances
+
+
+def load_manifest(path) -> list[Utterance]:
+    """Utterances of a .jsonl / .csv manifest or of a folder; DataError when it cannot be read."""
+    path = Path(path)
+    if path.is_dir():
+        return read_folder(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such manifest or folder")
+    if path.suffix == ".jsonl":
+        utterances = read_jsonl(path)
+    elif path.suffix == ".csv":
+        utterances = read_auto_avsr_csv(path)
+    else:
+        raise DataError(f"{path}: a manifest is a .jsonl or .csv file, or a folder")
+    if not utterances:
+        raise DataError(f"{path}: no utterances")
+    ids = [u.id for u in utterances]
+    if len(set(ids)) != len(ids):
+        duplicate = next(i for i in ids if ids.count(i) > 1)
+        raise DataError(f"{path}: utterance id {duplicate!r} appears more than once")
+    return utterances
+
+
+def find_dataset(name: str, data_root: str | Path | None, split: str = "test") -> Path:
+    """The manifest (or folder) of a dataset given by name (lrs3, lrs2) or path."""
+    if name not in NAMED_DATASETS:
+        return Path(name)
+    if data_root is None:
+        raise DatasetMissing(f"{name}: no data root: set MOME_DATA or pass --data-root; " + _how_to(name))
+    base = Path(data_root) / name
+    for candidate in (base / f"{split}.jsonl", base / f"{split}.csv", base / split):
+        if candidate.exists():
+            return candidate
+    raise DatasetMissing(f"{name}: no {split}.jsonl, {split}.csv or {split}/ under {base}; " + _how_to(name))
+
+
+def _how_to(name: str) -> str:
+    return (f"{name} is not downloadable here: request it from {NAMED_DATASETS[name]}, prepare mouth crops with "
+            f"auto_avsr's preparation (its {name} CSV labels work as they are) and place them under "
+            f"<data root>/{name}/ with <split>.csv (or a <split>.jsonl manifest) there")
+
+
+def frame_batches(lengths: list[int], max_frames: int, shuffle: bool = False, seed: int = 0,
+                  bucket: int = 100) -> list[list[int]]:
+    """Indices grouped into batches whose padded size (count x longest) stays within max_frames.
+
+    Utterances are sorted by length (within random buckets of `bucket` when shuffling), so a batch holds similar
+    lengths and little padding; batch order is shuffled too. An utterance longer than max_frames is a batch alone.
+    """
+    order = list(range(len(lengths)))
+    rng = random.Random(seed)
+    if shuffle:
+        rng.shuffle(order)
+        order = [i for at in range(0, len(order), bucket)
+                 for i in sorted(order[at : at + bucket], key=lambda j: lengths[j])]
+    else:
+        order.sort(key=lambda j: lengths[j])
+    batches, current, longest = [], [], 0
+    for i in order:
+        if current and max(longest, lengths[i]) * (len(current) + 1) > max_frames:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, lengths[i])
+    if current:
+        batches.append(current)
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+__all__ = ["DataError", "DatasetMissing", "Utterance", "load_manifest", "find_dataset", "frame_batches",
+           "read_jsonl", "read_auto_avsr_csv", "read_folder"]

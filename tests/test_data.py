@@ -1,0 +1,91 @@
+"""Manifests in all three layouts, dataset lookup, frame-budget batching."""
+
+import json
+
+import pytest
+
+from mome_cli.data import DataError, DatasetMissing, find_dataset, frame_batches, load_manifest
+from mome_cli.report import ExitCode
+
+
+def touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def test_jsonl_paths_are_relative_to_the_manifest(tmp_path):
+    rows = [{"id": "u1", "video": "v/a.mp4", "text": "hello"},
+            {"id": "u2", "video": "v/b.mp4", "audio": "/abs/b.wav", "text": "there"},
+            {"audio": "w/c.wav", "text": "speech only"}]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    u = load_manifest(tmp_path / "m.jsonl")
+    assert [x.id for x in u] == ["u1", "u2", "c"]
+    assert u[0].video == tmp_path / "v/a.mp4" and u[0].audio is None and u[0].media == u[0].video
+    assert str(u[1].audio) == "/abs/b.wav" and u[1].media == u[1].audio
+    assert u[2].video is None and u[2].audio == tmp_path / "w/c.wav" and u[2].text == "speech only"
+
+
+@pytest.mark.parametrize("line, problem", [("{not json", "m.jsonl:1: not JSON"),
+                                           ('{"video": "a.mp4"}', 'm.jsonl:1: needs "text"'),
+                                           ('{"text": "hi"}', "at least one of")])
+def test_bad_jsonl_names_file_and_line(tmp_path, line, problem):
+    (tmp_path / "m.jsonl").write_text(line + "\n")
+    with pytest.raises(DataError, match=problem):
+        load_manifest(tmp_path / "m.jsonl")
+
+
+def test_auto_avsr_csv_with_wav_beside_each_video(tmp_path):
+    touch(tmp_path / "lrs3/test/abc/00001.mp4")
+    touch(tmp_path / "lrs3/test/abc/00001.wav")
+    touch(tmp_path / "lrs3/test/abc/00002.mp4")
+    (tmp_path / "test.csv").write_text("lrs3,test/abc/00001.mp4,94,12 34,HELLO THERE\n"
+                                       "lrs3,test/abc/00002.mp4,50,56,A, COMMA\n")
+    u = load_manifest(tmp_path / "test.csv")
+    assert u[0].video == tmp_path / "lrs3/test/abc/00001.mp4" and u[0].audio == tmp_path / "lrs3/test/abc/00001.wav"
+    assert u[0].text == "HELLO THERE" and u[0].id == "test/abc/00001"
+    assert u[1].audio is None and u[1].text == "A, COMMA"
+
+
+def test_folder_of_media_with_transcripts(tmp_path):
+    touch(tmp_path / "a/one.mp4")
+    (tmp_path / "a/one.txt").write_text("first  one\n")
+    touch(tmp_path / "two.wav")
+    (tmp_path / "two.txt").write_text("second")
+    touch(tmp_path / "untranscribed.mp4")
+    u = load_manifest(tmp_path)
+    assert [(x.id, x.text, x.video is None) for x in u] == [("a/one", "first one", False), ("two", "second", True)]
+    with pytest.raises(DataError, match="no media files with a same-named .txt"):
+        load_manifest(touch(tmp_path / "empty" / "x.mp4").parent)
+
+
+def test_duplicate_ids_and_unknown_files_are_refused(tmp_path):
+    (tmp_path / "m.jsonl").write_text('{"id": "x", "audio": "a.wav", "text": "a"}\n'
+                                      '{"id": "x", "audio": "b.wav", "text": "b"}\n')
+    with pytest.raises(DataError, match="'x' appears more than once"):
+        load_manifest(tmp_path / "m.jsonl")
+    with pytest.raises(DataError, match="no such manifest"):
+        load_manifest(tmp_path / "nope.jsonl")
+
+
+def test_named_dataset_lookup_and_missing_dataset_exit_4(tmp_path):
+    with pytest.raises(DatasetMissing, match="set MOME_DATA or pass --data-root") as e:
+        find_dataset("lrs3", None)
+    assert e.value.exit_code == ExitCode.MISSING
+    with pytest.raises(DatasetMissing, match="robots.ox.ac.uk.*auto_avsr"):
+        find_dataset("lrs3", tmp_path)
+    touch(tmp_path / "lrs3" / "test.csv")
+    assert find_dataset("lrs3", tmp_path) == tmp_path / "lrs3" / "test.csv"
+    assert find_dataset(str(tmp_path / "my.jsonl"), None) == tmp_path / "my.jsonl"
+
+
+def test_frame_batches_respect_the_budget_and_cover_everything():
+    lengths = [10, 200, 30, 30, 500, 80, 75, 20, 1000, 60]
+    for shuffle in (False, True):
+        batches = frame_batches(lengths, max_frames=300, shuffle=shuffle, seed=1, bucket=4)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        for b in batches:
+            assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 300
+    assert frame_batches(lengths, 300) == frame_batches(lengths, 300)  # deterministic
+    assert frame_batches(lengths, 300, shuffle=True, seed=1) == frame_batches(lengths, 300, shuffle=True, seed=1)
+    assert frame_batches(lengths, 300, shuffle=True, seed=1) != frame_batches(lengths, 300, shuffle=True, seed=2)
