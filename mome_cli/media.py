@@ -185,11 +185,11 @@ def iter_video(path, start: float = 0.0, duration: float | None = None, info: Me
     try:
         while sent < want:
             n = min(chunk, want - sent)
-            data = process.stdout.read(n * frame_bytes)
-            got = len(data) // frame_bytes
+            buffer = bytearray(n * frame_bytes)  # writable, so the frames can go to torch without a copy
+            got = process.stdout.readinto(buffer) // frame_bytes
             if got == 0:
                 break
-            frames = np.frombuffer(data[: got * frame_bytes], np.uint8).reshape(got, height, width, 3)
+            frames = np.frombuffer(buffer, np.uint8, count=got * frame_bytes).reshape(got, height, width, 3)
             last = frames[-1]
             sent += got
             yield frames

@@ -1,16 +1,13 @@
 """The lip stage: face-alignment's real loading and batch code on random weights saved where it looks for them,
 crop geometry on synthetic faces, interpolation and smoothing against hand-computed values, tracking, crops."""
 
-import os
 
 import numpy as np
 import pytest
 import torch
 
-# face-alignment's heatmap decoding is numba-jitted; compiling it takes ~10 s per process on 2 cores, running the same
-# Python code uncompiled on 2 small faces takes milliseconds. NUMBA_DISABLE_JIT=0 tests the compiled path.
-os.environ.setdefault("NUMBA_DISABLE_JIT", "1")
 
+from conftest import FakeDetector
 from mome_cli import lips
 from mome_cli.lips import (
     CROP_SIZE,
@@ -31,48 +28,6 @@ from mome_cli.lips import (
     smooth,
     track_faces,
 )
-
-# File names face-alignment 1.5.0 looks for in $TORCH_HOME/hub/checkpoints (the basenames of its download URLs).
-FAN_FILE = "2DFAN4-11f355bf06.pth.tar"
-SFD_FILE = "s3fd-619a316812.pth"
-BLAZEFACE_FILE, BLAZEFACE_ANCHORS = "blazeface.pth", "anchors.npy"
-
-
-# -- face-alignment with random weights ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def torch_home(tmp_path_factory):
-    """A TORCH_HOME whose hub cache holds face-alignment's networks with random weights, in its own formats: plain
-    state dicts saved by torch.save. The detectors' score heads are set to find no face anywhere."""
-    from face_alignment.detection.blazeface.net_blazeface import BlazeFace
-    from face_alignment.detection.sfd.net_s3fd import s3fd
-    from face_alignment.models import FAN
-
-    home = tmp_path_factory.mktemp("torch_home")
-    checkpoints = home / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    torch.manual_seed(0)
-    torch.save(FAN(4).state_dict(), checkpoints / FAN_FILE)  # 2DFAN-4: 4 stacked hourglasses
-
-    sfd = s3fd()
-    with torch.no_grad():
-        for name, module in sfd.named_modules():
-            if name.endswith("_mbox_conf"):  # class scores: background wins everywhere
-                module.weight.zero_()
-                module.bias.fill_(10.0)
-                module.bias[-1] = -10.0
-    torch.save(sfd.state_dict(), checkpoints / SFD_FILE)
-
-    blaze = BlazeFace()
-    with torch.no_grad():
-        for module in (blaze.classifier_8, blaze.classifier_16):
-            module.weight.zero_()
-            module.bias.fill_(-100.0)  # sigmoid(-100): no face
-    torch.save(blaze.state_dict(), checkpoints / BLAZEFACE_FILE)
-    np.save(checkpoints / BLAZEFACE_ANCHORS, np.random.default_rng(0).uniform(0.1, 0.9, (896, 4)).astype(np.float32))
-    return home
-
 
 @pytest.fixture
 def detector(torch_home, monkeypatch):
@@ -245,18 +200,6 @@ def test_crop_outside_the_frame_is_black():
     points, _, _ = _posed_face(shift=(-1000.0, -1000.0))  # the whole ROI outside a 100 x 100 frame
     rois = crop_mouths(np.full((1, 100, 100, 3), 200, dtype=np.uint8), points[None])
     assert rois.shape == (1, ROI_SIZE, ROI_SIZE) and (rois == 0).all()
-
-
-class FakeDetector:
-    """Stands in for LandmarkDetector: the same landmarks every frame, NaN in the frames listed as missing."""
-
-    def __init__(self, points, missing=()):
-        self.points, self.missing = points, set(missing)
-
-    def detect(self, frames, batch_size=16, boxes=None):
-        out = np.repeat(self.points[None].astype(np.float32), len(frames), axis=0)
-        out[list(self.missing)] = np.nan
-        return out
 
 
 def test_mouth_rois_whole_path():

@@ -1,0 +1,117 @@
+"""From media files to Clips: modality fallbacks, the real face-alignment path, crops, and the cache."""
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import FakeDetector
+from mome_cli.lips import MOUTH_POINTS, load_mean_face
+from mome_cli.media import MediaError, NoAudioError, NoVideoError
+from mome_cli.preprocess import Preprocessor, PreprocessOptions
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
+
+
+def ffmpeg(*args):
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *map(str, args)], check=True)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("media")
+    video = ["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30:duration=1.2"]
+    audio = ["-f", "lavfi", "-i", "sine=frequency=300:duration=1.2"]
+    ffmpeg(*video, *audio, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", d / "face.mp4")
+    ffmpeg(*video, "-c:v", "libx264", "-pix_fmt", "yuv420p", d / "silent.mp4")
+    ffmpeg(*audio, d / "speech.wav")
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=96x96:rate=25:duration=1", *audio, "-c:v", "libx264",
+           "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", d / "crops.mp4")
+    return d
+
+
+def face_points(scale=0.6, shift=(60.0, 40.0)):
+    """The mean face placed inside a 320x240 frame."""
+    return load_mean_face() * scale + np.array(shift)
+
+
+def test_face_video_gives_audio_and_one_roi_per_frame(media):
+    clip = Preprocessor(PreprocessOptions(mode="av"), detector=FakeDetector(face_points()))(media / "face.mp4")
+    assert clip.mode == "av" and clip.warnings == []
+    assert clip.audio.dtype == np.float32 and len(clip.audio) == 19200  # 1.2 s at 16 kHz
+    assert clip.rois.shape == (30, 96, 96) and clip.rois.dtype == np.uint8  # 1.2 s at 25 fps, from a 30 fps source
+
+
+def test_no_face_anywhere_falls_back_to_audio_in_av_and_fails_in_v(media):
+    nobody = FakeDetector(face_points(), missing=range(30))
+    clip = Preprocessor(PreprocessOptions(mode="av"), detector=nobody)(media / "face.mp4")
+    assert clip.mode == "a" and clip.rois is None and clip.audio is not None
+    assert clip.warnings == ["no face found in any frame: transcribed from audio alone"]
+    with pytest.raises(MediaError, match="face.mp4: no face found in any frame"):
+        Preprocessor(PreprocessOptions(mode="v"), detector=nobody)(media / "face.mp4")
+
+
+def test_faces_in_some_frames_are_interpolated_with_a_warning_past_half(media):
+    few = FakeDetector(face_points(), missing=range(0, 30, 3))  # 10 of 30 missing: no warning
+    assert Preprocessor(PreprocessOptions(mode="v"), detector=few)(media / "face.mp4").warnings == []
+    most = FakeDetector(face_points(), missing=range(0, 20))  # 20 of 30 missing
+    clip = Preprocessor(PreprocessOptions(mode="v"), detector=most)(media / "face.mp4")
+    assert clip.rois.shape == (30, 96, 96) and clip.warnings == ["no face in 20 of 30 frames: their mouth crops are "
+                                                                 "interpolated"]
+
+
+def test_missing_streams_per_mode(media):
+    with pytest.raises(NoAudioError, match="silent.mp4: no audio stream"):
+        Preprocessor(PreprocessOptions(mode="av"))(media / "silent.mp4")
+    with pytest.raises(NoVideoError, match="speech.wav: no video stream"):
+        Preprocessor(PreprocessOptions(mode="v"))(media / "speech.wav")
+    clip = Preprocessor(PreprocessOptions(mode="av"))(media / "speech.wav")
+    assert clip.mode == "a" and clip.warnings == ["no video stream: transcribed from audio alone"]
+
+
+def test_roi_inputs_skip_detection(media):
+    class Refuse:
+        def detect(self, *a, **k):
+            raise AssertionError("--roi must not run face detection")
+
+    clip = Preprocessor(PreprocessOptions(mode="av", roi=True), detector=Refuse())(media / "crops.mp4")
+    assert clip.rois.shape == (25, 96, 96)
+
+
+def test_real_face_alignment_path_finds_no_face_in_a_test_pattern(media, torch_home, monkeypatch):
+    """face-alignment itself (random weights whose detector finds nothing) through the whole stage."""
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    clip = Preprocessor(PreprocessOptions(mode="av", device="cpu"))(media / "face.mp4")
+    assert clip.mode == "a" and "no face" in clip.warnings[0]
+
+
+def test_cache_skips_detection_and_follows_the_file_content(media, tmp_path):
+    calls = []
+
+    class Counting(FakeDetector):
+        def detect(self, frames, **kw):
+            calls.append(len(frames))
+            return super().detect(frames, **kw)
+
+    path = tmp_path / "face.mp4"
+    shutil.copy(media / "face.mp4", path)
+    prep = Preprocessor(PreprocessOptions(mode="av"), cache_dir=tmp_path / "cache", detector=Counting(face_points()))
+    first = prep(path)
+    assert sum(calls) == 30
+    second = prep(path)
+    assert sum(calls) == 30, "the second run must come from the cache"
+    np.testing.assert_array_equal(first.rois, second.rois)
+    np.testing.assert_array_equal(first.audio, second.audio)
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    shutil.copy(media / "crops.mp4", path)  # same name, other content: not the cached clip
+    assert prep(path).duration == pytest.approx(1.0, abs=0.05) and sum(calls) == 30 + 25
+
+
+def test_mouth_is_centred_in_the_crop_of_a_posed_face(media):
+    """With landmarks on a known face, the ROI centre samples the mouth region of the frame."""
+    points = face_points()
+    clip = Preprocessor(PreprocessOptions(mode="v"), detector=FakeDetector(points))(media / "face.mp4")
+    mouth = points[MOUTH_POINTS].mean(axis=0)
+    assert 0 < mouth[0] < 320 and 0 < mouth[1] < 240
+    assert clip.rois[:, 40:56, 40:56].std() > 0  # real picture content where the mouth is, not black padding
