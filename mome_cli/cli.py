@@ -95,10 +95,21 @@ def cli(ctx: click.Context, quiet: bool, verbose: int):
     ctx.obj = GlobalOptions(quiet=quiet, verbose=verbose)
 
 
+def _complete_model(ctx, param, incomplete):
+    """Preset names, then directories (checkpoints)."""
+    from click.shell_completion import CompletionItem
+
+    from .hub import PRESETS
+
+    return [CompletionItem(name) for name in PRESETS if name.startswith(incomplete)] + [
+        CompletionItem(incomplete, type="dir")]
+
+
 def model_options(f):
     """--model, --adapter, --mode, --device, --beam, --batch-size: shared by transcribe and evaluate."""
     options = [
-        click.option("--model", default="demo", show_default=True, help="Preset or checkpoint directory."),
+        click.option("--model", default="demo", show_default=True, shell_complete=_complete_model,
+                     help="Preset (tiny, demo, mome-1b, mome-3b, mome-8b) or checkpoint directory."),
         click.option("--adapter", type=click.Path(file_okay=False), help="MoME adapter checkpoint directory."),
         click.option("--mode", type=click.Choice(MODES), default="av", show_default=True, help="Audio, video or both."),
         click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True),

@@ -169,3 +169,14 @@ def test_bash_completion_of_command():
     result = run_mome(env={"_MOME_COMPLETE": "bash_complete", "COMP_WORDS": "mome tr", "COMP_CWORD": "1"})
     assert result.returncode == 0, explain(result)
     assert "plain,transcribe" in result.stdout.splitlines(), explain(result)
+
+
+@pytest.mark.parametrize("words, cword, expected", [
+    ("mome transcribe --model mome-", "3", {"mome-1b", "mome-3b", "mome-8b"}),
+    ("mome evaluate --model t", "3", {"tiny"}),
+    ("mome transcribe -f j", "3", {"json", "jsonl"}),
+])
+def test_bash_completion_of_models_and_formats(words, cword, expected):
+    result = run_mome(env={"_MOME_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": cword})
+    offered = {line.split(",", 1)[1] for line in result.stdout.splitlines() if line.startswith("plain,")}
+    assert offered == expected, explain(result)
