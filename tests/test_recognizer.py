@@ -1,0 +1,97 @@
+"""Loading models the way presets do: backbones from a hub-cache layout, offline; missing pieces exit 4."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from mome_cli.checkpoint import save_checkpoint
+from mome_cli.hub import MissingModelError
+from mome_cli.llm import build_tiny_llm
+from mome_cli.model import AVSRModel, ModelConfig
+from mome_cli.mome import MoMEConfig
+from mome_cli.preprocess import Clip
+from mome_cli.recognizer import RecognizeOptions, UsageProblem, load_recognizer
+
+COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
+LLAMA, WHISPER = "meta-llama/Llama-3.2-1B", "openai/whisper-medium.en"
+
+
+def snapshot(home, repo_id):
+    """A folder where huggingface_hub keeps repo_id at main: snapshots/<commit>/ with refs/main."""
+    repo = home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(COMMIT)
+    folder = repo / "snapshots" / COMMIT
+    folder.mkdir(parents=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A mome home whose hub cache holds a tiny 'Llama-3.2-1B' and a tiny 'whisper-medium.en', as save_pretrained
+    writes them, and a checkpoint directory trained on top of them."""
+    from test_encoders import save_tiny_whisper_checkpoint
+
+    home = tmp_path_factory.mktemp("home")
+    llm, tokenizer = build_tiny_llm("tiny")
+    folder = snapshot(home, LLAMA)
+    llm.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    save_tiny_whisper_checkpoint(snapshot(home, WHISPER))
+    config = ModelConfig(llm=LLAMA, audio_encoder=WHISPER, video_encoder="tiny", audio_dim=32, video_dim=32,
+                         projector_hidden=32, mome=MoMEConfig(num_routed=4, top_k=2, bottleneck=8))
+    torch.manual_seed(0)
+    model = AVSRModel(config, llm, tokenizer)
+    for m in model.mome:
+        torch.nn.init.normal_(m.up_weight, std=0.3)
+    save_checkpoint(model, home / "ckpt")
+    return home
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_checkpoint_loads_its_backbones_from_the_cache_offline(home):
+    recognizer = load_recognizer(str(home / "ckpt"), home=home, device="cpu")
+    tiny, _ = build_tiny_llm("tiny")
+    for (name, a), b in zip(recognizer.model.llm.named_parameters(), tiny.parameters()):
+        assert torch.equal(a, b), name
+    assert recognizer.audio_encoder.dim == 32 and recognizer.video_encoder.dim == 32
+    assert recognizer.model.mome[0].up_weight.abs().sum() > 0  # the trained tensors, not a fresh init
+    clip = Clip(path="x", duration=1.0, mode="av", audio=np.zeros(16000, np.float32) + 0.01,
+                rois=np.full((25, 96, 96), 128, np.uint8))
+    transcript = recognizer.transcribe(clip, RecognizeOptions(rate=(16, 5), max_new_tokens=5))
+    assert transcript.rate == (16, 5) and transcript.model == str(home / "ckpt")
+
+
+def test_a_backbone_missing_from_the_cache_names_the_download(home, tmp_path):
+    partial = tmp_path / "home"
+    shutil.copytree(home, partial)
+    shutil.rmtree(partial / "hub" / f"models--{WHISPER.replace('/', '--')}")
+    with pytest.raises(MissingModelError, match=f"{WHISPER} is not in the cache.*mome download mome-1b") as e:
+        load_recognizer(str(partial / "ckpt"), home=partial, device="cpu")
+    assert e.value.exit_code == 4
+
+
+def test_presets_need_an_adapter_and_take_one(home):
+    with pytest.raises(MissingModelError, match="--adapter DIR"):
+        load_recognizer("mome-1b", home=home, device="cpu")
+    recognizer = load_recognizer("mome-1b", adapter=str(home / "ckpt"), home=home, device="cpu")
+    assert recognizer.config.llm == LLAMA and recognizer.model.mome[0].up_weight.abs().sum() > 0
+
+
+def test_unknown_model_and_unavailable_device_are_usage_problems(home):
+    with pytest.raises(UsageProblem, match="neither a preset"):
+        load_recognizer("gpt-5", home=home)
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageProblem, match="no CUDA device"):
+            load_recognizer("tiny", device="cuda", home=home)
+
+
+def test_demo_without_bundled_weights_is_missing_not_a_crash(home):
+    with pytest.raises(MissingModelError, match="demo model"):
+        load_recognizer("demo", home=home)
