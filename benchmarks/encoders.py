@@ -1,0 +1,82 @@
+"""Forward time of the real-size frozen encoders on one 23 s clip: Whisper-medium.en's encoder and AV-HuBERT Large.
+
+    python benchmarks/encoders.py [--device cuda] [--seconds 23] [--repeats 5]
+
+Random weights of the real configurations (no download; timing does not depend on the values). Whisper always
+encodes its 30 s window, so its cost is the same for any clip up to 30 s; AV-HuBERT's grows with the frames (25 per
+second). The baseline in the same run is transformers' own WhisperEncoder called on precomputed mel features, so
+the table also shows what mome's wrapper adds (feature extraction, trimming to the real frames).
+"""
+
+import argparse
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from mome_cli.avhubert import AVHubertConfig, AVHubertVideoEncoder
+from mome_cli.encoders import SAMPLE_RATE, WhisperAudioEncoder
+
+# openai/whisper-medium.en's encoder (its config.json): 24 layers, 1024 wide, 16 heads, FFN 4096, 80 mel bins.
+WHISPER_MEDIUM = dict(d_model=1024, encoder_layers=24, encoder_attention_heads=16, encoder_ffn_dim=4096,
+                      decoder_layers=1, decoder_attention_heads=16, decoder_ffn_dim=4096, num_mel_bins=80,
+                      vocab_size=51864, pad_token_id=50256, bos_token_id=50256, eos_token_id=50256,
+                      decoder_start_token_id=50257)
+
+
+def timed(fn, device: str, repeats: int) -> float:
+    """Median seconds of fn() after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seconds", type=float, default=23.0)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    device = args.device
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    from transformers import WhisperConfig, WhisperFeatureExtractor
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    torch.manual_seed(0)
+    whisper = WhisperAudioEncoder(WhisperEncoder(WhisperConfig(**WHISPER_MEDIUM)), WhisperFeatureExtractor())
+    whisper.to(device=device, dtype=dtype)
+    avhubert = AVHubertVideoEncoder(AVHubertConfig.large()).eval().requires_grad_(False).to(device=device, dtype=dtype)
+    audio = np.random.default_rng(0).standard_normal(int(args.seconds * SAMPLE_RATE)).astype(np.float32) * 0.1
+    frames = torch.randn(1, int(args.seconds * 25), 88, 88, device=device, dtype=dtype)
+    mel = whisper.feature_extractor([audio], sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+    mel = mel.to(device=device, dtype=dtype)
+
+    rows = []
+    with torch.inference_mode():
+        rows.append(("Whisper encoder, transformers on mel (baseline)",
+                     timed(lambda: whisper.encoder(mel), device, args.repeats)))
+        rows.append(("Whisper encoder, mome (features + encoder + trim)",
+                     timed(lambda: whisper([audio]), device, args.repeats)))
+        rows.append(("AV-HuBERT Large video encoder", timed(lambda: avhubert(frames), device, args.repeats)))
+
+    name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
+    print(f"device {device} ({name}), dtype {str(dtype).split('.')[-1]}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, clip {args.seconds:g} s, median of {args.repeats}")
+    print(f"| {'stage':<52} | {'seconds':>8} | {'x real time':>11} |")
+    print(f"|{'-' * 54}|{'-' * 10}|{'-' * 13}|")
+    for stage, seconds in rows:
+        print(f"| {stage:<52} | {seconds:8.3f} | {args.seconds / seconds:11.1f} |")
+
+
+if __name__ == "__main__":
+    main()
