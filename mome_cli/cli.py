@@ -6,7 +6,6 @@ The contract is in CLI-CONTRACT.md. This module imports only click and rich: com
 
 import contextlib
 from dataclasses import dataclass
-from typing import NoReturn
 
 import click
 from rich.console import Console
@@ -76,11 +75,6 @@ class OrderedGroup(click.Group):
 
     def list_commands(self, ctx):
         return list(self.commands)
-
-
-def _not_available(command: str, issue: int) -> NoReturn:
-    stderr.print(f"mome {command}: not available yet in {__version__} (tracked in issue #{issue})", markup=False)
-    click.get_current_context().exit(ExitCode.FAILURE)
 
 
 @click.group(cls=OrderedGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -188,18 +182,67 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
 @model_options
 @click.option("--rates", type=RateListParam(allow_all=True), default="all", metavar="all|A,V[;A,V...]",
               help="Rate pairs [all trained].")
-@click.option("--snr", default="clean", show_default=True, help="Comma-separated SNRs in dB, 'clean' for no noise.")
-@click.option("--noise", type=click.Path(dir_okay=False), help="Noise file [babble from the dataset's own utterances].")
+@click.option("--any-rate", is_flag=True, help="Accept rates the model was not trained on.")
+@click.option("--snr", default="clean", show_default=True, metavar="clean|DB[,...]",
+              help="Comma-separated SNRs in dB, 'clean' for no noise.")
+@click.option("--noise", type=click.Path(exists=True, dir_okay=False),
+              help="Noise file [babble from the dataset's own utterances].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Picks the babble talkers and noise windows.")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate the first N utterances only.")
+@click.option("--roi/--no-roi", default=None,
+              help="Videos are mouth crops: skip face detection [on for auto_avsr CSV manifests, else off].")
+@click.option("--detector", type=click.Choice(("sfd", "blazeface")), default="sfd", show_default=True,
+              help="Face detector when videos are not mouth crops.")
+@click.option("--no-cache", is_flag=True, help="Don't reuse or store preprocessed clips.")
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False), default="mome-eval", show_default=True)
-def evaluate(**options):
+@click.pass_context
+def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode, device, beam, batch_size, rates,
+             any_rate, snr, noise, seed, limit, roi, detector, no_cache, output_dir):
     """Word error rate on a dataset, per rate pair and SNR."""
-    _not_available("evaluate", 6)
+    from pathlib import Path
+
+    from . import evaluate as library
+    from .data import DataError
+    from .hub import HubError, mome_home
+    from .recognizer import UsageProblem
+
+    try:
+        snrs = library.parse_snrs(snr)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--snr") from e
+    quiet = ctx.obj.quiet
+    log = lambda message: stderr.print(message, markup=False, highlight=False)  # noqa: E731
+    quiet_log = (lambda message: log(message) if message.startswith("error") else None) if quiet else log
+    job = library.EvaluateJob(
+        dataset=dataset, output_dir=Path(output_dir), data_root=Path(data_root) if data_root else None, split=split,
+        model=model, adapter=adapter, device=device, mode=mode, rates=rates, any_rate=any_rate, snrs=snrs,
+        noise=Path(noise) if noise else None, seed=seed, limit=limit, beam=beam, batch_size=batch_size or 8, roi=roi,
+        detector=detector, cache_dir=None if no_cache else mome_home() / "cache" / "clips",
+    )
+    enabled = stderr.is_terminal and not quiet
+    try:
+        evaluation = library.run(job, quiet_log, lambda total, what: _progress(total, what, enabled))
+    except (DataError, HubError) as e:
+        stderr.print(f"mome evaluate: {e}", markup=False)
+        ctx.exit(e.exit_code)
+    except UsageProblem as e:
+        raise click.UsageError(str(e)) from e
+    try:
+        library.write_outputs(evaluation, job.output_dir)
+    except OSError as e:
+        stderr.print(f"mome evaluate: cannot write to {output_dir}: {e.strerror or e}", markup=False)
+        ctx.exit(ExitCode.FAILURE)
+    if evaluation.cells:
+        click.echo(evaluation.table())
+    if not quiet:
+        log(f"{evaluation.evaluated} evaluated, {len(evaluation.failed)} failed (report in {output_dir})")
+    ctx.exit(evaluation.return_code)
 
 
 @cli.command()
-@click.option("--config", type=click.Path(dir_okay=False), help="TOML file; the options below override it.")
-@click.option("--model", help="Backbone preset.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML recipe; the options below "
+              "override it (recipes/tiny.toml, recipes/mome-1b-lrs3.toml).")
+@click.option("--model", help="Backbone preset: tiny, mome-1b, mome-3b, mome-8b.")
 @click.option("--train", "train_manifest", metavar="MANIFEST", type=click.Path(dir_okay=False))
 @click.option("--valid", "valid_manifest", metavar="MANIFEST", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Checkpoint directory to write.")
@@ -218,11 +261,34 @@ def evaluate(**options):
 @click.option("--seed", type=int)
 @click.option("--save-every", type=click.IntRange(min=1))
 @click.option("--eval-every", type=click.IntRange(min=1))
-@click.option("--average-last", type=click.IntRange(min=1))
-@click.option("--resume", is_flag=True)
-def train(**options):
-    """Train MoME adapters on frozen backbones."""
-    _not_available("train", 6)
+@click.option("--log-every", type=click.IntRange(min=1), help="Steps between log lines.")
+@click.option("--average-last", type=click.IntRange(min=1), help="Final model: the mean of the last K saves.")
+@click.option("--roi/--no-roi", default=None, help="Videos are mouth crops [yes for auto_avsr .csv manifests].")
+@click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), help="[auto]; torchrun: one GPU per process.")
+@click.option("--resume", is_flag=True, help="Continue the run in --output exactly where its last save left it.")
+@click.pass_context
+def train(ctx: click.Context, config, resume, **flags):
+    """Train MoME adapters on frozen backbones (single process, or under torchrun: one process per GPU)."""
+    from . import training
+    from .data import DataError
+    from .hub import HubError
+
+    names = {"train_manifest": "train", "valid_manifest": "valid"}
+    overrides = {names.get(k, k): v for k, v in flags.items() if v is not None}
+    if "steps" in overrides and "epochs" in overrides:
+        raise click.UsageError("--steps and --epochs cannot be used together.")
+    try:
+        train_config = training.resolve_config(config, overrides, resume=resume)
+        training.run(train_config, resume=resume, quiet=ctx.obj.quiet)
+    except training.ConfigError as e:
+        raise click.UsageError(str(e)) from e
+    except (DataError, HubError) as e:
+        if training.is_main_process():
+            stderr.print(f"mome train: {e}", markup=False)
+        ctx.exit(e.exit_code)
+    except training.TrainingError as e:
+        stderr.print(f"mome train: {e}", markup=False)
+        ctx.exit(ExitCode.FAILURE)
 
 
 @cli.command()

@@ -111,7 +111,7 @@ class Recognizer:
         """Transcripts of many clips; their segments are decoded together, longest first, grouped by mode."""
         modes = [clip.mode if options.mode == "av" else options.mode for clip in clips]  # av may have fallen back to a
         rates = [self.rate_for(m, options.rate if m == options.mode else None, options.any_rate) for m in modes]
-        segments = [_segments(clip) for clip in clips]
+        segments = [segments_of(clip) for clip in clips]
         texts = [[""] * len(s) for s in segments]
         groups = {}  # (mode, rate) -> [(clip, segment)]; silent segments are not decoded
         for c, segs in enumerate(segments):
@@ -123,8 +123,8 @@ class Recognizer:
             jobs.sort(key=lambda job: -segments[job[0]][job[1]].duration)  # similar lengths share a batch
             for at in range(0, len(jobs), options.batch_size):
                 batch = jobs[at : at + options.batch_size]
-                audio = [_slice_audio(clips[c], segments[c][i]) for c, i in batch] if "a" in mode else None
-                rois = [_slice_rois(clips[c], segments[c][i]) for c, i in batch] if "v" in mode else None
+                audio = [slice_audio(clips[c], segments[c][i]) for c, i in batch] if "a" in mode else None
+                rois = [slice_rois(clips[c], segments[c][i]) for c, i in batch] if "v" in mode else None
                 features = self.features(audio, rois)
                 for (c, i), result in zip(batch, decode(self.model, features, rate, mode, decoding, options.any_rate)):
                     texts[c][i] = result.text
@@ -140,7 +140,7 @@ class Recognizer:
         ]
 
 
-def _segments(clip: Clip) -> list[Segment]:
+def segments_of(clip: Clip) -> list[Segment]:
     if clip.audio is not None:
         return split_at_pauses(clip.audio)
     frames = len(clip.rois)  # video only: fixed windows
@@ -148,12 +148,12 @@ def _segments(clip: Clip) -> list[Segment]:
     return [Segment(a / VIDEO_FPS, min(a + step, frames) / VIDEO_FPS) for a in range(0, frames, step)]
 
 
-def _slice_audio(clip: Clip, s: Segment):
+def slice_audio(clip: Clip, s: Segment):
     a, b = round(s.start * VIDEO_FPS) * SAMPLES_PER_FRAME, round(s.end * VIDEO_FPS) * SAMPLES_PER_FRAME
     return clip.audio[a:b]
 
 
-def _slice_rois(clip: Clip, s: Segment):
+def slice_rois(clip: Clip, s: Segment):
     a, b = round(s.start * VIDEO_FPS), round(s.end * VIDEO_FPS)
     return clip.rois[a:max(b, a + 1)]
 
@@ -244,8 +244,11 @@ def load_recognizer(model: str, adapter: str | None = None, device: str = "auto"
         config = dataclasses.replace(adapter_config, llm=config.llm, llm_revision=config.llm_revision)
         weights = adapter
     llm, tokenizer = load_llm(_backbone_path(config.llm, config.llm_revision, home), device=device)
+    with torch.random.fork_rng(devices=[]):  # the same fresh projectors and experts every run (tiny has no weights)
+        torch.manual_seed(0)
+        avsr = AVSRModel(config, llm, tokenizer)
     recognizer = Recognizer(
-        AVSRModel(config, llm, tokenizer).to(device).eval(),
+        avsr.to(device).eval(),
         load_audio_encoder(config, home, device) if "a" in "".join(config.modes) else None,
         load_video_encoder(config, home, device) if "v" in "".join(config.modes) else None,
         name=model,
@@ -255,4 +258,5 @@ def load_recognizer(model: str, adapter: str | None = None, device: str = "auto"
     return recognizer
 
 
-__all__ = ["UsageProblem", "RecognizeOptions", "Recognizer", "load_recognizer", "tiny_config", "resolve_device"]
+__all__ = ["UsageProblem", "RecognizeOptions", "Recognizer", "load_recognizer", "tiny_config", "resolve_device",
+           "segments_of", "slice_audio", "slice_rois"]

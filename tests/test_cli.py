@@ -83,15 +83,6 @@ def test_quiet_and_verbose_conflict():
     assert result.exit_code == ExitCode.USAGE and "cannot be used together" in result.stderr, explain(result)
 
 
-@pytest.mark.parametrize("command, issue", [("evaluate", 6), ("train", 6)])
-def test_unavailable_commands_fail_on_stderr(command, issue):
-    args = {"transcribe": ["clip.mp4"], "evaluate": ["--dataset", "lrs3"]}.get(command, [])
-    result = invoke(command, *args)
-    assert result.exit_code == ExitCode.FAILURE, explain(result)
-    assert result.stdout == "" and f"mome {command}: not available yet" in result.stderr, explain(result)
-    assert f"issue #{issue}" in result.stderr, explain(result)
-
-
 @pytest.mark.parametrize("text, rate", [("4,2", (4, 2)), ("4", (4,)), (" 16 , 5 ", (16, 5))])
 def test_rate_param(text, rate):
     assert RateParam().convert(text, None, None) == rate

@@ -1,0 +1,563 @@
+"""`mome evaluate` as a library call: corpus WER of one model on one dataset, for every asked rate pair and SNR.
+
+Work is shared wherever the result allows it. Every utterance is preprocessed once (through the Preprocessor's cache).
+Utterances are cut into segments as `mome transcribe` cuts them (at pauses, at most 20 s; LRS2/LRS3 utterances stay
+whole), on the clean audio, so every SNR decodes the same stretches. Segments are batched longest first; per batch
+the lips are encoded once, the audio once per SNR, and the LLM decodes once per SNR and rate pair: encoder features do
+not depend on the rate. In mode v nothing depends on the SNR, so the first SNR's results fill every column (with a
+warning).
+
+Noise. Babble is built from the dataset's own utterances: BABBLE_TALKERS + 1 of them, drawn with the seed from the
+whole manifest (not only the `limit` evaluated), each scaled to unit RMS. Utterance i hears the sum of BABBLE_TALKERS
+of those talkers - never itself: if it is one of them the spare takes its place - each talker looped end to end to
+cover a track as long as the longest utterance (or talker), and i takes a window of that track at a start drawn from
+(seed, i's id). The window is scaled so that its power sits `snr` dB below the utterance's own power (both measured
+over the whole utterance, as AV-HuBERT and auto_avsr mix). A `--noise FILE` is used the same way, as the only talker.
+Everything is deterministic given the seed; the window does not change with the SNR, only its level.
+
+Outputs (atomic): report.json (the counts per rate x SNR and how they were made), hypotheses.jsonl (one line per
+utterance, rate and SNR), wer.png (WER against SNR, one line per rate pair; bars when there is one SNR column).
+
+Notation for shapes: S samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import textwrap
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .files import atomic_write, atomic_write_text
+from .report import Report
+from .scoring import NORMALISATION, WordErrors, score
+
+BABBLE_TALKERS = 30  # utterances summed into babble, as in AV-HuBERT's LRS3 babble; with few, words stand out
+CLEAN = "clean"  # the SNR column with no noise added
+REPORT_FILE, HYPOTHESES_FILE, PLOT_FILE = "report.json", "hypotheses.jsonl", "wer.png"
+
+SNR = float | str  # dB, or CLEAN
+
+
+# ---- options ---------------------------------------------------------------------------------------------------------
+
+
+def parse_snrs(text: str) -> tuple[SNR, ...]:
+    """"clean,-5,0,5" -> ("clean", -5, 0, 5): whole numbers as int; ValueError naming the bad value."""
+    snrs = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if part.lower() == CLEAN:
+            value = CLEAN
+        else:
+            try:
+                number = float(part)
+            except ValueError:
+                raise ValueError(f"{part!r} in {text!r} is neither a number of dB nor 'clean' "
+                                 f"(e.g. --snr clean,-5,0,5)") from None
+            if not math.isfinite(number):
+                raise ValueError(f"{part!r} in {text!r}: an SNR must be a finite number of dB")
+            value = int(number) if number.is_integer() else number
+        if value not in snrs:
+            snrs.append(value)
+    return tuple(snrs)
+
+
+def snr_label(snr: SNR) -> str:
+    return CLEAN if snr == CLEAN else f"{snr:g} dB"
+
+
+def rate_label(rate: tuple) -> str:
+    """(4, 2) -> "4,2"; (4, None) -> "4" (mode a); (None, 5) -> "5" (mode v)."""
+    return ",".join(str(r) for r in rate if r is not None)
+
+
+@dataclass(frozen=True)
+class EvaluateJob:
+    dataset: str  # lrs3 | lrs2 | a manifest or folder path, as the user gave it
+    output_dir: Path
+    data_root: Path | None = None  # where named datasets are looked up
+    split: str = "test"
+    model: str = "demo"
+    adapter: str | None = None
+    device: str = "auto"
+    mode: str = "av"  # a | v | av
+    rates: tuple | None = None  # rate tuples as parsed, (A, V) or (R,); None: every rate the model was trained on
+    any_rate: bool = False  # allow rates the model was not trained on
+    snrs: tuple = (CLEAN,)  # columns of the table: dB or CLEAN
+    noise: Path | None = None  # noise file; None: babble from the dataset
+    seed: int = 0  # picks the babble talkers and every utterance's noise window
+    limit: int | None = None  # evaluate the first N utterances only
+    beam: int = 1
+    batch_size: int = 8  # segments encoded and decoded together
+    max_new_tokens: int = 96
+    roi: bool | None = None  # videos are mouth crops; None: yes for the auto_avsr CSV layout, else no
+    detector: str = "sfd"  # face detector when roi is off
+    cache_dir: Path | None = None  # preprocessed clips; None: no cache
+
+    def __post_init__(self):
+        if not self.snrs:
+            raise ValueError("snrs must name at least one SNR or 'clean'")
+        if self.batch_size < 1 or self.beam < 1:
+            raise ValueError(f"batch_size and beam must be >= 1, got {self.batch_size} and {self.beam}")
+
+
+# ---- noise -----------------------------------------------------------------------------------------------------------
+
+
+class LoopedNoise:
+    """Noise windows from a sum of sources, each at unit RMS and looped end to end.
+
+    `window(utterance_id, n)` sums the first `count` sources whose id is not utterance_id (so give one spare when
+    sources come from the evaluated corpus) over a window of n samples starting at a point drawn from (seed, id) in a
+    track of `length` samples. A source with no id (a noise file) is never excluded.
+    """
+
+    def __init__(self, sources: list[tuple[str | None, np.ndarray]], count: int, seed: int = 0, length: int = 0):
+        usable = [(i, np.asarray(a, dtype=np.float64)) for i, a in sources if len(a) and np.any(a)]
+        if len(usable) < count or count < 1:
+            raise ValueError(f"need at least {max(count, 1)} non-silent noise sources, got {len(usable)}")
+        self.ids = [i for i, _ in usable]
+        self.sources = [a / np.sqrt(np.mean(a**2)) for _, a in usable]  # (S_k,) each, unit RMS
+        self.count, self.seed = count, seed
+        self.length = max(length, *(len(a) for a in self.sources))  # track length, samples
+
+    def talkers_for(self, utterance_id: str) -> list[int]:
+        return [k for k, i in enumerate(self.ids) if i is None or i != utterance_id][: self.count]
+
+    def window(self, utterance_id: str, n: int) -> np.ndarray:
+        """(n,) float64 noise for one utterance; the same every time for the same id, seed and n."""
+        chosen = self.talkers_for(utterance_id)
+        if len(chosen) < self.count:
+            raise ValueError(f"{utterance_id}: only {len(chosen)} noise sources other than itself")
+        rng = np.random.default_rng([self.seed, zlib.crc32(utterance_id.encode("utf-8"))])
+        start = int(rng.integers(0, max(self.length - n, 0) + 1))
+        t = np.arange(start, start + n)  # (n,) positions in the track
+        noise = np.zeros(n)
+        for k in chosen:
+            noise += self.sources[k][t % len(self.sources[k])]  # looped: the track repeats each source end to end
+        return noise
+
+
+def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """speech + noise scaled so that 10 log10(P_speech / P_noise) = snr_db, powers over the whole clip; float32.
+
+    Silent speech or silent noise is returned as it is (no level makes the ratio hold).
+    """
+    if len(noise) != len(speech):
+        raise ValueError(f"noise has {len(noise)} samples, speech {len(speech)}")
+    s = np.asarray(speech, dtype=np.float64)
+    p_speech, p_noise = np.mean(s**2), np.mean(np.asarray(noise, dtype=np.float64) ** 2)
+    if p_speech == 0 or p_noise == 0:
+        return np.asarray(speech, dtype=np.float32)
+    gain = np.sqrt(p_speech / (p_noise * 10 ** (snr_db / 10)))
+    return (s + gain * noise).astype(np.float32)
+
+
+def babble(utterances: list, load_audio: Callable, seed: int, length: int, log: Callable[[str], None],
+           talkers: int = BABBLE_TALKERS) -> LoopedNoise:
+    """Babble from up to talkers + 1 of the utterances (drawn with the seed); fewer when the corpus is smaller."""
+    from .media import MediaError
+
+    order = np.random.default_rng(seed).permutation(len(utterances))
+    pool = []
+    for k in order:
+        if len(pool) == talkers + 1:
+            break
+        try:
+            audio = load_audio(utterances[k])
+        except MediaError as e:
+            log(f"warning: babble: skipping {utterances[k].id}: {e}")
+            continue
+        if np.any(audio):
+            pool.append((utterances[k].id, audio))
+    if len(pool) < 2:
+        from .recognizer import UsageProblem
+
+        raise UsageProblem(f"babble noise needs at least 2 utterances with sound, the dataset has {len(pool)}; "
+                           f"pass --noise FILE")
+    if len(pool) <= talkers:
+        log(f"warning: babble from {len(pool) - 1} talkers, not {talkers}: the dataset has too few utterances")
+    return LoopedNoise(pool, count=len(pool) - 1, seed=seed, length=length)
+
+
+# ---- preprocessing ---------------------------------------------------------------------------------------------------
+
+
+class ClipLoader:
+    """Utterance -> Clip in the asked mode, reading the audio from a separate file when the utterance has one."""
+
+    def __init__(self, mode: str, roi: bool, detector: str, device: str, cache_dir: Path | None):
+        from .preprocess import Preprocessor, PreprocessOptions
+
+        self.mode = mode
+        self.whole = Preprocessor(PreprocessOptions(mode=mode, roi=roi, detector=detector, device=device), cache_dir)
+        self.audio = Preprocessor(PreprocessOptions(mode="a"), cache_dir)
+        self.video = Preprocessor(PreprocessOptions(mode="v", roi=roi, detector=detector, device=device), cache_dir)
+
+    def audio_of(self, utterance) -> np.ndarray:
+        return self.audio(utterance.media).audio  # (S,)
+
+    def __call__(self, utterance):
+        from .lips import NoFaceError
+        from .media import SAMPLE_RATE, MediaError, NoVideoError
+        from .preprocess import Clip
+
+        u, mode = utterance, self.mode
+        if mode == "a":
+            return self.audio(u.media)
+        if u.video is None:
+            if mode == "v":
+                raise MediaError(u.id, "no video (mode v needs the lips)")
+            clip = self.audio(u.audio)
+            clip.warnings.append("no video: evaluated from audio alone")
+            return clip
+        if mode == "v" or u.audio is None:
+            return self.whole(u.video)
+        audio = self.audio(u.audio).audio  # mode av with a separate audio file (the auto_avsr layout: a .wav beside)
+        clip = Clip(path=str(u.video), duration=len(audio) / SAMPLE_RATE, mode="av", audio=audio)
+        try:
+            clip.rois = self.video(u.video).rois
+        except MediaError as e:
+            if not isinstance(e, NoVideoError) and not isinstance(e.__cause__, NoFaceError):
+                raise
+            clip.mode = "a"
+            clip.warnings.append(f"{e.problem}: evaluated from audio alone")
+        return clip
+
+
+# ---- results ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    """One rate pair at one SNR, over the whole corpus."""
+
+    rate: tuple
+    snr: SNR
+    errors: WordErrors
+    audio_seconds: float  # of the utterances scored
+    wall_seconds: float  # decoding this cell plus its share of the encoders' time
+
+    def to_dict(self) -> dict:
+        counts = self.errors.to_dict()
+        wer = counts.pop("wer")
+        return {"rate": [r for r in self.rate if r is not None], "snr": self.snr, "wer": wer,
+                "wer_percent": None if wer is None else round(100 * wer, 4), **counts,
+                "audio_seconds": round(self.audio_seconds, 3), "wall_seconds": round(self.wall_seconds, 3)}
+
+
+@dataclass
+class Evaluation:
+    job: EvaluateJob
+    manifest: Path
+    rates: list  # resolved rate tuples, (A, V) with None for an absent modality
+    cells: list[Cell] = field(default_factory=list)
+    hypotheses: list[dict] = field(default_factory=list)  # id, rate, snr, ref, hyp
+    evaluated: int = 0  # utterances preprocessed and decoded
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (utterance id, error) of those skipped
+    noise: dict | None = None  # how noise was made; None when every column is clean
+    wall_seconds: float = 0.0
+
+    @property
+    def return_code(self):
+        """0 all evaluated; 3 some utterances failed to preprocess, others were scored; 1 none could be."""
+        return Report(ok=self.evaluated, failed=len(self.failed)).return_code
+
+    def cell(self, rate: tuple, snr: SNR) -> Cell | None:
+        return next((c for c in self.cells if c.rate == rate and c.snr == snr), None)
+
+    def table(self) -> str:
+        """Corpus WER in % with a row per rate pair and a column per SNR, aligned for a terminal."""
+        head = ["rate" if self.job.mode != "av" else "rate A,V", *(snr_label(s) for s in self.job.snrs)]
+        rows = [head]
+        for rate in self.rates:
+            values = []
+            for snr in self.job.snrs:
+                cell = self.cell(rate, snr)
+                wer = cell.errors.wer if cell else math.nan
+                values.append(f"{100 * wer:.2f}" if math.isfinite(wer) else "-")
+            rows.append([rate_label(rate), *values])
+        widths = [max(len(row[k]) for row in rows) for k in range(len(head))]
+        lines = ["  ".join(v.ljust(w) if k == 0 else v.rjust(w) for k, (v, w) in enumerate(zip(row, widths)))
+                 for row in rows]
+        title = f"WER % ({self.job.mode}, {self.evaluated} utterances)"
+        return "\n".join([title, *lines])
+
+    def to_dict(self) -> dict:
+        j = self.job
+        return {
+            "model": j.model, "adapter": j.adapter, "mode": j.mode, "dataset": j.dataset,
+            "manifest": str(self.manifest), "split": j.split, "seed": j.seed, "beam": j.beam, "noise": self.noise,
+            "rates": [[r for r in rate if r is not None] for rate in self.rates], "snrs": list(j.snrs),
+            "normalisation": NORMALISATION,
+            "utterances": self.evaluated + len(self.failed), "evaluated": self.evaluated,
+            "failed": [{"id": i, "error": e} for i, e in self.failed],
+            "wall_seconds": round(self.wall_seconds, 3),
+            "results": [c.to_dict() for c in self.cells],
+        }
+
+
+# ---- the run ---------------------------------------------------------------------------------------------------------
+
+
+def _no_progress(total: int, what: str):
+    return contextlib.nullcontext(lambda n=1: None)
+
+
+def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=_no_progress) -> Evaluation:
+    """Evaluate; log(message) prints a line on stderr; progress(total, what) is a context giving advance(n).
+
+    Raises DataError (DatasetMissing: exit 4), HubError / MissingModelError and UsageProblem (bad rate, noise file).
+    """
+    from .data import find_dataset, load_manifest
+    from .media import SAMPLE_RATE, MediaError, decode_audio
+    from .recognizer import UsageProblem, load_recognizer
+
+    started = time.perf_counter()
+    manifest = find_dataset(job.dataset, job.data_root, job.split)
+    utterances = load_manifest(manifest)
+    chosen = utterances[: job.limit] if job.limit else utterances
+    roi = job.roi if job.roi is not None else manifest.suffix == ".csv"  # auto_avsr CSVs list mouth crops
+
+    recognizer = load_recognizer(job.model, job.adapter, job.device)  # MissingModelError etc. end the run
+    rates = resolve_rates(recognizer, job.mode, job.rates, job.any_rate)
+    if job.model == "tiny" and job.adapter is None:
+        log("warning: --model tiny is random and untrained: its transcripts are meaningless")
+    evaluation = Evaluation(job, manifest, rates)
+
+    loader = ClipLoader(job.mode, roi, job.detector, job.device, job.cache_dir)
+    clips, kept = [], []
+    with progress(len(chosen), "preprocessing") as advance:
+        for u in chosen:
+            try:
+                clip = loader(u)
+            except MediaError as e:
+                log(f"error: {u.id}: {e} (skipped)")
+                evaluation.failed.append((u.id, str(e)))
+            else:
+                for warning in clip.warnings:
+                    log(f"warning: {u.id}: {warning}")
+                clips.append(clip)
+                kept.append(u)
+            advance(1)
+    evaluation.evaluated = len(kept)
+    if not kept:
+        log("error: no utterance could be preprocessed: nothing to evaluate")
+        evaluation.wall_seconds = time.perf_counter() - started
+        return evaluation
+
+    noisy_snrs = [s for s in job.snrs if s != CLEAN]
+    noise = None
+    if noisy_snrs and "a" not in job.mode:
+        log("warning: mode v reads no audio: noise changes nothing, every SNR column repeats the first")
+    elif noisy_snrs:
+        longest = max(len(c.audio) for c in clips if c.audio is not None)
+        if job.noise is not None:
+            try:
+                sound = decode_audio(job.noise)
+            except MediaError as e:
+                raise UsageProblem(f"--noise: {e}") from e
+            if not np.any(sound):
+                raise UsageProblem(f"--noise: {job.noise} is silent")
+            noise = LoopedNoise([(None, sound)], count=1, seed=job.seed, length=longest)
+            evaluation.noise = {"source": "file", "path": str(job.noise), "seconds": round(len(sound) / SAMPLE_RATE, 3)}
+        else:
+            noise = babble(utterances, loader.audio_of, job.seed, longest, log)
+            evaluation.noise = {"source": "babble", "talkers": noise.count, "pool": noise.ids,
+                                "rule": "each utterance hears the first `talkers` of `pool` other than itself"}
+
+    measured = list(job.snrs) if "a" in job.mode else list(job.snrs[:1])  # mode v: one column is every column
+    texts, seconds = _transcribe_grid(recognizer, clips, [u.id for u in kept], rates, measured, noise, job, progress)
+    for snr in job.snrs[len(measured):]:
+        for rate in rates:
+            texts[rate, snr], seconds[rate, snr] = texts[rate, measured[0]], seconds[rate, measured[0]]
+
+    refs = [u.text for u in kept]
+    audio_seconds = sum(c.duration for c in clips)
+    for rate in rates:
+        for snr in job.snrs:
+            hyps = texts[rate, snr]
+            evaluation.cells.append(Cell(rate, snr, score(refs, hyps), audio_seconds, seconds[rate, snr]))
+            evaluation.hypotheses += [{"id": u.id, "rate": [r for r in rate if r is not None], "snr": snr,
+                                       "ref": u.text, "hyp": h} for u, h in zip(kept, hyps)]
+    evaluation.wall_seconds = time.perf_counter() - started
+    return evaluation
+
+
+def resolve_rates(recognizer, mode: str, rates: tuple | None, any_rate: bool) -> list[tuple]:
+    """The asked rates as (A, V) tuples, None for an absent modality; UsageProblem for one the model lacks."""
+    if rates is None:
+        return recognizer.config.rates_for(mode)
+    resolved = [recognizer.rate_for(mode, tuple(r), any_rate) for r in rates]
+    return list(dict.fromkeys(resolved))  # "4,2;4,5" in mode a is one rate, 4
+
+
+def _transcribe_grid(recognizer, clips: list, ids: list[str], rates: list, snrs: list, noise: LoopedNoise | None,
+                     job: EvaluateJob, progress) -> tuple[dict, dict]:
+    """Hypotheses and wall seconds per (rate, snr): one text per clip, its segments' texts joined."""
+    from .decoding import DecodingOptions, decode
+    from .model import Features
+    from .recognizer import segments_of, slice_audio, slice_rois
+
+    segments = [segments_of(clip) for clip in clips]  # cut on the clean audio: every SNR decodes the same stretches
+    groups = {}  # clip mode (av, or a for a clip without a face) -> [(clip, segment)]; silence is not decoded
+    for c, segs in enumerate(segments):
+        for i, seg in enumerate(segs):
+            if seg.speech:
+                groups.setdefault(clips[c].mode, []).append((c, i))
+    cells = [(rate, snr) for rate in rates for snr in snrs]
+    texts = {cell: [[""] * len(s) for s in segments] for cell in cells}
+    seconds = dict.fromkeys(cells, 0.0)
+    decoding = DecodingOptions(beam_size=job.beam, max_new_tokens=job.max_new_tokens)
+
+    def noisy(c: int, snr: SNR):
+        if snr == CLEAN or noise is None:
+            return clips[c]
+        audio = clips[c].audio
+        return dataclasses.replace(clips[c], audio=mix_at_snr(audio, noise.window(ids[c], len(audio)), snr))
+
+    steps = sum(math.ceil(len(jobs) / job.batch_size) for jobs in groups.values()) * len(cells)
+    with progress(steps, "decoding") as advance:
+        for mode, jobs in groups.items():
+            jobs.sort(key=lambda j: -segments[j[0]][j[1]].duration)  # similar lengths share a batch
+            for at in range(0, len(jobs), job.batch_size):
+                batch = jobs[at : at + job.batch_size]
+                tick = _clock(recognizer)
+                video = recognizer.features(None, [slice_rois(clips[c], segments[c][i]) for c, i in batch]) \
+                    if "v" in mode else Features()
+                video_share = (_clock(recognizer) - tick) / len(cells)
+                for snr in snrs:
+                    tick = _clock(recognizer)
+                    audio = recognizer.features([slice_audio(noisy(c, snr), segments[c][i]) for c, i in batch],
+                                                None) if "a" in mode else Features()
+                    audio_share = (_clock(recognizer) - tick) / len(rates)
+                    features = Features(audio.audio, audio.audio_lengths, video.video, video.video_lengths)
+                    for rate in rates:
+                        tick = _clock(recognizer)
+                        rate_here = rate if mode == job.mode else (rate[0], None)  # a clip fallen back to audio
+                        results = decode(recognizer.model, features, rate_here, mode, decoding, job.any_rate)
+                        for (c, i), result in zip(batch, results):
+                            texts[rate, snr][c][i] = result.text
+                        seconds[rate, snr] += _clock(recognizer) - tick + audio_share + video_share
+                        advance(1)
+    joined = {cell: [" ".join(t for t in parts if t) for parts in per_clip] for cell, per_clip in texts.items()}
+    return joined, seconds
+
+
+def _clock(recognizer) -> float:
+    """time.perf_counter() once the accelerator has finished what was queued, so stages are timed apart."""
+    import torch
+
+    if next(recognizer.model.parameters()).is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+# ---- outputs ---------------------------------------------------------------------------------------------------------
+
+
+def write_outputs(evaluation: Evaluation, output_dir: Path) -> list[Path]:
+    """report.json, hypotheses.jsonl and (when something was scored) wer.png, each written atomically."""
+    output_dir = Path(output_dir)
+    written = [output_dir / REPORT_FILE, output_dir / HYPOTHESES_FILE]
+    atomic_write_text(written[0], _json(evaluation.to_dict()) + "\n")
+    atomic_write_text(written[1], "".join(json.dumps(h, ensure_ascii=False) + "\n" for h in evaluation.hypotheses))
+    if evaluation.cells:
+        written.append(output_dir / PLOT_FILE)
+        atomic_write(written[-1], lambda tmp: plot_wer(evaluation, tmp))
+    return written
+
+
+def _json(value, indent: int = 0) -> str:
+    """JSON, indented, with every list or object that fits in one line of 100 characters kept on one line."""
+    flat = json.dumps(value, ensure_ascii=False)
+    if indent + len(flat) <= 100 or not isinstance(value, (dict, list)) or not value:
+        return flat
+    pad = " " * (indent + 2)
+    if isinstance(value, dict):
+        items = [f"{pad}{json.dumps(k, ensure_ascii=False)}: {_json(v, indent + 2)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
+    return "[\n" + ",\n".join(pad + _json(v, indent + 2) for v in value) + "\n" + " " * indent + "]"
+
+
+def _short(name: str) -> str:
+    """A model or dataset path shown by its last part; names as they are."""
+    return Path(name).name if ("/" in name or "\\" in name) and Path(name).exists() else name
+
+
+def plot_wer(evaluation: Evaluation, path) -> None:
+    """WER % against SNR, a line per rate pair (clean at the right end); bars per rate pair for a single column."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, and PNGs are drawn by Agg
+
+    from .data import NAMED_DATASETS
+
+    j = evaluation.job
+    numeric = sorted(s for s in j.snrs if s != CLEAN)
+    columns = numeric + ([CLEAN] if CLEAN in j.snrs else [])
+    legend_title = {"av": "rates (audio, video)", "a": "audio rate", "v": "video rate"}[j.mode]
+    source = evaluation.noise or {}
+    noise = {"babble": "babble noise", "file": f"noise from {Path(source.get('path', '')).name}"}
+    noise = noise.get(source.get("source"), "")  # "" when every column is clean
+
+    def percent(rate, snr) -> float:
+        wer = evaluation.cell(rate, snr).errors.wer
+        return 100 * wer if math.isfinite(wer) else math.nan
+
+    fig = Figure(figsize=(8, 5), dpi=150)
+    ax = fig.subplots()
+    if len(columns) == 1:
+        snr = columns[0]
+        labels = [rate_label(r) for r in evaluation.rates]
+        values = [percent(r, snr) for r in evaluation.rates]
+        bars = ax.bar(labels, values, color=[f"C{k % 10}" for k in range(len(labels))], width=0.6)
+        ax.bar_label(bars, labels=[f"{v:.1f}" if math.isfinite(v) else "-" for v in values], padding=3)
+        spare = max(0.0, (4 - len(labels)) / 2)  # one or two bars stay bar-shaped
+        ax.set_xlim(-0.5 - spare, len(labels) - 0.5 + spare)
+        ax.set_xlabel(legend_title.capitalize())
+        condition = "clean audio" if snr == CLEAN else f"{noise} at {snr_label(snr)} SNR"
+        shown = values
+    else:
+        gap = min(np.diff(numeric)) if len(numeric) > 1 else 5
+        x_clean = (numeric[-1] + gap) if numeric else 0
+        xs = [x_clean if s == CLEAN else s for s in columns]
+        shown = []
+        for k, rate in enumerate(evaluation.rates):
+            ys = [percent(rate, s) for s in columns]
+            shown += ys
+            # distinct markers, later ones smaller and on top: rate pairs with equal WER stay visible
+            style = dict(color=f"C{k % 10}", marker="osD^vP*X"[k % 8], markersize=max(3.5, 9 - 1.5 * k),
+                         zorder=2 + k, clip_on=False)
+            ax.plot(xs[: len(numeric)], ys[: len(numeric)], label=rate_label(rate), linewidth=2, **style)
+            if CLEAN in columns:  # clean is not a point on the dB scale: a dotted link, not a line
+                ax.plot(xs[-2:] if numeric else xs[-1:], ys[-2:] if numeric else ys[-1:], linestyle=":",
+                        linewidth=1.2, markevery=[-1], **style)
+        ax.set_xticks(xs, [CLEAN if s == CLEAN else f"{s:g}".replace("-", "\u2212") for s in columns])
+        ax.set_xlabel(f"SNR (dB){f', {noise}' if noise else ''}")
+        ax.legend(title=legend_title, frameon=False)
+        condition = "clean = no noise added" if CLEAN in columns else noise
+    dataset = f"{j.dataset} {j.split}" if j.dataset in NAMED_DATASETS else _short(j.dataset)
+    modality = {"av": "audio-visual", "a": "audio only", "v": "video only"}[j.mode]
+    title = f"Word error rate of {_short(j.model)} on {dataset}, {modality}"
+    ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=12, pad=18)
+    ax.text(0.5, 1.0, f"{evaluation.evaluated} utterances; {condition}", transform=ax.transAxes, ha="center",
+            va="bottom", fontsize=9, color="0.4")
+    ax.set_ylabel("WER (%)")
+    finite = [v for v in shown if math.isfinite(v)]
+    ax.set_ylim(0, max([1.0, *finite]) * 1.12)  # from 0, with room for the labels; 0 to 1 when all are 0
+    ax.grid(axis="y", alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
+__all__ = ["BABBLE_TALKERS", "CLEAN", "EvaluateJob", "Evaluation", "Cell", "LoopedNoise", "ClipLoader", "babble",
+           "mix_at_snr", "parse_snrs", "rate_label", "snr_label", "resolve_rates", "run", "write_outputs", "plot_wer"]

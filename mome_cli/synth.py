@@ -1,0 +1,564 @@
+"""A synthetic audio-visual corpus: espeak-ng speech and a drawn mouth that moves with the same phoneme timings.
+
+    python -m mome_cli.synth OUT_DIR --utterances 2000 --seed 0 [--voices en-us en-gb ...] [--speakers 12] [--jobs 2]
+
+writes OUT_DIR/{train,valid,test}.jsonl, one {"id", "video", "text"} line per utterance with the path relative to
+OUT_DIR, and OUT_DIR/<split>/<id>.mp4: 96 x 96 grayscale mouth crops at 25 fps (libx264, yuv420p) with the speech as
+16 kHz mono AAC, so `mome train --train OUT_DIR/train.jsonl` reads it like any manifest (the clips are already mouth
+ROIs: the --roi path). OUT_DIR/alignments.jsonl holds each clip's speaker, duration and phoneme and word timings;
+OUT_DIR/corpus.json the seed, the speakers and the text source. The same seed and options give the same manifests,
+durations and frames.
+
+Text: the fortune cookie files of Debian's `fortunes` package (with `fortunes-min`), /usr/share/games/fortunes, under
+the BSD licence of fortune-mod (Debian's /usr/share/doc/fortunes/copyright). The categories in FORTUNE_CATEGORIES are
+read (about 12,000 sentences, 13,000 different words); `--text FILE` reads any other plain English text instead.
+Each sentence is cleaned to lowercase words of letters and apostrophes, kept when it has 3 to 12 words, and deduplicated;
+train, valid and test never share a sentence.
+
+Speech: libespeak-ng through ctypes, which reports phoneme and word events with their times. Each speaker is an
+English voice (accent) with a voice variant, speaking rate, pitch and pitch range of its own.
+
+Video: every phoneme maps to a viseme target (lip opening, width, rounding, teeth showing); the targets are
+interpolated and smoothed at 200 Hz and sampled at each frame's centre, then drawn with numpy: lips, teeth and mouth
+interior on a shaded skin patch, with each speaker's lip shape, skin shade, mouth position and size, and per-frame
+jitter and pixel noise.
+
+Notation for shapes: S samples, T frames, R = 96 ROI side, P = 4 viseme parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .media import SAMPLE_RATE, VIDEO_FPS, MediaError
+
+ESPEAK_RATE = 22_050  # Hz: what espeak-ng synthesises; resampled to SAMPLE_RATE by ffmpeg when muxing
+ESPEAK_FRAME = ESPEAK_RATE // VIDEO_FPS  # 882 samples = 40 ms: clips are padded to whole video frames
+ROI = 96  # pixels, side of the mouth crop (the LRS convention)
+CURVE_RATE = 200  # Hz: viseme curves are interpolated on a 5 ms grid before sampling at the frames
+ANTICIPATION = 0.06  # seconds: the lips leave rest this long before the first sound
+MIN_WORDS, MAX_WORDS = 3, 12  # words per sentence kept
+SPLITS = ("train", "valid", "test")
+
+FORTUNE_DIR = Path("/usr/share/games/fortunes")
+# Quotes, quips and definitions in plain English; left out: ASCII art, the non-English translate-me, and the
+# categories of jokes about ethnic groups, sexes, drugs and politics.
+FORTUNE_CATEGORIES = (
+    "art", "computers", "cookie", "definitions", "disclaimer", "education", "food", "fortunes", "goedel", "humorists",
+    "kids", "law", "linux", "literature", "love", "magic", "medicine", "miscellaneous", "news", "paradoxum", "people",
+    "pets", "platitudes", "pratchett", "riddles", "science", "songs-poems", "sports", "startrek", "tao", "wisdom",
+    "work", "zippy",
+)
+DEFAULT_VOICES = ("en-us", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc", "en-gb-x-gbclan",
+                  "en-gb-x-gbcwmd")
+VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4")  # espeak-ng's voice variants
+
+
+class SynthError(Exception):
+    """The corpus cannot be made (no espeak-ng, no text, an unknown voice); str() says what to do."""
+
+
+# ------------------------------------------------------------------------------------------------------------- text
+
+def clean_sentence(sentence: str) -> str | None:
+    """Lowercase words of letters and apostrophes, or None for a sentence unfit to read aloud as written."""
+    if re.search(r"[0-9@#$%^&*_=+<>/\\|{}\[\]~`]", sentence):  # numbers and symbols: read otherwise than written
+        return None
+    words = re.sub(r"[^a-z']+", " ", sentence.lower().replace("\u2019", "'")).split()
+    words = [w.strip("'") for w in words]
+    words = [w for w in words if w]
+    return " ".join(words) if MIN_WORDS <= len(words) <= MAX_WORDS else None
+
+
+def sentences_of(text: str) -> list[str]:
+    """Clean sentences of a fortune file or plain text (entries split at %, attributions '-- Name' dropped)."""
+    out = []
+    for entry in re.split(r"^%\s*$", text, flags=re.M):
+        lines = [line for line in entry.splitlines() if not re.match(r"\s*--", line)]
+        flat = " ".join(" ".join(lines).split())
+        for part in re.split(r"(?<=[.!?;:])\s+|\s+-{2,}\s*", flat):
+            cleaned = clean_sentence(part)
+            if cleaned:
+                out.append(cleaned)
+    return out
+
+
+def load_sentences(text_file: str | Path | None = None) -> list[str]:
+    """The sorted, deduplicated clean sentences of the text source."""
+    if text_file is not None:
+        files = [Path(text_file)]
+    else:
+        files = [FORTUNE_DIR / name for name in FORTUNE_CATEGORIES if (FORTUNE_DIR / name).is_file()]
+        if not files:
+            raise SynthError(f"no fortune files under {FORTUNE_DIR}: install Debian's fortunes package "
+                             "(apt-get install fortunes) or pass --text FILE")
+    sentences = set()
+    for path in files:
+        sentences.update(sentences_of(path.read_text(encoding="utf-8", errors="replace")))
+    return sorted(sentences)
+
+
+# ----------------------------------------------------------------------------------------------------------- speech
+
+class _EventId(ctypes.Union):
+    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
+
+
+class _Event(ctypes.Structure):  # espeak_EVENT of speak_lib.h
+    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
+                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                ("user_data", ctypes.c_void_p), ("id", _EventId)]
+
+
+class _Voice(ctypes.Structure):  # espeak_VOICE of speak_lib.h
+    _fields_ = [("name", ctypes.c_char_p), ("languages", ctypes.c_char_p), ("identifier", ctypes.c_char_p),
+                ("gender", ctypes.c_ubyte), ("age", ctypes.c_ubyte), ("variant", ctypes.c_ubyte),
+                ("xx1", ctypes.c_ubyte), ("score", ctypes.c_int), ("spare", ctypes.c_void_p)]
+
+
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
+EVENT_WORD, EVENT_PHONEME = 1, 7  # espeak_EVENT_TYPE values
+OUTPUT_SYNCHRONOUS = 2  # AUDIO_OUTPUT_SYNCHRONOUS: espeak_Synth returns when the callback has had everything
+INIT_PHONEME_EVENTS, INIT_DONT_EXIT = 0x0001, 0x8000
+CHARS_UTF8 = 1
+PARAM_RATE, PARAM_PITCH, PARAM_RANGE = 1, 3, 4  # espeak_PARAMETER values
+
+
+@dataclass
+class Speech:
+    samples: np.ndarray  # (S,) int16 at ESPEAK_RATE
+    phonemes: list[tuple[float, str]]  # (start in seconds, espeak phoneme mnemonic), in time order
+    words: list[tuple[float, str]]  # (start in seconds, word)
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / ESPEAK_RATE
+
+
+class Espeak:
+    """libespeak-ng in synchronous mode; one per process (the library keeps global state)."""
+
+    def __init__(self):
+        try:
+            self.lib = ctypes.CDLL("libespeak-ng.so.1")
+        except OSError as e:
+            raise SynthError("libespeak-ng.so.1 is not installed (apt-get install espeak-ng)") from e
+        self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        self.lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        self.lib.espeak_SetVoiceByProperties.argtypes = [ctypes.POINTER(_Voice)]
+        self.lib.espeak_GetCurrentVoice.restype = ctypes.POINTER(_Voice)
+        self._identifiers: dict[str, str] = {}  # language -> voice file, e.g. en-gb -> gmw/en
+        self.lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
+                                          ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        rate = self.lib.espeak_Initialize(OUTPUT_SYNCHRONOUS, 0, None, INIT_PHONEME_EVENTS | INIT_DONT_EXIT)
+        if rate != ESPEAK_RATE:
+            raise SynthError(f"espeak-ng did not start (sample rate {rate}, expected {ESPEAK_RATE})")
+        self._chunks: list[bytes] = []
+        self._events: list[tuple[int, int, int, int, bytes]] = []
+        self._callback = _CALLBACK(self._receive)  # kept referenced: espeak calls it until the process ends
+        self.lib.espeak_SetSynthCallback(self._callback)
+
+    def _receive(self, wav, n_samples, events) -> int:
+        if wav and n_samples > 0:
+            self._chunks.append(ctypes.string_at(wav, n_samples * 2))
+        i = 0
+        while events[i].type != 0:  # the list ends with espeakEVENT_LIST_TERMINATED
+            e = events[i]
+            name = bytes(e.id.string).split(b"\0")[0] if e.type == EVENT_PHONEME else b""
+            self._events.append((e.type, e.audio_position, e.text_position, e.length, name))
+            i += 1
+        return 0
+
+    def select(self, voice: str) -> None:
+        """Use a voice given as LANGUAGE[+VARIANT] (en-gb+f3), as the espeak-ng command's -v takes it."""
+        language, _, variant = voice.partition("+")
+        if language not in self._identifiers:  # the library finds voices by file name: look the language up
+            wanted = _Voice(languages=language.encode())
+            self.lib.espeak_SetVoiceByProperties(ctypes.byref(wanted))
+            found = self.lib.espeak_GetCurrentVoice().contents
+            if (found.languages or b"")[1:].decode().lower() != language.lower():
+                raise SynthError(f"espeak-ng has no voice for {language!r} (see espeak-ng --voices=en)")
+            self._identifiers[language] = found.identifier.decode()
+        name = self._identifiers[language] + (f"+{variant}" if variant else "")
+        if self.lib.espeak_SetVoiceByName(name.encode()) != 0:
+            raise SynthError(f"espeak-ng has no voice {voice!r} (variants: espeak-ng --voices=variant)")
+
+    def speak(self, text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50, pitch_range: int = 50) -> Speech:
+        self.select(voice)
+        for parameter, value in ((PARAM_RATE, rate), (PARAM_PITCH, pitch), (PARAM_RANGE, pitch_range)):
+            self.lib.espeak_SetParameter(parameter, int(value), 0)
+        self._chunks, self._events = [], []
+        data = text.encode("utf-8")
+        if self.lib.espeak_Synth(data, len(data) + 1, 0, 1, 0, CHARS_UTF8, None, None) != 0:
+            raise SynthError(f"espeak-ng failed on {text!r}")
+        samples = np.frombuffer(b"".join(self._chunks), np.int16).copy()
+        phonemes = [(pos / 1000, name.decode("utf-8", "replace"))
+                    for kind, pos, _, _, name in self._events if kind == EVENT_PHONEME]
+        words = [(pos / 1000, data[at - 1 : at - 1 + n].decode("utf-8", "replace"))  # text positions count from 1
+                 for kind, pos, at, n, _ in self._events if kind == EVENT_WORD]
+        return Speech(samples, phonemes, words)
+
+
+_ESPEAK: Espeak | None = None
+
+
+def espeak() -> Espeak:
+    global _ESPEAK
+    if _ESPEAK is None:
+        _ESPEAK = Espeak()
+    return _ESPEAK
+
+
+# ---------------------------------------------------------------------------------------------------------- visemes
+
+# Viseme targets: (opening 0 closed .. 1 wide, width 0 pursed .. 1 spread, rounding 0 .. 1, teeth showing 0 .. 1).
+VISEMES = {
+    "rest": (0.04, 0.50, 0.0, 0.0), "closed": (0.00, 0.48, 0.1, 0.0), "labiodental": (0.10, 0.52, 0.0, 1.0),
+    "dental": (0.18, 0.55, 0.0, 1.0), "sibilant": (0.10, 0.66, 0.0, 1.0), "postalveolar": (0.22, 0.32, 0.6, 0.7),
+    "w": (0.08, 0.15, 1.0, 0.0), "oo": (0.20, 0.20, 0.9, 0.0), "o": (0.50, 0.30, 0.7, 0.2),
+    "open": (0.90, 0.62, 0.0, 0.5), "spread": (0.28, 0.90, 0.0, 0.8), "mid": (0.48, 0.68, 0.0, 0.5),
+    "schwa": (0.30, 0.55, 0.1, 0.3), "coronal": (0.20, 0.55, 0.0, 0.5), "dorsal": (0.30, 0.52, 0.1, 0.3),
+}
+VISEME_PHONEMES = {  # espeak-ng's English phoneme mnemonics
+    "rest": "_ _: _! _| ;", "closed": "p b m", "labiodental": "f v", "dental": "T D", "sibilant": "s z",
+    "postalveolar": "S Z tS dZ r r- R", "w": "w w# W", "oo": "u: U U@ u", "o": "0 O: O@ O2 O o@ oU OI",
+    "open": "a aa A: A@ a# V VR A aI aI2 aI3 aI@ aU", "spread": "i: i I I2 I# IR eI i@ i@3 j",
+    "mid": "E e@ 3: e", "schwa": "@ @2 @5 @- 3 @L", "coronal": "t t# t[ t2 d n n- l", "dorsal": "k g N h ? x",
+}
+PHONEME_VISEME = {p: v for v, names in VISEME_PHONEMES.items() for p in names.split()}
+DIPHTHONGS = {  # (first, second) targets of gliding vowels
+    "aI": ("open", "spread"), "aI2": ("open", "spread"), "aI3": ("open", "spread"), "aU": ("open", "oo"),
+    "OI": ("o", "spread"), "eI": ("mid", "spread"), "oU": ("o", "oo"), "i@": ("spread", "schwa"),
+    "i@3": ("spread", "schwa"), "e@": ("mid", "schwa"), "U@": ("oo", "schwa"),
+}
+
+
+def viseme_of(phoneme: str) -> str:
+    if phoneme in PHONEME_VISEME:
+        return PHONEME_VISEME[phoneme]
+    if phoneme.startswith("_"):
+        return "rest"
+    stripped = re.sub(r"[^A-Za-z0-9@:]", "", phoneme)
+    return PHONEME_VISEME.get(stripped, PHONEME_VISEME.get(stripped[:1], "schwa"))
+
+
+def viseme_keys(phonemes: list[tuple[float, str]], duration: float) -> tuple[np.ndarray, np.ndarray]:
+    """Key times (K,) in seconds and targets (K, P): rest at both ends, each phoneme's target(s) inside its span."""
+    times, targets = [0.0], [VISEMES["rest"]]
+    spoken = [start for start, name in phonemes if viseme_of(name) != "rest"]
+    if spoken:  # the lips stay at rest until just before the first sound
+        times.append(max(0.0, spoken[0] - ANTICIPATION))
+        targets.append(VISEMES["rest"])
+    ends = [start for start, _ in phonemes[1:]] + [duration]
+    for (start, name), end in zip(phonemes, ends):
+        span = end - start
+        if span <= 0 or name == ";":  # ';' marks palatalisation, not a sound of its own
+            continue
+        if name in DIPHTHONGS:
+            first, second = DIPHTHONGS[name]
+            times += [start + 0.3 * span, start + 0.85 * span]
+            targets += [VISEMES[first], VISEMES[second]]
+        elif viseme_of(name) in ("closed", "labiodental", "rest"):  # held for the whole closure or pause
+            times += [start + 0.15 * span, start + 0.8 * span]
+            targets += [VISEMES[viseme_of(name)]] * 2
+        else:
+            times.append(start + 0.5 * span)
+            targets.append(VISEMES[viseme_of(name)])
+    times.append(duration)
+    targets.append(VISEMES["rest"])
+    return np.maximum.accumulate(np.array(times)), np.array(targets, np.float32)
+
+
+def viseme_track(phonemes: list[tuple[float, str]], duration: float, n_frames: int) -> np.ndarray:
+    """(T, P) viseme parameters at each frame's centre: keys interpolated, then smoothed like articulators move."""
+    times, targets = viseme_keys(phonemes, duration)
+    grid = np.arange(int(np.ceil(duration * CURVE_RATE)) + 1) / CURVE_RATE  # (G,) seconds
+    curves = np.stack([np.interp(grid, times, targets[:, p]) for p in range(targets.shape[1])], axis=1)  # (G, P)
+    sigma = 0.012 * CURVE_RATE  # 12 ms of articulator inertia
+    radius = int(3 * sigma)
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    kernel /= kernel.sum()
+    padded = np.pad(curves, ((radius, radius), (0, 0)), mode="edge")
+    smooth = np.stack([np.convolve(padded[:, p], kernel, mode="valid") for p in range(curves.shape[1])], axis=1)
+    centres = (np.arange(n_frames) + 0.5) / VIDEO_FPS  # (T,)
+    return np.stack([np.interp(centres, grid, smooth[:, p]) for p in range(smooth.shape[1])], axis=1)  # (T, P)
+
+
+# ---------------------------------------------------------------------------------------------------------- drawing
+
+@dataclass
+class Face:
+    """How one speaker's mouth looks in the crop (pixels and 0-255 gray levels)."""
+
+    skin: float = 150.0  # gray level of the skin
+    lip_contrast: float = 35.0  # how much darker the lips are than the skin
+    centre: tuple[float, float] = (48.0, 50.0)  # (x, y) of the mouth centre
+    half_width: float = 23.0  # mouth corner to centre at a neutral width
+    max_gap: float = 16.0  # inner lip gap fully open
+    upper_lip: float = 4.5  # upper lip thickness at the middle
+    lower_lip: float = 7.0  # lower lip thickness at the middle
+    bow: float = 0.25  # depth of the cupid's bow (fraction of the upper lip)
+    smile: float = 0.0  # corners up (> 0) or down, in pixels
+    tilt: float = 0.0  # radians
+    light: tuple[float, float] = (0.0, 0.0)  # brightness gradient across x and y, gray levels per pixel
+    noise: float = 3.0  # gray levels of per-frame pixel noise
+
+    @classmethod
+    def random(cls, rng: np.random.Generator) -> "Face":
+        return cls(skin=rng.uniform(90, 200), lip_contrast=rng.uniform(25, 55),
+                   centre=(rng.uniform(44, 52), rng.uniform(46, 54)), half_width=rng.uniform(20, 27),
+                   max_gap=rng.uniform(12, 19), upper_lip=rng.uniform(4, 7), lower_lip=rng.uniform(6, 10),
+                   bow=rng.uniform(0.1, 0.4), smile=rng.uniform(-2, 2), tilt=rng.uniform(-0.1, 0.1),
+                   light=(rng.uniform(-0.4, 0.4), rng.uniform(-0.5, 0.3)), noise=rng.uniform(1.5, 5))
+
+
+def _cover(distance: np.ndarray) -> np.ndarray:
+    """Anti-aliased coverage of a pixel whose centre is `distance` pixels inside an edge."""
+    return np.clip(distance + 0.5, 0.0, 1.0)
+
+
+def _inside(v: np.ndarray, top: np.ndarray, bottom: np.ndarray, slope_top, slope_bottom) -> np.ndarray:
+    """Coverage of the band top < v < bottom, edges anti-aliased along their normals (a band thinner than a pixel
+    covers no more than its thickness)."""
+    edges = np.minimum(_cover((v - top) / np.sqrt(1 + slope_top ** 2)),
+                       _cover((bottom - v) / np.sqrt(1 + slope_bottom ** 2)))
+    return np.minimum(edges, np.clip(bottom - top, 0.0, 1.0))
+
+
+def render_mouth(track: np.ndarray, face: Face, rng: np.random.Generator) -> np.ndarray:
+    """(T, R, R) uint8 frames of the mouth following the (T, P) viseme track."""
+    T = track.shape[0]
+    track = track.astype(np.float32)
+    opening, width, rounding, teeth = (track[:, p, None, None] for p in range(4))  # each (T, 1, 1)
+    # Per-frame jitter: slow random walks of position, scale and tilt, and a flicker of brightness.
+    walk = np.cumsum(rng.normal(0, 1, (T, 5)), axis=0) * [0.25, 0.25, 0.004, 0.004, 0.3]
+    walk = (walk - walk.mean(axis=0)).astype(np.float32)
+    cx, cy, scale, tilt, flicker = (walk[:, k, None, None] for k in range(5))
+    cx, cy = cx + face.centre[0], cy + face.centre[1] + 2.5 * opening  # the jaw drops the mouth a little
+    tilt = tilt + face.tilt
+    ys, xs = np.mgrid[0:ROI, 0:ROI].astype(np.float32)  # (R, R)
+    dx, dy = xs[None] - cx, ys[None] - cy  # (T, R, R)
+    u = (dx * np.cos(tilt) + dy * np.sin(tilt)) / (1 + scale)  # along the mouth
+    v = (-dx * np.sin(tilt) + dy * np.cos(tilt)) / (1 + scale)  # down across it
+
+    half = face.half_width * (0.72 + 0.45 * width)  # (T, 1, 1)
+    x = np.clip(u / half, -1.5, 1.5)
+    span = np.clip(1 - x ** 2, 0, None)
+    curl = face.smile * -(x ** 2)  # the mouth line bends up at the corners for a smile
+    gap = face.max_gap * opening
+    inner = (np.clip(1 - (x / 0.92) ** 2, 0, None)) ** (1.0 - 0.5 * rounding)  # lens (spread) to oval (rounded)
+    protrude = 1 + 0.35 * rounding
+    inner_top = curl - 0.35 * gap * inner
+    inner_bottom = curl + 0.65 * gap * inner
+    bow = 1 + 0.22 * np.exp(-(((np.abs(x) - 0.25) / 0.15) ** 2)) - face.bow * np.exp(-((x / 0.09) ** 2))
+    outer_top = inner_top - face.upper_lip * protrude * span ** 0.6 * bow
+    outer_bottom = inner_bottom + face.lower_lip * protrude * span ** 0.5
+
+    def slope(edge):  # d(edge)/du on the pixel grid, for anti-aliasing along the edge's normal
+        return np.gradient(edge, axis=2)
+
+    lips = _inside(v, outer_top, outer_bottom, slope(outer_top), slope(outer_bottom))  # the whole mouth shape
+    cavity = _inside(v, inner_top, inner_bottom, slope(inner_top), slope(inner_bottom))
+    shown = teeth * 0.3 * face.max_gap * inner  # how far the upper teeth reach below the upper lip
+    upper_teeth = cavity * _cover(inner_top + shown - v) * np.clip(3 * (0.75 - np.abs(x)), 0, 1)
+    lower_teeth = cavity * _cover(v - inner_bottom + 0.5 * shown * opening) * np.clip(3 * (0.6 - np.abs(x)), 0, 1)
+    tongue = cavity * np.exp(-(((v - inner_bottom) / (0.35 * gap + 1)) ** 2) - (x / 0.6) ** 2) * opening
+
+    # Skin: base shade, light gradient, the philtrum above the lip and the shadow under the lower lip.
+    image = face.skin + face.light[0] * dx + face.light[1] * dy
+    image = image - 12 * np.exp(-((x / 0.12) ** 2) - (((v - outer_top + 8) / 6) ** 2)) * (v < outer_top)
+    image = image - 18 * np.exp(-(((v - outer_bottom - 5) / 4) ** 2)) * np.clip(1.2 - np.abs(u) / face.half_width, 0, 1)
+    image = image - 10 * np.exp(-(((np.abs(u) - half - 2) / 3) ** 2) - (v / 6) ** 2)  # corner creases
+    # Lips: darker than skin, the upper lip in shadow, a highlight on the lower lip.
+    lip_shade = face.skin - face.lip_contrast - 10 * (v < curl) + 14 * np.exp(
+        -(((v - (inner_bottom + outer_bottom) / 2) / 2.5) ** 2) - (x / 0.5) ** 2) * (v > curl)
+    image = image * (1 - lips) + lip_shade * lips
+    seam = np.exp(-(((v - curl) / 0.8) ** 2)) * (gap < 1.5) * np.clip(1 - np.abs(x), 0, 1) * lips
+    image = image - 0.5 * face.lip_contrast * seam
+    interior = 25 + 15 * tongue
+    enamel = (face.skin * 0.4 + 90) * (1 - 0.5 * x ** 2)  # teeth further back are in shadow
+    interior = interior * (1 - upper_teeth) + enamel * upper_teeth
+    interior = interior * (1 - lower_teeth) + 0.8 * enamel * lower_teeth
+    image = image * (1 - cavity) + interior * cavity
+    image = image * (1 + flicker / 100) + rng.normal(0, face.noise, image.shape).astype(np.float32)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------------- corpus
+
+@dataclass
+class Speaker:
+    name: str
+    voice: str  # espeak-ng voice with its variant, e.g. en-gb+f3
+    rate: int  # words per minute
+    pitch: int  # 0-100, 50 normal
+    pitch_range: int  # 0-100, 50 normal
+    face: Face = field(default_factory=Face)
+
+
+def make_speakers(n: int, voices: list[str], seed: int) -> list[Speaker]:
+    speakers = []
+    for k in range(n):
+        rng = np.random.default_rng([seed, 2, k])
+        variant = VARIANTS[int(rng.integers(len(VARIANTS)))]
+        voice = voices[k % len(voices)] + (f"+{variant}" if variant else "")
+        female = variant.startswith("f")
+        speakers.append(Speaker(f"spk{k:02d}", voice, int(rng.integers(140, 196)),
+                                int(rng.integers(50, 75) if female else rng.integers(25, 60)),
+                                int(rng.integers(30, 80)), Face.random(rng)))
+    return speakers
+
+
+def split_counts(n: int, valid: float, test: float) -> dict[str, int]:
+    """Utterances per split; valid and test get at least one each once there are three utterances."""
+    n_valid = max(1 if n >= 3 else 0, int(round(n * valid)))
+    n_test = max(1 if n >= 3 else 0, int(round(n * test)))
+    if n_valid + n_test >= n and n >= 3:
+        n_valid = n_test = 1
+    return {"train": n - n_valid - n_test, "valid": n_valid, "test": n_test}
+
+
+def write_clip(path: Path, frames: np.ndarray, samples: np.ndarray) -> None:
+    """(T, R, R) uint8 frames and (S,) int16 samples at ESPEAK_RATE into an mp4 (H.264 + 16 kHz AAC)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(suffix=".s16", dir=path.parent) as audio:
+        audio.write(samples.astype("<i2").tobytes())
+        audio.flush()
+        command = [
+            "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+            "-f", "rawvideo", "-pix_fmt", "gray", "-s", f"{ROI}x{ROI}", "-framerate", str(VIDEO_FPS), "-i", "pipe:0",
+            "-f", "s16le", "-ar", str(ESPEAK_RATE), "-ac", "1", "-i", audio.name,
+            "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-g", "50",
+            "-pix_fmt", "yuv420p", "-threads", "1", "-c:a", "aac", "-b:a", "48k", "-ar", str(SAMPLE_RATE),
+            "-map_metadata", "-1", "-fflags", "+bitexact", "-flags", "+bitexact", str(path),
+        ]
+        try:
+            subprocess.run(command, input=frames.tobytes(), capture_output=True, check=True)
+        except FileNotFoundError as e:
+            raise MediaError("ffmpeg", "the ffmpeg program is not installed (e.g. apt-get install ffmpeg)") from e
+        except subprocess.CalledProcessError as e:
+            lines = [ln for ln in e.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+            raise MediaError(path, f"cannot write the clip ({lines[-1] if lines else 'ffmpeg failed'})") from e
+
+
+def make_utterance(job: dict) -> dict:
+    """Speak, draw and write one clip; returns its alignment record. `job` is a plain dict (it crosses processes)."""
+    speaker = Speaker(**{**job["speaker"], "face": Face(**job["speaker"]["face"])})
+    rng = np.random.default_rng([job["seed"], 3, job["index"]])
+    speech = espeak().speak(job["text"] + ".", speaker.voice, speaker.rate, speaker.pitch, speaker.pitch_range)
+    lead = int(rng.uniform(0.1, 0.35) * ESPEAK_RATE)
+    total = lead + len(speech.samples) + int(rng.uniform(0.1, 0.35) * ESPEAK_RATE)
+    total = -(-total // ESPEAK_FRAME) * ESPEAK_FRAME  # whole video frames, so audio and video end together
+    samples = np.zeros(total, np.int16)
+    samples[lead : lead + len(speech.samples)] = speech.samples
+    shift = lead / ESPEAK_RATE
+    phonemes = [(t + shift, name) for t, name in speech.phonemes]
+    duration = total / ESPEAK_RATE
+    n_frames = total // ESPEAK_FRAME
+    track = viseme_track(phonemes, duration, n_frames)  # (T, P)
+    frames = render_mouth(track, speaker.face, rng)  # (T, R, R)
+    write_clip(Path(job["out_dir"]) / job["video"], frames, samples)
+    return {"id": job["id"], "split": job["split"], "speaker": speaker.name, "voice": speaker.voice,
+            "duration": round(duration, 6), "frames": n_frames,
+            "speech": [round(shift, 4), round(shift + speech.duration, 4)],
+            "phonemes": [[round(t, 4), name] for t, name in phonemes],
+            "words": [[round(t + shift, 4), w] for t, w in speech.words]}
+
+
+def generate(out_dir, utterances: int, seed: int = 0, voices: list[str] | None = None, speakers: int = 12,
+             valid: float = 0.05, test: float = 0.05, text_file=None, jobs: int = 1, progress=None) -> dict:
+    """Write the corpus; returns what corpus.json holds."""
+    out_dir = Path(out_dir)
+    voices = list(voices or DEFAULT_VOICES)
+    sentences = load_sentences(text_file)
+    if utterances > len(sentences):
+        raise SynthError(f"{utterances} utterances asked for but the text has only {len(sentences)} sentences")
+    order = np.random.default_rng([seed, 0]).permutation(len(sentences))[:utterances]
+    cast = make_speakers(speakers, voices, seed)
+    for speaker in {s.voice: s for s in cast}.values():  # fail early on an unknown voice
+        espeak().speak("hello", speaker.voice)
+    counts = split_counts(utterances, valid, test)
+    labels = ["test"] * counts["test"] + ["valid"] * counts["valid"] + ["train"] * counts["train"]
+    work = []
+    for index, (label, at) in enumerate(zip(labels, order)):
+        speaker = cast[int(np.random.default_rng([seed, 1, index]).integers(len(cast)))]
+        uid = f"{speaker.name}_{index:06d}"
+        work.append({"index": index, "seed": seed, "id": uid, "split": label, "text": sentences[at],
+                     "video": f"{label}/{uid}.mp4", "out_dir": str(out_dir), "speaker": asdict(speaker)})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    if jobs > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+            for record in pool.imap(make_utterance, work, chunksize=4):
+                records.append(record)
+                if progress:
+                    progress(len(records), len(work))
+    else:
+        for job in work:
+            records.append(make_utterance(job))
+            if progress:
+                progress(len(records), len(work))
+    for label in SPLITS:
+        rows = [{"id": j["id"], "video": j["video"], "text": j["text"]} for j in work if j["split"] == label]
+        (out_dir / f"{label}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (out_dir / "alignments.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    meta = {"seed": seed, "utterances": utterances, "splits": counts, "hours": sum(r["duration"] for r in records) / 3600,
+            "text": str(text_file) if text_file else f"Debian fortunes ({FORTUNE_DIR}), BSD licence",
+            "sentences_available": len(sentences), "speakers": [asdict(s) for s in cast]}
+    (out_dir / "corpus.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mome_cli.synth", description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="folder for the manifests and clips")
+    parser.add_argument("--utterances", "-n", type=int, required=True, help="how many clips in all splits")
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same corpus [0]")
+    parser.add_argument("--voices", nargs="+", default=list(DEFAULT_VOICES), metavar="VOICE",
+                        help="espeak-ng English voices the speakers are drawn from [%(default)s]")
+    parser.add_argument("--speakers", type=int, default=12, help="distinct speakers (voice, variant, face) [12]")
+    parser.add_argument("--valid", type=float, default=0.05, help="fraction of sentences for valid [0.05]")
+    parser.add_argument("--test", type=float, default=0.05, help="fraction of sentences for test [0.05]")
+    parser.add_argument("--text", metavar="FILE", help="plain English text to take sentences from [Debian fortunes]")
+    parser.add_argument("--jobs", "-j", type=int, default=1, help="worker processes [1]")
+    args = parser.parse_args(argv)
+    if args.utterances < 1 or args.speakers < 1 or args.jobs < 1:
+        parser.error("--utterances, --speakers and --jobs must be at least 1")
+    if not (0 <= args.valid < 1 and 0 <= args.test < 1 and args.valid + args.test < 1):
+        parser.error(f"--valid {args.valid} and --test {args.test} must be fractions that add up to less than 1")
+    started = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 50 == 0:
+            print(f"synth: {done}/{total} clips, {time.monotonic() - started:.1f} s", file=sys.stderr)
+
+    try:
+        meta = generate(args.out_dir, args.utterances, args.seed, args.voices, args.speakers, args.valid, args.test,
+                        args.text, args.jobs, progress)
+    except (SynthError, MediaError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for label in SPLITS:
+        print(os.path.join(args.out_dir, f"{label}.jsonl"))
+    print(f"synth: {meta['utterances']} clips, {meta['hours'] * 60:.1f} min of speech, "
+          f"{time.monotonic() - started:.1f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

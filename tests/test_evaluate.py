@@ -1,0 +1,269 @@
+"""`mome evaluate`: the rate x SNR grid end to end through the installed executable, babble noise, exit codes."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mome_cli.checkpoint import save_checkpoint
+from mome_cli.cli import cli
+from mome_cli.data import Utterance
+from mome_cli.evaluate import CLEAN, LoopedNoise, babble, mix_at_snr, parse_snrs
+from mome_cli.preprocess import Preprocessor, PreprocessOptions
+from mome_cli.recognizer import load_recognizer
+from mome_cli.scoring import normalise
+
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
+
+MOME = str(Path(sys.executable).parent / "mome")
+# id -> (video source, audio source, seconds, transcript); distinct content so that tiny encoders tell them apart
+CORPUS = {
+    "hello": ("testsrc2", "sine=frequency=300", 1.2, "Hello, World!"),
+    "morning": ("rgbtestsrc", "anoisesrc=color=pink:amplitude=0.3", 2.0, "Good morning: it’s 5 o'clock."),
+    "fox": ("smptebars", "sine=frequency=700", 1.6, "THE quick-brown fox"),
+}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def ffmpeg(*args):
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *map(str, args)], check=True)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """The corpus twice - a JSONL of mp4s with sound, and the auto_avsr CSV layout (silent mouth-crop mp4 with a
+    .wav beside it) found as `lrs3` under a data root - and a tiny checkpoint trained to transcribe it."""
+    root = tmp_path_factory.mktemp("evaluate")
+    (root / "jsonl").mkdir()
+    lrs3 = root / "data" / "lrs3"
+    (lrs3 / "test" / "spk").mkdir(parents=True)
+    rows = []
+    with open(root / "jsonl" / "test.jsonl", "w", encoding="utf-8") as manifest:
+        for n, (name, (video, audio, seconds, text)) in enumerate(CORPUS.items()):
+            mp4 = root / "jsonl" / f"{name}.mp4"
+            ffmpeg("-f", "lavfi", "-i", f"{video}=size=96x96:rate=25:duration={seconds}",
+                   "-f", "lavfi", "-i", f"{audio}:duration={seconds}",
+                   "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", mp4)
+            manifest.write(json.dumps({"id": name, "video": mp4.name, "text": text}, ensure_ascii=False) + "\n")
+            crop = lrs3 / "test" / "spk" / f"{n:05d}.mp4"
+            ffmpeg("-i", mp4, "-an", "-c:v", "copy", crop)
+            ffmpeg("-i", mp4, "-vn", "-ac", "1", "-ar", "16000", crop.with_suffix(".wav"))
+            rows.append(["lrs3", f"test/spk/{n:05d}.mp4", int(seconds * 25), "1 2 3", text])
+    with open(lrs3 / "test.csv", "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+    clips = [Preprocessor(PreprocessOptions(roi=True))(root / "jsonl" / f"{name}.mp4") for name in CORPUS]
+    texts = [text for *_, text in CORPUS.values()]
+    torch.manual_seed(0)
+    recognizer = load_recognizer("tiny")
+    model = recognizer.model
+    features = recognizer.features([c.audio for c in clips], [c.rois for c in clips])
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(120):
+        optimiser.zero_grad()
+        model(features, texts, rates=[(4, 2), (16, 5)]).loss.backward()  # the two pairs the tests decode
+        optimiser.step()
+    model.eval()
+    save_checkpoint(model, root / "ckpt")
+    return root
+
+
+def mome(*args, cwd: Path):
+    """The installed executable in a fresh process."""
+    result = subprocess.run([MOME, *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                            env={**os.environ, "MOME_HOME": str(cwd / "home")})
+    result.explain = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return result
+
+
+def evaluate(*args, home: Path):
+    """`mome evaluate ARGS` in this process (no interpreter start-up): for exit codes and messages."""
+    result = CliRunner().invoke(cli, ["evaluate", *map(str, args)], prog_name="mome", env={"MOME_HOME": str(home)})
+    result.returncode = result.exit_code
+    extra = f"\nexception: {result.exception!r}" if result.exception and result.exit_code not in (0, 1, 2, 3, 4) else ""
+    result.explain = f"exit {result.exit_code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}{extra}"
+    return result
+
+
+def ref_words() -> int:
+    return sum(len(normalise(text).split()) for *_, text in CORPUS.values())
+
+
+# ---- end to end ------------------------------------------------------------------------------------------------------
+
+
+@needs_ffmpeg
+def test_tiny_model_fills_the_rate_by_snr_grid(corpus, tmp_path):
+    out = tmp_path / "eval"
+    result = mome("evaluate", "--dataset", corpus / "jsonl" / "test.jsonl", "--model", "tiny", "--roi",
+                  "--rates", "4,2;16,5", "--snr", "clean,0,5", "-o", out, cwd=tmp_path)
+    assert result.returncode == 0, result.explain
+    lines = result.stdout.splitlines()
+    assert lines[1].split() == ["rate", "A,V", "clean", "0", "dB", "5", "dB"], result.explain
+    assert [line.split()[0] for line in lines[2:]] == ["4,2", "16,5"], result.explain
+    assert all(len(line.split()) == 4 for line in lines[2:]), result.explain
+    assert "random and untrained" in result.stderr, result.explain
+
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert (report["model"], report["mode"], report["seed"], report["utterances"], report["failed"]) == \
+        ("tiny", "av", 0, 3, [])
+    assert report["noise"]["source"] == "babble" and report["noise"]["talkers"] == 2  # a corpus of 3: the other 2
+    assert "apostrophe" in report["normalisation"]
+    cells = {(tuple(c["rate"]), c["snr"]): c for c in report["results"]}
+    assert set(cells) == {(r, s) for r in [(4, 2), (16, 5)] for s in [CLEAN, 0, 5]}
+    for cell in cells.values():
+        assert cell["ref_words"] == ref_words() == 11 and cell["utterances"] == 3
+        assert cell["hits"] + cell["substitutions"] + cell["deletions"] == cell["ref_words"]
+        errors = cell["substitutions"] + cell["deletions"] + cell["insertions"]
+        assert cell["wer"] == pytest.approx(errors / cell["ref_words"])
+        assert cell["audio_seconds"] == pytest.approx(sum(s for _, _, s, _ in CORPUS.values()), abs=0.1)
+        assert cell["wall_seconds"] > 0
+
+    hypotheses = [json.loads(line) for line in (out / "hypotheses.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(hypotheses) == 3 * 2 * 3
+    assert {(h["id"], tuple(h["rate"]), h["snr"]) for h in hypotheses} == \
+        {(i, r, s) for i in CORPUS for r in [(4, 2), (16, 5)] for s in [CLEAN, 0, 5]}
+    assert all(h["ref"] == CORPUS[h["id"]][3] and isinstance(h["hyp"], str) for h in hypotheses)
+
+    png = out / "wer.png"
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+    import matplotlib.image
+
+    height, width, _ = matplotlib.image.imread(png).shape
+    assert width > 800 and height > 500
+
+
+@needs_ffmpeg
+def test_trained_model_on_the_auto_avsr_layout_is_word_perfect_when_clean(corpus, tmp_path):
+    """Named dataset under --data-root, CSV with .wav beside silent mouth crops (so --roi is on by itself)."""
+    out = tmp_path / "eval"
+    result = mome("evaluate", "--dataset", "lrs3", "--data-root", corpus / "data", "--model", corpus / "ckpt",
+                  "--rates", "4,2;16,5", "--snr", "clean,10", "-o", out, cwd=tmp_path)
+    assert result.returncode == 0, result.explain
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["dataset"] == "lrs3" and report["manifest"].endswith("test.csv")
+    for cell in report["results"]:
+        if cell["snr"] == CLEAN:
+            assert cell["wer"] == 0 and cell["hits"] == ref_words(), result.explain
+    hypotheses = [json.loads(line) for line in (out / "hypotheses.jsonl").read_text(encoding="utf-8").splitlines()]
+    clean = [h for h in hypotheses if h["snr"] == CLEAN]
+    assert len(clean) == 6 and all(h["hyp"] == h["ref"] for h in clean), result.explain  # each on its own id
+    assert [ln.split()[:2] for ln in result.stdout.splitlines()[2:]] == [["4,2", "0.00"], ["16,5", "0.00"]]
+
+
+@needs_ffmpeg
+def test_failed_utterances_are_skipped_reported_and_exit_3_or_1(corpus, tmp_path):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x01 not a video" * 64)
+    good = json.dumps({"id": "hello", "video": str(corpus / "jsonl" / "hello.mp4"), "text": "Hello, World!"})
+    bad = json.dumps({"id": "broken", "video": str(broken), "text": "never heard"})
+    (tmp_path / "some.jsonl").write_text(f"{good}\n{bad}\n")
+    result = evaluate("--dataset", tmp_path / "some.jsonl", "--model", corpus / "ckpt", "--roi", "--rates", "4,2",
+                      "-o", tmp_path / "some", home=tmp_path / "home")
+    assert result.returncode == 3, result.explain
+    assert len([line for line in result.stderr.splitlines() if "broken" in line]) == 1, result.explain
+    report = json.loads((tmp_path / "some" / "report.json").read_text())
+    assert (report["utterances"], report["evaluated"], [f["id"] for f in report["failed"]]) == (2, 1, ["broken"])
+    assert report["results"][0]["wer"] == 0 and report["results"][0]["ref_words"] == 2
+
+    (tmp_path / "none.jsonl").write_text(f"{bad}\n")
+    result = evaluate("--dataset", tmp_path / "none.jsonl", "--model", corpus / "ckpt", "--roi", "-o",
+                      tmp_path / "none", home=tmp_path / "home")
+    assert result.returncode == 1 and result.stdout == "", result.explain
+
+
+def test_missing_dataset_exits_4_and_says_how_to_get_it(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = evaluate("--dataset", "lrs3", "--data-root", tmp_path / "empty", "-o", tmp_path / "out",
+                      home=tmp_path / "home")
+    assert result.returncode == 4 and result.stdout == "" and not (tmp_path / "out").exists(), result.explain
+    assert "lrs3" in result.stderr and "auto_avsr" in result.stderr and "test.csv" in result.stderr, result.explain
+
+
+@pytest.mark.parametrize("args, complaint", [
+    (["--snr", "5,x"], "--snr"),
+    (["--rates", "4,x"], "--rates"),
+    (["--rates", "8,3"], "not trained"),
+])
+def test_bad_values_exit_2(tmp_path, args, complaint):
+    (tmp_path / "a.wav").write_bytes(b"")
+    (tmp_path / "m.jsonl").write_text('{"id": "a", "audio": "a.wav", "text": "a"}\n')
+    result = evaluate("--dataset", tmp_path / "m.jsonl", "--model", "tiny", "-o", tmp_path / "out", *args,
+                      home=tmp_path / "home")
+    assert result.returncode == 2 and complaint in result.stderr, result.explain
+
+
+# ---- noise -----------------------------------------------------------------------------------------------------------
+
+RATE = 16_000
+
+
+def tones(ids) -> dict:
+    """One pure tone per id, 100 Hz apart; 0.1 s long with whole cycles, so looping keeps it pure."""
+    t = np.arange(RATE // 10) / RATE
+    return {i: (0.1 + k) * np.sin(2 * np.pi * 100 * (k + 1) * t) for k, i in enumerate(ids)}
+
+
+def spectrum_at(signal: np.ndarray, hz: int) -> float:
+    return float(np.abs(np.fft.rfft(signal))[hz * len(signal) // RATE])
+
+
+@pytest.mark.parametrize("corpus_size, talkers", [(4, 30), (6, 2)])
+def test_babble_never_holds_the_utterance_itself(corpus_size, talkers):
+    ids = [f"spk{k}/{k:05d}" for k in range(corpus_size)]
+    sources = tones(ids)
+    noise = babble([Utterance(i, "x", audio=Path(f"{i}.wav")) for i in ids], lambda u: sources[u.id], seed=3,
+                   length=RATE, log=lambda m: None, talkers=talkers)
+    assert noise.count == min(talkers, corpus_size - 1)
+    for k, i in enumerate(ids):
+        window = noise.window(i, RATE)  # 1 s: a 1 Hz FFT grid
+        heard = [j for j, other in enumerate(ids) if spectrum_at(window, 100 * (j + 1)) > 1.0]
+        assert k not in heard and len(heard) == noise.count, (i, heard)
+        assert set(heard) == {ids.index(noise.ids[t]) for t in noise.talkers_for(i)}
+
+
+@pytest.mark.parametrize("snr", [-5, 0, 5, 20])
+def test_mixing_hits_the_target_snr(snr):
+    ids = [f"u{k}" for k in range(9)]
+    rng = np.random.default_rng(0)
+    sources = {i: rng.standard_normal(RATE * (k + 1) // 4) * (k + 1) for k, i in enumerate(ids)}
+    noise = LoopedNoise(list(sources.items()), count=8, seed=1, length=2 * RATE)
+    speech = (0.3 * np.sin(2 * np.pi * 220 * np.arange(RATE + 123) / RATE)).astype(np.float32)
+    mixed = mix_at_snr(speech, noise.window("u4", len(speech)), snr)
+    added = mixed.astype(np.float64) - speech
+    measured = 10 * np.log10(np.mean(speech.astype(np.float64) ** 2) / np.mean(added**2))
+    assert mixed.dtype == np.float32 and abs(measured - snr) < 0.1
+
+
+def test_noise_windows_are_deterministic_given_the_seed():
+    rng = np.random.default_rng(0)
+    sources = [(f"u{k}", rng.standard_normal(RATE // 2 + 100 * k)) for k in range(5)]
+    a, b = LoopedNoise(sources, 4, seed=7, length=3 * RATE), LoopedNoise(sources, 4, seed=7, length=3 * RATE)
+    other = LoopedNoise(sources, 4, seed=8, length=3 * RATE)
+    assert np.array_equal(a.window("x", RATE), b.window("x", RATE))
+    assert not np.array_equal(a.window("x", RATE), other.window("x", RATE))
+    assert not np.array_equal(a.window("x", RATE), a.window("y", RATE))  # each utterance its own window
+
+
+@pytest.mark.parametrize("text, snrs", [
+    ("clean", (CLEAN,)),
+    ("clean,-5,0,5", (CLEAN, -5, 0, 5)),
+    (" 2.5 , CLEAN,2.5", (2.5, CLEAN)),
+])
+def test_parse_snrs(text, snrs):
+    assert parse_snrs(text) == snrs
+
+
+@pytest.mark.parametrize("text", ["5,x", "", "inf", "5,,0", "nan"])
+def test_parse_snrs_refuses(text):
+    with pytest.raises(ValueError):
+        parse_snrs(text)

@@ -1,0 +1,268 @@
+"""`mome train` end to end through the installed executable (and torchrun), on a tiny corpus made here with ffmpeg.
+
+Every training process runs with one thread (OMP_NUM_THREADS=1): on two shared cores that is much faster, and it
+keeps runs of the same config bit-identical.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mome_cli.checkpoint import load_checkpoint
+from mome_cli.data import load_manifest
+from mome_cli.preprocess import Preprocessor, PreprocessOptions
+from mome_cli.training import (ConfigError, TrainConfig, add_babble, load_clip, resolve_config, tensor_digest,
+                               time_mask)
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
+
+BIN = Path(sys.executable).parent
+RECIPE = Path(__file__).parents[1] / "recipes" / "tiny.toml"
+# Random tiny encoders map similar inputs to near-identical features: lengths, pictures and sounds all differ.
+CLIPS = {  # name: (video source, audio source, seconds, transcript)
+    "hello.mp4": ("testsrc2", "sine=frequency=300", 1.2, "hello world"),
+    "morning.mp4": ("rgbtestsrc", "anoisesrc=color=pink:amplitude=0.3", 1.8, "good morning"),
+    "thanks.mp4": ("smptebars", "sine=frequency=900", 1.5, "thank you"),
+}
+STEPS, SAVE_EVERY = 240, 60
+
+
+def make_clip(path: Path, video: str, audio: str, seconds: float) -> None:
+    """A 96x96 25 fps mouth-crop style video (hence --roi) with a sound."""
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y",
+                    "-f", "lavfi", "-i", f"{video}=size=96x96:rate=25:duration={seconds}",
+                    "-f", "lavfi", "-i", f"{audio}:duration={seconds}",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(path)], check=True)
+
+
+def environment(root: Path, **more) -> dict:
+    return {**os.environ, "MOME_HOME": str(root / "home"), "OMP_NUM_THREADS": "1", **more}
+
+
+def explain(result) -> str:
+    return f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+
+
+def mome(*args, root: Path, env=None):
+    result = subprocess.run([str(BIN / "mome"), *map(str, args)], cwd=root, capture_output=True, text=True,
+                            env=env or environment(root))
+    result.explain = explain(result)
+    return result
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    (root / "media").mkdir()
+    rows = []
+    for name, (video, audio, seconds, text) in CLIPS.items():
+        make_clip(root / "media" / name, video, audio, seconds)
+        rows.append({"id": Path(name).stem, "video": f"media/{name}", "text": text})
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def train_args(root: Path, out: str) -> list:
+    """The tiny recipe, small overrides: 2 batches an epoch (batch_frames 100), saves every 40 steps."""
+    return ["train", "--config", RECIPE, "--train", root / "train.jsonl", "--valid", root / "train.jsonl", "--roi",
+            "-o", root / out, "--steps", STEPS, "--batch-frames", 100, "--save-every", SAVE_EVERY,
+            "--eval-every", 120, "--average-last", 2]
+
+
+@pytest.fixture(scope="module")
+def trained(corpus):
+    result = mome(*train_args(corpus, "full"), root=corpus)
+    assert result.returncode == 0, result.explain
+    return corpus / "full"
+
+
+def records(out: Path, kind: str) -> list[dict]:
+    lines = (out / "log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def test_the_output_is_a_checkpoint_that_transcribes_the_training_clips(trained, corpus):
+    from mome_cli.recognizer import RecognizeOptions, load_recognizer
+
+    model = load_checkpoint(trained)
+    assert model.config.rates == [(4, 2), (4, 5), (16, 2), (16, 5)] and model.config.mome.num_routed == 4
+    recognizer = load_recognizer(str(trained), device="cpu", home=corpus / "home")
+    clips = [Preprocessor(PreprocessOptions(roi=True))(corpus / "media" / name) for name in CLIPS]
+    expected = [text for *_, text in CLIPS.values()]
+    for rate in model.config.rates:
+        got = [t.text for t in recognizer.transcribe_many(clips, RecognizeOptions(rate=rate))]
+        assert got == expected, rate
+    result = mome("transcribe", corpus / "media", "--model", trained, "--roi", "--stdout", "-o", corpus / "txt",
+                  root=corpus)
+    assert result.returncode == 0, result.explain
+    assert {Path(line.split("\t")[0]).name: line.split("\t")[1] for line in result.stdout.splitlines()} == {
+        name: text for name, (*_, text) in CLIPS.items()}, result.explain
+
+
+def test_log_and_resolved_config(trained):
+    train = records(trained, "train")
+    assert [r["step"] for r in train] == list(range(10, STEPS + 1, 10))
+    for r in train:
+        assert set(r) >= {"step", "epoch", "loss", "lm_loss", "lb_loss", "rate_losses", "lr", "grad_norm", "seconds"}
+        assert set(r["rate_losses"]) == {"4,2", "4,5", "16,2", "16,5"}
+        assert r["loss"] == pytest.approx(r["lm_loss"] + 0.01 * r["lb_loss"], rel=1e-4)
+    assert train[-1]["epoch"] == STEPS // 2  # two batches an epoch
+    assert train[-1]["loss"] < train[0]["loss"] / 10
+    lrs = [r["lr"] for r in train]  # a warmup of 12 steps (5 %) to 1e-2, then a cosine to 0
+    assert lrs[0] == pytest.approx(1e-2 * 10 / 13) and lrs[1:] == sorted(lrs[1:], reverse=True)
+    assert 9.9e-3 < lrs[1] < 1e-2 and 0 < lrs[-1] < 1e-6
+    evals = records(trained, "eval")
+    assert [r["step"] for r in evals] == [120, 240]
+    assert evals[-1]["wer"] == {"4,2": 0.0, "4,5": 0.0, "16,2": 0.0, "16,5": 0.0}
+    assert [r["step"] for r in records(trained, "save")] == [60, 120, 180, 240]
+    config = json.loads((trained / "train_config.json").read_text())
+    assert config["steps"] == STEPS and config["epochs"] is None and config["batch_frames"] == 100
+    assert config["lr"] == 1e-2 and config["model"] == "tiny" and config["roi"] is True  # recipe, then flags
+    assert config["rates"] == [[4, 2], [4, 5], [16, 2], [16, 5]] and config["average_last"] == 2
+    TrainConfig(**config)  # loads back as it is
+
+
+def test_average_last_is_the_mean_of_the_last_snapshots(trained):
+    snapshots = sorted(p.name for p in (trained / "snapshots").iterdir())
+    assert snapshots == ["step-000120", "step-000180", "step-000240"]  # keep_last 3
+    a = load_file(trained / "snapshots" / "step-000180" / "model.safetensors")
+    b = load_file(trained / "snapshots" / "step-000240" / "model.safetensors")
+    final = load_file(trained / "model.safetensors")
+    assert set(final) == set(a)
+    for name in final:
+        torch.testing.assert_close(final[name], (a[name] + b[name]) / 2, rtol=0, atol=1e-7)
+    assert any(not torch.equal(a[n], b[n]) for n in a)
+    assert json.loads((trained / "config.json").read_text())["training"]["averaged_steps"] == [180, 240]
+
+
+def test_resume_after_sigkill_is_bit_exact(trained, corpus):
+    out = corpus / "killed"
+    process = subprocess.Popen([str(BIN / "mome"), *map(str, train_args(corpus, "killed"))], cwd=corpus,
+                               env=environment(corpus), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        log = out / "log.jsonl"
+        if log.is_file() and '"kind": "save"' in log.read_text():  # written once trainer_state.pt is in place
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, f"the run ended before it could be killed: {process.stderr.read().decode()}"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+    saved = torch.load(out / "trainer_state.pt", weights_only=True)
+    assert SAVE_EVERY <= saved["step"] < STEPS
+
+    again = mome(*train_args(corpus, "killed"), root=corpus)
+    assert again.returncode == 2 and "--resume" in again.stderr, again.explain  # a run is there: not overwritten
+    resumed = mome(*train_args(corpus, "killed"), "--resume", root=corpus)
+    assert resumed.returncode == 0, resumed.explain
+    assert f"resuming at step {saved['step']}" in resumed.stderr, resumed.explain
+
+    reference = torch.load(trained / "trainer_state.pt", weights_only=True)
+    final = torch.load(out / "trainer_state.pt", weights_only=True)
+    assert final["step"] == reference["step"] == STEPS
+    assert final["model"].keys() == reference["model"].keys()
+    for name in reference["model"]:
+        assert torch.equal(final["model"][name], reference["model"][name]), name
+    averaged, expected = load_file(out / "model.safetensors"), load_file(trained / "model.safetensors")
+    assert all(torch.equal(averaged[n], expected[n]) for n in expected)
+    assert [r["step"] for r in records(out, "train")] == list(range(10, STEPS + 1, 10))  # each step logged once
+    assert [r["loss"] for r in records(out, "train")] == [r["loss"] for r in records(trained, "train")]
+
+
+def test_torchrun_two_processes_hold_the_same_parameters(corpus):
+    out, digests = corpus / "ddp", corpus / "digests"
+    env = environment(corpus, MOME_TRAIN_DIGEST_DIR=str(digests))
+    result = subprocess.run(
+        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "mome_cli", "train",
+         "--config", str(RECIPE), "--train", str(corpus / "train.jsonl"), "--roi", "-o", str(out), "--steps", "4",
+         "--batch-frames", "50", "--save-every", "2", "--device", "cpu"],
+        cwd=corpus, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, explain(result)
+    rank0, rank1 = ((digests / f"rank-{r}.sha256").read_text().strip() for r in (0, 1))
+    assert rank0 == rank1
+    assert rank0 == tensor_digest(load_file(out / "model.safetensors"))  # what rank 0 saved
+    assert [r["step"] for r in records(out, "train")] == [4]  # only rank 0 writes: one line per logged step
+    assert [r["step"] for r in records(out, "save")] == [2, 4]
+    assert "training" in result.stderr and result.stderr.count("done:") == 1, explain(result)  # rank 0 speaks
+    load_checkpoint(out)
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--rates", "4,x"], 2, "4,x"),
+    (["--experts", "2", "--top-k", "3"], 2, "top_k"),
+    (["--train", "missing.jsonl"], 1, "missing.jsonl"),
+    (["--model", "mome-1b"], 4, "mome download mome-1b"),
+])
+def test_bad_values_and_missing_inputs_exit_with_the_contract_codes(corpus, tmp_path, args, code, message):
+    base = ["train", "--config", RECIPE, "--train", corpus / "train.jsonl", "--roi", "-o", tmp_path / "out"]
+    result = mome(*base, *args, root=corpus)
+    assert result.returncode == code and message in result.stderr, result.explain
+
+
+def test_resume_needs_a_run(corpus, tmp_path):
+    result = mome("train", "--config", RECIPE, "--train", corpus / "train.jsonl", "-o", tmp_path, "--resume",
+                  root=corpus)
+    assert result.returncode == 2 and "no run to continue" in result.stderr, result.explain
+
+
+# ---- in-process units ----------------------------------------------------------------------------------------
+
+
+def test_flags_override_the_recipe_and_steps_replace_epochs(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[optim]\nepochs = 3\nlr = 0.5\n[model]\nrates = "4,2;16,5"\n')
+    config = resolve_config(recipe, {"train": "t.jsonl", "output": str(tmp_path / "o"), "steps": 7})
+    assert (config.steps, config.epochs, config.lr, config.rates) == (7, None, 0.5, [(4, 2), (16, 5)])
+    recipe.write_text("lerning_rate = 1\n")
+    with pytest.raises(ConfigError, match="unknown setting.*lerning_rate"):
+        resolve_config(recipe, {"train": "t", "output": "o"})
+    with pytest.raises(ConfigError, match="exactly one of steps and epochs"):
+        TrainConfig(train="t", output="o")
+    with pytest.raises(ConfigError, match="precision must be one of bf16, fp32, got 'fp8'"):
+        TrainConfig(train="t", output="o", steps=1, precision="fp8")
+
+
+def test_time_mask_zeroes_spans_and_babble_hits_the_snr():
+    rng = np.random.default_rng(0)
+    x = np.ones((250, 4, 4), dtype=np.uint8)  # 10 s of ROI frames
+    config = TrainConfig(train="t", output="o", steps=1, mask_video=True)
+    masked = time_mask(x, 25, config, rng)
+    zero = masked.reshape(250, -1).max(axis=1) == 0
+    assert x.min() == 1 and 0 < zero.sum() <= 10 * 10  # at most 10 spans of at most 0.4 s (10 frames)
+    t = np.arange(32000) / 16000
+    speech = np.sin(2 * np.pi * 220 * t).astype(np.float32)
+    others = [np.sin(2 * np.pi * f * t[:9000]).astype(np.float32) for f in (310, 470, 650)]
+    noisy = add_babble(speech, others, 5.0, np.random.default_rng(1))
+    noise = noisy.astype(np.float64) - speech
+    snr = 10 * np.log10(np.mean(speech.astype(np.float64) ** 2) / np.mean(noise**2))
+    assert noisy.shape == speech.shape and snr == pytest.approx(5.0, abs=1e-3)
+
+
+def test_auto_avsr_layout_joins_the_wav_to_its_mouth_crops(corpus, tmp_path):
+    """LRS3 as auto_avsr prepares it: silent mouth-crop mp4s with a .wav beside each, listed in a .csv."""
+    folder = tmp_path / "lrs3" / "trainval" / "spk"
+    folder.mkdir(parents=True)
+    source = corpus / "media" / "hello.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(source), "-an", "-c:v", "copy",
+                    str(folder / "00001.mp4"), "-vn", "-ac", "1", "-ar", "16000", str(folder / "00001.wav")],
+                   check=True)
+    (tmp_path / "train.csv").write_text("lrs3,trainval/spk/00001.mp4,30,1 2,hello world\n")
+    (utterance,) = load_manifest(tmp_path / "train.csv")
+    assert TrainConfig(train=str(tmp_path / "train.csv"), output="o", steps=1).mouth_crops  # the layout implies it
+    preprocessors = {m: Preprocessor(PreprocessOptions(mode=m, roi=True)) for m in ("av", "a", "v")}
+    clip = load_clip(utterance, "av", preprocessors)
+    whole = preprocessors["av"](source)
+    assert clip.mode == "av" and np.array_equal(clip.rois, whole.rois)
+    assert abs(len(clip.audio) - len(whole.audio)) <= 640 and clip.audio.std() > 0.01
+    assert np.array_equal(load_clip(utterance, "a", preprocessors).audio, clip.audio)
