@@ -18,8 +18,10 @@ Notation for shapes: S samples, T frames, R = 96 ROI side.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -59,6 +61,33 @@ class Clip:
     warnings: list = field(default_factory=list)
 
 
+# The files face-alignment 1.5.0 loads from $TORCH_HOME/hub/checkpoints for each detector (hub.FACE_ALIGNMENT_FILES).
+FACE_ALIGNMENT_NEEDS = {
+    "sfd": ("s3fd-619a316812.pth", "2DFAN4-11f355bf06.pth.tar"),
+    "blazeface": ("blazeface.pth", "anchors.npy", "2DFAN4-11f355bf06.pth.tar"),
+}
+
+
+@contextlib.contextmanager
+def face_alignment_weights(detector: str):
+    """Point face-alignment at its weights, or raise MissingModelError (exit 4) naming the fix; never download."""
+    from .hub import MissingModelError, torch_home
+
+    user_home = os.environ.get("TORCH_HOME")
+    home = Path(user_home) if user_home else torch_home()
+    folder = home / "hub" / "checkpoints"
+    missing = [name for name in FACE_ALIGNMENT_NEEDS[detector] if not (folder / name).is_file()]
+    if missing:
+        raise MissingModelError(f"face-alignment weights {', '.join(missing)} are not in {folder}: run "
+                                f"`mome download mome-1b`, or pass --roi if the videos are already mouth crops")
+    os.environ["TORCH_HOME"] = str(home)
+    try:
+        yield
+    finally:
+        if user_home is None:
+            os.environ.pop("TORCH_HOME", None)
+
+
 def file_sha256(path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -78,10 +107,12 @@ class Preprocessor:
 
     @property
     def detector(self):
+        """face-alignment, built on first need from weights in mome's cache (or in $TORCH_HOME if the user set one)."""
         if self._detector is None:
             from .lips import LandmarkDetector
 
-            self._detector = LandmarkDetector(device=self.options.device, detector=self.options.detector)
+            with face_alignment_weights(self.options.detector):
+                self._detector = LandmarkDetector(device=self.options.device, detector=self.options.detector)
         return self._detector
 
     def __call__(self, path) -> Clip:

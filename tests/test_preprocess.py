@@ -115,3 +115,24 @@ def test_mouth_is_centred_in_the_crop_of_a_posed_face(media):
     mouth = points[MOUTH_POINTS].mean(axis=0)
     assert 0 < mouth[0] < 320 and 0 < mouth[1] < 240
     assert clip.rois[:, 40:56, 40:56].std() > 0  # real picture content where the mouth is, not black padding
+
+
+def test_missing_face_alignment_weights_exit_4_naming_the_download(media, tmp_path, monkeypatch):
+    from mome_cli.hub import MissingModelError
+
+    monkeypatch.delenv("TORCH_HOME", raising=False)
+    monkeypatch.setenv("MOME_HOME", str(tmp_path / "home"))
+    with pytest.raises(MissingModelError, match=r"s3fd-619a316812\.pth.*mome download mome-1b.*--roi") as e:
+        Preprocessor(PreprocessOptions(mode="av"))(media / "face.mp4")
+    assert e.value.exit_code == 4
+    assert "TORCH_HOME" not in __import__("os").environ
+
+
+def test_weights_in_mome_home_are_found_without_torch_home(media, torch_home, tmp_path, monkeypatch):
+    import shutil as sh
+
+    sh.copytree(torch_home, tmp_path / "home" / "torch")
+    monkeypatch.delenv("TORCH_HOME", raising=False)
+    monkeypatch.setenv("MOME_HOME", str(tmp_path / "home"))
+    clip = Preprocessor(PreprocessOptions(mode="av", device="cpu"))(media / "face.mp4")
+    assert clip.mode == "a" and "no face" in clip.warnings[0]  # face-alignment ran, from mome's cache
