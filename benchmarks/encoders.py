@@ -26,19 +26,25 @@ WHISPER_MEDIUM = dict(d_model=1024, encoder_layers=24, encoder_attention_heads=1
                       decoder_start_token_id=50257)
 
 
-def timed(fn, device: str, repeats: int) -> float:
-    """Median seconds of fn() after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
+def timed(fns: dict, device: str, repeats: int) -> dict:
+    """Median seconds of each fn() after one warm-up call each; the repeats interleave the fns, so a load that comes
+    and goes on the machine weighs on all of them alike."""
+    def once(fn):
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         fn()
         if device == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return time.perf_counter() - start
+
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(once(fn))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main():
@@ -61,13 +67,12 @@ def main():
     mel = whisper.feature_extractor([audio], sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
     mel = mel.to(device=device, dtype=dtype)
 
-    rows = []
     with torch.inference_mode():
-        rows.append(("Whisper encoder, transformers on mel (baseline)",
-                     timed(lambda: whisper.encoder(mel), device, args.repeats)))
-        rows.append(("Whisper encoder, mome (features + encoder + trim)",
-                     timed(lambda: whisper([audio]), device, args.repeats)))
-        rows.append(("AV-HuBERT Large video encoder", timed(lambda: avhubert(frames), device, args.repeats)))
+        rows = timed({
+            "Whisper encoder, transformers on mel (baseline)": lambda: whisper.encoder(mel),
+            "Whisper encoder, mome (features + encoder + trim)": lambda: whisper([audio]),
+            "AV-HuBERT Large video encoder": lambda: avhubert(frames),
+        }, device, args.repeats).items()
 
     name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
     print(f"device {device} ({name}), dtype {str(dtype).split('.')[-1]}, torch {torch.__version__}, "
