@@ -11,9 +11,9 @@ durations and frames.
 
 Text: the fortune cookie files of Debian's `fortunes` package (with `fortunes-min`), /usr/share/games/fortunes, under
 the BSD licence of fortune-mod (Debian's /usr/share/doc/fortunes/copyright). The categories in FORTUNE_CATEGORIES are
-read (about 12,000 sentences, 13,000 different words); `--text FILE` reads any other plain English text instead.
-Each sentence is cleaned to lowercase words of letters and apostrophes, kept when it has 3 to 12 words, and deduplicated;
-train, valid and test never share a sentence.
+read (about 15,000 sentences, 14,000 different words); `--text FILE` reads any other plain English text instead.
+Each sentence is cleaned to lowercase words of letters and apostrophes, kept when it has 3 to 12 words, and
+deduplicated; train, valid and test never share a sentence.
 
 Speech: libespeak-ng through ctypes, which reports phoneme and word events with their times. Each speaker is an
 English voice (accent) with a voice variant, speaking rate, pitch and pitch range of its own.
@@ -32,6 +32,7 @@ import argparse
 import ctypes
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -197,6 +198,32 @@ class Espeak:
             raise SynthError(f"espeak-ng has no voice {voice!r} (variants: espeak-ng --voices=variant)")
 
     def speak(self, text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50, pitch_range: int = 50) -> Speech:
+        """Speak in a forked child: espeak-ng carries state from one message to the next (its waveform generator's
+        phase and pitch), so the same call in this process would give other samples after other texts; a child of a
+        process that has spoken nothing starts where every other child starts."""
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: speak, send the result back, leave without running the parent's exit handlers
+            os.close(read_end)
+            try:
+                payload = pickle.dumps((True, self._speak(text, voice, rate, pitch, pitch_range)))
+            except BaseException as e:  # noqa: BLE001 - anything the child meets is the parent's to report
+                payload = pickle.dumps((False, f"{type(e).__name__}: {e}"))
+            with os.fdopen(write_end, "wb") as pipe:
+                pipe.write(payload)
+            os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            payload = pipe.read()
+        os.waitpid(pid, 0)
+        if not payload:
+            raise SynthError(f"espeak-ng died speaking {text!r} in voice {voice}")
+        ok, result = pickle.loads(payload)
+        if not ok:
+            raise SynthError(result.split(": ", 1)[1] if result.startswith("SynthError") else result)
+        return result
+
+    def _speak(self, text: str, voice: str, rate: int, pitch: int, pitch_range: int) -> Speech:
         self.select(voice)
         for parameter, value in ((PARAM_RATE, rate), (PARAM_PITCH, pitch), (PARAM_RANGE, pitch_range)):
             self.lib.espeak_SetParameter(parameter, int(value), 0)
@@ -208,7 +235,7 @@ class Espeak:
         phonemes = [(pos / 1000, name.decode("utf-8", "replace"))
                     for kind, pos, _, _, name in self._events if kind == EVENT_PHONEME]
         words = [(pos / 1000, data[at - 1 : at - 1 + n].decode("utf-8", "replace"))  # text positions count from 1
-                 for kind, pos, at, n, _ in self._events if kind == EVENT_WORD]
+                 for kind, pos, at, n, _ in self._events if kind == EVENT_WORD and n > 0]
         return Speech(samples, phonemes, words)
 
 
@@ -304,9 +331,9 @@ class Face:
     """How one speaker's mouth looks in the crop (pixels and 0-255 gray levels)."""
 
     skin: float = 150.0  # gray level of the skin
-    lip_contrast: float = 35.0  # how much darker the lips are than the skin
+    lip_contrast: float = 0.25  # how much darker the lips are than the skin, as a fraction of its gray level
     centre: tuple[float, float] = (48.0, 50.0)  # (x, y) of the mouth centre
-    half_width: float = 23.0  # mouth corner to centre at a neutral width
+    half_width: float = 26.0  # mouth corner to centre, about, at a neutral width
     max_gap: float = 16.0  # inner lip gap fully open
     upper_lip: float = 4.5  # upper lip thickness at the middle
     lower_lip: float = 7.0  # lower lip thickness at the middle
@@ -318,8 +345,8 @@ class Face:
 
     @classmethod
     def random(cls, rng: np.random.Generator) -> "Face":
-        return cls(skin=rng.uniform(90, 200), lip_contrast=rng.uniform(25, 55),
-                   centre=(rng.uniform(44, 52), rng.uniform(46, 54)), half_width=rng.uniform(20, 27),
+        return cls(skin=rng.uniform(90, 200), lip_contrast=rng.uniform(0.15, 0.35),
+                   centre=(rng.uniform(44, 52), rng.uniform(46, 54)), half_width=rng.uniform(22, 30),
                    max_gap=rng.uniform(12, 19), upper_lip=rng.uniform(4, 7), lower_lip=rng.uniform(6, 10),
                    bow=rng.uniform(0.1, 0.4), smile=rng.uniform(-2, 2), tilt=rng.uniform(-0.1, 0.1),
                    light=(rng.uniform(-0.4, 0.4), rng.uniform(-0.5, 0.3)), noise=rng.uniform(1.5, 5))
@@ -354,12 +381,13 @@ def render_mouth(track: np.ndarray, face: Face, rng: np.random.Generator) -> np.
     u = (dx * np.cos(tilt) + dy * np.sin(tilt)) / (1 + scale)  # along the mouth
     v = (-dx * np.sin(tilt) + dy * np.cos(tilt)) / (1 + scale)  # down across it
 
-    half = face.half_width * (0.72 + 0.45 * width)  # (T, 1, 1)
+    half = face.half_width * (0.6 + 0.55 * width)  # (T, 1, 1)
     x = np.clip(u / half, -1.5, 1.5)
     span = np.clip(1 - x ** 2, 0, None)
     curl = face.smile * -(x ** 2)  # the mouth line bends up at the corners for a smile
     gap = face.max_gap * opening
-    inner = (np.clip(1 - (x / 0.92) ** 2, 0, None)) ** (1.0 - 0.5 * rounding)  # lens (spread) to oval (rounded)
+    reach = 0.92 - 0.3 * rounding  # the opening's corners, as a fraction of the mouth's: pursed lips close them in
+    inner = (np.clip(1 - (x / reach) ** 2, 0, None)) ** (1.0 - 0.5 * rounding)  # lens (spread) to oval (rounded)
     protrude = 1 + 0.35 * rounding
     inner_top = curl - 0.35 * gap * inner
     inner_bottom = curl + 0.65 * gap * inner
@@ -383,11 +411,11 @@ def render_mouth(track: np.ndarray, face: Face, rng: np.random.Generator) -> np.
     image = image - 18 * np.exp(-(((v - outer_bottom - 5) / 4) ** 2)) * np.clip(1.2 - np.abs(u) / face.half_width, 0, 1)
     image = image - 10 * np.exp(-(((np.abs(u) - half - 2) / 3) ** 2) - (v / 6) ** 2)  # corner creases
     # Lips: darker than skin, the upper lip in shadow, a highlight on the lower lip.
-    lip_shade = face.skin - face.lip_contrast - 10 * (v < curl) + 14 * np.exp(
+    lip_shade = face.skin * (1 - face.lip_contrast) - 10 * (v < curl) + 14 * np.exp(
         -(((v - (inner_bottom + outer_bottom) / 2) / 2.5) ** 2) - (x / 0.5) ** 2) * (v > curl)
     image = image * (1 - lips) + lip_shade * lips
     seam = np.exp(-(((v - curl) / 0.8) ** 2)) * (gap < 1.5) * np.clip(1 - np.abs(x), 0, 1) * lips
-    image = image - 0.5 * face.lip_contrast * seam
+    image = image - 0.5 * face.skin * face.lip_contrast * seam
     interior = 25 + 15 * tongue
     enamel = (face.skin * 0.4 + 90) * (1 - 0.5 * x ** 2)  # teeth further back are in shadow
     interior = interior * (1 - upper_teeth) + enamel * upper_teeth
@@ -414,7 +442,9 @@ def make_speakers(n: int, voices: list[str], seed: int) -> list[Speaker]:
     for k in range(n):
         rng = np.random.default_rng([seed, 2, k])
         variant = VARIANTS[int(rng.integers(len(VARIANTS)))]
-        voice = voices[k % len(voices)] + (f"+{variant}" if variant else "")
+        voice = voices[k % len(voices)]
+        if variant and "+" not in voice:  # a voice given with its own variant keeps it
+            voice += f"+{variant}"
         female = variant.startswith("f")
         speakers.append(Speaker(f"spk{k:02d}", voice, int(rng.integers(140, 196)),
                                 int(rng.integers(50, 75) if female else rng.integers(25, 60)),
@@ -503,7 +533,7 @@ def generate(out_dir, utterances: int, seed: int = 0, voices: list[str] | None =
     if jobs > 1:
         import multiprocessing
 
-        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+        with multiprocessing.get_context("fork").Pool(jobs) as pool:
             for record in pool.imap(make_utterance, work, chunksize=4):
                 records.append(record)
                 if progress:
@@ -517,7 +547,8 @@ def generate(out_dir, utterances: int, seed: int = 0, voices: list[str] | None =
         rows = [{"id": j["id"], "video": j["video"], "text": j["text"]} for j in work if j["split"] == label]
         (out_dir / f"{label}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     (out_dir / "alignments.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    meta = {"seed": seed, "utterances": utterances, "splits": counts, "hours": sum(r["duration"] for r in records) / 3600,
+    hours = sum(r["duration"] for r in records) / 3600
+    meta = {"seed": seed, "utterances": utterances, "splits": counts, "hours": hours,
             "text": str(text_file) if text_file else f"Debian fortunes ({FORTUNE_DIR}), BSD licence",
             "sentences_available": len(sentences), "speakers": [asdict(s) for s in cast]}
     (out_dir / "corpus.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")

@@ -1,0 +1,202 @@
+"""The synthetic corpus: text cleaning, viseme tracks and drawing (numpy only), espeak-ng's events, and a small corpus
+written end to end (skipped without espeak-ng or ffmpeg)."""
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from mome_cli import synth
+from mome_cli.data import load_manifest
+from mome_cli.media import VIDEO_FPS, decode_video, probe
+
+
+def _espeak_missing() -> str | None:
+    try:
+        synth.espeak()
+    except synth.SynthError as e:
+        return str(e)
+    return None
+
+
+ESPEAK_MISSING = _espeak_missing()
+needs_espeak = pytest.mark.skipif(ESPEAK_MISSING is not None, reason=str(ESPEAK_MISSING))
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None,
+                                  reason="ffmpeg and ffprobe are not installed")
+needs_fortunes = pytest.mark.skipif(not (synth.FORTUNE_DIR / "fortunes").is_file(),
+                                    reason="Debian's fortunes package is not installed")
+
+# Sentences for the corpus test: each has a bilabial closure (p, b, m) and an open vowel.
+TEXT = """Bob bought a big map of the harbour. My father parked the car by the barn.
+Pam had a bad habit of humming. A bat flapped past the lamp.
+Mark passed the ball to Pat. The man made a plan to buy a boat.
+Bart stopped at the market. Mum baked apple pie for the party."""
+
+
+@pytest.mark.parametrize("raw, clean", [
+    ("A day for firm decisions!!!!!", "a day for firm decisions"),
+    ("It\u2019s a \"test\", isn't it?", "it's a test isn't it"),
+    ("'Tis the season -- long-forgotten joys.", "tis the season long forgotten joys"),
+    ("Bank error in your favor.  Collect $200.", None),  # a number: espeak would read it, the text would not
+    ("Drain the moat.", "drain the moat"),  # 3 words: kept
+    ("Too short!", None),
+    (" ".join(["word"] * 13), None),
+])
+def test_clean_sentence(raw, clean):
+    assert synth.clean_sentence(raw) == clean
+
+
+def test_sentences_of_a_fortune_file():
+    text = ("Avoid reality at all costs.  Try a single person for a change.\n%\n"
+            "The best way to predict the future is to invent it.\n\t\t-- Alan Kay\n%\nOk.\n")
+    assert synth.sentences_of(text) == ["avoid reality at all costs", "try a single person for a change",
+                                        "the best way to predict the future is to invent it"]
+
+
+@needs_fortunes
+def test_fortunes_give_thousands_of_clean_sentences():
+    sentences = synth.load_sentences()
+    words = {w for s in sentences for w in s.split()}
+    assert len(sentences) > 5000 and len(words) > 5000
+    assert len(set(sentences)) == len(sentences)
+    assert all(re.fullmatch(r"[a-z']+( [a-z']+){2,11}", s) for s in sentences)
+
+
+@pytest.mark.parametrize("n, counts", [(1, (1, 0, 0)), (3, (1, 1, 1)), (6, (4, 1, 1)), (100, (90, 5, 5))])
+def test_split_counts(n, counts):
+    assert tuple(synth.split_counts(n, 0.05, 0.05).values()) == counts
+
+
+@pytest.mark.parametrize("phoneme, viseme", [("p", "closed"), ("m", "closed"), ("f", "labiodental"),
+                                             ("u:", "oo"), ("w", "w"), ("A:", "open"), ("i:", "spread"),
+                                             ("s", "sibilant"), ("T", "dental"), ("_:", "rest"), ("_!", "rest"),
+                                             ("n-", "coronal"), ("Q~", "schwa")])
+def test_viseme_of(phoneme, viseme):
+    assert synth.viseme_of(phoneme) == viseme
+
+
+def _opening_at(track, t):
+    return track[int(t * VIDEO_FPS), 0]
+
+
+def test_track_closes_for_bilabials_and_opens_for_vowels():
+    # "pa ma": p 0.20-0.30, a 0.30-0.50, m 0.50-0.60, a 0.60-0.80, pause to 1.0
+    phonemes = [(0.2, "p"), (0.3, "A:"), (0.5, "m"), (0.6, "A:"), (0.8, "_:")]
+    track = synth.viseme_track(phonemes, 1.0, 25)  # (T, P)
+    assert track.shape == (25, 4)
+    assert _opening_at(track, 0.25) < 0.1 and _opening_at(track, 0.55) < 0.1
+    assert _opening_at(track, 0.40) > 0.6 and _opening_at(track, 0.70) > 0.6
+    assert _opening_at(track, 0.05) == pytest.approx(synth.VISEMES["rest"][0], abs=0.01)  # rest before speech
+
+
+def _dark_pixels(frames):
+    """(T,) how many pixels of each (T, R, R) frame are darker than half the frame's median (the mouth interior)."""
+    frames = frames.astype(np.float32)
+    return (frames < 0.5 * np.median(frames, axis=(1, 2), keepdims=True)).sum(axis=(1, 2))
+
+
+def test_render_shows_the_mouth_interior_only_when_open():
+    closed, wide = synth.VISEMES["closed"], synth.VISEMES["open"]
+    track = np.array([closed, wide] * 3, np.float32)  # (T, P)
+    faces = [synth.Face.random(np.random.default_rng(k)) for k in range(6)]
+    for face in faces:
+        frames = synth.render_mouth(track, face, np.random.default_rng(0))
+        assert frames.shape == (6, synth.ROI, synth.ROI) and frames.dtype == np.uint8
+        dark = _dark_pixels(frames)
+        assert dark[1::2].min() > dark[0::2].max() + 100, (face, dark)
+
+
+@needs_espeak
+def test_espeak_reports_words_and_phonemes_in_time_order():
+    speech = synth.espeak().speak("the big dog sat on a mat.", "en-gb", 170)
+    assert speech.duration > 0.5
+    assert [w for _, w in speech.words] == ["the", "big", "dog", "sat", "on", "a", "mat"]
+    word_times = [t for t, _ in speech.words]
+    assert word_times == sorted(word_times) and len(set(word_times)) == len(word_times)
+    times = [t for t, _ in speech.phonemes]
+    assert len(times) > 10 and times == sorted(times) and times[-1] <= speech.duration
+    assert {"b", "m"} <= {name for _, name in speech.phonemes}
+
+
+@needs_espeak
+def test_espeak_gives_the_same_samples_whatever_came_before():
+    engine = synth.espeak()
+    first = engine.speak("a penny saved is a penny earned.", "en-us+f3", 160, 60, 40)
+    engine.speak("something else entirely, in another voice.", "en-029", 190, 30, 70)
+    again = engine.speak("a penny saved is a penny earned.", "en-us+f3", 160, 60, 40)
+    assert np.array_equal(first.samples, again.samples) and first.phonemes == again.phonemes
+
+
+@needs_espeak
+def test_an_unknown_voice_is_a_synth_error():
+    with pytest.raises(synth.SynthError, match="no voice"):
+        synth.espeak().speak("hello there.", "xx-nowhere")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Six clips written by the command line, and the same corpus again by two worker processes."""
+    base = tmp_path_factory.mktemp("synth")
+    (base / "text.txt").write_text(TEXT, encoding="utf-8")
+    first, second = base / "a", base / "b"
+    common = ["--utterances", "6", "--seed", "7", "--text", str(base / "text.txt"), "--speakers", "4"]
+    assert synth.main([str(first), *common]) == 0
+    assert synth.main([str(second), *common, "--jobs", "2"]) == 0
+    return first, second
+
+
+@needs_espeak
+@needs_ffmpeg
+def test_corpus_manifests_load_and_splits_share_no_sentence(corpus):
+    out, _ = corpus
+    texts = {}
+    for split in synth.SPLITS:
+        utterances = load_manifest(out / f"{split}.jsonl")
+        assert all(u.video.is_file() and u.video.parent == out / split and u.audio is None for u in utterances)
+        texts[split] = {u.text for u in utterances}
+    assert [len(texts[s]) for s in synth.SPLITS] == [4, 1, 1]
+    assert not (texts["train"] & texts["valid"] or texts["train"] & texts["test"] or texts["valid"] & texts["test"])
+    for line in (out / "train.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        assert set(row) == {"id", "video", "text"} and not row["video"].startswith("/")
+
+
+@needs_espeak
+@needs_ffmpeg
+def test_corpus_clips_match_their_phoneme_timings(corpus):
+    out, _ = corpus
+    closed_dark, open_dark = [], []
+    for line in (out / "alignments.jsonl").read_text().splitlines():
+        clip = json.loads(line)
+        path = out / clip["split"] / f"{clip['id']}.mp4"
+        info = probe(path)
+        assert info.has_audio and info.has_video and (info.width, info.height) == (synth.ROI, synth.ROI)
+        assert abs(info.duration - clip["duration"]) <= 1 / VIDEO_FPS, (path, info.duration, clip["duration"])
+        frames = decode_video(path, info=info)[..., 0]  # (T, R, R)
+        assert len(frames) == round(VIDEO_FPS * clip["duration"]) == clip["frames"]
+        starts = [t for t, _ in clip["phonemes"]]
+        assert starts == sorted(starts) and clip["speech"][1] <= clip["duration"]
+        # The mouth interior at the middle of each closure (p b m) and each open vowel.
+        dark = _dark_pixels(frames)
+        ends = starts[1:] + [clip["duration"]]
+        for (start, name), end in zip(clip["phonemes"], ends):
+            frame = min(int((start + end) / 2 * VIDEO_FPS), len(frames) - 1)
+            if synth.viseme_of(name) == "closed":
+                closed_dark.append(dark[frame])
+            elif synth.viseme_of(name) == "open" and name not in synth.DIPHTHONGS and end - start > 0.06:
+                open_dark.append(dark[frame])
+    assert closed_dark and open_dark
+    assert np.median(open_dark) > np.median(closed_dark) + 50, (closed_dark, open_dark)
+    assert np.median(closed_dark) < 20, closed_dark
+
+
+@needs_espeak
+@needs_ffmpeg
+def test_same_seed_same_corpus(corpus):
+    first, second = corpus
+    for name in ("train.jsonl", "valid.jsonl", "test.jsonl", "alignments.jsonl"):
+        assert (first / name).read_text() == (second / name).read_text(), name
+    clip = next(iter(load_manifest(first / "test.jsonl")))
+    assert np.array_equal(decode_video(clip.video), decode_video(second / "test" / clip.video.name))
