@@ -272,15 +272,16 @@ def train(ctx: click.Context, config, resume, **flags):
     from . import training
     from .data import DataError
     from .hub import HubError
+    from .train_config import ConfigError, resolve_config
 
     names = {"train_manifest": "train", "valid_manifest": "valid"}
     overrides = {names.get(k, k): v for k, v in flags.items() if v is not None}
     if "steps" in overrides and "epochs" in overrides:
         raise click.UsageError("--steps and --epochs cannot be used together.")
     try:
-        train_config = training.resolve_config(config, overrides, resume=resume)
+        train_config = resolve_config(config, overrides, resume=resume)
         training.run(train_config, resume=resume, quiet=ctx.obj.quiet)
-    except training.ConfigError as e:
+    except ConfigError as e:
         raise click.UsageError(str(e)) from e
     except (DataError, HubError) as e:
         if training.is_main_process():

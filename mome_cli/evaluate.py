@@ -12,11 +12,12 @@ whole manifest (not only the `limit` evaluated), each scaled to unit RMS. Uttera
 of those talkers - never itself: if it is one of them the spare takes its place - each talker looped end to end to
 cover a track as long as the longest utterance (or talker), and i takes a window of that track at a start drawn from
 (seed, i's id). The window is scaled so that its power sits `snr` dB below the utterance's own power (both measured
-over the whole utterance, as AV-HuBERT and auto_avsr mix). A `--noise FILE` is used the same way, as the only talker.
-Everything is deterministic given the seed; the window does not change with the SNR, only its level.
+over the whole utterance: see noise.py, which does the looping and mixing). A `--noise FILE` is used the same way, as
+the only talker. Everything is deterministic given the seed; the window does not change with the SNR, only its level.
 
 Outputs (atomic): report.json (the counts per rate x SNR and how they were made), hypotheses.jsonl (one line per
-utterance, rate and SNR), wer.png (WER against SNR, one line per rate pair; bars when there is one SNR column).
+utterance, rate and SNR), wer.png (plotting.py: WER against SNR, one line per rate pair; bars when there is one SNR
+column).
 
 Notation for shapes: S samples.
 """
@@ -27,9 +28,7 @@ import contextlib
 import dataclasses
 import json
 import math
-import textwrap
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -37,6 +36,7 @@ from typing import Callable
 import numpy as np
 
 from .files import atomic_write, atomic_write_text
+from .noise import LoopedNoise, mix_at_snr
 from .report import Report
 from .scoring import NORMALISATION, WordErrors, score
 
@@ -111,55 +111,6 @@ class EvaluateJob:
 
 
 # ---- noise -----------------------------------------------------------------------------------------------------------
-
-
-class LoopedNoise:
-    """Noise windows from a sum of sources, each at unit RMS and looped end to end.
-
-    `window(utterance_id, n)` sums the first `count` sources whose id is not utterance_id (so give one spare when
-    sources come from the evaluated corpus) over a window of n samples starting at a point drawn from (seed, id) in a
-    track of `length` samples. A source with no id (a noise file) is never excluded.
-    """
-
-    def __init__(self, sources: list[tuple[str | None, np.ndarray]], count: int, seed: int = 0, length: int = 0):
-        usable = [(i, np.asarray(a, dtype=np.float64)) for i, a in sources if len(a) and np.any(a)]
-        if len(usable) < count or count < 1:
-            raise ValueError(f"need at least {max(count, 1)} non-silent noise sources, got {len(usable)}")
-        self.ids = [i for i, _ in usable]
-        self.sources = [a / np.sqrt(np.mean(a**2)) for _, a in usable]  # (S_k,) each, unit RMS
-        self.count, self.seed = count, seed
-        self.length = max(length, *(len(a) for a in self.sources))  # track length, samples
-
-    def talkers_for(self, utterance_id: str) -> list[int]:
-        return [k for k, i in enumerate(self.ids) if i is None or i != utterance_id][: self.count]
-
-    def window(self, utterance_id: str, n: int) -> np.ndarray:
-        """(n,) float64 noise for one utterance; the same every time for the same id, seed and n."""
-        chosen = self.talkers_for(utterance_id)
-        if len(chosen) < self.count:
-            raise ValueError(f"{utterance_id}: only {len(chosen)} noise sources other than itself")
-        rng = np.random.default_rng([self.seed, zlib.crc32(utterance_id.encode("utf-8"))])
-        start = int(rng.integers(0, max(self.length - n, 0) + 1))
-        t = np.arange(start, start + n)  # (n,) positions in the track
-        noise = np.zeros(n)
-        for k in chosen:
-            noise += self.sources[k][t % len(self.sources[k])]  # looped: the track repeats each source end to end
-        return noise
-
-
-def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    """speech + noise scaled so that 10 log10(P_speech / P_noise) = snr_db, powers over the whole clip; float32.
-
-    Silent speech or silent noise is returned as it is (no level makes the ratio hold).
-    """
-    if len(noise) != len(speech):
-        raise ValueError(f"noise has {len(noise)} samples, speech {len(speech)}")
-    s = np.asarray(speech, dtype=np.float64)
-    p_speech, p_noise = np.mean(s**2), np.mean(np.asarray(noise, dtype=np.float64) ** 2)
-    if p_speech == 0 or p_noise == 0:
-        return np.asarray(speech, dtype=np.float32)
-    gain = np.sqrt(p_speech / (p_noise * 10 ** (snr_db / 10)))
-    return (s + gain * noise).astype(np.float32)
 
 
 def babble(utterances: list, load_audio: Callable, seed: int, length: int, log: Callable[[str], None],
@@ -472,6 +423,8 @@ def write_outputs(evaluation: Evaluation, output_dir: Path) -> list[Path]:
     atomic_write_text(written[0], _json(evaluation.to_dict()) + "\n")
     atomic_write_text(written[1], "".join(json.dumps(h, ensure_ascii=False) + "\n" for h in evaluation.hypotheses))
     if evaluation.cells:
+        from .plotting import plot_wer  # matplotlib only when a figure is drawn
+
         written.append(output_dir / PLOT_FILE)
         atomic_write(written[-1], lambda tmp: plot_wer(evaluation, tmp))
     return written
@@ -489,75 +442,5 @@ def _json(value, indent: int = 0) -> str:
     return "[\n" + ",\n".join(pad + _json(v, indent + 2) for v in value) + "\n" + " " * indent + "]"
 
 
-def _short(name: str) -> str:
-    """A model or dataset path shown by its last part; names as they are."""
-    return Path(name).name if ("/" in name or "\\" in name) and Path(name).exists() else name
-
-
-def plot_wer(evaluation: Evaluation, path) -> None:
-    """WER % against SNR, a line per rate pair (clean at the right end); bars per rate pair for a single column."""
-    from matplotlib.figure import Figure  # no pyplot: no global state, and PNGs are drawn by Agg
-
-    from .data import NAMED_DATASETS
-
-    j = evaluation.job
-    numeric = sorted(s for s in j.snrs if s != CLEAN)
-    columns = numeric + ([CLEAN] if CLEAN in j.snrs else [])
-    legend_title = {"av": "rates (audio, video)", "a": "audio rate", "v": "video rate"}[j.mode]
-    source = evaluation.noise or {}
-    noise = {"babble": "babble noise", "file": f"noise from {Path(source.get('path', '')).name}"}
-    noise = noise.get(source.get("source"), "")  # "" when every column is clean
-
-    def percent(rate, snr) -> float:
-        wer = evaluation.cell(rate, snr).errors.wer
-        return 100 * wer if math.isfinite(wer) else math.nan
-
-    fig = Figure(figsize=(8, 5), dpi=150)
-    ax = fig.subplots()
-    if len(columns) == 1:
-        snr = columns[0]
-        labels = [rate_label(r) for r in evaluation.rates]
-        values = [percent(r, snr) for r in evaluation.rates]
-        bars = ax.bar(labels, values, color=[f"C{k % 10}" for k in range(len(labels))], width=0.6)
-        ax.bar_label(bars, labels=[f"{v:.1f}" if math.isfinite(v) else "-" for v in values], padding=3)
-        spare = max(0.0, (4 - len(labels)) / 2)  # one or two bars stay bar-shaped
-        ax.set_xlim(-0.5 - spare, len(labels) - 0.5 + spare)
-        ax.set_xlabel(legend_title.capitalize())
-        condition = "clean audio" if snr == CLEAN else f"{noise} at {snr_label(snr)} SNR"
-        shown = values
-    else:
-        gap = min(np.diff(numeric)) if len(numeric) > 1 else 5
-        x_clean = (numeric[-1] + gap) if numeric else 0
-        xs = [x_clean if s == CLEAN else s for s in columns]
-        shown = []
-        for k, rate in enumerate(evaluation.rates):
-            ys = [percent(rate, s) for s in columns]
-            shown += ys
-            # distinct markers, later ones smaller and on top: rate pairs with equal WER stay visible
-            style = dict(color=f"C{k % 10}", marker="osD^vP*X"[k % 8], markersize=max(3.5, 9 - 1.5 * k),
-                         zorder=2 + k, clip_on=False)
-            ax.plot(xs[: len(numeric)], ys[: len(numeric)], label=rate_label(rate), linewidth=2, **style)
-            if CLEAN in columns:  # clean is not a point on the dB scale: a dotted link, not a line
-                ax.plot(xs[-2:] if numeric else xs[-1:], ys[-2:] if numeric else ys[-1:], linestyle=":",
-                        linewidth=1.2, markevery=[-1], **style)
-        ax.set_xticks(xs, [CLEAN if s == CLEAN else f"{s:g}".replace("-", "\u2212") for s in columns])
-        ax.set_xlabel(f"SNR (dB){f', {noise}' if noise else ''}")
-        ax.legend(title=legend_title, frameon=False)
-        condition = "clean = no noise added" if CLEAN in columns else noise
-    dataset = f"{j.dataset} {j.split}" if j.dataset in NAMED_DATASETS else _short(j.dataset)
-    modality = {"av": "audio-visual", "a": "audio only", "v": "video only"}[j.mode]
-    title = f"Word error rate of {_short(j.model)} on {dataset}, {modality}"
-    ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=12, pad=18)
-    ax.text(0.5, 1.0, f"{evaluation.evaluated} utterances; {condition}", transform=ax.transAxes, ha="center",
-            va="bottom", fontsize=9, color="0.4")
-    ax.set_ylabel("WER (%)")
-    finite = [v for v in shown if math.isfinite(v)]
-    ax.set_ylim(0, max([1.0, *finite]) * 1.12)  # from 0, with room for the labels; 0 to 1 when all are 0
-    ax.grid(axis="y", alpha=0.3)
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-
-
-__all__ = ["BABBLE_TALKERS", "CLEAN", "EvaluateJob", "Evaluation", "Cell", "LoopedNoise", "ClipLoader", "babble",
-           "mix_at_snr", "parse_snrs", "rate_label", "snr_label", "resolve_rates", "run", "write_outputs", "plot_wer"]
+__all__ = ["BABBLE_TALKERS", "CLEAN", "EvaluateJob", "Evaluation", "Cell", "ClipLoader", "babble", "parse_snrs",
+           "rate_label", "snr_label", "resolve_rates", "run", "write_outputs"]

@@ -2,7 +2,8 @@
 
 `load_recognizer(model)` takes a preset name (tiny, demo, mome-1b, mome-3b, mome-8b) or a checkpoint directory written
 by `mome train`. Backbones named by hub id are looked up in mome's cache and never downloaded here: a missing one is
-a MissingModelError (exit 4) that names the `mome download` command that fetches it.
+a MissingModelError (exit 4) that names the `mome download` command that fetches it. `build_recognizer(config)` is
+the part after the config is known - backbones plus fresh MoME modules and projectors - which `mome train` starts from.
 
 A clip is cut into segments at pauses (at most 20 s, media.split_at_pauses); segments are encoded and decoded in
 batches; silent segments are not decoded.
@@ -206,7 +207,8 @@ def load_video_encoder(config: ModelConfig, home: Path, device: str):
         encoder = load_avhubert(path)
     else:
         encoder = load_avhubert(name)
-    return encoder.to(device)
+    dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32  # as the other backbones
+    return encoder.to(device=device, dtype=dtype)
 
 
 def preset_config(name: str) -> ModelConfig:
@@ -218,8 +220,6 @@ def preset_config(name: str) -> ModelConfig:
 def load_recognizer(model: str, adapter: str | None = None, device: str = "auto",
                     home: Path | None = None) -> Recognizer:
     """A Recognizer from a preset name or a checkpoint directory, with an optional adapter checkpoint directory."""
-    from .llm import load_llm
-
     device = resolve_device(device)
     home = Path(home) if home else mome_home()
     weights = None
@@ -243,20 +243,33 @@ def load_recognizer(model: str, adapter: str | None = None, device: str = "auto"
         adapter_config = read_config(adapter)
         config = dataclasses.replace(adapter_config, llm=config.llm, llm_revision=config.llm_revision)
         weights = adapter
-    llm, tokenizer = load_llm(_backbone_path(config.llm, config.llm_revision, home), device=device)
-    with torch.random.fork_rng(devices=[]):  # the same fresh projectors and experts every run (tiny has no weights)
-        torch.manual_seed(0)
-        avsr = AVSRModel(config, llm, tokenizer)
-    recognizer = Recognizer(
-        avsr.to(device).eval(),
-        load_audio_encoder(config, home, device) if "a" in "".join(config.modes) else None,
-        load_video_encoder(config, home, device) if "v" in "".join(config.modes) else None,
-        name=model,
-    )
+    recognizer = build_recognizer(config, home, device, name=model)
     if weights is not None:
         load_weights(recognizer.model, weights)
     return recognizer
 
 
-__all__ = ["UsageProblem", "RecognizeOptions", "Recognizer", "load_recognizer", "tiny_config", "resolve_device",
-           "segments_of", "slice_audio", "slice_rois"]
+def build_recognizer(config: ModelConfig, home: Path, device: str, dtype: torch.dtype | None = None,
+                     name: str = "untrained", seed: int = 0) -> Recognizer:
+    """The backbones of a config from the cache (never downloaded) and fresh MoME modules and projectors, in eval mode.
+
+    The fresh modules are drawn from `seed`, leaving the global CPU RNG where it was: the same weights in every run
+    and every process. Only the encoders of the config's modes are loaded; dtype is the LLM's (None: bf16 on CUDA).
+    """
+    from .llm import load_llm
+
+    llm, tokenizer = load_llm(_backbone_path(config.llm, config.llm_revision, home), dtype=dtype, device=device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        avsr = AVSRModel(config, llm, tokenizer)
+    modes = "".join(config.modes)
+    return Recognizer(
+        avsr.to(device).eval(),
+        load_audio_encoder(config, home, device) if "a" in modes else None,
+        load_video_encoder(config, home, device) if "v" in modes else None,
+        name=name,
+    )
+
+
+__all__ = ["UsageProblem", "RecognizeOptions", "Recognizer", "load_recognizer", "build_recognizer", "tiny_config",
+           "resolve_device", "segments_of", "slice_audio", "slice_rois"]

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from mome_cli.checkpoint import save_checkpoint
 from mome_cli.cli import cli
 from mome_cli.data import Utterance
-from mome_cli.evaluate import CLEAN, LoopedNoise, babble, mix_at_snr, parse_snrs
+from mome_cli.evaluate import CLEAN, babble, parse_snrs
+from mome_cli.noise import LoopedNoise, mix_at_snr
 from mome_cli.preprocess import Preprocessor, PreprocessOptions
 from mome_cli.recognizer import load_recognizer
 from mome_cli.scoring import normalise
@@ -27,7 +28,7 @@ MOME = str(Path(sys.executable).parent / "mome")
 # id -> (video source, audio source, seconds, transcript); distinct content so that tiny encoders tell them apart
 CORPUS = {
     "hello": ("testsrc2", "sine=frequency=300", 1.2, "Hello, World!"),
-    "morning": ("rgbtestsrc", "anoisesrc=color=pink:amplitude=0.3", 2.0, "Good morning: it’s 5 o'clock."),
+    "morning": ("rgbtestsrc", "anoisesrc=color=pink:amplitude=0.3:seed=7", 2.0, "Good morning: it’s 5 o'clock."),
     "fox": ("smptebars", "sine=frequency=700", 1.6, "THE quick-brown fox"),
 }
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,249 @@
+"""The settings of a `mome train` run: TrainConfig, recipes in TOML, flags on top, and what a resume may change.
+
+A recipe (recipes/*.toml) sets any TrainConfig field; its tables ([data], [model], [optim], ...) only group them.
+resolve_config layers, lowest first: the saved run's train_config.json (with --resume), the recipe, the flags; a layer
+that sets steps clears epochs and the other way round. An impossible value is a ConfigError (the CLI exits 2) that
+names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .hub import PRESETS
+from .model import DEFAULT_RATES, MODES, ModelConfig
+from .mome import POSITIONS, MoMEConfig
+
+STATE_NAME = "trainer_state.pt"  # in the output directory: what --resume needs (training.py writes it)
+CONFIG_NAME = "train_config.json"  # in the output directory: the resolved TrainConfig
+TRAINABLE_MODELS = tuple(name for name, p in PRESETS.items() if p.source != "bundled")  # tiny, mome-1b, ...
+PRECISIONS = ("bf16", "fp32")
+FEATURE_CACHES = ("memory", "disk")
+DEVICES = ("auto", "cpu", "cuda")
+# What may change when a run is resumed: anything else would make it a different run.
+RESUMABLE = {"output", "steps", "epochs", "valid", "save_every", "keep_last", "average_last", "eval_every", "eval_limit",
+             "eval_batch_size", "log_every", "device", "feature_cache", "encode_batch"}
+
+
+class ConfigError(ValueError):
+    """A training configuration that cannot work (the CLI exits 2)."""
+
+
+def parse_rates(value) -> list[tuple[int, int]]:
+    """Rate pairs from text ("4,2;4,5") or pairs ([[4, 2], [4, 5]]) -> [(4, 2), (4, 5)]; else ConfigError."""
+    try:
+        pairs = [p.split(",") for p in value.split(";") if p.strip()] if isinstance(value, str) else list(value)
+        rates = [tuple(int(r) for r in pair) for pair in pairs]
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"rates must be audio,video pairs such as \"4,2;4,5\", got {value!r}") from e
+    if not rates or any(len(p) != 2 or min(p) < 1 for p in rates) or len(set(rates)) != len(rates):
+        raise ConfigError(f"rates must be distinct audio,video pairs of rates >= 1, got {value!r}")
+    return rates
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; a recipe (TOML) sets any field, flags override it (resolve_config)."""
+
+    # -- data ------------------------------------------------------------------------------------------------------
+    train: str | None = None  # training manifest: .jsonl, auto_avsr .csv, or a folder of media with .txt transcripts
+    valid: str | None = None  # validation manifest (same layouts); None: no validation
+    output: str | None = None  # the checkpoint directory written (and continued by --resume)
+    mode: str = "av"  # modalities trained: av, a or v
+    roi: bool | None = None  # videos are mouth crops (no face detection); None: yes for an auto_avsr .csv manifest
+    detector: str = "sfd"  # face detector when roi is off: sfd | blazeface
+    # -- model -----------------------------------------------------------------------------------------------------
+    model: str = "tiny"  # backbone preset: tiny | mome-1b | mome-3b | mome-8b
+    rates: list = field(default_factory=lambda: list(DEFAULT_RATES))  # (audio, video) rate pairs, trained jointly
+    compression: str = "avgpool"  # avgpool | stack: how r frames become one token
+    projector_hidden: int | None = None  # projector hidden width; None: the preset's (2048; 64 for tiny)
+    experts: int = 23  # routed experts N_r per layer
+    shared: int = 1  # shared experts N_s per layer
+    top_k: int = 4  # routed experts per token
+    bottleneck: int = 12  # hidden units per expert
+    position: str = "mhsa"  # mhsa | ffn | layer: what each MoME module runs beside
+    lb_coef: float = 0.01  # weight of the load-balancing loss
+    # -- optimisation ----------------------------------------------------------------------------------------------
+    steps: int | None = None  # optimiser steps in all; or:
+    epochs: int | None = None  # passes over the training set (exactly one of steps, epochs)
+    batch_frames: int = 1000  # padded video frames (25 fps) per batch and process: count x longest
+    bucket: int = 400  # utterances sorted by length within shuffled buckets of this many
+    lr: float = 1e-3  # peak learning rate
+    betas: list = field(default_factory=lambda: [0.9, 0.98])  # AdamW betas
+    weight_decay: float = 0.1  # AdamW weight decay (every trainable tensor)
+    warmup_steps: int | None = None  # linear warmup steps; None: warmup_fraction of all steps
+    warmup_fraction: float = 0.05  # warmup as a fraction of all steps, when warmup_steps is None
+    min_lr_ratio: float = 0.0  # the cosine decays to lr * min_lr_ratio
+    grad_clip: float = 10.0  # max gradient norm (0: no clipping)
+    precision: str = "bf16"  # bf16 autocast on CUDA (the CPU always trains in fp32) | fp32
+    seed: int = 0  # model init, batch order, augmentation
+    device: str = "auto"  # auto | cpu | cuda (under torchrun: the process's LOCAL_RANK GPU)
+    # -- augmentation of the raw inputs (any of it on: every step encodes its batch again) ------------------------
+    mask_audio: bool = False  # zero random spans of audio samples
+    mask_video: bool = False  # zero random spans of ROI frames
+    mask_max_seconds: float = 0.4  # longest masked span
+    mask_every_seconds: float = 1.0  # one span per this much of an utterance (at least one)
+    babble_prob: float = 0.0  # chance that an utterance gets babble noise (other training utterances summed)
+    babble_speakers: int = 4  # utterances summed into one babble
+    babble_snr: list = field(default_factory=lambda: [-5, 0, 5, 10, 15, 20])  # SNRs (dB), one drawn per utterance
+    # -- features --------------------------------------------------------------------------------------------------
+    feature_cache: str = "memory"  # memory | disk ($MOME_HOME/cache/features): where encoded utterances are kept
+    encode_batch: int = 8  # utterances encoded together
+    # -- saving, validation, logging -------------------------------------------------------------------------------
+    save_every: int = 1000  # steps between saves (the last step is always saved)
+    keep_last: int = 3  # snapshots kept (at least average_last)
+    average_last: int | None = None  # the final model is the mean of the last K saves
+    eval_every: int | None = None  # steps between validations (and one at the end); None: only at the end
+    eval_limit: int | None = None  # validate on the first N utterances of the valid manifest
+    eval_batch_size: int = 16  # segments decoded together in validation
+    log_every: int = 10  # steps between log lines
+
+    def __post_init__(self):
+        self.rates = parse_rates(self.rates)
+        self.betas = [float(b) for b in self.betas]
+        self.babble_snr = [float(s) for s in self.babble_snr]
+        if self.train is None:
+            raise ConfigError("no training manifest: give --train MANIFEST (or train = ... in the config)")
+        if self.output is None:
+            raise ConfigError("no output directory: give -o/--output DIR (or output = ... in the config)")
+        choices = {"mode": MODES, "model": TRAINABLE_MODELS, "position": POSITIONS, "precision": PRECISIONS,
+                   "feature_cache": FEATURE_CACHES, "device": DEVICES, "detector": ("sfd", "blazeface"),
+                   "compression": ("avgpool", "stack")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if (self.steps is None) == (self.epochs is None):
+            raise ConfigError(f"give exactly one of steps and epochs, got steps={self.steps}, epochs={self.epochs}")
+        positive = ["steps", "epochs", "batch_frames", "bucket", "save_every", "keep_last", "average_last",
+                    "eval_every", "eval_limit", "eval_batch_size", "log_every", "encode_batch", "babble_speakers",
+                    "projector_hidden"]
+        for name in positive:
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        for name, low, high in [("weight_decay", 0, math.inf), ("warmup_fraction", 0, 1), ("min_lr_ratio", 0, 1),
+                                ("grad_clip", 0, math.inf), ("babble_prob", 0, 1), ("mask_max_seconds", 0, 60)]:
+            if not low <= getattr(self, name) <= high:
+                raise ConfigError(f"{name} must be in [{low}, {high}], got {getattr(self, name)}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not self.mask_every_seconds > 0:
+            raise ConfigError(f"mask_every_seconds must be > 0, got {self.mask_every_seconds}")
+        if self.babble_prob > 0 and not self.babble_snr:
+            raise ConfigError("babble_prob > 0 needs at least one SNR in babble_snr")
+        if self.mask_audio and "a" not in self.mode or self.mask_video and "v" not in self.mode:
+            raise ConfigError(f"mask_audio/mask_video need their modality in mode, got mode={self.mode!r}")
+        if self.babble_prob > 0 and "a" not in self.mode:
+            raise ConfigError(f"babble noise needs audio, got mode={self.mode!r}")
+        try:
+            self.mome_config()
+        except ValueError as e:
+            raise ConfigError(f"MoME: {e} (experts={self.experts}, shared={self.shared}, top_k={self.top_k})") from e
+
+    # -- derived ---------------------------------------------------------------------------------------------------
+
+    @property
+    def mouth_crops(self) -> bool:
+        return self.roi if self.roi is not None else str(self.train).endswith(".csv")
+
+    @property
+    def augmenting(self) -> bool:
+        return self.mask_audio or self.mask_video or self.babble_prob > 0
+
+    def mome_config(self) -> MoMEConfig:
+        return MoMEConfig(num_routed=self.experts, num_shared=self.shared, top_k=self.top_k,
+                          bottleneck=self.bottleneck, position=self.position, lb_coef=self.lb_coef)
+
+    def model_config(self) -> ModelConfig:
+        from .recognizer import preset_config, tiny_config
+
+        base = tiny_config() if self.model == "tiny" else preset_config(self.model)
+        return dataclasses.replace(base, rates=list(self.rates), compression=self.compression,
+                                   projector_hidden=self.projector_hidden or base.projector_hidden,
+                                   mome=self.mome_config(), modes=[self.mode])
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["rates"] = [list(p) for p in self.rates]
+        return d
+
+
+# ---- configuration from TOML, flags and a saved run --------------------------------------------------------------
+
+
+def read_toml(path) -> dict:
+    """A recipe's fields; tables ([data], [optim], ...) only group them and are flattened."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: {e}") from e
+    values = {}
+    for key, value in document.items():
+        for name, v in (value.items() if isinstance(value, dict) else [(key, value)]):
+            if name in values:
+                raise ConfigError(f"{path}: {name} is set twice")
+            values[name] = v
+    return values
+
+
+def _layer(values: dict, more: dict, source: str) -> dict:
+    """values updated with more; a layer that sets steps clears epochs and the other way round."""
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(more) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}")
+    if more.get("steps") is not None and more.get("epochs") is not None:
+        raise ConfigError(f"{source}: give steps or epochs, not both")
+    merged = {**values, **more}
+    if more.get("steps") is not None:
+        merged["epochs"] = None
+    elif more.get("epochs") is not None:
+        merged["steps"] = None
+    return merged
+
+
+def resolve_config(config_file=None, overrides: dict | None = None, resume: bool = False) -> TrainConfig:
+    """The TrainConfig of a run: [the saved run's config when resuming] < the TOML recipe < the flags.
+
+    Refuses to start a new run in a directory that holds one, and to resume with settings that would make it a
+    different run (only RESUMABLE settings may change)."""
+    values = _layer({}, read_toml(config_file), str(config_file)) if config_file else {}
+    values = _layer(values, overrides or {}, "flags")
+    if values.get("output") is None:
+        raise ConfigError("no output directory: give -o/--output DIR (or output = ... in the config)")
+    for name in ("train", "valid", "output"):  # relative to where mome runs; saved absolute, so resume can move
+        if values.get(name) is not None:
+            values[name] = str(Path(values[name]).absolute())
+    out = Path(values["output"])
+    saved_path = out / CONFIG_NAME
+    if not resume:
+        if (out / STATE_NAME).exists():
+            raise ConfigError(f"{out} holds a training run already: pass --resume to continue it, or another -o")
+        return TrainConfig(**values)
+    if not (out / STATE_NAME).is_file() or not saved_path.is_file():
+        raise ConfigError(f"--resume: {out} holds no run to continue (no {STATE_NAME} / {CONFIG_NAME})")
+    saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    config = TrainConfig(**_layer(_layer({}, saved, str(saved_path)), values, "flags and recipe"))
+    before = TrainConfig(**saved).to_dict()
+    changed = [k for k, v in config.to_dict().items() if k not in RESUMABLE and v != before[k]]
+    if changed:
+        detail = "; ".join(f"{k}: run {before[k]!r}, now {config.to_dict()[k]!r}" for k in changed)
+        raise ConfigError(f"--resume: these settings differ from the run in {out} ({detail})")
+    return config
+
+
+__all__ = ["TrainConfig", "ConfigError", "parse_rates", "read_toml", "resolve_config", "STATE_NAME", "CONFIG_NAME",
+           "RESUMABLE"]

@@ -1,0 +1,267 @@
+"""What `mome train` feeds the model: clips from a manifest, their frozen encoders' features, batches, augmentation.
+
+A step is one batch per process: utterances grouped by padded length (batch_frames video frames, length buckets),
+each epoch's batch order shuffled with (seed, epoch) and dealt out to the processes, each taking every world-th
+batch, so every process makes the same number of steps. The encoders are frozen: without raw-input augmentation each
+utterance is encoded once and its features are kept (in memory, or on disk under $MOME_HOME/cache/features);
+with time masking or babble noise the raw inputs are augmented and encoded again at every step. The augmentation's
+randomness is drawn from (seed, step, rank), so resuming needs no augmentation state.
+
+Preprocessed clips are cached under $MOME_HOME/cache/clips, as for transcribe and evaluate; face-alignment's weights
+(when videos are not mouth crops) come from $TORCH_HOME if set, else mome's cache (preprocess.face_alignment_weights).
+
+Notation for shapes: B utterances in a batch, S audio samples, T frames, R ROI side, D encoder width.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .data import DataError, frame_batches, load_manifest
+from .files import atomic_write
+from .media import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, MediaError
+from .model import Features
+from .noise import add_babble
+from .train_config import TrainConfig
+
+
+# ---- one utterance -----------------------------------------------------------------------------------------------
+
+
+def load_clip(u, mode: str, preprocessors: dict):
+    """An utterance's Clip in a mode; a separate audio file (auto_avsr layout) joins its video's ROIs.
+
+    preprocessors: a Preprocessor per mode (the utterance's mode, and a and v for separate files)."""
+    from .preprocess import Clip
+
+    if u.video is None and "v" in mode:
+        raise MediaError(u.media, f"no video (mode {mode} needs one)")
+    if u.audio is None or mode == "v":
+        clip = preprocessors[mode](u.video if mode == "v" else u.media)
+        if clip.mode != mode:
+            raise MediaError(u.media, "; ".join(clip.warnings) or f"no {mode} input")
+        return clip
+    audio = preprocessors["a"](u.audio)
+    if mode == "a":
+        return audio
+    video = preprocessors["v"](u.video)
+    return Clip(path=str(u.video), duration=max(audio.duration, video.duration), mode="av", audio=audio.audio,
+                rois=video.rois)
+
+
+def clip_frames(clip) -> int:
+    """Length in video frames (25 fps): what batches are measured in."""
+    return len(clip.rois) if clip.rois is not None else -(-len(clip.audio) // SAMPLES_PER_FRAME)
+
+
+def time_mask(x: np.ndarray, rate: float, config: TrainConfig, rng: np.random.Generator) -> np.ndarray:
+    """A copy of x (T, ...) with random spans zeroed: one per mask_every_seconds, each up to mask_max_seconds."""
+    x = x.copy()
+    T = len(x)
+    longest = int(config.mask_max_seconds * rate)
+    for _ in range(max(1, math.ceil(T / (config.mask_every_seconds * rate)))):
+        span = int(rng.integers(0, longest + 1))
+        if 0 < span < T:
+            start = int(rng.integers(0, T - span + 1))
+            x[start : start + span] = 0
+    return x
+
+
+# ---- features ----------------------------------------------------------------------------------------------------
+
+
+def collate(items: list[dict], device) -> Features:
+    """Per-utterance features {"audio": (Ta, Da), "video": (Tv, Dv)} -> one padded Features batch on device."""
+    from torch.nn.utils.rnn import pad_sequence
+
+    features = Features()
+    for name in ("audio", "video"):
+        if items[0].get(name) is not None:
+            seqs = [item[name] for item in items]
+            setattr(features, name, pad_sequence(seqs, batch_first=True).to(device))  # (B, T, D)
+            setattr(features, f"{name}_lengths", torch.tensor([len(s) for s in seqs], device=device))  # (B,)
+    return features
+
+
+def split_features(features: Features) -> list[dict]:
+    """A padded batch -> per-utterance CPU tensors (plain tensors, even from an inference-mode encoder)."""
+    items = [{} for _ in range(features.batch_size)]
+    for name in ("audio", "video"):
+        x, lengths = getattr(features, name), getattr(features, f"{name}_lengths")
+        if x is not None:
+            for i, n in enumerate(lengths.tolist()):
+                items[i][name] = x[i, :n].clone().cpu()  # (T_i, D)
+    return items
+
+
+class FeatureStore:
+    """Encoded utterances: in memory, or one file each under a cache folder keyed by input files and encoders."""
+
+    def __init__(self, folder: Path | None, tag: str):
+        self.folder, self.tag, self.memory = folder, tag, {}
+
+    def key(self, u) -> str:
+        files = [p for p in (u.video, u.audio) if p is not None]
+        stamp = [(str(Path(p).resolve()), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in files]
+        return hashlib.sha256(json.dumps([stamp, self.tag]).encode()).hexdigest()
+
+    def path(self, u) -> Path:
+        return self.folder / f"{self.key(u)}.pt"
+
+    def has(self, i: int, u) -> bool:
+        return i in self.memory if self.folder is None else self.path(u).is_file()
+
+    def put(self, i: int, u, item: dict) -> None:
+        if self.folder is None:
+            self.memory[i] = item
+        else:
+            atomic_write(self.path(u), lambda tmp: torch.save(item, tmp))
+
+    def get(self, i: int, u, mmap: bool = False) -> dict:
+        if self.folder is None:
+            return self.memory[i]
+        return torch.load(self.path(u), map_location="cpu", weights_only=True, mmap=mmap)
+
+
+# ---- one process's data ------------------------------------------------------------------------------------------
+
+
+class TrainingData:
+    """The manifests (read when built), then after prepare(): this process's batches and their inputs, and the
+    validation clips. Utterances are named by their index in `utterances`; `kept` lists those that prepared."""
+
+    def __init__(self, config: TrainConfig, home: Path, rank: int = 0, world: int = 1,
+                 say: Callable[[str], None] = lambda message: None):
+        self.config, self.home, self.rank, self.world, self.say = config, Path(home), rank, world, say
+        self.utterances = load_manifest(config.train)  # DataError: exit 1 or 4
+        self.valid_utterances = load_manifest(config.valid)[: config.eval_limit] if config.valid else []
+        self.order = (None, [])  # (epoch, its batches): the last epoch_batches() result
+
+    # -- preparing -------------------------------------------------------------------------------------------------
+
+    def prepare(self, recognizer, device: torch.device) -> None:
+        """Lengths of the training utterances and their features (or raw clips when augmenting); valid clips."""
+        cfg, n = self.config, len(self.utterances)
+        self.recognizer, self.device = recognizer, device
+        self.say(f"preparing {n} training utterances" + (" (augmented: encoded at every step)" if cfg.augmenting
+                                                            else f" (features cached in {cfg.feature_cache})"))
+        model = recognizer.model.config
+        tag = ["v1", cfg.mode, cfg.mouth_crops, cfg.detector, model.audio_encoder, model.audio_encoder_revision,
+               model.video_encoder, model.video_encoder_revision, device.type]  # encoders: bf16 on CUDA
+        folder = self.home / "cache" / "features" if cfg.feature_cache == "disk" else None
+        self.features = FeatureStore(folder, json.dumps(tag))
+        self.clips = {}
+        if cfg.augmenting:
+            self.clips = self._load_clips(self.utterances, range(n), "training")
+            kept = sorted(self.clips)
+        else:
+            if folder is not None and self.world > 1:  # each process fills its share of the disk cache first
+                self._encode(range(self.rank, n, self.world))
+                torch.distributed.barrier()
+            kept = self._encode(range(n))
+        if not kept:
+            raise DataError(f"{cfg.train}: none of its {n} utterances could be prepared")
+        if len(kept) < n:
+            self.say(f"warning: {n - len(kept)} of {n} training utterances skipped")
+        self.kept = kept  # indices into self.utterances
+        self.lengths = [clip_frames(self.clips[i]) if self.clips else self._feature_frames(i) for i in kept]
+        self.valid_clips = list(self._load_clips(self.valid_utterances, range(len(self.valid_utterances)),
+                                                 "validation").items())
+
+    def _preprocessors(self) -> dict:
+        from .preprocess import PreprocessOptions, Preprocessor
+
+        cfg = self.config
+        cache = self.home / "cache" / "clips"
+        device = str(self.device)
+        return {m: Preprocessor(PreprocessOptions(mode=m, roi=cfg.mouth_crops, detector=cfg.detector, device=device),
+                                cache_dir=cache) for m in {cfg.mode, "a", "v"}}
+
+    def _load_clips(self, utterances, indices, what: str) -> dict:
+        """{index: Clip} of the utterances that preprocess; the others are skipped with one warning line each."""
+        preprocessors, clips = self._preprocessors(), {}
+        for i in indices:
+            try:
+                clips[i] = load_clip(utterances[i], self.config.mode, preprocessors)
+            except MediaError as e:
+                self.say(f"warning: {what} utterance {utterances[i].id} skipped: {e}")
+        return clips
+
+    def _feature_frames(self, i: int) -> int:
+        item = self.features.get(i, self.utterances[i], mmap=True)
+        return len(item["video"]) if "video" in item else -(-len(item["audio"]) // 2)  # audio features: 50 Hz
+
+    def _encode(self, indices) -> list[int]:
+        """Encode (in groups of similar length) the utterances not in the store yet; the indices now in it."""
+        cfg, todo = self.config, [i for i in indices if not self.features.has(i, self.utterances[i])]
+        chunk = 16 * cfg.encode_batch  # preprocessed clips held at once
+        for at in range(0, len(todo), chunk):
+            clips = self._load_clips(self.utterances, todo[at : at + chunk], "training")
+            order = sorted(clips, key=lambda i: clip_frames(clips[i]))
+            for b in range(0, len(order), cfg.encode_batch):
+                group = order[b : b + cfg.encode_batch]
+                features = self._features([clips[i] for i in group])
+                for i, item in zip(group, split_features(features)):
+                    self.features.put(i, self.utterances[i], item)
+        return [i for i in indices if self.features.has(i, self.utterances[i])]
+
+    def _features(self, clips) -> Features:
+        mode = self.config.mode
+        return self.recognizer.features([c.audio for c in clips] if "a" in mode else None,
+                                        [c.rois for c in clips] if "v" in mode else None)
+
+    # -- the data order --------------------------------------------------------------------------------------------
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This process's batches (indices into self.kept) of an epoch: every world-th of the shuffled order."""
+        cfg = self.config
+        if self.order[0] == epoch:
+            return self.order[1]
+        batches = frame_batches(self.lengths, cfg.batch_frames, shuffle=True, seed=cfg.seed + epoch, bucket=cfg.bucket)
+        n = len(batches) // self.world
+        if n == 0:
+            raise DataError(f"{cfg.train}: {len(batches)} batches an epoch cannot feed {self.world} processes; "
+                            f"lower batch_frames ({cfg.batch_frames}) or add utterances")
+        self.order = (epoch, batches[self.rank :: self.world][:n])
+        return self.order[1]
+
+    def inputs(self, batch: list[int], step: int) -> tuple[Features, list[str]]:
+        """A batch's features on the device and its transcripts; augmented with randomness from (seed, step, rank)."""
+        utterances = [self.kept[j] for j in batch]
+        texts = [self.utterances[i].text for i in utterances]
+        if not self.config.augmenting:
+            return collate([self.features.get(i, self.utterances[i]) for i in utterances], self.device), texts
+        rng = np.random.default_rng([self.config.seed, step, self.rank])
+        features = self._features([self._augment(i, rng) for i in utterances])
+        for name in ("audio", "audio_lengths", "video", "video_lengths"):  # plain tensors, not inference-mode ones
+            if getattr(features, name) is not None:
+                setattr(features, name, getattr(features, name).clone())
+        return features, texts
+
+    def _augment(self, i: int, rng: np.random.Generator):
+        cfg, clip = self.config, self.clips[i]
+        audio, rois = clip.audio, clip.rois
+        n = len(self.kept)
+        if cfg.babble_prob > 0 and rng.random() < cfg.babble_prob and n > 1:
+            me = bisect.bisect_left(self.kept, i)  # kept is sorted
+            picks = rng.choice(n - 1, size=min(cfg.babble_speakers, n - 1), replace=False)  # anyone but me
+            others = [self.clips[self.kept[p + (p >= me)]].audio for p in picks.tolist()]
+            audio = add_babble(audio, others, float(rng.choice(cfg.babble_snr)), rng)
+        if cfg.mask_audio:
+            audio = time_mask(audio, SAMPLE_RATE, cfg, rng)
+        if cfg.mask_video:
+            rois = time_mask(rois, VIDEO_FPS, cfg, rng)
+        return dataclasses.replace(clip, audio=audio, rois=rois)
+
+
+__all__ = ["TrainingData", "FeatureStore", "load_clip", "clip_frames", "time_mask", "collate", "split_features"]
