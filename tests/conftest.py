@@ -11,6 +11,11 @@ import torch
 # Python code uncompiled on 2 small faces takes milliseconds. NUMBA_DISABLE_JIT=0 tests the compiled path.
 os.environ.setdefault("NUMBA_DISABLE_JIT", "1")
 
+# Tiny models on two shared cores run far faster with one thread (two threads fight over the cores for tiny
+# matrices), and one thread rounds the same way on every machine. Subprocesses (mome, torchrun) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 from mome_cli.checkpoint import build_model
 from mome_cli.model import Features, ModelConfig
