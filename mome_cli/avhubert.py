@@ -113,6 +113,12 @@ class AVHubertConfig:
         return cls()
 
     @classmethod
+    def demo(cls) -> AVHubertConfig:
+        """The demo model's small encoder (trained on the synthetic corpus by pretrain.py): one block per stage."""
+        return cls(stem_channels=8, stage_channels=(8, 16, 32, 64), stage_blocks=(1, 1, 1, 1), embed_dim=128,
+                   num_layers=3, num_heads=4, ffn_dim=512, conv_pos=16, conv_pos_groups=16)
+
+    @classmethod
     def tiny(cls) -> AVHubertConfig:
         """The same structure at toy widths with 2 layers, for tests."""
         return cls(stem_channels=8, stage_channels=(8, 16, 16, 32), embed_dim=32, num_layers=2, num_heads=4,
@@ -546,8 +552,44 @@ def check_architecture(checkpoint: dict, config: AVHubertConfig) -> None:
         raise CheckpointMismatch(f"checkpoint model config differs from {config}: {', '.join(wrong)}")
 
 
+NATIVE_CONFIG, NATIVE_WEIGHTS = "config.json", "model.safetensors"  # a folder written by save_avhubert
+
+
+def save_avhubert(model: AVHubertVideoEncoder, directory: str | os.PathLike) -> None:
+    """Our own format, for encoders trained here: config.json + model.safetensors, each written atomically."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from .files import atomic_write, atomic_write_text
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(Path(directory) / NATIVE_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write_text(Path(directory) / NATIVE_CONFIG, json.dumps(model.config.to_dict(), indent=2) + "\n")
+
+
+def _load_native(directory: str) -> AVHubertVideoEncoder:
+    import json
+
+    from safetensors.torch import load_file
+
+    with open(os.path.join(directory, NATIVE_CONFIG), encoding="utf-8") as f:
+        config = AVHubertConfig(**json.load(f))
+    model = AVHubertVideoEncoder(config)
+    state = load_file(os.path.join(directory, NATIVE_WEIGHTS))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointMismatch(f"{directory}: tensors do not fit {config} (missing {sorted(missing)[:5]}, "
+                                 f"unexpected {sorted(unexpected)[:5]})")
+    return model.eval().requires_grad_(False)
+
+
 def load_avhubert(path: str | os.PathLike, config: AVHubertConfig = AVHubertConfig.large()) -> AVHubertVideoEncoder:
-    """The video encoder from an official AV-HuBERT checkpoint, in float32, eval mode, every parameter frozen."""
+    """The video encoder, in float32, eval mode, every parameter frozen: from an official AV-HuBERT checkpoint (a
+    fairseq .pt file of `config`'s shape), or from a folder written by save_avhubert (its own config)."""
+    if os.path.isdir(path):
+        return _load_native(os.fspath(path))
     checkpoint = read_fairseq_checkpoint(path)
     check_architecture(checkpoint, config)
     state = convert_fairseq_state_dict(checkpoint["model"], config)
@@ -562,4 +604,4 @@ __all__ = ["FRAME_RATE", "CROP_SIZE", "IMAGE_MEAN", "IMAGE_STD", "AVHubertConfig
            "LipResNet", "VideoFeatureExtractor", "ConvPositionalEmbedding", "SelfAttention", "EncoderLayer",
            "TransformerEncoder", "AVHubertVideoEncoder", "AVHubertCheckpointError", "CheckpointRefused",
            "CheckpointMismatch", "read_fairseq_checkpoint", "UNUSED_FAIRSEQ_KEYS", "convert_fairseq_state_dict",
-           "check_architecture", "load_avhubert"]
+           "check_architecture", "load_avhubert", "save_avhubert"]

@@ -17,6 +17,8 @@ from .files import atomic_write
 from .model import AVSRModel, ModelConfig
 
 CONFIG_NAME = "config.json"
+BACKBONES_NAME = "backbones.json"  # in a folder of backbones trained here (pretrain.py): their ModelConfig fields
+BACKBONE_FIELDS = ("llm", "audio_encoder", "video_encoder")  # may be paths relative to the folder that names them
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1  # bumped when the layout of a checkpoint directory changes
 
@@ -59,12 +61,33 @@ def read_config(directory: str | os.PathLike) -> ModelConfig:
         raise CheckpointError(f"{path}: invalid model config: {e}") from e
 
 
+def with_local_backbones(config: ModelConfig, directory: str | os.PathLike) -> ModelConfig:
+    """config with each backbone path that is relative and exists under directory made absolute (a checkpoint or a
+    backbones folder that carries its own backbones, as the bundled demo model does)."""
+    for name in BACKBONE_FIELDS:
+        value = getattr(config, name)
+        local = Path(directory) / value
+        if value and not Path(value).is_absolute() and local.exists():
+            setattr(config, name, str(local.absolute()))
+    return config
+
+
+def backbones_config(directory: str | os.PathLike) -> ModelConfig:
+    """The ModelConfig of a folder written by pretrain.py, its backbone paths made absolute."""
+    path = Path(directory) / BACKBONES_NAME
+    try:
+        config = ModelConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, json.JSONDecodeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable backbones description: {e}") from e
+    return with_local_backbones(config, directory)
+
+
 def load_weights(model: AVSRModel, directory: str | os.PathLike) -> None:
     """Load a checkpoint's tensors into a model built with a compatible config; any mismatch is an error."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    saved = read_config(directory)
+    saved = with_local_backbones(read_config(directory), directory)
     mine = model.config.to_dict()
     theirs = saved.to_dict()
     differ = [f for f in ARCHITECTURE_FIELDS if mine[f] != theirs[f]]
@@ -104,5 +127,5 @@ def load_checkpoint(directory: str | os.PathLike, device: str = "cpu", dtype: to
     return model.eval()
 
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "CheckpointError", "atomic_write", "save_checkpoint", "read_config",
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "BACKBONES_NAME", "with_local_backbones", "backbones_config", "CheckpointError", "atomic_write", "save_checkpoint", "read_config",
            "load_weights", "build_model", "load_checkpoint"]

@@ -241,8 +241,11 @@ def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode
 
 @cli.command()
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML recipe; the options below "
-              "override it (recipes/tiny.toml, recipes/mome-1b-lrs3.toml).")
-@click.option("--model", help="Backbone preset: tiny, mome-1b, mome-3b, mome-8b.")
+              "override it (recipes/tiny.toml, recipes/demo.toml, recipes/mome-1b-lrs3.toml).")
+@click.option("--model", help="Backbones: a preset (tiny, mome-1b, mome-3b, mome-8b) or a folder from "
+              "`python -m mome_cli.pretrain backbones`.")
+@click.option("--mode", metavar="MODE[,MODE...]", help="a, v or av [av]; or several, comma-separated (av,a,v): "
+              "one model then serves each.")
 @click.option("--train", "train_manifest", metavar="MANIFEST", type=click.Path(dir_okay=False))
 @click.option("--valid", "valid_manifest", metavar="MANIFEST", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Checkpoint directory to write.")

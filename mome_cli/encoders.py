@@ -29,6 +29,11 @@ MAX_AUDIO_SECONDS = 30  # Whisper's fixed window
 VIDEO_FRAME_RATE = 25  # AV-HuBERT: one output per video frame
 
 TINY_SEED = 0
+# The demo model's audio encoder (trained on the synthetic corpus by pretrain.py): 8 s window, 400 positions.
+DEMO_WHISPER = dict(d_model=128, encoder_layers=3, encoder_attention_heads=4, encoder_ffn_dim=512, decoder_layers=1,
+                    decoder_attention_heads=4, decoder_ffn_dim=64, num_mel_bins=80, vocab_size=64, pad_token_id=0,
+                    bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+DEMO_WINDOW = 8  # seconds
 TINY_WHISPER = dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, decoder_layers=1,
                     decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80, vocab_size=64, pad_token_id=0,
                     bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
@@ -50,18 +55,23 @@ class WhisperAudioEncoder(nn.Module):
     def dim(self) -> int:
         return self.encoder.config.d_model
 
+    @property
+    def max_seconds(self) -> float:
+        """The encoder's fixed window: 30 s for OpenAI's checkpoints, shorter for the small demo encoder."""
+        return self.feature_extractor.n_samples / SAMPLE_RATE
+
     def forward(self, waveforms: list) -> tuple[torch.Tensor, torch.Tensor]:
         """waveforms: B 1-D float arrays or tensors at 16 kHz -> (B, T, D) states, (B,) real frames."""
         samples = [int(len(w)) for w in waveforms]
         longest = max(samples)
-        if longest > MAX_AUDIO_SECONDS * SAMPLE_RATE:
-            raise EncoderError(f"audio of {longest / SAMPLE_RATE:.1f} s is longer than Whisper's "
-                               f"{MAX_AUDIO_SECONDS} s window: cut it into segments first")
+        if longest > self.feature_extractor.n_samples:
+            raise EncoderError(f"audio of {longest / SAMPLE_RATE:.1f} s is longer than this Whisper encoder's "
+                               f"{self.max_seconds:g} s window: cut it into segments first")
         arrays = [w.detach().float().cpu().numpy() if torch.is_tensor(w) else w for w in waveforms]
         mel = self.feature_extractor(arrays, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
         param = next(self.encoder.parameters())
-        mel = mel.to(device=param.device, dtype=param.dtype)  # (B, n_mels, 3000)
-        states = self.encoder(mel).last_hidden_state  # (B, 1500, D)
+        mel = mel.to(device=param.device, dtype=param.dtype)  # (B, n_mels, 100 x window) = (B, 80, 3000) for 30 s
+        states = self.encoder(mel).last_hidden_state  # (B, 50 x window, D)
         lengths = torch.tensor([max(1, math.ceil(s / SAMPLES_PER_AUDIO_FRAME)) for s in samples])
         return states[:, : int(lengths.max())], lengths.to(states.device)
 
@@ -79,15 +89,22 @@ def quiet_transformers():
         logging.set_verbosity(level)
 
 
-def build_tiny_whisper() -> WhisperAudioEncoder:
-    """A tiny random Whisper encoder with the real feature extractor (80 mel bins), the same on every machine."""
+def build_whisper(shape: dict, seed: int = TINY_SEED, window: int = MAX_AUDIO_SECONDS) -> WhisperAudioEncoder:
+    """A random Whisper encoder of a shape, drawn from seed, with the real feature extractor (80 mel bins) padding
+    to `window` seconds (the encoder's positions are sized to match)."""
     from transformers import WhisperConfig, WhisperFeatureExtractor
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+    config = WhisperConfig(**shape, max_source_positions=window * AUDIO_FRAME_RATE)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
-        encoder = WhisperEncoder(WhisperConfig(**TINY_WHISPER))
-    return WhisperAudioEncoder(encoder, WhisperFeatureExtractor(feature_size=80))
+        torch.manual_seed(seed)
+        encoder = WhisperEncoder(config)
+    return WhisperAudioEncoder(encoder, WhisperFeatureExtractor(feature_size=80, chunk_length=window))
+
+
+def build_tiny_whisper() -> WhisperAudioEncoder:
+    """A tiny random Whisper encoder with the real feature extractor (80 mel bins), the same on every machine."""
+    return build_whisper(TINY_WHISPER)
 
 
 def load_whisper(name: str, revision: str | None = None, dtype: torch.dtype | None = None,
@@ -115,4 +132,4 @@ def load_whisper(name: str, revision: str | None = None, dtype: torch.dtype | No
 
 
 __all__ = ["SAMPLE_RATE", "AUDIO_FRAME_RATE", "VIDEO_FRAME_RATE", "MAX_AUDIO_SECONDS", "EncoderError",
-           "WhisperAudioEncoder", "build_tiny_whisper", "load_whisper"]
+           "WhisperAudioEncoder", "build_whisper", "build_tiny_whisper", "load_whisper"]

@@ -359,7 +359,8 @@ def _transcribe_grid(recognizer, clips: list, ids: list[str], rates: list, snrs:
     from .model import Features
     from .recognizer import segments_of, slice_audio, slice_rois
 
-    segments = [segments_of(clip) for clip in clips]  # cut on the clean audio: every SNR decodes the same stretches
+    # Cut on the clean audio: every SNR decodes the same stretches.
+    segments = [segments_of(clip, recognizer.max_segment_seconds) for clip in clips]
     groups = {}  # clip mode (av, or a for a clip without a face) -> [(clip, segment)]; silence is not decoded
     for c, segs in enumerate(segments):
         for i, seg in enumerate(segs):

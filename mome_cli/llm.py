@@ -38,6 +38,10 @@ LLM_SHAPES = {
 TINY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True,
                   initializer_range=0.15)
+# The demo model's LM (trained on the synthetic corpus's text by pretrain.py), byte-level like the tiny ones.
+DEMO_SHAPE = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+                  initializer_range=0.02)
 TINY_LLMS = {"tiny": "llama", "tiny-llama": "llama", "tiny-qwen2": "qwen2", "tiny-mistral": "mistral"}
 TINY_SEED = 0
 
@@ -66,21 +70,26 @@ def llm_config(model_type: str, **shape):
     return AutoConfig.for_model(model_type, **shape)
 
 
-def build_tiny_llm(name: str = "tiny"):
-    """A tiny random LM and its byte tokenizer, identical on every machine (seeded, built on the CPU in fp32)."""
+def build_byte_llm(model_type: str, shape: dict, seed: int = TINY_SEED):
+    """A random LM of a family and shape with the byte tokenizer, drawn from seed (on the CPU, in fp32)."""
     from transformers import AutoModelForCausalLM
 
-    if name not in TINY_LLMS:
-        raise ValueError(f"unknown tiny LLM {name!r}; choose from {', '.join(TINY_LLMS)}")
     tokenizer = byte_tokenizer()
     config = llm_config(
-        TINY_LLMS[name], vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **TINY_SHAPE,
+        model_type, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape,
     )
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
+        torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return model, tokenizer
+
+
+def build_tiny_llm(name: str = "tiny"):
+    """A tiny random LM and its byte tokenizer, identical on every machine (seeded, built on the CPU in fp32)."""
+    if name not in TINY_LLMS:
+        raise ValueError(f"unknown tiny LLM {name!r}; choose from {', '.join(TINY_LLMS)}")
+    return build_byte_llm(TINY_LLMS[name], TINY_SHAPE)
 
 
 def build_on_meta(name: str) -> nn.Module:
@@ -119,4 +128,4 @@ def load_llm(name: str, revision: str | None = None, dtype: torch.dtype | None =
     return model.to(device), tokenizer
 
 
-__all__ = ["LLM_SHAPES", "TINY_LLMS", "byte_tokenizer", "build_tiny_llm", "build_on_meta", "load_llm"]
+__all__ = ["LLM_SHAPES", "TINY_LLMS", "byte_tokenizer", "build_byte_llm", "build_tiny_llm", "build_on_meta", "load_llm"]

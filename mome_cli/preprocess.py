@@ -116,6 +116,9 @@ class Preprocessor:
         return self._detector
 
     def __call__(self, path) -> Clip:
+        cached = self._load(self._cache_key(path, self.options.mode))  # no probe for a file seen before
+        if cached is not None:
+            return cached
         info = probe(path)
         mode, warnings = self.options.mode, []
         if "a" in mode and not info.has_audio:

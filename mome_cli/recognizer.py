@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import read_config, load_weights
+from .checkpoint import load_weights, read_config, with_local_backbones
 from .decoding import DecodingOptions, decode
 from .hub import AVHUBERT_LARGE, PRESETS, HubRepo, MissingModelError, locate, mome_home
 from .media import MAX_SEGMENT_SECONDS, SAMPLES_PER_FRAME, VIDEO_FPS, Segment, split_at_pauses
@@ -72,6 +72,12 @@ class Recognizer:
     def config(self) -> ModelConfig:
         return self.model.config
 
+    @property
+    def max_segment_seconds(self) -> float:
+        """Segments are at most 20 s, and never longer than the audio encoder's window (8 s for the demo model)."""
+        window = getattr(self.audio_encoder, "max_seconds", MAX_SEGMENT_SECONDS)
+        return min(MAX_SEGMENT_SECONDS, window)
+
     def rate_for(self, mode: str, rate: tuple | None, any_rate: bool = False) -> tuple:
         """The rate to use in a mode: the given one (checked against the trained ones) or the first trained."""
         trained = self.config.rates_for(mode)
@@ -112,7 +118,7 @@ class Recognizer:
         """Transcripts of many clips; their segments are decoded together, longest first, grouped by mode."""
         modes = [clip.mode if options.mode == "av" else options.mode for clip in clips]  # av may have fallen back to a
         rates = [self.rate_for(m, options.rate if m == options.mode else None, options.any_rate) for m in modes]
-        segments = [segments_of(clip) for clip in clips]
+        segments = [segments_of(clip, self.max_segment_seconds) for clip in clips]
         texts = [[""] * len(s) for s in segments]
         groups = {}  # (mode, rate) -> [(clip, segment)]; silent segments are not decoded
         for c, segs in enumerate(segments):
@@ -141,11 +147,11 @@ class Recognizer:
         ]
 
 
-def segments_of(clip: Clip) -> list[Segment]:
+def segments_of(clip: Clip, max_seconds: float = MAX_SEGMENT_SECONDS) -> list[Segment]:
     if clip.audio is not None:
-        return split_at_pauses(clip.audio)
+        return split_at_pauses(clip.audio, max_seconds)
     frames = len(clip.rois)  # video only: fixed windows
-    step = int(MAX_SEGMENT_SECONDS * VIDEO_FPS)
+    step = int(max_seconds * VIDEO_FPS)
     return [Segment(a / VIDEO_FPS, min(a + step, frames) / VIDEO_FPS) for a in range(0, frames, step)]
 
 
@@ -224,14 +230,14 @@ def load_recognizer(model: str, adapter: str | None = None, device: str = "auto"
     home = Path(home) if home else mome_home()
     weights = None
     if Path(model).is_dir():
-        config, weights = read_config(model), model
+        config, weights = with_local_backbones(read_config(model), model), model
     elif model == "tiny":
         config = tiny_config()
     elif model == "demo":
         if not (BUNDLED / "demo").is_dir():
             raise MissingModelError("the demo model does not ship with this build yet (issue #7); use --model DIR "
                                     "with a checkpoint from `mome train`, or --model tiny for a smoke run")
-        config, weights = read_config(BUNDLED / "demo"), BUNDLED / "demo"
+        config, weights = with_local_backbones(read_config(BUNDLED / "demo"), BUNDLED / "demo"), BUNDLED / "demo"
     elif model in PRESETS:
         if adapter is None:
             raise MissingModelError(f"{model} needs a trained MoME adapter and none is published yet: train one with "

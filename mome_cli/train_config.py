@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .checkpoint import BACKBONES_NAME, CheckpointError, backbones_config
 from .hub import PRESETS
 from .model import DEFAULT_RATES, MODES, ModelConfig
 from .mome import POSITIONS, MoMEConfig
@@ -53,11 +54,11 @@ class TrainConfig:
     train: str | None = None  # training manifest: .jsonl, auto_avsr .csv, or a folder of media with .txt transcripts
     valid: str | None = None  # validation manifest (same layouts); None: no validation
     output: str | None = None  # the checkpoint directory written (and continued by --resume)
-    mode: str = "av"  # modalities trained: av, a or v
+    mode: str = "av"  # mode trained: av, a or v; or several, comma-separated ("av,a,v"): one model serves each
     roi: bool | None = None  # videos are mouth crops (no face detection); None: yes for an auto_avsr .csv manifest
     detector: str = "sfd"  # face detector when roi is off: sfd | blazeface
     # -- model -----------------------------------------------------------------------------------------------------
-    model: str = "tiny"  # backbone preset: tiny | mome-1b | mome-3b | mome-8b
+    model: str = "tiny"  # backbone preset (tiny | mome-1b | mome-3b | mome-8b) or a folder from mome_cli.pretrain
     rates: list = field(default_factory=lambda: list(DEFAULT_RATES))  # (audio, video) rate pairs, trained jointly
     compression: str = "avgpool"  # avgpool | stack: how r frames become one token
     projector_hidden: int | None = None  # projector hidden width; None: the preset's (2048; 64 for tiny)
@@ -110,7 +111,14 @@ class TrainConfig:
             raise ConfigError("no training manifest: give --train MANIFEST (or train = ... in the config)")
         if self.output is None:
             raise ConfigError("no output directory: give -o/--output DIR (or output = ... in the config)")
-        choices = {"mode": MODES, "model": TRAINABLE_MODELS, "position": POSITIONS, "precision": PRECISIONS,
+        unknown = [m for m in self.modes if m not in MODES]
+        if not self.modes or unknown or len(set(self.modes)) != len(self.modes):
+            raise ConfigError(f"mode must be one of {', '.join(MODES)} or several of them, comma-separated, got "
+                              f"{self.mode!r}")
+        if self.model not in TRAINABLE_MODELS and not (Path(self.model) / BACKBONES_NAME).is_file():
+            raise ConfigError(f"model must be one of {', '.join(TRAINABLE_MODELS)} or a folder of backbones written by "
+                              f"`python -m mome_cli.pretrain` (with {BACKBONES_NAME}), got {self.model!r}")
+        choices = {"position": POSITIONS, "precision": PRECISIONS,
                    "feature_cache": FEATURE_CACHES, "device": DEVICES, "detector": ("sfd", "blazeface"),
                    "compression": ("avgpool", "stack")}
         for name, allowed in choices.items():
@@ -139,9 +147,9 @@ class TrainConfig:
             raise ConfigError(f"mask_every_seconds must be > 0, got {self.mask_every_seconds}")
         if self.babble_prob > 0 and not self.babble_snr:
             raise ConfigError("babble_prob > 0 needs at least one SNR in babble_snr")
-        if self.mask_audio and "a" not in self.mode or self.mask_video and "v" not in self.mode:
+        if self.mask_audio and "a" not in self.data_mode or self.mask_video and "v" not in self.data_mode:
             raise ConfigError(f"mask_audio/mask_video need their modality in mode, got mode={self.mode!r}")
-        if self.babble_prob > 0 and "a" not in self.mode:
+        if self.babble_prob > 0 and "a" not in self.data_mode:
             raise ConfigError(f"babble noise needs audio, got mode={self.mode!r}")
         try:
             self.mome_config()
@@ -149,6 +157,17 @@ class TrainConfig:
             raise ConfigError(f"MoME: {e} (experts={self.experts}, shared={self.shared}, top_k={self.top_k})") from e
 
     # -- derived ---------------------------------------------------------------------------------------------------
+
+    @property
+    def modes(self) -> list[str]:
+        """The modes trained, in the order given; the first is the model's default."""
+        return [m.strip() for m in self.mode.split(",") if m.strip()]
+
+    @property
+    def data_mode(self) -> str:
+        """What each utterance is read as: av when any mode trained needs audio and any needs video."""
+        joined = "".join(self.modes)
+        return "".join(m for m in "av" if m in joined)
 
     @property
     def mouth_crops(self) -> bool:
@@ -165,10 +184,18 @@ class TrainConfig:
     def model_config(self) -> ModelConfig:
         from .recognizer import preset_config, tiny_config
 
-        base = tiny_config() if self.model == "tiny" else preset_config(self.model)
+        if self.model == "tiny":
+            base = tiny_config()
+        elif self.model in TRAINABLE_MODELS:
+            base = preset_config(self.model)
+        else:
+            try:
+                base = backbones_config(self.model)
+            except CheckpointError as e:
+                raise ConfigError(str(e)) from e
         return dataclasses.replace(base, rates=list(self.rates), compression=self.compression,
                                    projector_hidden=self.projector_hidden or base.projector_hidden,
-                                   mome=self.mome_config(), modes=[self.mode])
+                                   mome=self.mome_config(), modes=self.modes)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -224,6 +251,8 @@ def resolve_config(config_file=None, overrides: dict | None = None, resume: bool
     values = _layer(values, overrides or {}, "flags")
     if values.get("output") is None:
         raise ConfigError("no output directory: give -o/--output DIR (or output = ... in the config)")
+    if values.get("model") is not None and Path(values["model"]).is_dir():
+        values["model"] = str(Path(values["model"]).absolute())
     for name in ("train", "valid", "output"):  # relative to where mome runs; saved absolute, so resume can move
         if values.get(name) is not None:
             values[name] = str(Path(values[name]).absolute())

@@ -35,6 +35,14 @@ from .noise import add_babble
 from .train_config import TrainConfig
 
 
+def _stamp(backbone: str) -> list:
+    """What tells one local backbone folder's weights from another's (features cached on disk are keyed by it)."""
+    folder = Path(backbone)
+    if not folder.is_dir():
+        return []  # a hub id with its revision, or a built-in name: the rest of the tag says it
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(folder.glob("*.safetensors"))]
+
+
 # ---- one utterance -----------------------------------------------------------------------------------------------
 
 
@@ -156,7 +164,7 @@ class TrainingData:
         self.say(f"preparing {n} training utterances" + (" (augmented: encoded at every step)" if cfg.augmenting
                                                             else f" (features cached in {cfg.feature_cache})"))
         model = recognizer.model.config
-        tag = ["v1", cfg.mode, cfg.mouth_crops, cfg.detector, model.audio_encoder, model.audio_encoder_revision,
+        tag = ["v1", cfg.data_mode, _stamp(model.audio_encoder), _stamp(model.video_encoder), cfg.mouth_crops, cfg.detector, model.audio_encoder, model.audio_encoder_revision,
                model.video_encoder, model.video_encoder_revision, device.type]  # encoders: bf16 on CUDA
         folder = self.home / "cache" / "features" if cfg.feature_cache == "disk" else None
         self.features = FeatureStore(folder, json.dumps(tag))
@@ -185,14 +193,14 @@ class TrainingData:
         cache = self.home / "cache" / "clips"
         device = str(self.device)
         return {m: Preprocessor(PreprocessOptions(mode=m, roi=cfg.mouth_crops, detector=cfg.detector, device=device),
-                                cache_dir=cache) for m in {cfg.mode, "a", "v"}}
+                                cache_dir=cache) for m in {cfg.data_mode, "a", "v"}}
 
     def _load_clips(self, utterances, indices, what: str) -> dict:
         """{index: Clip} of the utterances that preprocess; the others are skipped with one warning line each."""
         preprocessors, clips = self._preprocessors(), {}
         for i in indices:
             try:
-                clips[i] = load_clip(utterances[i], self.config.mode, preprocessors)
+                clips[i] = load_clip(utterances[i], self.config.data_mode, preprocessors)
             except MediaError as e:
                 self.say(f"warning: {what} utterance {utterances[i].id} skipped: {e}")
         return clips
@@ -216,7 +224,7 @@ class TrainingData:
         return [i for i in indices if self.features.has(i, self.utterances[i])]
 
     def _features(self, clips) -> Features:
-        mode = self.config.mode
+        mode = self.config.data_mode
         return self.recognizer.features([c.audio for c in clips] if "a" in mode else None,
                                         [c.rois for c in clips] if "v" in mode else None)
 

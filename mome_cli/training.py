@@ -182,14 +182,14 @@ class Trainer:
                                                                                         cfg.min_lr_ratio))
         if self.resume:
             self._restore()
-        self.ddp = self.model
+        self.ddp = EveryMode(self.model, cfg.modes)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             # Inputs are moved to the device here (device_ids=None); a mode without one modality leaves that
             # modality's projectors out of the graph.
-            self.ddp = DistributedDataParallel(self.model, device_ids=None, broadcast_buffers=False,
-                                               find_unused_parameters=cfg.mode != "av")
+            self.ddp = DistributedDataParallel(self.ddp, device_ids=None, broadcast_buffers=False,
+                                               find_unused_parameters=cfg.modes != ["av"])
         counts = self.model.parameter_counts()
         self.say(f"training {counts['trainable']:,} parameters ({cfg.model} backbones, rates "
                  f"{'; '.join(f'{a},{v}' for a, v in cfg.rates)}) on {self.device} x {self.world}; "
@@ -232,7 +232,9 @@ class Trainer:
     def train(self) -> None:
         cfg = self.config
         started = time.monotonic() - self.elapsed
-        rates = self.model.config.rates_for(cfg.mode)
+        several = len(cfg.modes) > 1  # every step trains every mode: losses are named "av 4,2" then
+        names = [_rate_name(rate, mode if several else None) for mode in cfg.modes
+                 for rate in self.model.config.rates_for(mode)]
         while self.step < self.total:
             batches = self.data.epoch_batches(self.epoch)
             if self.index >= len(batches):  # only after resuming with another number of processes
@@ -242,17 +244,20 @@ class Trainer:
             self.model.train()
             self.model.llm.eval()  # frozen backbone: no dropout
             with self.autocast:
-                out = self.ddp(features, texts, rates, cfg.mode)
-            out.loss.backward()  # DDP: gradients averaged over the processes
+                outs = self.ddp(features, texts)
+            loss, lm_loss, lb_loss = (torch.stack([getattr(o, k) for o in outs]).mean()
+                                      for k in ("loss", "lm_loss", "lb_loss"))
+            loss.backward()  # DDP: gradients averaged over the processes
             norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.grad_clip or math.inf)  # same on every rank
             if not torch.isfinite(norm):  # every process stops here together
-                raise TrainingError(f"non-finite gradients at step {self.step + 1} (loss {out.loss.item():.4g}); "
+                raise TrainingError(f"non-finite gradients at step {self.step + 1} (loss {loss.item():.4g}); "
                                     f"try a lower lr than {cfg.lr}")
             self.optimizer.step()
             self.lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-            losses = torch.stack([out.loss, out.lm_loss, out.lb_loss, norm, *out.rate_losses.values()]).detach()
+            rate_losses = [v for o in outs for v in o.rate_losses.values()]
+            losses = torch.stack([loss, lm_loss, lb_loss, norm, *rate_losses]).detach()
             self.meter = losses if self.meter is None else self.meter + losses
             self.meter_steps += 1
             self.step, self.index = self.step + 1, self.index + 1
@@ -260,7 +265,7 @@ class Trainer:
                 self.epoch, self.index = self.epoch + 1, 0
             self.elapsed = time.monotonic() - started
             if self.step % cfg.log_every == 0 or self.step == self.total:
-                self._log(rates)
+                self._log(names)
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 self.validate()
             if self.step % cfg.save_every == 0 or self.step == self.total:
@@ -269,14 +274,14 @@ class Trainer:
             self.validate()
         self._finish()
 
-    def _log(self, rates) -> None:
+    def _log(self, names: list[str]) -> None:
         mean = self.meter / self.meter_steps
         if self.world > 1:
             torch.distributed.all_reduce(mean)
             mean /= self.world
         loss, lm, lb, norm, *per_rate = mean.tolist()
         lr = self.lr
-        rate_losses = {_rate_name(r): v for r, v in zip(rates, per_rate)}
+        rate_losses = dict(zip(names, per_rate))
         epochs = self.epoch + self.index / max(1, len(self.data.order[1]))
         self.record("train", epoch=round(epochs, 4), loss=loss, lm_loss=lm, lb_loss=lb, rate_losses=rate_losses, lr=lr,
                     grad_norm=norm, seconds=round(self.elapsed, 3))
@@ -296,15 +301,16 @@ class Trainer:
         mine = valid[self.rank :: self.world]
         self.model.eval()
         result = {}
-        for rate in self.model.config.rates_for(cfg.mode):
-            options = RecognizeOptions(mode=cfg.mode, rate=rate, beam=1, batch_size=cfg.eval_batch_size)
+        cells = [(mode, rate) for mode in cfg.modes for rate in self.model.config.rates_for(mode)]
+        for mode, rate in cells:
+            options = RecognizeOptions(mode=mode, rate=rate, beam=1, batch_size=cfg.eval_batch_size)
             hyps = [t.text for t in self.recognizer.transcribe_many([c for _, c in mine], options)] if mine else []
             errors = score([self.data.valid_utterances[i].text for i, _ in mine], hyps)
             counts = torch.tensor([getattr(errors, f.name) for f in fields(WordErrors)], dtype=torch.float64,
                                   device=self.device)  # NCCL reduces CUDA tensors only
             if self.world > 1:
                 torch.distributed.all_reduce(counts)
-            result[_rate_name(rate)] = WordErrors(*(int(c) for c in counts.tolist())).wer
+            result[_rate_name(rate, mode if len(cfg.modes) > 1 else None)] = WordErrors(*(int(c) for c in counts.tolist())).wer
         seconds = time.monotonic() - began
         self.record("eval", wer=result, utterances=len(valid), seconds=round(seconds, 3))
         self.say(f"step {self.step}  valid WER " + "  ".join(f"{r} {100 * w:.1f}%" for r, w in result.items()))
@@ -404,8 +410,22 @@ class Trainer:
             torch.distributed.destroy_process_group()
 
 
-def _rate_name(rate) -> str:
-    return ",".join(str(r) for r in rate if r is not None)
+class EveryMode(torch.nn.Module):
+    """The model's losses in each trained mode, at all of that mode's rates: one forward for DDP, which allows no
+    more than one per backward."""
+
+    def __init__(self, model, modes: list[str]):
+        super().__init__()
+        self.model, self.modes = model, list(modes)
+
+    def forward(self, features, texts: list[str]) -> list:
+        return [self.model(features, texts, self.model.config.rates_for(mode), mode) for mode in self.modes]
+
+
+def _rate_name(rate, mode: str | None = None) -> str:
+    """"4,2"; with a mode (runs that train several): "av 4,2"."""
+    name = ",".join(str(r) for r in rate if r is not None)
+    return f"{mode} {name}" if mode else name
 
 
 def run(config: TrainConfig, resume: bool = False, quiet: bool = False) -> Trainer:

@@ -31,8 +31,19 @@ def test_a_clip_encodes_the_same_alone_and_in_a_batch():
 
 
 def test_audio_longer_than_whisper_window_is_refused():
-    with pytest.raises(EncoderError, match="longer than Whisper's 30 s window"):
+    with pytest.raises(EncoderError, match="longer than this Whisper encoder's 30 s window"):
         build_tiny_whisper()([tone(30.5)])
+
+
+def test_a_shorter_window_sizes_the_encoder_and_its_limit():
+    from mome_cli.encoders import DEMO_WHISPER, DEMO_WINDOW, build_whisper
+
+    encoder = build_whisper(DEMO_WHISPER, window=DEMO_WINDOW)
+    assert encoder.max_seconds == DEMO_WINDOW == 8
+    states, lengths = encoder([tone(3.0), tone(8.0)])
+    assert states.shape == (2, 400, 128) and lengths.tolist() == [150, 400]
+    with pytest.raises(EncoderError, match="8 s window"):
+        encoder([tone(8.1)])
 
 
 def save_tiny_whisper_checkpoint(folder):

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Regenerates the bundled demo model, its example clip and its results from nothing, on a CPU:
+#
+#   bash scripts/make_demo.sh [WORK_DIR]        (needs mome installed, ffmpeg, espeak-ng and fortunes; WORK_DIR [work])
+#
+# 1. the synthetic corpus (mome_cli.synth: 4000 clips, about 3 h, seed 0);
+# 2. the three small backbones trained from scratch on it (mome_cli.pretrain backbones, seed 0);
+# 3. MoME on the frozen backbones, all four rate pairs, modes av, a and v (recipes/demo.toml);
+# 4. the bundle that ships as `demo` (mome_cli/models/demo) and the example clip (examples/demo.mp4, demo.txt);
+# 5. WER on the held-out test split per mode, rate pair and babble SNR (WORK_DIR/eval-*/report.json).
+# Every step is seeded: the same machine gives the same weights. Times are those of a 2-core CPU.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+work=$(realpath -m "${1:-work}")
+mkdir -p "$work"
+cd "$work"
+
+[[ -f synth/test.jsonl ]] || python -m mome_cli.synth synth --utterances 4000 --seed 0 --jobs 2  # ~10 min
+[[ -f backbones/backbones.json ]] || python -m mome_cli.pretrain backbones --train synth/train.jsonl -o backbones \
+    --steps 1500 --batch-frames 600 --lr 2e-3 --seed 0                                             # ~25 min
+[[ -f demo-run/config.json ]] || mome train --config "$repo/recipes/demo.toml" --model backbones \
+    --train synth/train.jsonl --valid synth/valid.jsonl -o demo-run
+python -m mome_cli.pretrain bundle demo-run --backbones backbones -o "$repo/mome_cli/models/demo"
+
+# The example: the first test-split clips of speaker spk00, in manifest order, until they last 9 s or more (a rule
+# fixed before any result was seen, so the clip is not picked for being recognised well).
+python - "$repo/examples" <<'PY'
+import json, subprocess, sys, tempfile
+from pathlib import Path
+
+out = Path(sys.argv[1])
+durations = {r["id"]: r["duration"] for r in map(json.loads, open("synth/alignments.jsonl"))}
+rows, total = [], 0.0
+for row in map(json.loads, open("synth/test.jsonl")):
+    if row["id"].startswith("spk00_") and total < 9:
+        rows.append(row)
+        total += durations[row["id"]]
+with tempfile.NamedTemporaryFile("w", suffix=".txt") as listing:
+    listing.write("".join(f"file '{Path('synth', r['video']).absolute()}'\n" for r in rows))
+    listing.flush()
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0", "-i", listing.name,
+                    "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p", "-c:a", "aac",
+                    "-b:a", "48k", "-map_metadata", "-1", "-fflags", "+bitexact", str(out / "demo.mp4")], check=True)
+(out / "demo.txt").write_text(" ".join(r["text"] for r in rows) + "\n", encoding="utf-8")
+print(f"examples/demo.mp4: {len(rows)} test clips, {total:.1f} s", file=sys.stderr)
+PY
+
+for mode in av a v; do
+    snr=clean,-5,0,5
+    [[ $mode == v ]] && snr=clean
+    mome evaluate --dataset synth/test.jsonl --model demo --roi --mode "$mode" --snr "$snr" -o "eval-demo-$mode"
+done

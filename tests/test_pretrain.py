@@ -1,0 +1,120 @@
+"""The demo model's path on a few synthetic clips: backbones trained from scratch, MoME trained on them in all three
+modes with `mome train`, and a bundle that carries its backbones and loads from anywhere."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mome_cli import pretrain, synth
+from mome_cli.checkpoint import BACKBONES_NAME, backbones_config, load_weights, read_config
+from mome_cli.preprocess import PreprocessOptions, Preprocessor
+from mome_cli.recognizer import RecognizeOptions, load_recognizer
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which("espeak-ng") is None,
+                                reason="needs ffmpeg and espeak-ng")
+
+BIN = Path(sys.executable).parent
+TEXT = ("The quick brown fox jumps over the lazy dog. A penny saved is a penny earned. Time flies like an arrow. "
+        "Every cloud has a silver lining. Still waters run deep. Fortune favours the bold.")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Six synthetic clips, backbones after 2 steps, then 2 steps of MoME in modes av, a and v."""
+    root = tmp_path_factory.mktemp("pretrain")
+    (root / "text.txt").write_text(TEXT, encoding="utf-8")
+    env = {**os.environ, "MOME_HOME": str(root / "home"), "OMP_NUM_THREADS": "1"}
+    assert synth.main([str(root / "corpus"), "--utterances", "6", "--seed", "3", "--text", str(root / "text.txt"),
+                       "--speakers", "2"]) == 0
+    train = root / "corpus" / "train.jsonl"
+    subprocess.run([sys.executable, "-m", "mome_cli.pretrain", "backbones", "--train", str(train), "-o",
+                    str(root / "backbones"), "--steps", "2", "--batch-frames", "150", "--threads", "1",
+                    "--log-every", "1"], check=True, env=env, capture_output=True)
+    result = subprocess.run([str(BIN / "mome"), "train", "--model", str(root / "backbones"), "--mode", "av,a,v",
+                             "--train", str(train), "--valid", str(train), "--roi", "-o", str(root / "run"),
+                             "--steps", "2", "--batch-frames", "150", "--experts", "4", "--top-k", "2",
+                             "--bottleneck", "4", "--precision", "fp32", "--log-every", "1"],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def test_backbones_are_written_in_their_own_formats_and_described(run):
+    folder = run / "backbones"
+    config = backbones_config(folder)
+    assert config.llm == str(folder / "llm") and config.audio_encoder == str(folder / "audio_encoder")
+    assert json.loads((folder / BACKBONES_NAME).read_text())["video_encoder"] == "video_encoder"  # relative
+    log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2]
+    assert set(log[0]) >= {"ctc_a", "ctc_v", "lm_a"} and "lm_v" in log[1]  # one mode a step, in turn
+    from mome_cli.avhubert import load_avhubert
+
+    video = load_avhubert(folder / "video_encoder")
+    saved = load_file(folder / "video_encoder" / "model.safetensors")
+    assert all(torch.equal(t, saved[k]) for k, t in video.state_dict().items())
+    assert not any(p.requires_grad for p in video.parameters())
+
+
+def test_one_run_trains_every_mode_at_its_rates(run):
+    records = [json.loads(line) for line in (run / "run" / "log.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert set(train[0]["rate_losses"]) == {"av 4,2", "av 4,5", "av 16,2", "av 16,5", "a 4", "a 16", "v 2", "v 5"}
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert set(evals[-1]["wer"]) == set(train[0]["rate_losses"])
+    assert read_config(run / "run").modes == ["av", "a", "v"]
+
+
+def test_a_bundle_carries_its_backbones_and_loads_from_anywhere(run, tmp_path):
+    bundle = pretrain.bundle(run / "run", run / "backbones", tmp_path / "bundle")
+    moved = tmp_path / "elsewhere" / "demo"
+    shutil.copytree(bundle, moved)
+    shutil.rmtree(bundle)
+    config = json.loads((moved / "config.json").read_text())["model"]
+    assert (config["llm"], config["audio_encoder"], config["video_encoder"]) == ("llm", "audio_encoder",
+                                                                                "video_encoder")
+    recognizer = load_recognizer(str(moved), device="cpu", home=run / "home")
+    assert recognizer.audio_encoder.max_seconds == 8 and recognizer.max_segment_seconds == 8
+    trained = load_file(run / "run" / "model.safetensors")
+    assert all(torch.equal(t, trained[k]) for k, t in recognizer.model.trainable_state_dict().items())
+    load_weights(recognizer.model, moved)  # its own config fits the model it built
+    clip = Preprocessor(PreprocessOptions(roi=True))(next((run / "corpus" / "train").glob("*.mp4")))
+    for mode in ("av", "a", "v"):
+        transcript = recognizer.transcribe(clip, RecognizeOptions(mode=mode, max_new_tokens=8))
+        assert transcript.mode == mode and isinstance(transcript.text, str)
+
+
+def test_a_bundle_of_a_run_on_other_backbones_is_refused(run, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(run / "backbones", other)
+    with pytest.raises(SystemExit, match="was trained on"):
+        pretrain.bundle(run / "run", other, tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_init_continues_from_the_whole_state_or_from_the_backbones_alone(run, tmp_path):
+    folder = run / "backbones"
+    saved = load_file(folder / pretrain.STATE_NAME)
+    tied = {"avsr.llm.lm_head.weight", "avsr.llm.model.embed_tokens.weight"}  # one tensor, stored once
+    for name in tied - set(saved):
+        saved[name] = saved[(tied - {name}).pop()]
+    model = pretrain.Backbones(seed=5)  # other random weights, then the saved ones
+    model.load(folder)
+    state = model.state_dict()
+    assert set(state) == set(saved)
+    assert all(torch.equal(state[k], t) for k, t in saved.items())
+    bare = tmp_path / "bare"
+    shutil.copytree(folder, bare)
+    (bare / pretrain.STATE_NAME).unlink()
+    model = pretrain.Backbones(seed=5)
+    model.load(bare)
+    state = model.state_dict()
+    backbone_keys = [k for k in saved if k.startswith(("audio_encoder.", "video_encoder.", "avsr.llm."))]
+    assert backbone_keys and all(torch.equal(state[k], saved[k]) for k in backbone_keys)
+    assert not torch.equal(state["audio_ctc.weight"], saved["audio_ctc.weight"])  # heads start again
