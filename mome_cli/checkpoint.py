@@ -18,7 +18,7 @@ from .model import AVSRModel, ModelConfig
 
 CONFIG_NAME = "config.json"
 BACKBONES_NAME = "backbones.json"  # in a folder of backbones trained here (pretrain.py): their ModelConfig fields
-BACKBONE_FIELDS = ("llm", "audio_encoder", "video_encoder")  # may be paths relative to the folder that names them
+BACKBONE_FIELDS = ("llm", "audio_encoder", "video_encoder")  # may be paths relative to the folder naming them
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1  # bumped when the layout of a checkpoint directory changes
 
@@ -44,6 +44,7 @@ def save_checkpoint(model: AVSRModel, directory: str | os.PathLike, extra: dict 
 
 
 def read_config(directory: str | os.PathLike) -> ModelConfig:
+    """A checkpoint's ModelConfig; backbones it carries (relative paths under directory) come back absolute."""
     directory = Path(directory)
     path = directory / CONFIG_NAME
     if not path.is_file():
@@ -56,9 +57,10 @@ def read_config(directory: str | os.PathLike) -> ModelConfig:
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {version}, this mome reads format {FORMAT_VERSION}")
     try:
-        return ModelConfig.from_dict(data["model"])
+        config = ModelConfig.from_dict(data["model"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: invalid model config: {e}") from e
+    return with_local_backbones(config, directory)
 
 
 def with_local_backbones(config: ModelConfig, directory: str | os.PathLike) -> ModelConfig:
@@ -87,7 +89,7 @@ def load_weights(model: AVSRModel, directory: str | os.PathLike) -> None:
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    saved = with_local_backbones(read_config(directory), directory)
+    saved = read_config(directory)
     mine = model.config.to_dict()
     theirs = saved.to_dict()
     differ = [f for f in ARCHITECTURE_FIELDS if mine[f] != theirs[f]]
@@ -127,5 +129,6 @@ def load_checkpoint(directory: str | os.PathLike, device: str = "cpu", dtype: to
     return model.eval()
 
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "BACKBONES_NAME", "with_local_backbones", "backbones_config", "CheckpointError", "atomic_write", "save_checkpoint", "read_config",
-           "load_weights", "build_model", "load_checkpoint"]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "BACKBONES_NAME", "BACKBONE_FIELDS", "CheckpointError", "atomic_write",
+           "save_checkpoint", "read_config", "with_local_backbones", "backbones_config", "load_weights",
+           "build_model", "load_checkpoint"]

@@ -128,6 +128,8 @@ class Backbones(torch.nn.Module):
 
     def save(self, directory: Path) -> None:
         """The three backbones into directory, written under a temporary name and renamed."""
+        from safetensors.torch import save_model
+
         from .avhubert import save_avhubert
 
         tmp = directory.with_name(f".{directory.name}.tmp")
@@ -135,8 +137,6 @@ class Backbones(torch.nn.Module):
         self.audio_encoder.encoder.save_pretrained(tmp / "audio_encoder")
         self.audio_encoder.feature_extractor.save_pretrained(tmp / "audio_encoder")
         save_avhubert(self.video_encoder, tmp / "video_encoder")
-        from safetensors.torch import save_model
-
         save_model(self, str(tmp / STATE_NAME), metadata={"format": "pt"})  # heads too; tied LM head stored once
         self.avsr.llm.save_pretrained(tmp / "llm")
         self.avsr.tokenizer.save_pretrained(tmp / "llm")
@@ -246,19 +246,19 @@ def pretrain(args) -> None:
 
 def bundle(checkpoint: str | Path, backbones: str | Path, output: str | Path) -> Path:
     """A self-contained checkpoint directory: checkpoint's tensors and config + the backbones it was trained on."""
-    from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, backbones_config
+    from .checkpoint import BACKBONE_FIELDS, CONFIG_NAME, WEIGHTS_NAME, backbones_config
 
     checkpoint, backbones, output = Path(checkpoint), Path(backbones), Path(output)
     data = json.loads((checkpoint / CONFIG_NAME).read_text(encoding="utf-8"))
     used = backbones_config(backbones)
-    for name in ("llm", "audio_encoder", "video_encoder"):
+    for name in BACKBONE_FIELDS:
         if Path(data["model"][name]).absolute() != Path(getattr(used, name)):
             raise SystemExit(f"{checkpoint} was trained on {data['model'][name]}, not on {getattr(used, name)}")
         data["model"][name] = name
     data.pop("training", None)  # the run's own bookkeeping; the bundle is a release
     tmp = output.with_name(f".{output.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    for name in ("llm", "audio_encoder", "video_encoder"):
+    for name in BACKBONE_FIELDS:
         shutil.copytree(backbones / name, tmp / name)
     shutil.copy(checkpoint / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
     (tmp / CONFIG_NAME).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_weights, read_config, with_local_backbones
+from .checkpoint import load_weights, read_config
 from .decoding import DecodingOptions, decode
 from .hub import AVHUBERT_LARGE, PRESETS, HubRepo, MissingModelError, locate, mome_home
 from .media import MAX_SEGMENT_SECONDS, SAMPLES_PER_FRAME, VIDEO_FPS, Segment, split_at_pauses
@@ -230,14 +230,14 @@ def load_recognizer(model: str, adapter: str | None = None, device: str = "auto"
     home = Path(home) if home else mome_home()
     weights = None
     if Path(model).is_dir():
-        config, weights = with_local_backbones(read_config(model), model), model
+        config, weights = read_config(model), model
     elif model == "tiny":
         config = tiny_config()
     elif model == "demo":
         if not (BUNDLED / "demo").is_dir():
             raise MissingModelError("the demo model does not ship with this build yet (issue #7); use --model DIR "
                                     "with a checkpoint from `mome train`, or --model tiny for a smoke run")
-        config, weights = with_local_backbones(read_config(BUNDLED / "demo"), BUNDLED / "demo"), BUNDLED / "demo"
+        config, weights = read_config(BUNDLED / "demo"), BUNDLED / "demo"
     elif model in PRESETS:
         if adapter is None:
             raise MissingModelError(f"{model} needs a trained MoME adapter and none is published yet: train one with "

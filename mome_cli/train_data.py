@@ -164,7 +164,8 @@ class TrainingData:
         self.say(f"preparing {n} training utterances" + (" (augmented: encoded at every step)" if cfg.augmenting
                                                             else f" (features cached in {cfg.feature_cache})"))
         model = recognizer.model.config
-        tag = ["v1", cfg.data_mode, _stamp(model.audio_encoder), _stamp(model.video_encoder), cfg.mouth_crops, cfg.detector, model.audio_encoder, model.audio_encoder_revision,
+        tag = ["v1", cfg.data_mode, _stamp(model.audio_encoder), _stamp(model.video_encoder), cfg.mouth_crops,
+               cfg.detector, model.audio_encoder, model.audio_encoder_revision,
                model.video_encoder, model.video_encoder_revision, device.type]  # encoders: bf16 on CUDA
         folder = self.home / "cache" / "features" if cfg.feature_cache == "disk" else None
         self.features = FeatureStore(folder, json.dumps(tag))

@@ -232,9 +232,7 @@ class Trainer:
     def train(self) -> None:
         cfg = self.config
         started = time.monotonic() - self.elapsed
-        several = len(cfg.modes) > 1  # every step trains every mode: losses are named "av 4,2" then
-        names = [_rate_name(rate, mode if several else None) for mode in cfg.modes
-                 for rate in self.model.config.rates_for(mode)]
+        names = [name for _, _, name in self._cells()]
         while self.step < self.total:
             batches = self.data.epoch_batches(self.epoch)
             if self.index >= len(batches):  # only after resuming with another number of processes
@@ -274,6 +272,13 @@ class Trainer:
             self.validate()
         self._finish()
 
+    def _cells(self) -> list[tuple]:
+        """(mode, rate, name) of everything a step trains, in EveryMode's order; names are "4,2", or "av 4,2" when
+        several modes are trained."""
+        modes = self.config.modes
+        return [(mode, rate, _rate_name(rate, mode if len(modes) > 1 else None)) for mode in modes
+                for rate in self.model.config.rates_for(mode)]
+
     def _log(self, names: list[str]) -> None:
         mean = self.meter / self.meter_steps
         if self.world > 1:
@@ -301,8 +306,7 @@ class Trainer:
         mine = valid[self.rank :: self.world]
         self.model.eval()
         result = {}
-        cells = [(mode, rate) for mode in cfg.modes for rate in self.model.config.rates_for(mode)]
-        for mode, rate in cells:
+        for mode, rate, name in self._cells():
             options = RecognizeOptions(mode=mode, rate=rate, beam=1, batch_size=cfg.eval_batch_size)
             hyps = [t.text for t in self.recognizer.transcribe_many([c for _, c in mine], options)] if mine else []
             errors = score([self.data.valid_utterances[i].text for i, _ in mine], hyps)
@@ -310,7 +314,7 @@ class Trainer:
                                   device=self.device)  # NCCL reduces CUDA tensors only
             if self.world > 1:
                 torch.distributed.all_reduce(counts)
-            result[_rate_name(rate, mode if len(cfg.modes) > 1 else None)] = WordErrors(*(int(c) for c in counts.tolist())).wer
+            result[name] = WordErrors(*(int(c) for c in counts.tolist())).wer
         seconds = time.monotonic() - began
         self.record("eval", wer=result, utterances=len(valid), seconds=round(seconds, 3))
         self.say(f"step {self.step}  valid WER " + "  ".join(f"{r} {100 * w:.1f}%" for r, w in result.items()))
