@@ -1,6 +1,8 @@
 """Small backbones trained from scratch on a corpus: what the `demo` preset stands on, where no pretrained ones exist.
 
-    python -m mome_cli.pretrain backbones --train DATA/train.jsonl -o BACKBONES --steps 1500 --seed 0
+    python -m mome_cli.pretrain backbones --train DATA/train.jsonl -o B0 --steps 1500 --seed 0
+    python -m mome_cli.pretrain reader --train DATA/train.jsonl --init B0 -o R --steps 1500
+    python -m mome_cli.pretrain backbones --train DATA/train.jsonl --init R --match --babble 0.3 -o BACKBONES
     mome train --config recipes/demo.toml ...            # MoME on the frozen BACKBONES (recipes/demo.toml)
     python -m mome_cli.pretrain bundle CHECKPOINT --backbones BACKBONES -o mome_cli/models/demo
 
@@ -12,11 +14,24 @@ on the synthetic corpus (synth.py), and then frozen for `mome train --model BACK
 - video: an AV-HuBERT encoder of the same structure as Large at small widths (AVHubertConfig.demo());
 - LLM: a byte-level Llama (llm.DEMO_SHAPE: 192 wide, 3 layers).
 
-They are trained together end to end, as one speech recogniser (AVSRModel with its own projectors and MoME modules,
-thrown away afterwards): every step transcribes its batch in one of the modes a, v, av at one (audio, video) rate
-pair, taken in turn so that every mode meets every pair, so the LM learns to read projected encoder tokens; both
-encoders also carry a character CTC loss at every step (a linear head each, thrown away too), which makes them learn
-their inputs much sooner than through the LM alone. The result is written as
+`backbones` trains them together end to end, as one speech recogniser (AVSRModel with its own projectors and MoME
+modules, thrown away afterwards): every step transcribes its batch in one of the modes a, v, av at one (audio, video)
+rate pair, taken in turn so that every mode meets every pair; both encoders also carry a character CTC loss (a linear
+head each, thrown away too), which makes them learn their inputs much sooner than through the LM alone.
+
+Trained that way alone, a small LM learns the text long before it learns to read the encoder tokens. Two more stages
+teach the reading apart, through stand-ins for perfect encoders (StandIn): the corpus's alignments give each 50 Hz
+audio frame the letter being spoken and each 25 Hz video frame the viseme of the sounding phoneme, and a stand-in maps
+those ids to features of the encoder's width.
+
+- `reader` trains the LM, projectors, MoME modules and stand-ins on the stand-ins' features alone (some rows with
+  up to 70% of their ids replaced at random, so that the LM learns to weigh one modality against the other). No clip
+  is read and no encoder runs: thousands of steps take minutes.
+- `backbones --match` then trains the encoders (and projectors, MoME) with the LM and stand-ins frozen, adding the
+  distance of each encoder's features to its stand-in's; with --babble, part of the audio is mixed with babble while
+  the targets stay clean, so that the audio encoder learns to hear through it.
+
+The result is written as
 
     BACKBONES/audio_encoder/   WhisperEncoder + WhisperFeatureExtractor (save_pretrained: config.json, safetensors)
     BACKBONES/video_encoder/   config.json + model.safetensors (avhubert.save_avhubert)
@@ -49,11 +64,13 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import BACKBONES_NAME
+from .compression import compress
 from .model import DEFAULT_RATES, MODES, AVSRModel, Features, ModelConfig
 from .mome import MoMEConfig
 
 ALPHABET = " abcdefghijklmnopqrstuvwxyz'"  # CTC targets; index 0 is the blank, so characters are 1..28
 PROJECTOR_HIDDEN = 256
+BABBLE_SNR = (-5, 0, 5, 10, 20)  # dB, one drawn per noisy utterance (--babble)
 STATE_NAME = "pretrain_state.safetensors"  # every tensor of Backbones, projectors and CTC heads too: what --init loads
 
 
@@ -63,10 +80,109 @@ def ctc_targets(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor([i for row in ids for i in row]), torch.tensor([len(row) for row in ids])
 
 
+# ---- frame targets: what a perfect encoder would know at each frame ------------------------------------------------
+
+VISEME_NAMES = ("rest", "closed", "labiodental", "dental", "sibilant", "postalveolar", "w", "oo", "o", "open", "spread",
+                "mid", "schwa", "coronal", "dorsal")  # synth.VISEMES, in a fixed order: the video stand-in's ids
+
+
+def load_alignments(path: str | Path) -> dict[str, dict]:
+    """id -> that clip's alignment row (synth.py's alignments.jsonl: phoneme and word start times)."""
+    with open(path, encoding="utf-8") as f:
+        return {row["id"]: row for row in map(json.loads, f)}
+
+
+def word_spans(alignment: dict, text: str) -> list[tuple[float, float, str]]:
+    """(start, end, word) for each word of text; words that espeak-ng's events skip or split share their neighbours'.
+
+    The events name words as spoken ("it" for "it's", nothing for some "a"s), so text words are matched to them in
+    order; an unmatched word starts halfway between its neighbours' starts. Each word lasts until the next one starts,
+    the last one until the speech ends."""
+    events = [(t, w.lower()) for t, w in alignment["words"]]
+    words = text.lower().split()
+    starts: list[float | None] = []
+    j = 0
+    for w in words:
+        if j < len(events) and (w.startswith(events[j][1]) or events[j][1].startswith(w)):
+            starts.append(events[j][0])
+            j += 1
+        else:
+            starts.append(None)
+    begin, end = alignment["speech"]
+    known = [(i, t) for i, t in enumerate(starts) if t is not None] or [(0, begin)]
+    filled = []
+    for i, t in enumerate(starts):
+        if t is None:
+            before = max(((k, s) for k, s in known if k < i), default=(-1, begin))
+            after = min(((k, s) for k, s in known if k > i), default=(len(words), end))
+            t = before[1] + (after[1] - before[1]) * (i - before[0]) / (after[0] - before[0])
+        filled.append(max(begin, min(end, t)))
+    filled = list(np.maximum.accumulate(filled)) if filled else []
+    return [(s, e, w) for s, e, w in zip(filled, filled[1:] + [end], words)]
+
+
+def char_frames(alignment: dict, text: str, n_frames: int, fps: float) -> torch.Tensor:
+    """(n_frames,) character id of each frame (ALPHABET index + 1; 0 outside speech): each word's letters and the
+    space after it (but the last) spread evenly over its span."""
+    ids = torch.zeros(n_frames, dtype=torch.long)
+    spans = word_spans(alignment, text)
+    for k, (start, end, word) in enumerate(spans):
+        letters = [ALPHABET.index(c) + 1 for c in word + (" " if k + 1 < len(spans) else "") if c in ALPHABET]
+        a, b = int(round(start * fps)), max(int(round(start * fps)) + 1, int(round(end * fps)))
+        for k in range(a, min(b, n_frames)):
+            ids[k] = letters[min(len(letters) - 1, (k - a) * len(letters) // (b - a))]
+    return ids
+
+
+def viseme_frames(alignment: dict, n_frames: int, fps: float) -> torch.Tensor:
+    """(n_frames,) viseme id (VISEME_NAMES) of the phoneme sounding at each frame: what the lips show."""
+    from .synth import viseme_of
+
+    ids = torch.zeros(n_frames, dtype=torch.long)
+    phonemes = [(t, p) for t, p in alignment["phonemes"] if p != ";"]  # ';' marks palatalisation, not a sound
+    ends = [t for t, _ in phonemes[1:]] + [alignment["speech"][1]]
+    for (start, name), end in zip(phonemes, ends):
+        a, b = int(round(start * fps)), int(round(end * fps))
+        ids[a:min(b, n_frames)] = VISEME_NAMES.index(viseme_of(name))
+    return ids
+
+
+class StandIn(torch.nn.Module):
+    """A perfect encoder's stand-in: frame ids (characters or visemes, from the alignments) -> features of the
+    encoder's width. The LM learns to read these first (`reader`); then the real encoders learn to produce them."""
+
+    def __init__(self, n_ids: int, dim: int, kernel: int):
+        super().__init__()
+        self.embed = torch.nn.Embedding(n_ids, 64)
+        self.conv = torch.nn.Conv1d(64, dim, kernel, padding=kernel // 2)
+        self.out = torch.nn.Linear(dim, dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, D)
+        x = self.conv(self.embed(ids).transpose(1, 2)).transpose(1, 2)
+        return self.out(F.gelu(x))
+
+
+def corrupt(ids: torch.Tensor, n_ids: int, generator: torch.Generator, p: float = 0.3) -> torch.Tensor:
+    """ids with, for a share p of the rows, a random fraction (up to 70%) of frames replaced by random ids: a stand-in
+    for an encoder's confusions (noise, ambiguity), so that the LM learns to lean on the other modality and on text."""
+    B, T = ids.shape
+    rows = torch.rand(B, 1, generator=generator) < p
+    fraction = torch.rand(B, 1, generator=generator) * 0.7
+    hit = rows & (torch.rand(B, T, generator=generator) < fraction)
+    return torch.where(hit, torch.randint(0, n_ids, (B, T), generator=generator), ids)
+
+
 def ctc_loss(head: torch.nn.Linear, states: torch.Tensor, lengths: torch.Tensor, texts: list[str]) -> torch.Tensor:
     log_probs = head(states).float().log_softmax(-1).transpose(0, 1)  # (T, B, C)
     targets, target_lengths = ctc_targets(texts)
     return F.ctc_loss(log_probs, targets, lengths.cpu(), target_lengths, zero_infinity=True)
+
+
+def _masked_nmse(x: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of x (B, T, D) to target over each row's first lengths[b] frames, over target's power."""
+    real = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]  # (B, T)
+    target = target[:, : x.shape[1]]
+    return ((x - target)[real] ** 2).mean() / (target[real] ** 2).mean().clamp(min=1e-6)
 
 
 class Backbones(torch.nn.Module):
@@ -93,7 +209,81 @@ class Backbones(torch.nn.Module):
             self.avsr = AVSRModel(self.config, llm, tokenizer)
             self.audio_ctc = torch.nn.Linear(D, len(ALPHABET) + 1)
             self.video_ctc = torch.nn.Linear(self.video_encoder.dim, len(ALPHABET) + 1)
+            self.audio_standin = StandIn(len(ALPHABET) + 1, D, kernel=9)  # 50 Hz: 180 ms of context
+            self.video_standin = StandIn(len(VISEME_NAMES), self.video_encoder.dim, kernel=5)  # 25 Hz: 200 ms
         self.requires_grad_(True)
+
+    def train_only(self, *names: str) -> list[torch.nn.Parameter]:
+        """Freeze every parameter but those of the named submodules; returns the trainable ones."""
+        self.requires_grad_(False)
+        for name in names:
+            self.get_submodule(name).requires_grad_(True)
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def frame_ids(self, alignments: list[dict], texts: list[str], audio_lengths, video_lengths):
+        """(B, Ta) character ids at 50 Hz and (B, Tv) viseme ids at 25 Hz, zero-padded, from the alignments."""
+        pad = torch.nn.utils.rnn.pad_sequence
+        audio = pad([char_frames(al, t, int(n), 50.0) for al, t, n in zip(alignments, texts, audio_lengths)], True)
+        video = pad([viseme_frames(al, int(n), 25.0) for al, n in zip(alignments, video_lengths)], True)
+        return audio, video
+
+    def read(self, alignments: list[dict], texts: list[str], mode: str, rate: tuple, generator: torch.Generator,
+             max_words: int | None = None):
+        """Stage `reader`: the LM transcribes the stand-ins' features at one rate of one mode; no encoder runs.
+        With max_words, each row is cut down to a random run of 1..max_words consecutive words and their frames."""
+        rows = []
+        for al, text in zip(alignments, texts):
+            a_ids = char_frames(al, text, math.ceil(al["duration"] * 50), 50.0)
+            v_ids = viseme_frames(al, al["frames"], 25.0)
+            spans, words = word_spans(al, text), text.split()
+            if max_words and len(spans) == len(words) > 1:
+                n = int(torch.randint(1, min(max_words, len(words)) + 1, (), generator=generator))
+                i = int(torch.randint(0, len(words) - n + 1, (), generator=generator))
+                start, end = spans[i][0], spans[i + n - 1][1]
+                a_ids = a_ids[int(start * 50):math.ceil(end * 50)]
+                v_ids = v_ids[int(start * 25):math.ceil(end * 25)]
+                text = " ".join(words[i:i + n])
+            rows.append((a_ids, v_ids, text))
+        pad = torch.nn.utils.rnn.pad_sequence
+        a_ids, v_ids = pad([r[0] for r in rows], True), pad([r[1] for r in rows], True)  # (B, Ta), (B, Tv)
+        a_lengths, v_lengths = torch.tensor([len(r[0]) for r in rows]), torch.tensor([len(r[1]) for r in rows])
+        f = Features(self.audio_standin(corrupt(a_ids, len(ALPHABET) + 1, generator)), a_lengths,
+                     self.video_standin(corrupt(v_ids, len(VISEME_NAMES), generator)), v_lengths)
+        r = (rate[0] if "a" in mode else None, rate[1] if "v" in mode else None)
+        losses = {f"lm_{mode}": self.avsr(f, [r[2] for r in rows], [r], mode).lm_loss}
+        if r[0] is not None:  # the audio tokens towards the letters' own LLM embeddings, pooled the same way
+            tokens, n = self.avsr.audio(f.audio, a_lengths, r[0])  # (B, N, H)
+            with torch.no_grad():
+                table = self.avsr.llm.get_input_embeddings().weight  # (V, H)
+                letters = table[self._letter_tokens.to(table.device)[a_ids]]  # (B, Ta, H); silence -> zeros
+                target, _ = compress(letters, a_lengths, r[0], "avgpool")
+            losses["embed_a"] = _masked_nmse(tokens, target, n)
+        return losses
+
+    @property
+    def _letter_tokens(self) -> torch.Tensor:
+        """(C,) LLM token id of each character id; silence (0) maps to the padding row, which is kept at zero."""
+        tok = self.avsr.tokenizer
+        return torch.tensor([tok.pad_token_id] + [tok(c, add_special_tokens=False).input_ids[0] for c in ALPHABET])
+
+    def copy(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """The LM alone copies each text from a mode-a prefix that holds the text's own bytes instead of audio tokens:
+        a cheap task that gives it the heads that look a transcript up in its prefix, before it meets the stand-ins."""
+        avsr, tok = self.avsr, self.avsr.tokenizer
+        opening, closing = avsr._tags["audio"]
+        rows = []
+        for text in texts:
+            prefix = [tok.bos_token_id, *opening, *tok(text, add_special_tokens=False).input_ids, *closing,
+                      *avsr._prompts["a"]]
+            rows.append((prefix, avsr.encode_targets([text])[0]))
+        L = max(len(p) + len(t) for p, t in rows)
+        ids = torch.full((len(rows), L), tok.pad_token_id)
+        labels = torch.full((len(rows), L), -100)
+        for i, (prefix, target) in enumerate(rows):
+            ids[i, : len(prefix) + len(target)] = torch.tensor(prefix + target)
+            labels[i, len(prefix): len(prefix) + len(target)] = torch.tensor(target)
+        return {"copy": avsr.llm(input_ids=ids, attention_mask=(labels != -100) | (ids != tok.pad_token_id),
+                                 labels=labels).loss}
 
     def encode(self, audio: list, rois: list) -> Features:
         from .lips import centre_crop_normalise
@@ -105,12 +295,22 @@ class Backbones(torch.nn.Module):
         f.video, f.video_lengths = self.video_encoder(frames, torch.tensor([len(c) for c in crops]))
         return f
 
-    def forward(self, audio: list, rois: list, texts: list[str], mode: str, rate: tuple) -> dict[str, torch.Tensor]:
+    def forward(self, audio: list, rois: list, texts: list[str], mode: str, rate: tuple,
+                alignments: list[dict] | None = None) -> dict[str, torch.Tensor]:
+        """Losses of one batch: CTC on both encoders, the LM at one rate of one mode and, given the alignments, the
+        distance of each encoder's features to its stand-in's (normalised mean squared error over real frames)."""
         f = self.encode(audio, rois)
         r = (rate[0] if "a" in mode else None, rate[1] if "v" in mode else None)
-        return {"ctc_a": ctc_loss(self.audio_ctc, f.audio, f.audio_lengths, texts),
-                "ctc_v": ctc_loss(self.video_ctc, f.video, f.video_lengths, texts),
-                f"lm_{mode}": self.avsr(f, texts, [r], mode).lm_loss}
+        losses = {"ctc_a": ctc_loss(self.audio_ctc, f.audio, f.audio_lengths, texts),
+                  "ctc_v": ctc_loss(self.video_ctc, f.video, f.video_lengths, texts),
+                  f"lm_{mode}": self.avsr(f, texts, [r], mode).lm_loss}
+        if alignments is not None:
+            a_ids, v_ids = self.frame_ids(alignments, texts, f.audio_lengths, f.video_lengths)
+            with torch.no_grad():
+                a_target, v_target = self.audio_standin(a_ids), self.video_standin(v_ids)  # (B, Ta, D), (B, Tv, D)
+            losses["match_a"] = _masked_nmse(f.audio, a_target, f.audio_lengths)
+            losses["match_v"] = _masked_nmse(f.video, v_target, f.video_lengths)
+        return losses
 
     def load(self, directory: Path) -> None:
         """An earlier run's weights: all of them from its state file, else its three backbones (heads stay new)."""
@@ -119,12 +319,18 @@ class Backbones(torch.nn.Module):
         if (directory / STATE_NAME).is_file():
             load_model(self, str(directory / STATE_NAME), strict=True)
             return
-        self.audio_encoder.encoder.load_state_dict(load_file(directory / "audio_encoder" / "model.safetensors"))
-        self.video_encoder.load_state_dict(load_file(directory / "video_encoder" / "model.safetensors"))
+        self.load_encoders(directory)
         missing, unexpected = self.avsr.llm.load_state_dict(load_file(directory / "llm" / "model.safetensors"),
                                                             strict=False)
         if unexpected or set(missing) - {"lm_head.weight"}:  # the head is tied to the embeddings
             raise ValueError(f"{directory / 'llm'}: weights do not fit ({missing[:3]}, {unexpected[:3]})")
+
+    def load_encoders(self, directory: Path) -> None:
+        """The audio and video encoders of the backbones in directory (the rest stays as it is)."""
+        from safetensors.torch import load_file
+
+        self.audio_encoder.encoder.load_state_dict(load_file(directory / "audio_encoder" / "model.safetensors"))
+        self.video_encoder.load_state_dict(load_file(directory / "video_encoder" / "model.safetensors"))
 
     def save(self, directory: Path) -> None:
         """The three backbones into directory, written under a temporary name and renamed."""
@@ -186,41 +392,23 @@ def load_clips(manifest: str, home: Path, say, workers: int = 2) -> tuple[list, 
     return utterances, clips
 
 
-def pretrain(args) -> None:
-    from .data import frame_batches
-    from .hub import mome_home
-    from .train_data import clip_frames
+def _train(model: Backbones, params: list, args, out: Path, batches, loss_of, say) -> None:
+    """The optimiser loop both stages share: AdamW, warmup then cosine (training.Trainer's schedule), clipping, a
+    log line every args.log_every steps (also to out/log.jsonl) and a save every args.save_every steps and at the end.
+    batches(epoch) yields one step's batch at a time; loss_of(batch, step) gives that step's named losses."""
+    from .training import Trainer
 
-    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads or torch.get_num_threads())
-    utterances, clips = load_clips(args.train, mome_home(), say)
-    lengths = [clip_frames(c) for c in clips]
-    model = Backbones(args.seed)
-    if args.init:
-        model.load(Path(args.init))
-        say(f"starting from {args.init}")
-    model.train()
-    say(f"{len(clips)} utterances, {sum(lengths) / 25 / 3600:.2f} h; "
-        f"{sum(p.numel() for p in model.parameters()):,} parameters")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    warmup = max(1, args.steps // 20)
-    schedule = lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))  # noqa
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    say(f"{sum(p.numel() for p in params):,} of {sum(p.numel() for p in model.parameters()):,} parameters train")
+    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, Trainer._lr_factor(max(1, args.steps // 20), args.steps,
+                                                                                0.0))
     (out / "log.jsonl").unlink(missing_ok=True)
     step, epoch, started, meter, counts = 0, 0, time.monotonic(), {}, {}
     while step < args.steps:
-        for batch in frame_batches(lengths, args.batch_frames, shuffle=True, seed=args.seed + epoch, bucket=400):
-            mode, rate = MODES[step % len(MODES)], DEFAULT_RATES[step // len(MODES) % len(DEFAULT_RATES)]
-            losses = model([clips[i].audio for i in batch], [clips[i].rois for i in batch],
-                           [utterances[i].text for i in batch], mode, rate)
-            loss = sum(losses.values())
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        for batch in batches(epoch):
+            losses = loss_of(batch, step)
+            sum(losses.values()).backward()
+            torch.nn.utils.clip_grad_norm_(params, 5.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -229,7 +417,7 @@ def pretrain(args) -> None:
                 meter[k] = meter.get(k, 0.0) + v.item()
                 counts[k] = counts.get(k, 0) + 1
             if step % args.log_every == 0 or step == args.steps:
-                mean = {k: round(v / counts[k], 4) for k, v in meter.items()}
+                mean = {k: round(v / counts[k], 4) for k, v in sorted(meter.items())}
                 seconds = time.monotonic() - started
                 with open(out / "log.jsonl", "a", encoding="utf-8") as f:
                     f.write(json.dumps({"step": step, "epoch": epoch, "seconds": round(seconds, 1), **mean}) + "\n")
@@ -241,7 +429,129 @@ def pretrain(args) -> None:
             if step == args.steps:
                 break
         epoch += 1
+
+
+def _setup(args, say) -> tuple[Path, Backbones]:
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    model = Backbones(args.seed)
+    if args.init:
+        model.load(Path(args.init))
+        say(f"starting from {args.init}")
+    if getattr(args, "encoders", None):
+        model.load_encoders(Path(args.encoders))
+        say(f"encoders from {args.encoders}")
+    model.train()
+    return out, model
+
+
+def _alignments_of(args) -> dict[str, dict]:
+    return load_alignments(args.alignments or Path(args.train).parent / "alignments.jsonl")
+
+
+def pretrain(args) -> None:
+    """Stage `backbones`: the encoders (and with --match, their distance to the stand-ins) under the LM loss."""
+    from .data import frame_batches
+    from .hub import mome_home
+    from .noise import add_babble
+    from .train_data import clip_frames
+
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    out, model = _setup(args, say)
+    utterances, clips = load_clips(args.train, mome_home(), say)
+    if args.match:
+        by_id = _alignments_of(args)
+        alignments = [by_id[u.id] for u in utterances]
+    else:
+        alignments = None
+    lengths = [clip_frames(c) for c in clips]
+    say(f"{len(clips)} utterances, {sum(lengths) / 25 / 3600:.2f} h")
+    if args.match:  # the LM already reads the stand-ins (`reader`): it and they stay as they are
+        params = model.train_only("audio_encoder", "video_encoder", "audio_ctc", "video_ctc", "avsr.audio",
+                                  "avsr.video", "avsr.mome")
+    else:
+        params = model.train_only("audio_encoder", "video_encoder", "audio_ctc", "video_ctc", "avsr")
+        model.avsr.llm.requires_grad_(True)
+        params = [p for p in model.parameters() if p.requires_grad]
+    rng = np.random.default_rng(args.seed)
+
+    def batches(epoch):
+        return frame_batches(lengths, args.batch_frames, shuffle=True, seed=args.seed + epoch, bucket=400)
+
+    def loss_of(batch, step):
+        mode, rate = MODES[step % len(MODES)], DEFAULT_RATES[step // len(MODES) % len(DEFAULT_RATES)]
+        audio = [clips[i].audio for i in batch]
+        if args.babble > 0:  # noisy input, clean targets: the audio encoder learns to hear through babble
+            audio = [add_babble(x, [clips[j].audio for j in rng.choice(len(clips), 4)], float(rng.choice(BABBLE_SNR)),
+                                rng).astype(np.float32) if rng.random() < args.babble else x for x in audio]
+        return model(audio, [clips[i].rois for i in batch], [utterances[i].text for i in batch], mode, rate,
+                     [alignments[i] for i in batch] if alignments else None)
+
+    _train(model, params, args, out, batches, loss_of, say)
     say(f"backbones written to {out}")
+
+
+def reader(args) -> None:
+    """Stage `reader`: the LM (with projectors and MoME) learns to transcribe the stand-ins' features, which only need
+    the alignments: no clip is read and no encoder runs, so thousands of steps take minutes on a CPU."""
+    from .data import load_manifest
+
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    out, model = _setup(args, say)
+    alignments = _alignments_of(args)
+    rows = [(alignments[u.id], u.text) for u in load_manifest(args.train)]
+    params = model.train_only("avsr", "audio_standin", "video_standin")
+    model.avsr.llm.requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    generator = torch.Generator().manual_seed(args.seed)
+
+    def batches(epoch):
+        order = np.random.default_rng(args.seed + epoch).permutation(len(rows))
+        return [order[i:i + args.batch] for i in range(0, len(order) - args.batch + 1, args.batch)]
+
+    def loss_of(batch, step):
+        if step < args.copy:
+            return model.copy([rows[i][1] for i in batch])
+        step -= args.copy
+        mode, rate = MODES[step % len(MODES)], DEFAULT_RATES[step // len(MODES) % len(DEFAULT_RATES)]
+        words = 1 + int(step / max(1, args.curriculum) * 20) if step < args.curriculum else None
+        return model.read([rows[i][0] for i in batch], [rows[i][1] for i in batch], mode, rate, generator, words)
+
+    _train(model, params, args, out, batches, loss_of, say)
+    if args.valid:
+        valid = [(alignments[u.id], u.text) for u in load_manifest(args.valid)][: args.valid_limit]
+        for mode, rate, wer in read_wer(model, valid, args.seed):
+            say(f"valid {mode} {rate}: WER {100 * wer:.1f}%")
+    say(f"reader written to {out}")
+
+
+@torch.no_grad()
+def read_wer(model: Backbones, rows: list[tuple[dict, str]], seed: int = 0, batch: int = 16):
+    """(mode, rate, WER) of greedy transcripts of the stand-ins' (uncorrupted) features, for every mode and rate."""
+    import jiwer
+
+    from .decoding import decode
+
+    model.eval()
+    results = []
+    for mode in MODES:
+        for rate in model.config.rates_for(mode):
+            hyps = []
+            for i in range(0, len(rows), batch):
+                chunk = rows[i:i + batch]
+                al, texts = [r[0] for r in chunk], [r[1] for r in chunk]
+                audio_lengths = torch.tensor([math.ceil(a["duration"] * 50) for a in al])
+                video_lengths = torch.tensor([a["frames"] for a in al])
+                a_ids, v_ids = model.frame_ids(al, texts, audio_lengths, video_lengths)
+                f = Features(model.audio_standin(a_ids), audio_lengths, model.video_standin(v_ids), video_lengths)
+                hyps += [r.text for r in decode(model.avsr, f, rate, mode)]
+            results.append((mode, rate, jiwer.wer([r[1] for r in rows], hyps)))
+    model.train()
+    return results
 
 
 def bundle(checkpoint: str | Path, backbones: str | Path, output: str | Path) -> Path:
@@ -276,23 +586,38 @@ def main(argv=None) -> None:
     packer.add_argument("--backbones", required=True, help="the BACKBONES folder it was trained on")
     packer.add_argument("-o", "--output", required=True, help="the directory to write (replaced if it exists)")
     trainer = commands.add_parser("backbones", help="train the three small backbones on a corpus")
-    trainer.add_argument("--train", required=True, help="manifest of mouth-crop videos (e.g. from mome_cli.synth)")
-    trainer.add_argument("-o", "--output", required=True, help="folder the backbones are written to")
-    trainer.add_argument("--steps", type=int, default=1500, help="optimiser steps [1500]")
+    reading = commands.add_parser("reader", help="teach the LM to read the stand-ins' features (alignments only)")
+    for sub, steps in ((trainer, 1500), (reading, 3000)):
+        sub.add_argument("--train", required=True, help="manifest of mouth-crop videos (e.g. from mome_cli.synth)")
+        sub.add_argument("-o", "--output", required=True, help="folder the backbones are written to")
+        sub.add_argument("--alignments", help="the corpus's alignments.jsonl [next to --train]")
+        sub.add_argument("--steps", type=int, default=steps, help=f"optimiser steps [{steps}]")
+        sub.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (warmup, then cosine) [2e-3]")
+        sub.add_argument("--seed", type=int, default=0, help="initial weights, batch order, noise [0]")
+        sub.add_argument("--init", metavar="BACKBONES", help="start from an earlier run's weights (its "
+                         f"{STATE_NAME}, else its three backbones) instead of random ones; the schedule starts again")
+        sub.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+        sub.add_argument("--log-every", type=int, default=10, help="steps between log lines [10]")
+        sub.add_argument("--save-every", type=int, default=250, help="steps between saves [250]")
     trainer.add_argument("--batch-frames", type=int, default=400, help="padded video frames per batch [400]")
-    trainer.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (warmup, then cosine) [2e-3]")
-    trainer.add_argument("--seed", type=int, default=0, help="initial weights and batch order [0]")
-    trainer.add_argument("--init", metavar="BACKBONES", help="start from an earlier run's weights (its "
-                         f"{STATE_NAME}) instead of random ones; the schedule starts again")
-    trainer.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    trainer.add_argument("--log-every", type=int, default=10, help="steps between log lines [10]")
-    trainer.add_argument("--save-every", type=int, default=250, help="steps between saves [250]")
+    trainer.add_argument("--match", action="store_true", help="also pull each encoder's features towards its "
+                         "stand-in's (after `reader`); the LM and the stand-ins stay frozen")
+    trainer.add_argument("--encoders", metavar="BACKBONES", help="then take the two encoders from these backbones")
+    trainer.add_argument("--babble", type=float, default=0.0, help="share of utterances given babble noise [0]")
+    reading.add_argument("--batch", type=int, default=24, help="utterances per step [24]")
+    reading.add_argument("--copy", type=int, default=0, metavar="STEPS", help="first STEPS steps: the LM alone "
+                         "copies transcripts from its prefix (Backbones.copy) [0]")
+    reading.add_argument("--curriculum", type=int, default=0, metavar="STEPS", help="over the first STEPS steps, "
+                         "rows are runs of words cut from the utterances, from 1 word up to 20 [0: whole rows]")
+    reading.add_argument("--valid", help="manifest to report greedy WER on at the end")
+    reading.add_argument("--valid-limit", type=int, default=100, help="its first N utterances [100]")
     args = parser.parse_args(argv)
     if args.command == "bundle":
         print(bundle(args.checkpoint, args.backbones, args.output))
+    elif args.command == "reader":
+        reader(args)
     else:
         pretrain(args)
-
 
 if __name__ == "__main__":
     main()

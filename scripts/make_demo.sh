@@ -4,7 +4,7 @@
 #   bash scripts/make_demo.sh [WORK_DIR]        (needs mome installed, ffmpeg, espeak-ng and fortunes; WORK_DIR [work])
 #
 # 1. the synthetic corpus (mome_cli.synth: 4000 clips, about 3 h, seed 0);
-# 2. the three small backbones trained from scratch on it (mome_cli.pretrain backbones, seed 0);
+# 2. the three small backbones trained from scratch on it (mome_cli.pretrain: backbones, reader, backbones --match);
 # 3. MoME on the frozen backbones, all four rate pairs, modes av, a and v (recipes/demo.toml);
 # 4. the bundle that ships as `demo` (mome_cli/models/demo) and the example clip (examples/demo.mp4, demo.txt);
 # 5. WER on the held-out test split per mode, rate pair and babble SNR (WORK_DIR/eval-*/report.json).
@@ -16,8 +16,16 @@ mkdir -p "$work"
 cd "$work"
 
 [[ -f synth/test.jsonl ]] || python -m mome_cli.synth synth --utterances 4000 --seed 0 --jobs 2  # ~10 min
+# The backbones, in three stages (mome_cli/pretrain.py): encoders led by CTC; the LM taught to read stand-in features
+# made from the alignments; the encoders pulled towards those features, the LM frozen.
+[[ -f backbones-ctc/backbones.json ]] || python -m mome_cli.pretrain backbones --train synth/train.jsonl \
+    -o backbones-ctc --steps 1500 --batch-frames 600 --lr 2e-3 --seed 0                            # ~25 min
+[[ -f reader/backbones.json ]] || python -m mome_cli.pretrain reader --train synth/train.jsonl -o reader \
+    --steps 2400 --copy 600 --curriculum 800 --seed 1                                              # ~16 min
+[[ -f reader2/backbones.json ]] || python -m mome_cli.pretrain reader --train synth/train.jsonl -o reader2 \
+    --init reader --steps 1500 --lr 1.5e-3 --seed 2 --valid synth/valid.jsonl --valid-limit 48     # ~12 min
 [[ -f backbones/backbones.json ]] || python -m mome_cli.pretrain backbones --train synth/train.jsonl -o backbones \
-    --steps 1500 --batch-frames 600 --lr 2e-3 --seed 0                                             # ~25 min
+    --init reader2 --encoders backbones-ctc --match --babble 0.3 --steps 1800 --batch-frames 600 --seed 0  # ~27 min
 [[ -f demo-run/config.json ]] || mome train --config "$repo/recipes/demo.toml" --model backbones \
     --train synth/train.jsonl --valid synth/valid.jsonl -o demo-run
 python -m mome_cli.pretrain bundle demo-run --backbones backbones -o "$repo/mome_cli/models/demo"

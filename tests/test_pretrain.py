@@ -37,6 +37,17 @@ def run(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "mome_cli.pretrain", "backbones", "--train", str(train), "-o",
                     str(root / "backbones"), "--steps", "2", "--batch-frames", "150", "--threads", "1",
                     "--log-every", "1"], check=True, env=env, capture_output=True)
+    common = ["--train", str(train), "--threads", "1", "--log-every", "1"]
+    result = subprocess.run([sys.executable, "-m", "mome_cli.pretrain", "reader", *common, "--init",
+                             str(root / "backbones"), "-o", str(root / "reader"), "--steps", "4", "--batch", "2",
+                             "--copy", "1", "--curriculum", "2",
+                             "--valid", str(train), "--valid-limit", "2"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "valid av (16, 5): WER" in result.stderr
+    subprocess.run([sys.executable, "-m", "mome_cli.pretrain", "backbones", *common, "--init", str(root / "reader"),
+                    "-o", str(root / "matched"), "--steps", "2", "--batch-frames", "150", "--match", "--babble", "1",
+                    "--encoders", str(root / "backbones")],
+                   check=True, env=env, capture_output=True)
     result = subprocess.run([str(BIN / "mome"), "train", "--model", str(root / "backbones"), "--mode", "av,a,v",
                              "--train", str(train), "--valid", str(train), "--roi", "-o", str(root / "run"),
                              "--steps", "2", "--batch-frames", "150", "--experts", "4", "--top-k", "2",
@@ -118,3 +129,59 @@ def test_init_continues_from_the_whole_state_or_from_the_backbones_alone(run, tm
     backbone_keys = [k for k in saved if k.startswith(("audio_encoder.", "video_encoder.", "avsr.llm."))]
     assert backbone_keys and all(torch.equal(state[k], saved[k]) for k in backbone_keys)
     assert not torch.equal(state["audio_ctc.weight"], saved["audio_ctc.weight"])  # heads start again
+
+
+def _state(folder: Path) -> dict[str, torch.Tensor]:
+    model = pretrain.Backbones(seed=7)
+    model.load(folder)
+    return model.state_dict()
+
+
+def test_reader_trains_the_lm_on_stand_ins_and_matching_trains_the_encoders_towards_them(run):
+    before, read, matched = _state(run / "backbones"), _state(run / "reader"), _state(run / "matched")
+    changed = lambda a, b, prefix: [k for k in a if k.startswith(prefix) and not torch.equal(a[k], b[k])]  # noqa
+    assert changed(before, read, "avsr.llm.") and changed(before, read, "audio_standin.")
+    assert not changed(before, read, "audio_encoder.") and not changed(before, read, "video_encoder.")
+    assert changed(read, matched, "audio_encoder.") and changed(read, matched, "video_encoder.")
+    assert changed(read, matched, "avsr.audio.")  # the projectors follow
+    for frozen in ("avsr.llm.", "audio_standin.", "video_standin."):
+        assert not changed(read, matched, frozen), frozen
+    log = [json.loads(line) for line in (run / "reader" / "log.jsonl").read_text().splitlines()]
+    assert set(log[0]) - {"step", "epoch", "seconds"} == {"copy"}  # the LM alone first
+    assert {"lm_a", "embed_a"} <= set(log[1]) and "lm_v" in log[2]
+    log = [json.loads(line) for line in (run / "matched" / "log.jsonl").read_text().splitlines()]
+    assert {"match_a", "match_v", "ctc_a", "ctc_v"} <= set(log[0])
+    assert [set(r) & {"lm_a", "lm_v", "lm_av"} for r in log] == [{"lm_a"}, {"lm_v"}]
+
+
+def test_word_spans_follow_espeaks_word_events_and_fill_the_words_it_skips():
+    alignment = {"speech": [0.2, 2.0], "words": [[0.2, "it"], [0.6, "got"], [1.4, "axe"]]}
+    spans = pretrain.word_spans(alignment, "It's got an axe")
+    assert [w for _, _, w in spans] == ["it's", "got", "an", "axe"]
+    assert [s for s, _, _ in spans] == pytest.approx([0.2, 0.6, 1.0, 1.4])  # "an" halfway between its neighbours
+    assert [e for _, e, _ in spans] == pytest.approx([0.6, 1.0, 1.4, 2.0])
+
+
+def test_frame_targets_are_the_transcripts_letters_and_the_phonemes_visemes(run):
+    corpus = run / "corpus"
+    alignments = pretrain.load_alignments(corpus / "alignments.jsonl")
+    for row in map(json.loads, (corpus / "train.jsonl").read_text().splitlines()):
+        al = alignments[row["id"]]
+        n = round(al["duration"] * 50)
+        chars = pretrain.char_frames(al, row["text"], n, 50.0).tolist()
+        begin, end = al["speech"]
+        assert set(chars[: int(begin * 50) - 1]) <= {0} and set(chars[int(end * 50) + 1:]) <= {0}  # silence
+        spoken = [c for i, c in enumerate(chars) if c and (i == 0 or c != chars[i - 1])]
+        letters = [pretrain.ALPHABET.index(c) + 1 for c in row["text"].lower() if c in pretrain.ALPHABET]
+        assert spoken[0] == letters[0]
+        it = iter(letters)
+        assert all(c in it for c in spoken)  # in the transcript's order
+        assert len(spoken) >= 0.6 * len(letters)
+        visemes = pretrain.viseme_frames(al, al["frames"], 25.0)
+        assert len(visemes) == al["frames"]
+        phonemes = [(t, p) for t, p in al["phonemes"] if p != ";"]
+        closures = [(t, nxt) for (t, p), (nxt, _) in zip(phonemes, phonemes[1:]) if p in ("p", "b", "m")]
+        for start, stop in closures:
+            if stop - start >= 0.08:  # long enough for a frame to sit inside
+                assert pretrain.VISEME_NAMES[int(visemes[round((start + stop) / 2 * 25)])] == "closed"
+        assert set(visemes[: int(begin * 25) - 1].tolist()) <= {0}  # rest before the first sound
