@@ -260,6 +260,8 @@ def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode
 @click.option("--bottleneck", type=click.IntRange(min=1))
 @click.option("--position", type=click.Choice(("mhsa", "ffn", "layer")))
 @click.option("--lb-coef", type=float, help="Load-balancing loss coefficient.")
+@click.option("--init", type=click.Path(exists=True, dir_okay=False), help="Safetensors file of initial values for "
+              "trainable tensors (e.g. BACKBONES/projectors.safetensors); the rest start from the seed.")
 @click.option("--precision", type=click.Choice(("bf16", "fp32")))
 @click.option("--seed", type=int)
 @click.option("--save-every", type=click.IntRange(min=1))

@@ -39,6 +39,7 @@ The result is written as
     BACKBONES/backbones.json   the ModelConfig fields that describe them (paths relative to BACKBONES)
     BACKBONES/log.jsonl        losses per logged step
     BACKBONES/pretrain_state.safetensors   every trained tensor, heads included (--init BACKBONES continues from it)
+    BACKBONES/projectors.safetensors       the projectors alone, as `mome train --init` takes them
 
 each folder written under a temporary name and renamed into place. Same corpus, seed and settings: the same weights.
 
@@ -71,6 +72,7 @@ from .mome import MoMEConfig
 ALPHABET = " abcdefghijklmnopqrstuvwxyz'"  # CTC targets; index 0 is the blank, so characters are 1..28
 PROJECTOR_HIDDEN = 256
 BABBLE_SNR = (-5, 0, 5, 10, 20)  # dB, one drawn per noisy utterance (--babble)
+PROJECTORS_NAME = "projectors.safetensors"  # the projectors alone, named as in AVSRModel (mome train --init)
 STATE_NAME = "pretrain_state.safetensors"  # every tensor of Backbones, projectors and CTC heads too: what --init loads
 
 
@@ -325,6 +327,14 @@ class Backbones(torch.nn.Module):
         if unexpected or set(missing) - {"lm_head.weight"}:  # the head is tied to the embeddings
             raise ValueError(f"{directory / 'llm'}: weights do not fit ({missing[:3]}, {unexpected[:3]})")
 
+    def save_projectors(self, path: Path) -> None:
+        """The projectors under AVSRModel's names: what `mome train --init` starts from (the MoME modules of this
+        stage have another shape than the recipe's and start again)."""
+        from safetensors.torch import save_file
+
+        state = {k: t.contiguous() for k, t in self.avsr.state_dict().items() if k.startswith(("audio.", "video."))}
+        save_file(state, str(path), metadata={"format": "pt"})
+
     def load_encoders(self, directory: Path) -> None:
         """The audio and video encoders of the backbones in directory (the rest stays as it is)."""
         from safetensors.torch import load_file
@@ -344,6 +354,7 @@ class Backbones(torch.nn.Module):
         self.audio_encoder.feature_extractor.save_pretrained(tmp / "audio_encoder")
         save_avhubert(self.video_encoder, tmp / "video_encoder")
         save_model(self, str(tmp / STATE_NAME), metadata={"format": "pt"})  # heads too; tied LM head stored once
+        self.save_projectors(tmp / PROJECTORS_NAME)
         self.avsr.llm.save_pretrained(tmp / "llm")
         self.avsr.tokenizer.save_pretrained(tmp / "llm")
         base = ModelConfig(llm="llm", audio_encoder="audio_encoder", audio_dim=self.config.audio_dim,

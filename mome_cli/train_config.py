@@ -68,6 +68,7 @@ class TrainConfig:
     bottleneck: int = 12  # hidden units per expert
     position: str = "mhsa"  # mhsa | ffn | layer: what each MoME module runs beside
     lb_coef: float = 0.01  # weight of the load-balancing loss
+    init: str | None = None  # safetensors file of initial trainable tensors (e.g. a backbones folder's projectors)
     # -- optimisation ----------------------------------------------------------------------------------------------
     steps: int | None = None  # optimiser steps in all; or:
     epochs: int | None = None  # passes over the training set (exactly one of steps, epochs)

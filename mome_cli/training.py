@@ -166,6 +166,8 @@ class Trainer:
                                            name=str(self.out), seed=cfg.seed)
         self.model = self.recognizer.model
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.init and not self.resume:
+            self._warm_start(Path(cfg.init))
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             if not self.resume:  # traces of an earlier attempt that never saved
@@ -195,6 +197,27 @@ class Trainer:
                  f"{'; '.join(f'{a},{v}' for a, v in cfg.rates)}) on {self.device} x {self.world}; "
                  f"{len(self.data.utterances)} utterances, {self.per_epoch} steps/epoch, {self.total} steps"
                  + (f", resuming at step {self.step}" if self.resume else ""))
+
+    def _warm_start(self, path: Path) -> None:
+        """Initial values for some trainable tensors (e.g. projectors trained with the backbones, `init` in the
+        recipe), the others keep their seeded ones. Every tensor in the file must fit one of the model's."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            given = load_file(path)
+        except (OSError, SafetensorError) as e:
+            raise ConfigError(f"init: cannot read {path}: {e}") from e
+        own = self.model.trainable_state_dict()
+        misfits = [k for k, t in given.items() if k not in own or own[k].shape != t.shape]
+        if misfits or not given:
+            raise ConfigError(f"init: {path} holds tensors this model does not train or that have other shapes "
+                              f"({', '.join(misfits[:3]) or 'none at all'}); the model's rates and projector width "
+                              "must match the file's")
+        with torch.no_grad():
+            for name, tensor in given.items():
+                own[name].copy_(tensor)
+        self.say(f"{len(given)} tensors initialised from {path}")
 
     def _init_device(self) -> torch.device:
         cfg = self.config

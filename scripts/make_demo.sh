@@ -27,6 +27,7 @@ cd "$work"
 [[ -f backbones/backbones.json ]] || python -m mome_cli.pretrain backbones --train synth/train.jsonl -o backbones \
     --init reader2 --encoders backbones-ctc --match --babble 0.3 --steps 1800 --batch-frames 600 --seed 0  # ~27 min
 [[ -f demo-run/config.json ]] || mome train --config "$repo/recipes/demo.toml" --model backbones \
+    --init backbones/projectors.safetensors \
     --train synth/train.jsonl --valid synth/valid.jsonl -o demo-run
 python -m mome_cli.pretrain bundle demo-run --backbones backbones -o "$repo/mome_cli/models/demo"
 

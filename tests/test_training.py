@@ -212,6 +212,24 @@ def test_bad_values_and_missing_inputs_exit_with_the_contract_codes(corpus, tmp_
     assert result.returncode == code and message in result.stderr, result.explain
 
 
+def test_init_starts_the_projectors_from_a_file_and_refuses_one_that_does_not_fit(trained, corpus, tmp_path):
+    from safetensors.torch import save_file
+
+    done = load_file(trained / "model.safetensors")
+    projectors = {k: t for k, t in done.items() if k.startswith(("audio.", "video."))}
+    save_file(projectors, str(tmp_path / "projectors.safetensors"))
+    base = ["train", "--config", RECIPE, "--train", corpus / "train.jsonl", "--roi", "--steps", 1, "--lr", 1e-9]
+    result = mome(*base, "-o", tmp_path / "warm", "--init", tmp_path / "projectors.safetensors", root=corpus)
+    assert result.returncode == 0 and f"{len(projectors)} tensors initialised" in result.stderr, result.explain
+    warm = load_file(tmp_path / "warm" / "model.safetensors")
+    assert all(torch.allclose(warm[k], t, atol=1e-6) for k, t in projectors.items())  # a step of lr 1e-9 from them
+    mome_keys = [k for k in done if k.startswith("mome.") and "up_weight" in k]
+    assert not any(torch.equal(warm[k], done[k]) for k in mome_keys)  # the rest from the seed
+    save_file({"audio.projectors.3.fc1.weight": torch.zeros(2, 2)}, str(tmp_path / "other.safetensors"))
+    result = mome(*base, "-o", tmp_path / "misfit", "--init", tmp_path / "other.safetensors", root=corpus)
+    assert result.returncode == 2 and "audio.projectors.3.fc1.weight" in result.stderr, result.explain
+
+
 def test_resume_needs_a_run(corpus, tmp_path):
     result = mome("train", "--config", RECIPE, "--train", corpus / "train.jsonl", "-o", tmp_path, "--resume",
                   root=corpus)
