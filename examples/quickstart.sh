@@ -7,7 +7,7 @@
 #
 # What it shows is the tool, not recognition: the tiny preset's backbones are random and frozen, so the model can only
 # memorise clips that already look and sound different (test patterns and tones here), and the WER shown is on those
-# clips. Real recognition needs real backbones: mome-1b/3b/8b with a trained adapter, or the demo model (issue #7).
+# clips. Real recognition needs real backbones: mome-1b/3b/8b with a trained adapter, or the demo model.
 set -euo pipefail
 out=$(realpath -m "${1:-quickstart}")
 export OMP_NUM_THREADS=1  # tiny models: one thread per process is fastest

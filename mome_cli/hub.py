@@ -171,7 +171,7 @@ PRESETS: dict[str, Preset] = {
         Preset("tiny", "random tiny backbones built locally from configs, for tests and smoke runs", source="local",
                note="nothing to download; output is meaningless until trained"),
         Preset("demo", "small model trained on the project's synthetic corpus", source="bundled",
-               note="ships inside the package, nothing to download; its weights land with issue #7"),
+               note="ships inside the package (mome_cli/models/demo), nothing to download"),
         _mome("mome-1b", "meta-llama/Llama-3.2-1B"),
         _mome("mome-3b", "meta-llama/Llama-3.2-3B"),
         _mome("mome-8b", "meta-llama/Llama-3.1-8B"),

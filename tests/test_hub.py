@@ -140,7 +140,7 @@ def fill_files(home: Path, files) -> None:
 def test_presets_are_the_contracts():
     assert list(PRESETS) == ["tiny", "demo", "mome-1b", "mome-3b", "mome-8b"]
     assert PRESETS["tiny"].source == "local" and not PRESETS["tiny"].items()
-    assert PRESETS["demo"].source == "bundled" and not PRESETS["demo"].items() and "#7" in PRESETS["demo"].note
+    assert PRESETS["demo"].source == "bundled" and not PRESETS["demo"].items() and "inside the package" in PRESETS["demo"].note
     llms = {"mome-1b": "meta-llama/Llama-3.2-1B", "mome-3b": "meta-llama/Llama-3.2-3B",
             "mome-8b": "meta-llama/Llama-3.1-8B"}
     for name, llm in llms.items():
