@@ -484,10 +484,8 @@ def pretrain(args) -> None:
     if args.match:  # the LM already reads the stand-ins (`reader`): it and they stay as they are
         params = model.train_only("audio_encoder", "video_encoder", "audio_ctc", "video_ctc", "avsr.audio",
                                   "avsr.video", "avsr.mome")
-    else:
+    else:  # everything but the stand-ins, the LLM included
         params = model.train_only("audio_encoder", "video_encoder", "audio_ctc", "video_ctc", "avsr")
-        model.avsr.llm.requires_grad_(True)
-        params = [p for p in model.parameters() if p.requires_grad]
     rng = np.random.default_rng(args.seed)
 
     def batches(epoch):
@@ -515,9 +513,7 @@ def reader(args) -> None:
     out, model = _setup(args, say)
     alignments = _alignments_of(args)
     rows = [(alignments[u.id], u.text) for u in load_manifest(args.train)]
-    params = model.train_only("avsr", "audio_standin", "video_standin")
-    model.avsr.llm.requires_grad_(True)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = model.train_only("avsr", "audio_standin", "video_standin")  # the LLM, projectors, MoME, stand-ins
     generator = torch.Generator().manual_seed(args.seed)
 
     def batches(epoch):
