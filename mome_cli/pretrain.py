@@ -52,6 +52,7 @@ Notation for shapes: B utterances, T frames, C characters (blank first), D encod
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import random
@@ -180,6 +181,13 @@ def ctc_loss(head: torch.nn.Linear, states: torch.Tensor, lengths: torch.Tensor,
     return F.ctc_loss(log_probs, targets, lengths.cpu(), target_lengths, zero_infinity=True)
 
 
+def turn(step: int) -> tuple[str, tuple]:
+    """(mode, rate) of a training step: the modes in turn, and the rate pairs in turn over whole rounds of modes, so
+    every mode meets every pair; the rate keeps only the mode's modalities ((4, None) in mode a)."""
+    mode, (a, v) = MODES[step % len(MODES)], DEFAULT_RATES[step // len(MODES) % len(DEFAULT_RATES)]
+    return mode, (a if "a" in mode else None, v if "v" in mode else None)
+
+
 def _masked_nmse(x: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Mean squared error of x (B, T, D) to target over each row's first lengths[b] frames, over target's power."""
     real = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]  # (B, T)
@@ -229,16 +237,17 @@ class Backbones(torch.nn.Module):
         video = pad([viseme_frames(al, int(n), 25.0) for al, n in zip(alignments, video_lengths)], True)
         return audio, video
 
-    def read(self, alignments: list[dict], texts: list[str], mode: str, rate: tuple, generator: torch.Generator,
-             max_words: int | None = None):
-        """Stage `reader`: the LM transcribes the stand-ins' features at one rate of one mode; no encoder runs.
-        With max_words, each row is cut down to a random run of 1..max_words consecutive words and their frames."""
+    def standin_features(self, alignments: list[dict], texts: list[str], generator: torch.Generator | None = None,
+                         max_words: int | None = None) -> tuple[Features, torch.Tensor, list[str]]:
+        """The stand-ins' features of whole clips, their (B, Ta) letter ids and their texts. With a generator, ids
+        are corrupted (corrupt) and, with max_words too, each row is cut down to a random run of 1..max_words
+        consecutive words and their frames."""
         rows = []
         for al, text in zip(alignments, texts):
             a_ids = char_frames(al, text, math.ceil(al["duration"] * 50), 50.0)
             v_ids = viseme_frames(al, al["frames"], 25.0)
             spans, words = word_spans(al, text), text.split()
-            if max_words and len(spans) == len(words) > 1:
+            if generator is not None and max_words and len(spans) == len(words) > 1:
                 n = int(torch.randint(1, min(max_words, len(words)) + 1, (), generator=generator))
                 i = int(torch.randint(0, len(words) - n + 1, (), generator=generator))
                 start, end = spans[i][0], spans[i + n - 1][1]
@@ -249,20 +258,28 @@ class Backbones(torch.nn.Module):
         pad = torch.nn.utils.rnn.pad_sequence
         a_ids, v_ids = pad([r[0] for r in rows], True), pad([r[1] for r in rows], True)  # (B, Ta), (B, Tv)
         a_lengths, v_lengths = torch.tensor([len(r[0]) for r in rows]), torch.tensor([len(r[1]) for r in rows])
-        f = Features(self.audio_standin(corrupt(a_ids, len(ALPHABET) + 1, generator)), a_lengths,
-                     self.video_standin(corrupt(v_ids, len(VISEME_NAMES), generator)), v_lengths)
-        r = (rate[0] if "a" in mode else None, rate[1] if "v" in mode else None)
-        losses = {f"lm_{mode}": self.avsr(f, [r[2] for r in rows], [r], mode).lm_loss}
-        if r[0] is not None:  # the audio tokens towards the letters' own LLM embeddings, pooled the same way
-            tokens, n = self.avsr.audio(f.audio, a_lengths, r[0])  # (B, N, H)
+        a_in, v_in = a_ids, v_ids
+        if generator is not None:
+            a_in, v_in = corrupt(a_ids, len(ALPHABET) + 1, generator), corrupt(v_ids, len(VISEME_NAMES), generator)
+        f = Features(self.audio_standin(a_in), a_lengths, self.video_standin(v_in), v_lengths)
+        return f, a_ids, [r[2] for r in rows]
+
+    def read(self, alignments: list[dict], texts: list[str], mode: str, rate: tuple, generator: torch.Generator,
+             max_words: int | None = None):
+        """Stage `reader`: the LM transcribes the stand-ins' (corrupted) features at one rate of one mode, rows cut
+        to runs of words with max_words (standin_features); no encoder runs."""
+        f, a_ids, texts = self.standin_features(alignments, texts, generator, max_words)
+        losses = {f"lm_{mode}": self.avsr(f, texts, [rate], mode).lm_loss}
+        if rate[0] is not None:  # the audio tokens towards the letters' own LLM embeddings, pooled the same way
+            tokens, n = self.avsr.audio(f.audio, f.audio_lengths, rate[0])  # (B, N, H)
             with torch.no_grad():
                 table = self.avsr.llm.get_input_embeddings().weight  # (V, H)
                 letters = table[self._letter_tokens.to(table.device)[a_ids]]  # (B, Ta, H); silence -> zeros
-                target, _ = compress(letters, a_lengths, r[0], "avgpool")
+                target, _ = compress(letters, f.audio_lengths, rate[0], "avgpool")
             losses["embed_a"] = _masked_nmse(tokens, target, n)
         return losses
 
-    @property
+    @functools.cached_property
     def _letter_tokens(self) -> torch.Tensor:
         """(C,) LLM token id of each character id; silence (0) maps to the padding row, which is kept at zero."""
         tok = self.avsr.tokenizer
@@ -302,10 +319,9 @@ class Backbones(torch.nn.Module):
         """Losses of one batch: CTC on both encoders, the LM at one rate of one mode and, given the alignments, the
         distance of each encoder's features to its stand-in's (normalised mean squared error over real frames)."""
         f = self.encode(audio, rois)
-        r = (rate[0] if "a" in mode else None, rate[1] if "v" in mode else None)
         losses = {"ctc_a": ctc_loss(self.audio_ctc, f.audio, f.audio_lengths, texts),
                   "ctc_v": ctc_loss(self.video_ctc, f.video, f.video_lengths, texts),
-                  f"lm_{mode}": self.avsr(f, texts, [r], mode).lm_loss}
+                  f"lm_{mode}": self.avsr(f, texts, [rate], mode).lm_loss}
         if alignments is not None:
             a_ids, v_ids = self.frame_ids(alignments, texts, f.audio_lengths, f.video_lengths)
             with torch.no_grad():
@@ -492,7 +508,7 @@ def pretrain(args) -> None:
         return frame_batches(lengths, args.batch_frames, shuffle=True, seed=args.seed + epoch, bucket=400)
 
     def loss_of(batch, step):
-        mode, rate = MODES[step % len(MODES)], DEFAULT_RATES[step // len(MODES) % len(DEFAULT_RATES)]
+        mode, rate = turn(step)
         audio = [clips[i].audio for i in batch]
         if args.babble > 0:  # noisy input, clean targets: the audio encoder learns to hear through babble
             audio = [add_babble(x, [clips[j].audio for j in rng.choice(len(clips), 4)], float(rng.choice(BABBLE_SNR)),
@@ -524,24 +540,23 @@ def reader(args) -> None:
         if step < args.copy:
             return model.copy([rows[i][1] for i in batch])
         step -= args.copy
-        mode, rate = MODES[step % len(MODES)], DEFAULT_RATES[step // len(MODES) % len(DEFAULT_RATES)]
+        mode, rate = turn(step)
         words = 1 + int(step / max(1, args.curriculum) * 20) if step < args.curriculum else None
         return model.read([rows[i][0] for i in batch], [rows[i][1] for i in batch], mode, rate, generator, words)
 
     _train(model, params, args, out, batches, loss_of, say)
     if args.valid:
         valid = [(alignments[u.id], u.text) for u in load_manifest(args.valid)][: args.valid_limit]
-        for mode, rate, wer in read_wer(model, valid, args.seed):
+        for mode, rate, wer in read_wer(model, valid):
             say(f"valid {mode} {rate}: WER {100 * wer:.1f}%")
     say(f"reader written to {out}")
 
 
 @torch.no_grad()
-def read_wer(model: Backbones, rows: list[tuple[dict, str]], seed: int = 0, batch: int = 16):
+def read_wer(model: Backbones, rows: list[tuple[dict, str]], batch: int = 16):
     """(mode, rate, WER) of greedy transcripts of the stand-ins' (uncorrupted) features, for every mode and rate."""
-    import jiwer
-
     from .decoding import decode
+    from .scoring import score
 
     model.eval()
     results = []
@@ -550,13 +565,9 @@ def read_wer(model: Backbones, rows: list[tuple[dict, str]], seed: int = 0, batc
             hyps = []
             for i in range(0, len(rows), batch):
                 chunk = rows[i:i + batch]
-                al, texts = [r[0] for r in chunk], [r[1] for r in chunk]
-                audio_lengths = torch.tensor([math.ceil(a["duration"] * 50) for a in al])
-                video_lengths = torch.tensor([a["frames"] for a in al])
-                a_ids, v_ids = model.frame_ids(al, texts, audio_lengths, video_lengths)
-                f = Features(model.audio_standin(a_ids), audio_lengths, model.video_standin(v_ids), video_lengths)
+                f, _, _ = model.standin_features([r[0] for r in chunk], [r[1] for r in chunk])
                 hyps += [r.text for r in decode(model.avsr, f, rate, mode)]
-            results.append((mode, rate, jiwer.wer([r[1] for r in rows], hyps)))
+            results.append((mode, rate, score([r[1] for r in rows], hyps).wer))
     model.train()
     return results
 
