@@ -2,7 +2,8 @@
 
     python -m mome_cli.pretrain backbones --train DATA/train.jsonl -o B0 --steps 1500 --seed 0
     python -m mome_cli.pretrain reader --train DATA/train.jsonl --init B0 -o R --steps 1500
-    python -m mome_cli.pretrain backbones --train DATA/train.jsonl --init R --match --babble 0.3 -o BACKBONES
+    python -m mome_cli.pretrain backbones --train DATA/train.jsonl --init R --match --babble 0.3 -o B1
+    python -m mome_cli.pretrain backbones --train DATA/train.jsonl --init B1 --only audio --match -o BACKBONES
     mome train --config recipes/demo.toml ...            # MoME on the frozen BACKBONES (recipes/demo.toml)
     python -m mome_cli.pretrain bundle CHECKPOINT --backbones BACKBONES -o mome_cli/models/demo
 
@@ -30,6 +31,10 @@ those ids to features of the encoder's width.
 - `backbones --match` then trains the encoders (and projectors, MoME) with the LM and stand-ins frozen, adding the
   distance of each encoder's features to its stand-in's; with --babble, part of the audio is mixed with babble while
   the targets stay clean, so that the audio encoder learns to hear through it.
+- `backbones --only audio` (or video) trains one encoder alone on its CTC loss (and with --match its stand-in
+  distance): neither the LM nor the other encoder runs, so a step costs a fifth of a whole one. With --audio-layers N
+  the audio encoder grows deeper first: the layers it had stay at the bottom and the new ones on top start as
+  identities (their output matrices zero), so training resumes from the same function with more capacity.
 
 The result is written as
 
@@ -89,6 +94,16 @@ VISEME_NAMES = ("rest", "closed", "labiodental", "dental", "sibilant", "postalve
                 "mid", "schwa", "coronal", "dorsal")  # synth.VISEMES, in a fixed order: the video stand-in's ids
 
 
+# synth.py's English phonemes (espeak-ng mnemonics) but the pauses: the ids of the audio stand-in with
+# --audio-units phonemes (1-based; 0 is silence).
+PHONEMES = ("p", "b", "m", "f", "v", "T", "D", "s", "z", "S", "Z", "tS", "dZ", "r", "r-", "R", "w", "w#", "W", "u:",
+            "U", "U@", "u", "0", "O:", "O@", "O2", "O", "o@", "oU", "OI", "a", "aa", "A:", "A@", "a#", "V", "VR", "A",
+            "aI", "aI2", "aI3", "aI@", "aU", "i:", "i", "I", "I2", "I#", "IR", "eI", "i@", "i@3", "j", "E", "e@", "3:",
+            "e", "@", "@2", "@5", "@-", "3", "@L", "t", "t#", "t[", "t2", "d", "n", "n-", "l", "k", "g", "N", "h",
+            "?", "x")
+AUDIO_UNITS = ("letters", "phonemes")  # what the audio stand-in is made of (--audio-units)
+
+
 def load_alignments(path: str | Path) -> dict[str, dict]:
     """id -> that clip's alignment row (synth.py's alignments.jsonl: phoneme and word start times)."""
     with open(path, encoding="utf-8") as f:
@@ -137,17 +152,35 @@ def char_frames(alignment: dict, text: str, n_frames: int, fps: float) -> torch.
     return ids
 
 
-def viseme_frames(alignment: dict, n_frames: int, fps: float) -> torch.Tensor:
-    """(n_frames,) viseme id (VISEME_NAMES) of the phoneme sounding at each frame: what the lips show."""
-    from .synth import viseme_of
-
+def _sounding(alignment: dict, n_frames: int, fps: float, id_of) -> torch.Tensor:
+    """(n_frames,) id_of(phoneme) of the phoneme sounding at each frame; 0 before the first one and after speech."""
     ids = torch.zeros(n_frames, dtype=torch.long)
     phonemes = [(t, p) for t, p in alignment["phonemes"] if p != ";"]  # ';' marks palatalisation, not a sound
     ends = [t for t, _ in phonemes[1:]] + [alignment["speech"][1]]
     for (start, name), end in zip(phonemes, ends):
         a, b = int(round(start * fps)), int(round(end * fps))
-        ids[a:min(b, n_frames)] = VISEME_NAMES.index(viseme_of(name))
+        ids[a:min(b, n_frames)] = id_of(name)
     return ids
+
+
+def viseme_frames(alignment: dict, n_frames: int, fps: float) -> torch.Tensor:
+    """(n_frames,) viseme id (VISEME_NAMES) of the phoneme sounding at each frame: what the lips show."""
+    from .synth import viseme_of
+
+    return _sounding(alignment, n_frames, fps, lambda name: VISEME_NAMES.index(viseme_of(name)))
+
+
+def phoneme_frames(alignment: dict, n_frames: int, fps: float) -> torch.Tensor:
+    """(n_frames,) id of the phoneme sounding at each frame (PHONEMES index + 1; 0 for pauses and silence): what a
+    perfect audio encoder hears, spelling aside."""
+    from .synth import viseme_of
+
+    def id_of(name: str) -> int:
+        if name in PHONEMES:
+            return PHONEMES.index(name) + 1
+        return 0 if viseme_of(name) == "rest" else PHONEMES.index("@") + 1  # an unlisted vowel or consonant
+
+    return _sounding(alignment, n_frames, fps, id_of)
 
 
 class StandIn(torch.nn.Module):
@@ -198,13 +231,17 @@ def _masked_nmse(x: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor) -
 class Backbones(torch.nn.Module):
     """The three backbones, trainable, with the throw-away AVSRModel and CTC heads that train them."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, audio_layers: int | None = None, audio_units: str = "letters"):
         super().__init__()
+        if audio_units not in AUDIO_UNITS:
+            raise ValueError(f"audio_units must be one of {', '.join(AUDIO_UNITS)}, got {audio_units!r}")
+        self.audio_units = audio_units
         from .avhubert import AVHubertConfig, AVHubertVideoEncoder
         from .encoders import DEMO_WHISPER, DEMO_WINDOW, build_whisper
         from .llm import DEMO_SHAPE, build_byte_llm
 
-        self.audio_encoder = build_whisper(DEMO_WHISPER, seed=seed, window=DEMO_WINDOW)
+        shape = {**DEMO_WHISPER, "encoder_layers": audio_layers or DEMO_WHISPER["encoder_layers"]}
+        self.audio_encoder = build_whisper(shape, seed=seed, window=DEMO_WINDOW)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 1)
             self.video_encoder = AVHubertVideoEncoder(AVHubertConfig.demo())
@@ -219,9 +256,19 @@ class Backbones(torch.nn.Module):
             self.avsr = AVSRModel(self.config, llm, tokenizer)
             self.audio_ctc = torch.nn.Linear(D, len(ALPHABET) + 1)
             self.video_ctc = torch.nn.Linear(self.video_encoder.dim, len(ALPHABET) + 1)
-            self.audio_standin = StandIn(len(ALPHABET) + 1, D, kernel=9)  # 50 Hz: 180 ms of context
+            self.audio_standin = StandIn(self.n_audio_ids, D, kernel=9)  # 50 Hz: 180 ms of context
             self.video_standin = StandIn(len(VISEME_NAMES), self.video_encoder.dim, kernel=5)  # 25 Hz: 200 ms
         self.requires_grad_(True)
+
+    @property
+    def n_audio_ids(self) -> int:
+        return len(ALPHABET) + 1 if self.audio_units == "letters" else len(PHONEMES) + 1
+
+    def audio_ids(self, alignment: dict, text: str, n_frames: int) -> torch.Tensor:
+        """(n_frames,) ids of the audio stand-in at 50 Hz: letters spread over their words, or sounding phonemes."""
+        if self.audio_units == "letters":
+            return char_frames(alignment, text, n_frames, 50.0)
+        return phoneme_frames(alignment, n_frames, 50.0)
 
     def train_only(self, *names: str) -> list[torch.nn.Parameter]:
         """Freeze every parameter but those of the named submodules; returns the trainable ones."""
@@ -233,7 +280,7 @@ class Backbones(torch.nn.Module):
     def frame_ids(self, alignments: list[dict], texts: list[str], audio_lengths, video_lengths):
         """(B, Ta) character ids at 50 Hz and (B, Tv) viseme ids at 25 Hz, zero-padded, from the alignments."""
         pad = torch.nn.utils.rnn.pad_sequence
-        audio = pad([char_frames(al, t, int(n), 50.0) for al, t, n in zip(alignments, texts, audio_lengths)], True)
+        audio = pad([self.audio_ids(al, t, int(n)) for al, t, n in zip(alignments, texts, audio_lengths)], True)
         video = pad([viseme_frames(al, int(n), 25.0) for al, n in zip(alignments, video_lengths)], True)
         return audio, video
 
@@ -244,7 +291,7 @@ class Backbones(torch.nn.Module):
         consecutive words and their frames."""
         rows = []
         for al, text in zip(alignments, texts):
-            a_ids = char_frames(al, text, math.ceil(al["duration"] * 50), 50.0)
+            a_ids = self.audio_ids(al, text, math.ceil(al["duration"] * 50))
             v_ids = viseme_frames(al, al["frames"], 25.0)
             spans, words = word_spans(al, text), text.split()
             if generator is not None and max_words and len(spans) == len(words) > 1:
@@ -260,7 +307,7 @@ class Backbones(torch.nn.Module):
         a_lengths, v_lengths = torch.tensor([len(r[0]) for r in rows]), torch.tensor([len(r[1]) for r in rows])
         a_in, v_in = a_ids, v_ids
         if generator is not None:
-            a_in, v_in = corrupt(a_ids, len(ALPHABET) + 1, generator), corrupt(v_ids, len(VISEME_NAMES), generator)
+            a_in, v_in = corrupt(a_ids, self.n_audio_ids, generator), corrupt(v_ids, len(VISEME_NAMES), generator)
         f = Features(self.audio_standin(a_in), a_lengths, self.video_standin(v_in), v_lengths)
         return f, a_ids, [r[2] for r in rows]
 
@@ -270,7 +317,8 @@ class Backbones(torch.nn.Module):
         to runs of words with max_words (standin_features); no encoder runs."""
         f, a_ids, texts = self.standin_features(alignments, texts, generator, max_words)
         losses = {f"lm_{mode}": self.avsr(f, texts, [rate], mode).lm_loss}
-        if rate[0] is not None:  # the audio tokens towards the letters' own LLM embeddings, pooled the same way
+        if rate[0] is not None and self.audio_units == "letters":  # audio tokens towards the letters' own LLM
+            # embeddings, pooled the same way
             tokens, n = self.avsr.audio(f.audio, f.audio_lengths, rate[0])  # (B, N, H)
             with torch.no_grad():
                 table = self.avsr.llm.get_input_embeddings().weight  # (V, H)
@@ -330,18 +378,72 @@ class Backbones(torch.nn.Module):
             losses["match_v"] = _masked_nmse(f.video, v_target, f.video_lengths)
         return losses
 
-    def load(self, directory: Path) -> None:
-        """An earlier run's weights: all of them from its state file, else its three backbones (heads stay new)."""
-        from safetensors.torch import load_file, load_model
+    def encoder_alone(self, modality: str, inputs: list, texts: list[str],
+                      alignments: list[dict] | None = None) -> dict[str, torch.Tensor]:
+        """Losses of one encoder alone (`backbones --only`): its CTC and, given the alignments, its distance to its
+        stand-in. Neither the LM nor the other encoder runs, so a step costs a fraction of a whole one."""
+        if modality == "audio":
+            states, lengths = self.audio_encoder(inputs)  # (B, Ta, D)
+            head, standin = self.audio_ctc, self.audio_standin
+        else:
+            from .lips import centre_crop_normalise
 
-        if (directory / STATE_NAME).is_file():
-            load_model(self, str(directory / STATE_NAME), strict=True)
+            crops = [torch.from_numpy(centre_crop_normalise(r)) for r in inputs]  # (T_i, 88, 88) each
+            frames = torch.nn.utils.rnn.pad_sequence(crops, batch_first=True)  # (B, Tv, 88, 88)
+            states, lengths = self.video_encoder(frames, torch.tensor([len(c) for c in crops]))  # (B, Tv, D)
+            head, standin = self.video_ctc, self.video_standin
+        key = modality[0]
+        losses = {f"ctc_{key}": ctc_loss(head, states, lengths, texts)}
+        if alignments is not None:
+            a_ids, v_ids = self.frame_ids(alignments, texts, lengths, lengths)
+            with torch.no_grad():
+                target = standin(a_ids if modality == "audio" else v_ids)  # (B, T, D)
+            losses[f"match_{key}"] = _masked_nmse(states, target, lengths)
+        return losses
+
+    def load(self, directory: Path) -> None:
+        """An earlier run's weights: all of them from its state file, else its three backbones (heads stay new).
+        A state whose audio stand-in reads other units (letters, phonemes) gives all but that stand-in, which
+        starts afresh; a shallower audio encoder grows (_grow)."""
+        from safetensors.torch import load_file
+
+        path = directory / STATE_NAME
+        if path.is_file():
+            state = load_file(path)
+            other_units = saved_units(directory) != self.audio_units
+            if other_units:
+                state = {k: t for k, t in state.items() if not k.startswith("audio_standin.")}
+            tied = ("avsr.llm.lm_head.weight", "avsr.llm.model.embed_tokens.weight")  # one tensor, stored once
+            for name, twin in (tied, tied[::-1]):
+                if name not in state and twin in state:
+                    state[name] = state[twin]
+            missing, unexpected = self.load_state_dict(state, strict=False)
+            missing = [k for k in missing if not (other_units and k.startswith("audio_standin."))]
+            self._grow(path, missing, unexpected, "audio_encoder.encoder.")
             return
         self.load_encoders(directory)
         missing, unexpected = self.avsr.llm.load_state_dict(load_file(directory / "llm" / "model.safetensors"),
                                                             strict=False)
         if unexpected or set(missing) - {"lm_head.weight"}:  # the head is tied to the embeddings
             raise ValueError(f"{directory / 'llm'}: weights do not fit ({missing[:3]}, {unexpected[:3]})")
+
+    def _grow(self, path: Path, missing: list[str], unexpected: list[str], prefix: str) -> None:
+        """After loading a shallower audio encoder's weights (keys under prefix): its layers are the bottom ones, and
+        the layers it lacks start as identities (attention output and second FFN matrix zero: a pre-LN layer then
+        adds nothing to its input), so the deeper encoder starts as the one it grows from. Other misfits are errors."""
+        layers = self.audio_encoder.encoder.layers
+        new = sorted({int(k[len(prefix):].split(".")[1]) for k in missing if k.startswith(f"{prefix}layers.")})
+        grown = {f"{prefix}layers.{i}.{k}" for i in new for k in layers[i].state_dict()}
+        on_top = new == list(range(len(layers) - len(new), len(layers)))
+        if unexpected or not on_top or set(missing) != grown:
+            raise ValueError(f"{path}: weights do not fit (missing {sorted(missing)[:3]}, unexpected "
+                             f"{sorted(unexpected)[:3]})")
+        with torch.no_grad():
+            for i in new:
+                for linear in (layers[i].self_attn.out_proj, layers[i].fc2):
+                    linear.weight.zero_()
+                    if linear.bias is not None:
+                        linear.bias.zero_()
 
     def save_projectors(self, path: Path) -> None:
         """The projectors under AVSRModel's names: what `mome train --init` starts from (the MoME modules of this
@@ -355,7 +457,9 @@ class Backbones(torch.nn.Module):
         """The audio and video encoders of the backbones in directory (the rest stays as it is)."""
         from safetensors.torch import load_file
 
-        self.audio_encoder.encoder.load_state_dict(load_file(directory / "audio_encoder" / "model.safetensors"))
+        path = directory / "audio_encoder" / "model.safetensors"
+        missing, unexpected = self.audio_encoder.encoder.load_state_dict(load_file(path), strict=False)
+        self._grow(path, missing, unexpected, "")
         self.video_encoder.load_state_dict(load_file(directory / "video_encoder" / "model.safetensors"))
 
     def save(self, directory: Path) -> None:
@@ -369,7 +473,8 @@ class Backbones(torch.nn.Module):
         self.audio_encoder.encoder.save_pretrained(tmp / "audio_encoder")
         self.audio_encoder.feature_extractor.save_pretrained(tmp / "audio_encoder")
         save_avhubert(self.video_encoder, tmp / "video_encoder")
-        save_model(self, str(tmp / STATE_NAME), metadata={"format": "pt"})  # heads too; tied LM head stored once
+        save_model(self, str(tmp / STATE_NAME), metadata={"format": "pt", "audio_units": self.audio_units})  # heads
+        # too; the tied LM head stored once
         self.save_projectors(tmp / PROJECTORS_NAME)
         self.avsr.llm.save_pretrained(tmp / "llm")
         self.avsr.tokenizer.save_pretrained(tmp / "llm")
@@ -430,8 +535,9 @@ def _train(model: Backbones, params: list, args, out: Path, batches, loss_of, sa
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, Trainer._lr_factor(max(1, args.steps // 20), args.steps,
                                                                                 0.0))
     (out / "log.jsonl").unlink(missing_ok=True)
+    last = min(args.steps, args.stop_after or args.steps)
     step, epoch, started, meter, counts = 0, 0, time.monotonic(), {}, {}
-    while step < args.steps:
+    while step < last:
         for batch in batches(epoch):
             losses = loss_of(batch, step)
             sum(losses.values()).backward()
@@ -443,7 +549,7 @@ def _train(model: Backbones, params: list, args, out: Path, batches, loss_of, sa
             for k, v in losses.items():
                 meter[k] = meter.get(k, 0.0) + v.item()
                 counts[k] = counts.get(k, 0) + 1
-            if step % args.log_every == 0 or step == args.steps:
+            if step % args.log_every == 0 or step == last:
                 mean = {k: round(v / counts[k], 4) for k, v in sorted(meter.items())}
                 seconds = time.monotonic() - started
                 with open(out / "log.jsonl", "a", encoding="utf-8") as f:
@@ -451,9 +557,9 @@ def _train(model: Backbones, params: list, args, out: Path, batches, loss_of, sa
                 say(f"step {step}/{args.steps}  " + "  ".join(f"{k} {v:.3f}" for k, v in mean.items())
                     + f"  {seconds:.0f} s")
                 meter, counts = {}, {}
-            if step % args.save_every == 0 or step == args.steps:
+            if step % args.save_every == 0 or step == last:
                 model.save(out)
-            if step == args.steps:
+            if step == last:
                 break
         epoch += 1
 
@@ -465,7 +571,9 @@ def _setup(args, say) -> tuple[Path, Backbones]:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    model = Backbones(args.seed)
+    source = getattr(args, "encoders", None) or args.init  # where the audio encoder comes from, if anywhere
+    units = args.audio_units or (saved_units(Path(args.init)) if args.init else "letters")
+    model = Backbones(args.seed, getattr(args, "audio_layers", None) or (source and _audio_depth(Path(source))), units)
     if args.init:
         model.load(Path(args.init))
         say(f"starting from {args.init}")
@@ -474,6 +582,21 @@ def _setup(args, say) -> tuple[Path, Backbones]:
         say(f"encoders from {args.encoders}")
     model.train()
     return out, model
+
+
+def saved_units(backbones: Path) -> str:
+    """What the audio stand-in of a saved state reads (letters before the choice was recorded)."""
+    from safetensors import safe_open
+
+    if not (backbones / STATE_NAME).is_file():
+        return "letters"
+    with safe_open(str(backbones / STATE_NAME), "pt") as f:
+        return (f.metadata() or {}).get("audio_units", "letters")
+
+
+def _audio_depth(backbones: Path) -> int:
+    """Layers of the audio encoder saved in a backbones folder."""
+    return json.loads((backbones / "audio_encoder" / "config.json").read_text(encoding="utf-8"))["encoder_layers"]
 
 
 def _alignments_of(args) -> dict[str, dict]:
@@ -497,7 +620,9 @@ def pretrain(args) -> None:
         alignments = None
     lengths = [clip_frames(c) for c in clips]
     say(f"{len(clips)} utterances, {sum(lengths) / 25 / 3600:.2f} h")
-    if args.match:  # the LM already reads the stand-ins (`reader`): it and they stay as they are
+    if args.only:  # one encoder and its CTC head; everything else stays as it is
+        params = model.train_only(f"{args.only}_encoder", f"{args.only}_ctc")
+    elif args.match:  # the LM already reads the stand-ins (`reader`): it and they stay as they are
         params = model.train_only("audio_encoder", "video_encoder", "audio_ctc", "video_ctc", "avsr.audio",
                                   "avsr.video", "avsr.mome")
     else:  # everything but the stand-ins, the LLM included
@@ -507,14 +632,22 @@ def pretrain(args) -> None:
     def batches(epoch):
         return frame_batches(lengths, args.batch_frames, shuffle=True, seed=args.seed + epoch, bucket=400)
 
+    def noisy(i: int, x: np.ndarray) -> np.ndarray:  # up to four other utterances' voices under utterance i's
+        if len(clips) < 2:
+            return x
+        others = [j + (j >= i) for j in rng.choice(len(clips) - 1, min(4, len(clips) - 1), replace=False).tolist()]
+        return add_babble(x, [clips[j].audio for j in others], float(rng.choice(BABBLE_SNR)), rng).astype(np.float32)
+
     def loss_of(batch, step):
         mode, rate = turn(step)
         audio = [clips[i].audio for i in batch]
         if args.babble > 0:  # noisy input, clean targets: the audio encoder learns to hear through babble
-            audio = [add_babble(x, [clips[j].audio for j in rng.choice(len(clips), 4)], float(rng.choice(BABBLE_SNR)),
-                                rng).astype(np.float32) if rng.random() < args.babble else x for x in audio]
-        return model(audio, [clips[i].rois for i in batch], [utterances[i].text for i in batch], mode, rate,
-                     [alignments[i] for i in batch] if alignments else None)
+            audio = [noisy(i, x) if rng.random() < args.babble else x for i, x in zip(batch, audio)]
+        texts, aligned = [utterances[i].text for i in batch], [alignments[i] for i in batch] if alignments else None
+        if args.only:
+            return model.encoder_alone(args.only, audio if args.only == "audio" else [clips[i].rois for i in batch],
+                                       texts, aligned)
+        return model(audio, [clips[i].rois for i in batch], texts, mode, rate, aligned)
 
     _train(model, params, args, out, batches, loss_of, say)
     say(f"backbones written to {out}")
@@ -529,7 +662,8 @@ def reader(args) -> None:
     out, model = _setup(args, say)
     alignments = _alignments_of(args)
     rows = [(alignments[u.id], u.text) for u in load_manifest(args.train)]
-    params = model.train_only("avsr", "audio_standin", "video_standin")  # the LLM, projectors, MoME, stand-ins
+    standins = {"both": ("audio_standin", "video_standin"), "audio": ("audio_standin",)}[args.standins]
+    params = model.train_only("avsr", *standins)  # the LLM, projectors, MoME, stand-ins
     generator = torch.Generator().manual_seed(args.seed)
 
     def batches(epoch):
@@ -614,6 +748,11 @@ def main(argv=None) -> None:
         sub.add_argument("--seed", type=int, default=0, help="initial weights, batch order, noise [0]")
         sub.add_argument("--init", metavar="BACKBONES", help="start from an earlier run's weights (its "
                          f"{STATE_NAME}, else its three backbones) instead of random ones; the schedule starts again")
+        sub.add_argument("--stop-after", type=int, metavar="N", help="stop after step N of the --steps schedule "
+                         "(saving there), as if the run had been cut short")
+        sub.add_argument("--audio-units", choices=AUDIO_UNITS, help="what the audio stand-in reads [that of --init, "
+                         "else letters]: each word's letters spread over its span, or the phoneme sounding at each "
+                         "frame; a run that changes it starts a fresh audio stand-in")
         sub.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
         sub.add_argument("--log-every", type=int, default=10, help="steps between log lines [10]")
         sub.add_argument("--save-every", type=int, default=250, help="steps between saves [250]")
@@ -621,12 +760,18 @@ def main(argv=None) -> None:
     trainer.add_argument("--match", action="store_true", help="also pull each encoder's features towards its "
                          "stand-in's (after `reader`); the LM and the stand-ins stay frozen")
     trainer.add_argument("--encoders", metavar="BACKBONES", help="then take the two encoders from these backbones")
+    trainer.add_argument("--only", choices=("audio", "video"), help="train that encoder alone, on its CTC loss "
+                         "(and with --match its stand-in distance): no LM runs, so steps are several times cheaper")
+    trainer.add_argument("--audio-layers", type=int, metavar="N", help="audio encoder depth [that of --encoders or "
+                         "--init, else 3]; one grown from a shallower encoder gets its new top layers as identities")
     trainer.add_argument("--babble", type=float, default=0.0, help="share of utterances given babble noise [0]")
     reading.add_argument("--batch", type=int, default=24, help="utterances per step [24]")
     reading.add_argument("--copy", type=int, default=0, metavar="STEPS", help="first STEPS steps: the LM alone "
                          "copies transcripts from its prefix (Backbones.copy) [0]")
     reading.add_argument("--curriculum", type=int, default=0, metavar="STEPS", help="over the first STEPS steps, "
                          "rows are runs of words cut from the utterances, from 1 word up to 20 [0: whole rows]")
+    reading.add_argument("--standins", choices=("both", "audio"), default="both", help="which stand-ins train with "
+                         "the LM [both]; audio keeps the video one (and so an encoder matched to it) as it is")
     reading.add_argument("--valid", help="manifest to report greedy WER on at the end")
     reading.add_argument("--valid-limit", type=int, default=100, help="its first N utterances [100]")
     args = parser.parse_args(argv)

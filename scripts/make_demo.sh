@@ -16,19 +16,28 @@ mkdir -p "$work"
 cd "$work"
 
 [[ -f synth/test.jsonl ]] || python -m mome_cli.synth synth --utterances 4000 --seed 0 --jobs 2  # ~10 min
-# The backbones, in three stages (mome_cli/pretrain.py): encoders led by CTC; the LM taught to read stand-in features
-# made from the alignments; the encoders pulled towards those features, the LM frozen.
-[[ -f backbones-ctc/backbones.json ]] || python -m mome_cli.pretrain backbones --train synth/train.jsonl \
-    -o backbones-ctc --steps 1500 --batch-frames 600 --lr 2e-3 --seed 0                            # ~25 min
-[[ -f reader/backbones.json ]] || python -m mome_cli.pretrain reader --train synth/train.jsonl -o reader \
-    --steps 2400 --copy 600 --curriculum 800 --seed 1                                              # ~16 min
-[[ -f reader2/backbones.json ]] || python -m mome_cli.pretrain reader --train synth/train.jsonl -o reader2 \
-    --init reader --steps 1500 --lr 1.5e-3 --seed 2 --valid synth/valid.jsonl --valid-limit 48     # ~12 min
-[[ -f backbones/backbones.json ]] || python -m mome_cli.pretrain backbones --train synth/train.jsonl -o backbones \
-    --init reader2 --encoders backbones-ctc --match --babble 0.3 --steps 1800 --batch-frames 600 --seed 0  # ~27 min
+# The backbones, in stages (mome_cli/pretrain.py): encoders led by CTC; the LM taught to read stand-in features
+# made from the alignments; the encoders pulled towards those features, the LM frozen; then the audio encoder alone,
+# grown from 3 to 6 layers. Two of the runs were cut short (--stop-after) where the shipped weights were taken.
+pre() { python -m mome_cli.pretrain "$@"; }
+[[ -f backbones-ctc/backbones.json ]] || pre backbones --train synth/train.jsonl -o backbones-ctc --steps 1500 \
+    --batch-frames 600 --lr 2e-3 --seed 0                                                                # ~25 min
+[[ -f reader/backbones.json ]] || pre reader --train synth/train.jsonl -o reader --steps 2400 --copy 600 \
+    --curriculum 800 --seed 1                                                                            # ~16 min
+[[ -f reader2/backbones.json ]] || pre reader --train synth/train.jsonl -o reader2 --init reader --steps 1500 \
+    --lr 1.5e-3 --seed 2 --valid synth/valid.jsonl --valid-limit 48                                      # ~12 min
+[[ -f matched/backbones.json ]] || pre backbones --train synth/train.jsonl -o matched --init reader2 \
+    --encoders backbones-ctc --match --babble 0.3 --steps 1800 --batch-frames 600 --seed 0               # ~27 min
+[[ -f matched2/backbones.json ]] || pre backbones --train synth/train.jsonl -o matched2 --init matched --match \
+    --babble 0.3 --steps 4000 --stop-after 1800 --batch-frames 600 --seed 3                              # ~40 min
+[[ -f heard/backbones.json ]] || pre backbones --train synth/train.jsonl -o heard --init matched2 --only audio \
+    --audio-layers 6 --match --babble 0.3 --steps 8000 --stop-after 2000 --batch-frames 600 --lr 1.5e-3 \
+    --seed 4                                                                                             # ~13 min
+[[ -f backbones/backbones.json ]] || pre backbones --train synth/train.jsonl -o backbones --init heard --only audio \
+    --match --babble 0.3 --steps 1200 --batch-frames 600 --lr 6e-4 --seed 5                              # ~8 min
 [[ -f demo-run/config.json ]] || mome train --config "$repo/recipes/demo.toml" --model backbones \
     --init backbones/projectors.safetensors \
-    --train synth/train.jsonl --valid synth/valid.jsonl -o demo-run
+    --train synth/train.jsonl --valid synth/valid.jsonl -o demo-run                                      # ~18 min
 python -m mome_cli.pretrain bundle demo-run --backbones backbones -o "$repo/mome_cli/models/demo"
 
 # The example: the first test-split clips of speaker spk00, in manifest order, until they last 9 s or more (a rule
@@ -58,4 +67,27 @@ for mode in av a v; do
     snr=clean,-5,0,5
     [[ $mode == v ]] && snr=clean
     mome evaluate --dataset synth/test.jsonl --model demo --roi --mode "$mode" --snr "$snr" -o "eval-demo-$mode"
+done
+
+# The per-rate independent baseline: one model per rate pair (its own projectors, MoME modules and router), trained
+# the same way as the demo model (same recipe, steps and batches, projectors starting from the backbones' ones of its
+# rates), each evaluated at its own pair.
+for pair in 4,2 4,5 16,2 16,5; do
+    name=baseline-${pair/,/-}
+    python - "$pair" "$name.init.safetensors" <<'PY'
+import sys
+from safetensors.torch import load_file, save_file
+
+a, v = sys.argv[1].split(",")
+own = {k: t for k, t in load_file("backbones/projectors.safetensors").items()
+       if k.startswith((f"audio.projectors.{a}.", f"video.projectors.{v}."))}
+save_file(own, sys.argv[2])
+PY
+    [[ -f $name/config.json ]] || mome train --config "$repo/recipes/demo.toml" --model backbones --rates "$pair" \
+        --init "$name.init.safetensors" --train synth/train.jsonl --valid synth/valid.jsonl -o "$name"   # ~7 min
+    for mode in av a v; do
+        snr=clean,-5,0,5
+        [[ $mode == v ]] && snr=clean
+        mome evaluate --dataset synth/test.jsonl --model "$name" --roi --mode "$mode" --snr "$snr" -o "eval-$name-$mode"
+    done
 done

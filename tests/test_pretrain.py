@@ -48,6 +48,11 @@ def run(tmp_path_factory):
                     "-o", str(root / "matched"), "--steps", "2", "--batch-frames", "150", "--match", "--babble", "1",
                     "--encoders", str(root / "backbones")],
                    check=True, env=env, capture_output=True)
+    result = subprocess.run([sys.executable, "-m", "mome_cli.pretrain", "backbones", *common, "--init",
+                             str(root / "matched"), "-o", str(root / "heard"), "--steps", "5", "--stop-after", "2", "--batch-frames", "150",
+                             "--only", "audio", "--audio-layers", "4", "--match", "--babble", "1"],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
     result = subprocess.run([str(BIN / "mome"), "train", "--model", str(root / "backbones"), "--mode", "av,a,v",
                              "--train", str(train), "--valid", str(train), "--roi", "-o", str(root / "run"),
                              "--steps", "2", "--batch-frames", "150", "--experts", "4", "--top-k", "2",
@@ -131,8 +136,8 @@ def test_init_continues_from_the_whole_state_or_from_the_backbones_alone(run, tm
     assert not torch.equal(state["audio_ctc.weight"], saved["audio_ctc.weight"])  # heads start again
 
 
-def _state(folder: Path) -> dict[str, torch.Tensor]:
-    model = pretrain.Backbones(seed=7)
+def _state(folder: Path, audio_layers: int | None = None) -> dict[str, torch.Tensor]:
+    model = pretrain.Backbones(seed=7, audio_layers=audio_layers)
     model.load(folder)
     return model.state_dict()
 
@@ -185,3 +190,69 @@ def test_frame_targets_are_the_transcripts_letters_and_the_phonemes_visemes(run)
             if stop - start >= 0.08:  # long enough for a frame to sit inside
                 assert pretrain.VISEME_NAMES[int(visemes[round((start + stop) / 2 * 25)])] == "closed"
         assert set(visemes[: int(begin * 25) - 1].tolist()) <= {0}  # rest before the first sound
+
+
+def test_one_encoder_alone_trains_on_its_own_losses_and_grows_deeper(run):
+    matched, heard = _state(run / "matched", audio_layers=4), _state(run / "heard", audio_layers=4)
+    changed = {k.split(".")[0] for k in heard if not torch.equal(heard[k], matched[k])}
+    assert changed == {"audio_encoder", "audio_ctc"}
+    config = json.loads((run / "heard" / "audio_encoder" / "config.json").read_text())
+    assert config["encoder_layers"] == 4
+    log = [json.loads(line) for line in (run / "heard" / "log.jsonl").read_text().splitlines()]
+    assert set(log[0]) - {"step", "epoch", "seconds"} == {"ctc_a", "match_a"}
+    assert [r["step"] for r in log] == [1, 2]  # --stop-after 2 of a 5-step schedule
+
+
+def test_a_deeper_audio_encoder_starts_as_the_shallower_one_it_grows_from(run):
+    import numpy as np
+
+    shallow = pretrain.Backbones(seed=7)
+    shallow.load(run / "matched")
+    deep = pretrain.Backbones(seed=8, audio_layers=5)
+    deep.load(run / "matched")
+    assert len(deep.audio_encoder.encoder.layers) == len(shallow.audio_encoder.encoder.layers) + 2
+    assert deep.audio_encoder.encoder.layers[-1].fc2.weight.abs().sum() == 0
+    assert deep.audio_encoder.encoder.layers[-1].fc1.weight.abs().sum() > 0  # only the outputs start at zero
+    waveform = [np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1]
+    with torch.no_grad():
+        (a, _), (b, _) = shallow.audio_encoder(waveform), deep.audio_encoder(waveform)
+    assert torch.allclose(a, b, atol=1e-6)
+    bare = pretrain.Backbones(seed=8, audio_layers=5)
+    bare.load_encoders(run / "matched")  # from the saved encoder folder too
+    with torch.no_grad():
+        assert torch.allclose(bare.audio_encoder(waveform)[0], a, atol=1e-6)
+    with pytest.raises(ValueError, match="do not fit"):  # a deeper one does not fit a shallower encoder
+        pretrain.Backbones(seed=8, audio_layers=2).load(run / "matched")
+
+
+def test_the_video_encoder_alone_gets_its_ctc_and_stand_in_losses(run):
+    rows = [json.loads(line) for line in (run / "corpus" / "train.jsonl").read_text().splitlines()][:2]
+    alignments = pretrain.load_alignments(run / "corpus" / "alignments.jsonl")
+    preprocess = Preprocessor(PreprocessOptions(roi=True))
+    rois = [preprocess(run / "corpus" / r["video"]).rois for r in rows]
+    model = pretrain.Backbones(seed=7)
+    losses = model.encoder_alone("video", rois, [r["text"] for r in rows], [alignments[r["id"]] for r in rows])
+    assert set(losses) == {"ctc_v", "match_v"} and all(torch.isfinite(v) for v in losses.values())
+    losses["match_v"].backward()
+    assert model.video_encoder.post_extract_proj.weight.grad is not None and model.avsr.llm.model.embed_tokens.weight.grad is None
+
+
+def test_phoneme_stand_ins_follow_the_sounding_phonemes_and_swap_in_on_load(run):
+    assert set(pretrain.PHONEMES) == {p for p, v in synth.PHONEME_VISEME.items() if v != "rest"}
+    alignments = pretrain.load_alignments(run / "corpus" / "alignments.jsonl")
+    al = next(iter(alignments.values()))
+    n = round(al["duration"] * 50)
+    ids = pretrain.phoneme_frames(al, n, 50.0)
+    sounds = [(t, p) for t, p in al["phonemes"] if p != ";"]
+    for (start, name), (end, _) in zip(sounds, sounds[1:]):
+        middle = int((start + end) / 2 * 50)
+        expected = pretrain.PHONEMES.index(name) + 1 if name in pretrain.PHONEMES else 0
+        if end - start > 0.04 and (name in pretrain.PHONEMES or name.startswith("_")):
+            assert int(ids[middle]) == expected, (name, start, end)
+    assert int(ids[0]) == 0 and int(ids[-1]) == 0  # silence around the speech
+    letters = _state(run / "reader")
+    model = pretrain.Backbones(seed=9, audio_units="phonemes")
+    model.load(run / "reader")  # a letters state: everything but the audio stand-in, which starts afresh
+    state = model.state_dict()
+    assert model.audio_standin.embed.weight.shape[0] == len(pretrain.PHONEMES) + 1
+    assert all(torch.equal(state[k], t) for k, t in letters.items() if not k.startswith("audio_standin."))

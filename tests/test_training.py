@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mome_cli.checkpoint import load_checkpoint
+from mome_cli.checkpoint import BACKBONES_NAME, load_checkpoint
 from mome_cli.data import load_manifest
 from mome_cli.preprocess import Preprocessor, PreprocessOptions
 from mome_cli.noise import add_babble
@@ -251,6 +251,16 @@ def test_flags_override_the_recipe_and_steps_replace_epochs(tmp_path):
         TrainConfig(train="t", output="o")
     with pytest.raises(ConfigError, match="precision must be one of bf16, fp32, got 'fp8'"):
         TrainConfig(train="t", output="o", steps=1, precision="fp8")
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_recipe_is_a_valid_config(recipe, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a recipe's relative backbones folder (demo: runs/backbones) would be
+    (tmp_path / "runs" / "backbones").mkdir(parents=True)
+    (tmp_path / "runs" / "backbones" / BACKBONES_NAME).write_text("{}")
+    config = resolve_config(recipe, {"train": "t.jsonl", "output": str(tmp_path / "o")})
+    assert config.rates and (config.steps or config.epochs)
 
 
 def test_time_mask_zeroes_spans_and_babble_hits_the_snr():

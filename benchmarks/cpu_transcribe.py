@@ -1,0 +1,172 @@
+"""The bundled demo model transcribing one clip on the CPU: the whole `mome transcribe` command, and its parts.
+
+    python benchmarks/cpu_transcribe.py [--clip examples/demo.mp4] [--runs 3] [--repeats 5] [--threads 2]
+
+Two tables.
+
+1. Whole processes, each started `--runs` times under /usr/bin/time (wall seconds and peak RSS, the median and the
+   largest): the `mome transcribe` command the README shows (mouth crops as input, no preprocessing cache), and as
+   baselines the start-up that any such command pays before it reads its input: Python importing torch alone, then
+   torch and the transformers modules the demo model is made of (Llama and the Whisper encoder).
+2. One process, after a warm-up: loading the model (the first load, which includes importing those transformers
+   modules), reading the clip (media stage, no cache), the two encoders, and decoding at the fastest and the
+   slowest rate pair, with mome's decoder and, as the baseline on the same prefix, transformers' `generate` (greedy,
+   dynamic cache, the same number of new tokens). The medians of `--repeats` runs, interleaved.
+
+The clip is cut into segments as `mome transcribe` cuts it (the demo audio encoder's window is 8 s), and both
+decoders get the same batch of segments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TARGET_SECONDS, TARGET_RSS_MIB = 2.0, 1024  # issue #8, point 5
+
+
+def timed_process(argv: list[str], runs: int) -> tuple[list[float], list[float]]:
+    """Wall seconds and peak RSS (MiB) of `runs` runs of argv, from /usr/bin/time -v."""
+    walls, rss = [], []
+    for _ in range(runs):
+        with tempfile.NamedTemporaryFile("r", suffix=".txt") as report:
+            started = time.perf_counter()
+            done = subprocess.run(["/usr/bin/time", "-v", "-o", report.name, *argv], capture_output=True, text=True)
+            walls.append(time.perf_counter() - started)
+            if done.returncode != 0:
+                sys.exit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+            line = next(line for line in report.read().splitlines() if "Maximum resident set size" in line)
+            rss.append(int(line.split(":")[1]) / 1024)
+    return walls, rss
+
+
+def whole_processes(clip: Path, runs: int, threads: int) -> list[tuple[str, list[float], list[float]]]:
+    python = sys.executable
+    imports = ("import torch; from transformers.models.llama.modeling_llama import LlamaForCausalLM; "
+               "from transformers.models.whisper.modeling_whisper import WhisperEncoder")
+    with tempfile.TemporaryDirectory() as out:
+        rows = [
+            ("baseline: python -c 'import torch'", [python, "-c", "import torch"]),
+            ("baseline: import torch + transformers' Llama and Whisper modules", [python, "-c", imports]),
+            (f"mome transcribe {clip.name} --roi (whole command)",
+             [python, "-m", "mome_cli", "transcribe", str(clip), "--roi", "--no-cache", "--overwrite", "-o", out,
+              "--stdout"]),
+        ]
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # the children's torch threads
+        return [(name, *timed_process(argv, runs)) for name, argv in rows]
+
+
+def in_process(clip: Path, repeats: int) -> tuple[list[tuple], dict]:
+    import torch
+
+    from mome_cli.decoding import DecodingOptions, decode
+    from mome_cli.preprocess import PreprocessOptions, Preprocessor
+    from mome_cli.recognizer import load_recognizer, segments_of, slice_audio, slice_rois
+
+    started = time.perf_counter()
+    recognizer = load_recognizer("demo", device="cpu")
+    load_seconds = time.perf_counter() - started
+    model, options = recognizer.model, DecodingOptions()
+    preprocess = Preprocessor(PreprocessOptions(mode="av", roi=True, device="cpu"), cache_dir=None)
+    media = preprocess(clip)
+    segments = [s for s in segments_of(media, recognizer.max_segment_seconds) if s.speech]
+    audio = [slice_audio(media, s) for s in segments]
+    rois = [slice_rois(media, s) for s in segments]
+    features = recognizer.features(audio, rois)
+    tokenizer = model.tokenizer
+
+    def generate(rate):  # transformers' own greedy loop on the prefix mome's decoder starts from
+        with torch.inference_mode():
+            prefix = model.prefix(features, rate, "av")
+            ids = model.llm.generate(inputs_embeds=prefix.embeds, attention_mask=prefix.attention_mask,
+                                     max_new_tokens=options.max_new_tokens, do_sample=False, num_beams=1,
+                                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        return [" ".join(tokenizer.decode(row, skip_special_tokens=True).split()) for row in ids.tolist()]
+
+    def ours(rate):
+        return [r.text for r in decode(model, features, rate, "av", options)]
+
+    jobs = {"media stage (probe, decode, crops)": lambda: preprocess(clip),
+            "encoders (audio + video)": lambda: recognizer.features(audio, rois)}
+    for rate in ((4, 2), (16, 5)):
+        jobs[f"decode {rate[0]},{rate[1]}: transformers generate (baseline)"] = lambda rate=rate: generate(rate)
+        jobs[f"decode {rate[0]},{rate[1]}: mome"] = lambda rate=rate: ours(rate)
+    for fn in jobs.values():  # warm-up
+        fn()
+    times = {name: [] for name in jobs}
+    for _ in range(repeats):
+        for name, fn in jobs.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    same = {rate: ours(rate) == generate(rate) for rate in ((4, 2), (16, 5))}
+    tokens = {rate: max(len(r.tokens) for r in decode(model, features, rate, "av", options)) + 1
+              for rate in ((4, 2), (16, 5))}
+    rows = [("model load (first, imports included)", [load_seconds])] + [(n, t) for n, t in times.items()]
+    facts = dict(duration=media.duration, segments=[(round(s.start, 2), round(s.end, 2)) for s in segments],
+                 same=same, tokens=tokens)
+    return rows, facts
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clip", type=Path, default=REPO / "examples" / "demo.mp4", help="[examples/demo.mp4]")
+    parser.add_argument("--runs", type=int, default=3, help="starts of each whole process [3]")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each in-process stage [5]")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads [2]")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    processes = whole_processes(args.clip, args.runs, args.threads)
+    stages, facts = in_process(args.clip, args.repeats)
+    import transformers
+
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores, {args.threads} torch threads; torch {torch.__version__}, "
+          f"transformers {transformers.__version__}, Python {platform.python_version()}")
+    print(f"Clip: {args.clip.name}, {facts['duration']:.2f} s, decoded as segments {facts['segments']}; "
+          f"tokens per segment (EOS included, longest): {facts['tokens']}\n")
+    print("| whole process | runs | wall s, median | wall s, max | peak RSS MiB, max |")
+    print("|---|---|---|---|---|")
+    for name, walls, rss in processes:
+        print(f"| {name} | {len(walls)} | {statistics.median(walls):.2f} | {max(walls):.2f} | {max(rss):.0f} |")
+    print("\n| in one process, after warm-up | runs | seconds, median | x real time |")
+    print("|---|---|---|---|")
+    for name, seconds in stages:
+        median = statistics.median(seconds)
+        print(f"| {name} | {len(seconds)} | {median:.3f} | {facts['duration'] / median:.1f} |")
+    medians = {name: statistics.median(s) for name, s in stages}
+    print()
+    for rate in ((4, 2), (16, 5)):
+        a, v = rate
+        base, ours = medians[f"decode {a},{v}: transformers generate (baseline)"], medians[f"decode {a},{v}: mome"]
+        transcribe = medians["media stage (probe, decode, crops)"] + medians["encoders (audio + video)"] + ours
+        print(f"- ({a},{v}): mome's decoder {base / ours:.2f}x the speed of generate, same text: "
+              f"{'yes' if facts['same'][rate] else 'NO'}; media + encoders + decode = {transcribe:.2f} s "
+              f"(target {TARGET_SECONDS:g} s: {'met' if transcribe <= TARGET_SECONDS else 'missed'})")
+    whole_wall = statistics.median(processes[-1][1])
+    whole_rss = max(processes[-1][2])
+    print(f"- whole command: {whole_wall:.2f} s (target {TARGET_SECONDS:g} s: "
+          f"{'met' if whole_wall <= TARGET_SECONDS else f'missed by {whole_wall - TARGET_SECONDS:.2f} s'}), "
+          f"of which {statistics.median(processes[1][1]):.2f} s is the baseline start-up; peak RSS {whole_rss:.0f} MiB "
+          f"(target {TARGET_RSS_MIB} MiB: {'met' if whole_rss <= TARGET_RSS_MIB else 'missed'})")
+
+
+if __name__ == "__main__":
+    main()
