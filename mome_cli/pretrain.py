@@ -11,7 +11,8 @@ Real MoME models stand on Whisper, AV-HuBERT and Llama, pretrained on other data
 fetched where this project is built, so the demo model's three backbones are trained here first, from random weights,
 on the synthetic corpus (synth.py), and then frozen for `mome train --model BACKBONES`:
 
-- audio: a Whisper encoder (encoders.DEMO_WHISPER: 128 wide, 3 layers, an 8 s window) with its real feature extractor;
+- audio: a Whisper encoder (encoders.DEMO_WHISPER: 128 wide, 3 layers, an 8 s window; the shipped one grown to 6
+  with --audio-layers) with its real feature extractor;
 - video: an AV-HuBERT encoder of the same structure as Large at small widths (AVHubertConfig.demo());
 - LLM: a byte-level Llama (llm.DEMO_SHAPE: 192 wide, 3 layers).
 
@@ -35,6 +36,12 @@ those ids to features of the encoder's width.
   distance): neither the LM nor the other encoder runs, so a step costs a fifth of a whole one. With --audio-layers N
   the audio encoder grows deeper first: the layers it had stay at the bottom and the new ones on top start as
   identities (their output matrices zero), so training resumes from the same function with more capacity.
+
+The audio stand-in reads letters by default: each word's letters spread evenly over its span, which no encoder can
+hear (spelling is not in the sound), so real encoders reproduce it only roughly. With --audio-units phonemes it reads
+the phoneme sounding at each frame instead, which the sound does carry, and the LM has to learn the spelling; a
+`reader` run that switches units keeps everything but the audio stand-in, and --standins audio keeps the video
+stand-in (and an encoder already matched to it) as it is.
 
 The result is written as
 
@@ -395,9 +402,10 @@ class Backbones(torch.nn.Module):
         key = modality[0]
         losses = {f"ctc_{key}": ctc_loss(head, states, lengths, texts)}
         if alignments is not None:
-            a_ids, v_ids = self.frame_ids(alignments, texts, lengths, lengths)
+            ids = [self.audio_ids(al, t, int(n)) if modality == "audio" else viseme_frames(al, int(n), 25.0)
+                   for al, t, n in zip(alignments, texts, lengths)]
             with torch.no_grad():
-                target = standin(a_ids if modality == "audio" else v_ids)  # (B, T, D)
+                target = standin(torch.nn.utils.rnn.pad_sequence(ids, batch_first=True))  # (B, T, D)
             losses[f"match_{key}"] = _masked_nmse(states, target, lengths)
         return losses
 

@@ -4,7 +4,8 @@
 #   bash scripts/make_demo.sh [WORK_DIR]        (needs mome installed, ffmpeg, espeak-ng and fortunes; WORK_DIR [work])
 #
 # 1. the synthetic corpus (mome_cli.synth: 4000 clips, about 3 h, seed 0);
-# 2. the three small backbones trained from scratch on it (mome_cli.pretrain: backbones, reader, backbones --match);
+# 2. the three small backbones trained from scratch on it (mome_cli.pretrain: backbones, reader, backbones --match,
+#    backbones --only audio, reader --audio-units phonemes);
 # 3. MoME on the frozen backbones, all four rate pairs, modes av, a and v (recipes/demo.toml);
 # 4. the bundle that ships as `demo` (mome_cli/models/demo) and the example clip (examples/demo.mp4, demo.txt);
 # 5. WER on the held-out test split per mode, rate pair and babble SNR (WORK_DIR/eval-*/report.json).
@@ -18,7 +19,8 @@ cd "$work"
 [[ -f synth/test.jsonl ]] || python -m mome_cli.synth synth --utterances 4000 --seed 0 --jobs 2  # ~10 min
 # The backbones, in stages (mome_cli/pretrain.py): encoders led by CTC; the LM taught to read stand-in features
 # made from the alignments; the encoders pulled towards those features, the LM frozen; then the audio encoder alone,
-# grown from 3 to 6 layers. Two of the runs were cut short (--stop-after) where the shipped weights were taken.
+# grown from 3 to 6 layers; then the LM taught to read phonemes and the audio encoder to produce them. Two of the runs
+# were cut short (--stop-after) where the shipped weights were taken.
 pre() { python -m mome_cli.pretrain "$@"; }
 [[ -f backbones-ctc/backbones.json ]] || pre backbones --train synth/train.jsonl -o backbones-ctc --steps 1500 \
     --batch-frames 600 --lr 2e-3 --seed 0                                                                # ~25 min
@@ -33,8 +35,16 @@ pre() { python -m mome_cli.pretrain "$@"; }
 [[ -f heard/backbones.json ]] || pre backbones --train synth/train.jsonl -o heard --init matched2 --only audio \
     --audio-layers 6 --match --babble 0.3 --steps 8000 --stop-after 2000 --batch-frames 600 --lr 1.5e-3 \
     --seed 4                                                                                             # ~13 min
-[[ -f backbones/backbones.json ]] || pre backbones --train synth/train.jsonl -o backbones --init heard --only audio \
+[[ -f heard2/backbones.json ]] || pre backbones --train synth/train.jsonl -o heard2 --init heard --only audio \
     --match --babble 0.3 --steps 1200 --batch-frames 600 --lr 6e-4 --seed 5                              # ~8 min
+# Letters cannot be heard (spelling is not in the sound): the LM learns to read phonemes instead, the video stand-in
+# (and the video encoder matched to it) kept as they are; then the audio encoder learns to produce the phonemes.
+[[ -f reader3/backbones.json ]] || pre reader --train synth/train.jsonl -o reader3 --init reader2 \
+    --audio-units phonemes --standins audio --steps 3000 --curriculum 600 --lr 2e-3 --seed 6 --threads 1 \
+    --valid synth/valid.jsonl --valid-limit 48                                                           # ~25 min
+[[ -f backbones/backbones.json ]] || pre backbones --train synth/train.jsonl -o backbones --init reader3 \
+    --encoders heard2 --only audio --match --babble 0.3 --steps 2500 --batch-frames 600 --lr 1.5e-3 --seed 7 \
+    --threads 1                                                                                          # ~20 min
 [[ -f demo-run/config.json ]] || mome train --config "$repo/recipes/demo.toml" --model backbones \
     --init backbones/projectors.safetensors \
     --train synth/train.jsonl --valid synth/valid.jsonl -o demo-run                                      # ~18 min
