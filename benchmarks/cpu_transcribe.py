@@ -33,13 +33,14 @@ REPO = Path(__file__).resolve().parent.parent
 TARGET_SECONDS, TARGET_RSS_MIB = 2.0, 1024  # issue #8, point 5
 
 
-def timed_process(argv: list[str], runs: int) -> tuple[list[float], list[float]]:
-    """Wall seconds and peak RSS (MiB) of `runs` runs of argv, from /usr/bin/time -v."""
+def timed_process(argv: list[str], runs: int, env: dict[str, str]) -> tuple[list[float], list[float]]:
+    """Wall seconds and peak RSS (MiB) of `runs` runs of argv in environment env, from /usr/bin/time -v."""
     walls, rss = [], []
     for _ in range(runs):
         with tempfile.NamedTemporaryFile("r", suffix=".txt") as report:
             started = time.perf_counter()
-            done = subprocess.run(["/usr/bin/time", "-v", "-o", report.name, *argv], capture_output=True, text=True)
+            done = subprocess.run(["/usr/bin/time", "-v", "-o", report.name, *argv], capture_output=True, text=True,
+                                  env=env)
             walls.append(time.perf_counter() - started)
             if done.returncode != 0:
                 sys.exit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
@@ -60,8 +61,8 @@ def whole_processes(clip: Path, runs: int, threads: int) -> list[tuple[str, list
              [python, "-m", "mome_cli", "transcribe", str(clip), "--roi", "--no-cache", "--overwrite", "-o", out,
               "--stdout"]),
         ]
-        os.environ["OMP_NUM_THREADS"] = str(threads)  # the children's torch threads
-        return [(name, *timed_process(argv, runs)) for name, argv in rows]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # the children's torch threads
+        return [(name, *timed_process(argv, runs, env)) for name, argv in rows]
 
 
 def in_process(clip: Path, repeats: int) -> tuple[list[tuple], dict]:

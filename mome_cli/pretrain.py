@@ -284,12 +284,14 @@ class Backbones(torch.nn.Module):
             self.get_submodule(name).requires_grad_(True)
         return [p for p in self.parameters() if p.requires_grad]
 
-    def frame_ids(self, alignments: list[dict], texts: list[str], audio_lengths, video_lengths):
-        """(B, Ta) character ids at 50 Hz and (B, Tv) viseme ids at 25 Hz, zero-padded, from the alignments."""
-        pad = torch.nn.utils.rnn.pad_sequence
-        audio = pad([self.audio_ids(al, t, int(n)) for al, t, n in zip(alignments, texts, audio_lengths)], True)
-        video = pad([viseme_frames(al, int(n), 25.0) for al, n in zip(alignments, video_lengths)], True)
-        return audio, video
+    def frame_ids(self, modality: str, alignments: list[dict], texts: list[str], lengths) -> torch.Tensor:
+        """(B, T) stand-in ids of one modality, zero-padded, from the alignments: the audio's at 50 Hz (audio_ids),
+        the video's visemes at 25 Hz; lengths[b] frames for row b."""
+        if modality == "audio":
+            ids = [self.audio_ids(al, t, int(n)) for al, t, n in zip(alignments, texts, lengths)]
+        else:
+            ids = [viseme_frames(al, int(n), 25.0) for al, n in zip(alignments, lengths)]
+        return torch.nn.utils.rnn.pad_sequence(ids, batch_first=True)
 
     def standin_features(self, alignments: list[dict], texts: list[str], generator: torch.Generator | None = None,
                          max_words: int | None = None) -> tuple[Features, torch.Tensor, list[str]]:
@@ -360,14 +362,18 @@ class Backbones(torch.nn.Module):
                                  labels=labels).loss}
 
     def encode(self, audio: list, rois: list) -> Features:
+        f = Features()
+        f.audio, f.audio_lengths = self.audio_encoder(audio)  # (B, Ta, D)
+        f.video, f.video_lengths = self._video_states(rois)  # (B, Tv, D)
+        return f
+
+    def _video_states(self, rois: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, Tv, D) video encoder states of the clips' 96x96 mouth crops, centre-cropped to 88x88, and (B,) lengths."""
         from .lips import centre_crop_normalise
 
-        f = Features()
-        f.audio, f.audio_lengths = self.audio_encoder(audio)
         crops = [torch.from_numpy(centre_crop_normalise(r)) for r in rois]  # (T_i, 88, 88) each
-        frames = torch.nn.utils.rnn.pad_sequence(crops, batch_first=True)  # (B, T, 88, 88)
-        f.video, f.video_lengths = self.video_encoder(frames, torch.tensor([len(c) for c in crops]))
-        return f
+        frames = torch.nn.utils.rnn.pad_sequence(crops, batch_first=True)  # (B, Tv, 88, 88)
+        return self.video_encoder(frames, torch.tensor([len(c) for c in crops]))
 
     def forward(self, audio: list, rois: list, texts: list[str], mode: str, rate: tuple,
                 alignments: list[dict] | None = None) -> dict[str, torch.Tensor]:
@@ -378,7 +384,8 @@ class Backbones(torch.nn.Module):
                   "ctc_v": ctc_loss(self.video_ctc, f.video, f.video_lengths, texts),
                   f"lm_{mode}": self.avsr(f, texts, [rate], mode).lm_loss}
         if alignments is not None:
-            a_ids, v_ids = self.frame_ids(alignments, texts, f.audio_lengths, f.video_lengths)
+            a_ids = self.frame_ids("audio", alignments, texts, f.audio_lengths)  # (B, Ta)
+            v_ids = self.frame_ids("video", alignments, texts, f.video_lengths)  # (B, Tv)
             with torch.no_grad():
                 a_target, v_target = self.audio_standin(a_ids), self.video_standin(v_ids)  # (B, Ta, D), (B, Tv, D)
             losses["match_a"] = _masked_nmse(f.audio, a_target, f.audio_lengths)
@@ -393,19 +400,13 @@ class Backbones(torch.nn.Module):
             states, lengths = self.audio_encoder(inputs)  # (B, Ta, D)
             head, standin = self.audio_ctc, self.audio_standin
         else:
-            from .lips import centre_crop_normalise
-
-            crops = [torch.from_numpy(centre_crop_normalise(r)) for r in inputs]  # (T_i, 88, 88) each
-            frames = torch.nn.utils.rnn.pad_sequence(crops, batch_first=True)  # (B, Tv, 88, 88)
-            states, lengths = self.video_encoder(frames, torch.tensor([len(c) for c in crops]))  # (B, Tv, D)
+            states, lengths = self._video_states(inputs)  # (B, Tv, D)
             head, standin = self.video_ctc, self.video_standin
         key = modality[0]
         losses = {f"ctc_{key}": ctc_loss(head, states, lengths, texts)}
         if alignments is not None:
-            ids = [self.audio_ids(al, t, int(n)) if modality == "audio" else viseme_frames(al, int(n), 25.0)
-                   for al, t, n in zip(alignments, texts, lengths)]
             with torch.no_grad():
-                target = standin(torch.nn.utils.rnn.pad_sequence(ids, batch_first=True))  # (B, T, D)
+                target = standin(self.frame_ids(modality, alignments, texts, lengths))  # (B, T, D)
             losses[f"match_{key}"] = _masked_nmse(states, target, lengths)
         return losses
 
