@@ -671,7 +671,11 @@ def reader(args) -> None:
     out, model = _setup(args, say)
     alignments = _alignments_of(args)
     rows = [(alignments[u.id], u.text) for u in load_manifest(args.train)]
-    standins = {"both": ("audio_standin", "video_standin"), "audio": ("audio_standin",)}[args.standins]
+    if args.reading:  # sentences spoken for their timings only (mome_cli.synth --reading)
+        extra = list(load_alignments(args.reading).values())
+        say(f"{len(rows)} utterances of {args.train} and {len(extra)} reading sentences of {args.reading}")
+        rows += [(record, record["text"]) for record in extra]
+    standins = {"both": ("audio_standin", "video_standin"), "audio": ("audio_standin",), "none": ()}[args.standins]
     params = model.train_only("avsr", *standins)  # the LLM, projectors, MoME, stand-ins
     generator = torch.Generator().manual_seed(args.seed)
 
@@ -779,8 +783,11 @@ def main(argv=None) -> None:
                          "copies transcripts from its prefix (Backbones.copy) [0]")
     reading.add_argument("--curriculum", type=int, default=0, metavar="STEPS", help="over the first STEPS steps, "
                          "rows are runs of words cut from the utterances, from 1 word up to 20 [0: whole rows]")
-    reading.add_argument("--standins", choices=("both", "audio"), default="both", help="which stand-ins train with "
-                         "the LM [both]; audio keeps the video one (and so an encoder matched to it) as it is")
+    reading.add_argument("--standins", choices=("both", "audio", "none"), default="both", help="which stand-ins "
+                         "train with the LM [both]; audio keeps the video one (and so an encoder matched to it) as it "
+                         "is, none keeps both (the LM learns to read more text, its encoders still match)")
+    reading.add_argument("--reading", metavar="JSONL", help="also read these sentences, spoken for their timings "
+                         "only (mome_cli.synth --reading: reading.jsonl)")
     reading.add_argument("--valid", help="manifest to report greedy WER on at the end")
     reading.add_argument("--valid-limit", type=int, default=100, help="its first N utterances [100]")
     args = parser.parse_args(argv)

@@ -7,7 +7,10 @@ OUT_DIR, and OUT_DIR/<split>/<id>.mp4: 96 x 96 grayscale mouth crops at 25 fps (
 16 kHz mono AAC, so `mome train --train OUT_DIR/train.jsonl` reads it like any manifest (the clips are already mouth
 ROIs: the --roi path). OUT_DIR/alignments.jsonl holds each clip's speaker, duration and phoneme and word timings;
 OUT_DIR/corpus.json the seed, the speakers and the text source. The same seed and options give the same manifests,
-durations and frames.
+durations and frames. `--reading N` also speaks N more sentences (none of the clips') for their timings only, with no
+clip: OUT_DIR/reading.jsonl, one alignment record with its "text" per line, for the LM to learn to read
+(`mome_cli.pretrain reader --reading`). A rerun into the same OUT_DIR with the same options keeps the clips already
+written (each is written whole or not at all), so an interrupted run resumes and a reading set can be added later.
 
 Text: the fortune cookie files of Debian's `fortunes` package (with `fortunes-min`), /usr/share/games/fortunes, under
 the BSD licence of fortune-mod (Debian's /usr/share/doc/fortunes/copyright). The categories in FORTUNE_CATEGORIES are
@@ -462,8 +465,10 @@ def split_counts(n: int, valid: float, test: float) -> dict[str, int]:
 
 
 def write_clip(path: Path, frames: np.ndarray, samples: np.ndarray) -> None:
-    """(T, R, R) uint8 frames and (S,) int16 samples at ESPEAK_RATE into an mp4 (H.264 + 16 kHz AAC)."""
+    """(T, R, R) uint8 frames and (S,) int16 samples at ESPEAK_RATE into an mp4 (H.264 + 16 kHz AAC), written under a
+    temporary name and renamed: a clip at `path` is always whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
     with tempfile.NamedTemporaryFile(suffix=".s16", dir=path.parent) as audio:
         audio.write(samples.astype("<i2").tobytes())
         audio.flush()
@@ -473,62 +478,89 @@ def write_clip(path: Path, frames: np.ndarray, samples: np.ndarray) -> None:
             "-f", "s16le", "-ar", str(ESPEAK_RATE), "-ac", "1", "-i", audio.name,
             "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-g", "50",
             "-pix_fmt", "yuv420p", "-threads", "1", "-c:a", "aac", "-b:a", "48k", "-ar", str(SAMPLE_RATE),
-            "-map_metadata", "-1", "-fflags", "+bitexact", "-flags", "+bitexact", str(path),
+            "-map_metadata", "-1", "-fflags", "+bitexact", "-flags", "+bitexact", "-f", "mp4", str(partial),
         ]
         try:
             subprocess.run(command, input=frames.tobytes(), capture_output=True, check=True)
+            os.replace(partial, path)
         except FileNotFoundError as e:
             raise MediaError("ffmpeg", "the ffmpeg program is not installed (e.g. apt-get install ffmpeg)") from e
         except subprocess.CalledProcessError as e:
             lines = [ln for ln in e.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
             raise MediaError(path, f"cannot write the clip ({lines[-1] if lines else 'ffmpeg failed'})") from e
+        finally:
+            partial.unlink(missing_ok=True)
 
 
 def make_utterance(job: dict) -> dict:
-    """Speak, draw and write one clip; returns its alignment record. `job` is a plain dict (it crosses processes)."""
+    """Speak one sentence and, for a clip job (one with a "video" path), draw and write its clip unless a clip is
+    already there (clips are written whole or not at all); returns its alignment record, with its text for a
+    reading job. `job` is a plain dict (it crosses processes)."""
     speaker = Speaker(**{**job["speaker"], "face": Face(**job["speaker"]["face"])})
     rng = np.random.default_rng([job["seed"], 3, job["index"]])
     speech = espeak().speak(job["text"] + ".", speaker.voice, speaker.rate, speaker.pitch, speaker.pitch_range)
     lead = int(rng.uniform(0.1, 0.35) * ESPEAK_RATE)
     total = lead + len(speech.samples) + int(rng.uniform(0.1, 0.35) * ESPEAK_RATE)
     total = -(-total // ESPEAK_FRAME) * ESPEAK_FRAME  # whole video frames, so audio and video end together
-    samples = np.zeros(total, np.int16)
-    samples[lead : lead + len(speech.samples)] = speech.samples
     shift = lead / ESPEAK_RATE
     phonemes = [(t + shift, name) for t, name in speech.phonemes]
     duration = total / ESPEAK_RATE
     n_frames = total // ESPEAK_FRAME
-    track = viseme_track(phonemes, duration, n_frames)  # (T, P)
-    frames = render_mouth(track, speaker.face, rng)  # (T, R, R)
-    write_clip(Path(job["out_dir"]) / job["video"], frames, samples)
-    return {"id": job["id"], "split": job["split"], "speaker": speaker.name, "voice": speaker.voice,
-            "duration": round(duration, 6), "frames": n_frames,
-            "speech": [round(shift, 4), round(shift + speech.duration, 4)],
-            "phonemes": [[round(t, 4), name] for t, name in phonemes],
-            "words": [[round(t + shift, 4), w] for t, w in speech.words]}
+    clip = Path(job["out_dir"]) / job["video"] if job.get("video") else None
+    if clip is not None and not clip.exists():
+        samples = np.zeros(total, np.int16)
+        samples[lead : lead + len(speech.samples)] = speech.samples
+        track = viseme_track(phonemes, duration, n_frames)  # (T, P)
+        frames = render_mouth(track, speaker.face, rng)  # (T, R, R)
+        write_clip(clip, frames, samples)
+    record = {"id": job["id"], "split": job["split"], "speaker": speaker.name, "voice": speaker.voice,
+              "duration": round(duration, 6), "frames": n_frames,
+              "speech": [round(shift, 4), round(shift + speech.duration, 4)],
+              "phonemes": [[round(t, 4), name] for t, name in phonemes],
+              "words": [[round(t + shift, 4), w] for t, w in speech.words]}
+    return record if clip is not None else {**record, "text": job["text"]}
+
+
+IDENTITY = ("seed", "utterances", "splits", "text", "speakers")  # what corpus.json fields make a corpus what it is
 
 
 def generate(out_dir, utterances: int, seed: int = 0, voices: list[str] | None = None, speakers: int = 12,
-             valid: float = 0.05, test: float = 0.05, text_file=None, jobs: int = 1, progress=None) -> dict:
-    """Write the corpus; returns what corpus.json holds."""
+             valid: float = 0.05, test: float = 0.05, text_file=None, jobs: int = 1, progress=None,
+             reading: int = 0) -> dict:
+    """Write the corpus, and `reading` more sentences spoken for their alignments only (no clip: text for the LM to
+    learn to read, `reading.jsonl`); returns what corpus.json holds. Clips already in out_dir from an earlier run
+    with the same options are kept, so an interrupted run resumes and a reading set can be added later."""
     out_dir = Path(out_dir)
     voices = list(voices or DEFAULT_VOICES)
     sentences = load_sentences(text_file)
-    if utterances > len(sentences):
-        raise SynthError(f"{utterances} utterances asked for but the text has only {len(sentences)} sentences")
-    order = np.random.default_rng([seed, 0]).permutation(len(sentences))[:utterances]
+    if utterances + reading > len(sentences):
+        raise SynthError(f"{utterances} utterances and {reading} reading sentences asked for but the text has only "
+                         f"{len(sentences)} sentences")
+    order = np.random.default_rng([seed, 0]).permutation(len(sentences))[:utterances + reading]
     cast = make_speakers(speakers, voices, seed)
     for speaker in {s.voice: s for s in cast}.values():  # fail early on an unknown voice
         espeak().speak("hello", speaker.voice)
     counts = split_counts(utterances, valid, test)
+    meta = {"seed": seed, "utterances": utterances, "splits": counts, "hours": None,
+            "text": str(text_file) if text_file else f"Debian fortunes ({FORTUNE_DIR}), BSD licence",
+            "sentences_available": len(sentences), "speakers": [asdict(s) for s in cast], "reading": reading}
+    written = out_dir / "corpus.json"
+    if written.is_file():
+        before = json.loads(written.read_text(encoding="utf-8"))
+        if any(before.get(key) != json.loads(json.dumps(meta[key])) for key in IDENTITY):
+            raise SynthError(f"{out_dir} holds a corpus made with other options (seed {before.get('seed')}, "
+                             f"{before.get('utterances')} utterances): write to another folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(written, meta)  # before any clip: a rerun with other options is refused, not mixed in
     labels = ["test"] * counts["test"] + ["valid"] * counts["valid"] + ["train"] * counts["train"]
+    labels += ["reading"] * reading
     work = []
     for index, (label, at) in enumerate(zip(labels, order)):
         speaker = cast[int(np.random.default_rng([seed, 1, index]).integers(len(cast)))]
         uid = f"{speaker.name}_{index:06d}"
         work.append({"index": index, "seed": seed, "id": uid, "split": label, "text": sentences[at],
-                     "video": f"{label}/{uid}.mp4", "out_dir": str(out_dir), "speaker": asdict(speaker)})
-    out_dir.mkdir(parents=True, exist_ok=True)
+                     "video": f"{label}/{uid}.mp4" if label in SPLITS else None, "out_dir": str(out_dir),
+                     "speaker": asdict(speaker)})
     records = []
     if jobs > 1:
         import multiprocessing
@@ -545,14 +577,26 @@ def generate(out_dir, utterances: int, seed: int = 0, voices: list[str] | None =
                 progress(len(records), len(work))
     for label in SPLITS:
         rows = [{"id": j["id"], "video": j["video"], "text": j["text"]} for j in work if j["split"] == label]
-        (out_dir / f"{label}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    (out_dir / "alignments.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    hours = sum(r["duration"] for r in records) / 3600
-    meta = {"seed": seed, "utterances": utterances, "splits": counts, "hours": hours,
-            "text": str(text_file) if text_file else f"Debian fortunes ({FORTUNE_DIR}), BSD licence",
-            "sentences_available": len(sentences), "speakers": [asdict(s) for s in cast]}
-    (out_dir / "corpus.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        _write_lines(out_dir / f"{label}.jsonl", rows)
+    _write_lines(out_dir / "alignments.jsonl", [r for r in records if r["split"] in SPLITS])
+    if reading:
+        _write_lines(out_dir / "reading.jsonl", [r for r in records if r["split"] == "reading"])
+    meta["hours"] = sum(r["duration"] for r in records if r["split"] in SPLITS) / 3600
+    _write_json(written, meta)
     return meta
+
+
+def _write_lines(path: Path, rows: list[dict]) -> None:
+    """One JSON object per line, written atomically."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    os.replace(partial, path)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+    os.replace(partial, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -566,25 +610,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--valid", type=float, default=0.05, help="fraction of sentences for valid [0.05]")
     parser.add_argument("--test", type=float, default=0.05, help="fraction of sentences for test [0.05]")
     parser.add_argument("--text", metavar="FILE", help="plain English text to take sentences from [Debian fortunes]")
+    parser.add_argument("--reading", type=int, default=0, metavar="N", help="also speak N more sentences, none of "
+                        "the clips', for their alignments only: reading.jsonl, text for the LM to learn to read [0]")
     parser.add_argument("--jobs", "-j", type=int, default=1, help="worker processes [1]")
     args = parser.parse_args(argv)
-    if args.utterances < 1 or args.speakers < 1 or args.jobs < 1:
-        parser.error("--utterances, --speakers and --jobs must be at least 1")
+    if args.utterances < 1 or args.speakers < 1 or args.jobs < 1 or args.reading < 0:
+        parser.error("--utterances, --speakers and --jobs must be at least 1, --reading at least 0")
     if not (0 <= args.valid < 1 and 0 <= args.test < 1 and args.valid + args.test < 1):
         parser.error(f"--valid {args.valid} and --test {args.test} must be fractions that add up to less than 1")
     started = time.monotonic()
 
     def progress(done: int, total: int) -> None:
         if done == total or done % 50 == 0:
-            print(f"synth: {done}/{total} clips, {time.monotonic() - started:.1f} s", file=sys.stderr)
+            print(f"synth: {done}/{total} utterances, {time.monotonic() - started:.1f} s", file=sys.stderr)
 
     try:
         meta = generate(args.out_dir, args.utterances, args.seed, args.voices, args.speakers, args.valid, args.test,
-                        args.text, args.jobs, progress)
+                        args.text, args.jobs, progress, args.reading)
     except (SynthError, MediaError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    for label in SPLITS:
+    for label in SPLITS + (("reading",) if args.reading else ()):
         print(os.path.join(args.out_dir, f"{label}.jsonl"))
     print(f"synth: {meta['utterances']} clips, {meta['hours'] * 60:.1f} min of speech, "
           f"{time.monotonic() - started:.1f} s", file=sys.stderr)

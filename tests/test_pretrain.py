@@ -22,7 +22,8 @@ pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which("
 
 BIN = Path(sys.executable).parent
 TEXT = ("The quick brown fox jumps over the lazy dog. A penny saved is a penny earned. Time flies like an arrow. "
-        "Every cloud has a silver lining. Still waters run deep. Fortune favours the bold.")
+        "Every cloud has a silver lining. Still waters run deep. Fortune favours the bold. "
+        "Actions speak louder than words. Look before you leap.")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def run(tmp_path_factory):
     (root / "text.txt").write_text(TEXT, encoding="utf-8")
     env = {**os.environ, "MOME_HOME": str(root / "home"), "OMP_NUM_THREADS": "1"}
     assert synth.main([str(root / "corpus"), "--utterances", "6", "--seed", "3", "--text", str(root / "text.txt"),
-                       "--speakers", "2"]) == 0
+                       "--speakers", "2", "--reading", "2"]) == 0
     train = root / "corpus" / "train.jsonl"
     subprocess.run([sys.executable, "-m", "mome_cli.pretrain", "backbones", "--train", str(train), "-o",
                     str(root / "backbones"), "--steps", "2", "--batch-frames", "150", "--threads", "1",
@@ -44,6 +45,12 @@ def run(tmp_path_factory):
                              "--valid", str(train), "--valid-limit", "2"], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "valid av (16, 5): WER" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "mome_cli.pretrain", "reader", *common, "--init",
+                             str(root / "reader"), "-o", str(root / "reread"), "--steps", "2", "--batch", "3",
+                             "--standins", "none", "--reading", str(root / "corpus" / "reading.jsonl")],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "and 2 reading sentences" in result.stderr
     subprocess.run([sys.executable, "-m", "mome_cli.pretrain", "backbones", *common, "--init", str(root / "reader"),
                     "-o", str(root / "matched"), "--steps", "2", "--batch-frames", "150", "--match", "--babble", "1",
                     "--encoders", str(root / "backbones")],
@@ -157,6 +164,16 @@ def test_reader_trains_the_lm_on_stand_ins_and_matching_trains_the_encoders_towa
     log = [json.loads(line) for line in (run / "matched" / "log.jsonl").read_text().splitlines()]
     assert {"match_a", "match_v", "ctc_a", "ctc_v"} <= set(log[0])
     assert [set(r) & {"lm_a", "lm_v", "lm_av"} for r in log] == [{"lm_a"}, {"lm_v"}]
+
+
+def test_reading_more_sentences_trains_the_lm_and_keeps_the_stand_ins_the_encoders_match(run):
+    read, reread = _state(run / "reader"), _state(run / "reread")
+    changed = [k for k in read if not torch.equal(read[k], reread[k])]
+    assert any(k.startswith("avsr.llm.") for k in changed)
+    assert not [k for k in changed if k.startswith(("audio_standin.", "video_standin.", "audio_encoder.",
+                                                    "video_encoder."))]
+    log = [json.loads(line) for line in (run / "reread" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 0]  # 4 train utterances + 2 read sentences: two batches of 3 an epoch
 
 
 def test_word_spans_follow_espeaks_word_events_and_fill_the_words_it_skips():

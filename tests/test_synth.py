@@ -200,3 +200,31 @@ def test_same_seed_same_corpus(corpus):
         assert (first / name).read_text() == (second / name).read_text(), name
     clip = next(iter(load_manifest(first / "test.jsonl")))
     assert np.array_equal(decode_video(clip.video), decode_video(second / "test" / clip.video.name))
+
+
+@needs_espeak
+@needs_ffmpeg
+def test_a_reading_set_adds_sentences_without_touching_the_clips_and_other_options_are_refused(corpus, tmp_path):
+    out = tmp_path / "corpus"
+    shutil.copytree(corpus[0], out)
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+    common = ["--utterances", "6", "--seed", "7", "--text", str(corpus[0].parent / "text.txt"), "--speakers", "4"]
+    assert synth.main([str(out), *common, "--reading", "2"]) == 0
+    for path, (mtime, data) in before.items():  # the clips are kept, not redrawn; the manifests come out the same
+        if path.suffix == ".mp4":
+            assert path.stat().st_mtime_ns == mtime, path
+        if path.name != "corpus.json":
+            assert path.read_bytes() == data, path
+    clip_texts = {u.text for split in synth.SPLITS for u in load_manifest(out / f"{split}.jsonl")}
+    records = [json.loads(line) for line in (out / "reading.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and len({r["text"] for r in records} | clip_texts) == 8  # the two sentences left
+    aligned = json.loads((out / "alignments.jsonl").read_text().splitlines()[0])
+    for r in records:
+        assert set(r) == set(aligned) | {"text"} and r["split"] == "reading"
+        assert r["frames"] == round(r["duration"] * VIDEO_FPS) and 0 < r["speech"][0] < r["speech"][1] <= r["duration"]
+        assert r["phonemes"][0][0] >= r["speech"][0] and r["words"]
+    assert not list(out.rglob("reading/*")) and json.loads((out / "corpus.json").read_text())["reading"] == 2
+
+    written = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert synth.main([str(out), *common[:2], "--seed", "8", *common[4:]]) == 1  # another corpus: refused, untouched
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == written
