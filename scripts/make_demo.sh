@@ -5,7 +5,7 @@
 #
 # 1. the synthetic corpus (mome_cli.synth: 4000 clips, about 3 h, seed 0);
 # 2. the three small backbones trained from scratch on it (mome_cli.pretrain: backbones, reader, backbones --match,
-#    backbones --only audio, reader --audio-units phonemes);
+#    backbones --only audio, reader --audio-units phonemes, reader --reading);
 # 3. MoME on the frozen backbones, all four rate pairs, modes av, a and v (recipes/demo.toml);
 # 4. the bundle that ships as `demo` (mome_cli/models/demo) and the example clip (examples/demo.mp4, demo.txt);
 # 5. WER on the held-out test split per mode, rate pair and babble SNR (WORK_DIR/eval-*/report.json).
@@ -16,7 +16,8 @@ work=$(realpath -m "${1:-work}")
 mkdir -p "$work"
 cd "$work"
 
-[[ -f synth/test.jsonl ]] || python -m mome_cli.synth synth --utterances 4000 --seed 0 --jobs 2  # ~10 min
+# 4,000 clips, and the 11,286 sentences left spoken for their timings only (synth/reading.jsonl, for the LM to read)
+[[ -f synth/reading.jsonl ]] || python -m mome_cli.synth synth --utterances 4000 --reading 11286 --seed 0 --jobs 2  # ~12 min
 # The backbones, in stages (mome_cli/pretrain.py): encoders led by CTC; the LM taught to read stand-in features
 # made from the alignments; the encoders pulled towards those features, the LM frozen; then the audio encoder alone,
 # grown from 3 to 6 layers; then the LM taught to read phonemes and the audio encoder to produce them. Two of the runs
@@ -42,9 +43,18 @@ pre() { python -m mome_cli.pretrain "$@"; }
 [[ -f reader3/backbones.json ]] || pre reader --train synth/train.jsonl -o reader3 --init reader2 \
     --audio-units phonemes --standins audio --steps 3000 --curriculum 600 --lr 2e-3 --seed 6 --threads 1 \
     --valid synth/valid.jsonl --valid-limit 48                                                           # ~25 min
-[[ -f backbones/backbones.json ]] || pre backbones --train synth/train.jsonl -o backbones --init reader3 \
+[[ -f heard3/backbones.json ]] || pre backbones --train synth/train.jsonl -o heard3 --init reader3 \
     --encoders heard2 --only audio --match --babble 0.3 --steps 2500 --batch-frames 600 --lr 1.5e-3 --seed 7 \
     --threads 1                                                                                          # ~20 min
+# The LM reads four times as many sentences (the reading set: no clip needed), the stand-ins and so the encoders'
+# targets kept (--standins none); beside it the audio encoder trains on; then the two are joined (a short run of the
+# audio encoder in its new company).
+[[ -f reader4/backbones.json ]] || pre reader --train synth/train.jsonl --reading synth/reading.jsonl -o reader4 \
+    --init heard3 --standins none --steps 3000 --lr 1.5e-3 --seed 8 --valid synth/valid.jsonl --valid-limit 48  # ~25 min
+[[ -f heard4/backbones.json ]] || pre backbones --train synth/train.jsonl -o heard4 --init heard3 --only audio \
+    --match --babble 0.3 --steps 3000 --batch-frames 600 --lr 8e-4 --seed 9 --threads 1                  # ~25 min
+[[ -f backbones/backbones.json ]] || pre backbones --train synth/train.jsonl -o backbones --init reader4 \
+    --encoders heard4 --only audio --match --babble 0.3 --steps 200 --batch-frames 600 --lr 2e-4 --seed 10  # ~1 min
 [[ -f demo-run/config.json ]] || mome train --config "$repo/recipes/demo.toml" --model backbones \
     --init backbones/projectors.safetensors \
     --train synth/train.jsonl --valid synth/valid.jsonl -o demo-run                                      # ~18 min
