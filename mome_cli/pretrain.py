@@ -368,7 +368,7 @@ class Backbones(torch.nn.Module):
         return f
 
     def _video_states(self, rois: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, Tv, D) video encoder states of the clips' 96x96 mouth crops, centre-cropped to 88x88, and (B,) lengths."""
+        """(B, Tv, D) video encoder states of the clips' 96x96 mouth crops, centre-cropped to 88x88; (B,) lengths."""
         from .lips import centre_crop_normalise
 
         crops = [torch.from_numpy(centre_crop_normalise(r)) for r in rois]  # (T_i, 88, 88) each

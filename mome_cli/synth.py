@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import atomic_write, atomic_write_text
 from .media import SAMPLE_RATE, VIDEO_FPS, MediaError
 
 ESPEAK_RATE = 22_050  # Hz: what espeak-ng synthesises; resampled to SAMPLE_RATE by ffmpeg when muxing
@@ -466,30 +467,31 @@ def split_counts(n: int, valid: float, test: float) -> dict[str, int]:
 
 def write_clip(path: Path, frames: np.ndarray, samples: np.ndarray) -> None:
     """(T, R, R) uint8 frames and (S,) int16 samples at ESPEAK_RATE into an mp4 (H.264 + 16 kHz AAC), written under a
-    temporary name and renamed: a clip at `path` is always whole."""
+    temporary name and renamed (files.atomic_write): a clip at `path` is always whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
     with tempfile.NamedTemporaryFile(suffix=".s16", dir=path.parent) as audio:
         audio.write(samples.astype("<i2").tobytes())
         audio.flush()
-        command = [
-            "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-            "-f", "rawvideo", "-pix_fmt", "gray", "-s", f"{ROI}x{ROI}", "-framerate", str(VIDEO_FPS), "-i", "pipe:0",
-            "-f", "s16le", "-ar", str(ESPEAK_RATE), "-ac", "1", "-i", audio.name,
-            "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-g", "50",
-            "-pix_fmt", "yuv420p", "-threads", "1", "-c:a", "aac", "-b:a", "48k", "-ar", str(SAMPLE_RATE),
-            "-map_metadata", "-1", "-fflags", "+bitexact", "-flags", "+bitexact", "-f", "mp4", str(partial),
-        ]
-        try:
+
+        def encode(partial: str) -> None:
+            command = [
+                "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+                "-f", "rawvideo", "-pix_fmt", "gray", "-s", f"{ROI}x{ROI}", "-framerate", str(VIDEO_FPS),
+                "-i", "pipe:0",
+                "-f", "s16le", "-ar", str(ESPEAK_RATE), "-ac", "1", "-i", audio.name,
+                "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-g", "50",
+                "-pix_fmt", "yuv420p", "-threads", "1", "-c:a", "aac", "-b:a", "48k", "-ar", str(SAMPLE_RATE),
+                "-map_metadata", "-1", "-fflags", "+bitexact", "-flags", "+bitexact", "-f", "mp4", partial,
+            ]
             subprocess.run(command, input=frames.tobytes(), capture_output=True, check=True)
-            os.replace(partial, path)
+
+        try:
+            atomic_write(path, encode)
         except FileNotFoundError as e:
             raise MediaError("ffmpeg", "the ffmpeg program is not installed (e.g. apt-get install ffmpeg)") from e
         except subprocess.CalledProcessError as e:
             lines = [ln for ln in e.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
             raise MediaError(path, f"cannot write the clip ({lines[-1] if lines else 'ffmpeg failed'})") from e
-        finally:
-            partial.unlink(missing_ok=True)
 
 
 def make_utterance(job: dict) -> dict:
@@ -551,7 +553,8 @@ def generate(out_dir, utterances: int, seed: int = 0, voices: list[str] | None =
             raise SynthError(f"{out_dir} holds a corpus made with other options (seed {before.get('seed')}, "
                              f"{before.get('utterances')} utterances): write to another folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(written, meta)  # before any clip: a rerun with other options is refused, not mixed in
+    # written before any clip: a rerun with other options is refused, not mixed in
+    atomic_write_text(written, json.dumps(meta, indent=1) + "\n")
     labels = ["test"] * counts["test"] + ["valid"] * counts["valid"] + ["train"] * counts["train"]
     labels += ["reading"] * reading
     work = []
@@ -582,21 +585,13 @@ def generate(out_dir, utterances: int, seed: int = 0, voices: list[str] | None =
     if reading:
         _write_lines(out_dir / "reading.jsonl", [r for r in records if r["split"] == "reading"])
     meta["hours"] = sum(r["duration"] for r in records if r["split"] in SPLITS) / 3600
-    _write_json(written, meta)
+    atomic_write_text(written, json.dumps(meta, indent=1) + "\n")
     return meta
 
 
 def _write_lines(path: Path, rows: list[dict]) -> None:
     """One JSON object per line, written atomically."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    os.replace(partial, path)
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def main(argv: list[str] | None = None) -> int:
