@@ -17,14 +17,9 @@ import numpy as np
 import torch
 
 from mome_cli.avhubert import AVHubertConfig, AVHubertVideoEncoder
-from mome_cli.encoders import SAMPLE_RATE, WhisperAudioEncoder
+from mome_cli.encoders import SAMPLE_RATE
 
-# openai/whisper-medium.en's encoder (its config.json): 24 layers, 1024 wide, 16 heads, FFN 4096, 80 mel bins.
-WHISPER_MEDIUM = dict(d_model=1024, encoder_layers=24, encoder_attention_heads=16, encoder_ffn_dim=4096,
-                      decoder_layers=1, decoder_attention_heads=16, decoder_ffn_dim=4096, num_mel_bins=80,
-                      vocab_size=51864, pad_token_id=50256, bos_token_id=50256, eos_token_id=50256,
-                      decoder_start_token_id=50257)
-
+from realsize import build_whisper_medium
 
 def timed(fns: dict, device: str, repeats: int) -> dict:
     """Median seconds of each fn() after one warm-up call each; the repeats interleave the fns, so a load that comes
@@ -55,12 +50,8 @@ def main():
     args = parser.parse_args()
     device = args.device
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    from transformers import WhisperConfig, WhisperFeatureExtractor
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
     torch.manual_seed(0)
-    whisper = WhisperAudioEncoder(WhisperEncoder(WhisperConfig(**WHISPER_MEDIUM)), WhisperFeatureExtractor())
-    whisper.to(device=device, dtype=dtype)
+    whisper = build_whisper_medium(device, dtype)
     avhubert = AVHubertVideoEncoder(AVHubertConfig.large()).eval().requires_grad_(False).to(device=device, dtype=dtype)
     audio = np.random.default_rng(0).standard_normal(int(args.seconds * SAMPLE_RATE)).astype(np.float32) * 0.1
     frames = torch.randn(1, int(args.seconds * 25), 88, 88, device=device, dtype=dtype)

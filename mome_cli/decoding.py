@@ -5,7 +5,13 @@ sampled: the same input gives the same text every time. Beam search keeps `beam_
 aside those that end in EOS, stops a clip once `beam_size` have ended, and ranks the ended ones by log-probability
 normalised for length.
 
-Notation for shapes: B clips, K beams per clip, L prefix length, V vocabulary.
+Greedy decoding on a CUDA device takes a faster road to the same tokens (StaticGreedy): the cache has a fixed size,
+so every step has the same shapes and the same buffers, and one step (LLM forward, argmax, bookkeeping) is captured
+once as a CUDA graph and replayed; the host only looks at the GPU every CHECK_EVERY steps, to stop once every row has
+ended. A step then costs one graph launch instead of hundreds of kernel launches from Python, and the capture costs
+about as much as one step, so the first transcript is fast too (no compiler runs).
+
+Notation for shapes: B clips, K beams per clip, L prefix length, S cache length, V vocabulary.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ class DecodingOptions:
     beam_size: int = 1  # 1: greedy; K > 1: beam search with K beams
     max_new_tokens: int = 96  # stop after this many tokens (EOS included) if EOS has not come
     length_penalty: float | None = None  # None: rank by log-prob / length; a: by log-prob / ((5 + length) / 6) ** a
+    cuda_graphs: bool = True  # greedy on a CUDA device: static cache and a captured decode step (same tokens)
 
     def __post_init__(self):
         if self.beam_size < 1:
@@ -156,6 +163,129 @@ class BeamSearchDecoder:
         return results
 
 
+CHECK_EVERY = 8  # StaticGreedy asks the GPU whether every row has ended once per this many steps
+CACHE_ROUNDING = 64  # its cache length is rounded up to a multiple of this, so that batches of near lengths share one
+
+
+class StaticGreedy:
+    """Greedy decoding on a fixed-size KV cache, the decode step optionally captured as a CUDA graph and replayed.
+
+    It gives the tokens GreedyDecoder gives. Everything a step reads or writes lives in buffers allocated once: the
+    fed token, each row's position, the cache slot being written, the additive attention bias over the cache (0 where
+    a row may look, the dtype's minimum elsewhere), the generated tokens, their summed log-probabilities and which
+    rows have ended. A runner serves any batch of B rows whose prefix plus max_new_tokens fits its cache (batches sorted
+    longest first, as evaluate and transcribe sort them, all fit the first one's): `run` resets the buffers in place,
+    so a graph captured for one batch replays for the next.
+    """
+
+    def __init__(self, llm, batch: int, cache_len: int, max_new_tokens: int, eos: int, graphs: bool,
+                 weights: tuple = ()):
+        from transformers import StaticCache
+
+        param = next(llm.parameters())
+        device, self.dtype = param.device, param.dtype
+        self.llm, self.eos, self.graphs = llm, eos, graphs
+        self.weights = weights  # where the model's tensors were when this runner was made (see _static_greedy)
+        self.batch, self.cache_len, self.capacity = batch, cache_len, max_new_tokens
+        self.cache = StaticCache(config=llm.config, max_cache_len=cache_len)
+        self.blocked = torch.finfo(self.dtype).min
+        long = dict(dtype=torch.long, device=device)
+        self.bias = torch.full((batch, 1, 1, cache_len), self.blocked, dtype=self.dtype, device=device)  # (B,1,1,S)
+        self.token = torch.zeros(batch, **long)  # (B,) the token fed at the next step
+        self.position = torch.zeros(batch, **long)  # (B,) its position id
+        self.slot = torch.zeros(1, **long)  # (1,) the cache slot it is written to (the same for every row)
+        self.step = torch.zeros(1, **long)  # (1,) the index of the token this step chooses
+        self.tokens = torch.full((batch, max_new_tokens), eos, **long)  # (B, capacity)
+        self.total = torch.zeros(batch, dtype=torch.float32, device=device)  # (B,)
+        self.finished = torch.zeros(batch, dtype=torch.bool, device=device)  # (B,)
+        self.graph = None
+        self.warm_steps = 0
+
+    def fits(self, batch: int, prefix_len: int, max_new_tokens: int) -> bool:
+        return (batch == self.batch and max_new_tokens <= self.capacity
+                and prefix_len + max_new_tokens <= self.cache_len)
+
+    def _step(self) -> None:
+        """Feed self.token to every row, choose the next token, record it; only in-place work on the buffers."""
+        self.bias.index_fill_(3, self.slot, 0.0)  # the fed token sees itself
+        logits = self.llm(input_ids=self.token.unsqueeze(1), attention_mask=self.bias,
+                          position_ids=self.position.unsqueeze(1), past_key_values=self.cache, use_cache=True).logits
+        best, token = logits[:, -1].float().log_softmax(-1).max(dim=-1)  # (B,), (B,)
+        token = torch.where(self.finished, self.eos, token)
+        self.total.add_(torch.where(self.finished, 0.0, best))
+        self.finished.logical_or_(token == self.eos)
+        self.tokens.index_copy_(1, self.step, token.unsqueeze(1))
+        self.token.copy_(token)
+        self.position.add_(1)
+        self.slot.add_(1)
+        self.step.add_(1)
+
+    def _advance(self) -> None:
+        if not self.graphs:
+            return self._step()
+        if self.graph is None and self.warm_steps < 2:
+            # The first steps run eagerly on a side stream, so that cuBLAS and the allocator settle before capture.
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self._step()
+            torch.cuda.current_stream().wait_stream(stream)
+            self.warm_steps += 1
+            return
+        if self.graph is None:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):  # records the step without running it
+                self._step()
+        self.graph.replay()
+
+    def run(self, prefix, max_new_tokens: int) -> list[tuple[list[int], float]]:
+        """Prefill the cache with a left-padded Prefix, then decode; (tokens without EOS, summed log-prob) per row."""
+        B, L = prefix.attention_mask.shape
+        S = self.cache_len
+        device = self.bias.device
+        self.cache.reset()
+        keys = torch.zeros(B, S, dtype=torch.bool, device=device)
+        keys[:, :L] = prefix.attention_mask.bool()  # (B, S): real prefix positions
+        causal = torch.ones(L, S, dtype=torch.bool, device=device).tril()  # (L, S): key j <= query i
+        allowed = (causal.unsqueeze(0) & keys.unsqueeze(1)).unsqueeze(1)  # (B, 1, L, S)
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=device).masked_fill(~allowed, self.blocked)
+        out = self.llm(inputs_embeds=prefix.embeds, attention_mask=mask, position_ids=prefix.position_ids,
+                       past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        best, token = out.logits[:, -1].float().log_softmax(-1).max(dim=-1)  # (B,), (B,)
+
+        self.bias.copy_(torch.where(keys, 0.0, self.blocked).to(self.dtype)[:, None, None, :])
+        self.token.copy_(token)
+        self.position.copy_(prefix.position_ids[:, -1] + 1)
+        self.slot.fill_(L)
+        self.step.fill_(1)
+        self.tokens.fill_(self.eos)
+        self.tokens[:, 0] = token
+        self.total.copy_(best)
+        self.finished.copy_(token == self.eos)
+        for i in range(max_new_tokens - 1):
+            if i % CHECK_EVERY == 0 and bool(self.finished.all()):  # the only host sync: once per CHECK_EVERY steps
+                break
+            self._advance()
+        tokens, totals = self.tokens[:, :max_new_tokens].tolist(), self.total.tolist()
+        return [(_until_eos(t, self.eos), float(s)) for t, s in zip(tokens, totals)]
+
+
+def _static_greedy(model: AVSRModel, prefix, max_new_tokens: int, eos: int, graphs: bool) -> StaticGreedy:
+    """The model's runner for this batch, made (and kept on the model) when the last one does not fit it."""
+    B, L = prefix.attention_mask.shape
+    # A captured graph reads the weights where they were: one moved or cast since (.to(), load_state_dict with
+    # assign) makes the runner stale.
+    weights = tuple(p.data_ptr() for p in model.parameters())
+    runner = getattr(model, "_static_greedy", None)
+    if (runner is None or runner.graphs != graphs or runner.weights != weights
+            or not runner.fits(B, L, max_new_tokens)):
+        model._static_greedy = None  # free the old cache and graph before allocating new ones
+        cache_len = -(-(L + max_new_tokens) // CACHE_ROUNDING) * CACHE_ROUNDING
+        runner = StaticGreedy(model.llm, B, cache_len, max_new_tokens, eos, graphs, weights)
+        model._static_greedy = runner
+    return runner
+
+
 def _until_eos(tokens: list[int], eos: int) -> list[int]:
     return tokens[: tokens.index(eos)] if eos in tokens else tokens
 
@@ -168,16 +298,27 @@ def decode(
     mode: str = "av",
     options: DecodingOptions = DecodingOptions(),
     any_rate: bool = False,
+    static: bool | None = None,
 ) -> list[DecodingResult]:
-    """Transcribe a batch of clips at one rate."""
+    """Transcribe a batch of clips at one rate.
+
+    static: greedy on the static cache (StaticGreedy) even on the CPU (True), never (False), or on CUDA only (None).
+    """
     eos = model.tokenizer.eos_token_id
-    stepper = _Stepper(model, features, rate, mode, any_rate)
-    decoder = GreedyDecoder(options, eos) if options.beam_size == 1 else BeamSearchDecoder(options, eos)
+    on_cuda = next(model.llm.parameters()).device.type == "cuda"
+    if options.beam_size == 1 and (static or (static is None and options.cuda_graphs and on_cuda)):
+        prefix = model.prefix(features, rate, mode, any_rate)
+        runner = _static_greedy(model, prefix, options.max_new_tokens, eos, graphs=on_cuda and options.cuda_graphs)
+        found = runner.run(prefix, options.max_new_tokens)
+    else:
+        stepper = _Stepper(model, features, rate, mode, any_rate)
+        decoder = GreedyDecoder(options, eos) if options.beam_size == 1 else BeamSearchDecoder(options, eos)
+        found = decoder.run(stepper)
     results = []
-    for tokens, logprob in decoder.run(stepper):
+    for tokens, logprob in found:
         text = " ".join(model.tokenizer.decode(tokens, skip_special_tokens=True).split())  # one line, single spaces
         results.append(DecodingResult(text=text, tokens=tokens, logprob=logprob))
     return results
 
 
-__all__ = ["DecodingOptions", "DecodingResult", "GreedyDecoder", "BeamSearchDecoder", "decode"]
+__all__ = ["DecodingOptions", "DecodingResult", "GreedyDecoder", "BeamSearchDecoder", "StaticGreedy", "decode"]

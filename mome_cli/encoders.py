@@ -68,8 +68,10 @@ class WhisperAudioEncoder(nn.Module):
             raise EncoderError(f"audio of {longest / SAMPLE_RATE:.1f} s is longer than this Whisper encoder's "
                                f"{self.max_seconds:g} s window: cut it into segments first")
         arrays = [w.detach().float().cpu().numpy() if torch.is_tensor(w) else w for w in waveforms]
-        mel = self.feature_extractor(arrays, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
         param = next(self.encoder.parameters())
+        device = "cuda" if param.device.type == "cuda" else "cpu"  # the STFT runs where the encoder runs
+        mel = self.feature_extractor(arrays, sampling_rate=SAMPLE_RATE, return_tensors="pt", device=device)
+        mel = mel.input_features
         mel = mel.to(device=param.device, dtype=param.dtype)  # (B, n_mels, 100 x window) = (B, 80, 3000) for 30 s
         states = self.encoder(mel).last_hidden_state  # (B, 50 x window, D)
         lengths = torch.tensor([max(1, math.ceil(s / SAMPLES_PER_AUDIO_FRAME)) for s in samples])

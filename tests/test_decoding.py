@@ -5,7 +5,7 @@ import torch
 
 from mome_cli.decoding import DecodingOptions, decode
 
-from conftest import clip, random_features
+from conftest import clip, random_features, tiny_model
 
 OPTIONS = DecodingOptions(max_new_tokens=10)
 
@@ -82,3 +82,67 @@ def test_modes_and_rates_decode_from_one_model(model):
 def test_options_reject_impossible_values(kw):
     with pytest.raises(ValueError):
         DecodingOptions(**kw)
+
+
+@pytest.mark.parametrize("rate", [(4, 2), (16, 5)])
+def test_static_cache_greedy_gives_the_dynamic_cache_tokens(model, rate):
+    """StaticGreedy (the CUDA road, run here without graph capture) = GreedyDecoder, batched and one by one."""
+    options = DecodingOptions(max_new_tokens=20)
+    features = random_features((50, 37, 21))
+    static = decode(model, features, rate, options=options, static=True)
+    dynamic = decode(model, features, rate, options=options, static=False)
+    assert [r.tokens for r in static] == [r.tokens for r in dynamic]
+    for s, d in zip(static, dynamic):
+        assert s.logprob == pytest.approx(d.logprob, abs=1e-4)
+    alone = [decode(model, clip(features, i), rate, options=options, static=True)[0] for i in range(3)]
+    assert [r.tokens for r in alone] == [r.tokens for r in dynamic]
+
+
+def test_static_cache_runner_is_reused_for_a_batch_that_fits(model):
+    options = DecodingOptions(max_new_tokens=12)
+    first, second = random_features((40, 30)), random_features((38, 33))
+    decode(model, first, (4, 2), options=options, static=True)
+    runner = model._static_greedy
+    again = decode(model, second, (4, 2), options=options, static=True)  # same batch size, prefix fits the cache
+    assert model._static_greedy is runner
+    assert [r.tokens for r in again] == [r.tokens for r in decode(model, second, (4, 2), options=options, static=False)]
+    shorter = random_features((20, 12))  # a shorter prefix and fewer tokens: still this runner
+    fewer = DecodingOptions(max_new_tokens=5)
+    short = decode(model, shorter, (4, 2), options=fewer, static=True)
+    assert model._static_greedy is runner
+    assert [r.tokens for r in short] == [r.tokens for r in decode(model, shorter, (4, 2), options=fewer, static=False)]
+    assert all(len(r.tokens) <= 5 for r in short)
+    decode(model, random_features((40, 30, 20)), (4, 2), options=options, static=True)  # another batch size
+    assert model._static_greedy is not runner
+
+
+def test_static_cache_runner_is_not_reused_once_the_weights_moved():
+    model = tiny_model()
+    options = DecodingOptions(max_new_tokens=8)
+    features = random_features((40, 30))
+    decode(model, features, (4, 2), options=options, static=True)
+    runner = model._static_greedy
+    model.mome.to(torch.float64).to(torch.float32)  # new storage for the MoME weights, same values
+    again = decode(model, features, (4, 2), options=options, static=True)
+    assert model._static_greedy is not runner
+    assert [r.tokens for r in again] == [r.tokens for r in decode(model, features, (4, 2), options=options,
+                                                                  static=False)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_greedy_gives_the_eager_tokens():
+    """On a GPU: the captured and replayed decode step = the same step run eagerly = the dynamic cache."""
+    gpu = tiny_model().cuda()
+    options = DecodingOptions(max_new_tokens=30)
+    features = random_features((50, 37, 21))
+    features = type(features)(**{k: v.cuda() for k, v in vars(features).items()})
+    graphs = [decode(gpu, features, (4, 2), options=options) for _ in range(2)]  # capture, then replay only
+    assert gpu._static_greedy.graph is not None
+    static_eager = decode(gpu, features, (4, 2), options=DecodingOptions(max_new_tokens=30, cuda_graphs=False),
+                          static=True)
+    dynamic = decode(gpu, features, (4, 2), options=options, static=False)
+    assert [r.tokens for r in graphs[0]] == [r.tokens for r in graphs[1]] == [r.tokens for r in static_eager]
+    assert [r.tokens for r in graphs[0]] == [r.tokens for r in dynamic]
+    for g, e in zip(graphs[0], dynamic):
+        assert g.logprob == pytest.approx(e.logprob, abs=1e-3)

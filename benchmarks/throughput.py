@@ -1,0 +1,123 @@
+"""Throughput of evaluation on many short clips on a GPU, per rate pair: mome's decoding against a plain loop (#8).
+
+    python benchmarks/throughput.py                     # mome-1b, 512 clips of 1-6 s (mean 3 s), batches of 64
+    python benchmarks/throughput.py --preset mome-8b --clips 256
+
+As `mome evaluate` works (evaluate.py): clips sorted longest first and cut into batches; per batch the encoders run
+once (Whisper features and encoder, AV-HuBERT) and the LLM decodes once per rate pair, greedy. Clip lengths are
+LRS3-like, drawn from a triangular distribution on [1, 6] s with mode 2 s (mean 3 s), noise audio and random 96 x 96
+mouth crops already in memory (media decoding left out). The model has random weights (realsize.py), so the text never
+ends by itself: each batch generates what a real transcript of its longest clip would hold, --tokens-per-second x its
+length + 1 (EOS), 4 by default (LRS3 speech is about 3 words a second, a Llama 3 token is about 0.75 of a word).
+
+Ways, in the same run on the same batches:
+- mome: mome_cli.decoding.decode (StaticGreedy: static cache, decode step captured as a CUDA graph, reused by batches
+  whose prefix fits its cache);
+- baseline: the same decode on transformers' dynamic cache, one eager forward per step (decode(..., static=False)).
+
+x real time = seconds of audio / seconds taken. "encoders" are counted once per batch; "LLM" is one rate pair's
+decoding; "one rate" = encoders + that rate's LLM, what `mome evaluate --rates A,V` costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+import torch
+
+from mome_cli.decoding import DecodingOptions, decode
+
+from realsize import build_recognizer, clip, machine_line
+
+TARGET = 2000.0  # issue #8: x real time with mome-1b at 4,2
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="mome-1b")
+    parser.add_argument("--rates", default="4,2;16,5", help="rate pairs, ';'-separated (default 4,2;16,5)")
+    parser.add_argument("--clips", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--tokens-per-second", type=float, default=4.0)
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke run of the script (slow)")
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("this benchmark needs a CUDA GPU (or --device cpu for a smoke run)")
+    rates = [tuple(int(r) for r in pair.split(",")) for pair in args.rates.split(";")]
+
+    recog = build_recognizer(args.preset, args.device)
+    rng = np.random.default_rng(0)
+    seconds = np.sort(rng.triangular(1.0, 2.0, 6.0, size=args.clips))[::-1]  # longest first, as evaluate sorts
+    clips = [clip(float(s), seed=i) for i, s in enumerate(seconds)]
+    batches = [list(range(at, min(at + args.batch_size, len(clips)))) for at in range(0, len(clips), args.batch_size)]
+    audio_seconds = float(seconds.sum())
+
+    def tokens_for(batch):
+        return math.ceil(args.tokens_per_second * seconds[batch[0]]) + 1
+
+    ways = {"mome (static cache + CUDA graph)": None, "baseline (dynamic cache, eager steps)": False}
+    with torch.inference_mode():
+        # Warm-up on the first batch: every way and rate once (mome's capture happens here).
+        feats = recog.features([clips[i][0] for i in batches[0]], [clips[i][1] for i in batches[0]])
+        for static in ways.values():
+            for rate in rates:
+                decode(recog.model, feats, rate, "av", DecodingOptions(max_new_tokens=tokens_for(batches[0])),
+                       static=static)
+        enc_time, llm_time, generated = 0.0, {(w, r): 0.0 for w in ways for r in rates}, 0
+        for batch in batches:
+            sync()
+            start = time.perf_counter()
+            feats = recog.features([clips[i][0] for i in batch], [clips[i][1] for i in batch])
+            sync()
+            enc_time += time.perf_counter() - start
+            options = DecodingOptions(max_new_tokens=tokens_for(batch))
+            generated += options.max_new_tokens * len(batch)
+            for way, static in ways.items():
+                for rate in rates:
+                    sync()
+                    start = time.perf_counter()
+                    decode(recog.model, feats, rate, "av", options, static=static)
+                    sync()
+                    llm_time[way, rate] += time.perf_counter() - start
+
+    print(machine_line(args.device))
+    print(f"{args.preset}, random weights, bf16 backbones; {args.clips} clips of "
+          f"{seconds.min():.1f}-{seconds.max():.1f} s (mean {seconds.mean():.2f} s, {audio_seconds:.0f} s in all), "
+          f"batches of {args.batch_size}, {generated} tokens generated per rate and way")
+    print("| rate | way | encoders, s | LLM, s | one rate, s | clips/s | x real time (one rate) | "
+          "x real time (LLM only) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for rate in rates:
+        for way in ways:
+            llm = llm_time[way, rate]
+            total = enc_time + llm
+            print(f"| {rate[0]},{rate[1]} | {way} | {enc_time:.3f} | {llm:.3f} | {total:.3f} | {args.clips / total:.0f}"
+                  f" | {audio_seconds / total:.0f} | {audio_seconds / llm:.0f} |")
+    print()
+    mome = "mome (static cache + CUDA graph)"
+    for rate in rates:
+        base = llm_time["baseline (dynamic cache, eager steps)", rate]
+        print(f"- {rate[0]},{rate[1]}: mome's LLM {base / llm_time[mome, rate]:.1f}x the baseline's speed")
+    if len(rates) > 1:
+        first, last = rates[0], rates[-1]
+        one = lambda r: enc_time + llm_time[mome, r]  # noqa: E731
+        print(f"- {last[0]},{last[1]} against {first[0]},{first[1]}: {one(first) / one(last):.2f}x the throughput "
+              f"(one rate), {llm_time[mome, first] / llm_time[mome, last]:.2f}x (LLM only); target 2x")
+    speed = audio_seconds / (enc_time + llm_time[mome, rates[0]])
+    share = enc_time / (enc_time + llm_time[mome, rates[0]])
+    every = audio_seconds / (enc_time + sum(llm_time[mome, r] for r in rates))
+    print(f"- {rates[0][0]},{rates[0][1]}: {speed:.0f}x real time (target {TARGET:g}x: "
+          f"{'met' if speed >= TARGET else 'missed'}); encoders are {share:.0%} of it; every rate in one run "
+          f"(encoders once): {every:.0f}x")
+
+
+if __name__ == "__main__":
+    main()
