@@ -80,13 +80,16 @@ class WhisperAudioEncoder(nn.Module):
 
 @contextlib.contextmanager
 def quiet_transformers():
-    """Silence transformers' loading report (the Whisper decoder's keys are left out on purpose)."""
+    """Silence transformers' loading report (the Whisper decoder's keys are left out on purpose) and its bar."""
     from transformers.utils import logging
+
+    from .llm import no_progress_bars
 
     level = logging.get_verbosity()
     logging.set_verbosity_error()
     try:
-        yield
+        with no_progress_bars():
+            yield
     finally:
         logging.set_verbosity(level)
 

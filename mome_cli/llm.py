@@ -11,6 +11,7 @@ weights, no download) for parameter accounting.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -107,6 +108,21 @@ def build_on_meta(name: str) -> nn.Module:
         return AutoModelForCausalLM.from_config(config)
 
 
+@contextlib.contextmanager
+def no_progress_bars():
+    """Hide transformers' "Loading weights" bar (a few hundred tensors load in well under a second); its warnings,
+    missing or unexpected keys among them, still show."""
+    from transformers.utils import logging
+
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            logging.enable_progress_bar()
+
+
 def load_llm(name: str, revision: str | None = None, dtype: torch.dtype | None = None, device: str = "cpu"):
     """(model, tokenizer) for a tiny name, a local directory or a hub id; frozen, in eval mode."""
     if name in TINY_LLMS:
@@ -118,7 +134,8 @@ def load_llm(name: str, revision: str | None = None, dtype: torch.dtype | None =
             dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
         source = os.fspath(name)
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
-        model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=dtype)
+        with no_progress_bars():
+            model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=dtype)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.requires_grad_(False)
@@ -128,4 +145,5 @@ def load_llm(name: str, revision: str | None = None, dtype: torch.dtype | None =
     return model.to(device), tokenizer
 
 
-__all__ = ["LLM_SHAPES", "TINY_LLMS", "byte_tokenizer", "build_byte_llm", "build_tiny_llm", "build_on_meta", "load_llm"]
+__all__ = ["LLM_SHAPES", "TINY_LLMS", "byte_tokenizer", "build_byte_llm", "build_tiny_llm", "build_on_meta",
+           "no_progress_bars", "load_llm"]

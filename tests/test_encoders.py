@@ -79,3 +79,21 @@ def test_a_checkpoint_without_encoder_weights_is_refused(tmp_path):
     save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(EncoderError, match="layers.1.fc1.weight"):
         load_whisper(str(tmp_path))
+
+
+def test_loading_backbones_draws_no_progress_bar(tmp_path, capfd):
+    """transformers' "Loading weights" bar is hidden for both backbones (a CLI's stderr is for progress on long work
+    and for errors); the bar is on again afterwards for the caller's own loads."""
+    from transformers.utils import logging
+
+    from mome_cli.llm import build_tiny_llm, load_llm
+
+    save_tiny_whisper_checkpoint(tmp_path / "whisper")
+    llm, tokenizer = build_tiny_llm()
+    llm.save_pretrained(tmp_path / "llm")
+    tokenizer.save_pretrained(tmp_path / "llm")
+    capfd.readouterr()
+    load_whisper(str(tmp_path / "whisper"))
+    load_llm(str(tmp_path / "llm"))
+    assert "Loading weights" not in capfd.readouterr().err
+    assert logging.is_progress_bar_enabled()
