@@ -99,6 +99,7 @@ class EvaluateJob:
     beam: int = 1
     batch_size: int = 8  # segments encoded and decoded together
     max_new_tokens: int = 96
+    max_segment: float | None = None  # seconds; None: the recognizer's limit (20 s, or its audio window)
     roi: bool | None = None  # videos are mouth crops; None: yes for the auto_avsr CSV layout, else no
     detector: str = "sfd"  # face detector when roi is off
     cache_dir: Path | None = None  # preprocessed clips; None: no cache
@@ -216,6 +217,7 @@ class Evaluation:
     evaluated: int = 0  # utterances preprocessed and decoded
     failed: list[tuple[str, str]] = field(default_factory=list)  # (utterance id, error) of those skipped
     noise: dict | None = None  # how noise was made; None when every column is clean
+    max_segment: float | None = None  # seconds: utterances longer than this were cut at pauses
     wall_seconds: float = 0.0
 
     @property
@@ -248,6 +250,7 @@ class Evaluation:
         return {
             "model": j.model, "adapter": j.adapter, "mode": j.mode, "dataset": j.dataset,
             "manifest": str(self.manifest), "split": j.split, "seed": j.seed, "beam": j.beam, "noise": self.noise,
+            "max_segment_seconds": self.max_segment,
             "rates": [[r for r in rate if r is not None] for rate in self.rates], "snrs": list(j.snrs),
             "normalisation": NORMALISATION,
             "utterances": self.evaluated + len(self.failed), "evaluated": self.evaluated,
@@ -281,9 +284,10 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
 
     recognizer = load_recognizer(job.model, job.adapter, job.device)  # MissingModelError etc. end the run
     rates = resolve_rates(recognizer, job.mode, job.rates, job.any_rate)
+    limit = recognizer.segment_limit(job.max_segment)  # one the model cannot take ends the run before preprocessing
     if job.model == "tiny" and job.adapter is None:
         log("warning: --model tiny is random and untrained: its transcripts are meaningless")
-    evaluation = Evaluation(job, manifest, rates)
+    evaluation = Evaluation(job, manifest, rates, max_segment=limit)
 
     loader = ClipLoader(job.mode, roi, job.detector, job.device, job.cache_dir)
     clips, kept = [], []
@@ -360,7 +364,7 @@ def _transcribe_grid(recognizer, clips: list, ids: list[str], rates: list, snrs:
     from .recognizer import segments_of, slice_audio, slice_rois
 
     # Cut on the clean audio: every SNR decodes the same stretches.
-    segments = [segments_of(clip, recognizer.max_segment_seconds) for clip in clips]
+    segments = [segments_of(clip, recognizer.segment_limit(job.max_segment)) for clip in clips]
     groups = {}  # clip mode (av, or a for a clip without a face) -> [(clip, segment)]; silence is not decoded
     for c, segs in enumerate(segments):
         for i, seg in enumerate(segs):

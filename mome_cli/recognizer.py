@@ -62,6 +62,7 @@ class RecognizeOptions:
     beam: int = 1
     batch_size: int = 8  # segments decoded together
     max_new_tokens: int = 96
+    max_segment: float | None = None  # seconds; None: Recognizer.max_segment_seconds
 
 
 class Recognizer:
@@ -77,6 +78,20 @@ class Recognizer:
         """Segments are at most 20 s, and never longer than the audio encoder's window (8 s for the demo model)."""
         window = getattr(self.audio_encoder, "max_seconds", MAX_SEGMENT_SECONDS)
         return min(MAX_SEGMENT_SECONDS, window)
+
+    def segment_limit(self, asked: float | None = None) -> float:
+        """The longest segment to cut: the one asked (--max-segment), which must fit the audio encoder's window, or
+        max_segment_seconds. A model trained on short utterances may read only the first sentence of a long segment:
+        a shorter limit cuts at more pauses."""
+        if asked is None:
+            return self.max_segment_seconds
+        if asked <= 0:
+            raise UsageProblem(f"--max-segment {asked:g}: the limit must be a positive number of seconds")
+        if asked > self.max_segment_seconds:
+            raise UsageProblem(f"--max-segment {asked:g}: this model takes segments of at most "
+                               f"{self.max_segment_seconds:g} s (its audio encoder's window, and never over "
+                               f"{MAX_SEGMENT_SECONDS:g} s)")
+        return asked
 
     def rate_for(self, mode: str, rate: tuple | None, any_rate: bool = False) -> tuple:
         """The rate to use in a mode: the given one (checked against the trained ones) or the first trained."""
@@ -118,7 +133,8 @@ class Recognizer:
         """Transcripts of many clips; their segments are decoded together, longest first, grouped by mode."""
         modes = [clip.mode if options.mode == "av" else options.mode for clip in clips]  # av may have fallen back to a
         rates = [self.rate_for(m, options.rate if m == options.mode else None, options.any_rate) for m in modes]
-        segments = [segments_of(clip, self.max_segment_seconds) for clip in clips]
+        limit = self.segment_limit(options.max_segment)
+        segments = [segments_of(clip, limit) for clip in clips]
         texts = [[""] * len(s) for s in segments]
         groups = {}  # (mode, rate) -> [(clip, segment)]; silent segments are not decoded
         for c, segs in enumerate(segments):

@@ -120,7 +120,7 @@ def ref_words() -> int:
 def test_tiny_model_fills_the_rate_by_snr_grid(corpus, tmp_path):
     out = tmp_path / "eval"
     result = mome("evaluate", "--dataset", corpus / "jsonl" / "test.jsonl", "--model", "tiny", "--roi",
-                  "--rates", "4,2;16,5", "--snr", "clean,0,5", "-o", out, cwd=tmp_path)
+                  "--rates", "4,2;16,5", "--snr", "clean,0,5", "--max-segment", "19.5", "-o", out, cwd=tmp_path)
     assert result.returncode == 0, result.explain
     lines = result.stdout.splitlines()
     assert lines[1].split() == ["rate", "A,V", "clean", "0", "dB", "5", "dB"], result.explain
@@ -133,6 +133,7 @@ def test_tiny_model_fills_the_rate_by_snr_grid(corpus, tmp_path):
         ("tiny", "av", 0, 3, [])
     assert report["noise"]["source"] == "babble" and report["noise"]["talkers"] == 2  # a corpus of 3: the other 2
     assert "apostrophe" in report["normalisation"]
+    assert report["max_segment_seconds"] == 19.5
     cells = {(tuple(c["rate"]), c["snr"]): c for c in report["results"]}
     assert set(cells) == {(r, s) for r in [(4, 2), (16, 5)] for s in [CLEAN, 0, 5]}
     for cell in cells.values():
@@ -208,6 +209,8 @@ def test_missing_dataset_exits_4_and_says_how_to_get_it(tmp_path):
     (["--snr", "5,x"], "--snr"),
     (["--rates", "4,x"], "--rates"),
     (["--rates", "8,3"], "not trained"),
+    (["--max-segment", "21"], "at most 20 s"),
+    (["--max-segment", "0.2"], "--max-segment"),
 ])
 def test_bad_values_exit_2(tmp_path, args, complaint):
     (tmp_path / "a.wav").write_bytes(b"")

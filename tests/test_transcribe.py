@@ -132,13 +132,18 @@ def test_quiet_prints_only_results_and_errors(trained, tmp_path):
     assert result.stdout.strip().endswith("\thello world")
 
 
-def test_long_input_comes_out_as_timestamped_segments(tmp_path):
-    """45 s of tone bursts with pauses: segments of at most 20 s, cut in pauses, timestamps increasing."""
+def make_long_clip(path: Path) -> Path:
+    """45 s of tone with pauses at 14-14.8 s and 31-31.8 s."""
     burst = "sine=frequency=400:duration=45,volume=enable='between(t,14,14.8)+between(t,31,31.8)':volume=0"
-    path = tmp_path / "long.mp4"
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
                     "testsrc2=size=96x96:rate=25:duration=45", "-f", "lavfi", "-i", burst, "-c:v", "libx264",
                     "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(path)], check=True)
+    return path
+
+
+def test_long_input_comes_out_as_timestamped_segments(tmp_path):
+    """45 s of tone bursts with pauses: segments of at most 20 s, cut in pauses, timestamps increasing."""
+    path = make_long_clip(tmp_path / "long.mp4")
     result = mome("transcribe", path, "--model", "tiny", "--roi", "-f", "json", "-f", "srt", "-o", tmp_path,
                   cwd=tmp_path)
     assert result.returncode == 0, result.explain
@@ -151,3 +156,19 @@ def test_long_input_comes_out_as_timestamped_segments(tmp_path):
     cues = re.findall(r"(\d\d):(\d\d):(\d\d),(\d{3}) --> ", (tmp_path / "long.srt").read_text())
     seconds = [int(h) * 3600 + int(m) * 60 + int(s) + int(ms) / 1000 for h, m, s, ms in cues]
     assert seconds == sorted(seconds) and len(seconds) >= 1
+
+
+def test_max_segment_cuts_shorter_segments_and_refuses_more_than_the_model_takes(tmp_path):
+    path = make_long_clip(tmp_path / "long.mp4")
+    result = mome("transcribe", path, "--model", "tiny", "--roi", "-f", "json", "-o", tmp_path, "--max-segment", "16",
+                  cwd=tmp_path)
+    assert result.returncode == 0, result.explain
+    segments = json.loads((tmp_path / "long.json").read_text())["segments"]
+    assert all(s["end"] - s["start"] <= 16 for s in segments), segments
+    assert 14 < segments[1]["start"] < 14.8  # the first cut still in the pause
+    assert segments[2]["start"] <= 14.8 + 16 < 31  # the second pause is out of reach: cut before it (20 s: in it)
+    assert segments[-1]["end"] == pytest.approx(45, abs=0.05)
+    too_long = mome("transcribe", path, "--model", "tiny", "--roi", "-o", tmp_path / "x", "--max-segment", "25",
+                    cwd=tmp_path)
+    assert too_long.returncode == 2 and "at most 20 s" in too_long.stderr, too_long.explain
+    assert not (tmp_path / "x").exists()
