@@ -202,20 +202,25 @@ class AVSRModel(nn.Module):
     def layout(self, features: Features, rate: Rate, mode: str, targets=None, any_rate: bool = False):
         """One (embeds (L_i, H), labels (L_i,)) per clip: BOS, tags, modality tokens, prompt [, target]."""
         tokens = self._modality_tokens(features, check_rate(rate, mode), any_rate)
-        bos = self.tokenizer.bos_token_id
+        # The text every row shares (BOS, tags, prompt) is embedded once, not once per row.
+        bos, prompt = self._embed([self.tokenizer.bos_token_id]), self._embed(self._prompts[mode])
+        tags = {m: (self._embed(o), self._embed(c)) for m, (o, c) in self._tags.items() if m in tokens}
+        lengths = {m: n.tolist() for m, (_, n) in tokens.items()}  # one host read per modality, not one per row
+        if targets is not None:  # every transcript embedded in one lookup
+            said = self._embed([t for ids in targets for t in ids]).split([len(ids) for ids in targets])
         rows = []
         for i in range(features.batch_size):
-            parts = [self._embed([bos])]
+            parts = [bos]
             for modality in ("audio", "video"):
                 if modality in tokens:
-                    x, n = tokens[modality]
-                    open_ids, close_ids = self._tags[modality]
-                    parts += [self._embed(open_ids), x[i, : n[i]].to(parts[0].dtype), self._embed(close_ids)]
-            parts.append(self._embed(self._prompts[mode]))
+                    x = tokens[modality][0]
+                    opening, closing = tags[modality]
+                    parts += [opening, x[i, : lengths[modality][i]].to(bos.dtype), closing]
+            parts.append(prompt)
             prefix_len = sum(p.shape[0] for p in parts)
             labels = [IGNORE_INDEX] * prefix_len
             if targets is not None:
-                parts.append(self._embed(targets[i]))
+                parts.append(said[i])
                 labels += targets[i]
             rows.append((torch.cat(parts), torch.tensor(labels, dtype=torch.long)))
         return rows
@@ -223,16 +228,16 @@ class AVSRModel(nn.Module):
     @staticmethod
     def _pad(rows, side: str):
         """Rows -> (M, L, H) embeds, (M, L) labels, (M, L) attention mask, (M, L) position ids."""
-        M, L = len(rows), max(e.shape[0] for e, _ in rows)
-        H = rows[0][0].shape[1]
-        ref = rows[0][0]
-        embeds = ref.new_zeros(M, L, H)
-        labels = torch.full((M, L), IGNORE_INDEX, dtype=torch.long, device=ref.device)
-        mask = torch.zeros(M, L, dtype=torch.long, device=ref.device)
-        for i, (e, y) in enumerate(rows):
-            n = e.shape[0]
-            s = slice(L - n, L) if side == "left" else slice(0, n)
-            embeds[i, s], labels[i, s], mask[i, s] = e, y.to(ref.device), 1
+        from torch.nn.utils.rnn import pad_sequence
+
+        device = rows[0][0].device
+        embeds = pad_sequence([e for e, _ in rows], batch_first=True, padding_side=side)  # (M, L, H)
+        labels = pad_sequence([y for _, y in rows], batch_first=True, padding_value=IGNORE_INDEX,
+                              padding_side=side).to(device)  # built where the rows' labels are, moved once
+        L = embeds.shape[1]
+        n = torch.tensor([e.shape[0] for e, _ in rows], device=device).unsqueeze(1)  # (M, 1) real lengths
+        at = torch.arange(L, device=device)  # (L,)
+        mask = (at >= L - n if side == "left" else at < n).long()  # (M, L)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return embeds, labels, mask, positions
 
