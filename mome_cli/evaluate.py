@@ -274,7 +274,7 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
     """
     from .data import find_dataset, load_manifest
     from .media import SAMPLE_RATE, MediaError, decode_audio
-    from .recognizer import UsageProblem, load_recognizer
+    from .recognizer import UsageProblem, load_recognizer, shadowed_preset
 
     started = time.perf_counter()
     manifest = find_dataset(job.dataset, job.data_root, job.split)
@@ -282,6 +282,8 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
     chosen = utterances[: job.limit] if job.limit else utterances
     roi = job.roi if job.roi is not None else manifest.suffix == ".csv"  # auto_avsr CSVs list mouth crops
 
+    if warning := shadowed_preset(job.model):
+        log(warning)
     recognizer = load_recognizer(job.model, job.adapter, job.device)  # MissingModelError etc. end the run
     rates = resolve_rates(recognizer, job.mode, job.rates, job.any_rate)
     limit = recognizer.segment_limit(job.max_segment)  # one the model cannot take ends the run before preprocessing

@@ -239,6 +239,15 @@ def preset_config(name: str) -> ModelConfig:
                        audio_encoder_revision=preset.audio.revision, video_encoder="avhubert-large")
 
 
+def shadowed_preset(model: str) -> str | None:
+    """A warning when --model names a preset and a folder of that name is here too: the folder is what loads (as a
+    local folder does for transformers' from_pretrained), which is easy to miss."""
+    if model in ("tiny", "demo", *PRESETS) and Path(model).is_dir():
+        return (f"warning: --model {model}: loading the checkpoint folder ./{model}, not the {model} preset "
+                f"(run from another folder to use the preset, or pass --model ./{model} to say it is the folder)")
+    return None
+
+
 def load_recognizer(model: str, adapter: str | None = None, device: str = "auto",
                     home: Path | None = None) -> Recognizer:
     """A Recognizer from a preset name or a checkpoint directory, with an optional adapter checkpoint directory."""
@@ -294,4 +303,4 @@ def build_recognizer(config: ModelConfig, home: Path, device: str, dtype: torch.
 
 
 __all__ = ["UsageProblem", "RecognizeOptions", "Recognizer", "load_recognizer", "build_recognizer", "tiny_config",
-           "resolve_device", "segments_of", "slice_audio", "slice_rois"]
+           "resolve_device", "segments_of", "shadowed_preset", "slice_audio", "slice_rois"]

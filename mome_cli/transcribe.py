@@ -54,8 +54,10 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
     if not todo:
         return report
 
-    from .recognizer import load_recognizer
+    from .recognizer import load_recognizer, shadowed_preset
 
+    if warning := shadowed_preset(job.model):
+        log(warning)
     recognizer = load_recognizer(job.model, job.adapter, job.device)  # MissingModelError etc. end the whole run
     o = recognize_options
     recognizer.rate_for(o.mode, o.rate, o.any_rate)  # a bad --rate is refused before any work (UsageProblem)

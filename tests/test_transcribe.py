@@ -172,3 +172,14 @@ def test_max_segment_cuts_shorter_segments_and_refuses_more_than_the_model_takes
                     cwd=tmp_path)
     assert too_long.returncode == 2 and "at most 20 s" in too_long.stderr, too_long.explain
     assert not (tmp_path / "x").exists()
+
+
+def test_a_folder_named_like_a_preset_loads_and_says_so(trained, tmp_path):
+    shutil.copytree(trained / "ckpt", tmp_path / "tiny")
+    result = mome("transcribe", trained / "media" / "hello.mp4", "--model", "tiny", "--roi", "--stdout", "-o",
+                  tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip().endswith("\thello world"), result.explain  # the folder
+    assert "loading the checkpoint folder ./tiny, not the tiny preset" in result.stderr, result.explain
+    clear = mome("transcribe", trained / "media" / "hello.mp4", "--model", "./tiny", "--roi", "--stdout", "-o",
+                 tmp_path / "out2", cwd=tmp_path)
+    assert clear.returncode == 0 and "not the tiny preset" not in clear.stderr, clear.explain
