@@ -61,6 +61,7 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
     recognizer = load_recognizer(job.model, job.adapter, job.device)  # MissingModelError etc. end the whole run
     o = recognize_options
     recognizer.rate_for(o.mode, o.rate, o.any_rate)  # a bad --rate is refused before any work (UsageProblem)
+    recognizer.segment_limit(o.max_segment)  # and so is a --max-segment the model cannot take
     if job.model == "tiny" and job.adapter is None:
         log("warning: --model tiny is random and untrained: its transcripts are meaningless")
     preprocess = Preprocessor(preprocess_options, cache_dir=job.cache_dir)
