@@ -49,6 +49,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is usable here")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     torch.manual_seed(0)
     whisper = build_whisper_medium(device, dtype)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Every GPU benchmark of RESULTS.md in one go, each printed and kept in OUT_DIR/NAME.txt:
+#
+#   bash benchmarks/run_gpu.sh [OUT_DIR]        (OUT_DIR [gpu-results]; about 8 minutes on an H100)
+#
+# The order puts the issue #8 figures first; a benchmark that fails or overruns its time limit (seconds, below) is
+# reported and the next one runs. Record what is kept in RESULTS.md with the card, the date and these commands.
+set -uo pipefail
+out=$(realpath -m "${1:-gpu-results}")
+mkdir -p "$out"
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PYTHONUNBUFFERED=1
+
+run() {  # run NAME SECONDS ARGS...: one benchmark, its output shown and kept
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name: python benchmarks/$* ($(date -u '+%Y-%m-%d %H:%M:%S UTC'))"
+    timeout "$limit" python "benchmarks/$@" 2>&1 | tee "$out/$name.txt"
+    local status=${PIPESTATUS[0]}
+    if [[ $status == 124 ]]; then
+        echo "== $name: stopped, over its $limit s" | tee -a "$out/$name.txt"
+    elif [[ $status != 0 ]]; then
+        echo "== $name: failed, exit $status" | tee -a "$out/$name.txt"
+    fi
+}
+
+run latency-1b 150 latency.py --preset mome-1b:4,2 --profile
+run latency-8b 150 latency.py --preset mome-8b:16,5 --no-static-baseline
+run throughput 150 throughput.py
+run train-step 100 train_step.py
+run encoders 60 encoders.py --device cuda
+run preprocess 300 preprocess.py --device cuda --budget-minutes 4
