@@ -16,7 +16,9 @@ Ways, in the same run on the same batches:
 - baseline: the same decode on transformers' dynamic cache, one eager forward per step (decode(..., static=False)).
 
 x real time = seconds of audio / seconds taken. "encoders" are counted once per batch; "LLM" is one rate pair's
-decoding; "one rate" = encoders + that rate's LLM, what `mome evaluate --rates A,V` costs.
+decoding; "one rate" = encoders + that rate's LLM, what `mome evaluate --rates A,V` costs. A second table splits
+mome's LLM time: the sequence layout alone (AVSRModel.prefix), prefill with the first token (a decode of 1 token,
+layout excluded) and the later steps (the rest), timed on the same batches in separate calls.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def main():
                 decode(recog.model, feats, rate, "av", DecodingOptions(max_new_tokens=tokens_for(batches[0])),
                        static=static)
         enc_time, llm_time, generated = 0.0, {(w, r): 0.0 for w in ways for r in rates}, 0
+        layout, first, steps = dict.fromkeys(rates, 0.0), dict.fromkeys(rates, 0.0), 0  # where mome's LLM time goes
         for batch in batches:
             sync()
             start = time.perf_counter()
@@ -87,6 +90,17 @@ def main():
                     decode(recog.model, feats, rate, "av", options, static=static)
                     sync()
                     llm_time[way, rate] += time.perf_counter() - start
+            steps += options.max_new_tokens - 1
+            for rate in rates:  # the parts of mome's decode: sequence layout alone, then layout + prefill + 1 token
+                sync()
+                start = time.perf_counter()
+                recog.model.prefix(feats, rate, "av")
+                sync()
+                layout[rate] += time.perf_counter() - start
+                start = time.perf_counter()
+                decode(recog.model, feats, rate, "av", DecodingOptions(max_new_tokens=1))
+                sync()
+                first[rate] += time.perf_counter() - start
 
     print(machine_line(args.device))
     print(f"{args.preset}, random weights, bf16 backbones; {args.clips} clips of "
@@ -103,6 +117,14 @@ def main():
                   f" | {audio_seconds / total:.0f} | {audio_seconds / llm:.0f} |")
     print()
     mome = "mome (static cache + CUDA graph)"
+    print("| rate | mome's LLM, s | sequence layout, s | prefill + first token, s | later steps, s | steps | "
+          "ms a step |")
+    print("|---|---|---|---|---|---|---|")
+    for rate in rates:
+        later, prefill = llm_time[mome, rate] - first[rate], first[rate] - layout[rate]
+        print(f"| {rate[0]},{rate[1]} | {llm_time[mome, rate]:.3f} | {layout[rate]:.3f} | {prefill:.3f} | "
+              f"{later:.3f} | {steps} | {1000 * later / max(steps, 1):.2f} |")
+    print()
     for rate in rates:
         base = llm_time["baseline (dynamic cache, eager steps)", rate]
         print(f"- {rate[0]},{rate[1]}: mome's LLM {base / llm_time[mome, rate]:.1f}x the baseline's speed")
