@@ -69,7 +69,7 @@ class WhisperAudioEncoder(nn.Module):
                                f"{self.max_seconds:g} s window: cut it into segments first")
         arrays = [w.detach().float().cpu().numpy() if torch.is_tensor(w) else w for w in waveforms]
         param = next(self.encoder.parameters())
-        device = "cuda" if param.device.type == "cuda" else "cpu"  # the STFT runs where the encoder runs
+        device = str(param.device) if param.device.type == "cuda" else "cpu"  # the STFT runs on the encoder's GPU
         mel = self.feature_extractor(arrays, sampling_rate=SAMPLE_RATE, return_tensors="pt", device=device)
         mel = mel.input_features
         mel = mel.to(device=param.device, dtype=param.dtype)  # (B, n_mels, 100 x window) = (B, 80, 3000) for 30 s

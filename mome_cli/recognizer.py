@@ -242,7 +242,7 @@ def preset_config(name: str) -> ModelConfig:
 def shadowed_preset(model: str) -> str | None:
     """A warning when --model names a preset and a folder of that name is here too: the folder is what loads (as a
     local folder does for transformers' from_pretrained), which is easy to miss."""
-    if model in ("tiny", "demo", *PRESETS) and Path(model).is_dir():
+    if model in PRESETS and Path(model).is_dir():
         return (f"warning: --model {model}: loading the checkpoint folder ./{model}, not the {model} preset "
                 f"(run from another folder to use the preset, or pass --model ./{model} to say it is the folder)")
     return None
