@@ -27,15 +27,10 @@ import torch
 
 from mome_cli.decoding import DecodingOptions, decode
 
-from realsize import build_recognizer, clip, machine_line
+from realsize import build_recognizer, clip, machine_line, sync
 
 TARGETS = {"mome-1b": 0.10, "mome-8b": 0.35}  # issue #8: steady seconds for the whole clip, per preset
 FIRST_TARGET = {"mome-1b": 5.0}  # the first transcript after loading
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def timed(fn) -> tuple[float, object]:

@@ -69,6 +69,12 @@ def clip(seconds: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return audio, rois
 
 
+def sync() -> None:
+    """Wait for the GPU's queued work, so that a host clock read next times it (nothing to wait for on a CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def machine_line(device: str) -> str:
     import platform
 

@@ -32,14 +32,9 @@ import torch
 
 from mome_cli.decoding import DecodingOptions, decode
 
-from realsize import build_recognizer, clip, machine_line
+from realsize import build_recognizer, clip, machine_line, sync
 
 TARGET = 2000.0  # issue #8: x real time with mome-1b at 4,2
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def main():
