@@ -125,6 +125,7 @@ def model_options(f):
 @click.option("--roi", is_flag=True, help="Videos are already mouth crops: skip face detection.")
 @click.option("--max-segment", type=click.FloatRange(min=1.0), metavar="SECONDS",
               help="Cut inputs at pauses into segments of at most this long [20, or the model's audio window].")
+@click.option("--pack", is_flag=True, help="Cut at pauses only to keep segments within --max-segment, not at each one.")
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False), default=".", show_default=True)
 @click.option("-f", "--format", "formats", type=click.Choice(OUTPUT_FORMATS), multiple=True, default=("txt",),
               show_default=True, help="Output format (repeatable).")
@@ -135,7 +136,7 @@ def model_options(f):
 @click.option("--no-cache", is_flag=True, help="Don't reuse or store preprocessed clips.")
 @click.pass_context
 def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode, device, beam, batch_size, rate,
-               any_rate, roi, max_segment, output_dir, formats, stdout, overwrite, detector, no_cache):
+               any_rate, roi, max_segment, pack, output_dir, formats, stdout, overwrite, detector, no_cache):
     """Transcribe media files or folders (voice and lips, or either alone)."""
     from pathlib import Path
 
@@ -164,7 +165,7 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
     )
     prep = PreprocessOptions(mode=mode, roi=roi, detector=detector, device=device)
     recog = RecognizeOptions(mode=mode, rate=rate, any_rate=any_rate, beam=beam, batch_size=batch_size or 8,
-                             max_segment=max_segment)
+                             max_segment=max_segment, pack=pack)
     try:
         with _progress(len(found), "transcribing", enabled=stderr.is_terminal and not quiet) as advance:
             report = library.run(job, prep, recog, quiet_log, advance)
@@ -194,6 +195,7 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate the first N utterances only.")
 @click.option("--max-segment", type=click.FloatRange(min=1.0), metavar="SECONDS",
               help="Cut inputs at pauses into segments of at most this long [20, or the model's audio window].")
+@click.option("--pack", is_flag=True, help="Cut at pauses only to keep segments within --max-segment, not at each one.")
 @click.option("--roi/--no-roi", default=None,
               help="Videos are mouth crops: skip face detection [on for auto_avsr CSV manifests, else off].")
 @click.option("--detector", type=click.Choice(("sfd", "blazeface")), default="sfd", show_default=True,
@@ -202,7 +204,7 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False), default="mome-eval", show_default=True)
 @click.pass_context
 def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode, device, beam, batch_size, rates,
-             any_rate, snr, noise, seed, limit, max_segment, roi, detector, no_cache, output_dir):
+             any_rate, snr, noise, seed, limit, max_segment, pack, roi, detector, no_cache, output_dir):
     """Word error rate on a dataset, per rate pair and SNR."""
     from pathlib import Path
 
@@ -222,7 +224,8 @@ def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode
         dataset=dataset, output_dir=Path(output_dir), data_root=Path(data_root) if data_root else None, split=split,
         model=model, adapter=adapter, device=device, mode=mode, rates=rates, any_rate=any_rate, snrs=snrs,
         noise=Path(noise) if noise else None, seed=seed, limit=limit, beam=beam, batch_size=batch_size or 8, roi=roi,
-        max_segment=max_segment, detector=detector, cache_dir=None if no_cache else mome_home() / "cache" / "clips",
+        max_segment=max_segment, pack=pack, detector=detector,
+        cache_dir=None if no_cache else mome_home() / "cache" / "clips",
     )
     enabled = stderr.is_terminal and not quiet
     try:

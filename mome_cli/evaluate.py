@@ -100,6 +100,7 @@ class EvaluateJob:
     batch_size: int = 8  # segments encoded and decoded together
     max_new_tokens: int = 96
     max_segment: float | None = None  # seconds; None: the recognizer's limit (20 s, or its audio window)
+    pack: bool = False  # cut only what is longer than the limit, not at every pause
     roi: bool | None = None  # videos are mouth crops; None: yes for the auto_avsr CSV layout, else no
     detector: str = "sfd"  # face detector when roi is off
     cache_dir: Path | None = None  # preprocessed clips; None: no cache
@@ -250,7 +251,7 @@ class Evaluation:
         return {
             "model": j.model, "adapter": j.adapter, "mode": j.mode, "dataset": j.dataset,
             "manifest": str(self.manifest), "split": j.split, "seed": j.seed, "beam": j.beam, "noise": self.noise,
-            "max_segment_seconds": self.max_segment,
+            "max_segment_seconds": self.max_segment, "segments": "packed" if j.pack else "every pause",
             "rates": [[r for r in rate if r is not None] for rate in self.rates], "snrs": list(j.snrs),
             "normalisation": NORMALISATION,
             "utterances": self.evaluated + len(self.failed), "evaluated": self.evaluated,
@@ -366,7 +367,8 @@ def _transcribe_grid(recognizer, clips: list, ids: list[str], rates: list, snrs:
     from .recognizer import segments_of, slice_audio, slice_rois
 
     # Cut on the clean audio: every SNR decodes the same stretches.
-    segments = [segments_of(clip, recognizer.segment_limit(job.max_segment)) for clip in clips]
+    limit = recognizer.segment_limit(job.max_segment)
+    segments = [segments_of(clip, limit, every_pause=not job.pack) for clip in clips]
     groups = {}  # clip mode (av, or a for a clip without a face) -> [(clip, segment)]; silence is not decoded
     for c, segs in enumerate(segments):
         for i, seg in enumerate(segs):

@@ -5,8 +5,9 @@ by `mome train`. Backbones named by hub id are looked up in mome's cache and nev
 a MissingModelError (exit 4) that names the `mome download` command that fetches it. `build_recognizer(config)` is
 the part after the config is known - backbones plus fresh MoME modules and projectors - which `mome train` starts from.
 
-A clip is cut into segments at pauses (at most 20 s, media.split_at_pauses); segments are encoded and decoded in
-batches; silent segments are not decoded.
+A clip is cut into segments at pauses (media.split_at_pauses): at every pause between stretches of speech, and within
+stretches longer than the limit (20 s, or the audio encoder's window) so that none is longer; segments are encoded and
+decoded in batches; silent segments are not decoded.
 
 Notation for shapes: B segments in a batch, S samples, T frames, R ROI side, D encoder width.
 """
@@ -63,6 +64,7 @@ class RecognizeOptions:
     batch_size: int = 8  # segments decoded together
     max_new_tokens: int = 96
     max_segment: float | None = None  # seconds; None: Recognizer.max_segment_seconds
+    pack: bool = False  # cut only what is longer than the limit, not at every pause (media.split_at_pauses)
 
 
 class Recognizer:
@@ -134,7 +136,7 @@ class Recognizer:
         modes = [clip.mode if options.mode == "av" else options.mode for clip in clips]  # av may have fallen back to a
         rates = [self.rate_for(m, options.rate if m == options.mode else None, options.any_rate) for m in modes]
         limit = self.segment_limit(options.max_segment)
-        segments = [segments_of(clip, limit) for clip in clips]
+        segments = [segments_of(clip, limit, every_pause=not options.pack) for clip in clips]
         texts = [[""] * len(s) for s in segments]
         groups = {}  # (mode, rate) -> [(clip, segment)]; silent segments are not decoded
         for c, segs in enumerate(segments):
@@ -163,9 +165,9 @@ class Recognizer:
         ]
 
 
-def segments_of(clip: Clip, max_seconds: float = MAX_SEGMENT_SECONDS) -> list[Segment]:
+def segments_of(clip: Clip, max_seconds: float = MAX_SEGMENT_SECONDS, every_pause: bool = True) -> list[Segment]:
     if clip.audio is not None:
-        return split_at_pauses(clip.audio, max_seconds)
+        return split_at_pauses(clip.audio, max_seconds, every_pause)
     frames = len(clip.rois)  # video only: fixed windows
     step = int(max_seconds * VIDEO_FPS)
     return [Segment(a / VIDEO_FPS, min(a + step, frames) / VIDEO_FPS) for a in range(0, frames, step)]

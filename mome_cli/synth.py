@@ -12,6 +12,12 @@ clip: OUT_DIR/reading.jsonl, one alignment record with its "text" per line, for 
 (`mome_cli.pretrain reader --reading`). A rerun into the same OUT_DIR with the same options keeps the clips already
 written (each is written whole or not at all), so an interrupted run resumes and a reading set can be added later.
 
+    python -m mome_cli.synth OUT_DIR --long-form 9
+
+joins a corpus's valid and test clips into long-form ones instead (join_clips): each speaker's clips, in manifest
+order, until they last 9 s or more, as OUT_DIR/long/{valid,test}.jsonl and OUT_DIR/long/<split>/<id>.mp4. Models
+trained on single utterances meet several in one input there, with the pauses between them, as in a user's video.
+
 Text: the fortune cookie files of Debian's `fortunes` package (with `fortunes-min`), /usr/share/games/fortunes, under
 the BSD licence of fortune-mod (Debian's /usr/share/doc/fortunes/copyright). The categories in FORTUNE_CATEGORIES are
 read (about 15,000 sentences, 14,000 different words); `--text FILE` reads any other plain English text instead.
@@ -465,6 +471,12 @@ def split_counts(n: int, valid: float, test: float) -> dict[str, int]:
     return {"train": n - n_valid - n_test, "valid": n_valid, "test": n_test}
 
 
+# Output settings every clip of the corpus is written with (deterministic: the same frames give the same bytes).
+CLIP_OUTPUT = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-g", "50", "-pix_fmt", "yuv420p",
+               "-threads", "1", "-c:a", "aac", "-b:a", "48k", "-ar", str(SAMPLE_RATE),
+               "-map_metadata", "-1", "-fflags", "+bitexact", "-flags", "+bitexact"]
+
+
 def write_clip(path: Path, frames: np.ndarray, samples: np.ndarray) -> None:
     """(T, R, R) uint8 frames and (S,) int16 samples at ESPEAK_RATE into an mp4 (H.264 + 16 kHz AAC), written under a
     temporary name and renamed (files.atomic_write): a clip at `path` is always whole."""
@@ -472,26 +484,26 @@ def write_clip(path: Path, frames: np.ndarray, samples: np.ndarray) -> None:
     with tempfile.NamedTemporaryFile(suffix=".s16", dir=path.parent) as audio:
         audio.write(samples.astype("<i2").tobytes())
         audio.flush()
+        inputs = ["-f", "rawvideo", "-pix_fmt", "gray", "-s", f"{ROI}x{ROI}", "-framerate", str(VIDEO_FPS),
+                  "-i", "pipe:0", "-f", "s16le", "-ar", str(ESPEAK_RATE), "-ac", "1", "-i", audio.name,
+                  "-map", "0:v", "-map", "1:a"]
+        _encode(path, inputs, "write the clip", frames.tobytes())
 
-        def encode(partial: str) -> None:
-            command = [
-                "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-                "-f", "rawvideo", "-pix_fmt", "gray", "-s", f"{ROI}x{ROI}", "-framerate", str(VIDEO_FPS),
-                "-i", "pipe:0",
-                "-f", "s16le", "-ar", str(ESPEAK_RATE), "-ac", "1", "-i", audio.name,
-                "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-g", "50",
-                "-pix_fmt", "yuv420p", "-threads", "1", "-c:a", "aac", "-b:a", "48k", "-ar", str(SAMPLE_RATE),
-                "-map_metadata", "-1", "-fflags", "+bitexact", "-flags", "+bitexact", "-f", "mp4", partial,
-            ]
-            subprocess.run(command, input=frames.tobytes(), capture_output=True, check=True)
 
-        try:
-            atomic_write(path, encode)
-        except FileNotFoundError as e:
-            raise MediaError("ffmpeg", "the ffmpeg program is not installed (e.g. apt-get install ffmpeg)") from e
-        except subprocess.CalledProcessError as e:
-            lines = [ln for ln in e.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
-            raise MediaError(path, f"cannot write the clip ({lines[-1] if lines else 'ffmpeg failed'})") from e
+def _encode(path: Path, inputs: list[str], what: str, data: bytes | None = None) -> None:
+    """ffmpeg from `inputs` (data on its stdin) to a corpus clip at path, written atomically; MediaError if it fails."""
+    def encode(partial: str) -> None:
+        command = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *inputs, *CLIP_OUTPUT,
+                   "-f", "mp4", partial]
+        subprocess.run(command, input=data, capture_output=True, check=True)
+
+    try:
+        atomic_write(path, encode)
+    except FileNotFoundError as e:
+        raise MediaError("ffmpeg", "the ffmpeg program is not installed (e.g. apt-get install ffmpeg)") from e
+    except subprocess.CalledProcessError as e:
+        lines = [ln for ln in e.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+        raise MediaError(path, f"cannot {what} ({lines[-1] if lines else 'ffmpeg failed'})") from e
 
 
 def make_utterance(job: dict) -> dict:
@@ -589,6 +601,43 @@ def generate(out_dir, utterances: int, seed: int = 0, voices: list[str] | None =
     return meta
 
 
+def join_clips(corpus: str | Path, split: str, seconds: float, out_dir: str | Path) -> list[dict]:
+    """Long-form clips of a corpus's split: each speaker's clips, in manifest order, joined until they last `seconds`
+    or more (a speaker's last group may be shorter), re-encoded as the corpus's clips are. Writes
+    out_dir/<split>/<id>.mp4 (ids <speaker>_long<k>, each clip written whole; one already there is kept) and
+    out_dir/<split>.jsonl (id, video, text: the joined transcripts, and "parts": the ids joined); returns its rows.
+    """
+    corpus, out_dir = Path(corpus), Path(out_dir)
+    durations = {r["id"]: r["duration"] for r in map(json.loads, open(corpus / "alignments.jsonl", encoding="utf-8"))}
+    groups: dict[str, list[list[dict]]] = {}  # speaker -> groups of manifest rows
+    for row in map(json.loads, open(corpus / f"{split}.jsonl", encoding="utf-8")):
+        speaker = row["id"].rsplit("_", 1)[0]
+        runs = groups.setdefault(speaker, [[]])
+        if sum(durations[r["id"]] for r in runs[-1]) >= seconds:
+            runs.append([])
+        runs[-1].append(row)
+    rows = []
+    for speaker, runs in groups.items():
+        for k, run in enumerate(runs):
+            name = f"{speaker}_long{k:03d}"
+            path = out_dir / split / f"{name}.mp4"
+            if not path.exists():
+                _concat([corpus / r["video"] for r in run], path)
+            rows.append({"id": name, "video": f"{split}/{name}.mp4", "text": " ".join(r["text"] for r in run),
+                         "parts": [r["id"] for r in run]})
+    _write_lines(out_dir / f"{split}.jsonl", rows)
+    return rows
+
+
+def _concat(clips: list[Path], path: Path) -> None:
+    """Clips one after the other into one mp4, re-encoded as write_clip encodes, written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=path.parent) as listing:
+        listing.write("".join(f"file '{clip.absolute()}'\n" for clip in clips))
+        listing.flush()
+        _encode(path, ["-f", "concat", "-safe", "0", "-i", listing.name], f"join {len(clips)} clips")
+
+
 def _write_lines(path: Path, rows: list[dict]) -> None:
     """One JSON object per line, written atomically."""
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
@@ -597,7 +646,7 @@ def _write_lines(path: Path, rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mome_cli.synth", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder for the manifests and clips")
-    parser.add_argument("--utterances", "-n", type=int, required=True, help="how many clips in all splits")
+    parser.add_argument("--utterances", "-n", type=int, help="how many clips in all splits")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same corpus [0]")
     parser.add_argument("--voices", nargs="+", default=list(DEFAULT_VOICES), metavar="VOICE",
                         help="espeak-ng English voices the speakers are drawn from [%(default)s]")
@@ -608,7 +657,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reading", type=int, default=0, metavar="N", help="also speak N more sentences, none of "
                         "the clips', for their alignments only: reading.jsonl, text for the LM to learn to read [0]")
     parser.add_argument("--jobs", "-j", type=int, default=1, help="worker processes [1]")
+    parser.add_argument("--long-form", type=float, metavar="SECONDS", help="instead: join OUT_DIR's valid and test "
+                        "clips into clips of SECONDS or more per speaker, in OUT_DIR/long")
     args = parser.parse_args(argv)
+    if args.long_form is not None:
+        if args.utterances is not None or args.long_form <= 0:
+            parser.error("--long-form takes a positive number of seconds and no --utterances")
+        return _long_form(Path(args.out_dir), args.long_form)
+    if args.utterances is None:
+        parser.error("--utterances is required (or --long-form)")
     if args.utterances < 1 or args.speakers < 1 or args.jobs < 1 or args.reading < 0:
         parser.error("--utterances, --speakers and --jobs must be at least 1, --reading at least 0")
     if not (0 <= args.valid < 1 and 0 <= args.test < 1 and args.valid + args.test < 1):
@@ -629,6 +686,19 @@ def main(argv: list[str] | None = None) -> int:
         print(os.path.join(args.out_dir, f"{label}.jsonl"))
     print(f"synth: {meta['utterances']} clips, {meta['hours'] * 60:.1f} min of speech, "
           f"{time.monotonic() - started:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _long_form(corpus: Path, seconds: float) -> int:
+    started = time.monotonic()
+    for split in ("valid", "test"):
+        try:
+            rows = join_clips(corpus, split, seconds, corpus / "long")
+        except (MediaError, OSError, KeyError, ValueError) as e:
+            print(f"error: {corpus}: cannot join the {split} clips: {e}", file=sys.stderr)
+            return 1
+        print(corpus / "long" / f"{split}.jsonl")
+        print(f"synth: {split}: {len(rows)} long-form clips, {time.monotonic() - started:.1f} s", file=sys.stderr)
     return 0
 
 

@@ -133,7 +133,7 @@ def test_tiny_model_fills_the_rate_by_snr_grid(corpus, tmp_path):
         ("tiny", "av", 0, 3, [])
     assert report["noise"]["source"] == "babble" and report["noise"]["talkers"] == 2  # a corpus of 3: the other 2
     assert "apostrophe" in report["normalisation"]
-    assert report["max_segment_seconds"] == 19.5
+    assert report["max_segment_seconds"] == 19.5 and report["segments"] == "every pause"
     cells = {(tuple(c["rate"]), c["snr"]): c for c in report["results"]}
     assert set(cells) == {(r, s) for r in [(4, 2), (16, 5)] for s in [CLEAN, 0, 5]}
     for cell in cells.values():

@@ -110,6 +110,17 @@ def test_long_audio_is_cut_in_its_pauses():
         assert a.end == b.start and round(a.end * VIDEO_FPS, 6) == int(round(a.end * VIDEO_FPS))
 
 
+def test_every_pause_between_speech_ends_a_segment():
+    rng = np.random.default_rng(3)
+    audio = np.concatenate([silence(0.4), noise(2, rng), silence(0.32), noise(1.5, rng), silence(0.08), noise(2, rng),
+                            silence(0.4)])
+    segments = split_at_pauses(audio)
+    assert [(s.start, s.end) for s in segments] == [(0.0, 2.56), (2.56, pytest.approx(6.7))]  # not at 0.08 s
+    assert all(s.speech for s in segments)
+    packed = split_at_pauses(audio, every_pause=False)  # only what is longer than the limit is cut
+    assert [(s.start, s.end) for s in packed] == [(0.0, pytest.approx(6.7))]
+
+
 def test_audio_without_pauses_is_still_cut_within_the_limit():
     rng = np.random.default_rng(1)
     segments = split_at_pauses(noise(45, rng))

@@ -228,3 +228,34 @@ def test_a_reading_set_adds_sentences_without_touching_the_clips_and_other_optio
     written = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert synth.main([str(out), *common[:2], "--seed", "8", *common[4:]]) == 1  # another corpus: refused, untouched
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == written
+
+
+@needs_espeak
+@needs_ffmpeg
+def test_long_form_clips_join_each_speakers_clips_with_their_pauses(corpus, tmp_path):
+    from mome_cli.media import decode_audio, split_at_pauses
+
+    out = tmp_path / "corpus"
+    shutil.copytree(corpus[0], out)
+    rows = synth.join_clips(out, "train", 100.0, out / "long")  # every speaker's train clips, all joined
+    train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    durations = {r["id"]: r["duration"] for r in map(json.loads, (out / "alignments.jsonl").read_text().splitlines())}
+    speakers = list(dict.fromkeys(r["id"].rsplit("_", 1)[0] for r in train))
+    assert [r["id"] for r in rows] == [f"{s}_long000" for s in speakers]
+    assert sorted(p for r in rows for p in r["parts"]) == sorted(r["id"] for r in train)
+    texts = {r["id"]: r["text"] for r in train}
+    for row in rows:
+        assert row["text"] == " ".join(texts[p] for p in row["parts"])
+        path = out / "long" / row["video"]
+        # re-encoding adds up to two frames at the end (AAC's padding) and may round each part to a frame
+        assert abs(probe(path).duration - sum(durations[p] for p in row["parts"])) <= (2 + len(row["parts"])) / 25
+        speech = [s for s in split_at_pauses(decode_audio(path)) if s.speech]
+        assert len(speech) == len(row["parts"]), (row, speech)  # one segment per utterance
+    assert load_manifest(out / "long" / "train.jsonl")[0].text == rows[0]["text"]
+
+    assert [len(r["parts"]) for r in synth.join_clips(out, "train", 0.1, tmp_path / "single")] == [1] * len(train)
+    assert synth.main([str(out), "--long-form", "9"]) == 0
+    assert (out / "long" / "valid.jsonl").is_file() and (out / "long" / "test.jsonl").is_file()
+    with pytest.raises(SystemExit) as refused:  # joining and generating are two different runs
+        synth.main([str(out), "--long-form", "9", "--utterances", "6"])
+    assert refused.value.code == 2

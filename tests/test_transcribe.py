@@ -132,13 +132,33 @@ def test_quiet_prints_only_results_and_errors(trained, tmp_path):
     assert result.stdout.strip().endswith("\thello world")
 
 
-def make_long_clip(path: Path) -> Path:
-    """45 s of tone with pauses at 14-14.8 s and 31-31.8 s."""
-    burst = "sine=frequency=400:duration=45,volume=enable='between(t,14,14.8)+between(t,31,31.8)':volume=0"
+def make_paused_clip(path: Path, seconds: float, pauses: list[tuple[float, float]]) -> Path:
+    """A tone of `seconds` silenced during each (start, end) pause, with a test pattern as video."""
+    quiet = "+".join(f"between(t,{a},{b})" for a, b in pauses)
+    burst = f"sine=frequency=400:duration={seconds},volume=enable='{quiet}':volume=0"
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                    "testsrc2=size=96x96:rate=25:duration=45", "-f", "lavfi", "-i", burst, "-c:v", "libx264",
+                    f"testsrc2=size=96x96:rate=25:duration={seconds}", "-f", "lavfi", "-i", burst, "-c:v", "libx264",
                     "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(path)], check=True)
     return path
+
+
+def make_long_clip(path: Path) -> Path:
+    """45 s of tone with pauses at 14-14.8 s and 31-31.8 s."""
+    return make_paused_clip(path, 45, [(14, 14.8), (31, 31.8)])
+
+
+def test_every_pause_ends_a_segment_unless_packed(tmp_path):
+    """8 s of tone with two short pauses: three segments cut inside them, or one with --pack (it fits 20 s)."""
+    path = make_paused_clip(tmp_path / "paused.mp4", 8, [(2, 2.4), (5, 5.3)])
+    result = mome("transcribe", path, "--model", "tiny", "--roi", "-f", "json", "-o", tmp_path / "a", cwd=tmp_path)
+    assert result.returncode == 0, result.explain
+    segments = json.loads((tmp_path / "a" / "paused.json").read_text())["segments"]
+    assert len(segments) == 3 and 2 < segments[1]["start"] < 2.4 and 5 < segments[2]["start"] < 5.3, segments
+    packed = mome("transcribe", path, "--model", "tiny", "--roi", "-f", "json", "-o", tmp_path / "b", "--pack",
+                  cwd=tmp_path)
+    assert packed.returncode == 0, packed.explain
+    segments = json.loads((tmp_path / "b" / "paused.json").read_text())["segments"]
+    assert [(s["start"], s["end"]) for s in segments] == [(0, pytest.approx(8, abs=0.05))], segments
 
 
 def test_long_input_comes_out_as_timestamped_segments(tmp_path):
