@@ -287,10 +287,11 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
         log(warning)
     recognizer = load_recognizer(job.model, job.adapter, job.device)  # MissingModelError etc. end the run
     rates = resolve_rates(recognizer, job.mode, job.rates, job.any_rate)
-    limit = recognizer.segment_limit(job.max_segment)  # one the model cannot take ends the run before preprocessing
+    # A --max-segment the model cannot take ends the run here, before any preprocessing.
+    segment_seconds = recognizer.segment_limit(job.max_segment)
     if job.model == "tiny" and job.adapter is None:
         log("warning: --model tiny is random and untrained: its transcripts are meaningless")
-    evaluation = Evaluation(job, manifest, rates, max_segment=limit)
+    evaluation = Evaluation(job, manifest, rates, max_segment=segment_seconds)
 
     loader = ClipLoader(job.mode, roi, job.detector, job.device, job.cache_dir)
     clips, kept = [], []
@@ -334,7 +335,8 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
                                 "rule": "each utterance hears the first `talkers` of `pool` other than itself"}
 
     measured = list(job.snrs) if "a" in job.mode else list(job.snrs[:1])  # mode v: one column is every column
-    texts, seconds = _transcribe_grid(recognizer, clips, [u.id for u in kept], rates, measured, noise, job, progress)
+    texts, seconds = _transcribe_grid(recognizer, clips, [u.id for u in kept], rates, measured, noise, job,
+                                      segment_seconds, progress)
     for snr in job.snrs[len(measured):]:
         for rate in rates:
             texts[rate, snr], seconds[rate, snr] = texts[rate, measured[0]], seconds[rate, measured[0]]
@@ -360,15 +362,14 @@ def resolve_rates(recognizer, mode: str, rates: tuple | None, any_rate: bool) ->
 
 
 def _transcribe_grid(recognizer, clips: list, ids: list[str], rates: list, snrs: list, noise: LoopedNoise | None,
-                     job: EvaluateJob, progress) -> tuple[dict, dict]:
+                     job: EvaluateJob, segment_seconds: float, progress) -> tuple[dict, dict]:
     """Hypotheses and wall seconds per (rate, snr): one text per clip, its segments' texts joined."""
     from .decoding import DecodingOptions, decode
     from .model import Features
     from .recognizer import segments_of, slice_audio, slice_rois
 
-    # Cut on the clean audio: every SNR decodes the same stretches.
-    limit = recognizer.segment_limit(job.max_segment)
-    segments = [segments_of(clip, limit, every_pause=not job.pack) for clip in clips]
+    # Cut on the clean audio (segments of at most segment_seconds): every SNR decodes the same stretches.
+    segments = [segments_of(clip, segment_seconds, every_pause=not job.pack) for clip in clips]
     groups = {}  # clip mode (av, or a for a clip without a face) -> [(clip, segment)]; silence is not decoded
     for c, segs in enumerate(segments):
         for i, seg in enumerate(segs):
