@@ -28,5 +28,6 @@ run latency-1b 150 latency.py --preset mome-1b:4,2 --profile
 run latency-8b 150 latency.py --preset mome-8b:16,5 --no-static-baseline
 run throughput 150 throughput.py
 run train-step 100 train_step.py
+run mome-module 90 mome_module.py --no-demo
 run encoders 60 encoders.py --device cuda
 run preprocess 300 preprocess.py --device cuda --budget-minutes 4

@@ -10,7 +10,11 @@ The same router and experts serve every Matryoshka compression rate: that sharin
 The experts are computed together, not one by one: every expert's down-projection is one (D, E*b) matmul, the hidden
 units are scaled by their gate (1 for shared experts, g_n for the k selected, exactly 0 for the rest) and every
 up-projection is one (E*b, D) matmul. With bottlenecks of a few dozen units this dense form costs less than gathering
-tokens per expert, and it is exact: an unselected expert contributes 0 and receives no gradient.
+tokens per expert, and it is exact: an unselected expert contributes 0 and receives no gradient. The renormalised
+gates are the softmax of the k largest router logits (the same numbers as the top-k probabilities divided by their
+sum), so the full softmax is only computed for the load-balancing loss. A call is 14 tensor operations on a CPU
+(benchmarks/mome_module.py counts them), plus a cast on each side when the LLM runs in another precision: at
+decoding, where a step has one token per clip, their number, not their arithmetic, is the module's cost.
 
 Notation for shapes: B batch, T tokens, N = B*T flattened tokens, D LLM width, E = N_s + N_r experts,
 R = N_r routed experts, K top-k, b bottleneck width, G groups (rate pairs) for the load-balancing loss.
@@ -62,8 +66,12 @@ class MoMEConfig:
 class Routing:
     """What one MoME module's router decided for a batch of tokens (kept for the load-balancing loss)."""
 
-    probs: torch.Tensor  # (N, R) softmax router probabilities, float32 or wider
+    logits: torch.Tensor  # (N, R) router logits, float32 or wider
     experts: torch.Tensor  # (N, K) indices of the selected routed experts
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self.logits.softmax(dim=-1)  # (N, R) router probabilities
 
 
 class MoME(nn.Module):
@@ -93,27 +101,28 @@ class MoME(nn.Module):
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing]:
         """Gates for every expert: (N, E), 1 for shared, renormalised top-k probability for selected, 0 otherwise."""
-        N, _ = x.shape
         cfg = self.config
-        logits = self.router(x)
-        probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(dim=-1)  # (N, R), >= fp32
-        top_p, top_i = probs.topk(cfg.top_k, dim=-1)  # (N, K)
-        top_g = top_p / top_p.sum(dim=-1, keepdim=True)  # renormalise over the K chosen
-        gates = probs.new_zeros(N, cfg.num_experts)  # (N, E)
+        logits = self.router(x)  # (N, R)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # >= fp32
+        top_logits, top_i = logits.topk(cfg.top_k, dim=-1)  # (N, K)
+        gates = logits.new_zeros(logits.shape[0], cfg.num_experts)  # (N, E): shared experts first
         gates[:, : cfg.num_shared] = 1.0
-        gates[:, cfg.num_shared :] = gates[:, cfg.num_shared :].scatter(1, top_i, top_g)
-        return gates, Routing(probs=probs, experts=top_i)
+        gates[:, cfg.num_shared :].scatter_(1, top_i, top_logits.softmax(dim=-1))
+        return gates, Routing(logits=logits, experts=top_i)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x = x.reshape(-1, shape[-1]).to(self.down_weight.dtype)  # (N, D) in the adapter's own precision
+        E, D, b = self.down_weight.shape
+        x = x.reshape(-1, D).to(self.down_weight.dtype)  # (N, D) in the adapter's own precision
+        N = x.shape[0]
         gates, routing = self.route(x)
         if self.record_routing:
             self.last_routing = routing
         gates = gates.to(x.dtype)
-        hidden = F.gelu(torch.einsum("nd,edb->neb", x, self.down_weight) + self.down_bias)  # (N, E, b)
-        hidden = hidden * gates.unsqueeze(-1)  # (N, E, b): unselected experts exactly 0
-        out = torch.einsum("neb,ebd->nd", hidden, self.up_weight) + gates @ self.up_bias  # (N, D)
+        down = self.down_weight.transpose(0, 1).reshape(D, E * b)  # (D, E*b): every expert's down-projection
+        hidden = F.gelu(torch.addmm(self.down_bias.view(E * b), x, down)).view(N, E, b)  # (N, E, b)
+        hidden = (hidden * gates.unsqueeze(-1)).view(N, E * b)  # unselected experts exactly 0
+        out = torch.addmm(gates @ self.up_bias, hidden, self.up_weight.view(E * b, D))  # (N, D)
         return out.reshape(shape)
 
 

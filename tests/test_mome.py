@@ -25,8 +25,8 @@ def naive_mome(m: MoME, x: torch.Tensor) -> torch.Tensor:
     expert = lambda e, h: F.gelu(h @ m.down_weight[e] + m.down_bias[e]) @ m.up_weight[e] + m.up_bias[e]  # noqa: E731
     out = []
     for h in x:
-        p = torch.softmax(h @ m.router.weight.T, dim=-1).tolist()
-        chosen = sorted(range(cfg.num_routed), key=lambda i: -p[i])[: cfg.top_k]
+        p = torch.softmax(h @ m.router.weight.T, dim=-1)  # (R,), differentiable: the gates carry the router's gradient
+        chosen = sorted(range(cfg.num_routed), key=lambda i: -p[i].item())[: cfg.top_k]
         y = sum(expert(e, h) for e in range(cfg.num_shared))
         for i in chosen:
             y = y + p[i] / sum(p[j] for j in chosen) * expert(cfg.num_shared + i, h)
@@ -38,6 +38,16 @@ def test_module_equals_per_token_reference():
     m = random_mome()
     x = torch.randn(2, 7, 10, dtype=torch.float64)
     torch.testing.assert_close(m(x), naive_mome(m, x.reshape(-1, 10)).reshape(2, 7, 10), rtol=1e-10, atol=1e-10)
+
+
+def test_gradients_equal_those_of_the_per_token_reference():
+    m = random_mome()
+    x = torch.randn(3, 5, 10, dtype=torch.float64, requires_grad=True)
+    params = [x, *m.parameters()]
+    ours = torch.autograd.grad(m(x).square().sum(), params)
+    reference = torch.autograd.grad(naive_mome(m, x.reshape(-1, 10)).square().sum(), params)
+    for name, a, b in zip(["x", *(n for n, _ in m.named_parameters())], ours, reference):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda text, name=name: f"{name}: {text}")
 
 
 def test_gates_shared_always_on_unselected_exactly_zero():
@@ -88,13 +98,13 @@ EXPERTS = [[0, 1], [1, 2], [0, 2], [0, 1], [0, 1]]
     ],
 )
 def test_load_balancing_loss_hand_computed(groups, num_groups, expected):
-    routing = Routing(torch.tensor(PROBS), torch.tensor(EXPERTS))
+    routing = Routing(torch.tensor(PROBS).log(), torch.tensor(EXPERTS))  # logits whose softmax is PROBS
     loss = load_balancing_loss(routing, torch.tensor(groups), num_groups)
     assert loss.item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_load_balancing_loss_balanced_routing_is_top_k():
-    routing = Routing(torch.full((2, 4), 0.25), torch.tensor([[0, 1], [2, 3]]))
+    routing = Routing(torch.zeros(2, 4), torch.tensor([[0, 1], [2, 3]]))  # uniform probabilities
     assert load_balancing_loss(routing, torch.tensor([0, 0]), 1).item() == pytest.approx(2.0)
 
 
