@@ -23,6 +23,7 @@ rounds that interleave the two); both must give the same transcripts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from mome_cli.mome import MoME, MoMEConfig
 
-from realsize import machine_line
+from realsize import machine_line, sync
 
 REPO = Path(__file__).resolve().parent.parent
 NOT_WORK = {"aten::view", "aten::reshape", "aten::_reshape_alias", "aten::transpose", "aten::unsqueeze",
@@ -70,8 +71,7 @@ def kernels(fn, device: str) -> int:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     with profile(activities=activities) as prof:
         fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
+        sync()
     events = prof.events()
     if device == "cuda":
         return sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
@@ -83,13 +83,11 @@ def kernels(fn, device: str) -> int:
 def seconds_per_call(fns: dict, device: str, repeats: int) -> dict:
     """Median over 5 rounds of the mean seconds per call of each fn over `repeats` calls; the rounds interleave."""
     def round_of(fn):
-        if device == "cuda":
-            torch.cuda.synchronize()
+        sync()
         start = time.perf_counter()
         for _ in range(repeats):
             fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
+        sync()
         return (time.perf_counter() - start) / repeats
 
     for fn in fns.values():  # warm-up
@@ -150,33 +148,35 @@ def demo_table(repeats: int) -> list[str]:
     media = Preprocessor(PreprocessOptions(mode="av", roi=True, device="cpu"), cache_dir=None)(clip)
     segments = [s for s in segments_of(media, recognizer.max_segment_seconds) if s.speech]
     features = recognizer.features([slice_audio(media, s) for s in segments], [slice_rois(media, s) for s in segments])
-    ours = MoME.forward
-    forms = {"dense einsum (baseline)": dense_einsum, "mome": ours}
+    forms = {"dense einsum (baseline)": dense_einsum, "mome": MoME.forward}
     texts, times, ops = {}, {name: [] for name in forms}, {}
     steps = 40  # decoding steps timed from a fresh cache, as many as a 10 s clip's longest segment takes
 
-    def run(name, timed):
-        """Prefill (not timed), then `steps` decoding steps; returns seconds per step."""
+    @contextlib.contextmanager
+    def using(name):
+        """Every MoME module of the model runs forms[name] inside the block."""
+        ours = MoME.forward
         MoME.forward = forms[name]
         try:
-            with torch.inference_mode():
-                stepper = _Stepper(model, features, (4, 2), "av", any_rate=False)
-                token = stepper.logprobs.argmax(-1)
-                if not timed:
-                    return kernels(lambda: stepper.step(token), "cpu")
-                start = time.perf_counter()
-                for _ in range(steps):
-                    stepper.step(token)
-                return (time.perf_counter() - start) / steps
+            yield
         finally:
             MoME.forward = ours
 
-    for name, form in forms.items():
-        MoME.forward = form
-        try:
+    def run(name, timed):
+        """Prefill (not timed), then `steps` decoding steps; returns seconds per step (timed) or operations a step."""
+        with using(name), torch.inference_mode():
+            stepper = _Stepper(model, features, (4, 2), "av", any_rate=False)
+            token = stepper.logprobs.argmax(-1)
+            if not timed:
+                return kernels(lambda: stepper.step(token), "cpu")
+            start = time.perf_counter()
+            for _ in range(steps):
+                stepper.step(token)
+            return (time.perf_counter() - start) / steps
+
+    for name in forms:
+        with using(name):
             texts[name] = [r.text for r in decode(model, features, (4, 2), "av", DecodingOptions())]
-        finally:
-            MoME.forward = ours
         ops[name] = run(name, timed=False)
         run(name, timed=True)  # warm-up
     rounds = max(5, repeats // 20)

@@ -4,20 +4,27 @@
 #   bash benchmarks/run_gpu.sh [OUT_DIR [NAME ...]]   (OUT_DIR [gpu-results]; about 8 minutes on an H100)
 #
 # The order puts the issue #8 figures first; a benchmark that fails or overruns its time limit (seconds, below) is
-# reported and the next one runs. NAMEs (latency-1b latency-8b throughput train-step mome-module encoders preprocess)
-# run only those, so that the set can be split over calls shorter than the whole (the device tool allows 10 minutes
-# a command, and the limits below add up to more). Record what is kept in RESULTS.md with the card, the date and these
-# commands.
+# reported and the next one runs. NAMEs (the first words in BENCHMARKS below) run only those, so that the set can be
+# split over calls shorter than the whole (the device tool allows 10 minutes a command, and the limits below add up to
+# more). Record what is kept in RESULTS.md with the card, the date and these commands.
 set -uo pipefail
+# NAME SECONDS SCRIPT ARGS...: the benchmarks, in the order they run
+BENCHMARKS=(
+    "latency-1b 150 latency.py --preset mome-1b:4,2 --profile"
+    "latency-8b 150 latency.py --preset mome-8b:16,5 --no-static-baseline"
+    "throughput 150 throughput.py"
+    "train-step 100 train_step.py"
+    "mome-module 90 mome_module.py --no-demo"
+    "encoders 60 encoders.py --device cuda"
+    "preprocess 300 preprocess.py --device cuda --budget-minutes 4"
+)
+known=" ${BENCHMARKS[*]%% *} "
 out=$(realpath -m "${1:-gpu-results}")
 shift $(( $# > 0 ? 1 : 0 ))
-only=" $* "
 for name in "$@"; do
-    case $name in
-        latency-1b|latency-8b|throughput|train-step|mome-module|encoders|preprocess) ;;
-        *) echo "run_gpu.sh: no benchmark named '$name'" >&2; exit 2 ;;
-    esac
+    [[ $known == *" $name "* ]] || { echo "run_gpu.sh: no benchmark named '$name' (known:$known)" >&2; exit 2; }
 done
+only=" $* "
 mkdir -p "$out"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PYTHONUNBUFFERED=1
@@ -25,7 +32,6 @@ export PYTHONUNBUFFERED=1
 run() {  # run NAME SECONDS ARGS...: one benchmark, its output shown and kept
     local name=$1 limit=$2
     shift 2
-    [[ $only == "  " || $only == *" $name "* ]] || return 0
     echo "== $name: python benchmarks/$* ($(date -u '+%Y-%m-%d %H:%M:%S UTC'))"
     timeout "$limit" python "benchmarks/$@" 2>&1 | tee "$out/$name.txt"
     local status=${PIPESTATUS[0]}
@@ -36,10 +42,9 @@ run() {  # run NAME SECONDS ARGS...: one benchmark, its output shown and kept
     fi
 }
 
-run latency-1b 150 latency.py --preset mome-1b:4,2 --profile
-run latency-8b 150 latency.py --preset mome-8b:16,5 --no-static-baseline
-run throughput 150 throughput.py
-run train-step 100 train_step.py
-run mome-module 90 mome_module.py --no-demo
-run encoders 60 encoders.py --device cuda
-run preprocess 300 preprocess.py --device cuda --budget-minutes 4
+for benchmark in "${BENCHMARKS[@]}"; do
+    read -ra words <<< "$benchmark"
+    if [[ $only == "  " || $only == *" ${words[0]} "* ]]; then
+        run "${words[@]}"
+    fi
+done
