@@ -71,11 +71,29 @@ def llm_config(model_type: str, **shape):
     return AutoConfig.for_model(model_type, **shape)
 
 
-def build_byte_llm(model_type: str, shape: dict, seed: int = TINY_SEED):
-    """A random LM of a family and shape with the byte tokenizer, drawn from seed (on the CPU, in fp32)."""
+def bpe_tokenizer(texts, vocab_size: int):
+    """A byte-level BPE tokenizer of vocab_size tokens learnt from texts (an iterable of strings): the 256 bytes,
+    BOS/EOS/PAD and the most frequent merges, so frequent words are one token each and any text still round-trips.
+    Every word, the first of a text too, is read with the space before it (add_prefix_space), so a word has one
+    spelling wherever it stands. The same texts give the same tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BOS, EOS, PAD], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD)
+
+
+def build_byte_llm(model_type: str, shape: dict, seed: int = TINY_SEED, tokenizer=None):
+    """A random LM of a family and shape with the byte tokenizer (or the tokenizer given), drawn from seed (on the
+    CPU, in fp32)."""
     from transformers import AutoModelForCausalLM
 
-    tokenizer = byte_tokenizer()
+    tokenizer = tokenizer or byte_tokenizer()
     config = llm_config(
         model_type, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape,
@@ -145,5 +163,5 @@ def load_llm(name: str, revision: str | None = None, dtype: torch.dtype | None =
     return model.to(device), tokenizer
 
 
-__all__ = ["LLM_SHAPES", "TINY_LLMS", "byte_tokenizer", "build_byte_llm", "build_tiny_llm", "build_on_meta",
-           "no_progress_bars", "load_llm"]
+__all__ = ["LLM_SHAPES", "TINY_LLMS", "byte_tokenizer", "bpe_tokenizer", "build_byte_llm", "build_tiny_llm",
+           "build_on_meta", "no_progress_bars", "load_llm"]

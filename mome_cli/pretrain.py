@@ -6,6 +6,8 @@
     python -m mome_cli.pretrain backbones --train DATA/train.jsonl --init B1 --only audio --match -o BACKBONES
     mome train --config recipes/demo.toml ...            # MoME on the frozen BACKBONES (recipes/demo.toml)
     python -m mome_cli.pretrain bundle CHECKPOINT --backbones BACKBONES -o mome_cli/models/demo
+    python -m mome_cli.pretrain standins --train DATA/train.jsonl --init BUNDLE --audio-units phonemes -o S
+    python -m mome_cli.pretrain reader --train DATA/train.jsonl --init S --vocab 1024 --standins none -o R2
 
 Real MoME models stand on Whisper, AV-HuBERT and Llama, pretrained on other data and frozen. None of them can be
 fetched where this project is built, so the demo model's three backbones are trained here first, from random weights,
@@ -14,7 +16,7 @@ on the synthetic corpus (synth.py), and then frozen for `mome train --model BACK
 - audio: a Whisper encoder (encoders.DEMO_WHISPER: 128 wide, 3 layers, an 8 s window; the shipped one grown to 6
   with --audio-layers) with its real feature extractor;
 - video: an AV-HuBERT encoder of the same structure as Large at small widths (AVHubertConfig.demo());
-- LLM: a byte-level Llama (llm.DEMO_SHAPE: 192 wide, 3 layers).
+- LLM: a Llama (llm.DEMO_SHAPE: 192 wide, 3 layers) with a byte-level tokenizer, or a BPE one (`reader --vocab`).
 
 `backbones` trains them together end to end, as one speech recogniser (AVSRModel with its own projectors and MoME
 modules, thrown away afterwards): every step transcribes its batch in one of the modes a, v, av at one (audio, video)
@@ -43,11 +45,16 @@ the phoneme sounding at each frame instead, which the sound does carry, and the 
 `reader` run that switches units keeps everything but the audio stand-in, and --standins audio keeps the video
 stand-in (and an encoder already matched to it) as it is.
 
+The backbones of a bundle (the shipped `demo`) come without their stand-ins. `standins` fits new ones to the frozen
+encoders (the distance of --match the other way round: the stand-ins move, the encoders stay), and `reader --vocab N`
+then trains a new LM on them whose tokenizer is a byte-level BPE of N tokens learnt from the sentences it reads: one
+token for each frequent word instead of one per byte, so that it does not have to spell them out letter by letter.
+
 The result is written as
 
     BACKBONES/audio_encoder/   WhisperEncoder + WhisperFeatureExtractor (save_pretrained: config.json, safetensors)
     BACKBONES/video_encoder/   config.json + model.safetensors (avhubert.save_avhubert)
-    BACKBONES/llm/             LlamaForCausalLM + its byte tokenizer (save_pretrained)
+    BACKBONES/llm/             LlamaForCausalLM + its tokenizer (save_pretrained)
     BACKBONES/backbones.json   the ModelConfig fields that describe them (paths relative to BACKBONES)
     BACKBONES/log.jsonl        losses per logged step
     BACKBONES/pretrain_state.safetensors   every trained tensor, heads included (--init BACKBONES continues from it)
@@ -238,7 +245,7 @@ def _masked_nmse(x: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor) -
 class Backbones(torch.nn.Module):
     """The three backbones, trainable, with the throw-away AVSRModel and CTC heads that train them."""
 
-    def __init__(self, seed: int, audio_layers: int | None = None, audio_units: str = "letters"):
+    def __init__(self, seed: int, audio_layers: int | None = None, audio_units: str = "letters", tokenizer=None):
         super().__init__()
         if audio_units not in AUDIO_UNITS:
             raise ValueError(f"audio_units must be one of {', '.join(AUDIO_UNITS)}, got {audio_units!r}")
@@ -252,7 +259,7 @@ class Backbones(torch.nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 1)
             self.video_encoder = AVHubertVideoEncoder(AVHubertConfig.demo())
-        llm, tokenizer = build_byte_llm("llama", DEMO_SHAPE, seed=seed + 2)
+        llm, tokenizer = build_byte_llm("llama", DEMO_SHAPE, seed=seed + 2, tokenizer=tokenizer)
         D = DEMO_WHISPER["d_model"]
         self.config = ModelConfig(llm="llm", audio_encoder="audio_encoder", audio_dim=D, video_encoder="video_encoder",
                                   video_dim=self.video_encoder.dim, projector_hidden=PROJECTOR_HIDDEN,
@@ -410,10 +417,11 @@ class Backbones(torch.nn.Module):
             losses[f"match_{key}"] = _masked_nmse(states, target, lengths)
         return losses
 
-    def load(self, directory: Path) -> None:
+    def load(self, directory: Path, new_llm: bool = False) -> None:
         """An earlier run's weights: all of them from its state file, else its three backbones (heads stay new).
         A state whose audio stand-in reads other units (letters, phonemes) gives all but that stand-in, which
-        starts afresh; a shallower audio encoder grows (_grow)."""
+        starts afresh; a shallower audio encoder grows (_grow). With new_llm the LM, projectors and MoME modules
+        (everything under avsr) stay as built: a new LM, with its own tokenizer, learns to read the same stand-ins."""
         from safetensors.torch import load_file
 
         path = directory / STATE_NAME
@@ -422,6 +430,9 @@ class Backbones(torch.nn.Module):
             other_units = saved_units(directory) != self.audio_units
             if other_units:
                 state = {k: t for k, t in state.items() if not k.startswith("audio_standin.")}
+            if new_llm:
+                state = {k: t for k, t in state.items() if not k.startswith("avsr.")}
+                state.update((k, t) for k, t in self.state_dict().items() if k.startswith("avsr."))
             tied = ("avsr.llm.lm_head.weight", "avsr.llm.model.embed_tokens.weight")  # one tensor, stored once
             for name, twin in (tied, tied[::-1]):
                 if name not in state and twin in state:
@@ -431,6 +442,8 @@ class Backbones(torch.nn.Module):
             self._grow(path, missing, unexpected, "audio_encoder.encoder.")
             return
         self.load_encoders(directory)
+        if new_llm:
+            return
         missing, unexpected = self.avsr.llm.load_state_dict(load_file(directory / "llm" / "model.safetensors"),
                                                             strict=False)
         if unexpected or set(missing) - {"lm_head.weight"}:  # the head is tied to the embeddings
@@ -573,7 +586,9 @@ def _train(model: Backbones, params: list, args, out: Path, batches, loss_of, sa
         epoch += 1
 
 
-def _setup(args, say) -> tuple[Path, Backbones]:
+def _setup(args, say, tokenizer=None) -> tuple[Path, Backbones]:
+    """The output folder and the Backbones to train: seeded, from --init (and --encoders) where given. The LM keeps
+    the tokenizer of --init's LM; a tokenizer given here means a new LM (bpe_tokenizer, `reader --vocab`)."""
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     random.seed(args.seed)
@@ -582,9 +597,15 @@ def _setup(args, say) -> tuple[Path, Backbones]:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     source = getattr(args, "encoders", None) or args.init  # where the audio encoder comes from, if anywhere
     units = args.audio_units or (saved_units(Path(args.init)) if args.init else "letters")
-    model = Backbones(args.seed, getattr(args, "audio_layers", None) or (source and _audio_depth(Path(source))), units)
+    new_llm = tokenizer is not None
+    if not new_llm and args.init and (Path(args.init) / "llm" / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(Path(args.init) / "llm")
+    model = Backbones(args.seed, getattr(args, "audio_layers", None) or (source and _audio_depth(Path(source))), units,
+                      tokenizer)
     if args.init:
-        model.load(Path(args.init))
+        model.load(Path(args.init), new_llm)
         say(f"starting from {args.init}")
     if getattr(args, "encoders", None):
         model.load_encoders(Path(args.encoders))
@@ -662,19 +683,62 @@ def pretrain(args) -> None:
     say(f"backbones written to {out}")
 
 
+def fit_standins(args) -> None:
+    """Stage `standins`: the stand-ins learn to produce what the frozen encoders of --init produce at each frame (the
+    distance of --match, the other way round), for backbones that come without their stand-ins, such as the shipped
+    demo bundle. A `reader` run can then teach a new LM (`--vocab`) to read these encoders, through the stand-ins,
+    on text that has no clip."""
+    from .data import frame_batches
+    from .hub import mome_home
+    from .train_data import clip_frames
+
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    out, model = _setup(args, say)
+    utterances, clips = load_clips(args.train, mome_home(), say)
+    by_id = _alignments_of(args)
+    alignments = [by_id[u.id] for u in utterances]
+    lengths = [clip_frames(c) for c in clips]
+    say(f"{len(clips)} utterances, {sum(lengths) / 25 / 3600:.2f} h")
+    params = model.train_only("audio_standin", "video_standin")
+    model.audio_encoder.eval()
+    model.video_encoder.eval()
+
+    def batches(epoch):
+        return frame_batches(lengths, args.batch_frames, shuffle=True, seed=args.seed + epoch, bucket=400)
+
+    def loss_of(batch, step):
+        texts, aligned = [utterances[i].text for i in batch], [alignments[i] for i in batch]
+        with torch.no_grad():
+            audio, audio_lengths = model.audio_encoder([clips[i].audio for i in batch])  # (B, Ta, D)
+            video, video_lengths = model._video_states([clips[i].rois for i in batch])  # (B, Tv, D)
+        a_ids = model.frame_ids("audio", aligned, texts, audio_lengths)  # (B, Ta)
+        v_ids = model.frame_ids("video", aligned, texts, video_lengths)  # (B, Tv)
+        return {"fit_a": _masked_nmse(model.audio_standin(a_ids), audio, audio_lengths),
+                "fit_v": _masked_nmse(model.video_standin(v_ids), video, video_lengths)}
+
+    _train(model, params, args, out, batches, loss_of, say)
+    say(f"stand-ins written to {out}")
+
+
 def reader(args) -> None:
     """Stage `reader`: the LM (with projectors and MoME) learns to transcribe the stand-ins' features, which only need
     the alignments: no clip is read and no encoder runs, so thousands of steps take minutes on a CPU."""
     from .data import load_manifest
 
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    out, model = _setup(args, say)
     alignments = _alignments_of(args)
     rows = [(alignments[u.id], u.text) for u in load_manifest(args.train)]
     if args.reading:  # sentences spoken for their timings only (mome_cli.synth --reading)
         extra = list(load_alignments(args.reading).values())
         say(f"{len(rows)} utterances of {args.train} and {len(extra)} reading sentences of {args.reading}")
         rows += [(record, record["text"]) for record in extra]
+    tokenizer = None
+    if args.vocab:  # a new LM, its BPE vocabulary learnt from the text it is to read (never valid or test)
+        from .llm import bpe_tokenizer
+
+        tokenizer = bpe_tokenizer([text for _, text in rows], args.vocab)
+        say(f"a new LM with a BPE vocabulary of {len(tokenizer)} tokens learnt from {len(rows)} sentences")
+    out, model = _setup(args, say, tokenizer)
     standins = {"both": ("audio_standin", "video_standin"), "audio": ("audio_standin",), "none": ()}[args.standins]
     params = model.train_only("avsr", *standins)  # the LLM, projectors, MoME, stand-ins
     generator = torch.Generator().manual_seed(args.seed)
@@ -752,7 +816,9 @@ def main(argv=None) -> None:
     packer.add_argument("-o", "--output", required=True, help="the directory to write (replaced if it exists)")
     trainer = commands.add_parser("backbones", help="train the three small backbones on a corpus")
     reading = commands.add_parser("reader", help="teach the LM to read the stand-ins' features (alignments only)")
-    for sub, steps in ((trainer, 1500), (reading, 3000)):
+    fitting = commands.add_parser("standins", help="fit the stand-ins to the frozen encoders of --init (backbones "
+                                  "that came without theirs)")
+    for sub, steps in ((trainer, 1500), (reading, 3000), (fitting, 600)):
         sub.add_argument("--train", required=True, help="manifest of mouth-crop videos (e.g. from mome_cli.synth)")
         sub.add_argument("-o", "--output", required=True, help="folder the backbones are written to")
         sub.add_argument("--alignments", help="the corpus's alignments.jsonl [next to --train]")
@@ -769,7 +835,8 @@ def main(argv=None) -> None:
         sub.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
         sub.add_argument("--log-every", type=int, default=10, help="steps between log lines [10]")
         sub.add_argument("--save-every", type=int, default=250, help="steps between saves [250]")
-    trainer.add_argument("--batch-frames", type=int, default=400, help="padded video frames per batch [400]")
+    for sub in (trainer, fitting):
+        sub.add_argument("--batch-frames", type=int, default=400, help="padded video frames per batch [400]")
     trainer.add_argument("--match", action="store_true", help="also pull each encoder's features towards its "
                          "stand-in's (after `reader`); the LM and the stand-ins stay frozen")
     trainer.add_argument("--encoders", metavar="BACKBONES", help="then take the two encoders from these backbones")
@@ -788,6 +855,9 @@ def main(argv=None) -> None:
                          "is, none keeps both (the LM learns to read more text, its encoders still match)")
     reading.add_argument("--reading", metavar="JSONL", help="also read these sentences, spoken for their timings "
                          "only (mome_cli.synth --reading: reading.jsonl)")
+    reading.add_argument("--vocab", type=int, metavar="N", help="a new LM (random weights, with new projectors and "
+                         "MoME modules) whose tokenizer is a byte-level BPE of N tokens learnt from the sentences it "
+                         "reads, instead of --init's LM; the stand-ins and encoders of --init stay")
     reading.add_argument("--valid", help="manifest to report greedy WER on at the end")
     reading.add_argument("--valid-limit", type=int, default=100, help="its first N utterances [100]")
     args = parser.parse_args(argv)
@@ -795,6 +865,8 @@ def main(argv=None) -> None:
         print(bundle(args.checkpoint, args.backbones, args.output))
     elif args.command == "reader":
         reader(args)
+    elif args.command == "standins":
+        fit_standins(args)
     else:
         pretrain(args)
 

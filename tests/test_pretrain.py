@@ -60,6 +60,26 @@ def run(tmp_path_factory):
                              "--only", "audio", "--audio-layers", "4", "--match", "--babble", "1"],
                             env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    # Backbones without their stand-ins (as the shipped bundle is): stand-ins fitted to the encoders, then a new LM
+    # with a BPE vocabulary reads through them, and MoME trains on it
+    shutil.copytree(root / "backbones", root / "bare")
+    (root / "bare" / pretrain.STATE_NAME).unlink()
+    result = subprocess.run([sys.executable, "-m", "mome_cli.pretrain", "standins", *common, "--init",
+                             str(root / "bare"), "-o", str(root / "fitted"), "--steps", "2", "--batch-frames", "150",
+                             "--audio-units", "phonemes"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    result = subprocess.run([sys.executable, "-m", "mome_cli.pretrain", "reader", *common, "--init",
+                             str(root / "fitted"), "-o", str(root / "bpe"), "--steps", "2", "--batch", "3",
+                             "--standins", "none", "--vocab", "300",
+                             "--reading", str(root / "corpus" / "reading.jsonl")],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "a BPE vocabulary of 300 tokens learnt from 6 sentences" in result.stderr
+    result = subprocess.run([str(BIN / "mome"), "train", "--model", str(root / "bpe"), "--mode", "a",
+                             "--train", str(train), "--roi", "-o", str(root / "bpe-run"), "--steps", "1",
+                             "--batch-frames", "150", "--experts", "4", "--top-k", "2", "--bottleneck", "4",
+                             "--precision", "fp32"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
     result = subprocess.run([str(BIN / "mome"), "train", "--model", str(root / "backbones"), "--mode", "av,a,v",
                              "--train", str(train), "--valid", str(train), "--roi", "-o", str(root / "run"),
                              "--steps", "2", "--batch-frames", "150", "--experts", "4", "--top-k", "2",
@@ -174,6 +194,51 @@ def test_reading_more_sentences_trains_the_lm_and_keeps_the_stand_ins_the_encode
                                                     "video_encoder."))]
     log = [json.loads(line) for line in (run / "reread" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 0]  # 4 train utterances + 2 read sentences: two batches of 3 an epoch
+
+
+def test_stand_ins_are_fitted_to_frozen_encoders_that_came_without_them(run):
+    bare = pretrain.Backbones(seed=0, audio_units="phonemes")  # where the fitting run (seed 0) started
+    bare.load(run / "bare")
+    fitted = load_file(run / "fitted" / pretrain.STATE_NAME)
+    assert pretrain.saved_units(run / "fitted") == "phonemes"
+    before = bare.state_dict()
+    trained = [k for k in fitted if not k.startswith("avsr.") and not torch.equal(fitted[k], before[k])]
+    assert trained and {k.split(".")[0] for k in trained} == {"audio_standin", "video_standin"}
+    assert all(torch.equal(fitted[k], before[k]) for k in fitted if k.startswith("avsr.llm."))  # the LM as it was
+    log = [json.loads(line) for line in (run / "fitted" / "log.jsonl").read_text().splitlines()]
+    assert [set(r) - {"step", "epoch", "seconds"} for r in log] == [{"fit_a", "fit_v"}] * 2
+
+
+def test_a_new_lm_with_a_bpe_vocabulary_reads_through_the_fitted_stand_ins(run):
+    from mome_cli.llm import load_llm
+
+    llm, tokenizer = load_llm(run / "bpe" / "llm")
+    assert len(tokenizer) == 300 == llm.config.vocab_size
+    assert tokenizer.convert_ids_to_tokens(tokenizer("a penny", add_special_tokens=False).input_ids) == ["Ġa",
+                                                                                                      "Ġpenny"]
+    text = "Zebras' quixotic jive, 42 times!"  # no merge learnt for most of it: bytes
+    assert tokenizer.decode(tokenizer(text, add_special_tokens=False).input_ids).strip() == text
+    fitted, bpe = load_file(run / "fitted" / pretrain.STATE_NAME), load_file(run / "bpe" / pretrain.STATE_NAME)
+    kept = [k for k in fitted if k.startswith(("audio_standin.", "video_standin.", "audio_encoder.", "video_encoder."))]
+    assert kept and all(torch.equal(bpe[k], fitted[k]) for k in kept)
+    table = llm.get_input_embeddings().weight  # (300, H): the new LM's own
+    assert table.shape[0] == 300 and not any(t.shape[0] == 300 for k, t in fitted.items() if k.startswith("avsr."))
+    # a later stage keeps the new LM and its tokenizer (--init), and `mome train` stood on it
+    model = pretrain.Backbones(seed=7, audio_units="phonemes", tokenizer=tokenizer)
+    model.load(run / "bpe")
+    assert torch.equal(model.avsr.llm.get_input_embeddings().weight, table)
+    assert read_config(run / "bpe-run").llm == str(run / "bpe" / "llm")
+
+
+def test_the_same_sentences_give_the_same_bpe_vocabulary():
+    from mome_cli.llm import bpe_tokenizer
+
+    texts = TEXT.lower().replace(".", "").split("  ") * 3
+    first, second = bpe_tokenizer(texts, 290), bpe_tokenizer(texts, 290)
+    assert first.backend_tokenizer.to_str() == second.backend_tokenizer.to_str()
+    assert len(first) == 290 and (first.bos_token_id, first.eos_token_id, first.pad_token_id) == (0, 1, 2)
+    ids = first(" penny", add_special_tokens=False).input_ids
+    assert ids == first("penny", add_special_tokens=False).input_ids and len(ids) == 1  # one spelling a word
 
 
 def test_word_spans_follow_espeaks_word_events_and_fill_the_words_it_skips():
