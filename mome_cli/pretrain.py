@@ -432,13 +432,13 @@ class Backbones(torch.nn.Module):
                 state = {k: t for k, t in state.items() if not k.startswith("audio_standin.")}
             if new_llm:
                 state = {k: t for k, t in state.items() if not k.startswith("avsr.")}
-                state.update((k, t) for k, t in self.state_dict().items() if k.startswith("avsr."))
             tied = ("avsr.llm.lm_head.weight", "avsr.llm.model.embed_tokens.weight")  # one tensor, stored once
             for name, twin in (tied, tied[::-1]):
                 if name not in state and twin in state:
                     state[name] = state[twin]
             missing, unexpected = self.load_state_dict(state, strict=False)
-            missing = [k for k in missing if not (other_units and k.startswith("audio_standin."))]
+            missing = [k for k in missing if not (other_units and k.startswith("audio_standin."))
+                       and not (new_llm and k.startswith("avsr."))]
             self._grow(path, missing, unexpected, "audio_encoder.encoder.")
             return
         self.load_encoders(directory)
@@ -633,23 +633,34 @@ def _alignments_of(args) -> dict[str, dict]:
     return load_alignments(args.alignments or Path(args.train).parent / "alignments.jsonl")
 
 
-def pretrain(args) -> None:
-    """Stage `backbones`: the encoders (and with --match, their distance to the stand-ins) under the LM loss."""
+def _clip_batches(args, say, aligned: bool):
+    """(utterances, clips, alignments or None, batches) of the stages that read clips: the clips of --train through
+    the media stage, their alignments if asked for, and batches(epoch) of about --batch-frames video frames each."""
     from .data import frame_batches
     from .hub import mome_home
-    from .noise import add_babble
     from .train_data import clip_frames
+
+    utterances, clips = load_clips(args.train, mome_home(), say)
+    alignments = None
+    if aligned:
+        by_id = _alignments_of(args)
+        alignments = [by_id[u.id] for u in utterances]
+    lengths = [clip_frames(c) for c in clips]
+    say(f"{len(clips)} utterances, {sum(lengths) / 25 / 3600:.2f} h")
+
+    def batches(epoch):
+        return frame_batches(lengths, args.batch_frames, shuffle=True, seed=args.seed + epoch, bucket=400)
+
+    return utterances, clips, alignments, batches
+
+
+def pretrain(args) -> None:
+    """Stage `backbones`: the encoders (and with --match, their distance to the stand-ins) under the LM loss."""
+    from .noise import add_babble
 
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     out, model = _setup(args, say)
-    utterances, clips = load_clips(args.train, mome_home(), say)
-    if args.match:
-        by_id = _alignments_of(args)
-        alignments = [by_id[u.id] for u in utterances]
-    else:
-        alignments = None
-    lengths = [clip_frames(c) for c in clips]
-    say(f"{len(clips)} utterances, {sum(lengths) / 25 / 3600:.2f} h")
+    utterances, clips, alignments, batches = _clip_batches(args, say, aligned=args.match)
     if args.only:  # one encoder and its CTC head; everything else stays as it is
         params = model.train_only(f"{args.only}_encoder", f"{args.only}_ctc")
     elif args.match:  # the LM already reads the stand-ins (`reader`): it and they stay as they are
@@ -658,9 +669,6 @@ def pretrain(args) -> None:
     else:  # everything but the stand-ins, the LLM included
         params = model.train_only("audio_encoder", "video_encoder", "audio_ctc", "video_ctc", "avsr")
     rng = np.random.default_rng(args.seed)
-
-    def batches(epoch):
-        return frame_batches(lengths, args.batch_frames, shuffle=True, seed=args.seed + epoch, bucket=400)
 
     def noisy(i: int, x: np.ndarray) -> np.ndarray:  # up to four other utterances' voices under utterance i's
         if len(clips) < 2:
@@ -688,33 +696,21 @@ def fit_standins(args) -> None:
     distance of --match, the other way round), for backbones that come without their stand-ins, such as the shipped
     demo bundle. A `reader` run can then teach a new LM (`--vocab`) to read these encoders, through the stand-ins,
     on text that has no clip."""
-    from .data import frame_batches
-    from .hub import mome_home
-    from .train_data import clip_frames
-
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     out, model = _setup(args, say)
-    utterances, clips = load_clips(args.train, mome_home(), say)
-    by_id = _alignments_of(args)
-    alignments = [by_id[u.id] for u in utterances]
-    lengths = [clip_frames(c) for c in clips]
-    say(f"{len(clips)} utterances, {sum(lengths) / 25 / 3600:.2f} h")
+    utterances, clips, alignments, batches = _clip_batches(args, say, aligned=True)
     params = model.train_only("audio_standin", "video_standin")
     model.audio_encoder.eval()
     model.video_encoder.eval()
 
-    def batches(epoch):
-        return frame_batches(lengths, args.batch_frames, shuffle=True, seed=args.seed + epoch, bucket=400)
-
     def loss_of(batch, step):
         texts, aligned = [utterances[i].text for i in batch], [alignments[i] for i in batch]
         with torch.no_grad():
-            audio, audio_lengths = model.audio_encoder([clips[i].audio for i in batch])  # (B, Ta, D)
-            video, video_lengths = model._video_states([clips[i].rois for i in batch])  # (B, Tv, D)
-        a_ids = model.frame_ids("audio", aligned, texts, audio_lengths)  # (B, Ta)
-        v_ids = model.frame_ids("video", aligned, texts, video_lengths)  # (B, Tv)
-        return {"fit_a": _masked_nmse(model.audio_standin(a_ids), audio, audio_lengths),
-                "fit_v": _masked_nmse(model.video_standin(v_ids), video, video_lengths)}
+            f = model.encode([clips[i].audio for i in batch], [clips[i].rois for i in batch])  # (B, T, D) each
+        a_ids = model.frame_ids("audio", aligned, texts, f.audio_lengths)  # (B, Ta)
+        v_ids = model.frame_ids("video", aligned, texts, f.video_lengths)  # (B, Tv)
+        return {"fit_a": _masked_nmse(model.audio_standin(a_ids), f.audio, f.audio_lengths),
+                "fit_v": _masked_nmse(model.video_standin(v_ids), f.video, f.video_lengths)}
 
     _train(model, params, args, out, batches, loss_of, say)
     say(f"stand-ins written to {out}")
