@@ -59,6 +59,7 @@ The result is written as
     BACKBONES/log.jsonl        losses per logged step
     BACKBONES/pretrain_state.safetensors   every trained tensor, heads included (--init BACKBONES continues from it)
     BACKBONES/projectors.safetensors       the projectors alone, as `mome train --init` takes them
+    BACKBONES/run.json         the stage and its arguments, the step saved and whether the run finished
 
 each folder written under a temporary name and renamed into place. Same corpus, seed and settings: the same weights.
 
@@ -93,6 +94,7 @@ ALPHABET = " abcdefghijklmnopqrstuvwxyz'"  # CTC targets; index 0 is the blank, 
 PROJECTOR_HIDDEN = 256
 BABBLE_SNR = (-5, 0, 5, 10, 20)  # dB, one drawn per noisy utterance (--babble)
 PROJECTORS_NAME = "projectors.safetensors"  # the projectors alone, named as in AVSRModel (mome train --init)
+RUN_NAME = "run.json"  # how the folder was made: the stage's arguments, the step saved, whether it was the last
 STATE_NAME = "pretrain_state.safetensors"  # every tensor of Backbones, projectors and CTC heads too: what --init loads
 
 
@@ -484,8 +486,9 @@ class Backbones(torch.nn.Module):
         self._grow(path, missing, unexpected, "")
         self.video_encoder.load_state_dict(load_file(directory / "video_encoder" / "model.safetensors"))
 
-    def save(self, directory: Path) -> None:
-        """The three backbones into directory, written under a temporary name and renamed."""
+    def save(self, directory: Path, run: dict | None = None) -> None:
+        """The three backbones into directory, written under a temporary name and renamed; run (the stage's
+        arguments and progress) as run.json beside them."""
         from safetensors.torch import save_model
 
         from .avhubert import save_avhubert
@@ -504,6 +507,8 @@ class Backbones(torch.nn.Module):
                            video_encoder="video_encoder", video_dim=self.config.video_dim,
                            projector_hidden=PROJECTOR_HIDDEN)
         (tmp / BACKBONES_NAME).write_text(json.dumps(base.to_dict(), indent=2) + "\n", encoding="utf-8")
+        if run is not None:
+            (tmp / RUN_NAME).write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
         if (directory / "log.jsonl").exists():
             shutil.copy(directory / "log.jsonl", tmp / "log.jsonl")
         old = directory.with_name(f".{directory.name}.old")
@@ -580,7 +585,7 @@ def _train(model: Backbones, params: list, args, out: Path, batches, loss_of, sa
                     + f"  {seconds:.0f} s")
                 meter, counts = {}, {}
             if step % args.save_every == 0 or step == last:
-                model.save(out)
+                model.save(out, {"args": vars(args), "step": step, "finished": step == last})
             if step == last:
                 break
         epoch += 1

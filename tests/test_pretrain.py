@@ -1,6 +1,7 @@
 """The demo model's path on a few synthetic clips: backbones trained from scratch, MoME trained on them in all three
 modes with `mome train`, and a bundle that carries its backbones and loads from anywhere."""
 
+import argparse
 import json
 import os
 import shutil
@@ -283,6 +284,43 @@ def test_one_encoder_alone_trains_on_its_own_losses_and_grows_deeper(run):
     log = [json.loads(line) for line in (run / "heard" / "log.jsonl").read_text().splitlines()]
     assert set(log[0]) - {"step", "epoch", "seconds"} == {"ctc_a", "match_a"}
     assert [r["step"] for r in log] == [1, 2]  # --stop-after 2 of a 5-step schedule
+
+
+def test_each_folder_records_its_stage_and_whether_it_ran_to_its_last_step(run):
+    record = json.loads((run / "heard" / pretrain.RUN_NAME).read_text())
+    assert record["args"]["command"] == "backbones" and record["args"]["only"] == "audio"
+    assert (record["args"]["steps"], record["args"]["stop_after"], record["step"]) == (5, 2, 2)
+    assert record["finished"] is True  # its --stop-after step was its last
+    assert '"finished": true' in (run / "heard" / pretrain.RUN_NAME).read_text()  # what scripts/make_demo.sh reads
+    assert json.loads((run / "reader" / pretrain.RUN_NAME).read_text())["args"]["copy"] == 1
+
+
+def test_a_stage_cut_short_leaves_its_last_save_marked_unfinished(tmp_path):
+    class Model(torch.nn.Module):  # one weight; its saves are recorded instead of written
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(3))
+            self.saves = []
+
+        def save(self, out, run):
+            self.saves.append(run)
+
+    def loss_of(batch, step):
+        if step == 3:
+            raise KeyboardInterrupt  # the run is stopped during its fourth step
+        return {"l2": (model.w ** 2).sum()}
+
+    model = Model()
+    args = argparse.Namespace(lr=0.1, steps=6, stop_after=None, log_every=1, save_every=2, command="reader")
+    with pytest.raises(KeyboardInterrupt):
+        pretrain._train(model, list(model.parameters()), args, tmp_path, lambda epoch: range(4), loss_of,
+                        lambda m: None)
+    assert [(r["step"], r["finished"]) for r in model.saves] == [(2, False)]
+    model = Model()
+    args.stop_after = 4
+    pretrain._train(model, list(model.parameters()), args, tmp_path, lambda epoch: range(4), lambda b, s: {
+        "l2": (model.w ** 2).sum()}, lambda m: None)
+    assert [(r["step"], r["finished"]) for r in model.saves] == [(2, False), (4, True)]
 
 
 def test_a_deeper_audio_encoder_starts_as_the_shallower_one_it_grows_from(run):
