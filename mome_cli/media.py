@@ -79,7 +79,8 @@ def _last_words(error) -> str:
     return lines[-1] if lines else "ffmpeg failed"
 
 
-def _check_file(path: Path) -> None:
+def check_file(path: Path) -> None:
+    """MediaError unless path is a non-empty file this process can read."""
     if not path.exists():
         raise MediaError(path, "no such file")
     if path.is_dir():
@@ -93,7 +94,7 @@ def _check_file(path: Path) -> None:
 def probe(path) -> MediaInfo:
     """Streams and duration of a media file; MediaError if it is missing, unreadable or not media."""
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     ffmpeg = _ffmpeg()
     try:
         info = ffmpeg.probe(str(path), cmd="ffprobe")

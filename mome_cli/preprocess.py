@@ -29,7 +29,8 @@ import numpy as np
 
 from .files import atomic_write
 from .lips import NoFaceError, crop_mouths, interpolate_missing, load_mean_face, rois_from_crops, smooth
-from .media import MediaError, NoAudioError, NoVideoError, decode_audio, decode_video, iter_video, probe
+from .media import (MediaError, NoAudioError, NoVideoError, check_file, decode_audio, decode_video, iter_video,
+                    probe)
 
 PREPROCESS_VERSION = 1
 MAX_HEIGHT = 720  # frames taller than this are scaled down before detection and cropping
@@ -116,6 +117,7 @@ class Preprocessor:
         return self._detector
 
     def __call__(self, path) -> Clip:
+        check_file(Path(path))  # a missing or unreadable file is one input's MediaError, before it is hashed
         cached = self._load(self._cache_key(path, self.options.mode))  # no probe for a file seen before
         if cached is not None:
             return cached

@@ -114,6 +114,16 @@ def test_same_names_in_two_folders_skip_overwrite_and_a_bad_file(trained, tmp_pa
     assert (tmp_path / "out" / "a" / "x.txt").read_text() == "hello world\n"
 
 
+def test_a_missing_input_is_one_error_and_the_others_are_transcribed(trained, tmp_path):
+    missing = tmp_path / "gone.mp4"
+    result = mome("transcribe", missing, trained / "media" / "hello.mp4", "--model", trained / "ckpt", "--roi",
+                  "-o", tmp_path / "out", cwd=trained)  # the clip cache is on: the file is checked before hashing
+    assert result.returncode == 3, result.explain
+    assert [ln for ln in result.stderr.splitlines() if "gone.mp4" in ln] == [f"error: {missing}: no such file"]
+    assert (tmp_path / "out" / "hello.txt").read_text() == "hello world\n"
+    assert "Traceback" not in result.stderr, result.explain
+
+
 def test_all_inputs_failing_exits_1_and_a_missing_model_exits_4(trained, tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_text("nope")
