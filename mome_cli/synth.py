@@ -242,11 +242,16 @@ class Espeak:
         if self.lib.espeak_Synth(data, len(data) + 1, 0, 1, 0, CHARS_UTF8, None, None) != 0:
             raise SynthError(f"espeak-ng failed on {text!r}")
         samples = np.frombuffer(b"".join(self._chunks), np.int16).copy()
-        phonemes = [(pos / 1000, name.decode("utf-8", "replace"))
-                    for kind, pos, _, _, name in self._events if kind == EVENT_PHONEME]
+        phonemes = [(pos / 1000, phoneme_name(name)) for kind, pos, _, _, name in self._events if kind == EVENT_PHONEME]
         words = [(pos / 1000, data[at - 1 : at - 1 + n].decode("utf-8", "replace"))  # text positions count from 1
                  for kind, pos, at, n, _ in self._events if kind == EVENT_WORD and n > 0]
         return Speech(samples, phonemes, words)
+
+
+def phoneme_name(event_name: bytes) -> str:
+    """The phoneme mnemonic of a phoneme event: espeak-ng 1.52 and later put the syllable's stress mark before it
+    ("'aU", ",i:"), which earlier versions and the viseme table leave out."""
+    return event_name.decode("utf-8", "replace").lstrip("',%=")
 
 
 _ESPEAK: Espeak | None = None
