@@ -303,6 +303,10 @@ def train(ctx: click.Context, config, resume, **flags):
     except training.TrainingError as e:
         stderr.print(f"mome train: {e}", markup=False)
         ctx.exit(ExitCode.FAILURE)
+    except training.TrainingStopped as e:
+        if training.is_main_process():
+            stderr.print(f"mome train: {e}", markup=False)
+        ctx.exit(128 + e.signal_number)  # as a shell reports a process ended by that signal: 130 for Ctrl-C
 
 
 @cli.command()

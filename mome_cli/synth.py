@@ -171,6 +171,8 @@ class Espeak:
         self.lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         self.lib.espeak_SetVoiceByProperties.argtypes = [ctypes.POINTER(_Voice)]
         self.lib.espeak_GetCurrentVoice.restype = ctypes.POINTER(_Voice)
+        self.lib.espeak_Info.restype = ctypes.c_char_p
+        self.lib.espeak_Info.argtypes = [ctypes.c_void_p]
         self._identifiers: dict[str, str] = {}  # language -> voice file, e.g. en-gb -> gmw/en
         self.lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
                                           ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
@@ -181,6 +183,11 @@ class Espeak:
         self._events: list[tuple[int, int, int, int, bytes]] = []
         self._callback = _CALLBACK(self._receive)  # kept referenced: espeak calls it until the process ends
         self.lib.espeak_SetSynthCallback(self._callback)
+
+    @property
+    def version(self) -> str:
+        """The library's version, e.g. "1.51" (recorded in corpus.json: another version speaks a little otherwise)."""
+        return self.lib.espeak_Info(None).decode("ascii", "replace").split()[0]
 
     def _receive(self, wav, n_samples, events) -> int:
         if wav and n_samples > 0:
@@ -562,7 +569,8 @@ def generate(out_dir, utterances: int, seed: int = 0, voices: list[str] | None =
     counts = split_counts(utterances, valid, test)
     meta = {"seed": seed, "utterances": utterances, "splits": counts, "hours": None,
             "text": str(text_file) if text_file else f"Debian fortunes ({FORTUNE_DIR}), BSD licence",
-            "sentences_available": len(sentences), "speakers": [asdict(s) for s in cast], "reading": reading}
+            "sentences_available": len(sentences), "speakers": [asdict(s) for s in cast], "reading": reading,
+            "espeak_ng": espeak().version}
     written = out_dir / "corpus.json"
     if written.is_file():
         before = json.loads(written.read_text(encoding="utf-8"))

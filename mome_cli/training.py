@@ -41,6 +41,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -253,6 +255,12 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------------------------
 
     def train(self) -> None:
+        """The loop, to the last step. SIGINT or SIGTERM (Ctrl-C, a scheduler's pre-emption, `timeout`) stops it
+        after the step under way, saved: TrainingStopped; a second signal stops the process at once."""
+        with _stop_signals(self.say) as stop:
+            self._loop(stop)
+
+    def _loop(self, stop: "_StopRequest") -> None:
         cfg = self.config
         started = time.monotonic() - self.elapsed
         names = [name for _, _, name in self._cells()]
@@ -289,8 +297,13 @@ class Trainer:
                 self._log(names)
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 self.validate()
-            if self.step % cfg.save_every == 0 or self.step == self.total:
+            saved = self.step % cfg.save_every == 0 or self.step == self.total
+            if saved:
                 self.save()
+            if stop.agreed(self.world, self.device) and self.step < self.total:
+                if not saved:
+                    self.save(snapshot=False)
+                raise TrainingStopped(stop.signal, self.step, self.total, self.out)
         if self.data.valid_clips and not (cfg.eval_every and self.step % cfg.eval_every == 0):
             self.validate()
         self._finish()
@@ -345,13 +358,16 @@ class Trainer:
 
     # -- saving and resuming ---------------------------------------------------------------------------------------
 
-    def save(self) -> None:
-        """A snapshot, then trainer_state.pt (the commit), then the top-level checkpoint; main process only."""
+    def save(self, snapshot: bool = True) -> None:
+        """A snapshot, then trainer_state.pt (the commit), then the top-level checkpoint; main process only. A stop
+        between saves (snapshot=False) keeps the snapshots as they are, so that average_last still averages the
+        saves of the schedule."""
         if not self.main:
             return
         extra = {"training": {"step": self.step, "epoch": self.epoch}}
-        snapshot = self.out / SNAPSHOTS / f"step-{self.step:06d}"
-        save_checkpoint(self.model, snapshot, extra)
+        path = self.out / SNAPSHOTS / f"step-{self.step:06d}" if snapshot else self.out
+        if snapshot:
+            save_checkpoint(self.model, path, extra)
         state = {
             "format": STATE_FORMAT, "step": self.step, "epoch": self.epoch, "index": self.index,
             "elapsed": self.elapsed, "world": self.world,
@@ -362,10 +378,11 @@ class Trainer:
         }
         atomic_write(self.out / STATE_NAME, lambda tmp: torch.save(state, tmp))
         save_checkpoint(self.model, self.out, extra)
-        keep = max(self.config.keep_last, self.config.average_last or 0)
-        for old in self.snapshots()[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        self.record("save", path=str(snapshot))
+        if snapshot:
+            keep = max(self.config.keep_last, self.config.average_last or 0)
+            for old in self.snapshots()[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.record("save", path=str(path))
 
     def snapshots(self) -> list[Path]:
         folder = self.out / SNAPSHOTS
@@ -437,6 +454,57 @@ class Trainer:
             torch.distributed.destroy_process_group()
 
 
+class TrainingStopped(Exception):
+    """The run was stopped by a signal after a step, and saved there: `--resume` continues it."""
+
+    def __init__(self, signal_number: int, step: int, total: int, out: Path):
+        self.signal_number = signal_number
+        name = signal.Signals(signal_number).name
+        super().__init__(f"stopped by {name} after step {step} of {total}, saved: continue with "
+                         f"`mome train -o {out} --resume`")
+
+
+class _StopRequest:
+    """The signal that asked the loop to stop (0: none), and the processes' agreement on it."""
+
+    def __init__(self):
+        self.signal = 0
+
+    def agreed(self, world: int, device: torch.device) -> bool:
+        """Whether any process was asked to stop: every one stops after the same step (one all-reduce a step)."""
+        if world == 1:
+            return self.signal != 0
+        flag = torch.tensor([self.signal], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        self.signal = int(flag.item())
+        return self.signal != 0
+
+
+@contextlib.contextmanager
+def _stop_signals(say):
+    """SIGINT and SIGTERM ask the loop to stop after its step (then their usual handlers come back, so that a second
+    one acts at once); the handlers are the process's again on leaving. Outside the main thread: no handlers."""
+    stop = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    before = {n: signal.getsignal(n) for n in (signal.SIGINT, signal.SIGTERM)}
+
+    def ask(number, frame):
+        stop.signal = number
+        for n, handler in before.items():
+            signal.signal(n, handler)
+        say(f"{signal.Signals(number).name}: stopping after this step, saved (send it again to stop at once)")
+
+    for n in before:
+        signal.signal(n, ask)
+    try:
+        yield stop
+    finally:
+        for n, handler in before.items():
+            signal.signal(n, handler)
+
+
 class EveryMode(torch.nn.Module):
     """The model's losses in each trained mode, at all of that mode's rates: one forward for DDP, which allows no
     more than one per backward."""
@@ -466,5 +534,5 @@ def run(config: TrainConfig, resume: bool = False, quiet: bool = False) -> Train
     return trainer
 
 
-__all__ = ["Trainer", "TrainingError", "run", "tensor_digest", "average_tensors", "distributed_env",
-           "is_main_process"]
+__all__ = ["Trainer", "TrainingError", "TrainingStopped", "run", "tensor_digest", "average_tensors",
+           "distributed_env", "is_main_process"]

@@ -167,6 +167,8 @@ def test_corpus_manifests_load_and_splits_share_no_sentence(corpus):
     for line in (out / "train.jsonl").read_text().splitlines():
         row = json.loads(line)
         assert set(row) == {"id", "video", "text"} and not row["video"].startswith("/")
+    version = json.loads((out / "corpus.json").read_text())["espeak_ng"]  # the library that spoke it
+    assert re.fullmatch(r"\d+\.\d+(\.\d+)?", version) and version == synth.espeak().version
 
 
 @needs_espeak

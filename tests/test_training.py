@@ -182,6 +182,36 @@ def test_resume_after_sigkill_is_bit_exact(trained, corpus):
     assert [r["loss"] for r in records(out, "train")] == [r["loss"] for r in records(trained, "train")]
 
 
+def test_a_stop_signal_saves_after_its_step_and_the_resumed_run_ends_as_an_unbroken_one(trained, corpus):
+    out = corpus / "stopped"
+    process = subprocess.Popen([str(BIN / "mome"), *map(str, train_args(corpus, "stopped"))], cwd=corpus,
+                               env=environment(corpus), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        log = out / "log.jsonl"
+        if log.is_file() and '"kind": "train"' in log.read_text():  # step 10 is done: the loop is running
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, f"the run ended before it could be stopped: {process.stderr.read()}"
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 130, stderr  # 128 + SIGINT, as a shell reports it
+    saved = torch.load(out / "trainer_state.pt", weights_only=True)
+    assert 10 <= saved["step"] < STEPS
+    assert f"stopped by SIGINT after step {saved['step']} of {STEPS}, saved" in stderr and "--resume" in stderr, stderr
+    snapshots = sorted(int(p.name.split("-")[1]) for p in (out / "snapshots").glob("step-*"))
+    assert all(s % SAVE_EVERY == 0 and s <= saved["step"] for s in snapshots)  # the stop adds no snapshot
+
+    resumed = mome(*train_args(corpus, "stopped"), "--resume", root=corpus)
+    assert resumed.returncode == 0 and f"resuming at step {saved['step']}" in resumed.stderr, resumed.explain
+    reference = torch.load(trained / "trainer_state.pt", weights_only=True)
+    final = torch.load(out / "trainer_state.pt", weights_only=True)
+    assert all(torch.equal(final["model"][n], reference["model"][n]) for n in reference["model"])
+    averaged, expected = load_file(out / "model.safetensors"), load_file(trained / "model.safetensors")
+    assert all(torch.equal(averaged[n], expected[n]) for n in expected)  # --average-last 2: the same two saves
+    assert [r["loss"] for r in records(out, "train")] == [r["loss"] for r in records(trained, "train")]
+
+
 def test_torchrun_two_processes_hold_the_same_parameters(corpus):
     out, digests = corpus / "ddp", corpus / "digests"
     env = environment(corpus, MOME_TRAIN_DIGEST_DIR=str(digests))

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# The demo model's MoME stage (`mome train`, recipes/demo.toml) on the lent GPU machine, in one call of the device
+# tool from the repository root, resumable across calls and sessions:
+#
+#   bash scripts/device_demo.sh [--device cuda] [--budget SECONDS] [--steps N] [--utterances N]
+#                                                                         (a device call with carry [".device"])
+#
+# Before the first call, here: `bash scripts/device_kit.sh` (the tools that machine lacks, into .device/: 27 MB) and
+# the frozen backbones the recipe trains on, what `mome train` reads of the last folder of scripts/make_demo.sh (14 MB;
+# the working tree, the kit and these must stay under the tool's 64 MiB):
+#   mkdir -p .device/backbones && cp -rL work/backbones/{backbones.json,projectors.safetensors,audio_encoder,video_encoder,llm} .device/backbones/
+# After a call, copy what came back from $OUT into .device/demo-run: the next call resumes it.
+#
+# What it does there:
+# 1. unpacks the kit: ffmpeg and ffprobe, libespeak-ng and the Python wheels (those not importable already) into
+#    /tmp/mome-device, the fortunes into /usr/share/games/fortunes;
+# 2. makes the corpus as scripts/make_demo.sh does (mome_cli.synth, seed 0, one process a core) and reads its
+#    clips once in parallel into the clip cache, which `mome train` then reads;
+# 3. trains (or resumes .device/demo-run) with the recipe on the device, stopped after --budget seconds (default:
+#    what is left of 9 minutes since the start) if it has not finished: its last save comes back;
+# 4. when the run has finished, `mome evaluate` on the test split in modes av, a and v (clean);
+# 5. copies the run's files (config.json, model.safetensors, train_config.json, trainer_state.pt, log.jsonl) and the
+#    evaluation reports (evals.tar) to $OUT, within what the tool brings back (8 files of at most 16 MiB).
+set -euo pipefail
+start=$SECONDS
+device=cuda budget="" steps=() utterances=4000
+while (( $# )); do
+    case $1 in
+        --device) device=$2; shift 2 ;;
+        --budget) budget=$2; shift 2 ;;
+        --steps) steps=(--steps "$2"); shift 2 ;;
+        --utterances) utterances=$2; shift 2 ;;  # a smaller corpus, to try the script out
+        *) echo "device_demo.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+kit=$repo/.device
+root=${MOME_DEVICE_ROOT:-/tmp/mome-device}  # fixed: the run's saved settings name the corpus by its path
+out=${OUT:?device_demo.sh: OUT (the folder that comes back) is not set}
+log() { printf '[device_demo %4ds] %s\n' "$((SECONDS - start))" "$*" >&2; }
+for need in "$kit"/{ffmpeg,espeak,fortunes}.tar.xz "$kit/backbones/backbones.json"; do
+    [[ -e $need ]] || { echo "device_demo.sh: $need is missing (see the top of this script)" >&2; exit 4; }
+done
+
+# 1. tools
+mkdir -p "$root/bin" "$root/site" "$root/espeak"
+[[ -x $root/bin/ffprobe ]] || xz -dc "$kit/ffmpeg.tar.xz" | tar -C "$root/bin" -xf -
+[[ -f $root/espeak/libespeak-ng.so.1 ]] || tar -C "$root/espeak" -xJf "$kit/espeak.tar.xz"
+if [[ ! -d /usr/share/games/fortunes ]]; then  # where mome_cli.synth reads them (commands run as root there)
+    mkdir -p /usr/share/games && tar -C /usr/share/games -xJf "$kit/fortunes.tar.xz"
+fi
+export PATH=$root/bin:$PATH PYTHONPATH=$repo:$root/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+python3 -c 'import ffmpeg, jiwer, platformdirs' 2>/dev/null || python3 -m pip install -q --no-index --no-deps \
+    --no-compile --no-cache-dir --target "$root/site" "$kit"/wheels/*.whl
+export LD_LIBRARY_PATH=$root/espeak${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} ESPEAK_DATA_PATH=$root/espeak
+export MOME_HOME=$root/home
+log "tools ready: $(ffmpeg -version | head -1 | cut -d' ' -f1-3), $(python3 -c 'import torch; print("torch", torch.__version__)')"
+
+# 2. corpus, and its clips read once into the cache
+work=$root/work
+mkdir -p "$work"
+cd "$work"
+jobs=$(nproc)
+[[ -f synth/test.jsonl ]] || python3 -m mome_cli.synth synth --utterances "$utterances" --seed 0 --jobs "$jobs"
+log "corpus: $(python3 -c 'import json; c = json.load(open("synth/corpus.json")); print(c["utterances"], "clips,", round(c["hours"], 2), "h, espeak-ng", c["espeak_ng"])')"
+python3 - "$jobs" <<'PY'
+import sys
+from mome_cli.hub import mome_home
+from mome_cli.pretrain import load_clips
+
+for manifest in ("synth/train.jsonl", "synth/valid.jsonl", "synth/test.jsonl"):
+    load_clips(manifest, mome_home(), lambda message: print(message, file=sys.stderr), workers=int(sys.argv[1]))
+PY
+log "clips read"
+
+# 3. train, or resume
+run=$work/demo-run
+ln -sfn "$kit/backbones" "$root/backbones"  # a fixed path: the run's saved settings name it, and the checkout's may move
+if [[ -f $kit/demo-run/trainer_state.pt && ! -f $run/trainer_state.pt ]]; then
+    mkdir -p "$run" && cp "$kit"/demo-run/* "$run"/
+fi
+left=${budget:-$(( 540 - (SECONDS - start) ))}
+if [[ -f $run/trainer_state.pt ]]; then
+    command=(python3 -m mome_cli train -o "$run" --resume "${steps[@]}")
+else
+    command=(python3 -m mome_cli train --config "$repo/recipes/demo.toml" --model "$root/backbones"
+             --init "$root/backbones/projectors.safetensors" --train synth/train.jsonl --valid synth/valid.jsonl
+             --device "$device" "${steps[@]}" -o "$run")
+fi
+log "training for at most ${left} s: ${command[*]}"
+status=0
+timeout --signal=INT "$left" "${command[@]}" || status=$?
+finished=0
+case $status in
+    0) finished=1 ;;
+    124) status=0; log "stopped after ${left} s: its last save comes back, and the next call resumes it" ;;
+    *) log "mome train failed (exit $status)" ;;
+esac
+
+# 4. evaluate a finished run
+if (( finished )); then
+    for mode in av a v; do
+        python3 -m mome_cli evaluate --dataset synth/test.jsonl --model "$run" --roi --mode "$mode" --device "$device" \
+            -o "evals/$mode"
+    done
+    tar -cf "$out/evals.tar" evals
+fi
+
+# 5. what comes back
+for name in config.json model.safetensors train_config.json trainer_state.pt log.jsonl; do
+    [[ -f $run/$name ]] && cp "$run/$name" "$out/"
+done
+log "done: $( (( finished )) && echo "run finished" || echo "run stopped at its last save") ($(ls "$out" | tr '\n' ' '))"
+exit "$status"
