@@ -277,6 +277,10 @@ class Backbones(torch.nn.Module):
         self.requires_grad_(True)
 
     @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
     def n_audio_ids(self) -> int:
         return len(ALPHABET) + 1 if self.audio_units == "letters" else len(PHONEMES) + 1
 
@@ -300,7 +304,7 @@ class Backbones(torch.nn.Module):
             ids = [self.audio_ids(al, t, int(n)) for al, t, n in zip(alignments, texts, lengths)]
         else:
             ids = [viseme_frames(al, int(n), 25.0) for al, n in zip(alignments, lengths)]
-        return torch.nn.utils.rnn.pad_sequence(ids, batch_first=True)
+        return torch.nn.utils.rnn.pad_sequence(ids, batch_first=True).to(self.device)
 
     def standin_features(self, alignments: list[dict], texts: list[str], generator: torch.Generator | None = None,
                          max_words: int | None = None) -> tuple[Features, torch.Tensor, list[str]]:
@@ -324,10 +328,11 @@ class Backbones(torch.nn.Module):
         a_ids, v_ids = pad([r[0] for r in rows], True), pad([r[1] for r in rows], True)  # (B, Ta), (B, Tv)
         a_lengths, v_lengths = torch.tensor([len(r[0]) for r in rows]), torch.tensor([len(r[1]) for r in rows])
         a_in, v_in = a_ids, v_ids
-        if generator is not None:
+        if generator is not None:  # drawn on the CPU, so that a seed gives the same rows on any device
             a_in, v_in = corrupt(a_ids, self.n_audio_ids, generator), corrupt(v_ids, len(VISEME_NAMES), generator)
-        f = Features(self.audio_standin(a_in), a_lengths, self.video_standin(v_in), v_lengths)
-        return f, a_ids, [r[2] for r in rows]
+        d = self.device
+        f = Features(self.audio_standin(a_in.to(d)), a_lengths.to(d), self.video_standin(v_in.to(d)), v_lengths.to(d))
+        return f, a_ids.to(d), [r[2] for r in rows]
 
     def read(self, alignments: list[dict], texts: list[str], mode: str, rate: tuple, generator: torch.Generator,
              max_words: int | None = None):
@@ -367,6 +372,7 @@ class Backbones(torch.nn.Module):
         for i, (prefix, target) in enumerate(rows):
             ids[i, : len(prefix) + len(target)] = torch.tensor(prefix + target)
             labels[i, len(prefix): len(prefix) + len(target)] = torch.tensor(target)
+        ids, labels = ids.to(self.device), labels.to(self.device)
         return {"copy": avsr.llm(input_ids=ids, attention_mask=(labels != -100) | (ids != tok.pad_token_id),
                                  labels=labels).loss}
 
@@ -382,7 +388,7 @@ class Backbones(torch.nn.Module):
 
         crops = [torch.from_numpy(centre_crop_normalise(r)) for r in rois]  # (T_i, 88, 88) each
         frames = torch.nn.utils.rnn.pad_sequence(crops, batch_first=True)  # (B, Tv, 88, 88)
-        return self.video_encoder(frames, torch.tensor([len(c) for c in crops]))
+        return self.video_encoder(frames.to(self.device), torch.tensor([len(c) for c in crops], device=self.device))
 
     def forward(self, audio: list, rois: list, texts: list[str], mode: str, rate: tuple,
                 alignments: list[dict] | None = None) -> dict[str, torch.Tensor]:
@@ -615,8 +621,17 @@ def _setup(args, say, tokenizer=None) -> tuple[Path, Backbones]:
     if getattr(args, "encoders", None):
         model.load_encoders(Path(args.encoders))
         say(f"encoders from {args.encoders}")
+    model.to(_device(getattr(args, "device", "cpu")))
+    say(f"training on {model.device}")
     model.train()
     return out, model
+
+
+def _device(name: str) -> torch.device:
+    """auto: the GPU where there is one; cuda without one is an error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("pretrain: --device cuda, but no CUDA device is available")
+    return torch.device("cuda" if name == "cuda" or name == "auto" and torch.cuda.is_available() else "cpu")
 
 
 def saved_units(backbones: Path) -> str:
@@ -834,6 +849,8 @@ def main(argv=None) -> None:
                          "else letters]: each word's letters spread over its span, or the phoneme sounding at each "
                          "frame; a run that changes it starts a fresh audio stand-in")
         sub.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+        sub.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train [auto: "
+                         "the GPU if there is one]")
         sub.add_argument("--log-every", type=int, default=10, help="steps between log lines [10]")
         sub.add_argument("--save-every", type=int, default=250, help="steps between saves [250]")
     for sub in (trainer, fitting):

@@ -295,6 +295,23 @@ def test_each_folder_records_its_stage_and_whether_it_ran_to_its_last_step(run):
     assert json.loads((run / "reader" / pretrain.RUN_NAME).read_text())["args"]["copy"] == 1
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_every_stage_trains_on_the_gpu(run, tmp_path):
+    env = {**os.environ, "MOME_HOME": str(run / "home")}
+    common = ["--train", str(run / "corpus" / "train.jsonl"), "--steps", "2", "--log-every", "1", "--device", "cuda"]
+    stages = [["reader", "--init", str(run / "reader"), "--batch", "3", "--copy", "1", "--valid",
+               str(run / "corpus" / "train.jsonl"), "--valid-limit", "2"],
+              ["backbones", "--init", str(run / "reader"), "--match", "--babble", "1", "--batch-frames", "150"],
+              ["backbones", "--init", str(run / "reader"), "--only", "video", "--match", "--batch-frames", "150"],
+              ["standins", "--init", str(run / "bare"), "--batch-frames", "150"]]
+    for i, stage in enumerate(stages):
+        result = subprocess.run([sys.executable, "-m", "mome_cli.pretrain", stage[0], *common, *stage[1:], "-o",
+                                 str(tmp_path / str(i))], env=env, capture_output=True, text=True)
+        assert result.returncode == 0 and "training on cuda" in result.stderr, result.stderr
+        assert json.loads((tmp_path / str(i) / pretrain.RUN_NAME).read_text())["finished"] is True
+
+
 def test_a_stage_cut_short_leaves_its_last_save_marked_unfinished(tmp_path):
     class Model(torch.nn.Module):  # one weight; its saves are recorded instead of written
         def __init__(self):
