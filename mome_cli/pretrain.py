@@ -806,10 +806,17 @@ def bundle(checkpoint: str | Path, backbones: str | Path, output: str | Path) ->
     checkpoint, backbones, output = Path(checkpoint), Path(backbones), Path(output)
     data = json.loads((checkpoint / CONFIG_NAME).read_text(encoding="utf-8"))
     used = backbones_config(backbones)
+    elsewhere = []  # trained on a copy of the backbones on another machine (the lent GPU): its paths are not here
     for name in BACKBONE_FIELDS:
-        if Path(data["model"][name]).absolute() != Path(getattr(used, name)):
-            raise SystemExit(f"{checkpoint} was trained on {data['model'][name]}, not on {getattr(used, name)}")
+        recorded, given = Path(data["model"][name]), Path(getattr(used, name))
+        if recorded.absolute() != given:
+            if recorded.exists():
+                raise SystemExit(f"{checkpoint} was trained on {recorded}, not on {given}")
+            elsewhere.append(str(recorded))
         data["model"][name] = name
+    if elsewhere:
+        print(f"note: {checkpoint} was trained on {', '.join(elsewhere)}, not on this machine: bundled with "
+              f"{backbones}, which must be a copy of them", file=sys.stderr)
     data.pop("training", None)  # the run's own bookkeeping; the bundle is a release
     tmp = output.with_name(f".{output.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -9,7 +9,9 @@
 # the frozen backbones the recipe trains on, what `mome train` reads of the last folder of scripts/make_demo.sh (14 MB;
 # the working tree, the kit and these must stay under the tool's 64 MiB):
 #   mkdir -p .device/backbones && cp -rL work/backbones/{backbones.json,projectors.safetensors,audio_encoder,video_encoder,llm} .device/backbones/
-# After a call, copy what came back from $OUT into .device/demo-run: the next call resumes it.
+# After a call, copy what came back from $OUT into .device/demo-run: the next call resumes it. Once it has finished,
+# it is bundled here as make_demo.sh bundles the run it trains on the CPU:
+#   python -m mome_cli.pretrain bundle .device/demo-run --backbones work/backbones -o mome_cli/models/demo
 #
 # What it does there:
 # 1. unpacks the kit: ffmpeg and ffprobe, libespeak-ng and the Python wheels (those not importable already) into

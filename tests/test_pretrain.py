@@ -142,6 +142,19 @@ def test_a_bundle_of_a_run_on_other_backbones_is_refused(run, tmp_path):
     assert not (tmp_path / "bundle").exists()
 
 
+def test_a_run_trained_on_a_copy_of_the_backbones_elsewhere_is_bundled_with_these(run, tmp_path, capsys):
+    trained = tmp_path / "from-the-gpu"  # as it comes back from the lent machine: its backbone paths are not here
+    shutil.copytree(run / "run", trained)
+    config = json.loads((trained / "config.json").read_text())
+    for name in ("llm", "audio_encoder", "video_encoder"):
+        config["model"][name] = f"/tmp/mome-device-elsewhere/backbones/{name}"
+    (trained / "config.json").write_text(json.dumps(config))
+    bundle = pretrain.bundle(trained, run / "backbones", tmp_path / "bundle")
+    assert "not on this machine" in capsys.readouterr().err
+    assert json.loads((bundle / "config.json").read_text())["model"]["llm"] == "llm"
+    assert load_file(bundle / "model.safetensors").keys() == load_file(run / "run" / "model.safetensors").keys()
+
+
 def test_init_continues_from_the_whole_state_or_from_the_backbones_alone(run, tmp_path):
     folder = run / "backbones"
     saved = load_file(folder / pretrain.STATE_NAME)
