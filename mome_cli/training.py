@@ -488,7 +488,7 @@ def _stop_signals(say):
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    before = {n: signal.getsignal(n) for n in (signal.SIGINT, signal.SIGTERM)}
+    before = {n: signal.getsignal(n) or signal.SIG_DFL for n in (signal.SIGINT, signal.SIGTERM)}  # None: set in C
 
     def ask(number, frame):
         stop.signal = number

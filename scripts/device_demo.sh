@@ -8,7 +8,8 @@
 # Before the first call, here: `bash scripts/device_kit.sh` (the tools that machine lacks, into .device/: 27 MB) and
 # the frozen backbones the recipe trains on, what `mome train` reads of the last folder of scripts/make_demo.sh (14 MB;
 # the working tree, the kit and these must stay under the tool's 64 MiB):
-#   mkdir -p .device/backbones && cp -rL work/backbones/{backbones.json,projectors.safetensors,audio_encoder,video_encoder,llm} .device/backbones/
+#   mkdir -p .device/backbones
+#   cp -rL work/backbones/{backbones.json,projectors.safetensors,audio_encoder,video_encoder,llm} .device/backbones/
 # After a call, copy what came back from $OUT into .device/demo-run: the next call resumes it. Once it has finished,
 # it is bundled here as make_demo.sh bundles the run it trains on the CPU:
 #   python -m mome_cli.pretrain bundle .device/demo-run --backbones work/backbones -o mome_cli/models/demo
@@ -56,7 +57,8 @@ python3 -c 'import ffmpeg, jiwer, platformdirs' 2>/dev/null || python3 -m pip in
     --no-compile --no-cache-dir --target "$root/site" "$kit"/wheels/*.whl
 export LD_LIBRARY_PATH=$root/espeak${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} ESPEAK_DATA_PATH=$root/espeak
 export MOME_HOME=$root/home
-log "tools ready: $(ffmpeg -version | head -1 | cut -d' ' -f1-3), $(python3 -c 'import torch; print("torch", torch.__version__)')"
+log "tools ready: $(ffmpeg -version | head -1 | cut -d' ' -f1-3)," \
+    "$(python3 -c 'import torch; print("torch", torch.__version__)')"
 
 # 2. corpus, and its clips read once into the cache
 work=$root/work
@@ -64,7 +66,8 @@ mkdir -p "$work"
 cd "$work"
 jobs=$(nproc)
 [[ -f synth/test.jsonl ]] || python3 -m mome_cli.synth synth --utterances "$utterances" --seed 0 --jobs "$jobs"
-log "corpus: $(python3 -c 'import json; c = json.load(open("synth/corpus.json")); print(c["utterances"], "clips,", round(c["hours"], 2), "h, espeak-ng", c["espeak_ng"])')"
+log "corpus: $(python3 -c 'import json; c = json.load(open("synth/corpus.json"))
+print(c["utterances"], "clips,", round(c["hours"], 2), "h, espeak-ng", c["espeak_ng"])')"
 python3 - "$jobs" <<'PY'
 import sys
 from mome_cli.hub import mome_home
