@@ -37,7 +37,7 @@ while (( $# )); do
     esac
 done
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-kit=$repo/.device
+kit=${MOME_DEVICE_KIT:-$repo/.device}
 root=${MOME_DEVICE_ROOT:-/tmp/mome-device}  # fixed: the run's saved settings name the corpus by its path
 out=${OUT:?device_demo.sh: OUT (the folder that comes back) is not set}
 log() { printf '[device_demo %4ds] %s\n' "$((SECONDS - start))" "$*" >&2; }
