@@ -496,18 +496,25 @@ class Backbones(torch.nn.Module):
         """The three backbones into directory, written under a temporary name and renamed; run (the stage's
         arguments and progress) as run.json beside them."""
         from safetensors.torch import save_model
+        from transformers.utils import logging as hf_logging
 
         from .avhubert import save_avhubert
 
         tmp = directory.with_name(f".{directory.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        self.audio_encoder.encoder.save_pretrained(tmp / "audio_encoder")
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Writing model shards" bar in the log at every save
+        try:
+            self.audio_encoder.encoder.save_pretrained(tmp / "audio_encoder")
+            self.avsr.llm.save_pretrained(tmp / "llm")
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         self.audio_encoder.feature_extractor.save_pretrained(tmp / "audio_encoder")
         save_avhubert(self.video_encoder, tmp / "video_encoder")
         save_model(self, str(tmp / STATE_NAME), metadata={"format": "pt", "audio_units": self.audio_units})  # heads
         # too; the tied LM head stored once
         self.save_projectors(tmp / PROJECTORS_NAME)
-        self.avsr.llm.save_pretrained(tmp / "llm")
         self.avsr.tokenizer.save_pretrained(tmp / "llm")
         base = ModelConfig(llm="llm", audio_encoder="audio_encoder", audio_dim=self.config.audio_dim,
                            video_encoder="video_encoder", video_dim=self.config.video_dim,
