@@ -19,11 +19,12 @@
 #    /tmp/mome-device, the fortunes into /usr/share/games/fortunes;
 # 2. makes the corpus as scripts/make_demo.sh does (mome_cli.synth, seed 0, one process a core) and reads its
 #    clips once in parallel into the clip cache, which `mome train` then reads;
-# 3. trains (or resumes .device/demo-run) with the recipe on the device, stopped after --budget seconds (default:
-#    what is left of 9 minutes since the start) if it has not finished: its last save comes back;
-# 4. when the run has finished, `mome evaluate` on the test split in modes av, a and v (clean);
-# 5. copies the run's files (config.json, model.safetensors, train_config.json, trainer_state.pt, log.jsonl) and the
-#    evaluation reports (evals.tar) to $OUT, within what the tool brings back (8 files of at most 16 MiB).
+# 3. trains (or resumes .device/demo-run) with the recipe on the device, stopped and saved after --budget seconds
+#    (default: what is left of 7 minutes since the start) if it has not finished, and copies the run's files
+#    (config.json, model.safetensors, train_config.json, trainer_state.pt, log.jsonl) to $OUT;
+# 4. when the run has finished and 2 minutes are left of 9.5, `mome evaluate` on the test split in modes av, a and v
+#    (clean), the reports to $OUT as evals.tar (6 files in all: the tool brings back 8 of at most 16 MiB); otherwise
+#    the next call resumes the finished run (no more steps) and evaluates it.
 set -euo pipefail
 start=$SECONDS
 device=cuda budget="" steps=() utterances=4000
@@ -84,7 +85,7 @@ ln -sfn "$kit/backbones" "$root/backbones"  # a fixed path: the run's saved sett
 if [[ -f $kit/demo-run/trainer_state.pt && ! -f $run/trainer_state.pt ]]; then
     mkdir -p "$run" && cp "$kit"/demo-run/* "$run"/
 fi
-left=${budget:-$(( 540 - (SECONDS - start) ))}
+left=${budget:-$(( 420 - (SECONDS - start) ))}
 if [[ -f $run/trainer_state.pt ]]; then
     command=(python3 -m mome_cli train -o "$run" --resume "${steps[@]}")
 else
@@ -92,9 +93,13 @@ else
              --init "$root/backbones/projectors.safetensors" --train synth/train.jsonl --valid synth/valid.jsonl
              --device "$device" "${steps[@]}" -o "$run")
 fi
-log "training for at most ${left} s: ${command[*]}"
 status=0
-timeout --signal=INT "$left" "${command[@]}" || status=$?
+if (( left < 30 )); then
+    log "no time left to train (${left} s): run again, the corpus is ready on this machine while it stays warm"
+    exit 0
+fi
+log "training for at most ${left} s: ${command[*]}"
+timeout --signal=INT --kill-after=60 "$left" "${command[@]}" || status=$?  # SIGINT: mome train saves, then stops
 finished=0
 case $status in
     0) finished=1 ;;
@@ -102,18 +107,19 @@ case $status in
     *) log "mome train failed (exit $status)" ;;
 esac
 
-# 4. evaluate a finished run
-if (( finished )); then
+for name in config.json model.safetensors train_config.json trainer_state.pt log.jsonl; do
+    if [[ -f $run/$name ]]; then cp "$run/$name" "$out/"; fi
+done
+
+# 4. evaluate a finished run, if there is time
+if (( finished && SECONDS - start <= 450 )); then
     for mode in av a v; do
         python3 -m mome_cli evaluate --dataset synth/test.jsonl --model "$run" --roi --mode "$mode" --device "$device" \
             -o "evals/$mode"
     done
     tar -cf "$out/evals.tar" evals
+elif (( finished )); then
+    log "not evaluated: too little time left; the next call resumes the finished run and evaluates it"
 fi
-
-# 5. what comes back
-for name in config.json model.safetensors train_config.json trainer_state.pt log.jsonl; do
-    [[ -f $run/$name ]] && cp "$run/$name" "$out/"
-done
 log "done: $( (( finished )) && echo "run finished" || echo "run stopped at its last save") ($(ls "$out" | tr '\n' ' '))"
 exit "$status"
