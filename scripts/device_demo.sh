@@ -15,8 +15,8 @@
 #   python -m mome_cli.pretrain bundle .device/demo-run --backbones work/backbones -o mome_cli/models/demo
 #
 # What it does there:
-# 1. unpacks the kit: ffmpeg and ffprobe, libespeak-ng and the Python wheels (those not importable already) into
-#    /tmp/mome-device, the fortunes into /usr/share/games/fortunes;
+# 1. unpacks the kit (with Python: no xz needed): ffmpeg and ffprobe, libespeak-ng and the Python wheels (those not
+#    importable already) into /tmp/mome-device, the fortunes into /usr/share/games/fortunes;
 # 2. makes the corpus as scripts/make_demo.sh does (mome_cli.synth, seed 0, one process a core) and reads its
 #    clips once in parallel into the clip cache, which `mome train` then reads;
 # 3. trains (or resumes .device/demo-run) with the recipe on the device, stopped and saved after --budget seconds
@@ -47,12 +47,14 @@ for need in "$kit"/{ffmpeg,espeak,fortunes}.tar.xz "$kit/backbones/backbones.jso
 done
 
 # 1. tools
-mkdir -p "$root/bin" "$root/site" "$root/espeak"
-[[ -x $root/bin/ffprobe ]] || xz -dc "$kit/ffmpeg.tar.xz" | tar -C "$root/bin" -xf -
-[[ -f $root/espeak/libespeak-ng.so.1 ]] || tar -C "$root/espeak" -xJf "$kit/espeak.tar.xz"
-if [[ ! -d /usr/share/games/fortunes ]]; then  # where mome_cli.synth reads them (commands run as root there)
-    mkdir -p /usr/share/games && tar -C /usr/share/games -xJf "$kit/fortunes.tar.xz"
-fi
+unpack() {  # unpack ARCHIVE FOLDER, with Python's tarfile: no xz program needed
+    mkdir -p "$2"
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' "$1" "$2"
+}
+[[ -x $root/bin/ffprobe ]] || unpack "$kit/ffmpeg.tar.xz" "$root/bin"
+[[ -f $root/espeak/libespeak-ng.so.1 ]] || unpack "$kit/espeak.tar.xz" "$root/espeak"
+[[ -d /usr/share/games/fortunes ]] || unpack "$kit/fortunes.tar.xz" /usr/share/games  # where synth reads them (root)
+mkdir -p "$root/site"
 export PATH=$root/bin:$PATH PYTHONPATH=$repo:$root/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 python3 -c 'import ffmpeg, jiwer, platformdirs' 2>/dev/null || python3 -m pip install -q --no-index --no-deps \
     --no-compile --no-cache-dir --target "$root/site" "$kit"/wheels/*.whl
@@ -81,7 +83,7 @@ log "clips read"
 
 # 3. train, or resume
 run=$work/demo-run
-ln -sfn "$kit/backbones" "$root/backbones"  # a fixed path: the run's saved settings name it, and the checkout's may move
+ln -sfn "$kit/backbones" "$root/backbones"  # a fixed path: the run's saved settings name it; the checkout may move
 if [[ -f $kit/demo-run/trainer_state.pt && ! -f $run/trainer_state.pt ]]; then
     mkdir -p "$run" && cp "$kit"/demo-run/* "$run"/
 fi
@@ -121,5 +123,6 @@ if (( finished && SECONDS - start <= 450 )); then
 elif (( finished )); then
     log "not evaluated: too little time left; the next call resumes the finished run and evaluates it"
 fi
-log "done: $( (( finished )) && echo "run finished" || echo "run stopped at its last save") ($(ls "$out" | tr '\n' ' '))"
+state=$( (( finished )) && echo "run finished" || echo "run stopped at its last save")
+log "done: $state ($(ls "$out" | tr '\n' ' '))"
 exit "$status"
