@@ -80,7 +80,8 @@ class OrderedGroup(click.Group):
 @click.group(cls=OrderedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mome", message="%(prog)s %(version)s")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-@click.option("-v", "--verbose", count=True, help="Print more detail (repeatable).")
+@click.option("-v", "--verbose", count=True, help="Print more detail: the model, each file's times (transcribe) "
+              "or each rate and SNR as it is scored (evaluate); -vv adds each segment's text.")
 @click.pass_context
 def cli(ctx: click.Context, quiet: bool, verbose: int):
     """Audio-visual speech recognition with a Mixture of Matryoshka Experts (MoME)."""
@@ -161,7 +162,7 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
     job = library.TranscribeJob(
         inputs=found, output_dir=Path(output_dir), formats=library.expand_formats(formats), overwrite=overwrite,
         stdout=stdout, model=model, adapter=adapter, device=device,
-        cache_dir=None if no_cache else mome_home() / "cache" / "clips",
+        cache_dir=None if no_cache else mome_home() / "cache" / "clips", verbose=ctx.obj.verbose,
     )
     prep = PreprocessOptions(mode=mode, roi=roi, detector=detector, device=device)
     recog = RecognizeOptions(mode=mode, rate=rate, any_rate=any_rate, beam=beam, batch_size=batch_size or 8,
@@ -225,7 +226,7 @@ def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode
         model=model, adapter=adapter, device=device, mode=mode, rates=rates, any_rate=any_rate, snrs=snrs,
         noise=Path(noise) if noise else None, seed=seed, limit=limit, beam=beam, batch_size=batch_size or 8, roi=roi,
         max_segment=max_segment, pack=pack, detector=detector,
-        cache_dir=None if no_cache else mome_home() / "cache" / "clips",
+        cache_dir=None if no_cache else mome_home() / "cache" / "clips", verbose=ctx.obj.verbose,
     )
     enabled = stderr.is_terminal and not quiet
     try:

@@ -104,6 +104,7 @@ class EvaluateJob:
     roi: bool | None = None  # videos are mouth crops; None: yes for the auto_avsr CSV layout, else no
     detector: str = "sfd"  # face detector when roi is off
     cache_dir: Path | None = None  # preprocessed clips; None: no cache
+    verbose: int = 0  # -v: the model, the preprocessing time and each cell's WER and time as it is scored
 
     def __post_init__(self):
         if not self.snrs:
@@ -285,7 +286,11 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
 
     if warning := shadowed_preset(job.model):
         log(warning)
+    loading = time.perf_counter()
     recognizer = load_recognizer(job.model, job.adapter, job.device)  # MissingModelError etc. end the run
+    if job.verbose:
+        log(f"model {job.model}: {recognizer.describe()}; loaded in {time.perf_counter() - loading:.2f} s")
+    reading = time.perf_counter()
     rates = resolve_rates(recognizer, job.mode, job.rates, job.any_rate)
     # A --max-segment the model cannot take ends the run here, before any preprocessing.
     segment_seconds = recognizer.segment_limit(job.max_segment)
@@ -309,6 +314,9 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
                 kept.append(u)
             advance(1)
     evaluation.evaluated = len(kept)
+    if job.verbose:
+        log(f"{len(kept)} of {len(chosen)} utterances read ({sum(c.duration for c in clips):.1f} s of media) in "
+            f"{time.perf_counter() - reading:.2f} s")
     if not kept:
         log("error: no utterance could be preprocessed: nothing to evaluate")
         evaluation.wall_seconds = time.perf_counter() - started
@@ -347,6 +355,11 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
         for snr in job.snrs:
             hyps = texts[rate, snr]
             evaluation.cells.append(Cell(rate, snr, score(refs, hyps), audio_seconds, seconds[rate, snr]))
+            if job.verbose:
+                cell = evaluation.cells[-1]
+                log(f"rate {','.join(str(r) for r in rate if r is not None)}, "
+                    f"{snr if snr == CLEAN else f'{snr:g} dB'}: WER {100 * cell.errors.wer:.2f}% in "
+                    f"{cell.wall_seconds:.2f} s ({audio_seconds / max(cell.wall_seconds, 1e-9):.0f}x real time)")
             evaluation.hypotheses += [{"id": u.id, "rate": [r for r in rate if r is not None], "snr": snr,
                                        "ref": u.text, "hyp": h} for u, h in zip(kept, hyps)]
     evaluation.wall_seconds = time.perf_counter() - started

@@ -75,6 +75,17 @@ class Recognizer:
     def config(self) -> ModelConfig:
         return self.model.config
 
+    def describe(self) -> str:
+        """One line on what was loaded: backbones, MoME, rates, modes, device and precision (for -v)."""
+        c, llm = self.config, self.model.llm
+        shape = f"{llm.config.num_hidden_layers} layers x {llm.config.hidden_size}"
+        m = c.mome
+        rates = "; ".join(f"{a},{v}" for a, v in c.rates)
+        weights = next(llm.parameters())
+        return (f"LLM {c.llm} ({shape}), audio {c.audio_encoder}, video {c.video_encoder}; MoME {m.num_routed} "
+                f"routed (top {m.top_k}) + {m.num_shared} shared experts of {m.bottleneck} at {m.position}; rates "
+                f"{rates}; modes {','.join(c.modes)}; on {weights.device.type}, {str(weights.dtype).split('.')[-1]}")
+
     @property
     def max_segment_seconds(self) -> float:
         """Segments are at most 20 s, and never longer than the audio encoder's window (8 s for the demo model)."""

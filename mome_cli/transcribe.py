@@ -8,6 +8,7 @@ Outputs whose every format exists already are skipped unless `overwrite`; every 
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ class TranscribeJob:
     adapter: str | None = None
     device: str = "auto"
     cache_dir: Path | None = None  # preprocessed clips; None: no cache
+    verbose: int = 0  # -v: the model, and each file's length, mode, rate and times; -vv: its segments too
 
 
 def expand_formats(formats) -> list[str]:
@@ -58,7 +60,13 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
 
     if warning := shadowed_preset(job.model):
         log(warning)
+    def detail(level: int, message: str) -> None:
+        if job.verbose >= level:
+            log(message)
+
+    started = time.perf_counter()
     recognizer = load_recognizer(job.model, job.adapter, job.device)  # MissingModelError etc. end the whole run
+    detail(1, f"model {job.model}: {recognizer.describe()}; loaded in {time.perf_counter() - started:.2f} s")
     o = recognize_options
     recognizer.rate_for(o.mode, o.rate, o.any_rate)  # a bad --rate is refused before any work (UsageProblem)
     recognizer.segment_limit(o.max_segment)  # and so is a --max-segment the model cannot take
@@ -69,6 +77,7 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
     for at in range(0, len(todo), batch_clips):
         ready = []
         for item, stem in todo[at : at + batch_clips]:
+            started = time.perf_counter()
             try:
                 clip = preprocess(item.path)
             except MediaError as e:
@@ -78,11 +87,19 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
                 continue
             for warning in clip.warnings:
                 log(f"warning: {item.path}: {warning}")
+            detail(1, f"{item.path}: {clip.duration:.2f} s, read in {time.perf_counter() - started:.2f} s")
             ready.append((item, stem, clip))
         if not ready:
             continue
+        started = time.perf_counter()
         transcripts = recognizer.transcribe_many([clip for _, _, clip in ready], recognize_options)
+        detail(1, f"{'1 file' if len(ready) == 1 else f'{len(ready)} files'} transcribed"
+                  f"{' together' * (len(ready) > 1)} in {time.perf_counter() - started:.2f} s")
         for (item, stem, _), transcript in zip(ready, transcripts):
+            detail(1, f"{item.path}: mode {transcript.mode}, rate {','.join(map(str, transcript.rate))}, "
+                      f"{len(transcript.segments)} segment{'s' * (len(transcript.segments) != 1)}")
+            for segment in transcript.segments:
+                detail(2, f"  [{segment['start']:.2f} -> {segment['end']:.2f}] {segment['text']}")
             try:
                 write_outputs(transcript, job.output_dir, stem, job.formats)
             except OSError as e:

@@ -177,6 +177,23 @@ def test_trained_model_on_the_auto_avsr_layout_is_word_perfect_when_clean(corpus
 
 
 @needs_ffmpeg
+def test_verbose_names_the_model_and_scores_each_cell_as_the_table_does(corpus, tmp_path):
+    result = mome("-v", "evaluate", "--dataset", "lrs3", "--data-root", corpus / "data", "--model", corpus / "ckpt",
+                  "--rates", "4,2;16,5", "--snr", "clean,10", "-o", tmp_path / "eval", cwd=tmp_path)
+    assert result.returncode == 0, result.explain
+    assert f"model {corpus / 'ckpt'}: LLM " in result.stderr and "rates 4,2; 4,5; 16,2; 16,5" in result.stderr
+    assert "3 of 3 utterances read" in result.stderr, result.explain
+    report = json.loads((tmp_path / "eval" / "report.json").read_text(encoding="utf-8"))
+    for cell in report["results"]:  # each cell's line carries the WER the report and table give
+        snr = cell["snr"] if cell["snr"] == CLEAN else f"{cell['snr']:g} dB"
+        line = f"rate {','.join(map(str, cell['rate']))}, {snr}: WER {100 * cell['wer']:.2f}% in "
+        assert line in result.stderr, result.explain
+    quiet = mome("evaluate", "--dataset", "lrs3", "--data-root", corpus / "data", "--model", corpus / "ckpt",
+                 "--rates", "4,2", "-o", tmp_path / "eval2", cwd=tmp_path)
+    assert "LLM " not in quiet.stderr and "WER" not in quiet.stderr, quiet.explain  # without -v: the table alone
+
+
+@needs_ffmpeg
 def test_failed_utterances_are_skipped_reported_and_exit_3_or_1(corpus, tmp_path):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00\x01 not a video" * 64)

@@ -142,6 +142,20 @@ def test_quiet_prints_only_results_and_errors(trained, tmp_path):
     assert result.stdout.strip().endswith("\thello world")
 
 
+def test_verbose_tells_the_model_each_files_times_and_with_vv_its_segments(trained, tmp_path):
+    args = ["transcribe", trained / "media" / "hello.mp4", "--model", trained / "ckpt", "--roi", "--overwrite",
+            "-o", tmp_path]
+    once = mome("-v", *args, cwd=trained)
+    assert once.returncode == 0, once.explain
+    assert f"model {trained / 'ckpt'}: LLM " in once.stderr and "on cpu, float32" in once.stderr, once.explain
+    assert "hello.mp4: mode av, rate 4,2, 1 segment" in once.stderr and "1 file transcribed in" in once.stderr
+    assert "hello world" not in once.stderr, once.explain  # the text only with -vv
+    twice = mome("-vv", *args, cwd=trained)
+    assert re.search(r"^  \[0\.00 -> \d\.\d\d\] hello world$", twice.stderr, re.M), twice.explain
+    plain = mome(*args, cwd=trained)
+    assert "LLM " not in plain.stderr and "transcribed" not in plain.stderr, plain.explain
+
+
 def make_paused_clip(path: Path, seconds: float, pauses: list[tuple[float, float]]) -> Path:
     """A tone of `seconds` silenced during each (start, end) pause, with a test pattern as video."""
     quiet = "+".join(f"between(t,{a},{b})" for a, b in pauses)
