@@ -82,9 +82,10 @@ class Recognizer:
         m = c.mome
         rates = "; ".join(f"{a},{v}" for a, v in c.rates)
         weights = next(llm.parameters())
-        return (f"LLM {c.llm} ({shape}), audio {c.audio_encoder}, video {c.video_encoder}; MoME {m.num_routed} "
-                f"routed (top {m.top_k}) + {m.num_shared} shared experts of {m.bottleneck} at {m.position}; rates "
-                f"{rates}; modes {','.join(c.modes)}; on {weights.device.type}, {str(weights.dtype).split('.')[-1]}")
+        return (f"LLM {c.llm} ({shape}), audio {c.audio_encoder}, video {c.video_encoder}; MoME: {m.num_routed} "
+                f"routed experts (top {m.top_k}) and {m.num_shared} shared, bottleneck {m.bottleneck}, beside "
+                f"{m.position}; rates {rates}; modes {','.join(c.modes)}; on {weights.device.type}, "
+                f"{str(weights.dtype).split('.')[-1]}")
 
     @property
     def max_segment_seconds(self) -> float:

@@ -58,12 +58,12 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
 
     from .recognizer import load_recognizer, shadowed_preset
 
-    if warning := shadowed_preset(job.model):
-        log(warning)
-    def detail(level: int, message: str) -> None:
+    def detail(level: int, message: str) -> None:  # -v and more
         if job.verbose >= level:
             log(message)
 
+    if warning := shadowed_preset(job.model):
+        log(warning)
     started = time.perf_counter()
     recognizer = load_recognizer(job.model, job.adapter, job.device)  # MissingModelError etc. end the whole run
     detail(1, f"model {job.model}: {recognizer.describe()}; loaded in {time.perf_counter() - started:.2f} s")
