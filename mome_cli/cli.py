@@ -279,7 +279,8 @@ def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode
 @click.option("--average-last", type=click.IntRange(min=1), help="Final model: the mean of the last K saves.")
 @click.option("--roi/--no-roi", default=None, help="Videos are mouth crops [yes for auto_avsr .csv manifests].")
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), help="[auto]; torchrun: one GPU per process.")
-@click.option("--resume", is_flag=True, help="Continue the run in --output exactly where its last save left it.")
+@click.option("--resume", is_flag=True, help="Continue the run in --output exactly where its last save left it "
+              "(Ctrl-C or SIGTERM stops a run after its step and saves there).")
 @click.pass_context
 def train(ctx: click.Context, config, resume, **flags):
     """Train MoME adapters on frozen backbones (single process, or under torchrun: one process per GPU)."""
