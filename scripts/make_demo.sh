@@ -15,7 +15,7 @@
 #    (WORK_DIR/eval-*/report.json).
 # Every step is seeded: the same machine gives the same weights. Times are those of a 2-core CPU. Run again after a
 # stop, it goes on from there: a stage whose folder does not say it reached its last step (run.json) runs again from
-# its start, and a `mome train` run resumes from its last save.
+# its start, a `mome train` run resumes from its last save, and evaluations newer than their model are kept.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 work=$(realpath -m "${1:-work}")
@@ -75,7 +75,9 @@ finished backbones || pre backbones --train synth/train.jsonl -o backbones --ini
     --encoders heard4 --only audio --match --babble 0.3 --steps 200 --batch-frames 600 --lr 2e-4 --seed 10  # ~1 min
 train demo-run --config "$repo/recipes/demo.toml" --model backbones --init backbones/projectors.safetensors \
     --train synth/train.jsonl --valid synth/valid.jsonl                                                  # ~18 min
-python -m mome_cli.pretrain bundle demo-run --backbones backbones -o "$repo/mome_cli/models/demo"
+bundle=$repo/mome_cli/models/demo
+[[ $bundle/model.safetensors -nt demo-run/model.safetensors ]] ||  # bundled since the run last saved
+    python -m mome_cli.pretrain bundle demo-run --backbones backbones -o "$bundle"
 
 # Long-form sets: each speaker's valid and test clips joined, in manifest order, until they last 9 s or more
 # (synth/long/{valid,test}.jsonl). The example is the first of them, spk00's first test clips (a rule fixed before any
@@ -85,11 +87,15 @@ cp synth/long/test/spk00_long000.mp4 "$repo/examples/demo.mp4"
 python -c 'import json, sys; print(next(r["text"] for r in map(json.loads, open(sys.argv[1]))
                                        if r["id"] == "spk00_long000"))' synth/long/test.jsonl > "$repo/examples/demo.txt"
 
+# An evaluation written since the weights it scored is not made again.
+fresh() { [[ $1/report.json -nt $2 ]]; }
 for mode in av a v; do
     snr=clean,-5,0,5
     [[ $mode == v ]] && snr=clean
-    mome evaluate --dataset synth/test.jsonl --model demo --roi --mode "$mode" --snr "$snr" -o "eval-demo-$mode"
-    mome evaluate --dataset synth/long/test.jsonl --model demo --roi --mode "$mode" -o "eval-demo-long-$mode"
+    fresh "eval-demo-$mode" "$bundle/model.safetensors" ||
+        mome evaluate --dataset synth/test.jsonl --model demo --roi --mode "$mode" --snr "$snr" -o "eval-demo-$mode"
+    fresh "eval-demo-long-$mode" "$bundle/model.safetensors" ||
+        mome evaluate --dataset synth/long/test.jsonl --model demo --roi --mode "$mode" -o "eval-demo-long-$mode"
 done
 
 # The per-rate independent baseline: one model per rate pair (its own projectors, MoME modules and router), trained
@@ -111,6 +117,8 @@ PY
     for mode in av a v; do
         snr=clean,-5,0,5
         [[ $mode == v ]] && snr=clean
-        mome evaluate --dataset synth/test.jsonl --model "$name" --roi --mode "$mode" --snr "$snr" -o "eval-$name-$mode"
+        fresh "eval-$name-$mode" "$name/model.safetensors" ||
+            mome evaluate --dataset synth/test.jsonl --model "$name" --roi --mode "$mode" --snr "$snr" \
+                -o "eval-$name-$mode"
     done
 done
