@@ -230,6 +230,46 @@ def test_torchrun_two_processes_hold_the_same_parameters(corpus):
     load_checkpoint(out)
 
 
+def _worker_of_rank(launcher: subprocess.Popen, rank: int) -> int | None:
+    """PID of the torchrun worker whose RANK is rank, among the launcher's children (None until it runs)."""
+    children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children")
+    for pid in (children.read_text().split() if children.exists() else []):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ:
+            return int(pid)
+    return None
+
+
+def test_a_signal_to_one_torchrun_process_stops_both_after_the_same_step(corpus):
+    out, digests = corpus / "ddp-stopped", corpus / "ddp-stopped-digests"
+    env = environment(corpus, MOME_TRAIN_DIGEST_DIR=str(digests))
+    command = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "mome_cli", "train", "--config",
+               str(RECIPE), "--train", str(corpus / "train.jsonl"), "--roi", "-o", str(out), "--steps", "120",
+               "--batch-frames", "50", "--save-every", "1000", "--device", "cpu"]
+    launcher = subprocess.Popen(command, cwd=corpus, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+    deadline, worker = time.monotonic() + 180, None
+    while time.monotonic() < deadline and launcher.poll() is None:
+        log = out / "log.jsonl"
+        if log.is_file() and '"kind": "train"' in log.read_text():  # both processes are in the loop
+            worker = _worker_of_rank(launcher, 1)
+            break
+        time.sleep(0.02)
+    assert worker is not None, f"no rank-1 worker found running: {launcher.stderr.read() if launcher.poll() else ''}"
+    os.kill(worker, signal.SIGTERM)  # rank 1 alone: rank 0 learns of it through the step's all-reduce
+    stderr = launcher.communicate(timeout=180)[1]  # no process waits forever for the other
+    saved = torch.load(out / "trainer_state.pt", weights_only=True)
+    assert 10 <= saved["step"] < 120, stderr
+    assert f"stopped by SIGTERM after step {saved['step']} of 120, saved" in stderr, stderr  # said by rank 0
+    resumed = subprocess.run([*command, "--resume"], cwd=corpus, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0 and f"resuming at step {saved['step']}" in resumed.stderr, explain(resumed)
+    rank0, rank1 = ((digests / f"rank-{r}.sha256").read_text().strip() for r in (0, 1))
+    assert rank0 == rank1 == tensor_digest(load_file(out / "model.safetensors"))
+
+
 @pytest.mark.parametrize("args, code, message", [
     (["--rates", "4,x"], 2, "4,x"),
     (["--experts", "2", "--top-k", "3"], 2, "top_k"),
