@@ -232,14 +232,16 @@ def test_torchrun_two_processes_hold_the_same_parameters(corpus):
 
 def _worker_of_rank(launcher: subprocess.Popen, rank: int) -> int | None:
     """PID of the torchrun worker whose RANK is rank, among the launcher's children (None until it runs)."""
-    children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children")
-    for pid in (children.read_text().split() if children.exists() else []):
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
             continue
-        if f"RANK={rank}".encode() in environ:
-            return int(pid)
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])  # field 4, after the name
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if parent == launcher.pid and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
     return None
 
 
