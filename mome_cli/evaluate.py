@@ -314,8 +314,9 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
                 kept.append(u)
             advance(1)
     evaluation.evaluated = len(kept)
+    audio_seconds = sum(c.duration for c in clips)
     if job.verbose:
-        log(f"{len(kept)} of {len(chosen)} utterances read ({sum(c.duration for c in clips):.1f} s of media) in "
+        log(f"{len(kept)} of {len(chosen)} utterances read ({audio_seconds:.1f} s of media) in "
             f"{time.perf_counter() - reading:.2f} s")
     if not kept:
         log("error: no utterance could be preprocessed: nothing to evaluate")
@@ -350,7 +351,6 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
             texts[rate, snr], seconds[rate, snr] = texts[rate, measured[0]], seconds[rate, measured[0]]
 
     refs = [u.text for u in kept]
-    audio_seconds = sum(c.duration for c in clips)
     for rate in rates:
         for snr in job.snrs:
             hyps = texts[rate, snr]

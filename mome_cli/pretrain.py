@@ -628,17 +628,15 @@ def _setup(args, say, tokenizer=None) -> tuple[Path, Backbones]:
     if getattr(args, "encoders", None):
         model.load_encoders(Path(args.encoders))
         say(f"encoders from {args.encoders}")
-    model.to(_device(getattr(args, "device", "cpu")))
+    from .recognizer import UsageProblem, resolve_device
+
+    try:
+        model.to(resolve_device(getattr(args, "device", "cpu")))
+    except UsageProblem as e:
+        raise SystemExit(f"pretrain: {e}") from e
     say(f"training on {model.device}")
     model.train()
     return out, model
-
-
-def _device(name: str) -> torch.device:
-    """auto: the GPU where there is one; cuda without one is an error."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("pretrain: --device cuda, but no CUDA device is available")
-    return torch.device("cuda" if name == "cuda" or name == "auto" and torch.cuda.is_available() else "cpu")
 
 
 def saved_units(backbones: Path) -> str:
