@@ -1,6 +1,8 @@
 """Checkpoint directories: trainable tensors only, atomic writes, bit-exact reload, refusal of a mismatch."""
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -62,3 +64,22 @@ def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         atomic_write(target, crash)
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_atomic_write_gives_new_files_the_umask_mode_and_keeps_a_replaced_files_mode(tmp_path, umask, mode):
+    # The temporary file is private (mkstemp): a checkpoint or transcript written through it must not stay so when
+    # the user's umask would let the group read it (a model trained on a shared cluster, a subtitle for a web server).
+    from mome_cli.files import atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "new.txt", "a")
+        (tmp_path / "kept.txt").write_text("old")
+        (tmp_path / "kept.txt").chmod(0o604)
+        atomic_write_text(tmp_path / "kept.txt", "new")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "kept.txt").stat().st_mode) == 0o604
+    assert (tmp_path / "kept.txt").read_text() == "new"
