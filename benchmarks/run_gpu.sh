@@ -27,7 +27,7 @@ done
 only=" $* "
 mkdir -p "$out"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # the device machine has mome uninstalled
 
 run() {  # run NAME SECONDS ARGS...: one benchmark, its output shown and kept
     local name=$1 limit=$2
