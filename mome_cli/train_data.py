@@ -3,9 +3,11 @@
 A step is one batch per process: utterances grouped by padded length (batch_frames video frames, length buckets),
 each epoch's batch order shuffled with (seed, epoch) and dealt out to the processes, each taking every world-th
 batch, so every process makes the same number of steps. The encoders are frozen: without raw-input augmentation each
-utterance is encoded once and its features are kept (in memory, or on disk under $MOME_HOME/cache/features);
-with time masking or babble noise the raw inputs are augmented and encoded again at every step. The augmentation's
-randomness is drawn from (seed, step, rank), so resuming needs no augmentation state.
+utterance is encoded once and its features are kept (in memory, or on disk under $MOME_HOME/cache/features).
+Augmentation changes raw inputs, which are then encoded again at every step, but only what it changed: a time mask
+changes its modality in every utterance, babble the audio of the utterances it hits (babble_prob); the features of
+the rest come from the store. The augmentation's randomness is drawn from (seed, step, rank), so resuming needs no
+augmentation state.
 
 Preprocessed clips are cached under $MOME_HOME/cache/clips, as for transcribe and evaluate; face-alignment's weights
 (when videos are not mouth crops) come from $TORCH_HOME if set, else mome's cache (preprocess.face_alignment_weights).
@@ -161,23 +163,25 @@ class TrainingData:
         """Lengths of the training utterances and their features (or raw clips when augmenting); valid clips."""
         cfg, n = self.config, len(self.utterances)
         self.recognizer, self.device = recognizer, device
-        self.say(f"preparing {n} training utterances" + (" (augmented: encoded at every step)" if cfg.augmenting
-                                                            else f" (features cached in {cfg.feature_cache})"))
+        self.reused = self._reusable()
+        self.say(f"preparing {n} training utterances" + (" (augmented: encoded at every step)" if not self.reused else
+                                                            f" (features cached in {cfg.feature_cache}"
+                                                            + (": augmented ones encoded again)" if cfg.augmenting
+                                                               else ")")))
         model = recognizer.model.config
         tag = ["v1", cfg.data_mode, _stamp(model.audio_encoder), _stamp(model.video_encoder), cfg.mouth_crops,
                cfg.detector, model.audio_encoder, model.audio_encoder_revision,
                model.video_encoder, model.video_encoder_revision, device.type]  # encoders: bf16 on CUDA
         folder = self.home / "cache" / "features" if cfg.feature_cache == "disk" else None
         self.features = FeatureStore(folder, json.dumps(tag))
-        self.clips = {}
-        if cfg.augmenting:
-            self.clips = self._load_clips(self.utterances, range(n), "training")
-            kept = sorted(self.clips)
-        else:
+        self.clips = self._load_clips(self.utterances, range(n), "training") if cfg.augmenting else {}
+        kept = sorted(self.clips) if cfg.augmenting else list(range(n))
+        if self.reused:  # encoded once into the store: all of it, or what augmentation leaves unchanged
+            loaded = self.clips or None  # without augmentation the clips are read as they are encoded
             if folder is not None and self.world > 1:  # each process fills its share of the disk cache first
-                self._encode(range(self.rank, n, self.world))
+                self._encode(kept[self.rank :: self.world], loaded)
                 torch.distributed.barrier()
-            kept = self._encode(range(n))
+            kept = self._encode(kept, loaded)
         if not kept:
             raise DataError(f"{cfg.train}: none of its {n} utterances could be prepared")
         if len(kept) < n:
@@ -210,12 +214,22 @@ class TrainingData:
         item = self.features.get(i, self.utterances[i], mmap=True)
         return len(item["video"]) if "video" in item else -(-len(item["audio"]) // 2)  # audio features: 50 Hz
 
-    def _encode(self, indices) -> list[int]:
-        """Encode (in groups of similar length) the utterances not in the store yet; the indices now in it."""
+    def _reusable(self) -> tuple[str, ...]:
+        """The modalities whose stored features a step can use: all when not augmenting; else those that no time
+        mask changes in every utterance (babble changes only the audio of the utterances it hits)."""
+        cfg, mode = self.config, self.config.data_mode
+        masked = {"audio": cfg.mask_audio, "video": cfg.mask_video}
+        return tuple(name for name in ("audio", "video") if name[0] in mode and not masked[name])
+
+    def _encode(self, indices, loaded: dict | None = None) -> list[int]:
+        """Encode (in groups of similar length) the utterances not in the store yet, from their clips (loaded: those
+        already in memory); the indices now in it."""
         cfg, todo = self.config, [i for i in indices if not self.features.has(i, self.utterances[i])]
         chunk = 16 * cfg.encode_batch  # preprocessed clips held at once
         for at in range(0, len(todo), chunk):
-            clips = self._load_clips(self.utterances, todo[at : at + chunk], "training")
+            part = todo[at : at + chunk]
+            clips = ({i: loaded[i] for i in part} if loaded is not None
+                     else self._load_clips(self.utterances, part, "training"))
             order = sorted(clips, key=lambda i: clip_frames(clips[i]))
             for b in range(0, len(order), cfg.encode_batch):
                 group = order[b : b + cfg.encode_batch]
@@ -251,26 +265,42 @@ class TrainingData:
         if not self.config.augmenting:
             return collate([self.features.get(i, self.utterances[i]) for i in utterances], self.device), texts
         rng = np.random.default_rng([self.config.seed, step, self.rank])
-        features = self._features([self._augment(i, rng) for i in utterances])
-        for name in ("audio", "audio_lengths", "video", "video_lengths"):  # plain tensors, not inference-mode ones
-            if getattr(features, name) is not None:
-                setattr(features, name, getattr(features, name).clone())
-        return features, texts
+        augmented = [self._augment(i, rng) for i in utterances]  # [(clip, the modalities it changed)]
+        if not self.reused:  # every utterance changed in every modality: the batch is encoded as it is
+            features = self._features([clip for clip, _ in augmented])
+            for name in ("audio", "audio_lengths", "video", "video_lengths"):  # plain tensors, not inference-mode ones
+                if getattr(features, name) is not None:
+                    setattr(features, name, getattr(features, name).clone())
+            return features, texts
+        items = [dict(self.features.get(i, self.utterances[i])) for i in utterances]  # {"audio": (Ta, Da), ...}
+        for name in ("audio", "video"):  # encode again only what augmentation changed
+            changed = [k for k, (_, names) in enumerate(augmented) if name in names]
+            if changed:
+                inputs = [augmented[k][0].audio if name == "audio" else augmented[k][0].rois for k in changed]
+                encoded = self.recognizer.features(*((inputs, None) if name == "audio" else (None, inputs)))
+                for k, item in zip(changed, split_features(encoded)):
+                    items[k][name] = item[name]
+        return collate(items, self.device), texts
 
     def _augment(self, i: int, rng: np.random.Generator):
+        """The clip augmented, and the modalities changed ("audio", "video")."""
         cfg, clip = self.config, self.clips[i]
-        audio, rois = clip.audio, clip.rois
+        audio, rois, changed = clip.audio, clip.rois, set()
         n = len(self.kept)
         if cfg.babble_prob > 0 and rng.random() < cfg.babble_prob and n > 1:
             me = bisect.bisect_left(self.kept, i)  # kept is sorted
             picks = rng.choice(n - 1, size=min(cfg.babble_speakers, n - 1), replace=False)  # anyone but me
             others = [self.clips[self.kept[p + (p >= me)]].audio for p in picks.tolist()]
             audio = add_babble(audio, others, float(rng.choice(cfg.babble_snr)), rng)
+            changed.add("audio")
         if cfg.mask_audio:
             audio = time_mask(audio, SAMPLE_RATE, cfg, rng)
+            changed.add("audio")
         if cfg.mask_video:
             rois = time_mask(rois, VIDEO_FPS, cfg, rng)
-        return dataclasses.replace(clip, audio=audio, rois=rois)
+            changed.add("video")
+        mode = cfg.data_mode
+        return dataclasses.replace(clip, audio=audio, rois=rois), {m for m in changed if m[0] in mode}
 
 
 __all__ = ["TrainingData", "FeatureStore", "load_clip", "clip_frames", "time_mask", "collate", "split_features"]

@@ -351,6 +351,73 @@ def test_time_mask_zeroes_spans_and_babble_hits_the_snr():
     assert noisy.shape == speech.shape and snr == pytest.approx(5.0, abs=1e-3)
 
 
+@pytest.mark.parametrize("augment, reused", [({"babble_prob": 0.5}, ("audio", "video")),
+                                              ({"babble_prob": 0.5, "mask_video": True}, ("audio",)),
+                                              ({"mask_audio": True, "mask_video": True}, ())])
+def test_augmented_steps_encode_again_only_what_augmentation_changed(corpus, tmp_path, augment, reused):
+    # Babble hits some utterances' audio; a time mask changes its modality in every utterance. The rest comes from
+    # the stored features, and the batch must be what encoding every augmented clip afresh gives.
+    from mome_cli.recognizer import build_recognizer
+    from mome_cli.train_data import TrainingData, collate
+
+    config = TrainConfig(train=str(corpus / "train.jsonl"), output=str(tmp_path / "o"), steps=1, roi=True,
+                         batch_frames=200, **augment)
+    recognizer = build_recognizer(config.model_config(), tmp_path / "home", "cpu", dtype=torch.float32, seed=0)
+    data = TrainingData(config, tmp_path / "home")
+    data.prepare(recognizer, torch.device("cpu"))
+    assert data.reused == reused and len(data.kept) == 3
+    (batch,) = data.epoch_batches(0)  # the three clips in one batch
+    encoded = []  # (audio clips, video clips) of each encoder call during a step
+    encode = recognizer.features
+
+    def spy(audio, rois):
+        encoded.append((len(audio or []), len(rois or [])))
+        return encode(audio, rois)
+
+    noised = set()
+    for step in range(8):
+        rng = np.random.default_rng([config.seed, step, 0])  # the step's augmentation, drawn as inputs() draws it
+        augmented = [data._augment(data.kept[j], rng) for j in batch]
+        afresh = data._features([clip for clip, _ in augmented])
+        encoded.clear()
+        recognizer.features = spy
+        try:
+            features, texts = data.inputs(batch, step)
+        finally:
+            recognizer.features = encode
+        hit = [k for k, (_, names) in enumerate(augmented) if "audio" in names]
+        noised.update(hit)
+        if reused:
+            assert sum(a for a, _ in encoded) == len(hit)  # each changed audio encoded once, nothing else
+            assert sum(v for _, v in encoded) == (len(batch) if "video" not in reused else 0)
+        for name in ("audio", "video"):  # equal within each utterance's length (padding is zeros from the store)
+            lengths = getattr(features, f"{name}_lengths")
+            assert torch.equal(lengths, getattr(afresh, f"{name}_lengths"))
+            for k, length in enumerate(lengths.tolist()):
+                torch.testing.assert_close(getattr(features, name)[k, :length], getattr(afresh, name)[k, :length],
+                                           atol=1e-5, rtol=1e-4)
+        if "audio" in reused:
+            stored = collate([data.features.get(data.kept[j], data.utterances[data.kept[j]]) for j in batch], "cpu")
+            for k in range(len(batch)):
+                length = stored.audio_lengths[k]
+                same = torch.equal(features.audio[k, :length], stored.audio[k, :length])
+                assert same == (k not in hit)  # a clean utterance's audio is the stored one, a noisy one is not
+    if "babble_prob" in augment:
+        assert 0 < len(noised)  # babble hit some utterances over the steps
+
+
+def test_a_run_with_babble_and_masks_trains(corpus, tmp_path):
+    recipe = tmp_path / "augmented.toml"
+    recipe.write_text(RECIPE.read_text().replace("babble_prob = 0.0", "babble_prob = 0.5")
+                      .replace("mask_video = false", "mask_video = true"))
+    result = mome("train", "--config", recipe, "--train", corpus / "train.jsonl", "--roi", "-o", tmp_path / "run",
+                  "--steps", 6, "--batch-frames", 100, "--log-every", 2, root=corpus)
+    assert result.returncode == 0, result.explain
+    assert "augmented ones encoded again" in result.stderr + result.stdout
+    losses = [r["loss"] for r in records(tmp_path / "run", "train")]
+    assert losses and all(np.isfinite(losses))
+
+
 def test_auto_avsr_layout_joins_the_wav_to_its_mouth_crops(corpus, tmp_path):
     """LRS3 as auto_avsr prepares it: silent mouth-crop mp4s with a .wav beside each, listed in a .csv."""
     folder = tmp_path / "lrs3" / "trainval" / "spk"
