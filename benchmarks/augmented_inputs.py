@@ -83,7 +83,8 @@ def main() -> int:
         print(f"device {device}, {cpu_name()}, torch {torch.__version__}, "
               f"transformers {transformers.__version__}, {torch.get_num_threads()} threads; model {args.model}, "
               f"{args.utterances} x {args.seconds:g} s of {Path(args.clip).name}; median of {args.steps} steps\n")
-        print("| augmentation | utterances a batch (mean) | audios encoded by mome (mean) | way | ms a step | vs baseline |")
+        print("| augmentation | utterances a batch (mean) | audios encoded by mome (mean) | way | ms a step "
+              "| vs baseline |")
         print("|---|---|---|---|---|---|")
         for name, fields in SETTINGS:
             config = TrainConfig(train=str(manifest), output=str(Path(tmp) / "o"), steps=1, roi=True,

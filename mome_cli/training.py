@@ -494,7 +494,7 @@ def _stop_signals(say):
         stop.signal = number
         for n, handler in before.items():
             signal.signal(n, handler)
-        say(f"{signal.Signals(number).name}: stopping after this step, saved (send it again to stop at once)")
+        say(f"{signal.Signals(number).name}: stopping after this step and saving there (send it again to stop at once)")
 
     for n in before:
         signal.signal(n, ask)
