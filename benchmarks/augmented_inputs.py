@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -40,16 +39,6 @@ SETTINGS = [  # (name, TrainConfig augmentation fields)
 ]
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="demo")
@@ -65,6 +54,7 @@ def main() -> int:
     import torch
     import transformers
 
+    from cpu_transcribe import cpu_name
     from mome_cli.recognizer import load_recognizer
     from mome_cli.train_config import TrainConfig
     from mome_cli.train_data import TrainingData

@@ -357,8 +357,7 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
             evaluation.cells.append(Cell(rate, snr, score(refs, hyps), audio_seconds, seconds[rate, snr]))
             if job.verbose:
                 cell = evaluation.cells[-1]
-                log(f"rate {','.join(str(r) for r in rate if r is not None)}, "
-                    f"{snr if snr == CLEAN else f'{snr:g} dB'}: WER {100 * cell.errors.wer:.2f}% in "
+                log(f"rate {rate_label(rate)}, {snr_label(snr)}: WER {100 * cell.errors.wer:.2f}% in "
                     f"{cell.wall_seconds:.2f} s ({audio_seconds / max(cell.wall_seconds, 1e-9):.0f}x real time)")
             evaluation.hypotheses += [{"id": u.id, "rate": [r for r in rate if r is not None], "snr": snr,
                                        "ref": u.text, "hyp": h} for u, h in zip(kept, hyps)]

@@ -164,10 +164,11 @@ class TrainingData:
         cfg, n = self.config, len(self.utterances)
         self.recognizer, self.device = recognizer, device
         self.reused = self._reusable()
-        self.say(f"preparing {n} training utterances" + (" (augmented: encoded at every step)" if not self.reused else
-                                                            f" (features cached in {cfg.feature_cache}"
-                                                            + (": augmented ones encoded again)" if cfg.augmenting
-                                                               else ")")))
+        if not self.reused:
+            how = "augmented: encoded at every step"
+        else:
+            how = f"features cached in {cfg.feature_cache}" + (": augmented ones encoded again" * cfg.augmenting)
+        self.say(f"preparing {n} training utterances ({how})")
         model = recognizer.model.config
         tag = ["v1", cfg.data_mode, _stamp(model.audio_encoder), _stamp(model.video_encoder), cfg.mouth_crops,
                cfg.detector, model.audio_encoder, model.audio_encoder_revision,
@@ -299,8 +300,7 @@ class TrainingData:
         if cfg.mask_video:
             rois = time_mask(rois, VIDEO_FPS, cfg, rng)
             changed.add("video")
-        mode = cfg.data_mode
-        return dataclasses.replace(clip, audio=audio, rois=rois), {m for m in changed if m[0] in mode}
+        return dataclasses.replace(clip, audio=audio, rois=rois), changed  # config checks: only modalities of the mode
 
 
 __all__ = ["TrainingData", "FeatureStore", "load_clip", "clip_frames", "time_mask", "collate", "split_features"]
