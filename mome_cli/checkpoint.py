@@ -86,6 +86,7 @@ def backbones_config(directory: str | os.PathLike) -> ModelConfig:
 
 def load_weights(model: AVSRModel, directory: str | os.PathLike) -> None:
     """Load a checkpoint's tensors into a model built with a compatible config; any mismatch is an error."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     directory = Path(directory)
@@ -99,7 +100,10 @@ def load_weights(model: AVSRModel, directory: str | os.PathLike) -> None:
     path = directory / WEIGHTS_NAME
     if not path.is_file():
         raise CheckpointError(f"{directory}: incomplete checkpoint (no {WEIGHTS_NAME})")
-    tensors = load_file(path)
+    try:
+        tensors = load_file(path)
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"{path}: unreadable: {e}") from e
     expected = model.trainable_state_dict()
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)

@@ -130,7 +130,7 @@ def model_options(f):
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False), default=".", show_default=True)
 @click.option("-f", "--format", "formats", type=click.Choice(OUTPUT_FORMATS), multiple=True, default=("txt",),
               show_default=True, help="Output format (repeatable).")
-@click.option("--stdout", is_flag=True, help="Print '<input>\\t<text>' lines.")
+@click.option("--stdout", is_flag=True, help="Print '<input>\\t<text>' lines; alone (no -o, no -f), instead of files.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs instead of skipping their inputs.")
 @click.option("--detector", type=click.Choice(("sfd", "blazeface")), default="sfd", show_default=True,
               help="Face detector (blazeface is faster, sfd finds smaller faces).")
@@ -159,8 +159,11 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
     quiet = ctx.obj.quiet
     log = lambda message: stderr.print(message, markup=False, highlight=False)  # noqa: E731
     quiet_log = (lambda message: log(message) if message.startswith("error") else None) if quiet else log
+    default = click.core.ParameterSource.DEFAULT
+    files = not stdout or any(ctx.get_parameter_source(name) != default for name in ("output_dir", "formats"))
     job = library.TranscribeJob(
-        inputs=found, output_dir=Path(output_dir), formats=library.expand_formats(formats), overwrite=overwrite,
+        inputs=found, output_dir=Path(output_dir), formats=library.expand_formats(formats) if files else [],
+        overwrite=overwrite,
         stdout=stdout, model=model, adapter=adapter, device=device,
         cache_dir=None if no_cache else mome_home() / "cache" / "clips", verbose=ctx.obj.verbose,
     )
@@ -176,7 +179,7 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
     except UsageProblem as e:
         raise click.UsageError(str(e)) from e
     if not quiet:
-        log(f"{report.summary()} (outputs in {output_dir})")
+        log(report.summary() + (f" (outputs in {output_dir})" if files else ""))
     ctx.exit(report.return_code)
 
 

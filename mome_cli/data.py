@@ -108,18 +108,20 @@ def read_folder(folder: Path) -> list[Utterance]:
 
 
 def load_manifest(path) -> list[Utterance]:
-    """Utterances of a .jsonl / .csv manifest or of a folder; DataError when it cannot be read."""
+    """Utterances of a .jsonl / .csv manifest or of a folder; DataError when it cannot be read (DatasetMissing, exit 4,
+    when it is not there)."""
     path = Path(path)
-    if path.is_dir():
-        return read_folder(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such manifest or folder")
-    if path.suffix == ".jsonl":
-        utterances = read_jsonl(path)
-    elif path.suffix == ".csv":
-        utterances = read_auto_avsr_csv(path)
-    else:
+    if not path.exists():
+        raise DatasetMissing(f"{path}: no such manifest or folder")
+    if not path.is_dir() and path.suffix not in (".jsonl", ".csv"):
         raise DataError(f"{path}: a manifest is a .jsonl or .csv file, or a folder")
+    read = read_folder if path.is_dir() else read_jsonl if path.suffix == ".jsonl" else read_auto_avsr_csv
+    try:
+        utterances = read(path)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start} of a line)") from e
+    except OSError as e:
+        raise DataError(f"{e.filename or path}: cannot be read ({e.strerror or e})") from e
     if not utterances:
         raise DataError(f"{path}: no utterances")
     ids = [u.id for u in utterances]

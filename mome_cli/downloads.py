@@ -49,6 +49,12 @@ class MissingModelError(HubError):
     exit_code = ExitCode.MISSING
 
 
+class UnusableModelError(HubError):
+    """A model folder or file that is there but cannot be used: not a checkpoint, damaged, or not fitting its model."""
+
+    exit_code = ExitCode.FAILURE
+
+
 class ChecksumError(HubError):
     """A downloaded or cached file whose SHA-256 is not the expected one."""
 
@@ -175,9 +181,9 @@ def fetch_url(url: str, dest: Path, sha256: str | None = None, size: int | None 
         if size is not None and part.is_file() and part.stat().st_size > size:
             part.unlink()
         got = _download_part(client, url, part, console, dest.name)
-        if size is not None and part.stat().st_size != size:
+        if size is not None and (got_size := part.stat().st_size) != size:
             part.unlink()
-            raise HubError(f"{dest.name}: expected {size} bytes, got {part.stat().st_size}")
+            raise HubError(f"{dest.name}: expected {size} bytes, got {got_size}")
         if sha256 is not None and not _matches(got, sha256):
             part.unlink()
             raise ChecksumError(dest, sha256, got)
@@ -254,6 +260,6 @@ def _stream_to(response, part: Path, mode: str, digest, offset: int, total: int 
 
 
 
-__all__ = ["HubError", "MissingModelError", "ChecksumError", "CacheWriteError", "PART_SUFFIX", "SHA256_SUFFIX",
-           "sha256_of", "recorded_sha256", "verify_file", "fetch_url", "ensure_writable", "no_network_error",
-           "reraise_os_error"]
+__all__ = ["HubError", "MissingModelError", "UnusableModelError", "ChecksumError", "CacheWriteError", "PART_SUFFIX",
+           "SHA256_SUFFIX", "sha256_of", "recorded_sha256", "verify_file", "fetch_url", "ensure_writable",
+           "no_network_error", "reraise_os_error"]

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .downloads import (PART_SUFFIX, SHA256_SUFFIX, CacheWriteError, ChecksumError, HubError, MissingModelError,
-                        ensure_writable, fetch_url, no_network_error, recorded_sha256, reraise_os_error, sha256_of,
-                        verify_file)
+                        UnusableModelError, ensure_writable, fetch_url, no_network_error, recorded_sha256,
+                        reraise_os_error, sha256_of, verify_file)
 
 HUB_DIR = "hub"  # huggingface_hub cache_dir, relative to the mome home
 AVHUBERT_DIR = "avhubert"
@@ -169,9 +169,9 @@ def _mome(name: str, llm: str) -> Preset:
 PRESETS: dict[str, Preset] = {
     p.name: p for p in (
         Preset("tiny", "random tiny backbones built locally from configs, for tests and smoke runs", source="local",
-               note="nothing to download; output is meaningless until trained"),
+               face=FACE_ALIGNMENT_FILES, note="built locally; output is meaningless until trained"),
         Preset("demo", "small model trained on the project's synthetic corpus", source="bundled",
-               note="ships inside the package (mome_cli/models/demo), nothing to download"),
+               face=FACE_ALIGNMENT_FILES, note="ships inside the package (mome_cli/models/demo)"),
         _mome("mome-1b", "meta-llama/Llama-3.2-1B"),
         _mome("mome-3b", "meta-llama/Llama-3.2-3B"),
         _mome("mome-8b", "meta-llama/Llama-3.1-8B"),
@@ -427,7 +427,7 @@ def resolve_preset(preset: str | Preset, home: Path | None = None, *, offline: b
 
     offline=True never touches the network; offline=False first fetches what is missing (as `mome download` does),
     unless HF_HUB_OFFLINE is set. verify re-hashes the plain files (AV-HuBERT, face-alignment) against their
-    checksums: that reads ~4 GB. Presets with source "local" or "bundled" resolve to no paths.
+    checksums: that reads ~4 GB. Presets with source "local" or "bundled" resolve to face-alignment's folder only.
     """
     preset, home = get_preset(preset, revision), Path(home or mome_home())
     if not offline and not hub_offline():
@@ -447,9 +447,6 @@ def download_preset(preset: str | Preset, home: Path | None = None, *, revision:
     console: a rich Console (stderr) for progress bars, or None for none; log: where messages go.
     """
     preset, home = get_preset(preset, revision), Path(home or mome_home())
-    if preset.source != "hub":
-        log(f"{preset.name}: {preset.note}")
-        return ResolvedPreset(preset, home)
     if offline or (offline is None and hub_offline()):
         paths, missing = _find(preset, home, verify=False)
         if missing:
@@ -516,10 +513,11 @@ def cache_listing(home: Path | None = None, names: list[str] | None = None) -> s
     rows = []
     for name in names or list(PRESETS):
         preset = get_preset(name)
-        if preset.source != "hub":
-            state = f"ready: {preset.note}"
+        missing = missing_items(preset, home)
+        if preset.source != "hub":  # its model is here; face-alignment's weights are for videos not cropped yet
+            state = f"ready: {preset.note}" + (f"; for videos that are not mouth crops (no --roi), missing "
+                                               f"{', '.join(missing)}: run `mome download {name}`" if missing else "")
         else:
-            missing = missing_items(preset, home)
             state = "complete" if not missing else (f"incomplete: missing {', '.join(missing)}; "
                                                     f"run `mome download {name}`")
         rows.append((name, state))
@@ -539,8 +537,8 @@ def _folder_size(folder: Path) -> int:
     return total
 
 
-__all__ = ["HubError", "MissingModelError", "ChecksumError", "CacheWriteError", "HubRepo", "RemoteFile", "Preset",
-           "PRESETS", "WHISPER_MEDIUM_EN", "AVHUBERT_LARGE", "FACE_ALIGNMENT_FILES", "get_preset", "mome_home",
-           "hub_cache_dir", "torch_home", "face_alignment_dir", "face_alignment_env", "hub_offline", "sha256_of",
-           "verify_file", "fetch_url", "fetch_file", "fetch_repo", "ResolvedPreset", "locate", "missing_items",
-           "resolve_preset", "download_preset", "cache_listing", "human_size"]
+__all__ = ["HubError", "MissingModelError", "UnusableModelError", "ChecksumError", "CacheWriteError", "HubRepo",
+           "RemoteFile", "Preset", "PRESETS", "WHISPER_MEDIUM_EN", "AVHUBERT_LARGE", "FACE_ALIGNMENT_FILES",
+           "get_preset", "mome_home", "hub_cache_dir", "torch_home", "face_alignment_dir", "face_alignment_env",
+           "hub_offline", "sha256_of", "verify_file", "fetch_url", "fetch_file", "fetch_repo", "ResolvedPreset",
+           "locate", "missing_items", "resolve_preset", "download_preset", "cache_listing", "human_size"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from .files import atomic_write_text
 
 MEDIA_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".wav", ".flac", ".mp3", ".m4a", ".ogg")
 FORMATS = ("txt", "json", "srt", "vtt", "jsonl")
+CUE_TIMES = re.compile(r"\d\d:\d\d:\d\d[,.]\d{3} --> ")  # the line before a cue's text in srt and vtt
 
 
 @dataclass
@@ -126,6 +128,28 @@ def render(transcript: Transcript, fmt: str) -> str:
     raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
+def read_text(out_dir: Path, stem: Path, formats: list[str]) -> str:
+    """The transcript's text as written earlier in one of formats (the first of them that reads back); OSError or
+    ValueError if none does. txt and json hold the text itself; jsonl, srt and vtt their segments' texts."""
+    problem: Exception = FileNotFoundError(f"no output of {stem} in {out_dir}")
+    for fmt in formats:
+        try:
+            written = output_path(out_dir, stem, fmt).read_text(encoding="utf-8")
+            if fmt == "txt":
+                return written.removesuffix("\n")
+            if fmt == "json":
+                return json.loads(written)["text"]
+            if fmt == "jsonl":
+                texts = [json.loads(line)["text"] for line in written.splitlines() if line.strip()]
+            else:  # srt, vtt: a cue's text is the line after its "start --> end" line
+                lines = written.splitlines()
+                texts = [lines[i + 1] for i, line in enumerate(lines[:-1]) if CUE_TIMES.match(line)]
+            return " ".join(t for t in texts if t)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            problem = e
+    raise problem if isinstance(problem, OSError) else ValueError(f"{stem}: {problem}")
+
+
 def write_outputs(transcript: Transcript, out_dir: Path, stem: Path, formats: list[str]) -> list[Path]:
     """Write every format, each atomically; returns the paths written."""
     written = []
@@ -137,4 +161,4 @@ def write_outputs(transcript: Transcript, out_dir: Path, stem: Path, formats: li
 
 
 __all__ = ["MEDIA_EXTENSIONS", "FORMATS", "Input", "Transcript", "collect_inputs",
-           "output_stems", "output_path", "timestamp", "render", "write_outputs"]
+           "output_stems", "output_path", "timestamp", "render", "read_text", "write_outputs"]

@@ -71,22 +71,31 @@ FACE_ALIGNMENT_NEEDS = {
 
 @contextlib.contextmanager
 def face_alignment_weights(detector: str):
-    """Point face-alignment at its weights, or raise MissingModelError (exit 4) naming the fix; never download."""
+    """Point face-alignment at its weights, or raise MissingModelError (exit 4) naming the fix; never download.
+
+    The weights are looked for in $TORCH_HOME/hub/checkpoints if the user set TORCH_HOME (where face-alignment keeps
+    them when it downloads them itself), then in mome's cache, where `mome download` puts them (MOME_HOME/torch).
+    """
     from .hub import MissingModelError, torch_home
 
     user_home = os.environ.get("TORCH_HOME")
-    home = Path(user_home) if user_home else torch_home()
-    folder = home / "hub" / "checkpoints"
-    missing = [name for name in FACE_ALIGNMENT_NEEDS[detector] if not (folder / name).is_file()]
-    if missing:
-        raise MissingModelError(f"face-alignment weights {', '.join(missing)} are not in {folder}: run "
-                                f"`mome download mome-1b`, or pass --roi if the videos are already mouth crops")
+    homes = ([Path(user_home)] if user_home else []) + [torch_home()]
+    home = next((h for h in homes if all((h / "hub" / "checkpoints" / name).is_file()
+                                         for name in FACE_ALIGNMENT_NEEDS[detector])), None)
+    if home is None:
+        folder = torch_home() / "hub" / "checkpoints"
+        missing = [name for name in FACE_ALIGNMENT_NEEDS[detector] if not (folder / name).is_file()]
+        raise MissingModelError(f"face-alignment weights {', '.join(missing)} are not in {folder}: run `mome "
+                                "download demo` (face-alignment's weights, no licence needed), or pass --roi if the "
+                                "videos are already mouth crops")
     os.environ["TORCH_HOME"] = str(home)
     try:
         yield
     finally:
         if user_home is None:
             os.environ.pop("TORCH_HOME", None)
+        else:
+            os.environ["TORCH_HOME"] = user_home
 
 
 def file_sha256(path) -> str:
@@ -145,7 +154,12 @@ class Preprocessor:
                     raise MediaError(path, "no face found in any frame (mode v needs the lips)") from e
                 clip.mode = "a"
                 warnings.append("no face found in any frame: transcribed from audio alone")
-        self._save(key, clip)
+        try:
+            self._save(key, clip)
+        except OSError as e:  # a cache that cannot be written costs speed, not the transcript: go on without it
+            clip.warnings.append(f"cannot write the clip cache in {self.cache_dir} ({e.strerror or e}): "
+                                 "going on without it (--no-cache to silence this)")
+            self.cache_dir = None
         return clip
 
     def _rois(self, path, info, warnings: list) -> np.ndarray:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_weights, read_config
+from .checkpoint import CheckpointError, load_weights, read_config
 from .decoding import DecodingOptions, decode
-from .hub import AVHUBERT_LARGE, PRESETS, HubRepo, MissingModelError, locate, mome_home
+from .hub import AVHUBERT_LARGE, PRESETS, HubRepo, MissingModelError, UnusableModelError, locate, mome_home
 from .media import MAX_SEGMENT_SECONDS, SAMPLES_PER_FRAME, VIDEO_FPS, Segment, split_at_pauses
 from .model import AVSRModel, Features, ModelConfig
 from .mome import MoMEConfig
@@ -146,7 +146,7 @@ class Recognizer:
     def transcribe_many(self, clips: list[Clip], options: RecognizeOptions = RecognizeOptions()) -> list[Transcript]:
         """Transcripts of many clips; their segments are decoded together, longest first, grouped by mode."""
         modes = [clip.mode if options.mode == "av" else options.mode for clip in clips]  # av may have fallen back to a
-        rates = [self.rate_for(m, options.rate if m == options.mode else None, options.any_rate) for m in modes]
+        rates = [self.rate_for(m, options.rate, options.any_rate) for m in modes]  # fallen back: --rate's audio half
         limit = self.segment_limit(options.max_segment)
         segments = [segments_of(clip, limit, every_pause=not options.pack) for clip in clips]
         texts = [[""] * len(s) for s in segments]
@@ -264,7 +264,21 @@ def shadowed_preset(model: str) -> str | None:
 
 def load_recognizer(model: str, adapter: str | None = None, device: str = "auto",
                     home: Path | None = None) -> Recognizer:
-    """A Recognizer from a preset name or a checkpoint directory, with an optional adapter checkpoint directory."""
+    """A Recognizer from a preset name or a checkpoint directory, with an optional adapter checkpoint directory.
+
+    A model that is missing raises MissingModelError, one that is there but cannot be used UnusableModelError (a
+    folder that is not a checkpoint, damaged weights, an adapter that does not fit): both say which file and why.
+    """
+    from .avhubert import AVHubertCheckpointError
+    from .encoders import EncoderError
+
+    try:
+        return _load_recognizer(model, adapter, device, home)
+    except (CheckpointError, AVHubertCheckpointError, EncoderError) as e:
+        raise UnusableModelError(str(e)) from e
+
+
+def _load_recognizer(model: str, adapter: str | None, device: str, home: Path | None) -> Recognizer:
     device = resolve_device(device)
     home = Path(home) if home else mome_home()
     weights = None

@@ -2,7 +2,8 @@
 
 The model is loaded once, only if some input has work to do. Inputs are prepared one by one (a bad file is reported
 on one line and the batch goes on) and decoded in groups of `batch_size` clips, whose segments are batched together.
-Outputs whose every format exists already are skipped unless `overwrite`; every file is written atomically.
+An input whose every output exists already is skipped unless `overwrite` (with `stdout`, its text is read back from
+them and printed); otherwise only the formats it lacks are written, each atomically.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .outputs import FORMATS, Input, output_path, output_stems, write_outputs
+from .outputs import FORMATS, Input, output_path, output_stems, read_text, write_outputs
 from .report import Report
 
 
@@ -20,7 +21,7 @@ from .report import Report
 class TranscribeJob:
     inputs: list[Input]
     output_dir: Path
-    formats: list[str] = field(default_factory=lambda: ["txt"])
+    formats: list[str] = field(default_factory=lambda: ["txt"])  # none: no files (--stdout alone)
     overwrite: bool = False
     stdout: bool = False  # print "<input>\t<text>" lines
     model: str = "demo"
@@ -46,13 +47,20 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
 
     report = Report()
     stems = output_stems(job.inputs)
-    todo = []
+    todo = []  # (input, stem, the formats to write)
     for item, stem in zip(job.inputs, stems):
-        if not job.overwrite and all(output_path(job.output_dir, stem, f).exists() for f in job.formats):
-            report.skipped += 1
-            progress and progress(1)
-        else:
-            todo.append((item, stem))
+        formats = [f for f in job.formats if job.overwrite or not output_path(job.output_dir, stem, f).exists()]
+        if formats or not job.formats:
+            todo.append((item, stem, formats))
+            continue
+        report.skipped += 1
+        if job.stdout:
+            try:
+                print(f"{item.path}\t{read_text(job.output_dir, stem, job.formats)}", file=sys.stdout, flush=True)
+            except (OSError, ValueError) as e:
+                log(f"warning: {item.path}: its outputs exist (skipped) but its text cannot be read back from them: "
+                    f"{e}")
+        progress and progress(1)
     if not todo:
         return report
 
@@ -76,7 +84,7 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
     batch_clips = max(1, recognize_options.batch_size)
     for at in range(0, len(todo), batch_clips):
         ready = []
-        for item, stem in todo[at : at + batch_clips]:
+        for item, stem, formats in todo[at : at + batch_clips]:
             started = time.perf_counter()
             try:
                 clip = preprocess(item.path)
@@ -88,20 +96,20 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
             for warning in clip.warnings:
                 log(f"warning: {item.path}: {warning}")
             detail(1, f"{item.path}: {clip.duration:.2f} s, read in {time.perf_counter() - started:.2f} s")
-            ready.append((item, stem, clip))
+            ready.append((item, stem, formats, clip))
         if not ready:
             continue
         started = time.perf_counter()
-        transcripts = recognizer.transcribe_many([clip for _, _, clip in ready], recognize_options)
+        transcripts = recognizer.transcribe_many([clip for *_, clip in ready], recognize_options)
         detail(1, f"{'1 file' if len(ready) == 1 else f'{len(ready)} files'} transcribed"
                   f"{' together' * (len(ready) > 1)} in {time.perf_counter() - started:.2f} s")
-        for (item, stem, _), transcript in zip(ready, transcripts):
+        for (item, stem, formats, _), transcript in zip(ready, transcripts):
             detail(1, f"{item.path}: mode {transcript.mode}, rate {','.join(map(str, transcript.rate))}, "
                       f"{len(transcript.segments)} segment{'s' * (len(transcript.segments) != 1)}")
             for segment in transcript.segments:
                 detail(2, f"  [{segment['start']:.2f} -> {segment['end']:.2f}] {segment['text']}")
             try:
-                write_outputs(transcript, job.output_dir, stem, job.formats)
+                write_outputs(transcript, job.output_dir, stem, formats)
             except OSError as e:
                 log(f"error: {item.path}: cannot write outputs to {job.output_dir}: {e.strerror or e}")
                 report.failed += 1

@@ -1,6 +1,7 @@
 """Manifests in all three layouts, dataset lookup, frame-budget batching."""
 
 import json
+import os
 
 import pytest
 
@@ -64,8 +65,27 @@ def test_duplicate_ids_and_unknown_files_are_refused(tmp_path):
                                       '{"id": "x", "audio": "b.wav", "text": "b"}\n')
     with pytest.raises(DataError, match="'x' appears more than once"):
         load_manifest(tmp_path / "m.jsonl")
-    with pytest.raises(DataError, match="no such manifest"):
+    with pytest.raises(DatasetMissing, match="no such manifest") as e:
         load_manifest(tmp_path / "nope.jsonl")
+    assert e.value.exit_code == ExitCode.MISSING
+
+
+def test_a_manifest_that_cannot_be_read_is_a_data_error(tmp_path):
+    (tmp_path / "latin1.jsonl").write_bytes('{"audio": "a.wav", "text": "café"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1\.jsonl: not UTF-8 text"):
+        load_manifest(tmp_path / "latin1.jsonl")
+    (tmp_path / "m.csv").mkdir()  # a folder named like a manifest: a folder of no media
+    with pytest.raises(DataError, match="no media files"):
+        load_manifest(tmp_path / "m.csv")
+
+
+def test_a_manifest_without_read_permission_is_a_data_error(tmp_path):
+    (tmp_path / "locked.jsonl").write_text('{"audio": "a.wav", "text": "a"}\n')
+    (tmp_path / "locked.jsonl").chmod(0)
+    if os.access(tmp_path / "locked.jsonl", os.R_OK):
+        pytest.skip("root reads anything")
+    with pytest.raises(DataError, match=r"locked\.jsonl: cannot be read \(Permission denied\)"):
+        load_manifest(tmp_path / "locked.jsonl")
 
 
 def test_named_dataset_lookup_and_missing_dataset_exit_4(tmp_path):

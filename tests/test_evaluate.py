@@ -220,6 +220,9 @@ def test_missing_dataset_exits_4_and_says_how_to_get_it(tmp_path):
                       home=tmp_path / "home")
     assert result.returncode == 4 and result.stdout == "" and not (tmp_path / "out").exists(), result.explain
     assert "lrs3" in result.stderr and "auto_avsr" in result.stderr and "test.csv" in result.stderr, result.explain
+    result = evaluate("--dataset", tmp_path / "nowhere.jsonl", "-o", tmp_path / "out", home=tmp_path / "home")
+    assert result.returncode == 4 and not (tmp_path / "out").exists(), result.explain
+    assert result.stderr.strip() == f"mome evaluate: {tmp_path / 'nowhere.jsonl'}: no such manifest or folder"
 
 
 @pytest.mark.parametrize("args, complaint", [

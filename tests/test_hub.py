@@ -1,5 +1,6 @@
 """The model registry, the cache and downloads, against a local HTTP server and hand-built caches: no network."""
 
+import dataclasses
 import errno
 import hashlib
 import os
@@ -139,8 +140,10 @@ def fill_files(home: Path, files) -> None:
 
 def test_presets_are_the_contracts():
     assert list(PRESETS) == ["tiny", "demo", "mome-1b", "mome-3b", "mome-8b"]
-    assert PRESETS["tiny"].source == "local" and not PRESETS["tiny"].items()
-    assert PRESETS["demo"].source == "bundled" and not PRESETS["demo"].items() and "inside the package" in PRESETS["demo"].note
+    for name in ("tiny", "demo"):  # their models need no download; face-alignment's weights are fetched with them
+        assert [item for _, item in PRESETS[name].items()] == list(FACE_ALIGNMENT_FILES)
+    assert PRESETS["tiny"].source == "local"
+    assert PRESETS["demo"].source == "bundled" and "inside the package" in PRESETS["demo"].note
     llms = {"mome-1b": "meta-llama/Llama-3.2-1B", "mome-3b": "meta-llama/Llama-3.2-3B",
             "mome-8b": "meta-llama/Llama-3.1-8B"}
     for name, llm in llms.items():
@@ -225,6 +228,12 @@ def test_fetch_url_checksum_mismatch_leaves_nothing(server, tmp_path):
     assert caught.value.exit_code == ExitCode.FAILURE
     assert "weights.bin" in str(caught.value) and "0" * 64 in str(caught.value) and DATA_SHA256 in str(caught.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fetch_url_size_mismatch_leaves_nothing(server, tmp_path):
+    with pytest.raises(hub.HubError, match=f"weights.bin: expected 1000 bytes, got {len(DATA)}") as caught:
+        hub.fetch_url(server.url("weights.bin"), tmp_path / "weights.bin", size=1000)
+    assert caught.value.exit_code == ExitCode.FAILURE and list(tmp_path.iterdir()) == []
 
 
 def test_fetch_url_resumes_a_part_with_a_range_request(server, tmp_path):
@@ -465,11 +474,22 @@ def test_download_help_names_every_preset():
         assert option in result.stdout, explain(result)
 
 
-def test_tiny_and_demo_need_no_download(home):
-    result = invoke("download", "tiny", "demo")
+@pytest.mark.parametrize("name", ["demo", "tiny"])
+def test_demo_and_tiny_download_only_face_alignment_and_are_ready_without_it(server, home, monkeypatch, name):
+    face = remote(server, DATA_SHA256[:10], filename="s3fd-0123.pth", folder="torch/hub/checkpoints")
+    monkeypatch.setitem(PRESETS, name, dataclasses.replace(PRESETS[name], face=(face,)))
+    result = invoke("download", "--list", name)
+    line = next(line for line in result.stdout.splitlines() if line.strip().startswith(name))
+    assert re.search(rf"{name} +ready: .*not mouth crops .*missing face-alignment weights \(1 of 1 files\): run "
+                     rf"`mome download {name}`", line), explain(result)
+    result = invoke("download", name)
     assert result.exit_code == 0 and result.stdout == "", explain(result)
-    assert "nothing to download" in result.stderr and not home.exists(), explain(result)
-    result = invoke("-q", "download", "tiny")
+    assert (home / "torch" / "hub" / "checkpoints" / "s3fd-0123.pth").read_bytes() == DATA
+    assert [p.name for p in home.iterdir()] == ["torch"], explain(result)  # the model itself is not downloaded
+    result = invoke("download", "--list", name)
+    line = next(line for line in result.stdout.splitlines() if line.strip().startswith(name))
+    assert "ready" in line and "missing" not in line, explain(result)
+    result = invoke("-q", "download", name)
     assert result.exit_code == 0 and result.stderr == "", explain(result)
 
 
@@ -518,7 +538,12 @@ def test_resolve_preset_rejects_an_incomplete_snapshot(home):
     assert caught.value.exit_code == ExitCode.MISSING and "HF_TOKEN" in str(caught.value)
 
 
-def test_local_and_bundled_presets_resolve_to_no_paths(home):
+def test_local_and_bundled_presets_resolve_to_face_alignment_only(home):
+    for name in ("tiny", "demo"):
+        with pytest.raises(MissingModelError, match=rf"{name} needs face-alignment weights .*`mome download {name}`"):
+            hub.resolve_preset(name)
+    fill_files(home, FACE_ALIGNMENT_FILES)
     for name in ("tiny", "demo"):
         resolved = hub.resolve_preset(name)
-        assert resolved.llm is resolved.audio is resolved.video is resolved.face_alignment is None
+        assert resolved.llm is resolved.audio is resolved.video is None
+        assert resolved.face_alignment == home / "torch" / "hub" / "checkpoints"

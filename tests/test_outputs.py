@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from mome_cli.outputs import (Transcript, collect_inputs, output_path, output_stems, render, timestamp,
-                              write_outputs)
+from mome_cli.outputs import (FORMATS, Transcript, collect_inputs, output_path, output_stems, read_text, render,
+                              timestamp, write_outputs)
 
 
 def touch(path):
@@ -85,3 +85,15 @@ def test_every_format_is_well_formed(tmp_path):
 def test_unknown_format_is_refused():
     with pytest.raises(ValueError, match="unknown format"):
         render(TRANSCRIPT, "docx")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_the_text_reads_back_from_every_format(tmp_path, fmt):
+    """What `--stdout` prints for an input whose outputs exist (skipped): the text, from whichever format is there."""
+    segments = [{"start": 0.0, "end": 1.2, "text": "it's 42"}, {"start": 1.2, "end": 2.0, "text": ""},
+                {"start": 2.0, "end": 3.5, "text": "a --> b"}, {"start": 3.5, "end": 4.0, "text": "1"}]
+    transcript = Transcript(text="it's 42 a --> b 1", segments=segments)
+    write_outputs(transcript, tmp_path, Path("sub/clip"), [fmt])
+    assert read_text(tmp_path, Path("sub/clip"), ["json", fmt]) == transcript.text  # no json: the next one
+    with pytest.raises(OSError):
+        read_text(tmp_path, Path("sub/other"), [fmt])

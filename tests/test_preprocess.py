@@ -122,17 +122,27 @@ def test_missing_face_alignment_weights_exit_4_naming_the_download(media, tmp_pa
 
     monkeypatch.delenv("TORCH_HOME", raising=False)
     monkeypatch.setenv("MOME_HOME", str(tmp_path / "home"))
-    with pytest.raises(MissingModelError, match=r"s3fd-619a316812\.pth.*mome download mome-1b.*--roi") as e:
+    with pytest.raises(MissingModelError, match=r"s3fd-619a316812\.pth.*mome download demo.*--roi") as e:
         Preprocessor(PreprocessOptions(mode="av"))(media / "face.mp4")
     assert e.value.exit_code == 4
     assert "TORCH_HOME" not in __import__("os").environ
 
 
-def test_weights_in_mome_home_are_found_without_torch_home(media, torch_home, tmp_path, monkeypatch):
+@pytest.mark.parametrize("user_torch_home", [False, True])
+def test_weights_in_mome_home_are_found_with_or_without_torch_home(media, torch_home, tmp_path, monkeypatch,
+                                                                    user_torch_home):
+    """`mome download` puts the weights in mome's cache; a TORCH_HOME of the user's that lacks them does not hide
+    them (it is looked in first, then mome's cache), and it is left as it was."""
+    import os
     import shutil as sh
 
     sh.copytree(torch_home, tmp_path / "home" / "torch")
-    monkeypatch.delenv("TORCH_HOME", raising=False)
+    if user_torch_home:
+        (tmp_path / "own" / "hub" / "checkpoints").mkdir(parents=True)
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "own"))
+    else:
+        monkeypatch.delenv("TORCH_HOME", raising=False)
     monkeypatch.setenv("MOME_HOME", str(tmp_path / "home"))
     clip = Preprocessor(PreprocessOptions(mode="av", device="cpu"))(media / "face.mp4")
     assert clip.mode == "a" and "no face" in clip.warnings[0]  # face-alignment ran, from mome's cache
+    assert os.environ.get("TORCH_HOME") == (str(tmp_path / "own") if user_torch_home else None)

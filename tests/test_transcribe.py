@@ -108,6 +108,13 @@ def test_same_names_in_two_folders_skip_overwrite_and_a_bad_file(trained, tmp_pa
     again = mome(*args, cwd=trained)
     assert "0 ok, 2 skipped, 1 failed" in again.stderr and again.returncode == 3, again.explain
     assert (tmp_path / "out" / "a" / "x.txt").read_text() == "kept\n"
+    listed = mome(*args, "--stdout", cwd=trained)  # skipped inputs still print their text, read back from txt
+    assert listed.returncode == 3 and "0 ok, 2 skipped, 1 failed" in listed.stderr, listed.explain
+    assert sorted(listed.stdout.splitlines()) == [f"{tree / 'a' / 'x.mp4'}\tkept", f"{tree / 'b' / 'x.mp4'}\thello world"]
+    more = mome(*args, "-f", "txt", "-f", "json", cwd=trained)  # a format added: only it is written
+    assert "2 ok, 0 skipped, 1 failed" in more.stderr, more.explain
+    assert (tmp_path / "out" / "a" / "x.txt").read_text() == "kept\n"
+    assert json.loads((tmp_path / "out" / "a" / "x.json").read_text())["text"] == "hello world"
     (tree / "b" / "broken.mp4").unlink()
     forced = mome(*args, "--overwrite", cwd=trained)
     assert forced.returncode == 0 and "2 ok, 0 skipped, 0 failed" in forced.stderr, forced.explain
@@ -133,6 +140,54 @@ def test_all_inputs_failing_exits_1_and_a_missing_model_exits_4(trained, tmp_pat
     assert missing.returncode == 4 and "--adapter" in missing.stderr, missing.explain
     untrained = mome("transcribe", trained / "media", "--model", trained / "ckpt", "--rate", "8,2", cwd=trained)
     assert untrained.returncode == 2 and "trained: 4,2; 4,5; 16,2; 16,5" in untrained.stderr, untrained.explain
+
+
+def test_a_model_folder_that_cannot_be_used_is_one_line_and_exit_1(trained, tmp_path):
+    (tmp_path / "empty").mkdir()
+    shutil.copytree(trained / "ckpt", tmp_path / "damaged")
+    (tmp_path / "damaged" / "model.safetensors").write_bytes(b"\x00" * 64)
+    for model, problem in ((tmp_path / "empty", "not a mome checkpoint (no config.json)"),
+                           (tmp_path / "damaged", "model.safetensors: unreadable")):
+        for flags in (["--model", model], ["--model", "tiny", "--adapter", model]):
+            result = mome("transcribe", trained / "media" / "hello.mp4", *flags, "--roi", "-o", tmp_path / "out",
+                          cwd=trained)
+            lines = result.stderr.splitlines()
+            assert result.returncode == 1 and len(lines) == 1, result.explain
+            assert lines[0].startswith(f"mome transcribe: {model}") and problem in lines[0], result.explain
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_clip_cache_that_cannot_be_written_is_a_warning(trained, tmp_path):
+    (tmp_path / "file").write_text("a file where the cache folder would be")
+    result = mome("transcribe", trained / "media" / "hello.mp4", "--model", trained / "ckpt", "--roi", "--stdout",
+                  "-o", tmp_path / "out", cwd=trained, env={"MOME_HOME": str(tmp_path / "file" / "home")})
+    assert result.returncode == 0 and result.stdout.strip().endswith("\thello world"), result.explain
+    assert re.search(r"^warning: .*hello\.mp4: cannot write the clip cache in .*: going on without it", result.stderr,
+                     re.M), result.explain
+
+
+def test_audio_alone_in_mode_av_takes_the_audio_half_of_the_rate(trained, tmp_path):
+    wav = tmp_path / "hello.wav"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", trained / "media" / "hello.mp4", "-vn", wav],
+                   check=True)
+    result = mome("transcribe", wav, "--model", trained / "ckpt", "--rate", "16,5", "-f", "json", "-o", tmp_path,
+                  cwd=trained)
+    assert result.returncode == 0 and "no video stream" in result.stderr, result.explain
+    document = json.loads((tmp_path / "hello.json").read_text())
+    assert document["mode"] == "a" and document["rate"] == [16], document
+
+
+def test_stdout_alone_prints_instead_of_writing_files(trained, tmp_path):
+    shutil.copy(trained / "media" / "hello.mp4", tmp_path)
+    alone = mome("transcribe", "hello.mp4", "--model", trained / "ckpt", "--roi", "--stdout", cwd=tmp_path)
+    assert alone.returncode == 0 and alone.stdout == "hello.mp4\thello world\n", alone.explain
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hello.mp4", "home"], alone.explain  # no hello.txt
+    assert alone.stderr.strip().endswith("1 ok, 0 skipped, 0 failed"), alone.explain
+    again = mome("transcribe", "hello.mp4", "--model", trained / "ckpt", "--roi", "--stdout", cwd=tmp_path)
+    assert again.stdout == alone.stdout and "1 ok" in again.stderr, again.explain  # nothing to skip: done again
+    both = mome("transcribe", "hello.mp4", "--model", trained / "ckpt", "--roi", "--stdout", "-f", "json",
+                cwd=tmp_path)
+    assert both.stdout == alone.stdout and json.loads((tmp_path / "hello.json").read_text())["text"] == "hello world"
 
 
 def test_quiet_prints_only_results_and_errors(trained, tmp_path):
