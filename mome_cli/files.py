@@ -14,16 +14,27 @@ def atomic_write(path, write: Callable[[str], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        try:  # mkstemp makes the file private (0600): give it the mode a plain open() would have
-            os.fchmod(fd, _mode_for(path))
-        finally:
-            os.close(fd)
         write(tmp)
+        _fsync(tmp)  # the bytes on disk before the name points at them: a power cut leaves the old file or the new
+        os.chmod(tmp, _mode_for(path))  # mkstemp's file is private (0600): the mode a plain open() would give
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    try:
+        _fsync(path.parent)  # and the rename itself
+    except OSError:  # a file system that cannot sync a folder: the rename is still atomic
+        pass
+
+
+def _fsync(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _mode_for(path: Path) -> int:

@@ -102,7 +102,8 @@ class MoME(nn.Module):
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing]:
         """Gates for every expert: (N, E), 1 for shared, renormalised top-k probability for selected, 0 otherwise."""
         cfg = self.config
-        logits = self.router(x)  # (N, R)
+        with torch.autocast(x.device.type, enabled=False):  # the same choices in bf16 training as at inference
+            logits = self.router(x.to(self.router.weight.dtype))  # (N, R)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # >= fp32
         top_logits, top_i = logits.topk(cfg.top_k, dim=-1)  # (N, K)
         gates = logits.new_zeros(logits.shape[0], cfg.num_experts)  # (N, E): shared experts first
@@ -131,18 +132,19 @@ def load_balancing_loss(routing: Routing, groups: torch.Tensor, num_groups: int)
 
     f_i is the fraction of a group's tokens whose top-k holds expert i (so sum_i f_i = K, and perfectly balanced routing
     gives K), P_i the group's mean router probability for expert i. groups (N,) gives each token's group (its rate pair)
-    and -1 for tokens that take no part (padding, text).
+    and -1 for tokens that take no part (padding). Computed in fp32 also under autocast.
     """
-    probs, experts = routing.probs, routing.experts  # (N, R), (N, K)
-    R = probs.shape[-1]
-    member = F.one_hot(groups.clamp(min=0), num_groups).float() * (groups >= 0).unsqueeze(-1)  # (N, G)
-    chosen = F.one_hot(experts, R).sum(dim=1).float()  # (N, R): 1 where the expert is among the token's top-k
-    count = member.sum(dim=0).clamp(min=1).unsqueeze(-1)  # (G, 1)
-    f = member.T @ chosen / count  # (G, R)
-    P = member.T @ probs / count  # (G, R)
-    present = member.sum(dim=0) > 0  # (G,): groups with no tokens don't count
-    per_group = R * (f * P).sum(dim=-1)  # (G,)
-    return per_group[present].mean()
+    with torch.autocast(routing.logits.device.type, enabled=False):
+        probs, experts = routing.probs.float(), routing.experts  # (N, R), (N, K)
+        R = probs.shape[-1]
+        member = F.one_hot(groups.clamp(min=0), num_groups).float() * (groups >= 0).unsqueeze(-1)  # (N, G)
+        chosen = F.one_hot(experts, R).sum(dim=1).float()  # (N, R): 1 where the expert is among the token's top-k
+        count = member.sum(dim=0).clamp(min=1).unsqueeze(-1)  # (G, 1)
+        f = member.T @ chosen / count  # (G, R)
+        P = member.T @ probs / count  # (G, R)
+        present = member.sum(dim=0) > 0  # (G,): groups with no tokens don't count
+        per_group = R * (f * P).sum(dim=-1)  # (G,)
+        return per_group[present].mean()
 
 
 def decoder_layers(llm: nn.Module) -> nn.ModuleList:

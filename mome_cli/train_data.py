@@ -202,13 +202,23 @@ class TrainingData:
                                 cache_dir=cache) for m in {cfg.data_mode, "a", "v"}}
 
     def _load_clips(self, utterances, indices, what: str) -> dict:
-        """{index: Clip} of the utterances that preprocess; the others are skipped with one warning line each."""
+        """{index: Clip} of the utterances that preprocess and fit the audio encoder's window; the others are skipped
+        with one warning line each."""
         preprocessors, clips = self._preprocessors(), {}
+        encoder = self.recognizer.audio_encoder if "a" in self.config.data_mode else None
+        window = encoder.max_seconds if encoder is not None else math.inf
         for i in indices:
             try:
-                clips[i] = load_clip(utterances[i], self.config.data_mode, preprocessors)
+                clip = load_clip(utterances[i], self.config.data_mode, preprocessors)
             except MediaError as e:
                 self.say(f"warning: {what} utterance {utterances[i].id} skipped: {e}")
+                continue
+            seconds = 0 if clip.audio is None else len(clip.audio) / SAMPLE_RATE
+            if seconds > window:
+                self.say(f"warning: {what} utterance {utterances[i].id} skipped: {seconds:.1f} s of audio, longer "
+                         f"than the audio encoder's {window:g} s window")
+                continue
+            clips[i] = clip
         return clips
 
     def _feature_frames(self, i: int) -> int:

@@ -179,10 +179,10 @@ class Trainer:
         self.data.prepare(self.recognizer, self.device)
         self.per_epoch = len(self.data.epoch_batches(0))
         self.total = cfg.steps or sum(len(self.data.epoch_batches(e)) for e in range(cfg.epochs))
-        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_fraction * self.total)
+        self.warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_fraction * self.total)
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, betas=tuple(cfg.betas),
                                            weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor(warmup, self.total,
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor(self.warmup, self.total,
                                                                                         cfg.min_lr_ratio))
         if self.resume:
             self._restore()
@@ -370,7 +370,7 @@ class Trainer:
             save_checkpoint(self.model, path, extra)
         state = {
             "format": STATE_FORMAT, "step": self.step, "epoch": self.epoch, "index": self.index,
-            "elapsed": self.elapsed, "world": self.world,
+            "elapsed": self.elapsed, "world": self.world, "total": self.total, "warmup": self.warmup,
             "model": {k: v.detach().cpu().clone() for k, v in self.model.trainable_state_dict().items()},
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "rng": _rng_state(), "meter_steps": self.meter_steps,
@@ -402,6 +402,8 @@ class Trainer:
                 params[name].copy_(tensor)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("total", self.total) != self.total:
+            self._stretch_schedule(state["total"], state["warmup"])
         _set_rng_state(state["rng"])
         self.step, self.epoch, self.index = state["step"], state["epoch"], state["index"]
         self.elapsed = state["elapsed"]
@@ -416,6 +418,19 @@ class Trainer:
                 lines = [ln for ln in log.read_text(encoding="utf-8").splitlines()
                          if ln.strip() and json.loads(ln)["step"] <= self.step]
                 atomic_write_text(log, "".join(ln + "\n" for ln in lines))
+
+    def _stretch_schedule(self, total: int, warmup: int) -> None:
+        """A run resumed with another length (--steps, --epochs): the warmup stays as it was, the cosine is stretched
+        or shrunk to the new length from the step it is at, and the learning rate of the next step follows it."""
+        self.warmup = warmup
+        factor = self._lr_factor(warmup, self.total, self.config.min_lr_ratio)
+        self.scheduler.lr_lambdas = [factor] * len(self.optimizer.param_groups)
+        before = self.optimizer.param_groups[0]["lr"]
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * factor(self.scheduler.last_epoch)
+        after = self.optimizer.param_groups[0]["lr"]
+        self.say(f"the run now lasts {self.total} steps, not {total}: its learning-rate schedule is stretched to the "
+                 f"new length (learning rate at step {self.step}: {before:.3g} -> {after:.3g})")
 
     def _finish(self) -> None:
         cfg = self.config

@@ -83,3 +83,17 @@ def test_atomic_write_gives_new_files_the_umask_mode_and_keeps_a_replaced_files_
     assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == mode
     assert stat.S_IMODE((tmp_path / "kept.txt").stat().st_mode) == 0o604
     assert (tmp_path / "kept.txt").read_text() == "new"
+
+
+def test_atomic_write_syncs_the_bytes_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    """A power cut after the rename must not leave an empty trainer_state.pt: the data reaches the disk first."""
+    from mome_cli import files
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(files.os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                       real_fsync(fd)))
+    monkeypatch.setattr(files.os, "replace", lambda a, b: (events.append(("replace", str(b))), real_replace(a, b)))
+    files.atomic_write_text(tmp_path / "state.txt", "x")
+    assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]
+    assert events[0][1].startswith(str(tmp_path / ".state.txt.")) and events[2][1] == str(tmp_path)

@@ -61,6 +61,21 @@ def test_gates_shared_always_on_unselected_exactly_zero():
     assert torch.equal(routed.nonzero()[:, 1].view(50, 3), top)  # the nonzero gates are the top-k experts
 
 
+def test_routing_is_the_same_under_bf16_autocast():
+    """Training runs under autocast (bf16 on a GPU), inference does not: the router and the load-balancing loss stay
+    fp32 under it, so the experts chosen in training are those chosen at inference."""
+    m = random_mome(dim=64, num_routed=23, num_shared=1, top_k=4).float()
+    x = torch.randn(512, 64)
+    gates, routing = m.route(x)
+    groups = torch.arange(512) % 3 - 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        gates_in, routing_in = m.route(x)
+        loss_in = load_balancing_loss(routing_in, groups, 2)
+    assert routing_in.logits.dtype == torch.float32 and loss_in.dtype == torch.float32
+    assert torch.equal(routing_in.experts, routing.experts) and torch.equal(gates_in, gates)
+    assert loss_in.item() == load_balancing_loss(routing, groups, 2).item()
+
+
 def test_shared_experts_contribute_when_routed_experts_are_silent():
     m = random_mome()
     with torch.no_grad():

@@ -212,6 +212,36 @@ def test_a_stop_signal_saves_after_its_step_and_the_resumed_run_ends_as_an_unbro
     assert [r["loss"] for r in records(out, "train")] == [r["loss"] for r in records(trained, "train")]
 
 
+def test_an_utterance_longer_than_the_audio_window_is_skipped_with_a_warning(corpus, tmp_path):
+    make_clip(tmp_path / "long.mp4", "testsrc2", "sine=frequency=500", 31)  # the tiny Whisper's window is 30 s
+    rows = (corpus / "train.jsonl").read_text().replace('"media/', f'"{corpus}/media/')
+    manifest = tmp_path / "with-long.jsonl"
+    manifest.write_text(rows + json.dumps({"id": "long", "video": "long.mp4", "text": "a long one"}) + "\n")
+    result = mome("train", "--config", RECIPE, "--train", manifest, "--valid", manifest, "--roi", "-o", tmp_path / "out",
+                  "--steps", 2, "--eval-every", 2, root=corpus)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.explain
+    for what in ("training", "validation"):
+        assert (f"warning: {what} utterance long skipped: 31.0 s of audio, longer than the audio encoder's 30 s "
+                f"window") in result.stderr, result.explain
+    assert "warning: 1 of 4 training utterances skipped" in result.stderr, result.explain
+
+
+def test_a_run_resumed_longer_keeps_its_warmup_and_stretches_its_cosine(trained, corpus):
+    from mome_cli.training import Trainer
+
+    shutil.copytree(trained, corpus / "longer")
+    config = json.loads((trained / "train_config.json").read_text())
+    resumed = mome(*train_args(corpus, "longer"), "--steps", STEPS + 20, "--resume", root=corpus)
+    assert resumed.returncode == 0, resumed.explain
+    assert f"the run now lasts {STEPS + 20} steps, not {STEPS}" in resumed.stderr, resumed.explain
+    warmup = round(config["warmup_fraction"] * STEPS)  # as it was: the run is past it
+    factor = Trainer._lr_factor(warmup, STEPS + 20, config["min_lr_ratio"])
+    later = [r for r in records(corpus / "longer", "train") if r["step"] > STEPS]
+    assert [r["step"] for r in later] == [STEPS + 10, STEPS + 20]
+    for r in later:  # the rate step s used: lr x factor(s - 1)
+        assert r["lr"] == pytest.approx(config["lr"] * factor(r["step"] - 1), rel=1e-9), r
+
+
 def test_torchrun_two_processes_hold_the_same_parameters(corpus):
     out, digests = corpus / "ddp", corpus / "digests"
     env = environment(corpus, MOME_TRAIN_DIGEST_DIR=str(digests))
@@ -275,7 +305,7 @@ def test_a_signal_to_one_torchrun_process_stops_both_after_the_same_step(corpus)
 @pytest.mark.parametrize("args, code, message", [
     (["--rates", "4,x"], 2, "4,x"),
     (["--experts", "2", "--top-k", "3"], 2, "top_k"),
-    (["--train", "missing.jsonl"], 1, "missing.jsonl"),
+    (["--train", "missing.jsonl"], 4, "missing.jsonl: no such manifest"),
     (["--model", "mome-1b"], 4, "mome download mome-1b"),
 ])
 def test_bad_values_and_missing_inputs_exit_with_the_contract_codes(corpus, tmp_path, args, code, message):
