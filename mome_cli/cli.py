@@ -195,11 +195,14 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
               help="Comma-separated SNRs in dB, 'clean' for no noise.")
 @click.option("--noise", type=click.Path(exists=True, dir_okay=False),
               help="Noise file [babble from the dataset's own utterances].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Picks the babble talkers and noise windows.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Picks the babble talkers and noise windows.")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate the first N utterances only.")
 @click.option("--max-segment", type=click.FloatRange(min=1.0), metavar="SECONDS",
               help="Cut inputs at pauses into segments of at most this long [20, or the model's audio window].")
-@click.option("--pack", is_flag=True, help="Cut at pauses only to keep segments within --max-segment, not at each one.")
+@click.option("--pack/--every-pause", default=None,
+              help="Cut utterances at pauses only to keep segments within --max-segment, or at each pause as "
+                   "transcribe does [--pack for auto_avsr CSV manifests (LRS2/LRS3: whole), else --every-pause].")
 @click.option("--roi/--no-roi", default=None,
               help="Videos are mouth crops: skip face detection [on for auto_avsr CSV manifests, else off].")
 @click.option("--detector", type=click.Choice(("sfd", "blazeface")), default="sfd", show_default=True,

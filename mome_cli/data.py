@@ -3,9 +3,10 @@
 Three layouts are read (CLI-CONTRACT.md, Manifests):
 - JSON lines: {"id", "video", "audio"?, "text"}, paths relative to the manifest's folder; no "audio" means the video's
   own audio track, no "video" means audio only.
-- The auto_avsr CSV of LRS2/LRS3 (dataset,rel_path,frames,token_ids,text): mouth-crop mp4s with a .wav beside each,
-  found under <manifest folder>/<dataset>/<rel_path> (or <manifest folder>/<rel_path>).
-- A folder of media files, each with a same-named .txt transcript beside it.
+- The auto_avsr CSV of LRS2/LRS3 (dataset,rel_path,frames,token_ids as its preparation writes it, the transcripts in
+  its <dataset>_text_seg<N>s/ .txt files; or with the text as a fifth field): mouth-crop mp4s with a .wav beside
+  each, found under <manifest folder>/<dataset>/<rel_path> (or <manifest folder>/<rel_path>).
+- A folder of media files, each with a same-named .txt transcript beside it (x.mp4 and x.wav: one utterance).
 
 Named datasets (lrs3, lrs2) are looked up as <data root>/<name>/<split>.jsonl | .csv | <split>/ ; when none is there,
 DatasetMissing (exit 4) says how to obtain and place it. Torch-free.
@@ -16,11 +17,14 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .outputs import MEDIA_EXTENSIONS
 from .report import ExitCode
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg")
 
 NAMED_DATASETS = {
     "lrs3": "LRS3-TED (https://www.robots.ox.ac.uk/~vgg/data/lip_reading/lrs3.html, licence agreement with the BBC / "
@@ -76,32 +80,52 @@ def read_jsonl(path: Path) -> list[Utterance]:
 
 
 def read_auto_avsr_csv(path: Path) -> list[Utterance]:
+    """auto_avsr's label CSV: dataset,rel_path,frames,token_ids as its preparation writes it, the transcript in the
+    .txt that it writes under <dataset>_text_seg<N>s/ (or beside the video); or with the text as a fifth field."""
     utterances = []
     with open(path, encoding="utf-8", newline="") as f:
         for n, row in enumerate(csv.reader(f), 1):
             if not row or (n == 1 and row[0] == "dataset"):  # an optional header line
                 continue
-            if len(row) < 5:
-                raise DataError(f"{path}:{n}: expected dataset,rel_path,frames,token_ids,text; got {len(row)} fields")
-            dataset, rel_path, text = row[0], row[1], ",".join(row[4:])
+            if len(row) < 4:
+                raise DataError(f"{path}:{n}: expected dataset,rel_path,frames,token_ids[,text]; got {len(row)} "
+                                "fields")
+            dataset, rel_path = row[0], row[1]
             video = path.parent / dataset / rel_path
             if not video.exists() and (path.parent / rel_path).exists():
                 video = path.parent / rel_path
+            text = ",".join(row[4:]) if len(row) > 4 else _auto_avsr_text(video, f"{path}:{n}")
             wav = video.with_suffix(".wav")
             utterances.append(Utterance(rel_path.rsplit(".", 1)[0], text, video, wav if wav.exists() else None))
     return utterances
 
 
+def _auto_avsr_text(video: Path, where: str) -> str:
+    """The transcript auto_avsr saved for a video: <dataset>_text_seg<N>s/... in place of <dataset>_video_seg<N>s/...,
+    or a .txt beside the video."""
+    parts = list(video.with_suffix(".txt").parts)
+    texts = [Path(*[re.sub(r"_video_seg(\d+s)$", r"_text_seg\1", p) for p in parts]), video.with_suffix(".txt")]
+    for candidate in texts:
+        if candidate.is_file():
+            return " ".join(candidate.read_text(encoding="utf-8").split())
+    raise DataError(f"{where}: no text field and no transcript at {texts[0]} or {texts[1]}")
+
+
 def read_folder(folder: Path) -> list[Utterance]:
-    utterances = []
+    """Media files with a same-named .txt transcript; a video and an audio file of the same name (x.mp4 and x.wav, as
+    auto_avsr writes mouth crops) are one utterance, its lips from the one and its sound from the other."""
+    by_stem: dict[Path, dict[str, Path]] = {}
     for media in sorted(p for p in folder.rglob("*") if p.suffix.lower() in MEDIA_EXTENSIONS and p.is_file()):
-        transcript = media.with_suffix(".txt")
+        kind = "audio" if media.suffix.lower() in AUDIO_EXTENSIONS else "video"
+        by_stem.setdefault(media.with_suffix(""), {}).setdefault(kind, media)
+    utterances = []
+    for stem, files in by_stem.items():
+        transcript = stem.with_name(stem.name + ".txt")
         if not transcript.is_file():
             continue
-        is_audio = media.suffix.lower() in (".wav", ".flac", ".mp3", ".m4a", ".ogg")
         text = " ".join(transcript.read_text(encoding="utf-8").split())
-        rel = media.relative_to(folder).with_suffix("").as_posix()
-        utterances.append(Utterance(rel, text, None if is_audio else media, media if is_audio else None))
+        rel = stem.relative_to(folder).as_posix()
+        utterances.append(Utterance(rel, text, files.get("video"), files.get("audio")))
     if not utterances:
         raise DataError(f"{folder}: no media files with a same-named .txt transcript")
     return utterances

@@ -16,11 +16,21 @@ Notation for shapes: B clips, K beams per clip, L prefix length, S cache length,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from .model import AVSRModel, Features, Rate
+
+
+TOKENS_PER_SECOND = 32  # room for fast speech (5 words a second) written byte by byte; subword tokenizers use fewer
+
+
+def token_budget(seconds: float) -> int:
+    """How many tokens a segment of `seconds` may generate before it is cut short: TOKENS_PER_SECOND, rounded up to
+    a multiple of 32 (so that batches of similar lengths share a static cache), at least 64."""
+    return max(64, -(-math.ceil(seconds * TOKENS_PER_SECOND) // 32) * 32)
 
 
 @dataclass(frozen=True)
@@ -321,4 +331,4 @@ def decode(
     return results
 
 
-__all__ = ["DecodingOptions", "DecodingResult", "GreedyDecoder", "BeamSearchDecoder", "StaticGreedy", "decode"]
+__all__ = ["TOKENS_PER_SECOND", "token_budget", "DecodingOptions", "DecodingResult", "GreedyDecoder", "BeamSearchDecoder", "StaticGreedy", "decode"]

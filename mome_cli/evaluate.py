@@ -1,18 +1,19 @@
 """`mome evaluate` as a library call: corpus WER of one model on one dataset, for every asked rate pair and SNR.
 
 Work is shared wherever the result allows it. Every utterance is preprocessed once (through the Preprocessor's cache).
-Utterances are cut into segments as `mome transcribe` cuts them (at pauses, at most 20 s; LRS2/LRS3 utterances stay
-whole), on the clean audio, so every SNR decodes the same stretches. Segments are batched longest first; per batch
-the lips are encoded once, the audio once per SNR, and the LLM decodes once per SNR and rate pair: encoder features do
-not depend on the rate. In mode v nothing depends on the SNR, so the first SNR's results fill every column (with a
-warning).
+Utterances are cut into segments as `mome transcribe` cuts them (at every pause, at most 20 s), except those of the
+auto_avsr CSV layout (LRS2/LRS3), which are decoded whole as the paper does, cut only where the limit needs it
+(`pack`). Pauses are looked for in the audio the model hears, noise included: the cuts know no more than a user's
+run would. Per SNR, segments are batched longest first; per batch the encoders run once, and the LLM decodes once per
+rate pair: encoder features do not depend on the rate. In mode v nothing depends on the SNR, so the first SNR's
+results fill every column (with a warning).
 
 Noise. Babble is built from the dataset's own utterances: BABBLE_TALKERS + 1 of them, drawn with the seed from the
 whole manifest (not only the `limit` evaluated), each scaled to unit RMS. Utterance i hears the sum of BABBLE_TALKERS
-of those talkers - never itself: if it is one of them the spare takes its place - each talker looped end to end to
-cover a track as long as the longest utterance (or talker), and i takes a window of that track at a start drawn from
-(seed, i's id). The window is scaled so that its power sits `snr` dB below the utterance's own power (both measured
-over the whole utterance: see noise.py, which does the looping and mixing). A `--noise FILE` is used the same way, as
+of those talkers - never itself: if it is one of them the spare takes its place - each talker looped end to end on a
+track as long as the longest talker, and i takes a window of that track at a start drawn from (seed, i's id), whatever
+else is evaluated (--limit, failed utterances). The window is scaled so that its power sits `snr` dB below the
+utterance's own power (both measured over the whole utterance: see noise.py, which does the looping and mixing). A `--noise FILE` is used the same way, as
 the only talker. Everything is deterministic given the seed; the window does not change with the SNR, only its level.
 
 Outputs (atomic): report.json (the counts per rate x SNR and how they were made), hypotheses.jsonl (one line per
@@ -98,9 +99,9 @@ class EvaluateJob:
     limit: int | None = None  # evaluate the first N utterances only
     beam: int = 1
     batch_size: int = 8  # segments encoded and decoded together
-    max_new_tokens: int = 96
+    max_new_tokens: int | None = None  # None: from the length of each batch's longest segment (token_budget)
     max_segment: float | None = None  # seconds; None: the recognizer's limit (20 s, or its audio window)
-    pack: bool = False  # cut only what is longer than the limit, not at every pause
+    pack: bool | None = None  # cut only what is longer than the limit; None: yes for the auto_avsr CSV layout
     roi: bool | None = None  # videos are mouth crops; None: yes for the auto_avsr CSV layout, else no
     detector: str = "sfd"  # face detector when roi is off
     cache_dir: Path | None = None  # preprocessed clips; None: no cache
@@ -116,7 +117,7 @@ class EvaluateJob:
 # ---- noise -----------------------------------------------------------------------------------------------------------
 
 
-def babble(utterances: list, load_audio: Callable, seed: int, length: int, log: Callable[[str], None],
+def babble(utterances: list, load_audio: Callable, seed: int, log: Callable[[str], None],
            talkers: int = BABBLE_TALKERS) -> LoopedNoise:
     """Babble from up to talkers + 1 of the utterances (drawn with the seed); fewer when the corpus is smaller."""
     from .media import MediaError
@@ -140,7 +141,7 @@ def babble(utterances: list, load_audio: Callable, seed: int, length: int, log: 
                            f"pass --noise FILE")
     if len(pool) <= talkers:
         log(f"warning: babble from {len(pool) - 1} talkers, not {talkers}: the dataset has too few utterances")
-    return LoopedNoise(pool, count=len(pool) - 1, seed=seed, length=length)
+    return LoopedNoise(pool, count=len(pool) - 1, seed=seed)
 
 
 # ---- preprocessing ---------------------------------------------------------------------------------------------------
@@ -200,13 +201,16 @@ class Cell:
     errors: WordErrors
     audio_seconds: float  # of the utterances scored
     wall_seconds: float  # decoding this cell plus its share of the encoders' time
+    segments: int = 0  # decoded
+    cut_short: int = 0  # of them, those that reached the token limit without ending: their text stops there
 
     def to_dict(self) -> dict:
         counts = self.errors.to_dict()
         wer = counts.pop("wer")
         return {"rate": [r for r in self.rate if r is not None], "snr": self.snr, "wer": wer,
                 "wer_percent": None if wer is None else round(100 * wer, 4), **counts,
-                "audio_seconds": round(self.audio_seconds, 3), "wall_seconds": round(self.wall_seconds, 3)}
+                "audio_seconds": round(self.audio_seconds, 3), "wall_seconds": round(self.wall_seconds, 3),
+                "segments": self.segments, "segments_cut_short": self.cut_short}
 
 
 @dataclass
@@ -220,6 +224,8 @@ class Evaluation:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (utterance id, error) of those skipped
     noise: dict | None = None  # how noise was made; None when every column is clean
     max_segment: float | None = None  # seconds: utterances longer than this were cut at pauses
+    pack: bool = False  # cut only where max_segment needs it, not at every pause
+    audio_only: list[str] = field(default_factory=list)  # ids decoded from audio alone in mode av (no face)
     wall_seconds: float = 0.0
 
     @property
@@ -248,11 +254,15 @@ class Evaluation:
         return "\n".join([title, *lines])
 
     def to_dict(self) -> dict:
+        from .decoding import TOKENS_PER_SECOND
+
         j = self.job
         return {
             "model": j.model, "adapter": j.adapter, "mode": j.mode, "dataset": j.dataset,
             "manifest": str(self.manifest), "split": j.split, "seed": j.seed, "beam": j.beam, "noise": self.noise,
-            "max_segment_seconds": self.max_segment, "segments": "packed" if j.pack else "every pause",
+            "max_segment_seconds": self.max_segment, "segments": "packed" if self.pack else "every pause",
+            "max_new_tokens": j.max_new_tokens or f"{TOKENS_PER_SECOND} a second of the segment",
+            "audio_only": self.audio_only,
             "rates": [[r for r in rate if r is not None] for rate in self.rates], "snrs": list(j.snrs),
             "normalisation": NORMALISATION,
             "utterances": self.evaluated + len(self.failed), "evaluated": self.evaluated,
@@ -282,7 +292,9 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
     manifest = find_dataset(job.dataset, job.data_root, job.split)
     utterances = load_manifest(manifest)
     chosen = utterances[: job.limit] if job.limit else utterances
-    roi = job.roi if job.roi is not None else manifest.suffix == ".csv"  # auto_avsr CSVs list mouth crops
+    auto_avsr = manifest.suffix == ".csv"  # LRS2/LRS3 prepared by auto_avsr: mouth crops, single utterances
+    roi = job.roi if job.roi is not None else auto_avsr
+    pack = job.pack if job.pack is not None else auto_avsr
 
     if warning := shadowed_preset(job.model):
         log(warning)
@@ -296,7 +308,7 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
     segment_seconds = recognizer.segment_limit(job.max_segment)
     if job.model == "tiny" and job.adapter is None:
         log("warning: --model tiny is random and untrained: its transcripts are meaningless")
-    evaluation = Evaluation(job, manifest, rates, max_segment=segment_seconds)
+    evaluation = Evaluation(job, manifest, rates, max_segment=segment_seconds, pack=pack)
 
     loader = ClipLoader(job.mode, roi, job.detector, job.device, job.cache_dir)
     clips, kept = [], []
@@ -312,6 +324,8 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
                     log(f"warning: {u.id}: {warning}")
                 clips.append(clip)
                 kept.append(u)
+                if clip.mode != job.mode:
+                    evaluation.audio_only.append(u.id)
             advance(1)
     evaluation.evaluated = len(kept)
     audio_seconds = sum(c.duration for c in clips)
@@ -328,7 +342,6 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
     if noisy_snrs and "a" not in job.mode:
         log("warning: mode v reads no audio: noise changes nothing, every SNR column repeats the first")
     elif noisy_snrs:
-        longest = max(len(c.audio) for c in clips if c.audio is not None)
         if job.noise is not None:
             try:
                 sound = decode_audio(job.noise)
@@ -336,31 +349,41 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
                 raise UsageProblem(f"--noise: {e}") from e
             if not np.any(sound):
                 raise UsageProblem(f"--noise: {job.noise} is silent")
-            noise = LoopedNoise([(None, sound)], count=1, seed=job.seed, length=longest)
+            noise = LoopedNoise([(None, sound)], count=1, seed=job.seed)
             evaluation.noise = {"source": "file", "path": str(job.noise), "seconds": round(len(sound) / SAMPLE_RATE, 3)}
         else:
-            noise = babble(utterances, loader.audio_of, job.seed, longest, log)
+            noise = babble(utterances, loader.audio_of, job.seed, log)
             evaluation.noise = {"source": "babble", "talkers": noise.count, "pool": noise.ids,
                                 "rule": "each utterance hears the first `talkers` of `pool` other than itself"}
 
     measured = list(job.snrs) if "a" in job.mode else list(job.snrs[:1])  # mode v: one column is every column
-    texts, seconds = _transcribe_grid(recognizer, clips, [u.id for u in kept], rates, measured, noise, job,
-                                      segment_seconds, progress)
+    texts, seconds, counts = _transcribe_grid(recognizer, clips, [u.id for u in kept], rates, measured, noise, job,
+                                              segment_seconds, pack, progress)
     for snr in job.snrs[len(measured):]:
         for rate in rates:
-            texts[rate, snr], seconds[rate, snr] = texts[rate, measured[0]], seconds[rate, measured[0]]
+            for found in (texts, seconds, counts):
+                found[rate, snr] = found[rate, measured[0]]
+    cut_short = sum(counts[rate, snr][1] for rate in rates for snr in measured)
+    if cut_short:
+        from .decoding import TOKENS_PER_SECOND
+
+        limit = job.max_new_tokens or f"{TOKENS_PER_SECOND} a second"
+        log(f"warning: {cut_short} decoded segments reached their token limit ({limit}) without ending: their text "
+            f"stops there (segments_cut_short in {REPORT_FILE})")
 
     refs = [u.text for u in kept]
     for rate in rates:
         for snr in job.snrs:
             hyps = texts[rate, snr]
-            evaluation.cells.append(Cell(rate, snr, score(refs, hyps), audio_seconds, seconds[rate, snr]))
+            evaluation.cells.append(Cell(rate, snr, score(refs, hyps), audio_seconds, seconds[rate, snr],
+                                         *counts[rate, snr]))
             if job.verbose:
                 cell = evaluation.cells[-1]
                 log(f"rate {rate_label(rate)}, {snr_label(snr)}: WER {100 * cell.errors.wer:.2f}% in "
                     f"{cell.wall_seconds:.2f} s ({audio_seconds / max(cell.wall_seconds, 1e-9):.0f}x real time)")
-            evaluation.hypotheses += [{"id": u.id, "rate": [r for r in rate if r is not None], "snr": snr,
-                                       "ref": u.text, "hyp": h} for u, h in zip(kept, hyps)]
+            evaluation.hypotheses += [
+                {"id": u.id, "rate": [r for r in (rate if c.mode == job.mode else rate[:1]) if r is not None],
+                 "snr": snr, "ref": u.text, "hyp": h} for u, c, h in zip(kept, clips, hyps)]
     evaluation.wall_seconds = time.perf_counter() - started
     return evaluation
 
@@ -374,56 +397,54 @@ def resolve_rates(recognizer, mode: str, rates: tuple | None, any_rate: bool) ->
 
 
 def _transcribe_grid(recognizer, clips: list, ids: list[str], rates: list, snrs: list, noise: LoopedNoise | None,
-                     job: EvaluateJob, segment_seconds: float, progress) -> tuple[dict, dict]:
-    """Hypotheses and wall seconds per (rate, snr): one text per clip, its segments' texts joined."""
-    from .decoding import DecodingOptions, decode
-    from .model import Features
+                     job: EvaluateJob, segment_seconds: float, pack: bool, progress) -> tuple[dict, dict, dict]:
+    """Hypotheses (one text per clip, its segments' texts joined), wall seconds and (segments decoded, of them cut
+    short at the token limit), each per (rate, snr)."""
+    from .decoding import DecodingOptions, decode, token_budget
     from .recognizer import segments_of, slice_audio, slice_rois
 
-    # Cut on the clean audio (segments of at most segment_seconds): every SNR decodes the same stretches.
-    segments = [segments_of(clip, segment_seconds, every_pause=not job.pack) for clip in clips]
-    groups = {}  # clip mode (av, or a for a clip without a face) -> [(clip, segment)]; silence is not decoded
-    for c, segs in enumerate(segments):
-        for i, seg in enumerate(segs):
-            if seg.speech:
-                groups.setdefault(clips[c].mode, []).append((c, i))
-    cells = [(rate, snr) for rate in rates for snr in snrs]
-    texts = {cell: [[""] * len(s) for s in segments] for cell in cells}
-    seconds = dict.fromkeys(cells, 0.0)
-    decoding = DecodingOptions(beam_size=job.beam, max_new_tokens=job.max_new_tokens)
-
-    def noisy(c: int, snr: SNR):
+    def heard(c: int, snr: SNR):
         if snr == CLEAN or noise is None:
             return clips[c]
         audio = clips[c].audio
         return dataclasses.replace(clips[c], audio=mix_at_snr(audio, noise.window(ids[c], len(audio)), snr))
 
-    steps = sum(math.ceil(len(jobs) / job.batch_size) for jobs in groups.values()) * len(cells)
-    with progress(steps, "decoding") as advance:
-        for mode, jobs in groups.items():
-            jobs.sort(key=lambda j: -segments[j[0]][j[1]].duration)  # similar lengths share a batch
-            for at in range(0, len(jobs), job.batch_size):
-                batch = jobs[at : at + job.batch_size]
-                tick = _clock(recognizer)
-                video = recognizer.features(None, [slice_rois(clips[c], segments[c][i]) for c, i in batch]) \
-                    if "v" in mode else Features()
-                video_share = (_clock(recognizer) - tick) / len(cells)
-                for snr in snrs:
+    cells = [(rate, snr) for rate in rates for snr in snrs]
+    texts, seconds, counts = {}, dict.fromkeys(cells, 0.0), {cell: (0, 0) for cell in cells}
+    decoding = DecodingOptions(beam_size=job.beam)
+    with progress(len(snrs) * len(clips), "decoding") as advance:
+        for snr in snrs:
+            noisy = [heard(c, snr) for c in range(len(clips))]
+            segments = [segments_of(clip, segment_seconds, every_pause=not pack) for clip in noisy]  # (start, end)
+            for rate in rates:
+                texts[rate, snr] = [[""] * len(s) for s in segments]
+            groups = {}  # clip mode (av, or a for a clip without a face) -> [(clip, segment)]; silence not decoded
+            for c, segs in enumerate(segments):
+                groups.setdefault(clips[c].mode, []).extend((c, i) for i, seg in enumerate(segs) if seg.speech)
+            for mode, jobs in groups.items():
+                jobs.sort(key=lambda j: -segments[j[0]][j[1]].duration)  # similar lengths share a batch
+                for at in range(0, len(jobs), job.batch_size):
+                    batch = jobs[at : at + job.batch_size]
                     tick = _clock(recognizer)
-                    audio = recognizer.features([slice_audio(noisy(c, snr), segments[c][i]) for c, i in batch],
-                                                None) if "a" in mode else Features()
-                    audio_share = (_clock(recognizer) - tick) / len(rates)
-                    features = Features(audio.audio, audio.audio_lengths, video.video, video.video_lengths)
+                    features = recognizer.features(
+                        [slice_audio(noisy[c], segments[c][i]) for c, i in batch] if "a" in mode else None,
+                        [slice_rois(noisy[c], segments[c][i]) for c, i in batch] if "v" in mode else None)
+                    encoders_share = (_clock(recognizer) - tick) / len(rates)
+                    budget = job.max_new_tokens or token_budget(segments[batch[0][0]][batch[0][1]].duration)
+                    decoding = dataclasses.replace(decoding, max_new_tokens=budget)  # the longest segment first
                     for rate in rates:
                         tick = _clock(recognizer)
                         rate_here = rate if mode == job.mode else (rate[0], None)  # a clip fallen back to audio
                         results = decode(recognizer.model, features, rate_here, mode, decoding, job.any_rate)
                         for (c, i), result in zip(batch, results):
                             texts[rate, snr][c][i] = result.text
-                        seconds[rate, snr] += _clock(recognizer) - tick + audio_share + video_share
-                        advance(1)
+                        done, short = counts[rate, snr]
+                        counts[rate, snr] = (done + len(batch),
+                                             short + sum(len(r.tokens) >= budget for r in results))
+                        seconds[rate, snr] += _clock(recognizer) - tick + encoders_share
+                advance(len(clips))
     joined = {cell: [" ".join(t for t in parts if t) for parts in per_clip] for cell, per_clip in texts.items()}
-    return joined, seconds
+    return joined, seconds, counts
 
 
 def _clock(recognizer) -> float:

@@ -46,17 +46,18 @@ class LoopedNoise:
 
     `window(utterance_id, n)` sums the first `count` sources whose id is not utterance_id (so give one spare when
     sources come from the evaluated corpus) over a window of n samples starting at a point drawn from (seed, id) in a
-    track of `length` samples. A source with no id (a noise file) is never excluded.
+    track as long as the longest source: the same window for an utterance whatever else is evaluated. A source with
+    no id (a noise file) is never excluded.
     """
 
-    def __init__(self, sources: list[tuple[str | None, np.ndarray]], count: int, seed: int = 0, length: int = 0):
+    def __init__(self, sources: list[tuple[str | None, np.ndarray]], count: int, seed: int = 0):
         usable = [(i, np.asarray(a, dtype=np.float64)) for i, a in sources if len(a) and np.any(a)]
         if len(usable) < count or count < 1:
             raise ValueError(f"need at least {max(count, 1)} non-silent noise sources, got {len(usable)}")
         self.ids = [i for i, _ in usable]
         self.sources = [a / np.sqrt(np.mean(a**2)) for _, a in usable]  # (S_k,) each, unit RMS
         self.count, self.seed = count, seed
-        self.length = max(length, *(len(a) for a in self.sources))  # track length, samples
+        self.length = max(len(a) for a in self.sources)  # track length, samples: every source loops within it
 
     def talkers_for(self, utterance_id: str) -> list[int]:
         return [k for k, i in enumerate(self.ids) if i is None or i != utterance_id][: self.count]
@@ -67,7 +68,7 @@ class LoopedNoise:
         if len(chosen) < self.count:
             raise ValueError(f"{utterance_id}: only {len(chosen)} noise sources other than itself")
         rng = np.random.default_rng([self.seed, zlib.crc32(utterance_id.encode("utf-8"))])
-        start = int(rng.integers(0, max(self.length - n, 0) + 1))
+        start = int(rng.integers(0, self.length))  # the sources loop: a window may start anywhere in the track
         noise = np.zeros(n)
         for k in chosen:
             noise += looped(self.sources[k], start, n)  # every talker read at the same point of the track

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, load_weights, read_config
-from .decoding import DecodingOptions, decode
+from .decoding import DecodingOptions, decode, token_budget
 from .hub import AVHUBERT_LARGE, PRESETS, HubRepo, MissingModelError, UnusableModelError, locate, mome_home
 from .media import MAX_SEGMENT_SECONDS, SAMPLES_PER_FRAME, VIDEO_FPS, Segment, split_at_pauses
 from .model import AVSRModel, Features, ModelConfig
@@ -62,7 +62,7 @@ class RecognizeOptions:
     any_rate: bool = False  # allow a rate the model was not trained on
     beam: int = 1
     batch_size: int = 8  # segments decoded together
-    max_new_tokens: int = 96
+    max_new_tokens: int | None = None  # None: from the length of each batch's longest segment (token_budget)
     max_segment: float | None = None  # seconds; None: Recognizer.max_segment_seconds
     pack: bool = False  # cut only what is longer than the limit, not at every pause (media.split_at_pauses)
 
@@ -155,7 +155,7 @@ class Recognizer:
             for i, seg in enumerate(segs):
                 if seg.speech:
                     groups.setdefault((modes[c], rates[c]), []).append((c, i))
-        decoding = DecodingOptions(beam_size=options.beam, max_new_tokens=options.max_new_tokens)
+        decoding = DecodingOptions(beam_size=options.beam)
         for (mode, rate), jobs in groups.items():
             jobs.sort(key=lambda job: -segments[job[0]][job[1]].duration)  # similar lengths share a batch
             for at in range(0, len(jobs), options.batch_size):
@@ -163,6 +163,8 @@ class Recognizer:
                 audio = [slice_audio(clips[c], segments[c][i]) for c, i in batch] if "a" in mode else None
                 rois = [slice_rois(clips[c], segments[c][i]) for c, i in batch] if "v" in mode else None
                 features = self.features(audio, rois)
+                budget = options.max_new_tokens or token_budget(segments[batch[0][0]][batch[0][1]].duration)
+                decoding = dataclasses.replace(decoding, max_new_tokens=budget)  # the batch's longest segment first
                 for (c, i), result in zip(batch, decode(self.model, features, rate, mode, decoding, options.any_rate)):
                     texts[c][i] = result.text
         return [

@@ -48,14 +48,38 @@ def test_auto_avsr_csv_with_wav_beside_each_video(tmp_path):
     assert u[1].audio is None and u[1].text == "A, COMMA"
 
 
+def test_auto_avsr_csv_as_its_preparation_writes_it_reads_the_text_files(tmp_path):
+    """auto_avsr writes dataset,rel_path,frames,token_ids (no text) and each transcript in <dataset>_text_seg24s."""
+    root = tmp_path / "lrs3"
+    touch(root / "lrs3_video_seg24s/test/abc/00001.mp4")
+    touch(root / "lrs3_video_seg24s/test/abc/00001.wav")
+    (root / "lrs3_text_seg24s/test/abc").mkdir(parents=True)
+    (root / "lrs3_text_seg24s/test/abc/00001.txt").write_text("HELLO  THERE\n")
+    touch(root / "lrs3_video_seg24s/test/abc/00002.mp4")
+    (root / "test.csv").write_text("lrs3,lrs3_video_seg24s/test/abc/00001.mp4,94,12 34\n")
+    u = load_manifest(root / "test.csv")
+    assert [(x.id, x.text, x.video, x.audio) for x in u] == [
+        ("lrs3_video_seg24s/test/abc/00001", "HELLO THERE", root / "lrs3_video_seg24s/test/abc/00001.mp4",
+         root / "lrs3_video_seg24s/test/abc/00001.wav")]
+    (root / "test.csv").write_text("lrs3,lrs3_video_seg24s/test/abc/00002.mp4,50,56\n")
+    with pytest.raises(DataError, match=r"test\.csv:1: no text field and no transcript at .*lrs3_text_seg24s/test/"
+                                        r"abc/00002\.txt"):
+        load_manifest(root / "test.csv")
+
+
 def test_folder_of_media_with_transcripts(tmp_path):
     touch(tmp_path / "a/one.mp4")
     (tmp_path / "a/one.txt").write_text("first  one\n")
     touch(tmp_path / "two.wav")
     (tmp_path / "two.txt").write_text("second")
     touch(tmp_path / "untranscribed.mp4")
+    touch(tmp_path / "crops/three.mp4")  # auto_avsr's mouth crops: the sound in a .wav beside the video
+    touch(tmp_path / "crops/three.wav")
+    (tmp_path / "crops/three.txt").write_text("third")
     u = load_manifest(tmp_path)
-    assert [(x.id, x.text, x.video is None) for x in u] == [("a/one", "first one", False), ("two", "second", True)]
+    assert [(x.id, x.text, x.video is None) for x in u] == [("a/one", "first one", False), ("crops/three", "third", False),
+                                                            ("two", "second", True)]
+    assert (u[1].video.name, u[1].audio.name, u[2].audio.name) == ("three.mp4", "three.wav", "two.wav")
     with pytest.raises(DataError, match="no media files with a same-named .txt"):
         load_manifest(touch(tmp_path / "empty" / "x.mp4").parent)
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mome_cli.decoding import DecodingOptions, decode
+from mome_cli.decoding import DecodingOptions, decode, token_budget
 
 from conftest import clip, random_features, tiny_model
 
@@ -76,6 +76,12 @@ def test_modes_and_rates_decode_from_one_model(model):
     with pytest.raises(ValueError, match="was not trained"):
         decode(model, features, (8, 2), options=OPTIONS)
     assert len(decode(model, features, (8, 2), options=OPTIONS, any_rate=True)) == 2
+
+
+@pytest.mark.parametrize("seconds, budget", [(0.5, 64), (2.0, 64), (3.0, 96), (3.1, 128), (8.0, 256), (20.0, 640)])
+def test_token_budget_grows_with_the_segment_in_steps_of_32(seconds, budget):
+    # 32 tokens a second: a byte-level LM writing fast speech (5 words of 6 bytes a second) is not cut short
+    assert token_budget(seconds) == budget
 
 
 @pytest.mark.parametrize("kw", [dict(beam_size=0), dict(max_new_tokens=0), dict(length_penalty=3.0)])

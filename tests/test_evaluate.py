@@ -133,8 +133,12 @@ def test_tiny_model_fills_the_rate_by_snr_grid(corpus, tmp_path):
         ("tiny", "av", 0, 3, [])
     assert report["noise"]["source"] == "babble" and report["noise"]["talkers"] == 2  # a corpus of 3: the other 2
     assert "apostrophe" in report["normalisation"]
-    assert report["max_segment_seconds"] == 19.5 and report["segments"] == "every pause"
+    assert report["max_segment_seconds"] == 19.5 and report["segments"] == "every pause"  # a JSONL: as transcribe
+    assert report["max_new_tokens"] == "32 a second of the segment" and report["audio_only"] == []
     cells = {(tuple(c["rate"]), c["snr"]): c for c in report["results"]}
+    assert all(c["segments"] >= 3 and 0 <= c["segments_cut_short"] <= c["segments"] for c in cells.values())
+    if any(c["segments_cut_short"] for c in cells.values()):  # a random model rarely stops: it is said
+        assert "reached their token limit (32 a second) without ending" in result.stderr, result.explain
     assert set(cells) == {(r, s) for r in [(4, 2), (16, 5)] for s in [CLEAN, 0, 5]}
     for cell in cells.values():
         assert cell["ref_words"] == ref_words() == 11 and cell["utterances"] == 3
@@ -167,6 +171,7 @@ def test_trained_model_on_the_auto_avsr_layout_is_word_perfect_when_clean(corpus
     assert result.returncode == 0, result.explain
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["dataset"] == "lrs3" and report["manifest"].endswith("test.csv")
+    assert report["segments"] == "packed"  # LRS2/LRS3 utterances are decoded whole, as the paper decodes them
     for cell in report["results"]:
         if cell["snr"] == CLEAN:
             assert cell["wer"] == 0 and cell["hits"] == ref_words(), result.explain
@@ -191,6 +196,41 @@ def test_verbose_names_the_model_and_scores_each_cell_as_the_table_does(corpus, 
     quiet = mome("evaluate", "--dataset", "lrs3", "--data-root", corpus / "data", "--model", corpus / "ckpt",
                  "--rates", "4,2", "-o", tmp_path / "eval2", cwd=tmp_path)
     assert "LLM " not in quiet.stderr and "WER" not in quiet.stderr, quiet.explain  # without -v: the table alone
+
+
+@needs_ffmpeg
+def test_pauses_are_found_in_the_audio_the_model_hears(tmp_path):
+    """Cut at every pause: on clean audio each clip's two pauses make three segments; under babble at -10 dB the
+    pauses are full of talk, and the cuts know no more than a user's run would (they were taken from the clean audio
+    before, for every SNR)."""
+    rows = []
+    for k, pauses in enumerate([[(1.0, 1.4), (2.5, 2.9)], [(0.7, 1.1), (2.2, 2.6)], [(1.5, 1.9), (3.0, 3.4)]]):
+        quiet = "+".join(f"between(t,{a},{b})" for a, b in pauses)
+        ffmpeg("-f", "lavfi", "-i", "testsrc2=size=96x96:rate=25:duration=4", "-f", "lavfi", "-i",
+               f"sine=frequency={300 + 200 * k}:duration=4,volume=enable='{quiet}':volume=0", "-c:v", "libx264",
+               "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", tmp_path / f"p{k}.mp4")
+        rows.append(json.dumps({"id": f"p{k}", "video": f"p{k}.mp4", "text": "a tone"}))
+    (tmp_path / "paused.jsonl").write_text("\n".join(rows) + "\n")
+    result = evaluate("--dataset", tmp_path / "paused.jsonl", "--model", "tiny", "--roi", "--rates", "4,2", "--snr",
+                      "clean,-10", "-o", tmp_path / "out", home=tmp_path / "home")
+    assert result.returncode == 0, result.explain
+    cells = {c["snr"]: c for c in json.loads((tmp_path / "out" / "report.json").read_text())["results"]}
+    assert cells[CLEAN]["segments"] == 9 and cells[-10]["segments"] < 9, cells
+
+
+@needs_ffmpeg
+def test_an_utterance_without_video_in_mode_av_is_scored_from_its_audio_and_said_so(corpus, tmp_path):
+    sound = corpus / "data" / "lrs3" / "test" / "spk" / "00000.wav"  # hello's sound
+    rows = [{"id": "hello", "video": str(corpus / "jsonl" / "hello.mp4"), "text": "Hello, World!"},
+            {"id": "sound", "audio": str(sound), "text": "Hello, World!"}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = evaluate("--dataset", tmp_path / "m.jsonl", "--model", corpus / "ckpt", "--roi", "--rates", "4,2;16,5",
+                      "-o", tmp_path / "out", home=tmp_path / "home")
+    assert result.returncode == 0 and "warning: sound: no video" in result.stderr, result.explain
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["audio_only"] == ["sound"] and report["evaluated"] == 2
+    rates = {(h["id"], tuple(h["rate"])) for h in map(json.loads, (tmp_path / "out" / "hypotheses.jsonl").open())}
+    assert rates == {("hello", (4, 2)), ("hello", (16, 5)), ("sound", (4,)), ("sound", (16,))}
 
 
 @needs_ffmpeg
@@ -260,7 +300,7 @@ def test_babble_never_holds_the_utterance_itself(corpus_size, talkers):
     ids = [f"spk{k}/{k:05d}" for k in range(corpus_size)]
     sources = tones(ids)
     noise = babble([Utterance(i, "x", audio=Path(f"{i}.wav")) for i in ids], lambda u: sources[u.id], seed=3,
-                   length=RATE, log=lambda m: None, talkers=talkers)
+                   log=lambda m: None, talkers=talkers)
     assert noise.count == min(talkers, corpus_size - 1)
     for k, i in enumerate(ids):
         window = noise.window(i, RATE)  # 1 s: a 1 Hz FFT grid
@@ -274,7 +314,7 @@ def test_mixing_hits_the_target_snr(snr):
     ids = [f"u{k}" for k in range(9)]
     rng = np.random.default_rng(0)
     sources = {i: rng.standard_normal(RATE * (k + 1) // 4) * (k + 1) for k, i in enumerate(ids)}
-    noise = LoopedNoise(list(sources.items()), count=8, seed=1, length=2 * RATE)
+    noise = LoopedNoise(list(sources.items()), count=8, seed=1)
     speech = (0.3 * np.sin(2 * np.pi * 220 * np.arange(RATE + 123) / RATE)).astype(np.float32)
     mixed = mix_at_snr(speech, noise.window("u4", len(speech)), snr)
     added = mixed.astype(np.float64) - speech
@@ -285,9 +325,10 @@ def test_mixing_hits_the_target_snr(snr):
 def test_noise_windows_are_deterministic_given_the_seed():
     rng = np.random.default_rng(0)
     sources = [(f"u{k}", rng.standard_normal(RATE // 2 + 100 * k)) for k in range(5)]
-    a, b = LoopedNoise(sources, 4, seed=7, length=3 * RATE), LoopedNoise(sources, 4, seed=7, length=3 * RATE)
-    other = LoopedNoise(sources, 4, seed=8, length=3 * RATE)
+    a, b = LoopedNoise(sources, 4, seed=7), LoopedNoise(sources, 4, seed=7)
+    other = LoopedNoise(sources, 4, seed=8)
     assert np.array_equal(a.window("x", RATE), b.window("x", RATE))
+    assert np.array_equal(a.window("x", 3 * RATE)[:RATE], a.window("x", RATE))  # a longer clip: the same start
     assert not np.array_equal(a.window("x", RATE), other.window("x", RATE))
     assert not np.array_equal(a.window("x", RATE), a.window("y", RATE))  # each utterance its own window
 
