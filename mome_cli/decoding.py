@@ -331,4 +331,5 @@ def decode(
     return results
 
 
-__all__ = ["TOKENS_PER_SECOND", "token_budget", "DecodingOptions", "DecodingResult", "GreedyDecoder", "BeamSearchDecoder", "StaticGreedy", "decode"]
+__all__ = ["TOKENS_PER_SECOND", "token_budget", "DecodingOptions", "DecodingResult", "GreedyDecoder",
+           "BeamSearchDecoder", "StaticGreedy", "decode"]

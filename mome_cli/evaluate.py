@@ -13,8 +13,9 @@ whole manifest (not only the `limit` evaluated), each scaled to unit RMS. Uttera
 of those talkers - never itself: if it is one of them the spare takes its place - each talker looped end to end on a
 track as long as the longest talker, and i takes a window of that track at a start drawn from (seed, i's id), whatever
 else is evaluated (--limit, failed utterances). The window is scaled so that its power sits `snr` dB below the
-utterance's own power (both measured over the whole utterance: see noise.py, which does the looping and mixing). A `--noise FILE` is used the same way, as
-the only talker. Everything is deterministic given the seed; the window does not change with the SNR, only its level.
+utterance's own power (both measured over the whole utterance: see noise.py, which does the looping and mixing). A
+`--noise FILE` is used the same way, as the only talker. Everything is deterministic given the seed; the window does
+not change with the SNR, only its level.
 
 Outputs (atomic): report.json (the counts per rate x SNR and how they were made), hypotheses.jsonl (one line per
 utterance, rate and SNR), wer.png (plotting.py: WER against SNR, one line per rate pair; bars when there is one SNR

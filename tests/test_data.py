@@ -77,8 +77,8 @@ def test_folder_of_media_with_transcripts(tmp_path):
     touch(tmp_path / "crops/three.wav")
     (tmp_path / "crops/three.txt").write_text("third")
     u = load_manifest(tmp_path)
-    assert [(x.id, x.text, x.video is None) for x in u] == [("a/one", "first one", False), ("crops/three", "third", False),
-                                                            ("two", "second", True)]
+    assert [(x.id, x.text, x.video is None) for x in u] == [
+        ("a/one", "first one", False), ("crops/three", "third", False), ("two", "second", True)]
     assert (u[1].video.name, u[1].audio.name, u[2].audio.name) == ("three.mp4", "three.wav", "two.wav")
     with pytest.raises(DataError, match="no media files with a same-named .txt"):
         load_manifest(touch(tmp_path / "empty" / "x.mp4").parent)
