@@ -117,34 +117,47 @@ def _centres(boxes: np.ndarray) -> np.ndarray:
     return (boxes[:, :2] + boxes[:, 2:4]) / 2
 
 
-def track_faces(candidates: list) -> np.ndarray:
-    """Per-frame face boxes (each (N, 4+) x1, y1, x2, y2[, score], N may be 0) -> (T, 4) one box a frame, NaN rows
-    where the tracked face was not found.
+class FaceTracker:
+    """Follows one face through a video given in pieces: per-frame face boxes in, one box a frame out.
 
     The track starts on the largest face; each later frame takes the face whose centre is nearest the last tracked
     box's, if within TRACK_GATE box sides of it. After TRACK_RESET frames without such a face (a cut, the speaker gone)
-    the track starts again on the largest face.
+    the track starts again on the largest face. The state carries from one piece to the next, so a video read in
+    chunks is tracked as if it were read whole.
     """
-    tracked = np.full((len(candidates), 4), np.nan)
-    last, lost = None, 0
-    for t, faces in enumerate(candidates):
-        faces = np.asarray(faces, dtype=np.float64)
-        faces = faces.reshape(len(faces), -1)[:, :4] if faces.size else np.empty((0, 4))  # (N, 4)
-        if len(faces) == 0:
-            lost += 1
-            continue
-        if last is None or lost >= TRACK_RESET:
-            sides = faces[:, 2:4] - faces[:, :2]  # (N, 2) widths, heights
-            pick = int(np.argmax(sides[:, 0] * sides[:, 1]))
-        else:
-            distance = np.linalg.norm(_centres(faces) - _centres(last[None]), axis=1)  # (N,)
-            pick = int(np.argmin(distance))
-            if distance[pick] > TRACK_GATE * max(last[2] - last[0], last[3] - last[1]):
-                lost += 1
+
+    def __init__(self):
+        self.last: np.ndarray | None = None  # (4,) the last tracked box
+        self.lost = 0  # frames since it was seen
+
+    def update(self, candidates: list) -> np.ndarray:
+        """Per-frame face boxes (each (N, 4+) x1, y1, x2, y2[, score], N may be 0) -> (T, 4), NaN rows where the
+        tracked face was not found."""
+        tracked = np.full((len(candidates), 4), np.nan)
+        for t, faces in enumerate(candidates):
+            faces = np.asarray(faces, dtype=np.float64)
+            faces = faces.reshape(len(faces), -1)[:, :4] if faces.size else np.empty((0, 4))  # (N, 4)
+            if len(faces) == 0:
+                self.lost += 1
                 continue
-        tracked[t] = last = faces[pick]
-        lost = 0
-    return tracked
+            last = self.last
+            if last is None or self.lost >= TRACK_RESET:
+                sides = faces[:, 2:4] - faces[:, :2]  # (N, 2) widths, heights
+                pick = int(np.argmax(sides[:, 0] * sides[:, 1]))
+            else:
+                distance = np.linalg.norm(_centres(faces) - _centres(last[None]), axis=1)  # (N,)
+                pick = int(np.argmin(distance))
+                if distance[pick] > TRACK_GATE * max(last[2] - last[0], last[3] - last[1]):
+                    self.lost += 1
+                    continue
+            tracked[t] = self.last = faces[pick]
+            self.lost = 0
+        return tracked
+
+
+def track_faces(candidates: list) -> np.ndarray:
+    """FaceTracker over a whole video at once: (T, 4) one box a frame, NaN rows where the face was not found."""
+    return FaceTracker().update(candidates)
 
 
 def _frame_boxes(boxes, T: int) -> np.ndarray:
@@ -215,12 +228,16 @@ class LandmarkDetector:
                 found.append(faces[:, :4] / scale)
         return found
 
-    def detect(self, frames, batch_size: int = 16, boxes=None) -> np.ndarray:
+    def detect(self, frames, batch_size: int = 16, boxes=None, tracker: FaceTracker | None = None) -> np.ndarray:
         """(T, H, W, 3) uint8 RGB -> (T, P, 2) float32 landmarks x, y in frame pixels; NaN rows for frames where the
-        tracked face was not found. Known face boxes (see _frame_boxes) skip face detection."""
+        tracked face was not found. Known face boxes (see _frame_boxes) skip face detection. A video read in chunks
+        passes the same tracker with each, so that the face followed stays the same across them."""
         frames = _check_frames(frames)
         T = len(frames)
-        tracked = track_faces(self.detect_faces(frames, batch_size)) if boxes is None else _frame_boxes(boxes, T)
+        if boxes is None:
+            tracked = (tracker or FaceTracker()).update(self.detect_faces(frames, batch_size))
+        else:
+            tracked = _frame_boxes(boxes, T)
         landmarks = np.full((T, NUM_LANDMARKS, 2), np.nan, dtype=np.float32)
         have = np.flatnonzero(np.isfinite(tracked).all(axis=1))
         for start in range(0, len(have), batch_size):
@@ -407,6 +424,7 @@ __all__ = [
     "LipConfig",
     "LipResult",
     "resolve_device",
+    "FaceTracker",
     "track_faces",
     "LandmarkDetector",
     "interpolate_missing",

@@ -1,7 +1,7 @@
 """Media in: probe a file, decode 16 kHz mono audio and 25 fps video on one clock, cut long inputs at pauses.
 
-Every ffmpeg call goes through ffmpeg-python with -nostdin and its stderr captured; a failure becomes a MediaError that
-names the file and quotes ffmpeg's own last words. Audio and video are decoded on the file's timeline from t = 0:
+Every ffmpeg call is built with ffmpeg-python, runs with -nostdin and its stderr captured, and gets the file as
+file:<absolute path>; a failure becomes a MediaError that names the file and quotes ffmpeg's own last words. Audio and video are decoded on the file's timeline from t = 0:
 audio that starts late is padded with silence, video that starts late repeats its first frame, and both are cut to
 the same duration, so sample s and frame f are at s / 16000 and f / 25 seconds.
 
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -25,6 +27,7 @@ MAX_SEGMENT_SECONDS = 20.0  # longest segment handed to the model
 MIN_PAUSE_SECONDS = 0.2  # a silence this long is a pause: between two stretches of speech, it ends a segment
 ENERGY_WINDOW = SAMPLES_PER_FRAME  # energy measured per video frame, so cuts fall on frame boundaries
 SILENCE_DB = -35.0  # a window this far below the clip's loudest (95th percentile) window counts as silence
+SILENCE_FLOOR_DBFS = -60.0  # and so does one this quiet in absolute terms (digital silence, a muted phone, room hum)
 
 
 class MediaError(Exception):
@@ -46,12 +49,13 @@ class NoVideoError(MediaError):
 @dataclass
 class MediaInfo:
     path: str
-    duration: float  # seconds from t = 0 to the end of the shorter stream
+    duration: float  # seconds from t = 0 to the end of the stream that ends first
     has_audio: bool
     has_video: bool
     width: int = 0
     height: int = 0
     fps: float = 0.0  # the video stream's own average frame rate
+    audio_duration: float = 0.0  # seconds from t = 0 to the end of the audio (mode a reads that far)
 
 
 @dataclass
@@ -79,6 +83,20 @@ def _last_words(error) -> str:
     return lines[-1] if lines else "ffmpeg failed"
 
 
+def _source(path) -> str:
+    """The path as ffmpeg must be given it: absolute, with the file: protocol, so that a name that starts with '-' or
+    holds a ':' (rec:01.mp4) is a file name, not an option or a protocol."""
+    return "file:" + os.path.abspath(path)
+
+
+def _rotation(stream: dict) -> int:
+    """Degrees a player turns the picture (phone videos shot upright store landscape frames and say so)."""
+    for side in stream.get("side_data_list", []) or []:
+        if "rotation" in side:
+            return int(round(float(side["rotation"])))
+    return int(round(float((stream.get("tags") or {}).get("rotate", 0) or 0)))
+
+
 def check_file(path: Path) -> None:
     """MediaError unless path is a non-empty file this process can read."""
     if not path.exists():
@@ -97,7 +115,7 @@ def probe(path) -> MediaInfo:
     check_file(path)
     ffmpeg = _ffmpeg()
     try:
-        info = ffmpeg.probe(str(path), cmd="ffprobe")
+        info = ffmpeg.probe(_source(path), cmd="ffprobe")
     except ffmpeg.Error as e:
         raise MediaError(path, f"not a readable media file ({_last_words(e)})") from e
     streams = info.get("streams", [])
@@ -105,21 +123,42 @@ def probe(path) -> MediaInfo:
     video = next((s for s in streams if s.get("codec_type") == "video" and not _is_cover_art(s)), None)
     if audio is None and video is None:
         raise MediaError(path, "no audio or video stream")
-    # The clip is as long as its shorter stream: the audio's real length (AAC priming and padding are not audio),
-    # and no held frames or padded silence at the end. Streams that give no duration fall back on the container's.
-    streams_duration = [float(s["duration"]) for s in (audio, video) if s and s.get("duration") not in (None, "N/A")]
-    container = info.get("format", {}).get("duration")
-    duration = min(streams_duration) if streams_duration else float(container or 0)
+    # The clip ends where its first stream to end ends, on the file's clock from its start (t = 0): the audio's real
+    # length (AAC priming and padding are not audio), and no held frames or padded silence at the end. A stream that
+    # starts late still ends where it ends. Streams that give no duration fall back on the container's.
+    container = info.get("format", {})
+    origin = _seconds(container.get("start_time")) or 0.0
+    whole = _seconds(container.get("duration")) or 0.0
+    ends = {kind: _end(s, origin) for kind, s in (("audio", audio), ("video", video)) if s is not None}
+    known = [end for end in ends.values() if end is not None]
+    duration = min(known) if known else whole
     if duration <= 0:
         raise MediaError(path, "zero-length media")
-    fps = 0.0
+    fps, width, height = 0.0, 0, 0
     if video is not None:
         num, _, den = str(video.get("avg_frame_rate", "0/1")).partition("/")
         fps = float(num) / float(den or 1) if float(den or 1) else 0.0
-    return MediaInfo(
-        path=str(path), duration=duration, has_audio=audio is not None, has_video=video is not None,
-        width=int(video.get("width", 0)) if video else 0, height=int(video.get("height", 0)) if video else 0, fps=fps,
-    )
+        width, height = int(video.get("width", 0)), int(video.get("height", 0))
+        if _rotation(video) % 180:  # ffmpeg turns the frames as a player does: upright, width and height swapped
+            width, height = height, width
+    audio_duration = (ends.get("audio") or whole or duration) if audio is not None else 0.0
+    return MediaInfo(path=str(path), duration=duration, has_audio=audio is not None, has_video=video is not None,
+                     width=width, height=height, fps=fps, audio_duration=audio_duration)
+
+
+def _seconds(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):  # None, "N/A"
+        return None
+
+
+def _end(stream: dict, origin: float) -> float | None:
+    """Where a stream ends, in seconds from the file's start; None if it does not say."""
+    duration = _seconds(stream.get("duration"))
+    if duration is None:
+        return None
+    return max(0.0, (_seconds(stream.get("start_time")) or origin) - origin) + duration
 
 
 def _is_cover_art(stream: dict) -> bool:
@@ -141,7 +180,7 @@ def decode_audio(path, start: float = 0.0, duration: float | None = None, info: 
     start, duration = _window(start, duration, info)
     ffmpeg = _ffmpeg()
     stream = (
-        ffmpeg.input(str(path), ss=start, t=duration)
+        ffmpeg.input(_source(path), ss=start, t=duration)
         .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE, af="aresample=async=1:first_pts=0",
                 map="0:a:0")
         .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
@@ -173,7 +212,7 @@ def iter_video(path, start: float = 0.0, duration: float | None = None, info: Me
         width, height = int(round(width * max_height / height / 2)) * 2, max_height
     ffmpeg = _ffmpeg()
     stream = (
-        ffmpeg.input(str(path), ss=start, t=duration)
+        ffmpeg.input(_source(path), ss=start, t=duration)
         .video.filter("fps", fps=VIDEO_FPS, start_time=0)  # input -ss puts the start at t = 0
         .filter("scale", width, height)
         .output("pipe:", format="rawvideo", pix_fmt="rgb24")
@@ -181,7 +220,10 @@ def iter_video(path, start: float = 0.0, duration: float | None = None, info: Me
     )
     want = int(round(duration * VIDEO_FPS))
     frame_bytes = width * height * 3
-    process = stream.run_async(cmd="ffmpeg", pipe_stdout=True, pipe_stderr=True)
+    # ffmpeg's messages go to a file, not a pipe: a damaged file makes it write more than a pipe holds, and it would
+    # wait for the pipe to be read while this waits for frames.
+    messages = tempfile.TemporaryFile()
+    process = subprocess.Popen(stream.compile(cmd="ffmpeg"), stdout=subprocess.PIPE, stderr=messages)
     sent, last = 0, None
     try:
         while sent < want:
@@ -196,9 +238,10 @@ def iter_video(path, start: float = 0.0, duration: float | None = None, info: Me
             yield frames
     finally:
         process.stdout.close()
-        stderr = process.stderr.read()
-        process.stderr.close()
         code = process.wait()
+        messages.seek(0)
+        stderr = messages.read()
+        messages.close()
     if code != 0 and sent < want:
         lines = [ln for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
         raise MediaError(path, f"cannot decode video ({lines[-1].strip() if lines else 'ffmpeg failed'})")
@@ -214,14 +257,15 @@ def decode_video(path, start: float = 0.0, duration: float | None = None, info: 
     return np.concatenate(list(iter_video(path, start, duration, info, max_height=max_height)))
 
 
-def frame_energy_db(samples: np.ndarray) -> np.ndarray:
-    """(T,) energy per 40 ms window in dB relative to the clip's loud level (its 95th percentile window)."""
+def frame_energy_db(samples: np.ndarray, relative: bool = True) -> np.ndarray:
+    """(T,) energy per 40 ms window in dB relative to the clip's loud level (its 95th percentile window), or in dBFS
+    (a full-scale sine is -3 dBFS)."""
     n = len(samples) // ENERGY_WINDOW
     if n == 0:
         return np.zeros(0, np.float32)
     power = (samples[: n * ENERGY_WINDOW].reshape(n, ENERGY_WINDOW).astype(np.float64) ** 2).mean(axis=1)
     db = 10 * np.log10(power + 1e-12)
-    return (db - np.percentile(db, 95)).astype(np.float32)
+    return (db - np.percentile(db, 95) if relative else db).astype(np.float32)
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -244,7 +288,7 @@ def split_at_pauses(samples: np.ndarray, max_seconds: float = MAX_SEGMENT_SECOND
     """
     total = len(samples) / SAMPLE_RATE
     db = frame_energy_db(samples)  # (T,) one value per 40 ms frame
-    silent = db < SILENCE_DB
+    silent = (db < SILENCE_DB) | (frame_energy_db(samples, relative=False) < SILENCE_FLOOR_DBFS)
     n_frames = int(np.ceil(total * VIDEO_FPS))
     limit = max(1, int(max_seconds * VIDEO_FPS))
     min_pause = max(1, int(round(MIN_PAUSE_SECONDS * VIDEO_FPS)))

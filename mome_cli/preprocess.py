@@ -19,6 +19,7 @@ Notation for shapes: S samples, T frames, R = 96 ROI side.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -28,11 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from .files import atomic_write
-from .lips import NoFaceError, crop_mouths, interpolate_missing, load_mean_face, rois_from_crops, smooth
+from .lips import (FaceTracker, NoFaceError, crop_mouths, interpolate_missing, load_mean_face, rois_from_crops,
+                   smooth)
 from .media import (MediaError, NoAudioError, NoVideoError, check_file, decode_audio, decode_video, iter_video,
                     probe)
 
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2  # bumped when the clips it makes change (2: rotation, streams that start late)
 MAX_HEIGHT = 720  # frames taller than this are scaled down before detection and cropping
 CHUNK_FRAMES = 125  # frames held in memory at once: 5 s of video
 
@@ -127,11 +129,14 @@ class Preprocessor:
 
     def __call__(self, path) -> Clip:
         check_file(Path(path))  # a missing or unreadable file is one input's MediaError, before it is hashed
-        cached = self._load(self._cache_key(path, self.options.mode))  # no probe for a file seen before
+        digest = file_sha256(path) if self.cache_dir is not None else None  # read once, whatever mode it ends in
+        cached = self._load(self._cache_key(digest, self.options.mode))  # no probe for a file seen before
         if cached is not None:
             return cached
         info = probe(path)
         mode, warnings = self.options.mode, []
+        if mode == "a" and info.has_audio:  # the audio alone: as long as it is, whatever the video's length
+            info = dataclasses.replace(info, duration=info.audio_duration)
         if "a" in mode and not info.has_audio:
             raise NoAudioError(path, f"no audio stream (mode {mode} needs one)")
         if mode == "v" and not info.has_video:
@@ -139,7 +144,7 @@ class Preprocessor:
         if mode == "av" and not info.has_video:
             mode = "a"
             warnings.append("no video stream: transcribed from audio alone")
-        key = self._cache_key(path, mode)
+        key = self._cache_key(digest, mode)
         cached = self._load(key)
         if cached is not None:
             return cached
@@ -166,7 +171,8 @@ class Preprocessor:
         if self.options.roi:
             return rois_from_crops(decode_video(path, info=info))
         chunks = lambda: iter_video(path, info=info, chunk=CHUNK_FRAMES, max_height=self.options.max_height)  # noqa
-        landmarks = np.concatenate([self.detector.detect(frames) for frames in chunks()])  # (T, 68, 2), NaN rows
+        tracker = FaceTracker()  # one face followed through every chunk
+        landmarks = np.concatenate([self.detector.detect(frames, tracker=tracker) for frames in chunks()])  # (T, 68, 2)
         filled, missing = interpolate_missing(landmarks)
         smoothed = smooth(filled)
         mean_face, rois, at = load_mean_face(), [], 0
@@ -180,12 +186,12 @@ class Preprocessor:
 
     # ---- cache --------------------------------------------------------------------------------------------------
 
-    def _cache_key(self, path, mode: str) -> str | None:
-        if self.cache_dir is None:
+    def _cache_key(self, digest: str | None, mode: str) -> str | None:
+        if self.cache_dir is None or digest is None:
             return None
         o = self.options
         tag = f"v{PREPROCESS_VERSION}-{mode}-{'roi' if o.roi else o.detector}-{o.max_height}"
-        return f"{file_sha256(path)}-{tag}"
+        return f"{digest}-{tag}"
 
     def _load(self, key: str | None) -> Clip | None:
         if key is None:

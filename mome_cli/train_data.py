@@ -34,6 +34,7 @@ from .files import atomic_write
 from .media import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, MediaError
 from .model import Features
 from .noise import add_babble
+from .preprocess import PREPROCESS_VERSION
 from .train_config import TrainConfig
 
 
@@ -170,7 +171,7 @@ class TrainingData:
             how = f"features cached in {cfg.feature_cache}" + (": augmented ones encoded again" * cfg.augmenting)
         self.say(f"preparing {n} training utterances ({how})")
         model = recognizer.model.config
-        tag = ["v1", cfg.data_mode, _stamp(model.audio_encoder), _stamp(model.video_encoder), cfg.mouth_crops,
+        tag = [f"v1-clips{PREPROCESS_VERSION}", cfg.data_mode, _stamp(model.audio_encoder), _stamp(model.video_encoder), cfg.mouth_crops,
                cfg.detector, model.audio_encoder, model.audio_encoder_revision,
                model.video_encoder, model.video_encoder_revision, device.type]  # encoders: bf16 on CUDA
         folder = self.home / "cache" / "features" if cfg.feature_cache == "disk" else None

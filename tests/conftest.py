@@ -109,8 +109,10 @@ class FakeDetector:
 
     def __init__(self, points, missing=()):
         self.points, self.missing = points, set(missing)
+        self.trackers = []  # the FaceTracker given with each call
 
-    def detect(self, frames, batch_size=16, boxes=None):
+    def detect(self, frames, batch_size=16, boxes=None, tracker=None):
+        self.trackers.append(tracker)
         out = np.repeat(self.points[None].astype(np.float32), len(frames), axis=0)
         out[list(self.missing)] = np.nan
         return out

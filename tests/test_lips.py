@@ -273,6 +273,19 @@ def test_tracking_keeps_the_first_largest_face():
     np.testing.assert_array_equal(later[-1], b1[:4])  # after a second without the face: a new track
 
 
+def test_a_video_tracked_in_chunks_follows_the_face_it_would_follow_whole():
+    """The speaker first; from frame 3 a listener larger than them: read in chunks of 4 frames, the track must not
+    start again on the largest face at each chunk (it did: an interview's listener took over every 5 s)."""
+    speaker = [[10 + t, 10, 110 + t, 110, 0.9] for t in range(10)]
+    listener = [200, 0, 400, 200, 0.9]
+    candidates = [np.array([speaker[t]] + ([listener] if t >= 3 else [])) for t in range(10)]
+    whole = track_faces(candidates)
+    tracker = lips.FaceTracker()
+    chunked = np.concatenate([tracker.update(candidates[at : at + 4]) for at in range(0, 10, 4)])
+    np.testing.assert_array_equal(chunked, whole)
+    np.testing.assert_array_equal(chunked, np.array(speaker)[:, :4])
+
+
 # -- ready-made mouth crops --------------------------------------------------------------------------------------
 
 

@@ -134,3 +134,84 @@ def test_short_audio_is_one_segment_and_silence_is_marked():
     quiet = np.concatenate([noise(15, rng), silence(25)])
     segments = split_at_pauses(quiet)
     assert segments[0].speech and not segments[-1].speech
+
+
+def test_silence_is_also_what_is_quiet_in_absolute_terms():
+    """A muted recording has no loud part for the relative threshold to go by: all of it is silence, nothing is
+    decoded. A short utterance in a minute of faint room noise (-70 dBFS) is cut out of it."""
+    assert not any(s.speech for s in split_at_pauses(np.zeros(30 * SAMPLE_RATE, np.float32)))
+    rng = np.random.default_rng(4)
+    room = lambda seconds: (rng.standard_normal(int(seconds * SAMPLE_RATE)) * 10 ** (-70 / 20)).astype(np.float32)  # noqa
+    audio = np.concatenate([room(29), noise(2, rng), room(29)])
+    segments = split_at_pauses(audio)
+    speech = [s for s in segments if s.speech]
+    assert len(speech) == 1 and speech[0].start <= 29 and speech[0].end >= 31, segments  # the rest is not decoded
+    assert sum(s.duration for s in segments if not s.speech) > 40, segments
+
+
+def test_a_portrait_phone_video_comes_out_upright_not_squashed(tmp_path):
+    """Phones store landscape frames and a rotation; ffmpeg turns them upright, so width and height swap."""
+    stored = make(tmp_path / "stored.mp4", "testsrc2=size=160x96:rate=25:duration=1")
+    rotated = tmp_path / "portrait.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", stored, "-c", "copy", "-metadata:s:v:0",
+                    "rotate=90", rotated], check=True)
+    info = probe(rotated)
+    assert (info.width, info.height) == (96, 160)
+    upright = decode_video(rotated, info=info)
+    assert upright.shape == (25, 160, 96, 3)
+    turned = np.rot90(decode_video(stored), k=1, axes=(1, 2))  # the stored frames turned a quarter turn
+    assert np.abs(upright.astype(int) - turned.astype(int)).mean() < 2
+
+
+@pytest.mark.parametrize("name", ["-starts-with-a-dash.mp4", "rec:01.mp4", "ünï cödé.mp4"])
+def test_file_names_that_look_like_options_or_protocols_are_files(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    make(tmp_path / "x.mp4", "testsrc2=size=64x48:rate=25:duration=1", "sine=frequency=300:duration=1",
+         ["-c:a", "aac", "-shortest"]).rename(tmp_path / name)
+    info = probe(name)
+    assert decode_video(name, info=info).shape == (25, 48, 64, 3) and len(decode_audio(name, info=info)) > 0
+
+
+def test_a_flood_of_ffmpeg_messages_does_not_stall_the_video(tmp_path, monkeypatch):
+    """A damaged file makes ffmpeg write error after error; more than a pipe holds must not block it (it did: a
+    corrupt 40 s video hung for good). Here an ffmpeg stand-in writes 1 MB of messages before its frames."""
+    import os
+    import signal
+    import sys
+
+    path = make(tmp_path / "x.mp4", "testsrc2=size=64x48:rate=25:duration=2")
+    info = probe(path)
+    fake = tmp_path / "bin" / "ffmpeg"
+    fake.parent.mkdir()
+    fake.write_text(f"#!{sys.executable}\nimport sys\nsys.stderr.write('x' * 1_000_000)\nsys.stderr.flush()\n"
+                    f"sys.stdout.buffer.write(bytes(50 * 64 * 48 * 3))\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("iter_video blocked on ffmpeg's messages"))
+    signal.alarm(30)
+    try:
+        frames = decode_video(path, info=info)
+    finally:
+        signal.alarm(0)
+    assert frames.shape == (50, 48, 64, 3)
+
+
+def test_a_stream_that_starts_late_keeps_its_end_and_mode_a_reads_all_the_audio(tmp_path):
+    """Audio from 1 s to 5 s beside video from 0 to 5 s: the clip is 5 s (it was cut at 4 s, the audio's own length,
+    losing its last second). A 1 s video beside 6 s of audio: mode a reads the 6 s, av stops with the video."""
+    from mome_cli.preprocess import Preprocessor, PreprocessOptions
+
+    late = tmp_path / "late.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=64x48:rate=25:duration=5", "-itsoffset", "1", "-f", "lavfi", "-i",
+                    "sine=frequency=300:duration=4", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", late],
+                   check=True)
+    info = probe(late)
+    assert info.duration == pytest.approx(5.0, abs=0.05)
+    audio = decode_audio(late, info=info)
+    assert np.abs(audio[: SAMPLE_RATE // 2]).max() < 0.01 and np.abs(audio[-SAMPLE_RATE // 2 :]).max() > 0.05
+    short = make(tmp_path / "short.mp4", "testsrc2=size=64x48:rate=25:duration=1", "sine=frequency=300:duration=6",
+                 ["-c:a", "aac"])
+    assert probe(short).duration == pytest.approx(1.0, abs=0.05)
+    assert len(Preprocessor(PreprocessOptions(mode="a"))(short).audio) == pytest.approx(6 * SAMPLE_RATE, abs=800)
+    assert len(Preprocessor(PreprocessOptions(mode="av", roi=True))(short).audio) == pytest.approx(SAMPLE_RATE, abs=800)

@@ -108,6 +108,16 @@ def test_cache_skips_detection_and_follows_the_file_content(media, tmp_path):
     assert prep(path).duration == pytest.approx(1.0, abs=0.05) and sum(calls) == 30 + 25
 
 
+def test_a_video_read_in_chunks_is_tracked_by_one_tracker(media, monkeypatch):
+    from mome_cli import preprocess
+
+    monkeypatch.setattr(preprocess, "CHUNK_FRAMES", 4)
+    detector = FakeDetector(face_points())
+    clip = Preprocessor(PreprocessOptions(mode="v"), detector=detector)(media / "face.mp4")
+    assert len(detector.trackers) == -(-len(clip.rois) // 4) > 1
+    assert all(t is detector.trackers[0] for t in detector.trackers) and detector.trackers[0] is not None
+
+
 def test_mouth_is_centred_in_the_crop_of_a_posed_face(media):
     """With landmarks on a known face, the ROI centre samples the mouth region of the frame."""
     points = face_points()
