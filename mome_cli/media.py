@@ -130,6 +130,8 @@ def probe(path) -> MediaInfo:
     origin = _seconds(container.get("start_time")) or 0.0
     whole = _seconds(container.get("duration")) or 0.0
     ends = {kind: _end(s, origin) for kind, s in (("audio", audio), ("video", video)) if s is not None}
+    if not whole and all(end is None for end in ends.values()):  # a live recording (browser, OBS): no duration kept
+        ends = {kind: _packets_end(ffmpeg, path, kind, origin) for kind in ends}
     known = [end for end in ends.values() if end is not None]
     duration = min(known) if known else whole
     if duration <= 0:
@@ -151,6 +153,17 @@ def _seconds(value) -> float | None:
         return float(value)
     except (TypeError, ValueError):  # None, "N/A"
         return None
+
+
+def _packets_end(ffmpeg, path, kind: str, origin: float) -> float | None:
+    """Where the first stream of a kind ends, from its packets' times (for files whose headers give no duration)."""
+    try:
+        packets = ffmpeg.probe(_source(path), cmd="ffprobe", select_streams=f"{kind[0]}:0",
+                               show_entries="packet=pts_time,duration_time").get("packets", [])
+    except ffmpeg.Error:
+        return None
+    ends = [(_seconds(p.get("pts_time")) or 0.0) + (_seconds(p.get("duration_time")) or 0.0) for p in packets]
+    return max(ends) - origin if ends else None
 
 
 def _end(stream: dict, origin: float) -> float | None:

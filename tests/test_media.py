@@ -215,3 +215,14 @@ def test_a_stream_that_starts_late_keeps_its_end_and_mode_a_reads_all_the_audio(
     assert probe(short).duration == pytest.approx(1.0, abs=0.05)
     assert len(Preprocessor(PreprocessOptions(mode="a"))(short).audio) == pytest.approx(6 * SAMPLE_RATE, abs=800)
     assert len(Preprocessor(PreprocessOptions(mode="av", roi=True))(short).audio) == pytest.approx(SAMPLE_RATE, abs=800)
+
+
+def test_a_live_recording_without_a_stored_duration_is_read_to_its_end(tmp_path):
+    """What a browser's MediaRecorder or OBS writes: WebM whose headers keep no duration (it was "zero-length")."""
+    live = tmp_path / "live.webm"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=64x48:rate=25:duration=3", "-f", "lavfi", "-i", "sine=frequency=300:duration=3",
+                    "-c:v", "libvpx", "-c:a", "libopus", "-live", "1", live], check=True)
+    info = probe(live)
+    assert info.duration == pytest.approx(3.0, abs=0.1)
+    assert len(decode_video(live, info=info)) == pytest.approx(75, abs=2)
