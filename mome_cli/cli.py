@@ -303,13 +303,16 @@ def train(ctx: click.Context, config, resume, **flags):
         train_config = resolve_config(config, overrides, resume=resume)
         training.run(train_config, resume=resume, quiet=ctx.obj.quiet)
     except ConfigError as e:
+        if not training.is_main_process():  # under torchrun every process meets it: rank 0 says it
+            ctx.exit(ExitCode.USAGE)
         raise click.UsageError(str(e)) from e
     except (DataError, HubError) as e:
         if training.is_main_process():
             stderr.print(f"mome train: {e}", markup=False)
         ctx.exit(e.exit_code)
     except training.TrainingError as e:
-        stderr.print(f"mome train: {e}", markup=False)
+        if training.is_main_process():
+            stderr.print(f"mome train: {e}", markup=False)
         ctx.exit(ExitCode.FAILURE)
     except training.TrainingStopped as e:
         if training.is_main_process():

@@ -81,7 +81,8 @@ class TrainConfig:
     warmup_fraction: float = 0.05  # warmup as a fraction of all steps, when warmup_steps is None
     min_lr_ratio: float = 0.0  # the cosine decays to lr * min_lr_ratio
     grad_clip: float = 10.0  # max gradient norm (0: no clipping)
-    precision: str = "bf16"  # bf16 autocast on CUDA (the CPU always trains in fp32) | fp32
+    precision: str = "bf16"  # bf16 autocast on CUDA | fp32; the CPU trains in fp32; frozen backbones: bf16 on CUDA
+    # whatever this says (as transcribe runs them)
     seed: int = 0  # model init, batch order, augmentation
     device: str = "auto"  # auto | cpu | cuda (under torchrun: the process's LOCAL_RANK GPU)
     # -- augmentation of the raw inputs (any of it on: every step encodes its batch again) ------------------------
@@ -93,7 +94,8 @@ class TrainConfig:
     babble_speakers: int = 4  # utterances summed into one babble
     babble_snr: list = field(default_factory=lambda: [-5, 0, 5, 10, 15, 20])  # SNRs (dB), one drawn per utterance
     # -- features --------------------------------------------------------------------------------------------------
-    feature_cache: str = "memory"  # memory | disk ($MOME_HOME/cache/features): where encoded utterances are kept
+    feature_cache: str = "memory"  # memory | disk ($MOME_HOME/cache): where encoded utterances (and, augmenting, the
+    # raw clips) are kept
     encode_batch: int = 8  # utterances encoded together
     # -- saving, validation, logging -------------------------------------------------------------------------------
     save_every: int = 1000  # steps between saves (the last step is always saved)
@@ -106,6 +108,7 @@ class TrainConfig:
 
     def __post_init__(self):
         self.rates = parse_rates(self.rates)
+        self._check_types()
         self.betas = [float(b) for b in self.betas]
         self.babble_snr = [float(s) for s in self.babble_snr]
         if self.train is None:
@@ -156,6 +159,23 @@ class TrainConfig:
             self.mome_config()
         except ValueError as e:
             raise ConfigError(f"MoME: {e} (experts={self.experts}, shared={self.shared}, top_k={self.top_k})") from e
+
+    def _check_types(self) -> None:
+        """Each value of the kind its field says (a recipe's lr = "1e-3" or roi = "false" is refused, not crashed on
+        or read as true)."""
+        kinds = {"str": (str,), "bool": (bool,), "int": (int,), "float": (int, float), "list": (list, tuple)}
+        names = {"str": "text", "bool": "true or false", "int": "a whole number", "float": "a number", "list": "a list"}
+        for f in fields(self):
+            allowed = [k for k in str(f.type).replace(" ", "").split("|")]
+            value = getattr(self, f.name)
+            if value is None and "None" in allowed:
+                continue
+            if not any(isinstance(value, kinds[k]) and not (k in ("int", "float") and isinstance(value, bool))
+                       for k in allowed if k in kinds):
+                wanted = " or ".join(names[k] for k in allowed if k in kinds)
+                raise ConfigError(f"{f.name} must be {wanted}, got {value!r}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
 
     # -- derived ---------------------------------------------------------------------------------------------------
 

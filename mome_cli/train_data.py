@@ -144,6 +144,42 @@ class FeatureStore:
         return torch.load(self.path(u), map_location="cpu", weights_only=True, mmap=mmap)
 
 
+class ClipStore:
+    """Training clips kept for augmentation, by utterance index: in memory, or (folder given: feature_cache "disk") one
+    file each, read back memory-mapped when a batch needs it, so that a large corpus (LRS3: some 400 GB of mouth
+    crops and audio) is not held in RAM by every process. Behaves as a read-only mapping once filled."""
+
+    def __init__(self, utterances: list, folder: Path | None, tag: str):
+        self.utterances, self.files = utterances, FeatureStore(folder, tag)
+        self.indices: list[int] = []  # sorted
+
+    def put(self, i: int, clip) -> None:
+        arrays = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in (("audio", clip.audio), ("rois", clip.rois))
+                  if v is not None}
+        self.files.put(i, self.utterances[i], {**arrays, "meta": [clip.path, clip.duration, clip.mode]})
+
+    def has(self, i: int) -> bool:
+        return self.files.has(i, self.utterances[i])
+
+    def index(self, indices) -> None:
+        """The utterances stored (by this process or another): the ones a step may read."""
+        self.indices = sorted(i for i in indices if self.has(i))
+
+    def __getitem__(self, i: int):
+        from .preprocess import Clip
+
+        item = self.files.get(i, self.utterances[i], mmap=True)
+        path, duration, mode = item["meta"]
+        return Clip(path=path, duration=duration, mode=mode, audio=item["audio"].numpy() if "audio" in item else None,
+                    rois=item["rois"].numpy() if "rois" in item else None)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 # ---- one process's data ------------------------------------------------------------------------------------------
 
 
@@ -171,16 +207,25 @@ class TrainingData:
             how = f"features cached in {cfg.feature_cache}" + (": augmented ones encoded again" * cfg.augmenting)
         self.say(f"preparing {n} training utterances ({how})")
         model = recognizer.model.config
-        tag = [f"v1-clips{PREPROCESS_VERSION}", cfg.data_mode, _stamp(model.audio_encoder), _stamp(model.video_encoder), cfg.mouth_crops,
-               cfg.detector, model.audio_encoder, model.audio_encoder_revision,
-               model.video_encoder, model.video_encoder_revision, device.type]  # encoders: bf16 on CUDA
-        folder = self.home / "cache" / "features" if cfg.feature_cache == "disk" else None
-        self.features = FeatureStore(folder, json.dumps(tag))
-        self.clips = self._load_clips(self.utterances, range(n), "training") if cfg.augmenting else {}
-        kept = sorted(self.clips) if cfg.augmenting else list(range(n))
+        clips = [f"clips{PREPROCESS_VERSION}", cfg.data_mode, cfg.mouth_crops, cfg.detector]
+        tag = ["v1", *clips, _stamp(model.audio_encoder), _stamp(model.video_encoder), model.audio_encoder,
+               model.audio_encoder_revision, model.video_encoder, model.video_encoder_revision,
+               device.type]  # encoders: bf16 on CUDA
+        disk = cfg.feature_cache == "disk"
+        self.features = FeatureStore(self.home / "cache" / "features" if disk else None, json.dumps(tag))
+        self.clips = {}
+        if cfg.augmenting:  # the raw clips, read again at every step
+            self.clips = ClipStore(self.utterances, self.home / "cache" / "train-clips" if disk else None,
+                                   json.dumps(clips))
+            share = range(self.rank, n, self.world) if disk and self.world > 1 else range(n)  # on disk: shared
+            self._load_clips(self.utterances, [i for i in share if not self.clips.has(i)], "training", self.clips)
+            if disk and self.world > 1:
+                torch.distributed.barrier()
+            self.clips.index(range(n))
+        kept = list(self.clips) if cfg.augmenting else list(range(n))
         if self.reused:  # encoded once into the store: all of it, or what augmentation leaves unchanged
             loaded = self.clips or None  # without augmentation the clips are read as they are encoded
-            if folder is not None and self.world > 1:  # each process fills its share of the disk cache first
+            if disk and self.world > 1:  # each process fills its share of the disk cache first
                 self._encode(kept[self.rank :: self.world], loaded)
                 torch.distributed.barrier()
             kept = self._encode(kept, loaded)
@@ -202,9 +247,9 @@ class TrainingData:
         return {m: Preprocessor(PreprocessOptions(mode=m, roi=cfg.mouth_crops, detector=cfg.detector, device=device),
                                 cache_dir=cache) for m in {cfg.data_mode, "a", "v"}}
 
-    def _load_clips(self, utterances, indices, what: str) -> dict:
-        """{index: Clip} of the utterances that preprocess and fit the audio encoder's window; the others are skipped
-        with one warning line each."""
+    def _load_clips(self, utterances, indices, what: str, into: ClipStore | None = None) -> dict:
+        """{index: Clip} of the utterances that preprocess and fit the audio encoder's window (or into a ClipStore,
+        one at a time); the others are skipped with one warning line each."""
         preprocessors, clips = self._preprocessors(), {}
         encoder = self.recognizer.audio_encoder if "a" in self.config.data_mode else None
         window = encoder.max_seconds if encoder is not None else math.inf
@@ -219,7 +264,10 @@ class TrainingData:
                 self.say(f"warning: {what} utterance {utterances[i].id} skipped: {seconds:.1f} s of audio, longer "
                          f"than the audio encoder's {window:g} s window")
                 continue
-            clips[i] = clip
+            if into is None:
+                clips[i] = clip
+            else:
+                into.put(i, clip)
         return clips
 
     def _feature_frames(self, i: int) -> int:
@@ -314,4 +362,5 @@ class TrainingData:
         return dataclasses.replace(clip, audio=audio, rois=rois), changed  # config checks: only modalities of the mode
 
 
-__all__ = ["TrainingData", "FeatureStore", "load_clip", "clip_frames", "time_mask", "collate", "split_features"]
+__all__ = ["TrainingData", "FeatureStore", "ClipStore", "load_clip", "clip_frames", "time_mask", "collate",
+           "split_features"]

@@ -330,8 +330,9 @@ class Trainer:
                  f"{self.elapsed:.0f} s")
         self.meter, self.meter_steps = None, 0
 
-    def validate(self) -> dict:
-        """Greedy transcripts of the valid clips at every trained rate, through transcribe's path; WER per rate."""
+    def validate(self, averaged: list[int] | None = None) -> dict:
+        """Greedy transcripts of the valid clips at every trained rate, through transcribe's path; WER per rate.
+        averaged: the model is the mean of the saves at these steps (the checkpoint written at the end)."""
         from .recognizer import RecognizeOptions
         from .scoring import WordErrors, score
 
@@ -352,8 +353,10 @@ class Trainer:
                 torch.distributed.all_reduce(counts)
             result[name] = WordErrors(*(int(c) for c in counts.tolist())).wer
         seconds = time.monotonic() - began
-        self.record("eval", wer=result, utterances=len(valid), seconds=round(seconds, 3))
-        self.say(f"step {self.step}  valid WER " + "  ".join(f"{r} {100 * w:.1f}%" for r, w in result.items()))
+        extra = {} if averaged is None else {"averaged_steps": averaged}
+        self.record("eval", wer=result, utterances=len(valid), seconds=round(seconds, 3), **extra)
+        what = f"step {self.step}" if averaged is None else "final model (the mean)"
+        self.say(f"{what}  valid WER " + "  ".join(f"{r} {100 * w:.1f}%" for r, w in result.items()))
         return result
 
     # -- saving and resuming ---------------------------------------------------------------------------------------
@@ -386,7 +389,10 @@ class Trainer:
 
     def snapshots(self) -> list[Path]:
         folder = self.out / SNAPSHOTS
-        return sorted(p for p in folder.glob("step-*") if (p / "config.json").is_file()) if folder.is_dir() else []
+        if not folder.is_dir():
+            return []
+        done = [p for p in folder.glob("step-*") if (p / "config.json").is_file()]
+        return sorted(done, key=lambda p: int(p.name.split("-")[1]))  # by step: step-1000000 after step-999999
 
     def _restore(self) -> None:
         state = torch.load(self.out / STATE_NAME, map_location="cpu", weights_only=True)
@@ -439,14 +445,20 @@ class Trainer:
             Path(digest_dir).mkdir(parents=True, exist_ok=True)
             atomic_write_text(Path(digest_dir) / f"rank-{self.rank}.sha256",
                               tensor_digest(self.model.trainable_state_dict()) + "\n")
-        if self.main and cfg.average_last:
-            self.average(cfg.average_last)
+        if cfg.average_last:
+            steps = self.average(cfg.average_last) if self.main else None
+            if self.world > 1:  # every process validates the model that was saved
+                for p in self.trainable:
+                    torch.distributed.broadcast(p.data, src=0)
+            if self.data.valid_clips:
+                self.validate(averaged=steps)
         if self.world > 1:  # all leave together: a process that tears down gloo while another works can abort
             torch.distributed.barrier()
         self.say(f"done: {self.step} steps in {self.elapsed:.0f} s; checkpoint in {self.out}")
 
-    def average(self, k: int) -> None:
-        """The final checkpoint = the element-wise mean of the last k snapshots' trainable tensors."""
+    def average(self, k: int) -> list[int]:
+        """The final checkpoint = the element-wise mean of the last k snapshots' trainable tensors; the steps of the
+        snapshots averaged."""
         from safetensors.torch import load_file
 
         from .checkpoint import WEIGHTS_NAME
@@ -463,6 +475,7 @@ class Trainer:
         save_checkpoint(self.model, self.out, {"training": {"step": self.step, "averaged_steps": steps}})
         self.record("average", steps=steps)
         self.say(f"final model: mean of the saves at steps {', '.join(map(str, steps))}")
+        return steps
 
     def cleanup(self) -> None:
         if self.world > 1 and torch.distributed.is_initialized():

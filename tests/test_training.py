@@ -124,8 +124,9 @@ def test_log_and_resolved_config(trained):
     assert lrs[0] == pytest.approx(1e-2 * 10 / 13) and lrs[1:] == sorted(lrs[1:], reverse=True)
     assert 9.9e-3 < lrs[1] < 1e-2 and 0 < lrs[-1] < 1e-6
     evals = records(trained, "eval")
-    assert [r["step"] for r in evals] == [120, 240]
-    assert evals[-1]["wer"] == {"4,2": 0.0, "4,5": 0.0, "16,2": 0.0, "16,5": 0.0}
+    assert [r["step"] for r in evals] == [120, 240, 240]  # the last: the model saved, the mean of the last 2 saves
+    assert [r.get("averaged_steps") for r in evals] == [None, None, [180, 240]]
+    assert evals[-2]["wer"] == evals[-1]["wer"] == {"4,2": 0.0, "4,5": 0.0, "16,2": 0.0, "16,5": 0.0}
     assert [r["step"] for r in records(trained, "save")] == [60, 120, 180, 240]
     config = json.loads((trained / "train_config.json").read_text())
     assert config["steps"] == STEPS and config["epochs"] is None and config["batch_frames"] == 100
@@ -355,6 +356,23 @@ def test_flags_override_the_recipe_and_steps_replace_epochs(tmp_path):
         TrainConfig(train="t", output="o", steps=1, precision="fp8")
 
 
+@pytest.mark.parametrize("setting, value, message", [
+    ("lr", "1e-3", "lr must be a number, got '1e-3'"),  # a crash (TypeError) before
+    ("roi", "false", "roi must be true or false, got 'false'"),  # read as true before
+    ("mask_audio", "false", "mask_audio must be true or false"),
+    ("mode", ["av"], "mode must be text"),
+    ("warmup_steps", 2.5, "warmup_steps must be a whole number"),
+    ("seed", -1, "seed must be >= 0"),
+])
+def test_a_recipe_value_of_the_wrong_kind_is_refused(tmp_path, setting, value, message):
+    import json as js
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f"steps = 2\n{setting} = {js.dumps(value)}\n")
+    with pytest.raises(ConfigError, match=message):
+        resolve_config(recipe, {"train": "t.jsonl", "output": str(tmp_path / "o")})
+
+
 @pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes").glob("*.toml")),
                          ids=lambda p: p.name)
 def test_every_shipped_recipe_is_a_valid_config(recipe, tmp_path, monkeypatch):
@@ -434,6 +452,30 @@ def test_augmented_steps_encode_again_only_what_augmentation_changed(corpus, tmp
                 assert same == (k not in hit)  # a clean utterance's audio is the stored one, a noisy one is not
     if "babble_prob" in augment:
         assert 0 < len(noised)  # babble hit some utterances over the steps
+
+
+def test_clips_for_augmentation_stay_on_disk_with_the_disk_cache_and_give_the_same_inputs(corpus, tmp_path):
+    """With feature_cache "disk" the raw clips that augmentation reads at every step are files read back
+    memory-mapped, not arrays held by every process (LRS3: hundreds of GB); a step's inputs are the same."""
+    from mome_cli.recognizer import build_recognizer
+    from mome_cli.train_data import TrainingData
+
+    inputs = {}
+    for cache in ("memory", "disk"):
+        config = TrainConfig(train=str(corpus / "train.jsonl"), output=str(tmp_path / "o"), steps=1, roi=True,
+                             batch_frames=200, feature_cache=cache, mask_audio=True, mask_video=True, babble_prob=0.5)
+        recognizer = build_recognizer(config.model_config(), tmp_path / cache, "cpu", dtype=torch.float32, seed=0)
+        data = TrainingData(config, tmp_path / cache)
+        data.prepare(recognizer, torch.device("cpu"))
+        (batch,) = data.epoch_batches(0)
+        inputs[cache] = data.inputs(batch, 3)
+        if cache == "disk":
+            assert data.clips.files.memory == {} and len(data.clips) == 3
+            assert len(list((tmp_path / cache / "cache" / "train-clips").glob("*.pt"))) == 3
+    (memory, texts), (disk, disk_texts) = inputs["memory"], inputs["disk"]
+    assert texts == disk_texts
+    for name in ("audio", "audio_lengths", "video", "video_lengths"):
+        assert torch.equal(getattr(memory, name), getattr(disk, name)), name
 
 
 def test_a_run_with_babble_and_masks_trains(corpus, tmp_path):
