@@ -199,6 +199,9 @@ class Trainer:
                  f"{'; '.join(f'{a},{v}' for a, v in cfg.rates)}) on {self.device} x {self.world}; "
                  f"{len(self.data.utterances)} utterances, {self.per_epoch} steps/epoch, {self.total} steps"
                  + (f", resuming at step {self.step}" if self.resume else ""))
+        if cfg.eval_every and not cfg.valid:
+            self.say(f"warning: eval_every {cfg.eval_every} but no validation manifest: give --valid MANIFEST to "
+                     "measure WER as it trains")
 
     def _warm_start(self, path: Path) -> None:
         """Initial values for some trainable tensors (e.g. projectors trained with the backbones, `init` in the

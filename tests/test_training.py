@@ -227,6 +227,13 @@ def test_an_utterance_longer_than_the_audio_window_is_skipped_with_a_warning(cor
     assert "warning: 1 of 4 training utterances skipped" in result.stderr, result.explain
 
 
+def test_eval_every_without_a_validation_manifest_is_a_warning(corpus, tmp_path):
+    result = mome("train", "--config", RECIPE, "--train", corpus / "train.jsonl", "--roi", "-o", tmp_path / "out",
+                  "--steps", 2, "--eval-every", 1, root=corpus)
+    assert result.returncode == 0, result.explain
+    assert "warning: eval_every 1 but no validation manifest: give --valid MANIFEST" in result.stderr, result.explain
+
+
 def test_a_run_resumed_longer_keeps_its_warmup_and_stretches_its_cosine(trained, corpus):
     from mome_cli.training import Trainer
 
