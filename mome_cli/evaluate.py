@@ -392,6 +392,7 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
 def resolve_rates(recognizer, mode: str, rates: tuple | None, any_rate: bool) -> list[tuple]:
     """The asked rates as (A, V) tuples, None for an absent modality; UsageProblem for one the model lacks."""
     if rates is None:
+        recognizer.rate_for(mode, None)  # a mode the model cannot read is refused here
         return recognizer.config.rates_for(mode)
     resolved = [recognizer.rate_for(mode, tuple(r), any_rate) for r in rates]
     return list(dict.fromkeys(resolved))  # "4,2;4,5" in mode a is one rate, 4

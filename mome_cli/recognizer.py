@@ -108,7 +108,14 @@ class Recognizer:
         return asked
 
     def rate_for(self, mode: str, rate: tuple | None, any_rate: bool = False) -> tuple:
-        """The rate to use in a mode: the given one (checked against the trained ones) or the first trained."""
+        """The rate to use in a mode: the given one (checked against the trained ones) or the first trained.
+        UsageProblem for a mode that needs an encoder the model has none of (one trained for mode a reads no lips)."""
+        encoders = {"audio": ("a", self.audio_encoder), "video": ("v", self.video_encoder)}
+        lacking = [name for name, (letter, encoder) in encoders.items() if letter in mode and encoder is None]
+        if lacking:
+            modes = self.config.modes
+            raise UsageProblem(f"--mode {mode}: this model was trained for mode{'s' * (len(modes) > 1)} "
+                               f"{', '.join(modes)} and has no {lacking[0]} encoder; pass --mode {modes[0]}")
         trained = self.config.rates_for(mode)
         if rate is None:
             return trained[0]

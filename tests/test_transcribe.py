@@ -282,3 +282,24 @@ def test_a_folder_named_like_a_preset_loads_and_says_so(trained, tmp_path):
     clear = mome("transcribe", trained / "media" / "hello.mp4", "--model", "./tiny", "--roi", "--stdout", "-o",
                  tmp_path / "out2", cwd=tmp_path)
     assert clear.returncode == 0 and "not the tiny preset" not in clear.stderr, clear.explain
+
+
+def test_a_model_trained_for_audio_alone_refuses_mode_av_and_names_the_mode(trained, tmp_path):
+    """transcribe's default mode is av: a checkpoint trained with mode = "a" has no video encoder (a traceback
+    before); it says which --mode to pass, and with it transcribes."""
+    import dataclasses
+
+    from mome_cli.recognizer import build_recognizer, tiny_config
+
+    recognizer = build_recognizer(dataclasses.replace(tiny_config(), modes=["a"]), tmp_path / "home", "cpu")
+    save_checkpoint(recognizer.model, tmp_path / "audio-only")
+    clip = trained / "media" / "hello.mp4"
+    refused = mome("transcribe", clip, "--model", tmp_path / "audio-only", "--roi", "-o", tmp_path / "a", cwd=tmp_path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.explain
+    assert "trained for mode a and has no video encoder; pass --mode a" in refused.stderr, refused.explain
+    assert mome("transcribe", clip, "--model", tmp_path / "audio-only", "--mode", "a", "--roi", "-o", tmp_path / "b",
+                cwd=tmp_path).returncode == 0
+    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "hello", "video": str(clip), "text": "hello world"}) + "\n")
+    scored = mome("evaluate", "--dataset", tmp_path / "m.jsonl", "--model", tmp_path / "audio-only", "--roi", "-o",
+                  tmp_path / "e", cwd=tmp_path)
+    assert scored.returncode == 2 and "pass --mode a" in scored.stderr, scored.explain
