@@ -10,7 +10,7 @@ import pytest
 
 from mome_cli import synth
 from mome_cli.data import load_manifest
-from mome_cli.media import VIDEO_FPS, decode_video, probe
+from mome_cli.media import VIDEO_FPS, decode_audio, decode_video, probe
 
 
 def _espeak_missing() -> str | None:
@@ -241,7 +241,7 @@ def test_a_reading_set_adds_sentences_without_touching_the_clips_and_other_optio
 @needs_espeak
 @needs_ffmpeg
 def test_long_form_clips_join_each_speakers_clips_with_their_pauses(corpus, tmp_path):
-    from mome_cli.media import decode_audio, split_at_pauses
+    from mome_cli.media import split_at_pauses
 
     out = tmp_path / "corpus"
     shutil.copytree(corpus[0], out)
@@ -255,10 +255,22 @@ def test_long_form_clips_join_each_speakers_clips_with_their_pauses(corpus, tmp_
     for row in rows:
         assert row["text"] == " ".join(texts[p] for p in row["parts"])
         path = out / "long" / row["video"]
-        # re-encoding adds up to two frames at the end (AAC's padding) and may round each part to a frame
-        assert abs(probe(path).duration - sum(durations[p] for p in row["parts"])) <= (2 + len(row["parts"])) / 25
-        speech = [s for s in split_at_pauses(decode_audio(path)) if s.speech]
+        # each part contributes its frames and 640 samples a frame: the joined clip is as long as its parts
+        parts = [probe(out / "train" / f"{p}.mp4").duration for p in row["parts"]]
+        assert probe(path).duration == pytest.approx(sum(parts), abs=0.5 / 25)
+        assert len(decode_video(path)) == sum(round(d * 25) for d in parts)
+        audio = decode_audio(path)
+        speech = [s for s in split_at_pauses(audio) if s.speech]
         assert len(speech) == len(row["parts"]), (row, speech)  # one segment per utterance
+        # and the sound stays with the lips: each part's sound starts where that part starts, join after join
+        # (ffmpeg's concat put it 16-40 ms later at each join)
+        frames = np.cumsum([0, *[round(d * 25) for d in parts[:-1]]])
+        for first, part in zip(frames, row["parts"]):
+            own = decode_audio(out / "train" / f"{part}.mp4").astype(np.float64)
+            at = first * 640  # where the part's first frame is, in samples
+            lags = range(-800, 801, 8)  # +-50 ms
+            match = [np.dot(own[800:-800], audio[at + 800 + lag : at + len(own) - 800 + lag]) for lag in lags]
+            assert abs(lags[int(np.argmax(match))]) <= 80, (row["id"], part)  # within 5 ms
     assert load_manifest(out / "long" / "train.jsonl")[0].text == rows[0]["text"]
 
     assert [len(r["parts"]) for r in synth.join_clips(out, "train", 0.1, tmp_path / "single")] == [1] * len(train)
