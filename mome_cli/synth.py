@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import hashlib
 import json
 import os
 import pickle
@@ -548,6 +549,9 @@ def make_utterance(job: dict) -> dict:
 
 
 IDENTITY = ("seed", "utterances", "splits", "text", "speakers")  # what corpus.json fields make a corpus what it is
+# and these, when the corpus.json there has them (older ones do not): the sentences drawn (another fortunes package or
+# text file reorders them: kept clips would get other transcripts) and the espeak-ng that spoke them
+IDENTITY_IF_RECORDED = ("sentences_sha256", "espeak_ng")
 
 
 def generate(out_dir, utterances: int, seed: int = 0, voices: list[str] | None = None, speakers: int = 12,
@@ -570,13 +574,18 @@ def generate(out_dir, utterances: int, seed: int = 0, voices: list[str] | None =
     meta = {"seed": seed, "utterances": utterances, "splits": counts, "hours": None,
             "text": str(text_file) if text_file else f"Debian fortunes ({FORTUNE_DIR}), BSD licence",
             "sentences_available": len(sentences), "speakers": [asdict(s) for s in cast], "reading": reading,
-            "espeak_ng": espeak().version}
+            "espeak_ng": espeak().version,
+            "sentences_sha256": hashlib.sha256("\n".join(sentences[at] for at in order[:utterances]).encode())
+            .hexdigest()}  # the clips' sentences (a reading set may be added to a corpus later)
     written = out_dir / "corpus.json"
     if written.is_file():
         before = json.loads(written.read_text(encoding="utf-8"))
-        if any(before.get(key) != json.loads(json.dumps(meta[key])) for key in IDENTITY):
-            raise SynthError(f"{out_dir} holds a corpus made with other options (seed {before.get('seed')}, "
-                             f"{before.get('utterances')} utterances): write to another folder")
+        differ = [key for key in IDENTITY if before.get(key) != json.loads(json.dumps(meta[key]))]
+        differ += [key for key in IDENTITY_IF_RECORDED if key in before and before[key] != meta[key]]
+        if differ:
+            raise SynthError(f"{out_dir} holds a corpus made otherwise ({', '.join(differ)} differ: seed "
+                             f"{before.get('seed')}, {before.get('utterances')} utterances, espeak-ng "
+                             f"{before.get('espeak_ng')}): write to another folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     # written before any clip: a rerun with other options is refused, not mixed in
     atomic_write_text(written, json.dumps(meta, indent=1) + "\n")

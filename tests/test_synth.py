@@ -236,6 +236,15 @@ def test_a_reading_set_adds_sentences_without_touching_the_clips_and_other_optio
     written = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert synth.main([str(out), *common[:2], "--seed", "8", *common[4:]]) == 1  # another corpus: refused, untouched
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == written
+    # the same options and text file, its sentences changed (as another fortunes package would): the kept clips
+    # would get other transcripts
+    text = corpus[0].parent / "text.txt"
+    try:
+        text.write_text(TEXT.replace("a", "o"), encoding="utf-8")
+        assert synth.main([str(out), *common]) == 1
+    finally:
+        text.write_text(TEXT, encoding="utf-8")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == written
 
 
 @needs_espeak
