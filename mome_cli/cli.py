@@ -325,7 +325,8 @@ def train(ctx: click.Context, config, resume, **flags):
 @click.option("--list", "list_cached", is_flag=True,
               help="Show what is cached, with sizes, and which presets are complete.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache folder [$MOME_HOME].")
-@click.option("--revision", help="Branch, tag or commit of the LLM (and adapter) [the preset's].")
+@click.option("--revision", help="Branch, tag or commit of the LLM (and adapter) [the preset's]; a checkpoint trained "
+              "on one loads that one.")
 @click.option("--token", help="Hugging Face token, for gated models [$HF_TOKEN].")
 @click.option("--offline", is_flag=True, help="Use no network: check the cache and report what is missing "
               "[$HF_HUB_OFFLINE].")

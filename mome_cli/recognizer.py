@@ -213,11 +213,14 @@ def _presets_with(repo_id: str) -> list[str]:
 
 
 def _cached_repo(repo_id: str, revision: str | None, home: Path) -> Path:
-    path = locate(HubRepo(repo_id, revision or "main"), home)
+    revision = revision or "main"
+    path = locate(HubRepo(repo_id, revision), home)
     if path is None:
         presets = _presets_with(repo_id)
-        fix = f"run `mome download {presets[0]}`" if presets else "put it in the cache with `mome download`"
-        raise MissingModelError(f"{repo_id} is not in the cache ({home}); {fix}")
+        pinned = "" if revision == "main" else f" --revision {revision}"
+        fix = f"run `mome download {presets[0]}{pinned}`" if presets else "put it in the cache with `mome download`"
+        at = "" if revision == "main" else f" at revision {revision}"
+        raise MissingModelError(f"{repo_id}{at} is not in the cache ({home}); {fix}")
     return path
 
 
@@ -309,7 +312,9 @@ def _load_recognizer(model: str, adapter: str | None, device: str, home: Path | 
         raise UsageProblem(f"--model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
     if adapter is not None:
         adapter_config = read_config(adapter)
-        config = dataclasses.replace(adapter_config, llm=config.llm, llm_revision=config.llm_revision)
+        same = adapter_config.llm == config.llm  # then the revision it was trained on (`mome download --revision`)
+        revision = adapter_config.llm_revision if same and adapter_config.llm_revision else config.llm_revision
+        config = dataclasses.replace(adapter_config, llm=config.llm, llm_revision=revision)
         weights = adapter
     recognizer = build_recognizer(config, home, device, name=model)
     if weights is not None:

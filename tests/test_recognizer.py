@@ -85,6 +85,25 @@ def test_presets_need_an_adapter_and_take_one(home):
     assert recognizer.config.llm == LLAMA and recognizer.model.mome[0].up_weight.abs().sum() > 0
 
 
+def test_an_adapter_runs_on_the_llm_revision_it_was_trained_on(home, tmp_path):
+    """`mome download mome-1b --revision X` fetches the LLM at X; an adapter trained on X (its config says so) loads
+    X, and says which download brings it when it is missing (it looked for main whatever the adapter said)."""
+    import json
+
+    pinned = tmp_path / "home"
+    shutil.copytree(home, pinned)
+    config = json.loads((pinned / "ckpt" / "config.json").read_text())
+    config["model"]["llm_revision"] = "v2"
+    (pinned / "ckpt" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(MissingModelError, match=f"{LLAMA} at revision v2 is not in the cache.*mome download mome-1b "
+                                                "--revision v2"):
+        load_recognizer("mome-1b", adapter=str(pinned / "ckpt"), home=pinned, device="cpu")
+    refs = pinned / "hub" / f"models--{LLAMA.replace('/', '--')}" / "refs"
+    (refs / "v2").write_text((refs / "main").read_text())  # what that download leaves in the cache
+    recognizer = load_recognizer("mome-1b", adapter=str(pinned / "ckpt"), home=pinned, device="cpu")
+    assert recognizer.config.llm_revision == "v2"
+
+
 def test_unknown_model_and_unavailable_device_are_usage_problems(home):
     with pytest.raises(UsageProblem, match="neither a preset"):
         load_recognizer("gpt-5", home=home)
