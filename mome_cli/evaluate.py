@@ -5,7 +5,8 @@ Utterances are cut into segments as `mome transcribe` cuts them (at every pause,
 auto_avsr CSV layout (LRS2/LRS3), which are decoded whole as the paper does, cut only where the limit needs it
 (`pack`). Pauses are looked for in the audio the model hears, noise included: the cuts know no more than a user's
 run would. Per SNR, segments are batched longest first; per batch the encoders run once, and the LLM decodes once per
-rate pair: encoder features do not depend on the rate. In mode v nothing depends on the SNR, so the first SNR's
+rate pair: encoder features do not depend on the rate, and a batch cut as at an earlier SNR reuses its lips'
+features (the noise changes the cuts, not the lips). In mode v nothing depends on the SNR, so the first SNR's
 results fill every column (with a warning).
 
 Noise. Babble is built from the dataset's own utterances: BABBLE_TALKERS + 1 of them, drawn with the seed from the
@@ -403,6 +404,7 @@ def _transcribe_grid(recognizer, clips: list, ids: list[str], rates: list, snrs:
     """Hypotheses (one text per clip, its segments' texts joined), wall seconds and (segments decoded, of them cut
     short at the token limit), each per (rate, snr)."""
     from .decoding import DecodingOptions, decode, token_budget
+    from .model import Features
     from .recognizer import segments_of, slice_audio, slice_rois
 
     def heard(c: int, snr: SNR):
@@ -414,6 +416,7 @@ def _transcribe_grid(recognizer, clips: list, ids: list[str], rates: list, snrs:
     cells = [(rate, snr) for rate in rates for snr in snrs]
     texts, seconds, counts = {}, dict.fromkeys(cells, 0.0), {cell: (0, 0) for cell in cells}
     decoding = DecodingOptions(beam_size=job.beam)
+    lips = {}  # a batch's (clip, start, end) -> its video features: the noise changes the cuts, never the lips
     with progress(len(snrs) * len(clips), "decoding") as advance:
         for snr in snrs:
             noisy = [heard(c, snr) for c in range(len(clips))]
@@ -428,9 +431,13 @@ def _transcribe_grid(recognizer, clips: list, ids: list[str], rates: list, snrs:
                 for at in range(0, len(jobs), job.batch_size):
                     batch = jobs[at : at + job.batch_size]
                     tick = _clock(recognizer)
-                    features = recognizer.features(
-                        [slice_audio(noisy[c], segments[c][i]) for c, i in batch] if "a" in mode else None,
-                        [slice_rois(noisy[c], segments[c][i]) for c, i in batch] if "v" in mode else None)
+                    cuts = tuple((c, segments[c][i].start, segments[c][i].end) for c, i in batch)
+                    if "v" in mode and cuts not in lips:  # cut as at an SNR before: encoded then
+                        lips[cuts] = recognizer.features(None, [slice_rois(clips[c], segments[c][i]) for c, i in batch])
+                    video = lips.get(cuts, Features())
+                    audio = recognizer.features([slice_audio(noisy[c], segments[c][i]) for c, i in batch],
+                                                None) if "a" in mode else Features()
+                    features = Features(audio.audio, audio.audio_lengths, video.video, video.video_lengths)
                     encoders_share = (_clock(recognizer) - tick) / len(rates)
                     budget = job.max_new_tokens or token_budget(segments[batch[0][0]][batch[0][1]].duration)
                     decoding = dataclasses.replace(decoding, max_new_tokens=budget)  # the longest segment first

@@ -270,15 +270,13 @@ def decode_video(path, start: float = 0.0, duration: float | None = None, info: 
     return np.concatenate(list(iter_video(path, start, duration, info, max_height=max_height)))
 
 
-def frame_energy_db(samples: np.ndarray, relative: bool = True) -> np.ndarray:
-    """(T,) energy per 40 ms window in dB relative to the clip's loud level (its 95th percentile window), or in dBFS
-    (a full-scale sine is -3 dBFS)."""
+def frame_energy_db(samples: np.ndarray) -> np.ndarray:
+    """(T,) float64 energy per 40 ms window in dBFS (a full-scale sine is -3 dBFS)."""
     n = len(samples) // ENERGY_WINDOW
     if n == 0:
-        return np.zeros(0, np.float32)
+        return np.zeros(0)
     power = (samples[: n * ENERGY_WINDOW].reshape(n, ENERGY_WINDOW).astype(np.float64) ** 2).mean(axis=1)
-    db = 10 * np.log10(power + 1e-12)
-    return (db - np.percentile(db, 95) if relative else db).astype(np.float32)
+    return 10 * np.log10(power + 1e-12)
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -300,8 +298,9 @@ def split_at_pauses(samples: np.ndarray, max_seconds: float = MAX_SEGMENT_SECOND
     audio and video are cut at the same instants.
     """
     total = len(samples) / SAMPLE_RATE
-    db = frame_energy_db(samples)  # (T,) one value per 40 ms frame
-    silent = (db < SILENCE_DB) | (frame_energy_db(samples, relative=False) < SILENCE_FLOOR_DBFS)
+    dbfs = frame_energy_db(samples)  # (T,) one value per 40 ms frame
+    db = (dbfs - np.percentile(dbfs, 95) if len(dbfs) else dbfs).astype(np.float32)  # relative to the loud level
+    silent = (db < SILENCE_DB) | (dbfs.astype(np.float32) < SILENCE_FLOOR_DBFS)
     n_frames = int(np.ceil(total * VIDEO_FPS))
     limit = max(1, int(max_seconds * VIDEO_FPS))
     min_pause = max(1, int(round(MIN_PAUSE_SECONDS * VIDEO_FPS)))

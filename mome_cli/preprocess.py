@@ -80,13 +80,14 @@ def face_alignment_weights(detector: str):
     """
     from .hub import MissingModelError, torch_home
 
+    def lacking(home: Path) -> list[str]:
+        return [name for name in FACE_ALIGNMENT_NEEDS[detector] if not (home / "hub" / "checkpoints" / name).is_file()]
+
     user_home = os.environ.get("TORCH_HOME")
     homes = ([Path(user_home)] if user_home else []) + [torch_home()]
-    home = next((h for h in homes if all((h / "hub" / "checkpoints" / name).is_file()
-                                         for name in FACE_ALIGNMENT_NEEDS[detector])), None)
+    home = next((h for h in homes if not lacking(h)), None)
     if home is None:
-        folder = torch_home() / "hub" / "checkpoints"
-        missing = [name for name in FACE_ALIGNMENT_NEEDS[detector] if not (folder / name).is_file()]
+        folder, missing = torch_home() / "hub" / "checkpoints", lacking(torch_home())
         raise MissingModelError(f"face-alignment weights {', '.join(missing)} are not in {folder}: run `mome "
                                 "download demo` (face-alignment's weights, no licence needed), or pass --roi if the "
                                 "videos are already mouth crops")

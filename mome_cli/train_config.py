@@ -166,7 +166,7 @@ class TrainConfig:
         kinds = {"str": (str,), "bool": (bool,), "int": (int,), "float": (int, float), "list": (list, tuple)}
         names = {"str": "text", "bool": "true or false", "int": "a whole number", "float": "a number", "list": "a list"}
         for f in fields(self):
-            allowed = [k for k in str(f.type).replace(" ", "").split("|")]
+            allowed = str(f.type).replace(" ", "").split("|")
             value = getattr(self, f.name)
             if value is None and "None" in allowed:
                 continue

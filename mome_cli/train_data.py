@@ -153,7 +153,7 @@ class ClipStore:
         self.utterances, self.files = utterances, FeatureStore(folder, tag)
         self.indices: list[int] = []  # sorted
 
-    def put(self, i: int, clip) -> None:
+    def __setitem__(self, i: int, clip) -> None:
         arrays = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in (("audio", clip.audio), ("rois", clip.rois))
                   if v is not None}
         self.files.put(i, self.utterances[i], {**arrays, "meta": [clip.path, clip.duration, clip.mode]})
@@ -247,10 +247,10 @@ class TrainingData:
         return {m: Preprocessor(PreprocessOptions(mode=m, roi=cfg.mouth_crops, detector=cfg.detector, device=device),
                                 cache_dir=cache) for m in {cfg.data_mode, "a", "v"}}
 
-    def _load_clips(self, utterances, indices, what: str, into: ClipStore | None = None) -> dict:
-        """{index: Clip} of the utterances that preprocess and fit the audio encoder's window (or into a ClipStore,
-        one at a time); the others are skipped with one warning line each."""
-        preprocessors, clips = self._preprocessors(), {}
+    def _load_clips(self, utterances, indices, what: str, into: ClipStore | None = None) -> dict | ClipStore:
+        """{index: Clip} of the utterances that preprocess and fit the audio encoder's window (or those put into a
+        ClipStore, one at a time); the others are skipped with one warning line each."""
+        preprocessors, clips = self._preprocessors(), {} if into is None else into
         encoder = self.recognizer.audio_encoder if "a" in self.config.data_mode else None
         window = encoder.max_seconds if encoder is not None else math.inf
         for i in indices:
@@ -264,10 +264,7 @@ class TrainingData:
                 self.say(f"warning: {what} utterance {utterances[i].id} skipped: {seconds:.1f} s of audio, longer "
                          f"than the audio encoder's {window:g} s window")
                 continue
-            if into is None:
-                clips[i] = clip
-            else:
-                into.put(i, clip)
+            clips[i] = clip
         return clips
 
     def _feature_frames(self, i: int) -> int:

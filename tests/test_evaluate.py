@@ -182,6 +182,27 @@ def test_trained_model_on_the_auto_avsr_layout_is_word_perfect_when_clean(corpus
 
 
 @needs_ffmpeg
+def test_lips_cut_alike_at_every_snr_are_encoded_once(corpus, tmp_path, monkeypatch):
+    """LRS3 utterances are decoded whole at every SNR: the noise changes the audio, not the lips, whose features are
+    encoded once per batch; each SNR's audio is encoded afresh."""
+    from mome_cli import evaluate as library
+    from mome_cli.recognizer import Recognizer
+
+    calls, encode = [], Recognizer.features
+
+    def spy(self, audio, rois):
+        calls.append(("audio" if audio is not None else "") + ("video" if rois is not None else ""))
+        return encode(self, audio, rois)
+
+    monkeypatch.setattr(Recognizer, "features", spy)
+    job = library.EvaluateJob(dataset="lrs3", data_root=corpus / "data", output_dir=tmp_path,
+                              model=str(corpus / "ckpt"), rates=((4, 2),), snrs=(CLEAN, 0, 10), batch_size=8)
+    evaluation = library.run(job)
+    assert evaluation.pack and calls.count("video") == 1 and calls.count("audio") == 3, calls
+    assert evaluation.cell((4, 2), CLEAN).errors.wer == 0
+
+
+@needs_ffmpeg
 def test_verbose_names_the_model_and_scores_each_cell_as_the_table_does(corpus, tmp_path):
     result = mome("-v", "evaluate", "--dataset", "lrs3", "--data-root", corpus / "data", "--model", corpus / "ckpt",
                   "--rates", "4,2;16,5", "--snr", "clean,10", "-o", tmp_path / "eval", cwd=tmp_path)
