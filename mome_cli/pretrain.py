@@ -6,6 +6,7 @@
     python -m mome_cli.pretrain backbones --train DATA/train.jsonl --init B1 --only audio --match -o BACKBONES
     mome train --config recipes/demo.toml ...            # MoME on the frozen BACKBONES (recipes/demo.toml)
     python -m mome_cli.pretrain bundle CHECKPOINT --backbones BACKBONES -o mome_cli/models/demo
+    python -m mome_cli.pretrain projectors BACKBONES/projectors.safetensors --rates 4,2 -o P  # a baseline's --init
     python -m mome_cli.pretrain standins --train DATA/train.jsonl --init BUNDLE --audio-units phonemes -o S
     python -m mome_cli.pretrain reader --train DATA/train.jsonl --init S --vocab 1024 --standins none -o R2
 
@@ -65,6 +66,7 @@ each folder written under a temporary name and renamed into place. Same corpus, 
 
 `bundle` makes a checkpoint directory that carries its backbones (what ships as the `demo` preset): the checkpoint's
 tensors, its config with the backbone paths made relative (llm, audio_encoder, video_encoder), and the three folders.
+`projectors` keeps the projectors of some rate pairs: a per-rate baseline (one model per pair) starts from its own.
 
 Notation for shapes: B utterances, T frames, C characters (blank first), D encoder width.
 """
@@ -835,6 +837,25 @@ def bundle(checkpoint: str | Path, backbones: str | Path, output: str | Path) ->
     return output
 
 
+def rate_projectors(source: str | Path, pairs: list[tuple[int, int]], output: str | Path) -> Path:
+    """The projectors of some (audio, video) rate pairs out of a projectors file (`BACKBONES/projectors.safetensors`),
+    as `mome train --rates ... --init` takes them: a per-rate baseline starts from its own rates' projectors."""
+    from safetensors.torch import load_file, save_file
+
+    every = load_file(str(source))
+    wanted = {f"{name}.projectors.{rate}." for a, v in pairs for name, rate in (("audio", a), ("video", v))
+              if any(k.startswith(f"{name}.projectors.") for k in every)}  # a modality the file has projectors for
+    missing = sorted(w.rstrip(".") for w in wanted if not any(k.startswith(w) for k in every))
+    if missing:
+        raise SystemExit(f"{source} has no {', '.join(missing)}")
+    tensors = {k: t for k, t in every.items() if k.startswith(tuple(wanted))}
+    output = Path(output)
+    tmp = output.with_name(f".{output.name}.tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(output)
+    return output
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mome_cli.pretrain", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -842,6 +863,12 @@ def main(argv=None) -> None:
     packer.add_argument("checkpoint", help="output directory of `mome train --model BACKBONES`")
     packer.add_argument("--backbones", required=True, help="the BACKBONES folder it was trained on")
     packer.add_argument("-o", "--output", required=True, help="the directory to write (replaced if it exists)")
+    picker = commands.add_parser("projectors", help="the projectors of some rate pairs (a per-rate baseline's "
+                                 "--init)")
+    picker.add_argument("source", help="a projectors file (BACKBONES/projectors.safetensors)")
+    picker.add_argument("--rates", required=True, metavar="A,V[;A,V...]", help="the (audio, video) rate pairs to keep, as "
+                        "`mome train --rates` takes them")
+    picker.add_argument("-o", "--output", required=True, help="the safetensors file to write")
     trainer = commands.add_parser("backbones", help="train the three small backbones on a corpus")
     reading = commands.add_parser("reader", help="teach the LM to read the stand-ins' features (alignments only)")
     fitting = commands.add_parser("standins", help="fit the stand-ins to the frozen encoders of --init (backbones "
@@ -893,6 +920,14 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.command == "bundle":
         print(bundle(args.checkpoint, args.backbones, args.output))
+    elif args.command == "projectors":
+        from .train_config import ConfigError, parse_rates
+
+        try:
+            pairs = parse_rates(args.rates)
+        except ConfigError as e:
+            parser.error(str(e))
+        print(rate_projectors(args.source, pairs, args.output))
     elif args.command == "reader":
         reader(args)
     elif args.command == "standins":

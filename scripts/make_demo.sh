@@ -103,15 +103,7 @@ done
 # rates), each evaluated at its own pair.
 for pair in 4,2 4,5 16,2 16,5; do
     name=baseline-${pair/,/-}
-    python - "$pair" "$name.init.safetensors" <<'PY'
-import sys
-from safetensors.torch import load_file, save_file
-
-a, v = sys.argv[1].split(",")
-own = {k: t for k, t in load_file("backbones/projectors.safetensors").items()
-       if k.startswith((f"audio.projectors.{a}.", f"video.projectors.{v}."))}
-save_file(own, sys.argv[2])
-PY
+    pre projectors backbones/projectors.safetensors --rates "$pair" -o "$name.init.safetensors"
     train "$name" --config "$repo/recipes/demo.toml" --model backbones --rates "$pair" \
         --init "$name.init.safetensors" --train synth/train.jsonl --valid synth/valid.jsonl              # ~7 min
     for mode in av a v; do

@@ -156,6 +156,18 @@ def test_a_run_trained_on_a_copy_of_the_backbones_elsewhere_is_bundled_with_thes
     assert load_file(bundle / "model.safetensors").keys() == load_file(run / "run" / "model.safetensors").keys()
 
 
+def test_a_baseline_gets_the_projectors_of_its_own_rates_alone(run, tmp_path):
+    every = load_file(run / "backbones" / "projectors.safetensors")
+    assert {k.split(".")[2] for k in every if k.startswith("audio.")} == {"4", "16"}  # all the pairs' rates
+    mine = load_file(pretrain.rate_projectors(run / "backbones" / "projectors.safetensors", [(16, 5)],
+                                              tmp_path / "p.safetensors"))
+    assert sorted({k.rsplit(".", 2)[0] for k in mine}) == ["audio.projectors.16", "video.projectors.5"]
+    assert all(torch.equal(t, every[k]) for k, t in mine.items())
+    with pytest.raises(SystemExit, match="no audio.projectors.8"):
+        pretrain.rate_projectors(run / "backbones" / "projectors.safetensors", [(8, 5)], tmp_path / "q.safetensors")
+    assert not (tmp_path / "q.safetensors").exists()
+
+
 def test_init_continues_from_the_whole_state_or_from_the_backbones_alone(run, tmp_path):
     folder = run / "backbones"
     saved = load_file(folder / pretrain.STATE_NAME)
