@@ -213,6 +213,15 @@ def _presets_with(repo_id: str) -> list[str]:
 
 
 def _cached_repo(repo_id: str, revision: str | None, home: Path) -> Path:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:  # a folder, as a checkpoint names the backbones it was trained on, that is not here
+        raise MissingModelError(f"{repo_id}: no such folder (nor a Hugging Face repo id); a checkpoint names its "
+                                "backbones by path: put them there, or bundle them with it (python -m "
+                                "mome_cli.pretrain bundle)") from None
     revision = revision or "main"
     path = locate(HubRepo(repo_id, revision), home)
     if path is None:

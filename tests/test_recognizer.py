@@ -78,6 +78,21 @@ def test_a_backbone_missing_from_the_cache_names_the_download(home, tmp_path):
     assert e.value.exit_code == 4
 
 
+def test_a_checkpoint_whose_backbone_folders_are_gone_says_so(home, tmp_path):
+    """A run trained on another machine names its backbones by a path that is not here: one clear error, not the
+    hub library's traceback about repo ids."""
+    import json
+
+    moved = tmp_path / "ckpt"
+    shutil.copytree(home / "ckpt", moved)
+    config = json.loads((moved / "config.json").read_text())
+    config["model"]["llm"] = "/tmp/elsewhere/backbones/llm"
+    (moved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(MissingModelError, match="/tmp/elsewhere/backbones/llm: no such folder.*bundle") as e:
+        load_recognizer(str(moved), home=home, device="cpu")
+    assert e.value.exit_code == 4
+
+
 def test_presets_need_an_adapter_and_take_one(home):
     with pytest.raises(MissingModelError, match="--adapter DIR"):
         load_recognizer("mome-1b", home=home, device="cpu")
