@@ -74,7 +74,7 @@ finished reader5 || pre reader --train synth/train.jsonl --reading synth/reading
 finished backbones || pre backbones --train synth/train.jsonl -o backbones --init reader5 \
     --encoders heard4 --only audio --match --babble 0.3 --steps 200 --batch-frames 600 --lr 2e-4 --seed 10  # ~1 min
 train demo-run --config "$repo/recipes/demo.toml" --model backbones --init backbones/projectors.safetensors \
-    --train synth/train.jsonl --valid synth/valid.jsonl                                                  # ~18 min
+    --train synth/train.jsonl --valid synth/valid.jsonl                                                  # ~15 min
 bundle=$repo/mome_cli/models/demo
 [[ $bundle/model.safetensors -nt demo-run/model.safetensors ]] ||  # bundled since the run last saved
     python -m mome_cli.pretrain bundle demo-run --backbones backbones -o "$bundle"
