@@ -842,6 +842,8 @@ def rate_projectors(source: str | Path, pairs: list[tuple[int, int]], output: st
     as `mome train --rates ... --init` takes them: a per-rate baseline starts from its own rates' projectors."""
     from safetensors.torch import load_file, save_file
 
+    from .files import atomic_write
+
     every = load_file(str(source))
     wanted = {f"{name}.projectors.{rate}." for a, v in pairs for name, rate in (("audio", a), ("video", v))
               if any(k.startswith(f"{name}.projectors.") for k in every)}  # a modality the file has projectors for
@@ -849,11 +851,8 @@ def rate_projectors(source: str | Path, pairs: list[tuple[int, int]], output: st
     if missing:
         raise SystemExit(f"{source} has no {', '.join(missing)}")
     tensors = {k: t for k, t in every.items() if k.startswith(tuple(wanted))}
-    output = Path(output)
-    tmp = output.with_name(f".{output.name}.tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(output)
-    return output
+    atomic_write(output, lambda tmp: save_file(tensors, tmp))
+    return Path(output)
 
 
 def main(argv=None) -> None:
