@@ -98,6 +98,9 @@ BABBLE_SNR = (-5, 0, 5, 10, 20)  # dB, one drawn per noisy utterance (--babble)
 PROJECTORS_NAME = "projectors.safetensors"  # the projectors alone, named as in AVSRModel (mome train --init)
 RUN_NAME = "run.json"  # how the folder was made: the stage's arguments, the step saved, whether it was the last
 STATE_NAME = "pretrain_state.safetensors"  # every tensor of Backbones, projectors and CTC heads too: what --init loads
+# Keys transformers 5 writes into tokenizer_config.json from how the tokenizer was loaded (a local folder, offline),
+# not what it is: a release must not carry them.
+LOAD_TIME_KEYS = ("is_local", "local_files_only")
 
 
 def ctc_targets(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -518,6 +521,7 @@ class Backbones(torch.nn.Module):
         # too; the tied LM head stored once
         self.save_projectors(tmp / PROJECTORS_NAME)
         self.avsr.tokenizer.save_pretrained(tmp / "llm")
+        drop_load_time_keys(tmp / "llm")
         base = ModelConfig(llm="llm", audio_encoder="audio_encoder", audio_dim=self.config.audio_dim,
                            video_encoder="video_encoder", video_dim=self.config.video_dim,
                            projector_hidden=PROJECTOR_HIDDEN)
@@ -806,6 +810,17 @@ def read_wer(model: Backbones, rows: list[tuple[dict, str]], batch: int = 16):
     return results
 
 
+def drop_load_time_keys(llm: Path) -> None:
+    """Remove LOAD_TIME_KEYS from llm/tokenizer_config.json (written by a save whose tokenizer was loaded from disk)."""
+    path = llm / "tokenizer_config.json"
+    if not path.exists():
+        return
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if any(key in data for key in LOAD_TIME_KEYS):
+        path.write_text(json.dumps({k: v for k, v in data.items() if k not in LOAD_TIME_KEYS}, indent=2,
+                                   ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def bundle(checkpoint: str | Path, backbones: str | Path, output: str | Path) -> Path:
     """A self-contained checkpoint directory: checkpoint's tensors and config + the backbones it was trained on."""
     from .checkpoint import BACKBONE_FIELDS, CONFIG_NAME, WEIGHTS_NAME, backbones_config
@@ -829,6 +844,7 @@ def bundle(checkpoint: str | Path, backbones: str | Path, output: str | Path) ->
     shutil.rmtree(tmp, ignore_errors=True)
     for name in BACKBONE_FIELDS:
         shutil.copytree(backbones / name, tmp / name)
+    drop_load_time_keys(tmp / "llm")  # backbones saved before they were dropped at every save
     shutil.copy(checkpoint / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
     (tmp / CONFIG_NAME).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     if output.exists():

@@ -107,6 +107,28 @@ def test_backbones_are_written_in_their_own_formats_and_described(run):
     assert not any(p.requires_grad for p in video.parameters())
 
 
+def test_a_tokenizer_loaded_from_disk_is_saved_without_how_it_was_loaded(run, tmp_path):
+    # "heard" started from "matched" (--init): its tokenizer was read from a local folder, which transformers 5
+    # writes back as is_local / local_files_only; a release must not carry them, and one that does loses them in
+    # the bundle
+    for stage in ("matched", "heard", "backbones"):
+        saved = json.loads((run / stage / "llm" / "tokenizer_config.json").read_text())
+        assert saved["tokenizer_class"] and not set(saved) & {"is_local", "local_files_only"}, stage
+    old = tmp_path / "old-backbones"  # as saved before the keys were dropped
+    shutil.copytree(run / "backbones", old)
+    path = old / "llm" / "tokenizer_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "is_local": True, "local_files_only": False}))
+    trained = tmp_path / "run"  # trained on them elsewhere (their paths are not here)
+    shutil.copytree(run / "run", trained)
+    config = json.loads((trained / "config.json").read_text())
+    for name in ("llm", "audio_encoder", "video_encoder"):
+        config["model"][name] = f"/tmp/mome-device-elsewhere/old-backbones/{name}"
+    (trained / "config.json").write_text(json.dumps(config))
+    bundle = pretrain.bundle(trained, old, tmp_path / "bundle")
+    assert json.loads((bundle / "llm" / "tokenizer_config.json").read_text()) == saved
+    load_recognizer(str(bundle), device="cpu", home=run / "home")
+
+
 def test_one_run_trains_every_mode_at_its_rates(run):
     records = [json.loads(line) for line in (run / "run" / "log.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
