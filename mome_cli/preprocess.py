@@ -133,6 +133,7 @@ class Preprocessor:
         digest = file_sha256(path) if self.cache_dir is not None else None  # read once, whatever mode it ends in
         cached = self._load(self._cache_key(digest, self.options.mode))  # no probe for a file seen before
         if cached is not None:
+            cached.path = str(path)  # the same content may have been read under another name
             return cached
         info = probe(path)
         mode, warnings = self.options.mode, []
@@ -142,12 +143,14 @@ class Preprocessor:
             raise NoAudioError(path, f"no audio stream (mode {mode} needs one)")
         if mode == "v" and not info.has_video:
             raise NoVideoError(path, "no video stream (mode v needs one)")
+        fallback = []  # said to this run, not stored: the mode-a entry it shares is also a plain mode-a run's
         if mode == "av" and not info.has_video:
             mode = "a"
-            warnings.append("no video stream: transcribed from audio alone")
+            fallback.append("no video stream: transcribed from audio alone")
         key = self._cache_key(digest, mode)
         cached = self._load(key)
         if cached is not None:
+            cached.path, cached.warnings = str(path), fallback + cached.warnings
             return cached
         clip = Clip(path=str(path), duration=info.duration, mode=mode, warnings=warnings)
         if "a" in mode:
@@ -166,6 +169,7 @@ class Preprocessor:
             clip.warnings.append(f"cannot write the clip cache in {self.cache_dir} ({e.strerror or e}): "
                                  "going on without it (--no-cache to silence this)")
             self.cache_dir = None
+        clip.warnings[:0] = fallback
         return clip
 
     def _rois(self, path, info, warnings: list) -> np.ndarray:

@@ -108,6 +108,25 @@ def test_cache_skips_detection_and_follows_the_file_content(media, tmp_path):
     assert prep(path).duration == pytest.approx(1.0, abs=0.05) and sum(calls) == 30 + 25
 
 
+@pytest.mark.parametrize("order", [("a", "av"), ("av", "a")])
+def test_the_av_fallback_warning_is_said_to_av_runs_alone_whichever_filled_the_cache(media, tmp_path, order):
+    # an audio-only file in mode av is read as in mode a and shares its cache entry
+    fallback = ["no video stream: transcribed from audio alone"]
+    cache = tmp_path / "cache"
+    for mode in order + order:
+        clip = Preprocessor(PreprocessOptions(mode=mode), cache_dir=cache)(media / "speech.wav")
+        assert clip.mode == "a" and clip.warnings == (fallback if mode == "av" else []), (order, mode)
+    assert len(list(cache.iterdir())) == 1
+
+
+def test_a_copy_of_a_cached_file_is_read_under_its_own_name(media, tmp_path):
+    copy = tmp_path / "copy.wav"
+    shutil.copy(media / "speech.wav", copy)
+    prep = Preprocessor(PreprocessOptions(mode="a"), cache_dir=tmp_path / "cache")
+    assert prep(media / "speech.wav").path == str(media / "speech.wav")
+    assert prep(copy).path == str(copy) and len(list((tmp_path / "cache").iterdir())) == 1
+
+
 def test_a_video_read_in_chunks_is_tracked_by_one_tracker(media, monkeypatch):
     from mome_cli import preprocess
 
