@@ -67,8 +67,13 @@ def output_stems(inputs: list[Input]) -> list[Path]:
     """Relative output path (without extension) for each input; distinct for distinct inputs."""
 
     def stems(relative: list[Path]) -> list[Path]:
-        clash = _clashing(relative)
-        return [r if i in clash else r.with_suffix("") for i, r in enumerate(relative)]  # x.mp4 beside x.wav: keep .mp4
+        keep = set()  # inputs named with their extension: x.mp4 beside x.wav, then x.mp4.wav beside that x.mp4
+        while True:
+            named = [r if i in keep else r.with_suffix("") for i, r in enumerate(relative)]
+            clash = _clashing(named) - keep
+            if not clash:
+                return named
+            keep |= clash
 
     preferred = [Path(i.path.name) if i.root is None else i.path.relative_to(i.root) for i in inputs]
     chosen = stems(preferred)
@@ -78,12 +83,12 @@ def output_stems(inputs: list[Input]) -> list[Path]:
     return chosen
 
 
-def _clashing(relative: list[Path]) -> set[int]:
-    """Indices of paths whose extension-less forms collide (x.mp4 beside x.wav)."""
-    by_stem = {}
-    for i, r in enumerate(relative):
-        by_stem.setdefault(r.with_suffix(""), []).append(i)
-    return {i for group in by_stem.values() if len(group) > 1 for i in group}
+def _clashing(names: list[Path]) -> set[int]:
+    """Indices of the names that are not unique."""
+    by_name = {}
+    for i, name in enumerate(names):
+        by_name.setdefault(name, []).append(i)
+    return {i for group in by_name.values() if len(group) > 1 for i in group}
 
 
 def output_path(out_dir: Path, stem: Path, fmt: str) -> Path:

@@ -49,7 +49,7 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
     stems = output_stems(job.inputs)
     todo = []  # (input, stem, the formats to write)
     for item, stem in zip(job.inputs, stems):
-        formats = [f for f in job.formats if job.overwrite or not output_path(job.output_dir, stem, f).exists()]
+        formats = [f for f in job.formats if job.overwrite or not output_path(job.output_dir, stem, f).is_file()]
         if formats or not job.formats:
             todo.append((item, stem, formats))
             continue

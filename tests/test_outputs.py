@@ -39,6 +39,9 @@ def test_folders_are_searched_for_media_recursively_or_not(tmp_path):
     (["d1/x.mp4", "d2/x.mp4"], ["d1", "d2"], ["d1/x", "d2/x"]),
     # same stem, different extensions: the extension stays in the name
     (["d/x.mp4", "d/x.wav", "d/y.mp4"], ["d"], ["x.mp4", "x.wav", "y"]),
+    # and a name that is another's with its extension kept keeps its own: x.mp4.wav beside x.mp4 and x.wav
+    (["d/x.mp4", "d/x.mp4.wav", "d/x.wav"], ["d"], ["x.mp4", "x.mp4.wav", "x.wav"]),
+    (["d/x.mp4", "d/x.mp4.wav"], ["d"], ["x", "x.mp4"]),  # no clash: both named without their extension
 ])
 def test_output_stems_mirror_inputs_and_never_collide(tmp_path, monkeypatch, layout, arguments, expected):
     monkeypatch.chdir(tmp_path)

@@ -131,6 +131,16 @@ def test_a_missing_input_is_one_error_and_the_others_are_transcribed(trained, tm
     assert "Traceback" not in result.stderr, result.explain
 
 
+def test_an_output_name_taken_by_a_folder_is_an_error_not_a_skip(trained, tmp_path):
+    (tmp_path / "out" / "hello.txt").mkdir(parents=True)
+    clip = trained / "media" / "hello.mp4"
+    result = mome("transcribe", clip, "--model", trained / "ckpt", "--roi", "-o", tmp_path / "out", cwd=trained)
+    assert result.returncode == 1 and "0 ok, 0 skipped, 1 failed" in result.stderr, result.explain
+    assert [ln for ln in result.stderr.splitlines() if ln.startswith("error:")] == [
+        f"error: {clip}: cannot write outputs to {tmp_path / 'out'}: Is a directory"], result.explain
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["hello.txt"]  # no temporary file left
+
+
 def test_all_inputs_failing_exits_1_and_a_missing_model_exits_4(trained, tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_text("nope")
