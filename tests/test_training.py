@@ -317,11 +317,25 @@ def test_a_signal_to_one_torchrun_process_stops_both_after_the_same_step(corpus)
     (["--experts", "2", "--top-k", "3"], 2, "top_k"),
     (["--train", "missing.jsonl"], 4, "missing.jsonl: no such manifest"),
     (["--model", "mome-1b"], 4, "mome download mome-1b"),
+    (["--lr", "inf"], 2, "lr must be > 0 and finite, got inf"),
+    (["--lr", "-1"], 2, "lr must be > 0"),
 ])
 def test_bad_values_and_missing_inputs_exit_with_the_contract_codes(corpus, tmp_path, args, code, message):
     base = ["train", "--config", RECIPE, "--train", corpus / "train.jsonl", "--roi", "-o", tmp_path / "out"]
     result = mome(*base, *args, root=corpus)
     assert result.returncode == code and message in result.stderr, result.explain
+
+
+def test_a_folder_of_clips_with_their_transcripts_is_a_training_and_validation_set(corpus, tmp_path):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name, (*_, text) in CLIPS.items():
+        shutil.copy(corpus / "media" / name, folder / name)
+        (folder / name).with_suffix(".txt").write_text(text + "\n")
+    result = mome("train", "--config", RECIPE, "--train", folder, "--valid", folder, "--roi", "-o", tmp_path / "run",
+                  "--steps", 1, "--batch-frames", 100, root=corpus)
+    assert result.returncode == 0 and "3 utterances" in result.stderr, result.explain
+    assert len(records(tmp_path / "run", "eval")[-1]["wer"]) == 4  # validated at every rate pair
 
 
 def test_init_starts_the_projectors_from_a_file_and_refuses_one_that_does_not_fit(trained, corpus, tmp_path):
