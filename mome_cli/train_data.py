@@ -130,7 +130,12 @@ class FeatureStore:
         return self.folder / f"{self.key(u)}.pt"
 
     def has(self, i: int, u) -> bool:
-        return i in self.memory if self.folder is None else self.path(u).is_file()
+        if self.folder is None:
+            return i in self.memory
+        try:
+            return self.path(u).is_file()
+        except OSError:  # an input file that is gone or unreadable: not stored (reading it says why, and skips it)
+            return False
 
     def put(self, i: int, u, item: dict) -> None:
         if self.folder is None:

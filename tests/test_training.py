@@ -227,6 +227,21 @@ def test_an_utterance_longer_than_the_audio_window_is_skipped_with_a_warning(cor
     assert "warning: 1 of 4 training utterances skipped" in result.stderr, result.explain
 
 
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_a_missing_clip_is_skipped_with_a_warning_whichever_the_feature_cache(corpus, tmp_path, cache):
+    rows = (corpus / "train.jsonl").read_text().replace('"media/', f'"{corpus}/media/')
+    manifest = tmp_path / "with-gone.jsonl"
+    manifest.write_text(rows + json.dumps({"id": "gone", "video": "gone.mp4", "text": "not here"}) + "\n")
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.read_text().replace('feature_cache = "memory"', f'feature_cache = "{cache}"'))
+    result = mome("train", "--config", recipe, "--train", manifest, "--roi", "-o", tmp_path / "out", "--steps", 2,
+                  root=corpus)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.explain
+    assert f"warning: training utterance gone skipped: {tmp_path / 'gone.mp4'}: no such file" in result.stderr, \
+        result.explain
+    assert "warning: 1 of 4 training utterances skipped" in result.stderr, result.explain
+
+
 def test_eval_every_without_a_validation_manifest_is_a_warning(corpus, tmp_path):
     result = mome("train", "--config", RECIPE, "--train", corpus / "train.jsonl", "--roi", "-o", tmp_path / "out",
                   "--steps", 2, "--eval-every", 1, root=corpus)
