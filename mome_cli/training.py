@@ -197,7 +197,7 @@ class Trainer:
         counts = self.model.parameter_counts()
         self.say(f"training {counts['trainable']:,} parameters ({cfg.model} backbones, rates "
                  f"{'; '.join(f'{a},{v}' for a, v in cfg.rates)}) on {self.device} x {self.world}; "
-                 f"{len(self.data.utterances)} utterances, {self.per_epoch} steps/epoch, {self.total} steps"
+                 f"{len(self.data.kept)} utterances, {self.per_epoch} steps/epoch, {self.total} steps"
                  + (f", resuming at step {self.step}" if self.resume else ""))
         if cfg.eval_every and not cfg.valid:
             self.say(f"warning: eval_every {cfg.eval_every} but no validation manifest: give --valid MANIFEST to "

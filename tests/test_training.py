@@ -240,6 +240,7 @@ def test_a_missing_clip_is_skipped_with_a_warning_whichever_the_feature_cache(co
     assert f"warning: training utterance gone skipped: {tmp_path / 'gone.mp4'}: no such file" in result.stderr, \
         result.explain
     assert "warning: 1 of 4 training utterances skipped" in result.stderr, result.explain
+    assert "; 3 utterances, " in result.stderr, result.explain  # those it trains on
 
 
 def test_eval_every_without_a_validation_manifest_is_a_warning(corpus, tmp_path):
