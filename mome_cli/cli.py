@@ -217,6 +217,7 @@ def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode
 
     from . import evaluate as library
     from .data import DataError
+    from .files import writable_folder
     from .hub import HubError, mome_home
     from .recognizer import UsageProblem
 
@@ -235,20 +236,28 @@ def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode
         cache_dir=None if no_cache else mome_home() / "cache" / "clips", verbose=ctx.obj.verbose,
     )
     enabled = stderr.is_terminal and not quiet
+    try:  # before the evaluation, not after it
+        made = writable_folder(job.output_dir)
+    except OSError as e:
+        stderr.print(f"mome evaluate: cannot write to {output_dir}: {e.strerror or e}", markup=False)
+        ctx.exit(ExitCode.FAILURE)
     try:
         evaluation = library.run(job, quiet_log, lambda total, what: _progress(total, what, enabled))
-    except (DataError, HubError) as e:
+    except (DataError, HubError, UsageProblem) as e:
+        if made:  # nothing was written: no empty folder left behind
+            with contextlib.suppress(OSError):
+                job.output_dir.rmdir()
+        if isinstance(e, UsageProblem):
+            raise click.UsageError(str(e)) from e
         stderr.print(f"mome evaluate: {e}", markup=False)
         ctx.exit(e.exit_code)
-    except UsageProblem as e:
-        raise click.UsageError(str(e)) from e
+    if evaluation.cells:
+        click.echo(evaluation.table())  # first: the figures are not lost if the files cannot be written
     try:
         library.write_outputs(evaluation, job.output_dir)
     except OSError as e:
         stderr.print(f"mome evaluate: cannot write to {output_dir}: {e.strerror or e}", markup=False)
         ctx.exit(ExitCode.FAILURE)
-    if evaluation.cells:
-        click.echo(evaluation.table())
     if not quiet:
         log(f"{evaluation.evaluated} evaluated, {len(evaluation.failed)} failed (report in {output_dir})")
     ctx.exit(evaluation.return_code)

@@ -469,7 +469,8 @@ def _clock(recognizer) -> float:
 
 
 def write_outputs(evaluation: Evaluation, output_dir: Path) -> list[Path]:
-    """report.json, hypotheses.jsonl and (when something was scored) wer.png, each written atomically."""
+    """report.json, hypotheses.jsonl and (when something was scored) wer.png, each written atomically; a wer.png
+    left by an earlier run is removed when nothing was scored."""
     output_dir = Path(output_dir)
     written = [output_dir / REPORT_FILE, output_dir / HYPOTHESES_FILE]
     atomic_write_text(written[0], _json(evaluation.to_dict()) + "\n")
@@ -479,6 +480,8 @@ def write_outputs(evaluation: Evaluation, output_dir: Path) -> list[Path]:
 
         written.append(output_dir / PLOT_FILE)
         atomic_write(written[-1], lambda tmp: plot_wer(evaluation, tmp))
+    else:  # nothing scored: an earlier run's figure would contradict the report beside it
+        (output_dir / PLOT_FILE).unlink(missing_ok=True)
     return written
 
 

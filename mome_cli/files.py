@@ -29,6 +29,17 @@ def atomic_write(path, write: Callable[[str], None]) -> None:
         pass
 
 
+def writable_folder(path) -> bool:
+    """Make sure a file can be written in the folder path (made if missing), before long work that ends by writing
+    there; OSError if not. True if the folder was made here (to remove if that work fails)."""
+    path = Path(path)
+    made = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+        pass
+    return made
+
+
 def _fsync(path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

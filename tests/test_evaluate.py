@@ -269,10 +269,29 @@ def test_failed_utterances_are_skipped_reported_and_exit_3_or_1(corpus, tmp_path
     assert (report["utterances"], report["evaluated"], [f["id"] for f in report["failed"]]) == (2, 1, ["broken"])
     assert report["results"][0]["wer"] == 0 and report["results"][0]["ref_words"] == 2
 
+    assert (tmp_path / "some" / "wer.png").is_file()
+
     (tmp_path / "none.jsonl").write_text(f"{bad}\n")
     result = evaluate("--dataset", tmp_path / "none.jsonl", "--model", corpus / "ckpt", "--roi", "-o",
-                      tmp_path / "none", home=tmp_path / "home")
+                      tmp_path / "some", home=tmp_path / "home")  # over the run above
     assert result.returncode == 1 and result.stdout == "", result.explain
+    assert json.loads((tmp_path / "some" / "report.json").read_text())["results"] == []
+    assert not (tmp_path / "some" / "wer.png").exists()  # no figure of the earlier run beside this report
+
+
+def test_an_output_folder_that_cannot_be_written_fails_before_the_evaluation(corpus, tmp_path, monkeypatch):
+    from mome_cli import evaluate as library
+
+    def run(*args, **kwargs):
+        raise AssertionError("an evaluation whose results could not be written was run")
+
+    monkeypatch.setattr(library, "run", run)
+    (tmp_path / "a-file").write_text("")
+    result = evaluate("--dataset", corpus / "jsonl" / "test.jsonl", "--model", corpus / "ckpt", "--roi", "-o",
+                      tmp_path / "a-file" / "out", home=tmp_path / "home")
+    assert result.returncode == 1 and result.stdout == "", result.explain
+    assert result.stderr.strip().splitlines() == [f"mome evaluate: cannot write to {tmp_path / 'a-file' / 'out'}: "
+                                                  "Not a directory"], result.explain
 
 
 def test_missing_dataset_exits_4_and_says_how_to_get_it(tmp_path):
