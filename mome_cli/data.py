@@ -73,6 +73,10 @@ def read_jsonl(path: Path) -> list[Utterance]:
                 raise DataError(f"{path}:{n}: not JSON ({e.msg})") from e
             if not isinstance(row, dict) or "text" not in row or not (row.get("video") or row.get("audio")):
                 raise DataError(f"{path}:{n}: needs \"text\" and at least one of \"video\", \"audio\"")
+            wrong = [key for key in ("text", "video", "audio") if key in row and not isinstance(row[key], str)
+                     and not (key != "text" and row[key] is None)]
+            if wrong:
+                raise DataError(f"{path}:{n}: \"{wrong[0]}\" must be a string, not {json.dumps(row[wrong[0]])}")
             video = _resolve(path.parent, row["video"]) if row.get("video") else None
             audio = _resolve(path.parent, row["audio"]) if row.get("audio") else None
             utterances.append(Utterance(str(row.get("id") or (video or audio).stem), str(row["text"]), video, audio))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 
@@ -29,7 +30,12 @@ def test_jsonl_paths_are_relative_to_the_manifest(tmp_path):
 
 @pytest.mark.parametrize("line, problem", [("{not json", "m.jsonl:1: not JSON"),
                                            ('{"video": "a.mp4"}', 'm.jsonl:1: needs "text"'),
-                                           ('{"text": "hi"}', "at least one of")])
+                                           ('{"text": "hi"}', "at least one of"),
+                                           ('{"video": "a.mp4", "text": null}', 'm.jsonl:1: "text" must be a string, '
+                                                                                'not null'),
+                                           ('{"video": 123, "text": "hi"}', '"video" must be a string, not 123'),
+                                           ('{"video": "a.mp4", "audio": ["a.wav"], "text": "hi"}',
+                                            re.escape('"audio" must be a string, not ["a.wav"]'))])
 def test_bad_jsonl_names_file_and_line(tmp_path, line, problem):
     (tmp_path / "m.jsonl").write_text(line + "\n")
     with pytest.raises(DataError, match=problem):
