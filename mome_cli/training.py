@@ -409,12 +409,15 @@ class Trainer:
         with torch.no_grad():
             for name, tensor in state["model"].items():
                 params[name].copy_(tensor)
+        if self.total < state["step"]:
+            raise ConfigError(f"{self.out} is at step {state['step']}: a resumed run cannot be shorter than that "
+                              f"({self.total} steps asked)")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch, self.index = state["step"], state["epoch"], state["index"]
         if state.get("total", self.total) != self.total:
             self._stretch_schedule(state["total"], state["warmup"])
         _set_rng_state(state["rng"])
-        self.step, self.epoch, self.index = state["step"], state["epoch"], state["index"]
         self.elapsed = state["elapsed"]
         meter = state["meter"]
         self.meter, self.meter_steps = (None if meter is None else meter.to(self.device)), state["meter_steps"]
@@ -422,6 +425,8 @@ class Trainer:
             for snapshot in (self.out / SNAPSHOTS).glob("step-*"):  # complete or not
                 if int(snapshot.name.split("-")[1]) > self.step:
                     shutil.rmtree(snapshot, ignore_errors=True)
+            for tmp in [*self.out.glob(".*.tmp"), *self.out.glob(f"{SNAPSHOTS}/*/.*.tmp")]:  # a killed save's
+                tmp.unlink(missing_ok=True)
             log = self.out / LOG_NAME
             if log.is_file():
                 lines = [ln for ln in log.read_text(encoding="utf-8").splitlines()

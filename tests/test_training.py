@@ -255,9 +255,18 @@ def test_a_run_resumed_longer_keeps_its_warmup_and_stretches_its_cosine(trained,
 
     shutil.copytree(trained, corpus / "longer")
     config = json.loads((trained / "train_config.json").read_text())
+    shorter = mome(*train_args(corpus, "longer"), "--steps", STEPS - 10, "--resume", root=corpus)
+    assert shorter.returncode == 2 and (f"is at step {STEPS}: a resumed run cannot be shorter than that "
+                                        f"({STEPS - 10} steps asked)") in shorter.stderr, shorter.explain
+    left = [corpus / "longer" / ".trainer_state.pt.k1ll3d.tmp", corpus / "longer" / "snapshots" /
+            f"step-{STEPS:06d}" / ".model.safetensors.k1ll3d.tmp"]  # as a save killed mid-write leaves them
+    for tmp in left:
+        tmp.write_bytes(b"half")
     resumed = mome(*train_args(corpus, "longer"), "--steps", STEPS + 20, "--resume", root=corpus)
     assert resumed.returncode == 0, resumed.explain
     assert f"the run now lasts {STEPS + 20} steps, not {STEPS}" in resumed.stderr, resumed.explain
+    assert f"learning rate at step {STEPS}: " in resumed.stderr, resumed.explain
+    assert not any(tmp.exists() for tmp in left)
     warmup = round(config["warmup_fraction"] * STEPS)  # as it was: the run is past it
     factor = Trainer._lr_factor(warmup, STEPS + 20, config["min_lr_ratio"])
     later = [r for r in records(corpus / "longer", "train") if r["step"] > STEPS]
