@@ -70,11 +70,24 @@ class RateListParam(click.ParamType):
         return tuple(rates)
 
 
+INTERRUPTED = 128 + 2  # 128 + SIGINT
+
+
 class OrderedGroup(click.Group):
     """Lists commands in the order they are defined (the order of the contract), not alphabetically."""
 
     def list_commands(self, ctx):
         return list(self.commands)
+
+    def invoke(self, ctx):
+        """Ctrl-C ends any command with 130, as a shell reports a process ended by SIGINT (click's own "Aborted!"
+        exits 1, the code of a batch where nothing succeeded). What was written before it is complete: every file
+        is written under a temporary name first."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted", err=True)
+            ctx.exit(INTERRUPTED)
 
 
 @click.group(cls=OrderedGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -327,7 +340,7 @@ def train(ctx: click.Context, config, resume, **flags):
     except training.TrainingStopped as e:
         if training.is_main_process():
             stderr.print(f"mome train: {e}", markup=False)
-        ctx.exit(128 + e.signal_number)  # as a shell reports a process ended by that signal: 130 for Ctrl-C
+        ctx.exit(128 + e.signal_number)  # as a shell reports a process ended by that signal: INTERRUPTED for Ctrl-C
 
 
 @cli.command()

@@ -134,6 +134,24 @@ def test_report_summary():
     assert Report(ok=3, skipped=1, failed=1).summary() == "3 ok, 1 skipped, 1 failed"
 
 
+@pytest.mark.parametrize("command, module, args", [
+    ("transcribe", "transcribe", ["-o", "out"]),
+    ("evaluate", "evaluate", ["--dataset", "m.jsonl", "-o", "out"]),
+])
+def test_ctrl_c_ends_a_command_with_130_not_click_s_1(tmp_path, monkeypatch, command, module, args):
+    import importlib
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(f"mome_cli.{module}"), "run", interrupted)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.wav").write_bytes(b"")
+    (tmp_path / "m.jsonl").write_text('{"id": "a", "audio": "a.wav", "text": "a"}\n')
+    result = invoke(command, *(["a.wav"] if command == "transcribe" else []), *args)
+    assert result.exit_code == 130 and result.stderr.strip() == "interrupted", explain(result)
+
+
 def test_exit_codes_match_contract():
     assert [(code.name, int(code)) for code in ExitCode] == [
         ("OK", 0), ("FAILURE", 1), ("USAGE", 2), ("PARTIAL", 3), ("MISSING", 4)
