@@ -306,6 +306,8 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
         log(f"model {job.model}: {recognizer.describe()}; loaded in {time.perf_counter() - loading:.2f} s")
     reading = time.perf_counter()
     rates = resolve_rates(recognizer, job.mode, job.rates, job.any_rate)
+    if warning := recognizer.untrained_mode(job.mode):
+        log(warning)
     # A --max-segment the model cannot take ends the run here, before any preprocessing.
     segment_seconds = recognizer.segment_limit(job.max_segment)
     if job.model == "tiny" and job.adapter is None:

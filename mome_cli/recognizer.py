@@ -124,12 +124,22 @@ class Recognizer:
         elif mode == "v":
             rate = (None, rate[-1])
         elif len(rate) != 2:
-            raise UsageProblem(f"mode av needs --rate A,V (e.g. {trained[0][0]},{trained[0][1]}), got {rate}")
+            raise UsageProblem(f"mode av needs an audio and a video rate, A,V (e.g. {trained[0][0]},{trained[0][1]}), "
+                               f"got {','.join(map(str, rate))}")
         if rate not in trained and not any_rate:
             shown = "; ".join(",".join(str(r) for r in t if r is not None) for t in trained)
             raise UsageProblem(f"rate {','.join(str(r) for r in rate if r is not None)} was not trained for mode {mode}; "
                              f"trained: {shown} (or pass --any-rate)")
         return rate
+
+    def untrained_mode(self, mode: str) -> str | None:
+        """A warning when mode is not one the model was trained in (it reads it all the same: an av model can be
+        asked for mode a, and an av input without video falls back to it)."""
+        modes = self.config.modes
+        if mode in modes:
+            return None
+        return (f"warning: this model was trained for mode{'s' * (len(modes) > 1)} {', '.join(modes)}, not {mode}: "
+                f"expect worse transcripts in mode {mode} than in mode {modes[0]}")
 
     @torch.inference_mode()
     def features(self, audio: list | None, rois: list | None) -> Features:

@@ -42,7 +42,8 @@ def parse_rates(value) -> list[tuple[int, int]]:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"rates must be audio,video pairs such as \"4,2;4,5\", got {value!r}") from e
     if not rates or any(len(p) != 2 or min(p) < 1 for p in rates) or len(set(rates)) != len(rates):
-        raise ConfigError(f"rates must be distinct audio,video pairs of rates >= 1, got {value!r}")
+        shown = value if isinstance(value, str) else ";".join(",".join(map(str, p)) for p in rates)  # as typed
+        raise ConfigError(f"rates must be distinct audio,video pairs of rates >= 1, got {shown!r}")
     return rates
 
 

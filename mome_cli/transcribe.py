@@ -77,6 +77,8 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
     detail(1, f"model {job.model}: {recognizer.describe()}; loaded in {time.perf_counter() - started:.2f} s")
     o = recognize_options
     recognizer.rate_for(o.mode, o.rate, o.any_rate)  # a bad --rate is refused before any work (UsageProblem)
+    if warning := recognizer.untrained_mode(o.mode):
+        log(warning)
     recognizer.segment_limit(o.max_segment)  # and so is a --max-segment the model cannot take
     if job.model == "tiny" and job.adapter is None:
         log("warning: --model tiny is random and untrained: its transcripts are meaningless")

@@ -294,6 +294,13 @@ def test_an_output_folder_that_cannot_be_written_fails_before_the_evaluation(cor
                                                   "Not a directory"], result.explain
 
 
+def test_a_mode_the_model_was_not_trained_in_is_scored_with_a_warning(corpus, tmp_path):
+    result = evaluate("--dataset", corpus / "jsonl" / "test.jsonl", "--model", corpus / "ckpt", "--roi", "--mode", "a",
+                      "--limit", "1", "-o", tmp_path / "out", home=tmp_path / "home")
+    assert result.returncode == 0, result.explain
+    assert "warning: this model was trained for mode av, not a" in result.stderr, result.explain
+
+
 def test_missing_dataset_exits_4_and_says_how_to_get_it(tmp_path):
     (tmp_path / "empty").mkdir()
     result = evaluate("--dataset", "lrs3", "--data-root", tmp_path / "empty", "-o", tmp_path / "out",
@@ -309,6 +316,7 @@ def test_missing_dataset_exits_4_and_says_how_to_get_it(tmp_path):
     (["--snr", "5,x"], "--snr"),
     (["--rates", "4,x"], "--rates"),
     (["--rates", "8,3"], "not trained"),
+    (["--rates", "4,2;4"], "mode av needs an audio and a video rate, A,V (e.g. 4,2), got 4"),
     (["--max-segment", "21"], "at most 20 s"),
     (["--max-segment", "0.2"], "--max-segment"),
 ])

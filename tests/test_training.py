@@ -339,6 +339,7 @@ def test_a_signal_to_one_torchrun_process_stops_both_after_the_same_step(corpus)
 
 @pytest.mark.parametrize("args, code, message", [
     (["--rates", "4,x"], 2, "4,x"),
+    (["--rates", "4;16,5"], 2, "rates must be distinct audio,video pairs of rates >= 1, got '4;16,5'"),
     (["--experts", "2", "--top-k", "3"], 2, "top_k"),
     (["--train", "missing.jsonl"], 4, "missing.jsonl: no such manifest"),
     (["--model", "mome-1b"], 4, "mome download mome-1b"),

@@ -294,6 +294,18 @@ def test_a_folder_named_like_a_preset_loads_and_says_so(trained, tmp_path):
     assert clear.returncode == 0 and "not the tiny preset" not in clear.stderr, clear.explain
 
 
+def test_a_mode_the_model_was_not_trained_in_is_read_with_a_warning(trained, tmp_path):
+    warning = ("warning: this model was trained for mode av, not a: expect worse transcripts in mode a than in "
+               "mode av")
+    asked = mome("transcribe", trained / "media", "--model", trained / "ckpt", "--roi", "--mode", "a", "--stdout",
+                 cwd=tmp_path)
+    assert asked.returncode == 0 and len(asked.stdout.splitlines()) == 2, asked.explain
+    assert asked.stderr.count(warning) == 1, asked.explain  # once for the run, not per file
+    trained_mode = mome("transcribe", trained / "media", "--model", trained / "ckpt", "--roi", "--stdout",
+                        cwd=tmp_path)
+    assert trained_mode.returncode == 0 and "warning" not in trained_mode.stderr, trained_mode.explain
+
+
 def test_a_model_trained_for_audio_alone_refuses_mode_av_and_names_the_mode(trained, tmp_path):
     """transcribe's default mode is av: a checkpoint trained with mode = "a" has no video encoder (a traceback
     before); it says which --mode to pass, and with it transcribes."""
