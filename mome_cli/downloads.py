@@ -195,7 +195,7 @@ def fetch_url(url: str, dest: Path, sha256: str | None = None, size: int | None 
         if part.is_file() and part.stat().st_size:
             raise MissingModelError(f"download of {dest.name} interrupted after {part.stat().st_size} bytes "
                                     f"({type(e).__name__}: {e}); run again to resume it") from e
-        raise no_network_error(url, e) from e
+        raise no_network_error(url, e, dest.parent) from e
     except OSError as e:
         reraise_os_error(e, part)
     finally:

@@ -281,6 +281,7 @@ def test_unreachable_server_is_missing_with_no_network(tmp_path):
     with pytest.raises(MissingModelError, match="no network: .*run again when online") as caught:
         hub.fetch_url(f"http://127.0.0.1:{port}/weights.bin", tmp_path / "weights.bin", DATA_SHA256)
     assert caught.value.exit_code == ExitCode.MISSING and list(tmp_path.iterdir()) == []
+    assert f"copy the cache folder {tmp_path} from a machine that has it" in str(caught.value)  # which folder
 
 
 def test_http_error_is_a_failure(server, tmp_path):
