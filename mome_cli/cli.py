@@ -165,13 +165,16 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
                                  param_hint="--rate")
     if rate is not None and mode == "av" and len(rate) != 2:
         raise click.BadParameter("mode av takes an audio and a video rate, e.g. --rate 4,2", param_hint="--rate")
-    found = collect_inputs(list(inputs), recursive=recursive, glob=glob)
+    empty = []
+    found = collect_inputs(list(inputs), recursive=recursive, glob=glob, empty=empty)
+    hint = "" if recursive else " (use -r to search sub-folders)"
     if not found:
-        raise click.UsageError(f"no media files found in {', '.join(inputs)}"
-                               f"{'' if recursive else ' (use -r to search sub-folders)'}")
+        raise click.UsageError(f"no media files found in {', '.join(inputs)}{hint}")
     quiet = ctx.obj.quiet
     log = lambda message: stderr.print(message, markup=False, highlight=False)  # noqa: E731
     quiet_log = (lambda message: log(message) if message.startswith("error") else None) if quiet else log
+    for folder in empty:  # beside inputs that have some: said, not an error
+        quiet_log(f"warning: {folder}: no media files found{hint}")
     default = click.core.ParameterSource.DEFAULT
     files = not stdout or any(ctx.get_parameter_source(name) != default for name in ("output_dir", "formats"))
     job = library.TranscribeJob(

@@ -42,8 +42,10 @@ class Transcript:
     warnings: list = field(default_factory=list)
 
 
-def collect_inputs(arguments: list[str], recursive: bool = False, glob: str | None = None) -> list[Input]:
-    """Media files named by INPUT arguments (files, or folders searched for media), in a stable order."""
+def collect_inputs(arguments: list[str], recursive: bool = False, glob: str | None = None,
+                   empty: list | None = None) -> list[Input]:
+    """Media files named by INPUT arguments (files, or folders searched for media), in a stable order; the folders
+    in which none was found are added to empty."""
     found = []
     for argument in arguments:
         path = Path(argument)
@@ -52,6 +54,8 @@ def collect_inputs(arguments: list[str], recursive: bool = False, glob: str | No
             candidates = path.rglob(pattern) if recursive else path.glob(pattern)
             media = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in MEDIA_EXTENSIONS)
             found += [Input(p, path) for p in media]
+            if not media and empty is not None:
+                empty.append(argument)
         else:
             found.append(Input(path, None))  # missing or bad files are reported per input, later
     unique, seen = [], set()

@@ -131,6 +131,17 @@ def test_a_missing_input_is_one_error_and_the_others_are_transcribed(trained, tm
     assert "Traceback" not in result.stderr, result.explain
 
 
+def test_a_folder_without_media_beside_other_inputs_is_a_warning(trained, tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    clip = trained / "media" / "hello.mp4"
+    shutil.copy(clip, tmp_path / "empty" / "sub" / "deeper.mp4")
+    result = mome("transcribe", tmp_path / "empty", clip, "--model", trained / "ckpt", "--roi", "--stdout",
+                  cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout == f"{clip}\thello world\n", result.explain
+    assert f"warning: {tmp_path / 'empty'}: no media files found (use -r to search sub-folders)" in result.stderr, \
+        result.explain
+
+
 def test_an_output_name_taken_by_a_folder_is_an_error_not_a_skip(trained, tmp_path):
     (tmp_path / "out" / "hello.txt").mkdir(parents=True)
     clip = trained / "media" / "hello.mp4"
