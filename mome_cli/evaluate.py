@@ -286,12 +286,15 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
 
     Raises DataError (DatasetMissing: exit 4), HubError / MissingModelError and UsageProblem (bad rate, noise file).
     """
-    from .data import find_dataset, load_manifest
+    from .data import NAMED_DATASETS, find_dataset, load_manifest
     from .media import SAMPLE_RATE, MediaError, decode_audio
     from .recognizer import UsageProblem, load_recognizer, shadowed_preset
 
     started = time.perf_counter()
     manifest = find_dataset(job.dataset, job.data_root, job.split)
+    if job.dataset not in NAMED_DATASETS and job.split != "test":
+        log(f"warning: --split {job.split} is not used: it picks a split of lrs2 or lrs3; {job.dataset} is read as "
+            "it is")
     utterances = load_manifest(manifest)
     chosen = utterances[: job.limit] if job.limit else utterances
     auto_avsr = manifest.suffix == ".csv"  # LRS2/LRS3 prepared by auto_avsr: mouth crops, single utterances
@@ -313,6 +316,18 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
     if job.model == "tiny" and job.adapter is None:
         log("warning: --model tiny is random and untrained: its transcripts are meaningless")
     evaluation = Evaluation(job, manifest, rates, max_segment=segment_seconds, pack=pack)
+    noisy_snrs = [s for s in job.snrs if s != CLEAN]
+    sound = None  # the --noise file's samples, read (and refused) before any utterance is
+    if job.noise is not None and not (noisy_snrs and "a" in job.mode):
+        log("warning: --noise is not used: " + ("no --snr level below clean" if not noisy_snrs else
+                                                "mode v reads no audio"))
+    elif job.noise is not None:
+        try:
+            sound = decode_audio(job.noise)
+        except MediaError as e:
+            raise UsageProblem(f"--noise: {e}") from e
+        if not np.any(sound):
+            raise UsageProblem(f"--noise: {job.noise} is silent")
 
     loader = ClipLoader(job.mode, roi, job.detector, job.device, job.cache_dir)
     clips, kept = [], []
@@ -341,18 +356,11 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
         evaluation.wall_seconds = time.perf_counter() - started
         return evaluation
 
-    noisy_snrs = [s for s in job.snrs if s != CLEAN]
     noise = None
     if noisy_snrs and "a" not in job.mode:
         log("warning: mode v reads no audio: noise changes nothing, every SNR column repeats the first")
     elif noisy_snrs:
-        if job.noise is not None:
-            try:
-                sound = decode_audio(job.noise)
-            except MediaError as e:
-                raise UsageProblem(f"--noise: {e}") from e
-            if not np.any(sound):
-                raise UsageProblem(f"--noise: {job.noise} is silent")
+        if sound is not None:
             noise = LoopedNoise([(None, sound)], count=1, seed=job.seed)
             evaluation.noise = {"source": "file", "path": str(job.noise), "seconds": round(len(sound) / SAMPLE_RATE, 3)}
         else:

@@ -301,6 +301,36 @@ def test_a_mode_the_model_was_not_trained_in_is_scored_with_a_warning(corpus, tm
     assert "warning: this model was trained for mode av, not a" in result.stderr, result.explain
 
 
+def test_a_noise_file_is_read_before_the_utterances_and_one_it_cannot_use_is_refused(corpus, tmp_path, monkeypatch):
+    from mome_cli import evaluate as library
+
+    manifest, model = corpus / "jsonl" / "test.jsonl", corpus / "ckpt"
+    (tmp_path / "text.wav").write_text("not a sound")
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono",
+                    "-t", "1", str(tmp_path / "silent.wav")], check=True)
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "anoisesrc=seed=3:d=2",
+                    "-ar", "16000", str(tmp_path / "hiss.wav")], check=True)
+    real = library.ClipLoader
+    refuse = lambda *a, **k: pytest.fail("utterances were read before the --noise file was checked")  # noqa: E731
+    monkeypatch.setattr(library, "ClipLoader", refuse)
+    for name, problem in (("text.wav", "not a readable media file"), ("silent.wav", "is silent")):
+        result = evaluate("--dataset", manifest, "--model", model, "--roi", "--snr", "0", "--noise", tmp_path / name,
+                          "-o", tmp_path / "out", home=tmp_path / "home")
+        assert result.returncode == 2 and problem in result.stderr, result.explain
+    monkeypatch.setattr(library, "ClipLoader", real)
+    unused = evaluate("--dataset", manifest, "--model", model, "--roi", "--limit", "1", "--noise", tmp_path / "text.wav",
+                      "--split", "valid", "-o", tmp_path / "clean", home=tmp_path / "home")
+    assert unused.returncode == 0, unused.explain
+    assert "warning: --noise is not used: no --snr level below clean" in unused.stderr, unused.explain
+    assert f"warning: --split valid is not used: it picks a split of lrs2 or lrs3; {manifest} is read as it is" \
+        in unused.stderr, unused.explain
+    used = evaluate("--dataset", manifest, "--model", model, "--roi", "--limit", "1", "--rates", "4,2", "--snr", "5",
+                    "--noise", tmp_path / "hiss.wav", "-o", tmp_path / "noisy", home=tmp_path / "home")
+    assert used.returncode == 0 and "warning" not in used.stderr, used.explain
+    report = json.loads((tmp_path / "noisy" / "report.json").read_text())
+    assert report["noise"] == {"source": "file", "path": str(tmp_path / "hiss.wav"), "seconds": 2.0}
+
+
 def test_missing_dataset_exits_4_and_says_how_to_get_it(tmp_path):
     (tmp_path / "empty").mkdir()
     result = evaluate("--dataset", "lrs3", "--data-root", tmp_path / "empty", "-o", tmp_path / "out",
