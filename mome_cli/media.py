@@ -24,6 +24,7 @@ SAMPLE_RATE = 16_000  # Hz, mono: what Whisper takes
 VIDEO_FPS = 25  # frames a second: what AV-HuBERT and the LRS corpora use
 SAMPLES_PER_FRAME = SAMPLE_RATE // VIDEO_FPS  # 640 samples = 40 ms, one video frame
 MAX_SEGMENT_SECONDS = 20.0  # longest segment handed to the model
+SHORT_STREAM_SECONDS = 1.0  # a stream that ends more than this before the file's announced length is said to
 MIN_PAUSE_SECONDS = 0.2  # a silence this long is a pause: between two stretches of speech, it ends a segment
 ENERGY_WINDOW = SAMPLES_PER_FRAME  # energy measured per video frame, so cuts fall on frame boundaries
 SILENCE_DB = -35.0  # a window this far below the clip's loudest (95th percentile) window counts as silence
@@ -185,8 +186,17 @@ def _window(start: float, duration: float | None, info: MediaInfo) -> tuple[floa
     return start, end - start
 
 
-def decode_audio(path, start: float = 0.0, duration: float | None = None, info: MediaInfo | None = None) -> np.ndarray:
-    """(S,) float32 mono samples at 16 kHz, exactly round(duration * 16000) of them."""
+def _stops_early(kind: str, got: float, wanted: float, rest: str) -> str | None:
+    """The warning for a stream that ends well before the length the file announces (a truncated download)."""
+    if wanted - got <= SHORT_STREAM_SECONDS:
+        return None  # streams of one file often end a few frames apart: padded in silence
+    return f"{kind} stops at {got:.2f} s of the {wanted:.2f} s the file announces: {rest} (a truncated file?)"
+
+
+def decode_audio(path, start: float = 0.0, duration: float | None = None, info: MediaInfo | None = None,
+                 warnings: list | None = None) -> np.ndarray:
+    """(S,) float32 mono samples at 16 kHz, exactly round(duration * 16000) of them; a stream that ends more than
+    SHORT_STREAM_SECONDS early is padded with silence and said in warnings."""
     info = info or probe(path)
     if not info.has_audio:
         raise NoAudioError(path, "no audio stream")
@@ -205,13 +215,17 @@ def decode_audio(path, start: float = 0.0, duration: float | None = None, info: 
     samples = np.frombuffer(out, np.float32)
     want = int(round(duration * SAMPLE_RATE))
     if samples.size < want:  # a stream that ends early: pad its tail with silence
+        short = _stops_early("audio", samples.size / SAMPLE_RATE, want / SAMPLE_RATE, "the rest is taken as silence")
+        if short and warnings is not None:
+            warnings.append(short)
         samples = np.concatenate([samples, np.zeros(want - samples.size, np.float32)])
     return samples[:want].copy()
 
 
 def iter_video(path, start: float = 0.0, duration: float | None = None, info: MediaInfo | None = None,
-               chunk: int = 250, max_height: int | None = None) -> Iterator[np.ndarray]:
-    """Chunks of (n, H, W, 3) uint8 RGB frames at 25 fps, from the file's t = start, round(duration * 25) in all.
+               chunk: int = 250, max_height: int | None = None, warnings: list | None = None) -> Iterator[np.ndarray]:
+    """Chunks of (n, H, W, 3) uint8 RGB frames at 25 fps, from the file's t = start, round(duration * 25) in all (a
+    stream that ends early holds its last frame; more than SHORT_STREAM_SECONDS early, said in warnings).
 
     max_height scales larger frames down (keeping the aspect ratio) so that long high-resolution inputs stream in
     bounded memory.
@@ -261,13 +275,16 @@ def iter_video(path, start: float = 0.0, duration: float | None = None, info: Me
     if last is None:
         raise MediaError(path, "video stream holds no frames")
     if sent < want:  # a stream that ends early: hold its last frame
+        short = _stops_early("video", sent / VIDEO_FPS, want / VIDEO_FPS, "its last frame is held for the rest")
+        if short and warnings is not None:
+            warnings.append(short)
         yield np.repeat(last[None], want - sent, axis=0)
 
 
 def decode_video(path, start: float = 0.0, duration: float | None = None, info: MediaInfo | None = None,
-                 max_height: int | None = None) -> np.ndarray:
+                 max_height: int | None = None, warnings: list | None = None) -> np.ndarray:
     """(T, H, W, 3) uint8 RGB frames at 25 fps (all at once: for short clips)."""
-    return np.concatenate(list(iter_video(path, start, duration, info, max_height=max_height)))
+    return np.concatenate(list(iter_video(path, start, duration, info, max_height=max_height, warnings=warnings)))
 
 
 def frame_energy_db(samples: np.ndarray) -> np.ndarray:

@@ -154,7 +154,7 @@ class Preprocessor:
             return cached
         clip = Clip(path=str(path), duration=info.duration, mode=mode, warnings=warnings)
         if "a" in mode:
-            clip.audio = decode_audio(path, info=info)
+            clip.audio = decode_audio(path, info=info, warnings=warnings)
         if "v" in mode:
             try:
                 clip.rois = self._rois(path, info, warnings)
@@ -174,11 +174,13 @@ class Preprocessor:
 
     def _rois(self, path, info, warnings: list) -> np.ndarray:
         if self.options.roi:  # chunk by chunk: an hour of crops is 0.8 GB of gray ROIs, not 10 GB of float RGB
-            chunks = iter_video(path, info=info, chunk=CHUNK_FRAMES)
+            chunks = iter_video(path, info=info, chunk=CHUNK_FRAMES, warnings=warnings)
             return np.concatenate([rois_from_crops(frames) for frames in chunks])
-        chunks = lambda: iter_video(path, info=info, chunk=CHUNK_FRAMES, max_height=self.options.max_height)  # noqa
+        chunks = lambda said=None: iter_video(path, info=info, chunk=CHUNK_FRAMES,  # noqa: E731
+                                              max_height=self.options.max_height, warnings=said)
         tracker = FaceTracker()  # one face followed through every chunk
-        landmarks = np.concatenate([self.detector.detect(frames, tracker=tracker) for frames in chunks()])  # (T, 68, 2)
+        landmarks = np.concatenate([self.detector.detect(frames, tracker=tracker)
+                                    for frames in chunks(warnings)])  # (T, 68, 2); the second pass says nothing
         filled, missing = interpolate_missing(landmarks)
         smoothed = smooth(filled)
         mean_face, rois, at = load_mean_face(), [], 0

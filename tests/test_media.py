@@ -226,3 +226,17 @@ def test_a_live_recording_without_a_stored_duration_is_read_to_its_end(tmp_path)
     info = probe(live)
     assert info.duration == pytest.approx(3.0, abs=0.1)
     assert len(decode_video(live, info=info)) == pytest.approx(75, abs=2)
+
+
+def test_a_truncated_file_is_padded_to_its_announced_length_and_said_to_be_short(tmp_path):
+    full, cut = tmp_path / "full.mp4", tmp_path / "cut.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=s=96x96:r=25:d=10",
+                    "-f", "lavfi", "-i", "sine=f=300:d=10", "-c:v", "libx264", "-c:a", "aac", "-movflags", "+faststart",
+                    "-shortest", str(full)], check=True)
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size * 3 // 10])  # a download cut short: the header is whole
+    said = []
+    assert len(decode_audio(cut, warnings=said)) == 160_000 and len(decode_video(cut, warnings=said)) == 250
+    assert [w.split(" stops at ")[0] for w in said] == ["audio", "video"] and all("of the 10.00 s" in w for w in said)
+    whole = []
+    decode_audio(full, warnings=whole), decode_video(full, warnings=whole)
+    assert whole == []
