@@ -24,7 +24,7 @@ SAMPLE_RATE = 16_000  # Hz, mono: what Whisper takes
 VIDEO_FPS = 25  # frames a second: what AV-HuBERT and the LRS corpora use
 SAMPLES_PER_FRAME = SAMPLE_RATE // VIDEO_FPS  # 640 samples = 40 ms, one video frame
 MAX_SEGMENT_SECONDS = 20.0  # longest segment handed to the model
-SHORT_STREAM_SECONDS = 1.0  # a stream that ends more than this before the file's announced length is said to
+SHORT_STREAM_SECONDS = 1.0  # a stream ending more than this before its file's announced length gets a warning
 MIN_PAUSE_SECONDS = 0.2  # a silence this long is a pause: between two stretches of speech, it ends a segment
 ENERGY_WINDOW = SAMPLES_PER_FRAME  # energy measured per video frame, so cuts fall on frame boundaries
 SILENCE_DB = -35.0  # a window this far below the clip's loudest (95th percentile) window counts as silence
