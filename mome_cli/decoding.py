@@ -60,11 +60,9 @@ class _Stepper:
     """Runs the LLM over a prefix, then one token per row at a time, keeping the cache, mask and positions."""
 
     def __init__(self, model: AVSRModel, features: Features, rate: Rate, mode: str, any_rate: bool):
-        from transformers import DynamicCache
-
         self.llm = model.llm
         prefix = model.prefix(features, rate, mode, any_rate)
-        self.cache = DynamicCache(config=self.llm.config)
+        self.cache = _dynamic_cache(self.llm)
         self.mask = prefix.attention_mask  # (B, L)
         self.next_position = prefix.position_ids[:, -1] + 1  # (B,)
         out = self.llm(inputs_embeds=prefix.embeds, attention_mask=self.mask, position_ids=prefix.position_ids,
@@ -91,6 +89,17 @@ class _Stepper:
         self.next_position = self.next_position + 1
         self.logprobs = out.logits[:, -1].float().log_softmax(-1)
         return self.logprobs
+
+
+def _dynamic_cache(llm):
+    """A growing KV cache of the kind the LLM takes: mome's own for llama.py's model, transformers' otherwise."""
+    from .llama import KVCache, LlamaForCausalLM
+
+    if isinstance(llm, LlamaForCausalLM):
+        return KVCache()
+    from transformers import DynamicCache
+
+    return DynamicCache(config=llm.config)
 
 
 class GreedyDecoder:
@@ -312,11 +321,15 @@ def decode(
 ) -> list[DecodingResult]:
     """Transcribe a batch of clips at one rate.
 
-    static: greedy on the static cache (StaticGreedy) even on the CPU (True), never (False), or on CUDA only (None).
+    static: greedy on the static cache (StaticGreedy) even on the CPU (True), never (False), or on CUDA only (None);
+    never for an LLM of llama.py (mome loads those on the CPU only), which decodes on its growing cache.
     """
+    from .llama import LlamaForCausalLM
+
     eos = model.tokenizer.eos_token_id
     on_cuda = next(model.llm.parameters()).device.type == "cuda"
-    if options.beam_size == 1 and (static or (static is None and options.cuda_graphs and on_cuda)):
+    native = isinstance(model.llm, LlamaForCausalLM)  # llama.py's model has no static cache: the same tokens anyway
+    if options.beam_size == 1 and not native and (static or (static is None and options.cuda_graphs and on_cuda)):
         prefix = model.prefix(features, rate, mode, any_rate)
         runner = _static_greedy(model, prefix, options.max_new_tokens, eos, graphs=on_cuda and options.cuda_graphs)
         found = runner.run(prefix, options.max_new_tokens)

@@ -17,9 +17,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from pathlib import Path
 
 import torch
 from torch import nn
+
+from .llama import NotSupported
+from .whisper import LogMel
 
 SAMPLE_RATE = 16_000  # Hz, what Whisper and the media stage use
 HOP_LENGTH = 160  # samples per mel frame: 100 mel frames a second
@@ -67,13 +71,17 @@ class WhisperAudioEncoder(nn.Module):
         if longest > self.feature_extractor.n_samples:
             raise EncoderError(f"audio of {longest / SAMPLE_RATE:.1f} s is longer than this Whisper encoder's "
                                f"{self.max_seconds:g} s window: cut it into segments first")
-        arrays = [w.detach().float().cpu().numpy() if torch.is_tensor(w) else w for w in waveforms]
         param = next(self.encoder.parameters())
-        device = str(param.device) if param.device.type == "cuda" else "cpu"  # the STFT runs on the encoder's GPU
-        mel = self.feature_extractor(arrays, sampling_rate=SAMPLE_RATE, return_tensors="pt", device=device)
-        mel = mel.input_features
+        if isinstance(self.feature_extractor, LogMel):  # mome's own (whisper.py): a tensor in, a tensor out
+            mel = self.feature_extractor(waveforms)
+        else:
+            arrays = [w.detach().float().cpu().numpy() if torch.is_tensor(w) else w for w in waveforms]
+            device = str(param.device) if param.device.type == "cuda" else "cpu"  # the STFT runs on the encoder's GPU
+            mel = self.feature_extractor(arrays, sampling_rate=SAMPLE_RATE, return_tensors="pt", device=device)
+            mel = mel.input_features
         mel = mel.to(device=param.device, dtype=param.dtype)  # (B, n_mels, 100 x window) = (B, 80, 3000) for 30 s
-        states = self.encoder(mel).last_hidden_state  # (B, 50 x window, D)
+        states = self.encoder(mel)  # (B, 50 x window, D)
+        states = states if torch.is_tensor(states) else states.last_hidden_state
         lengths = torch.tensor([max(1, math.ceil(s / SAMPLES_PER_AUDIO_FRAME)) for s in samples])
         return states[:, : int(lengths.max())], lengths.to(states.device)
 
@@ -113,11 +121,25 @@ def build_tiny_whisper() -> WhisperAudioEncoder:
 
 
 def load_whisper(name: str, revision: str | None = None, dtype: torch.dtype | None = None,
-                 device: str = "cpu") -> WhisperAudioEncoder:
-    """The encoder of a Whisper checkpoint (hub id or local folder), or `tiny`; frozen, in eval mode."""
-    if name == "tiny":
+                 device: str = "cpu", native: bool = False) -> WhisperAudioEncoder:
+    """The encoder of a Whisper checkpoint (hub id or local folder), or `tiny`; frozen, in eval mode.
+
+    native: a local folder runs on mome's own encoder and features (whisper.py), which need no transformers import;
+    transformers' are used when whisper.py does not run the checkpoint.
+    """
+    model = None
+    if native and name != "tiny" and Path(name).is_dir():
+        from .whisper import load_whisper_encoder
+
+        try:
+            model = WhisperAudioEncoder(*load_whisper_encoder(name))
+        except NotSupported:
+            pass
+        except ValueError as e:
+            raise EncoderError(str(e)) from e
+    if model is None and name == "tiny":
         model = build_tiny_whisper()
-    else:
+    elif model is None:
         from transformers import WhisperFeatureExtractor
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 

@@ -141,11 +141,28 @@ def no_progress_bars():
             logging.enable_progress_bar()
 
 
-def load_llm(name: str, revision: str | None = None, dtype: torch.dtype | None = None, device: str = "cpu"):
-    """(model, tokenizer) for a tiny name, a local directory or a hub id; frozen, in eval mode."""
-    if name in TINY_LLMS:
+def load_llm(name: str, revision: str | None = None, dtype: torch.dtype | None = None, device: str = "cpu",
+             native: bool = False):
+    """(model, tokenizer) for a tiny name, a local directory or a hub id; frozen, in eval mode.
+
+    native: a local Llama folder runs on mome's own Llama and tokenizer wrapper (llama.py), which need no transformers
+    import; transformers' classes are used for what llama.py does not run (other families, other rotary types).
+    """
+    model = tokenizer = None
+    if native and name not in TINY_LLMS and os.path.isdir(name):
+        from .llama import NotSupported, load_llama
+
+        from .checkpoint import CheckpointError
+
+        try:
+            model, tokenizer = load_llama(name, dtype=dtype or torch.float32)
+        except NotSupported:
+            pass
+        except ValueError as e:  # weights that cannot be read or do not fit the config
+            raise CheckpointError(str(e)) from e
+    if model is None and name in TINY_LLMS:
         model, tokenizer = build_tiny_llm(name)
-    else:
+    elif model is None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if dtype is None:

@@ -139,7 +139,7 @@ class AVSRModel(nn.Module):
         super().__init__()
         self.config = config
         self.tokenizer = tokenizer
-        H = llm.config.get_text_config().hidden_size
+        H = llm.get_input_embeddings().embedding_dim
         self.audio = MatryoshkaCompressor(
             config.audio_dim, [a for a, _ in config.rates], config.compression, config.projector_hidden, H
         )
@@ -163,7 +163,7 @@ class AVSRModel(nn.Module):
     def parameter_counts(self, rate: Rate | None = None) -> dict[str, int]:
         """Trainable and active parameter counts; active = what one token uses at one rate pair."""
         a, v = rate or self.config.rates[0]
-        H = self.llm.config.get_text_config().hidden_size
+        H = self.llm.get_input_embeddings().embedding_dim
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
         mome_active = len(self.mome) * active_parameters(H, self.config.mome)
         projector_active = (count(self.audio.projectors[str(a)]) if a else 0) + (

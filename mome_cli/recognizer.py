@@ -15,6 +15,7 @@ Notation for shapes: B segments in a batch, S samples, T frames, R ROI side, D e
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -250,12 +251,13 @@ def _backbone_path(name: str, revision: str | None, home: Path) -> str:
     return str(_cached_repo(name, revision, home))
 
 
-def load_audio_encoder(config: ModelConfig, home: Path, device: str):
+def load_audio_encoder(config: ModelConfig, home: Path, device: str, native: bool = False):
     from .encoders import load_whisper
 
     if config.audio_encoder == "tiny" or Path(config.audio_encoder).exists():
-        return load_whisper(config.audio_encoder, device=device)
-    return load_whisper(str(_cached_repo(config.audio_encoder, config.audio_encoder_revision, home)), device=device)
+        return load_whisper(config.audio_encoder, device=device, native=native)
+    return load_whisper(str(_cached_repo(config.audio_encoder, config.audio_encoder_revision, home)), device=device,
+                        native=native)
 
 
 def load_video_encoder(config: ModelConfig, home: Path, device: str):
@@ -335,29 +337,35 @@ def _load_recognizer(model: str, adapter: str | None, device: str, home: Path | 
         revision = adapter_config.llm_revision if same and adapter_config.llm_revision else config.llm_revision
         config = dataclasses.replace(adapter_config, llm=config.llm, llm_revision=revision)
         weights = adapter
-    recognizer = build_recognizer(config, home, device, name=model)
+    # On a CPU the backbones run on mome's own Llama and Whisper code where it runs them (llama.py, whisper.py): the
+    # same numbers, without transformers' modeling import, which is most of a one-file transcription's wait there.
+    # MOME_NATIVE=0 keeps transformers' classes (to compare, or to rule the native code out when something is odd).
+    native = device == "cpu" and os.environ.get("MOME_NATIVE", "1") != "0"
+    recognizer = build_recognizer(config, home, device, name=model, native=native)
     if weights is not None:
         load_weights(recognizer.model, weights)
     return recognizer
 
 
 def build_recognizer(config: ModelConfig, home: Path, device: str, dtype: torch.dtype | None = None,
-                     name: str = "untrained", seed: int = 0) -> Recognizer:
+                     name: str = "untrained", seed: int = 0, native: bool = False) -> Recognizer:
     """The backbones of a config from the cache (never downloaded) and fresh MoME modules and projectors, in eval mode.
 
     The fresh modules are drawn from `seed`, leaving the global CPU RNG where it was: the same weights in every run
     and every process. Only the encoders of the config's modes are loaded; dtype is the LLM's (None: bf16 on CUDA).
+    native: the LLM and the Whisper encoder on llama.py's and whisper.py's code where those run them (inference).
     """
     from .llm import load_llm
 
-    llm, tokenizer = load_llm(_backbone_path(config.llm, config.llm_revision, home), dtype=dtype, device=device)
+    llm, tokenizer = load_llm(_backbone_path(config.llm, config.llm_revision, home), dtype=dtype, device=device,
+                              native=native)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         avsr = AVSRModel(config, llm, tokenizer)
     modes = "".join(config.modes)
     return Recognizer(
         avsr.to(device).eval(),
-        load_audio_encoder(config, home, device) if "a" in modes else None,
+        load_audio_encoder(config, home, device, native) if "a" in modes else None,
         load_video_encoder(config, home, device) if "v" in modes else None,
         name=name,
     )

@@ -1,0 +1,381 @@
+"""Llama for inference in plain PyTorch: the same weights and the same numbers as transformers', without its import.
+
+On a CPU, importing transformers' modeling code (it pulls in torch._dynamo, scipy.optimize and torch.distributed)
+takes longer than transcribing a 10 s clip with the demo model: 2 to 3 s on 2 cores (benchmarks/RESULTS.md, issue #8).
+This module reads a transformers Llama checkpoint folder (config.json, model.safetensors or a sharded index,
+tokenizer.json, tokenizer_config.json) with torch, safetensors and tokenizers alone, and runs it with the interface
+mome's model and decoders use: `model(input_ids | inputs_embeds, attention_mask, position_ids, past_key_values,
+use_cache, logits_to_keep).logits`, `get_decoder().layers[i].self_attn` (where MoME hooks in), a growing KV cache
+with `batch_repeat_interleave` and `reorder_cache` for beam search. tests/test_llama.py checks its logits and
+decoded text against transformers' LlamaForCausalLM on the same weights.
+
+What it runs: model_type llama with SiLU MLPs, no attention or MLP biases, and rotary embeddings of type default or
+llama3 (every Llama 3.x). `LlamaConfig.from_dict` refuses anything else (NotSupported), and the caller falls back to
+transformers.
+
+Notation for shapes: B rows, T new positions, S cached + new positions, H hidden width, N query heads, K key/value
+heads, d head width, F MLP width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class NotSupported(Exception):
+    """A checkpoint this module does not run (the caller uses transformers instead)."""
+
+
+@dataclass
+class LlamaConfig:
+    hidden_size: int  # H
+    intermediate_size: int  # F
+    num_hidden_layers: int
+    num_attention_heads: int  # N
+    num_key_value_heads: int  # K
+    head_dim: int  # d
+    vocab_size: int  # V
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_type: str = "default"  # default | llama3
+    rope_scaling: dict | None = None  # llama3's factor, low/high_freq_factor, original_max_position_embeddings
+    tie_word_embeddings: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LlamaConfig":
+        """From a transformers config.json (either the v4 keys rope_theta/rope_scaling or v5's rope_parameters)."""
+        if d.get("model_type") != "llama":
+            raise NotSupported(f"model_type {d.get('model_type')!r} (only llama)")
+        if d.get("hidden_act", "silu") != "silu" or d.get("attention_bias") or d.get("mlp_bias"):
+            raise NotSupported("a Llama with another activation or with biases")
+        if d.get("pretraining_tp", 1) != 1:
+            raise NotSupported("pretraining_tp != 1")
+        rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
+        theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", "llama3"):
+            raise NotSupported(f"rope_type {rope_type!r}")
+        heads = d["num_attention_heads"]
+        return cls(
+            hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
+            num_hidden_layers=d["num_hidden_layers"], num_attention_heads=heads,
+            num_key_value_heads=d.get("num_key_value_heads") or heads,
+            head_dim=d.get("head_dim") or d["hidden_size"] // heads, vocab_size=d["vocab_size"],
+            rms_norm_eps=d.get("rms_norm_eps", 1e-6), rope_theta=float(theta), rope_type=rope_type,
+            rope_scaling=rope if rope_type == "llama3" else None,
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+        )
+
+
+def rope_frequencies(config: LlamaConfig) -> torch.Tensor:
+    """(d/2,) inverse frequencies of the rotary embedding, in float32; llama3 stretches the low ones (Llama 3.1)."""
+    d = config.head_dim
+    inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d)
+    if config.rope_type == "llama3":
+        s = config.rope_scaling
+        factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+        context = s["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        stretched = torch.where(wavelen > context / low, inv_freq / factor, inv_freq)
+        smooth = (context / wavelen - low) / (high - low)
+        blended = (1 - smooth) * stretched / factor + smooth * stretched
+        medium = (wavelen >= context / high) & (wavelen <= context / low)
+        inv_freq = torch.where(medium, blended, stretched)
+    return inv_freq
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of (B, heads, T, d) by (B, 1, T, d) angles, the halves-rotated layout of Llama checkpoints."""
+    first, second = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-second, first), dim=-1) * sin
+
+
+class Embedding(nn.Embedding):
+    """nn.Embedding without the random draw at construction: its weights always come from a checkpoint. (Built on the
+    meta device, that draw goes through torch's Python reference kernels, whose import of torch._dynamo costs a
+    second of start-up on a CPU.)"""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)  # normalised in float32
+        return self.weight * h.to(x.dtype)
+
+
+class KVCache:
+    """Keys and values of every layer for the rows being decoded, grown by one step at a time."""
+
+    def __init__(self):
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: (B, K, S, d) keys, values
+
+    def get_seq_length(self) -> int:
+        return self.layers[0][0].shape[2] if self.layers else 0
+
+    def update(self, index: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append (B, K, T, d) keys and values to layer `index`'s; returns all of them, (B, K, S, d) each."""
+        if index == len(self.layers):
+            self.layers.append((keys, values))
+        else:
+            old_k, old_v = self.layers[index]
+            self.layers[index] = (torch.cat([old_k, keys], dim=2), torch.cat([old_v, values], dim=2))
+        return self.layers[index]
+
+    def batch_repeat_interleave(self, n: int) -> None:
+        """Each row becomes n consecutive rows (beams)."""
+        self.layers = [(k.repeat_interleave(n, dim=0), v.repeat_interleave(n, dim=0)) for k, v in self.layers]
+
+    def reorder_cache(self, rows: torch.Tensor) -> None:
+        """Row i continues from row rows[i]."""
+        self.layers = [(k[rows], v[rows]) for k, v in self.layers]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: LlamaConfig, index: int):
+        super().__init__()
+        H, N, K, d = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.index, self.heads, self.kv_heads, self.head_dim = index, N, K, d
+        self.q_proj = nn.Linear(H, N * d, bias=False)
+        self.k_proj = nn.Linear(H, K * d, bias=False)
+        self.v_proj = nn.Linear(H, K * d, bias=False)
+        self.o_proj = nn.Linear(N * d, H, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor, rope: tuple, mask: torch.Tensor, cache: KVCache | None):
+        B, T, _ = hidden_states.shape
+        q = self.q_proj(hidden_states).view(B, T, self.heads, self.head_dim).transpose(1, 2)  # (B, N, T, d)
+        k = self.k_proj(hidden_states).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, d)
+        v = self.v_proj(hidden_states).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, d)
+        q, k = rotate(q, *rope), rotate(k, *rope)
+        if cache is not None:
+            k, v = cache.update(self.index, k, v)  # (B, K, S, d)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.kv_heads != self.heads)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.heads * self.head_dim))  # (B, T, H)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: LlamaConfig, index: int):
+        super().__init__()
+        self.self_attn = Attention(config, index)  # (in transformers' order of parameters)
+        self.mlp = MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, h: torch.Tensor, rope: tuple, mask: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+        h = h + self.self_attn(self.input_layernorm(h), rope, mask, cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+@dataclass
+class Output:
+    last_hidden_state: torch.Tensor | None = None  # (B, T, H)
+    logits: torch.Tensor | None = None  # (B, T or logits_to_keep, V)
+
+
+class LlamaModel(nn.Module):
+    """Embeddings, decoder layers and final norm: hidden states (transformers' `model.model`)."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self._inv_freq: torch.Tensor | None = None  # (d/2,), made on first use where the weights are
+
+    def rope(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) positions -> cos, sin (B, 1, T, d), computed in float32 and cast to dtype."""
+        if self._inv_freq is None or self._inv_freq.device != position_ids.device:
+            self._inv_freq = rope_frequencies(self.config).to(position_ids.device)
+        angles = position_ids.float().unsqueeze(-1) * self._inv_freq  # (B, T, d/2)
+        angles = torch.cat((angles, angles), dim=-1).unsqueeze(1)  # (B, 1, T, d)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
+                past_key_values: KVCache | None = None, use_cache: bool = False) -> Output:
+        h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
+        B, T, _ = h.shape
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        S = past + T
+        at = torch.arange(S, device=h.device)
+        if position_ids is None:
+            position_ids = at[past:].unsqueeze(0).expand(B, T)
+        # Query i (at S - T + i) sees key j when j <= its position and key j is real (attention_mask, 1 = real).
+        # It always sees itself, so that the rows of left padding stay finite (their outputs are never read).
+        query_at = at[past:].view(T, 1)  # (T, 1)
+        allowed = at.view(1, S) <= query_at  # (T, S)
+        if attention_mask is not None:
+            allowed = allowed & attention_mask[:, None, :S].bool()  # (B, T, S)
+        mask = (allowed | (at.view(1, S) == query_at)).view(-1, 1, T, S)  # (B or 1, 1, T, S)
+        rope = self.rope(position_ids, h.dtype)
+        cache = past_key_values if use_cache else None
+        for layer in self.layers:
+            h = layer(h, rope, mask, cache)
+        return Output(last_hidden_state=self.norm(h))
+
+
+class LlamaForCausalLM(nn.Module):
+    """LlamaModel + the LM head; parameter names are those of transformers' checkpoints."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def get_decoder(self) -> LlamaModel:
+        return self.model
+
+    def get_input_embeddings(self) -> Embedding:
+        return self.model.embed_tokens
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
+                past_key_values: KVCache | None = None, use_cache: bool = False, logits_to_keep: int = 0) -> Output:
+        out = self.model(input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache)
+        h = out.last_hidden_state
+        out.logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)  # (B, T or kept, V)
+        return out
+
+
+class Tokenizer:
+    """What mome asks of a transformers tokenizer, on the tokenizers library's Tokenizer read from tokenizer.json."""
+
+    def __init__(self, core, bos_token: str | None, eos_token: str | None, pad_token: str | None = None):
+        self.core = core
+        self.bos_token, self.eos_token = bos_token, eos_token
+        self.pad_token = pad_token or eos_token
+
+    @classmethod
+    def from_folder(cls, folder) -> "Tokenizer":
+        from tokenizers import Tokenizer as Core
+
+        folder = Path(folder)
+        if not (folder / "tokenizer.json").is_file():
+            raise NotSupported(f"{folder} has no tokenizer.json")
+        settings = {}
+        if (folder / "tokenizer_config.json").is_file():
+            settings = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        core = Core.from_file(os.fspath(folder / "tokenizer.json"))
+        # transformers 5 ignores clean_up_tokenization_spaces for BPE vocabularies (Llama's); for others it would
+        # change the decoded text, which this class does not do.
+        if settings.get("clean_up_tokenization_spaces") and type(core.model).__name__ != "BPE":
+            raise NotSupported("a non-BPE tokenizer with clean_up_tokenization_spaces")
+        name = lambda key: (settings.get(key) or {}).get("content") if isinstance(settings.get(key), dict) \
+            else settings.get(key)  # noqa: E731 (a plain string, or an AddedToken saved as a dict)
+        return cls(core, name("bos_token"), name("eos_token"), name("pad_token"))
+
+    def _id(self, token: str | None) -> int | None:
+        return None if token is None else self.core.token_to_id(token)
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self._id(self.bos_token)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self._id(self.eos_token)
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return self._id(self.pad_token)
+
+    def __len__(self) -> int:
+        return self.core.get_vocab_size(with_added_tokens=True)
+
+    def __call__(self, text: str, add_special_tokens: bool = True):
+        ids = self.core.encode(text, add_special_tokens=add_special_tokens).ids
+        return _Encoding(ids)
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self.core.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
+@dataclass
+class _Encoding:
+    input_ids: list[int]
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of model.safetensors, or of the shards model.safetensors.index.json lists (ValueError naming
+    the file if one cannot be read)."""
+    from safetensors.torch import load_file
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    elif (folder / "model.safetensors").is_file():
+        shards = ["model.safetensors"]
+    else:
+        raise NotSupported(f"{folder} has no safetensors weights")
+    from safetensors import SafetensorError
+
+    weights = {}
+    for shard in shards:
+        try:
+            weights.update(load_file(os.fspath(folder / shard)))
+        except (OSError, SafetensorError) as e:
+            raise ValueError(f"{folder / shard}: unreadable ({e})") from e
+    return weights
+
+
+def load_llama(folder, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """(LlamaForCausalLM, Tokenizer) from a transformers checkpoint folder; frozen, in eval mode. NotSupported for
+    what this module does not run; ValueError for a checkpoint whose weights do not fit its config."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise NotSupported(f"{folder} has no config.json")
+    config = LlamaConfig.from_dict(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+    tokenizer = Tokenizer.from_folder(folder)
+    weights = {n: t for n, t in read_weights(folder).items() if "rotary_emb" not in n}  # old files hold inv_freq
+    if config.tie_word_embeddings:
+        weights.pop("lm_head.weight", None)
+    with torch.device("meta"):  # no random initialisation: every tensor comes from the file
+        model = LlamaForCausalLM(config)
+    expected = {n for n, _ in model.named_parameters()}
+    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+    if missing or unexpected:
+        raise ValueError(f"{folder}: weights do not fit its Llama config (missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]})")
+    for name, tensor in weights.items():
+        expected_shape = model.get_parameter(name).shape
+        if tensor.shape != expected_shape:
+            raise ValueError(f"{folder}: {name} is {tuple(tensor.shape)}, its config makes it {tuple(expected_shape)}")
+    model.load_state_dict(weights, strict=False, assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.requires_grad_(False).eval()
+    return model.to(device=device, dtype=dtype), tokenizer
+
+
+__all__ = ["NotSupported", "LlamaConfig", "KVCache", "LlamaModel", "LlamaForCausalLM", "Tokenizer", "load_llama"]

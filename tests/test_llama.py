@@ -1,0 +1,230 @@
+"""mome's own Llama, Whisper encoder and features (llama.py, whisper.py) against transformers' on the same weights:
+the CPU inference path must give the numbers and the transcripts transformers gives."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer, DynamicCache
+
+from conftest import clip, random_features, tiny_config
+from mome_cli.checkpoint import CheckpointError
+from mome_cli.decoding import DecodingOptions, decode
+from mome_cli.encoders import TINY_WHISPER, EncoderError, build_whisper, load_whisper
+from mome_cli.llama import KVCache, LlamaForCausalLM, NotSupported, load_llama
+from mome_cli.llm import TINY_SHAPE, bpe_tokenizer, build_byte_llm, load_llm
+from mome_cli.model import AVSRModel
+from mome_cli.whisper import LogMel, WhisperEncoder, load_whisper_encoder
+
+ROOT = Path(__file__).parents[1]
+LLAMA3_ROPE = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                   original_max_position_embeddings=64, rope_theta=500000.0)
+
+
+def save_llm(folder, rope=None, model_type="llama", tokenizer=None):
+    shape = dict(TINY_SHAPE, **({"rope_parameters": rope} if rope else {}))
+    model, tokenizer = build_byte_llm(model_type, shape, seed=1, tokenizer=tokenizer)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model.eval(), tokenizer
+
+
+def left_padded(B=3, L=7, H=64):
+    g = torch.Generator().manual_seed(0)
+    embeds = torch.randn(B, L, H, generator=g)
+    mask = torch.ones(B, L, dtype=torch.long)
+    mask[0, :3] = 0
+    mask[1, :1] = 0
+    return embeds, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@pytest.mark.parametrize("rope", [None, LLAMA3_ROPE], ids=["default-rope", "llama3-rope"])
+def test_llama_gives_transformers_logits_at_prefill_and_each_cached_step(tmp_path, rope):
+    hf, _ = save_llm(tmp_path, rope)
+    ours, _ = load_llama(tmp_path)
+    assert isinstance(ours, LlamaForCausalLM) and not any(p.requires_grad for p in ours.parameters())
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in hf.named_parameters()]  # names and order
+    embeds, mask, positions = left_padded()
+    theirs_cache, our_cache = DynamicCache(config=hf.config), KVCache()
+    with torch.no_grad():
+        expected = hf(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                      past_key_values=theirs_cache, use_cache=True).logits
+        got = ours(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                   past_key_values=our_cache, use_cache=True).logits
+        torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-5)  # real positions
+        position = positions[:, -1:]
+        for step in range(4):  # a few decoding steps on the caches
+            mask = torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], dim=1)
+            position = position + 1
+            tokens = torch.tensor([[5 + step], [60], [200]])
+            expected = hf(input_ids=tokens, attention_mask=mask, position_ids=position, past_key_values=theirs_cache,
+                          use_cache=True).logits
+            got = ours(input_ids=tokens, attention_mask=mask, position_ids=position, past_key_values=our_cache,
+                       use_cache=True, logits_to_keep=1).logits
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert our_cache.get_seq_length() == 7 + 4
+
+
+def test_llama_reads_transformers_v4_config_keys(tmp_path):
+    """Hub checkpoints of Llama 3.x write rope_theta and rope_scaling, not v5's rope_parameters."""
+    hf, _ = save_llm(tmp_path, LLAMA3_ROPE)
+    config = json.loads((tmp_path / "config.json").read_text())
+    rope = config.pop("rope_parameters")
+    config["rope_theta"] = rope.pop("rope_theta")
+    config["rope_scaling"] = rope
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    ours, _ = load_llama(tmp_path)
+    embeds, mask, positions = left_padded()
+    with torch.no_grad():
+        expected = hf(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+        got = ours(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+    torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("clean_up", [False, True])  # True: ignored for BPE vocabularies by transformers 5, and here
+def test_tokenizer_encodes_and_decodes_as_transformers_does(tmp_path, clean_up):
+    texts = ["the cat sat on the mat", "isn't it , he said . ok ?", "naïve café 42 ", ""]
+    save_llm(tmp_path, tokenizer=bpe_tokenizer(texts * 20, vocab_size=300))
+    settings = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**settings, "clean_up_tokenization_spaces": clean_up}))
+    theirs = AutoTokenizer.from_pretrained(tmp_path)
+    _, ours = load_llama(tmp_path)
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        assert getattr(ours, name) == getattr(theirs, name) is not None, name
+    assert len(ours) == len(theirs)
+    for text in texts:
+        ids = ours(text, add_special_tokens=False).input_ids
+        assert ids == theirs(text, add_special_tokens=False).input_ids
+        with_specials = [theirs.bos_token_id] + ids + [theirs.eos_token_id]
+        for skip in (False, True):
+            assert ours.decode(with_specials, skip_special_tokens=skip) == theirs.decode(
+                with_specials, skip_special_tokens=skip)
+
+
+def test_models_llama_does_not_run_are_left_to_transformers(tmp_path):
+    save_llm(tmp_path / "qwen", model_type="qwen2")
+    with pytest.raises(NotSupported, match="qwen2"):
+        load_llama(tmp_path / "qwen")
+    model, _ = load_llm(str(tmp_path / "qwen"), native=True)  # falls back
+    assert type(model).__module__.startswith("transformers.")
+    save_llm(tmp_path / "llama")
+    assert isinstance(load_llm(str(tmp_path / "llama"), native=True)[0], LlamaForCausalLM)
+    assert not isinstance(load_llm(str(tmp_path / "llama"))[0], LlamaForCausalLM)  # native is asked for, not default
+
+
+def test_llama_weights_that_do_not_fit_are_a_checkpoint_error(tmp_path):
+    save_llm(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["model.layers.1.mlp.up_proj.weight"] = weights["model.layers.1.mlp.up_proj.weight"][:-1]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"up_proj.weight is \(127, 64\)"):
+        load_llm(str(tmp_path), native=True)
+    del weights["model.layers.1.mlp.up_proj.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="missing.*up_proj"):
+        load_llm(str(tmp_path), native=True)
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="model.safetensors: unreadable"):
+        load_llm(str(tmp_path), native=True)
+
+
+def perturbed(model: AVSRModel) -> AVSRModel:
+    torch.manual_seed(0)
+    for m in model.mome:
+        torch.nn.init.normal_(m.up_weight, std=0.3)
+        torch.nn.init.normal_(m.up_bias, std=0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_mome_decodes_the_same_tokens_on_either_llama(tmp_path, beam):
+    """The whole decoder (MoME hooks on the attention, left-padded prefixes, the cache, beams) on llama.py's model
+    gives transformers' tokens and log-probabilities."""
+    save_llm(tmp_path)
+    config = tiny_config(llm=str(tmp_path))
+    hf = perturbed(AVSRModel(config, *load_llm(str(tmp_path))))
+    ours = perturbed(AVSRModel(config, *load_llm(str(tmp_path), native=True)))
+    ours.load_state_dict(hf.state_dict())
+    features = random_features()
+    options = DecodingOptions(beam_size=beam, max_new_tokens=12)
+    expected = decode(hf, features, (4, 2), options=options, static=False)
+    got = decode(ours, features, (4, 2), options=options, static=True)  # no static cache here: the same road
+    assert [r.tokens for r in got] == [r.tokens for r in expected]
+    assert [r.text for r in got] == [r.text for r in expected]
+    np.testing.assert_allclose([r.logprob for r in got], [r.logprob for r in expected], rtol=1e-4, atol=1e-4)
+    alone = decode(ours, clip(features, 2), (4, 2), options=options)[0]  # padding does not leak into a row
+    assert alone.tokens == got[2].tokens
+
+
+def save_whisper(folder, whole: bool):
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    if whole:  # as OpenAI's checkpoints are published: encoder and decoder, keys model.encoder.*
+        torch.manual_seed(3)
+        model = WhisperForConditionalGeneration(WhisperConfig(**TINY_WHISPER, max_source_positions=400))
+        model.save_pretrained(folder)
+        reference = build_whisper(TINY_WHISPER, window=8)
+        reference.encoder.load_state_dict(model.model.encoder.state_dict())
+    else:  # as mome's demo encoder is saved: the encoder alone
+        reference = build_whisper(TINY_WHISPER, window=8)
+        reference.encoder.save_pretrained(folder)
+    reference.feature_extractor.save_pretrained(folder)
+    return reference.eval()
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["encoder-alone", "whole-model"])
+def test_whisper_gives_transformers_features_and_states(tmp_path, whole):
+    reference = save_whisper(tmp_path, whole)
+    encoder, features = load_whisper_encoder(tmp_path)
+    assert isinstance(encoder, WhisperEncoder) and isinstance(features, LogMel) and features.n_samples == 8 * 16000
+    assert [n for n, _ in encoder.named_parameters()] == [n for n, _ in reference.encoder.named_parameters()]
+    rng = np.random.default_rng(0)
+    waves = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (16000, 8 * 16000, 3000)]
+    expected_mel = reference.feature_extractor(waves, sampling_rate=16000, return_tensors="pt").input_features
+    torch.testing.assert_close(features(waves), expected_mel, atol=1e-5, rtol=1e-5)
+    ours = load_whisper(str(tmp_path), native=True)
+    assert isinstance(ours.encoder, WhisperEncoder)
+    with torch.no_grad():
+        expected, expected_lengths = reference(waves)
+        got, lengths = ours([torch.from_numpy(w) for w in waves])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert lengths.tolist() == expected_lengths.tolist() == [50, 400, 10]
+
+
+def test_whisper_weights_that_do_not_fit_are_an_encoder_error(tmp_path):
+    save_whisper(tmp_path, whole=False)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["layers.1.fc1.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(EncoderError, match="layers.1.fc1.weight"):
+        load_whisper(str(tmp_path), native=True)
+
+
+def test_cpu_transcription_with_the_demo_model_imports_no_transformers(tmp_path):
+    """What makes a one-file `mome transcribe` fast on a CPU: the demo model loads and transcribes without
+    transformers (its modeling import alone costs seconds there), and gives the text transformers' backbones give."""
+    script = """
+import sys
+from mome_cli.preprocess import PreprocessOptions, Preprocessor
+from mome_cli.recognizer import load_recognizer
+clip = Preprocessor(PreprocessOptions(mode="av", roi=True))("examples/demo.mp4")
+recognizer = load_recognizer("demo", device="cpu")
+print(recognizer.transcribe(clip).text)
+print(type(recognizer.model.llm).__module__, "transformers" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         cwd=ROOT).stdout.splitlines()
+    assert out[-1] == "mome_cli.llama False"
+    from mome_cli.preprocess import PreprocessOptions, Preprocessor
+    from mome_cli.recognizer import BUNDLED, build_recognizer, load_weights, read_config
+
+    clip = Preprocessor(PreprocessOptions(mode="av", roi=True))(ROOT / "examples" / "demo.mp4")
+    theirs = build_recognizer(read_config(BUNDLED / "demo"), tmp_path, "cpu", name="demo")  # transformers' backbones
+    load_weights(theirs.model, BUNDLED / "demo")
+    assert not isinstance(theirs.model.llm, LlamaForCausalLM)
+    assert theirs.transcribe(clip).text == out[0] != ""
