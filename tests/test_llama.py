@@ -228,3 +228,14 @@ print(type(recognizer.model.llm).__module__, "transformers" in sys.modules)
     load_weights(theirs.model, BUNDLED / "demo")
     assert not isinstance(theirs.model.llm, LlamaForCausalLM)
     assert theirs.transcribe(clip).text == out[0] != ""
+
+
+def test_mome_native_0_keeps_transformers_backbones_on_the_cpu(monkeypatch):
+    from mome_cli.recognizer import load_recognizer
+    from mome_cli.whisper import LogMel
+
+    assert isinstance(load_recognizer("demo", device="cpu").audio_encoder.feature_extractor, LogMel)
+    monkeypatch.setenv("MOME_NATIVE", "0")
+    recognizer = load_recognizer("demo", device="cpu")
+    assert not isinstance(recognizer.model.llm, LlamaForCausalLM)
+    assert not isinstance(recognizer.audio_encoder.encoder, WhisperEncoder)
