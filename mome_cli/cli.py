@@ -103,6 +103,27 @@ def cli(ctx: click.Context, quiet: bool, verbose: int):
     ctx.obj = GlobalOptions(quiet=quiet, verbose=verbose)
 
 
+def _subcommand_verbosity(ctx: click.Context, param, value):
+    """-q and -v given after the subcommand (`mome transcribe x.mp4 -v`) count as they do before it."""
+    if not value:
+        return
+    options = ctx.find_object(GlobalOptions)
+    if param.name == "quiet":
+        options.quiet = True
+    else:
+        options.verbose += value
+    if options.quiet and options.verbose:
+        raise click.UsageError("-q/--quiet and -v/--verbose cannot be used together.", ctx)
+
+
+def verbosity_options(f):
+    """-q/--quiet and -v/--verbose on a subcommand too, with the group's meaning."""
+    f = click.option("-v", "--verbose", count=True, expose_value=False, callback=_subcommand_verbosity,
+                     help="Print more detail (as `mome -v`).")(f)
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_subcommand_verbosity,
+                        help="Print nothing but errors (as `mome -q`).")(f)
+
+
 def _complete_model(ctx, param, incomplete):
     """Preset names, then directories (checkpoints)."""
     from click.shell_completion import CompletionItem
@@ -148,6 +169,7 @@ def model_options(f):
 @click.option("--detector", type=click.Choice(("sfd", "blazeface")), default="sfd", show_default=True,
               help="Face detector (blazeface is faster, sfd finds smaller faces).")
 @click.option("--no-cache", is_flag=True, help="Don't reuse or store preprocessed clips.")
+@verbosity_options
 @click.pass_context
 def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode, device, beam, batch_size, rate,
                any_rate, roi, max_segment, pack, output_dir, formats, stdout, overwrite, detector, no_cache):
@@ -225,6 +247,7 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
               help="Face detector when videos are not mouth crops.")
 @click.option("--no-cache", is_flag=True, help="Don't reuse or store preprocessed clips.")
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False), default="mome-eval", show_default=True)
+@verbosity_options
 @click.pass_context
 def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode, device, beam, batch_size, rates,
              any_rate, snr, noise, seed, limit, max_segment, pack, roi, detector, no_cache, output_dir):
@@ -313,6 +336,7 @@ def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), help="[auto]; torchrun: one GPU per process.")
 @click.option("--resume", is_flag=True, help="Continue the run in --output exactly where its last save left it "
               "(Ctrl-C or SIGTERM stops a run after its step and saves there).")
+@verbosity_options
 @click.pass_context
 def train(ctx: click.Context, config, resume, **flags):
     """Train MoME adapters on frozen backbones (single process, or under torchrun: one process per GPU)."""
@@ -356,6 +380,7 @@ def train(ctx: click.Context, config, resume, **flags):
 @click.option("--token", help="Hugging Face token, for gated models [$HF_TOKEN].")
 @click.option("--offline", is_flag=True, help="Use no network: check the cache and report what is missing "
               "[$HF_HUB_OFFLINE].")
+@verbosity_options
 @click.pass_context
 def download(ctx: click.Context, names, list_cached, cache_dir, revision, token, offline):
     """Fetch the models NAME needs into the cache (presets: tiny, demo, mome-1b, mome-3b, mome-8b)."""

@@ -78,8 +78,9 @@ def test_help_imports_nothing_heavy(args):
     assert result.stdout.splitlines()[-1] == "HEAVY=", explain(result)
 
 
-def test_quiet_and_verbose_conflict():
-    result = invoke("-q", "-v", "download")
+@pytest.mark.parametrize("args", [("-q", "-v", "download"), ("-q", "download", "-v"), ("download", "-v", "-q")])
+def test_quiet_and_verbose_conflict(args):
+    result = invoke(*args)
     assert result.exit_code == ExitCode.USAGE and "cannot be used together" in result.stderr, explain(result)
 
 

@@ -230,6 +230,13 @@ def test_verbose_tells_the_model_each_files_times_and_with_vv_its_segments(train
     assert re.search(r"^  \[0\.00 -> \d\.\d\d\] hello world$", twice.stderr, re.M), twice.explain
     plain = mome(*args, cwd=trained)
     assert "LLM " not in plain.stderr and "transcribed" not in plain.stderr, plain.explain
+    after = mome(*args, "-v", "-v", cwd=trained)  # after the subcommand, as whisper users type them
+    timeless = lambda text: re.sub(r"\d+\.\d+ s\b", "T s", text)  # noqa: E731 (times differ from run to run)
+    assert timeless(after.stderr) == timeless(twice.stderr), after.explain
+    split = mome("-v", *args, "-v", cwd=trained)  # counted together
+    assert re.search(r"^  \[0\.00 -> \d\.\d\d\] hello world$", split.stderr, re.M), split.explain
+    quiet = mome(*args, "--stdout", "-q", cwd=trained)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.explain
 
 
 def make_paused_clip(path: Path, seconds: float, pauses: list[tuple[float, float]]) -> Path:
