@@ -124,6 +124,15 @@ def verbosity_options(f):
                         help="Print nothing but errors (as `mome -q`).")(f)
 
 
+def _name_pattern(ctx: click.Context, param, value):
+    """--glob matches file names, in the folder or, with -r, in every sub-folder: a path pattern would recurse
+    without -r (pathlib's `**`) or match nothing."""
+    if value is not None and ("/" in value or "\\" in value or "**" in value):
+        raise click.BadParameter(f"{value!r}: PATTERN matches file names, such as '*.mp4'; use -r to look into "
+                                 f"sub-folders", ctx, param)
+    return value
+
+
 def _complete_model(ctx, param, incomplete):
     """Preset names, then directories (checkpoints)."""
     from click.shell_completion import CompletionItem
@@ -153,7 +162,9 @@ def model_options(f):
 @cli.command()
 @click.argument("inputs", metavar="INPUT...", nargs=-1, required=True, type=click.Path())
 @click.option("-r", "--recursive", is_flag=True, help="Look into sub-folders of folder inputs.")
-@click.option("--glob", metavar="PATTERN", help="Only files of folder inputs matching PATTERN.")
+@click.option("--glob", metavar="PATTERN", callback=_name_pattern,
+              help="Only files of folder inputs whose name matches PATTERN (e.g. '*.mp4'; files named as INPUT are "
+                   "always taken).")
 @model_options
 @click.option("--rate", type=RateParam(), metavar="A,V", help="Compression rates [the model's first trained pair].")
 @click.option("--any-rate", is_flag=True, help="Accept a rate the model was not trained on.")

@@ -190,3 +190,12 @@ def test_bash_completion_of_models_and_formats(words, cword, expected):
     result = run_mome(env={"_MOME_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": cword})
     offered = {line.split(",", 1)[1] for line in result.stdout.splitlines() if line.startswith("plain,")}
     assert offered == expected, explain(result)
+
+
+@pytest.mark.parametrize("pattern", ["**/*.mp4", "sub/*.mp4", "sub\\*.mp4"])
+def test_glob_takes_file_name_patterns_only(tmp_path, pattern):
+    """A path pattern would look into sub-folders without -r (pathlib's `**`) or match nothing: refused, exit 2."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "x.mp4").write_bytes(b"")
+    result = invoke("transcribe", str(tmp_path), "--glob", pattern)
+    assert result.exit_code == ExitCode.USAGE and "matches file names" in result.stderr, explain(result)
