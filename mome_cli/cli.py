@@ -228,7 +228,8 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
     except UsageProblem as e:
         raise click.UsageError(str(e)) from e
     if not quiet:
-        log(report.summary() + (f" (outputs in {output_dir})" if files else ""))
+        wrote = files and (report.ok or report.skipped)  # when every input failed, there is nothing to point to
+        log(report.summary() + (f" (outputs in {output_dir})" if wrote else ""))
     ctx.exit(report.return_code)
 
 

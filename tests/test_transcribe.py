@@ -146,7 +146,7 @@ def test_an_output_name_taken_by_a_folder_is_an_error_not_a_skip(trained, tmp_pa
     (tmp_path / "out" / "hello.txt").mkdir(parents=True)
     clip = trained / "media" / "hello.mp4"
     result = mome("transcribe", clip, "--model", trained / "ckpt", "--roi", "-o", tmp_path / "out", cwd=trained)
-    assert result.returncode == 1 and "0 ok, 0 skipped, 1 failed" in result.stderr, result.explain
+    assert result.returncode == 1 and "0 ok, 0 skipped, 1 failed\n" in result.stderr, result.explain  # no "outputs in"
     assert [ln for ln in result.stderr.splitlines() if ln.startswith("error:")] == [
         f"error: {clip}: cannot write outputs to {tmp_path / 'out'}: Is a directory"], result.explain
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["hello.txt"]  # no temporary file left
