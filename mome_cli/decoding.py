@@ -17,6 +17,7 @@ Notation for shapes: B clips, K beams per clip, L prefix length, S cache length,
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass
 
 import torch
@@ -339,10 +340,17 @@ def decode(
         found = decoder.run(stepper)
     results = []
     for tokens, logprob in found:
-        text = " ".join(model.tokenizer.decode(tokens, skip_special_tokens=True).split())  # one line, single spaces
-        results.append(DecodingResult(text=text, tokens=tokens, logprob=logprob))
+        results.append(DecodingResult(text=clean_text(model.tokenizer.decode(tokens, skip_special_tokens=True)),
+                                      tokens=tokens, logprob=logprob))
     return results
 
 
-__all__ = ["TOKENS_PER_SECOND", "token_budget", "DecodingOptions", "DecodingResult", "GreedyDecoder",
+def clean_text(text: str) -> str:
+    """One line with single spaces and no control characters: a model that emits bytes such as ESC (an untrained or
+    byte-level one can) must not write terminal escape sequences to a user's terminal or transcripts."""
+    text = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text)
+    return " ".join(text.split())
+
+
+__all__ = ["TOKENS_PER_SECOND", "token_budget", "DecodingOptions", "DecodingResult", "clean_text", "GreedyDecoder",
            "BeamSearchDecoder", "StaticGreedy", "decode"]

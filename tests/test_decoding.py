@@ -152,3 +152,11 @@ def test_cuda_graph_greedy_gives_the_eager_tokens():
     assert [r.tokens for r in graphs[0]] == [r.tokens for r in dynamic]
     for g, e in zip(graphs[0], dynamic):
         assert g.logprob == pytest.approx(e.logprob, abs=1e-3)
+
+
+def test_transcripts_carry_no_control_characters(monkeypatch):
+    """A byte-level model can emit ESC and other control bytes; printed to a terminal they would be escape sequences."""
+    model = tiny_model()
+    monkeypatch.setattr(model.tokenizer, "decode", lambda ids, **kwargs: "a\x1b[2Jb\x00c\td\r\ne\x9b1m f\u00e9")
+    result = decode(model, clip(random_features(), 0), (4, 2), options=DecodingOptions(max_new_tokens=2))[0]
+    assert result.text == "a [2Jb c d e 1m f\u00e9"
