@@ -268,7 +268,7 @@ def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode
 
     from . import evaluate as library
     from .data import DataError
-    from .files import writable_folder
+    from .files import remove_folders, writable_folder
     from .hub import HubError, mome_home
     from .recognizer import UsageProblem
 
@@ -294,10 +294,10 @@ def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode
         ctx.exit(ExitCode.FAILURE)
     try:
         evaluation = library.run(job, quiet_log, lambda total, what: _progress(total, what, enabled))
-    except (DataError, HubError, UsageProblem) as e:
-        if made:  # nothing was written: no empty folder left behind
-            with contextlib.suppress(OSError):
-                job.output_dir.rmdir()
+    except (DataError, HubError, UsageProblem, KeyboardInterrupt) as e:
+        remove_folders(made)  # nothing was written: no empty folders left behind
+        if isinstance(e, KeyboardInterrupt):
+            raise  # the group says "interrupted" and exits 130
         if isinstance(e, UsageProblem):
             raise click.UsageError(str(e)) from e
         stderr.print(f"mome evaluate: {e}", markup=False)

@@ -29,15 +29,32 @@ def atomic_write(path, write: Callable[[str], None]) -> None:
         pass
 
 
-def writable_folder(path) -> bool:
-    """Make sure a file can be written in the folder path (made if missing), before long work that ends by writing
-    there; OSError if not. True if the folder was made here (to remove if that work fails)."""
-    path = Path(path)
-    made = not path.exists()
+def writable_folder(path) -> list[Path]:
+    """Make sure a file can be written in the folder path (made, with its missing parents, if missing), before long
+    work that ends by writing there; OSError if not. Returns the folders made here, deepest first: remove_folders
+    takes them away again if that work fails."""
+    path = Path(path).absolute()
+    made, folder = [], path
+    while not folder.exists() and folder != folder.parent:
+        made.append(folder)
+        folder = folder.parent
     path.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=path):
-        pass
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError:
+        remove_folders(made)
+        raise
     return made
+
+
+def remove_folders(folders: list[Path]) -> None:
+    """Remove each of the folders, deepest first, that is still empty (what writable_folder made and nothing used)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): it stays, and so do its parents
+            return
 
 
 def _fsync(path) -> None:
@@ -72,4 +89,4 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-__all__ = ["atomic_write", "atomic_write_text"]
+__all__ = ["atomic_write", "atomic_write_text", "writable_folder", "remove_folders"]

@@ -337,9 +337,24 @@ def test_missing_dataset_exits_4_and_says_how_to_get_it(tmp_path):
                       home=tmp_path / "home")
     assert result.returncode == 4 and result.stdout == "" and not (tmp_path / "out").exists(), result.explain
     assert "lrs3" in result.stderr and "auto_avsr" in result.stderr and "test.csv" in result.stderr, result.explain
-    result = evaluate("--dataset", tmp_path / "nowhere.jsonl", "-o", tmp_path / "out", home=tmp_path / "home")
-    assert result.returncode == 4 and not (tmp_path / "out").exists(), result.explain
+    result = evaluate("--dataset", tmp_path / "nowhere.jsonl", "-o", tmp_path / "out" / "run" / "1",
+                      home=tmp_path / "home")
+    assert result.returncode == 4 and not (tmp_path / "out").exists(), result.explain  # nor the parents it made
     assert result.stderr.strip() == f"mome evaluate: {tmp_path / 'nowhere.jsonl'}: no such manifest or folder"
+
+
+def test_ctrl_c_during_an_evaluation_exits_130_and_leaves_no_empty_output_folders(tmp_path, monkeypatch):
+    from mome_cli import evaluate as library
+
+    def run(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(library, "run", run)
+    (tmp_path / "kept").mkdir()
+    result = evaluate("--dataset", tmp_path / "x.jsonl", "-o", tmp_path / "kept" / "new" / "out",
+                      home=tmp_path / "home")
+    assert result.returncode == 130 and result.stderr.strip() == "interrupted", result.explain
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and not any((tmp_path / "kept").iterdir())
 
 
 @pytest.mark.parametrize("args, complaint", [
