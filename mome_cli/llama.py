@@ -284,8 +284,9 @@ class Tokenizer:
         if not (folder / "tokenizer.json").is_file():
             raise NotSupported(f"{folder} has no tokenizer.json")
         settings = {}
-        if (folder / "tokenizer_config.json").is_file():
-            settings = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        for file in ("special_tokens_map.json", "tokenizer_config.json"):  # the second's values win
+            if (folder / file).is_file():
+                settings.update(json.loads((folder / file).read_text(encoding="utf-8")))
         core = Core.from_file(os.fspath(folder / "tokenizer.json"))
         # transformers 5 ignores clean_up_tokenization_spaces for BPE vocabularies (Llama's); for others it would
         # change the decoded text, which this class does not do.
@@ -293,7 +294,10 @@ class Tokenizer:
             raise NotSupported("a non-BPE tokenizer with clean_up_tokenization_spaces")
         name = lambda key: (settings.get(key) or {}).get("content") if isinstance(settings.get(key), dict) \
             else settings.get(key)  # noqa: E731 (a plain string, or an AddedToken saved as a dict)
-        return cls(core, name("bos_token"), name("eos_token"), name("pad_token"))
+        tokenizer = cls(core, name("bos_token"), name("eos_token"), name("pad_token"))
+        if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
+            raise NotSupported(f"{folder}: no BOS or EOS token found in tokenizer_config.json")
+        return tokenizer
 
     def _id(self, token: str | None) -> int | None:
         return None if token is None else self.core.token_to_id(token)

@@ -239,3 +239,15 @@ def test_mome_native_0_keeps_transformers_backbones_on_the_cpu(monkeypatch):
     recognizer = load_recognizer("demo", device="cpu")
     assert not isinstance(recognizer.model.llm, LlamaForCausalLM)
     assert not isinstance(recognizer.audio_encoder.encoder, WhisperEncoder)
+
+
+def test_special_tokens_come_from_special_tokens_map_when_the_config_has_none(tmp_path):
+    save_llm(tmp_path)
+    settings = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    tokens = {k: settings.pop(k) for k in ("bos_token", "eos_token", "pad_token")}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(settings))
+    with pytest.raises(NotSupported, match="no BOS or EOS"):  # then transformers' tokenizer is the one to ask
+        load_llama(tmp_path)
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps(tokens))
+    _, ours = load_llama(tmp_path)
+    assert (ours.bos_token_id, ours.eos_token_id, ours.pad_token_id) == (256, 257, 258)
