@@ -221,7 +221,8 @@ class LlamaModel(nn.Module):
                 past_key_values: KVCache | None = None, use_cache: bool = False) -> Output:
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
         B, T, _ = h.shape
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        cache = past_key_values if use_cache else None
+        past = cache.get_seq_length() if cache is not None else 0
         S = past + T
         at = torch.arange(S, device=h.device)
         if position_ids is None:
@@ -234,7 +235,6 @@ class LlamaModel(nn.Module):
             allowed = allowed & attention_mask[:, None, :S].bool()  # (B, T, S)
         mask = (allowed | (at.view(1, S) == query_at)).view(-1, 1, T, S)  # (B or 1, 1, T, S)
         rope = self.rope(position_ids, h.dtype)
-        cache = past_key_values if use_cache else None
         for layer in self.layers:
             h = layer(h, rope, mask, cache)
         return Output(last_hidden_state=self.norm(h))
