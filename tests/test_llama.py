@@ -251,3 +251,23 @@ def test_special_tokens_come_from_special_tokens_map_when_the_config_has_none(tm
     (tmp_path / "special_tokens_map.json").write_text(json.dumps(tokens))
     _, ours = load_llama(tmp_path)
     assert (ours.bos_token_id, ours.eos_token_id, ours.pad_token_id) == (256, 257, 258)
+
+
+def test_a_bf16_llm_keeps_its_rotary_frequencies_in_float32(tmp_path):
+    """As from_pretrained(dtype=bf16) leaves them: rounded to bf16 they turn positions by up to ~0.4% (a radian a few
+    hundred positions in). Both roads, and the tiny models cast after they are built, give from_pretrained's logits."""
+    from transformers import AutoModelForCausalLM
+
+    save_llm(tmp_path)
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    embeds = torch.randn(2, 300, 64, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = reference(inputs_embeds=embeds).logits
+        for native in (False, True):
+            model, _ = load_llm(str(tmp_path), dtype=torch.bfloat16, native=native)
+            assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+            assert all(b.dtype == torch.float32 for n, b in model.named_buffers() if "inv_freq" in n)
+            torch.testing.assert_close(model(inputs_embeds=embeds).logits, expected, atol=0, rtol=0)
+    tiny, _ = load_llm("tiny", dtype=torch.bfloat16)
+    assert tiny.get_output_embeddings().weight is tiny.get_input_embeddings().weight  # still tied
+    assert tiny.model.rotary_emb.inv_freq.dtype == torch.float32
