@@ -58,11 +58,20 @@ class LlamaConfig:
             raise NotSupported("a Llama with another activation or with biases")
         if d.get("pretraining_tp", 1) != 1:
             raise NotSupported("pretraining_tp != 1")
+        if d.get("quantization_config"):
+            raise NotSupported("a quantized checkpoint")
         rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
         theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in ("default", "llama3"):
             raise NotSupported(f"rope_type {rope_type!r}")
+        if rope.get("partial_rotary_factor", d.get("partial_rotary_factor", 1.0)) != 1.0:
+            raise NotSupported("partial rotary embeddings")
+        if rope_type == "llama3" and not {"factor", "low_freq_factor", "high_freq_factor"} <= set(rope):
+            raise NotSupported("llama3 rotary parameters incomplete")
+        if rope_type == "llama3":  # the pre-training context: a top-level value first, then max_position_embeddings
+            rope["original_max_position_embeddings"] = d.get("original_max_position_embeddings") or rope.get(
+                "original_max_position_embeddings") or d["max_position_embeddings"]
         heads = d["num_attention_heads"]
         return cls(
             hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
@@ -73,6 +82,14 @@ class LlamaConfig:
             rope_scaling=rope if rope_type == "llama3" else None,
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
         )
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file of a checkpoint folder; ValueError naming the file if it cannot be read."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable ({e})") from e
 
 
 def rope_frequencies(config: LlamaConfig) -> torch.Tensor:
@@ -284,10 +301,16 @@ class Tokenizer:
         if not (folder / "tokenizer.json").is_file():
             raise NotSupported(f"{folder} has no tokenizer.json")
         settings = {}
-        for file in ("special_tokens_map.json", "tokenizer_config.json"):  # the second's values win
-            if (folder / file).is_file():
-                settings.update(json.loads((folder / file).read_text(encoding="utf-8")))
-        core = Core.from_file(os.fspath(folder / "tokenizer.json"))
+        if (folder / "tokenizer_config.json").is_file():
+            settings = read_json(folder / "tokenizer_config.json")
+        # As transformers 5 reads them: special_tokens_map.json's tokens win over tokenizer_config.json's unless
+        # the latter lists its added tokens (added_tokens_decoder), then the map is not read.
+        if "added_tokens_decoder" not in settings and (folder / "special_tokens_map.json").is_file():
+            settings.update(read_json(folder / "special_tokens_map.json"))
+        try:
+            core = Core.from_file(os.fspath(folder / "tokenizer.json"))
+        except Exception as e:  # the tokenizers library raises plain Exceptions for a damaged file
+            raise ValueError(f"{folder / 'tokenizer.json'}: unreadable ({e})") from e
         # transformers 5 ignores clean_up_tokenization_spaces for BPE vocabularies (Llama's); for others it would
         # change the decoded text, which this class does not do.
         if settings.get("clean_up_tokenization_spaces") and type(core.model).__name__ != "BPE":
@@ -337,7 +360,10 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        try:
+            shards = sorted(set(read_json(index)["weight_map"].values()))
+        except (KeyError, AttributeError, TypeError) as e:
+            raise ValueError(f"{index}: not a safetensors index ({e!r})") from e
     elif (folder / "model.safetensors").is_file():
         shards = ["model.safetensors"]
     else:
@@ -355,11 +381,15 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def load_llama(folder, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     """(LlamaForCausalLM, Tokenizer) from a transformers checkpoint folder; frozen, in eval mode. NotSupported for
-    what this module does not run; ValueError for a checkpoint whose weights do not fit its config."""
+    what this module does not run; ValueError, naming the file, for a file that cannot be read or weights that do
+    not fit the config."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise NotSupported(f"{folder} has no config.json")
-    config = LlamaConfig.from_dict(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+    try:
+        config = LlamaConfig.from_dict(read_json(folder / "config.json"))
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{folder / 'config.json'}: not a Llama config ({e!r} missing or wrong)") from e
     tokenizer = Tokenizer.from_folder(folder)
     weights = {n: t for n, t in read_weights(folder).items() if "rotary_emb" not in n}  # old files hold inv_freq
     if config.tie_word_embeddings:

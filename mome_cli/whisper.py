@@ -5,7 +5,7 @@ its import (see llama.py for why: on a CPU that import is most of a one-file tra
 preprocessor_config.json), either a whole Whisper model (keys model.encoder.*) or an encoder saved alone, as mome's
 demo encoder is. `LogMel` computes what WhisperFeatureExtractor computes with torch (its torch path): pad to the
 window, 400-point STFT every 160 samples, power, 80 Slaney mel bands, log10, floor at the clip's maximum - 8, then
-(x + 4) / 4. tests/test_whisper.py checks both against transformers on the same weights and audio.
+(x + 4) / 4. tests/test_llama.py checks both against transformers on the same weights and audio.
 
 Notation for shapes: B clips, S samples, M mel bands, T mel frames (100 a second), P encoder positions (T / 2),
 D width, F MLP width.
@@ -13,8 +13,6 @@ D width, F MLP width.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .llama import Embedding, NotSupported, read_weights
+from .llama import Embedding, NotSupported, read_json, read_weights
 
 
 def hertz_to_slaney(hz: np.ndarray) -> np.ndarray:
@@ -155,12 +153,16 @@ class WhisperEncoder(nn.Module):
 
 def load_whisper_encoder(folder, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     """(WhisperEncoder, LogMel) from a transformers Whisper checkpoint folder; frozen, in eval mode. NotSupported
-    for what this module does not run; ValueError for weights that do not fit the config."""
+    for what this module does not run; ValueError, naming the file, for a file that cannot be read or weights that
+    do not fit the config."""
     folder = Path(folder)
     if not (folder / "config.json").is_file() or not (folder / "preprocessor_config.json").is_file():
         raise NotSupported(f"{folder} has no config.json or preprocessor_config.json")
-    config = WhisperEncoderConfig.from_dict(json.loads((folder / "config.json").read_text(encoding="utf-8")))
-    features = LogMel.from_config(json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8")))
+    try:
+        config = WhisperEncoderConfig.from_dict(read_json(folder / "config.json"))
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{folder / 'config.json'}: not a Whisper config ({e!r} missing or wrong)") from e
+    features = LogMel.from_config(read_json(folder / "preprocessor_config.json"))
     if features.n_samples != config.max_source_positions * 2 * features.hop_length:
         raise NotSupported(f"{folder}: the feature window does not match the encoder's positions")
     weights = read_weights(folder)

@@ -271,3 +271,58 @@ def test_a_bf16_llm_keeps_its_rotary_frequencies_in_float32(tmp_path):
     tiny, _ = load_llm("tiny", dtype=torch.bfloat16)
     assert tiny.get_output_embeddings().weight is tiny.get_input_embeddings().weight  # still tied
     assert tiny.model.rotary_emb.inv_freq.dtype == torch.float32
+
+
+def test_llama3_rope_without_its_original_context_uses_max_position_embeddings(tmp_path):
+    """As transformers does (a top-level original_max_position_embeddings would come first)."""
+    rope = {k: v for k, v in LLAMA3_ROPE.items() if k != "original_max_position_embeddings"}
+    hf, _ = save_llm(tmp_path, rope)
+    assert hf.config.rope_parameters["original_max_position_embeddings"] == TINY_SHAPE["max_position_embeddings"]
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["rope_parameters"]["original_max_position_embeddings"]  # transformers writes the value it took
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    ours, _ = load_llama(tmp_path)
+    embeds, mask, positions = left_padded()
+    with torch.no_grad():
+        expected = hf(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+        got = ours(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+    torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("extra", [{"quantization_config": {"quant_method": "fp8"}}, {"partial_rotary_factor": 0.5}])
+def test_configs_that_change_the_computation_are_left_to_transformers(tmp_path, extra):
+    save_llm(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, **extra}))
+    with pytest.raises(NotSupported):
+        load_llama(tmp_path)
+
+
+def test_special_tokens_map_wins_as_transformers_reads_it(tmp_path):
+    """Without added_tokens_decoder in tokenizer_config.json, special_tokens_map.json's tokens come first."""
+    save_llm(tmp_path)
+    settings = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert "added_tokens_decoder" not in settings
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<|finetune_right_pad_id|>"}))
+    theirs = AutoTokenizer.from_pretrained(tmp_path)
+    _, ours = load_llama(tmp_path)
+    assert ours.eos_token_id == theirs.eos_token_id == 258
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**settings, "added_tokens_decoder": {}}))
+    theirs = AutoTokenizer.from_pretrained(tmp_path)
+    _, ours = load_llama(tmp_path)
+    assert ours.eos_token_id == theirs.eos_token_id == 257  # the map is not read
+
+
+@pytest.mark.parametrize("damaged", ["llm/config.json", "llm/tokenizer.json", "llm/tokenizer_config.json",
+                                     "audio_encoder/config.json", "audio_encoder/preprocessor_config.json"])
+def test_a_damaged_file_of_the_backbones_is_named(tmp_path, damaged):
+    """One line naming the file, exit 1 (UnusableModelError), not a parser's message or a traceback."""
+    import shutil
+
+    from mome_cli.hub import UnusableModelError
+    from mome_cli.recognizer import BUNDLED, load_recognizer
+
+    shutil.copytree(BUNDLED / "demo", tmp_path / "demo")
+    (tmp_path / "demo" / damaged).write_text("{oops")
+    with pytest.raises(UnusableModelError, match=f"{tmp_path / 'demo' / damaged}: unreadable"):
+        load_recognizer(str(tmp_path / "demo"), device="cpu", home=tmp_path / "home")
