@@ -150,9 +150,8 @@ def load_llm(name: str, revision: str | None = None, dtype: torch.dtype | None =
     """
     model = tokenizer = None
     if native and name not in TINY_LLMS and os.path.isdir(name):
-        from .llama import NotSupported, load_llama
-
         from .checkpoint import CheckpointError
+        from .llama import NotSupported, load_llama
 
         try:
             model, tokenizer = load_llama(name, dtype=dtype or torch.float32)
