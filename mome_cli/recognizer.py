@@ -83,10 +83,18 @@ class Recognizer:
         m = c.mome
         rates = "; ".join(f"{a},{v}" for a, v in c.rates)
         weights = next(llm.parameters())
+        from .llama import LlamaForCausalLM
+        from .whisper import WhisperEncoder
+
+        native = [name for name, used in (
+            ("Llama", isinstance(llm, LlamaForCausalLM)),
+            ("Whisper", isinstance(getattr(self.audio_encoder, "encoder", None), WhisperEncoder)),
+        ) if used]
+        code = f"; {' and '.join(native)} on mome's own code (MOME_NATIVE=0: transformers')" if native else ""
         return (f"LLM {c.llm} ({shape}), audio {c.audio_encoder}, video {c.video_encoder}; MoME: {m.num_routed} "
                 f"routed experts (top {m.top_k}) and {m.num_shared} shared, bottleneck {m.bottleneck}, beside "
                 f"{m.position}; rates {rates}; modes {','.join(c.modes)}; on {weights.device.type}, "
-                f"{str(weights.dtype).split('.')[-1]}")
+                f"{str(weights.dtype).split('.')[-1]}{code}")
 
     @property
     def max_segment_seconds(self) -> float:

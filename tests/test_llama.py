@@ -234,11 +234,14 @@ def test_mome_native_0_keeps_transformers_backbones_on_the_cpu(monkeypatch):
     from mome_cli.recognizer import load_recognizer
     from mome_cli.whisper import LogMel
 
-    assert isinstance(load_recognizer("demo", device="cpu").audio_encoder.feature_extractor, LogMel)
+    native = load_recognizer("demo", device="cpu")
+    assert isinstance(native.audio_encoder.feature_extractor, LogMel)
+    assert native.describe().endswith("; Llama and Whisper on mome's own code (MOME_NATIVE=0: transformers')")
     monkeypatch.setenv("MOME_NATIVE", "0")
     recognizer = load_recognizer("demo", device="cpu")
     assert not isinstance(recognizer.model.llm, LlamaForCausalLM)
     assert not isinstance(recognizer.audio_encoder.encoder, WhisperEncoder)
+    assert "mome's own code" not in recognizer.describe() and recognizer.describe().endswith("on cpu, float32")
 
 
 def test_special_tokens_come_from_special_tokens_map_when_the_config_has_none(tmp_path):
