@@ -92,9 +92,10 @@ class OrderedGroup(click.Group):
 
 @click.group(cls=OrderedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mome", message="%(prog)s %(version)s")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (also after the subcommand).")
 @click.option("-v", "--verbose", count=True, help="Print more detail: the model, each file's times (transcribe) "
-              "or each rate and SNR as it is scored (evaluate); -vv adds each segment's text.")
+              "or each rate and SNR as it is scored (evaluate); -vv adds each segment's text (also after the "
+              "subcommand).")
 @click.pass_context
 def cli(ctx: click.Context, quiet: bool, verbose: int):
     """Audio-visual speech recognition with a Mixture of Matryoshka Experts (MoME)."""
@@ -116,20 +117,26 @@ def _subcommand_verbosity(ctx: click.Context, param, value):
         raise click.UsageError("-q/--quiet and -v/--verbose cannot be used together.", ctx)
 
 
-def verbosity_options(f):
-    """-q/--quiet and -v/--verbose on a subcommand too, with the group's meaning."""
-    f = click.option("-v", "--verbose", count=True, expose_value=False, callback=_subcommand_verbosity,
-                     help="Print more detail (as `mome -v`).")(f)
-    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_subcommand_verbosity,
-                        help="Print nothing but errors (as `mome -q`).")(f)
+def verbosity_options(verbose: bool = True):
+    """-q/--quiet, and -v/--verbose where the command has more to say, on a subcommand too, with the group's
+    meaning."""
+
+    def decorate(f):
+        if verbose:
+            f = click.option("-v", "--verbose", count=True, expose_value=False, callback=_subcommand_verbosity,
+                             help="Print more detail (as `mome -v`).")(f)
+        return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_subcommand_verbosity,
+                            help="Print nothing but errors (as `mome -q`).")(f)
+
+    return decorate
 
 
 def _name_pattern(ctx: click.Context, param, value):
-    """--glob matches file names, in the folder or, with -r, in every sub-folder: a path pattern would recurse
-    without -r (pathlib's `**`) or match nothing."""
-    if value is not None and ("/" in value or "\\" in value or "**" in value):
-        raise click.BadParameter(f"{value!r}: PATTERN matches file names, such as '*.mp4'; use -r to look into "
-                                 f"sub-folders", ctx, param)
+    """--glob matches file names, in the folder or, with -r, in every sub-folder: a path pattern ('/', '**') or a
+    name no file has ('', '.', '..') is refused."""
+    if value is not None and ("/" in value or "\\" in value or "**" in value or value.strip(".") == ""):
+        raise click.BadParameter(f"{value!r}: PATTERN matches file names, such as '*.mp4' (-r looks for them in "
+                                 f"every sub-folder too)", ctx, param)
     return value
 
 
@@ -163,8 +170,8 @@ def model_options(f):
 @click.argument("inputs", metavar="INPUT...", nargs=-1, required=True, type=click.Path())
 @click.option("-r", "--recursive", is_flag=True, help="Look into sub-folders of folder inputs.")
 @click.option("--glob", metavar="PATTERN", callback=_name_pattern,
-              help="Only files of folder inputs whose name matches PATTERN (e.g. '*.mp4'; files named as INPUT are "
-                   "always taken).")
+              help="Only files of folder inputs whose name matches PATTERN, ignoring case (e.g. '*.mp4'; files "
+                   "named as INPUT are always taken).")
 @model_options
 @click.option("--rate", type=RateParam(), metavar="A,V", help="Compression rates [the model's first trained pair].")
 @click.option("--any-rate", is_flag=True, help="Accept a rate the model was not trained on.")
@@ -180,7 +187,7 @@ def model_options(f):
 @click.option("--detector", type=click.Choice(("sfd", "blazeface")), default="sfd", show_default=True,
               help="Face detector (blazeface is faster, sfd finds smaller faces).")
 @click.option("--no-cache", is_flag=True, help="Don't reuse or store preprocessed clips.")
-@verbosity_options
+@verbosity_options()
 @click.pass_context
 def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode, device, beam, batch_size, rate,
                any_rate, roi, max_segment, pack, output_dir, formats, stdout, overwrite, detector, no_cache):
@@ -259,7 +266,7 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
               help="Face detector when videos are not mouth crops.")
 @click.option("--no-cache", is_flag=True, help="Don't reuse or store preprocessed clips.")
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False), default="mome-eval", show_default=True)
-@verbosity_options
+@verbosity_options()
 @click.pass_context
 def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode, device, beam, batch_size, rates,
              any_rate, snr, noise, seed, limit, max_segment, pack, roi, detector, no_cache, output_dir):
@@ -348,7 +355,7 @@ def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), help="[auto]; torchrun: one GPU per process.")
 @click.option("--resume", is_flag=True, help="Continue the run in --output exactly where its last save left it "
               "(Ctrl-C or SIGTERM stops a run after its step and saves there).")
-@verbosity_options
+@verbosity_options(verbose=False)
 @click.pass_context
 def train(ctx: click.Context, config, resume, **flags):
     """Train MoME adapters on frozen backbones (single process, or under torchrun: one process per GPU)."""
@@ -392,7 +399,7 @@ def train(ctx: click.Context, config, resume, **flags):
 @click.option("--token", help="Hugging Face token, for gated models [$HF_TOKEN].")
 @click.option("--offline", is_flag=True, help="Use no network: check the cache and report what is missing "
               "[$HF_HUB_OFFLINE].")
-@verbosity_options
+@verbosity_options(verbose=False)
 @click.pass_context
 def download(ctx: click.Context, names, list_cached, cache_dir, revision, token, offline):
     """Fetch the models NAME needs into the cache (presets: tiny, demo, mome-1b, mome-3b, mome-8b)."""

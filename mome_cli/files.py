@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -33,13 +34,13 @@ def writable_folder(path) -> list[Path]:
     """Make sure a file can be written in the folder path (made, with its missing parents, if missing), before long
     work that ends by writing there; OSError if not. Returns the folders made here, deepest first: remove_folders
     takes them away again if that work fails."""
-    path = Path(path).absolute()
+    path = Path(os.path.abspath(path))  # normalised: no '..' among the folders to remove
     made, folder = [], path
     while not folder.exists() and folder != folder.parent:
         made.append(folder)
         folder = folder.parent
-    path.mkdir(parents=True, exist_ok=True)
     try:
+        path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError:
@@ -53,8 +54,10 @@ def remove_folders(folders: list[Path]) -> None:
     for folder in folders:
         try:
             folder.rmdir()
-        except OSError:  # not empty (or gone): it stays, and so do its parents
-            return
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):  # in use: it stays, and so do its parents
+                return
+            # otherwise never made (mkdir failed below its parent: missing, or a name too long) or gone already
 
 
 def _fsync(path) -> None:

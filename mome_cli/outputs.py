@@ -10,6 +10,7 @@ Torch-free: the CLI may import it at any time.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -44,15 +45,16 @@ class Transcript:
 
 def collect_inputs(arguments: list[str], recursive: bool = False, glob: str | None = None,
                    empty: list | None = None) -> list[Input]:
-    """Media files named by INPUT arguments (files, or folders searched for media), in a stable order; the folders
-    in which none was found are added to empty."""
+    """Media files named by INPUT arguments (files, or folders searched for media, with names matching glob if
+    given: a file-name pattern, matched without regard to case as the media extensions are), in a stable order; the
+    folders in which none was found are added to empty."""
     found = []
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
-            pattern = glob or "*"
-            candidates = path.rglob(pattern) if recursive else path.glob(pattern)
-            media = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in MEDIA_EXTENSIONS)
+            candidates = path.rglob("*") if recursive else path.glob("*")
+            media = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in MEDIA_EXTENSIONS
+                           and (glob is None or fnmatch.fnmatch(p.name.lower(), glob.lower())))
             found += [Input(p, path) for p in media]
             if not media and empty is not None:
                 empty.append(argument)

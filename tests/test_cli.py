@@ -78,7 +78,8 @@ def test_help_imports_nothing_heavy(args):
     assert result.stdout.splitlines()[-1] == "HEAVY=", explain(result)
 
 
-@pytest.mark.parametrize("args", [("-q", "-v", "download"), ("-q", "download", "-v"), ("download", "-v", "-q")])
+@pytest.mark.parametrize("args", [("-q", "-v", "download"), ("-v", "download", "-q"),
+                                  ("-q", "transcribe", "x.mp4", "-v"), ("transcribe", "x.mp4", "-v", "-q")])
 def test_quiet_and_verbose_conflict(args):
     result = invoke(*args)
     assert result.exit_code == ExitCode.USAGE and "cannot be used together" in result.stderr, explain(result)
@@ -192,7 +193,14 @@ def test_bash_completion_of_models_and_formats(words, cword, expected):
     assert offered == expected, explain(result)
 
 
-@pytest.mark.parametrize("pattern", ["**/*.mp4", "sub/*.mp4", "sub\\*.mp4"])
+def test_v_is_offered_only_where_it_says_more():
+    """train and download print nothing more with -v: they take -q after the subcommand, not -v."""
+    assert "--verbose" in invoke("transcribe", "--help").stdout and "--verbose" in invoke("evaluate", "--help").stdout
+    for command in ("train", "download"):
+        assert "--verbose" not in invoke(command, "--help").stdout and "--quiet" in invoke(command, "--help").stdout
+
+
+@pytest.mark.parametrize("pattern", ["**/*.mp4", "sub/*.mp4", "sub\\*.mp4", ".", "..", ""])
 def test_glob_takes_file_name_patterns_only(tmp_path, pattern):
     """A path pattern would look into sub-folders without -r (pathlib's `**`) or match nothing: refused, exit 2."""
     (tmp_path / "sub").mkdir()

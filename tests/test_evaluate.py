@@ -343,6 +343,15 @@ def test_missing_dataset_exits_4_and_says_how_to_get_it(tmp_path):
     assert result.stderr.strip() == f"mome evaluate: {tmp_path / 'nowhere.jsonl'}: no such manifest or folder"
 
 
+def test_an_output_path_that_fails_part_way_or_goes_up_leaves_no_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = evaluate("--dataset", tmp_path / "x.jsonl", "-o", Path("new") / ("x" * 300) / "out", home=tmp_path / "home")
+    assert result.returncode == 1 and "File name too long" in result.stderr, result.explain
+    result = evaluate("--dataset", tmp_path / "x.jsonl", "-o", "up/../other", home=tmp_path / "home")
+    assert result.returncode == 4, result.explain
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
 def test_ctrl_c_during_an_evaluation_exits_130_and_leaves_no_empty_output_folders(tmp_path, monkeypatch):
     from mome_cli import evaluate as library
 

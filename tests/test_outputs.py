@@ -24,6 +24,9 @@ def test_folders_are_searched_for_media_recursively_or_not(tmp_path):
     deep = collect_inputs([str(tmp_path / "a"), str(tmp_path / "b")], recursive=True)
     assert [str(i.path.relative_to(tmp_path)) for i in deep] == ["a/sub/y.wav", "a/x.mp4", "b/Z.MKV", "b/x.mp4"]
     assert [i.path.name for i in collect_inputs([str(tmp_path / "b")], glob="*.mp4")] == ["x.mp4"]
+    (tmp_path / "b" / "CAM.MP4").write_bytes(b"")  # camera folders: upper case, taken without --glob as with it
+    assert [i.path.name for i in collect_inputs([str(tmp_path / "b")], glob="*.mp4")] == ["CAM.MP4", "x.mp4"]
+    assert [i.path.name for i in collect_inputs([str(tmp_path / "b")], glob="[c]*")] == ["CAM.MP4"]
     twice = collect_inputs([str(tmp_path / "a" / "x.mp4"), str(tmp_path / "a")])
     assert len(twice) == 1
 
