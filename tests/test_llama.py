@@ -43,6 +43,16 @@ def left_padded(B=3, L=7, H=64):
     return embeds, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def assert_same_prefill(hf, folder):
+    """llama.py's model read from folder gives hf's logits at every real position of a left-padded batch."""
+    ours, _ = load_llama(folder)
+    embeds, mask, positions = left_padded()
+    with torch.no_grad():
+        expected = hf(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+        got = ours(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+    torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("rope", [None, LLAMA3_ROPE], ids=["default-rope", "llama3-rope"])
 def test_llama_gives_transformers_logits_at_prefill_and_each_cached_step(tmp_path, rope):
     hf, _ = save_llm(tmp_path, rope)
@@ -78,12 +88,7 @@ def test_llama_reads_transformers_v4_config_keys(tmp_path):
     config["rope_theta"] = rope.pop("rope_theta")
     config["rope_scaling"] = rope
     (tmp_path / "config.json").write_text(json.dumps(config))
-    ours, _ = load_llama(tmp_path)
-    embeds, mask, positions = left_padded()
-    with torch.no_grad():
-        expected = hf(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
-        got = ours(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
-    torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-5)
+    assert_same_prefill(hf, tmp_path)
 
 
 @pytest.mark.parametrize("clean_up", [False, True])  # True: ignored for BPE vocabularies by transformers 5, and here
@@ -284,12 +289,7 @@ def test_llama3_rope_without_its_original_context_uses_max_position_embeddings(t
     config = json.loads((tmp_path / "config.json").read_text())
     del config["rope_parameters"]["original_max_position_embeddings"]  # transformers writes the value it took
     (tmp_path / "config.json").write_text(json.dumps(config))
-    ours, _ = load_llama(tmp_path)
-    embeds, mask, positions = left_padded()
-    with torch.no_grad():
-        expected = hf(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
-        got = ours(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
-    torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-5)
+    assert_same_prefill(hf, tmp_path)
 
 
 @pytest.mark.parametrize("extra", [{"quantization_config": {"quant_method": "fp8"}}, {"partial_rotary_factor": 0.5}])
