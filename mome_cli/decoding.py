@@ -345,10 +345,14 @@ def decode(
     return results
 
 
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")  # embeddings, overrides, isolates
+
+
 def clean_text(text: str) -> str:
-    """One line with single spaces and no control characters: a model that emits bytes such as ESC (an untrained or
-    byte-level one can) must not write terminal escape sequences to a user's terminal or transcripts."""
-    text = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text)
+    """One line with single spaces, without control characters or bidirectional overrides: a model that emits bytes
+    such as ESC (an untrained or byte-level one can) must not write terminal escape sequences to a user's terminal or
+    transcripts, nor text that displays in another order than it reads."""
+    text = "".join(" " if unicodedata.category(ch) == "Cc" or ch in BIDI_CONTROLS else ch for ch in text)
     return " ".join(text.split())
 
 

@@ -157,6 +157,7 @@ def test_cuda_graph_greedy_gives_the_eager_tokens():
 def test_transcripts_carry_no_control_characters(monkeypatch):
     """A byte-level model can emit ESC and other control bytes; printed to a terminal they would be escape sequences."""
     model = tiny_model()
-    monkeypatch.setattr(model.tokenizer, "decode", lambda ids, **kwargs: "a\x1b[2Jb\x00c\td\r\ne\x9b1m f\u00e9")
+    monkeypatch.setattr(model.tokenizer, "decode",
+                        lambda ids, **kwargs: "a\x1b[2Jb\x00c\td\r\ne\x9b1m f\u00e9 x\u202egnp.exe y\u200dz")
     result = decode(model, clip(random_features(), 0), (4, 2), options=DecodingOptions(max_new_tokens=2))[0]
-    assert result.text == "a [2Jb c d e 1m f\u00e9"
+    assert result.text == "a [2Jb c d e 1m f\u00e9 x gnp.exe y\u200dz"  # a joiner (U+200D) is text, not control
