@@ -379,6 +379,23 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     return weights
 
 
+def build_from_weights(build, weights: dict[str, torch.Tensor], folder: Path, family: str) -> nn.Module:
+    """build() on the meta device (no random initialisation: every tensor comes from weights), after checking that
+    weights, read from folder, has each of its parameters, no other tensor and the shapes it makes (ValueError)."""
+    with torch.device("meta"):
+        module = build()
+    expected = dict(module.named_parameters())
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{folder}: weights do not fit its {family} config (missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]})")
+    for name, tensor in weights.items():
+        if tensor.shape != expected[name].shape:
+            raise ValueError(f"{folder}: {name} is {tuple(tensor.shape)}, its config makes it "
+                             f"{tuple(expected[name].shape)}")
+    return module
+
+
 def load_llama(folder, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     """(LlamaForCausalLM, Tokenizer) from a transformers checkpoint folder; frozen, in eval mode. NotSupported for
     what this module does not run; ValueError, naming the file, for a file that cannot be read or weights that do
@@ -394,18 +411,8 @@ def load_llama(folder, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     weights = {n: t for n, t in read_weights(folder).items() if "rotary_emb" not in n}  # old files hold inv_freq
     if config.tie_word_embeddings:
         weights.pop("lm_head.weight", None)
-    with torch.device("meta"):  # no random initialisation: every tensor comes from the file
-        model = LlamaForCausalLM(config)
-    expected = {n for n, _ in model.named_parameters()}
-    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
-    if missing or unexpected:
-        raise ValueError(f"{folder}: weights do not fit its Llama config (missing {missing[:3]}, unexpected "
-                         f"{unexpected[:3]})")
-    for name, tensor in weights.items():
-        expected_shape = model.get_parameter(name).shape
-        if tensor.shape != expected_shape:
-            raise ValueError(f"{folder}: {name} is {tuple(tensor.shape)}, its config makes it {tuple(expected_shape)}")
-    model.load_state_dict(weights, strict=False, assign=True)
+    model = build_from_weights(lambda: LlamaForCausalLM(config), weights, folder, "Llama")
+    model.load_state_dict(weights, strict=False, assign=True)  # not strict: a tied lm_head is not in the file
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.requires_grad_(False).eval()

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .llama import Embedding, NotSupported, read_json, read_weights
+from .llama import Embedding, NotSupported, build_from_weights, read_json, read_weights
 
 
 def hertz_to_slaney(hz: np.ndarray) -> np.ndarray:
@@ -168,17 +168,7 @@ def load_whisper_encoder(folder, dtype: torch.dtype = torch.float32, device: str
     weights = read_weights(folder)
     if any(n.startswith("model.encoder.") for n in weights):  # a whole Whisper model: keep its encoder
         weights = {n[len("model.encoder."):]: t for n, t in weights.items() if n.startswith("model.encoder.")}
-    with torch.device("meta"):
-        encoder = WhisperEncoder(config)
-    expected = dict(encoder.named_parameters())
-    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{folder}: weights do not fit its Whisper config (missing {missing[:3]}, unexpected "
-                         f"{unexpected[:3]})")
-    for name, tensor in weights.items():
-        if tensor.shape != expected[name].shape:
-            raise ValueError(f"{folder}: {name} is {tuple(tensor.shape)}, its config makes it "
-                             f"{tuple(expected[name].shape)}")
+    encoder = build_from_weights(lambda: WhisperEncoder(config), weights, folder, "Whisper")
     encoder.load_state_dict(weights, assign=True)
     encoder.requires_grad_(False).eval()
     return encoder.to(device=device, dtype=dtype), features.to(device)
