@@ -8,7 +8,10 @@ Each preset is built with random weights (realsize.py): a random LM never ends e
 media file is left out). Every row times the same work from those arrays to the tokens: Whisper features and encoder,
 AV-HuBERT, compression and projection, the prefix, prefill and the tokens.
 
-- mome: mome_cli.decoding.decode, greedy (StaticGreedy: static cache, decode step captured as a CUDA graph);
+- mome: mome_cli.decoding.decode, greedy (StaticGreedy: static cache, decode step captured as a CUDA graph), with the
+  LLM and Whisper on mome's own code (llama.py: fused q/k/v and gate/up projections, RMSNorm and rotary embedding in
+  fewer kernels; whisper.py), as `mome transcribe` loads them; and the same on transformers' LlamaForCausalLM and
+  WhisperEncoder (what mome ran before, and still runs with MOME_NATIVE=0), the same weights;
 - baseline: transformers `generate` on the same model and prefix (dynamic cache), greedy, min = max = --tokens;
 - second baseline: `generate` with cache_implementation="static", which compiles the decode step with torch.compile.
 
@@ -25,9 +28,9 @@ import time
 
 import torch
 
-from mome_cli.decoding import DecodingOptions, decode
+from mome_cli.decoding import DecodingOptions, _static_greedy, decode
 
-from realsize import build_recognizer, clip, machine_line, sync
+from realsize import build_recognizer, clip, machine_line, native, sync
 
 TARGETS = {"mome-1b": 0.10, "mome-8b": 0.35}  # issue #8: steady seconds for the whole clip, per preset
 FIRST_TARGET = {"mome-1b": 5.0}  # the first transcript after loading
@@ -67,60 +70,106 @@ def profile(model, features, rate: tuple, tokens: int) -> None:
     print(table)
 
 
+def profile_encoders(recognizer, audio, rois) -> None:
+    """Kernels and GPU time of the encoders (features, Whisper, AV-HuBERT) for one clip, by operator."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    cuda = torch.cuda.is_available()
+    recognizer.features([audio], [rois])  # warm
+    sync()
+    with torch_profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        recognizer.features([audio], [rois])
+        sync()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    print(f"profile of the encoders: {len(kernels)} kernels, "
+          f"{sum(e.device_time_total for e in kernels) / 1e3:.1f} ms GPU time")
+    print(prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=12))
+
+
+OURS = "mome (own Llama and Whisper code; static cache + CUDA graph)"
+OURS_HF = "mome on transformers' Llama and Whisper (static cache + CUDA graph)"
+OURS_COMPILED = "mome (own code), step compiled with torch.compile before capture"
+GENERATE = "transformers generate (baseline)"
+GENERATE_STATIC = "transformers generate, static cache + compile"
+
+
 def run_preset(preset: str, rate: tuple, args) -> list[tuple]:
     recog = build_recognizer(preset, args.device)
-    model = recog.model
+    recognizers = {OURS: native(recog), OURS_HF: recog}  # the same weights, on either code
     audio, rois = clip(args.seconds)
     options = DecodingOptions(max_new_tokens=args.tokens)
 
-    def features():
-        return recog.features([audio], [rois])
-
-    def ours():
-        return decode(model, features(), rate, "av", options)[0].tokens
+    def ours(r):
+        return lambda: decode(r.model, r.features([audio], [rois]), rate, "av", options)[0].tokens
 
     def generate(cache: str | None):
         def fn():
-            prefix = model.prefix(features(), rate, "av")
+            prefix = recog.model.prefix(recog.features([audio], [rois]), rate, "av")
             extra = {"cache_implementation": cache} if cache else {}
-            out = model.llm.generate(inputs_embeds=prefix.embeds, attention_mask=prefix.attention_mask,
-                                     max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False,
-                                     pad_token_id=model.tokenizer.pad_token_id, **extra)
+            out = recog.model.llm.generate(inputs_embeds=prefix.embeds, attention_mask=prefix.attention_mask,
+                                           max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False,
+                                           pad_token_id=recog.model.tokenizer.pad_token_id, **extra)
             return out[0].tolist()
         return fn
 
-    ways = {"mome (static cache + CUDA graph)": ours, "transformers generate (baseline)": generate(None)}
+    ways = {name: ours(r) for name, r in recognizers.items()}
+    if args.compile:  # a third copy (same weights), whose runner compiles its step before capturing it
+        compiled = native(recog)
+        with torch.inference_mode():
+            prefix = compiled.model.prefix(compiled.features([audio], [rois]), rate, "av")
+            _static_greedy(compiled.model, prefix, args.tokens, compiled.model.tokenizer.eos_token_id,
+                           graphs=torch.cuda.is_available()).compile()
+        ways[OURS_COMPILED] = ours(compiled)
+    ways[GENERATE] = generate(None)
     if args.static_baseline:
-        ways["transformers generate, static cache + compile"] = generate("static")
+        ways[GENERATE_STATIC] = generate("static")
     first, runs, tokens = {}, {name: [] for name in ways}, {}
+    parts = {}
     with torch.inference_mode():
-        for name, fn in ways.items():  # first calls, in this order: mome's first is the model's very first
-            first[name], out = timed(fn)
+        for name, fn in list(ways.items()):  # first calls, in this order: each mome way's is its model's very first
+            try:
+                first[name], out = timed(fn)
+            except Exception as e:  # the compiled step is an experiment: its failure is reported, not fatal
+                print(f"{preset} {rate}, {name}: failed: {type(e).__name__}: {str(e)[:2000]}")
+                del ways[name], runs[name]
+                continue
             tokens[name] = len(out)
         for _ in range(args.repeats):
             for name, fn in ways.items():
                 runs[name].append(timed(fn)[0])
-        encoders = [timed(features)[0] for _ in range(args.repeats)]
         prefill_only = DecodingOptions(max_new_tokens=1)
-        prefill = [timed(lambda: decode(model, features(), rate, "av", prefill_only))[0] for _ in range(args.repeats)]
+        for name, r in recognizers.items():
+            encoders = [timed(lambda: r.features([audio], [rois]))[0] for _ in range(args.repeats)]
+            prefill = [timed(lambda: decode(r.model, r.features([audio], [rois]), rate, "av", prefill_only))[0]
+                       for _ in range(args.repeats)]
+            parts[name] = statistics.median(encoders), statistics.median(prefill)
+    with torch.inference_mode():  # random weights put many logits near a tie: bf16 rounding may break them apart
+        same = decode(recognizers[OURS].model, recognizers[OURS].features([audio], [rois]), rate, "av", options)[0]
+        other = decode(recog.model, recog.features([audio], [rois]), rate, "av", options)[0]
+        agree = next((i for i, (a, b) in enumerate(zip(same.tokens, other.tokens)) if a != b), len(same.tokens))
+        print(f"{preset} {rate}: own code and transformers' agree on the first {agree} of {len(same.tokens)} tokens")
     if args.profile:
-        profile(model, features(), rate, args.tokens)
+        for name, r in recognizers.items():
+            print(f"{preset} {rate}, {name}:")
+            with torch.inference_mode():
+                profile(r.model, r.features([audio], [rois]), rate, args.tokens)
+                profile_encoders(r, audio, rois)
     if args.bf16_adapters:  # last: it changes the model the other ways use (outside inference mode: it casts)
+        model = recognizers[OURS].model
         for part in (model.mome, model.audio, model.video):
             part.to(torch.bfloat16)
         name = "mome, MoME modules and projectors in bf16"
-        first[name], out = timed(ours)
+        first[name], out = timed(ways[OURS])
         tokens[name] = len(out)
-        runs[name] = [timed(ours)[0] for _ in range(args.repeats)]
-        ways[name] = ours
+        runs[name] = [timed(ways[OURS])[0] for _ in range(args.repeats)]
+        ways[name] = ways[OURS]
     rows = []
     for name in ways:
         rows.append((preset, rate, name, tokens[name], first[name], statistics.median(runs[name])))
-    rows.append((preset, rate, "of which encoders (features, Whisper, AV-HuBERT)", 0, None,
-                 statistics.median(encoders)))
-    rows.append((preset, rate, "of which encoders + prefill + 1 token", 1, None, statistics.median(prefill)))
-    del recog, model
-    torch.cuda.empty_cache()
+    for name, (encoders, prefill) in parts.items():
+        short = "own code" if name == OURS else "transformers'"
+        rows.append((preset, rate, f"of which encoders (features, Whisper, AV-HuBERT), {short}", 0, None, encoders))
+        rows.append((preset, rate, f"of which encoders + prefill + 1 token, {short}", 1, None, prefill))
     return rows
 
 
@@ -137,6 +186,8 @@ def main():
     parser.add_argument("--bf16-adapters", action="store_true",
                         help="also time mome with the MoME modules and projectors cast to bf16")
     parser.add_argument("--profile", action="store_true", help="count the kernels of a decode (torch.profiler)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time mome with its decoding step compiled by torch.compile before capture")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("this benchmark needs a CUDA GPU (or --device cpu for a smoke run)")
@@ -145,6 +196,7 @@ def main():
     for spec in presets:
         name, rate = spec.split(":")
         rows += run_preset(name, tuple(int(r) for r in rate.split(",")), args)
+        torch.cuda.empty_cache()  # the preset's models are gone with run_preset's frame
 
     print(machine_line(args.device))
     print(f"clip {args.seconds:g} s, {args.tokens} tokens, greedy, bf16 backbones, random weights; "
@@ -158,9 +210,10 @@ def main():
     print()
     for preset in dict.fromkeys(r[0] for r in rows):
         mine = {r[2]: r for r in rows if r[0] == preset}
-        ours, base = mine["mome (static cache + CUDA graph)"], mine["transformers generate (baseline)"]
-        line = f"- {preset}: mome {ours[5]:.3f} s, {base[5] / ours[5]:.1f}x faster than generate"
-        static = mine.get("transformers generate, static cache + compile")
+        ours, base, on_hf = mine[OURS], mine[GENERATE], mine[OURS_HF]
+        line = (f"- {preset}: mome {ours[5]:.3f} s, {base[5] / ours[5]:.1f}x faster than generate, "
+                f"{on_hf[5] / ours[5]:.2f}x faster than mome on transformers' backbones")
+        static = mine.get(GENERATE_STATIC)
         if static:
             line += f", {static[5] / ours[5]:.1f}x faster than the static-cache generate (first call {static[4]:.1f} s)"
         target = TARGETS.get(preset)

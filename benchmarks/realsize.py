@@ -61,6 +61,35 @@ def build_recognizer(preset: str, device: str = "cuda", seed: int = 0) -> Recogn
     return Recognizer(model, audio, video, name=f"{preset} (random weights)")
 
 
+def native(recognizer: Recognizer) -> Recognizer:
+    """The same recogniser with its LLM and Whisper encoder on mome's own code (llama.py, whisper.py), as
+    mome_cli.recognizer loads real backbones: the same weight tensors (q/k/v and gate/up fused into new ones), the
+    same MoME modules, projectors and AV-HuBERT."""
+    from mome_cli.llama import LlamaConfig, LlamaForCausalLM
+    from mome_cli.whisper import LogMel, WhisperEncoder, WhisperEncoderConfig
+
+    def rebuilt(build, weights: dict) -> torch.nn.Module:
+        with torch.device("meta"):
+            module = build()
+        module.load_state_dict(weights, strict=False, assign=True)  # not strict: a tied LM head is not listed
+        return module.requires_grad_(False).eval()
+
+    hf = recognizer.model.llm
+    config = LlamaConfig.from_dict(hf.config.to_dict())
+    llm = rebuilt(lambda: LlamaForCausalLM(config), dict(hf.state_dict()))
+    if config.tie_word_embeddings:
+        llm.lm_head.weight = llm.model.embed_tokens.weight
+    llm.fuse_projections()
+    model = AVSRModel(recognizer.model.config, llm, recognizer.model.tokenizer)
+    model.load_state_dict(recognizer.model.trainable_state_dict(), strict=False)
+    whisper = recognizer.audio_encoder.encoder
+    encoder = rebuilt(lambda: WhisperEncoder(WhisperEncoderConfig.from_dict(whisper.config.to_dict())),
+                      whisper.state_dict())
+    device = next(hf.parameters()).device
+    audio = WhisperAudioEncoder(encoder, LogMel().to(device))
+    return Recognizer(model.to(device).eval(), audio, recognizer.video_encoder, name=recognizer.name)
+
+
 def clip(seconds: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(16 kHz float32 samples, (25 x seconds, 96, 96) uint8 mouth crops): noise, which costs what speech costs."""
     rng = np.random.default_rng(seed)

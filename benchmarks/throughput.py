@@ -12,7 +12,8 @@ length + 1 (EOS), 4 by default (LRS3 speech is about 3 words a second, a Llama 3
 
 Ways, in the same run on the same batches:
 - mome: mome_cli.decoding.decode (StaticGreedy: static cache, decode step captured as a CUDA graph, reused by batches
-  whose prefix fits its cache);
+  whose prefix fits its cache), with the LLM and Whisper on mome's own code (llama.py, whisper.py) as `mome evaluate`
+  loads them, and the same on transformers' classes (same weights; MOME_NATIVE=0);
 - baseline: the same decode on transformers' dynamic cache, one eager forward per step (decode(..., static=False)).
 
 x real time = seconds of audio / seconds taken. "encoders" are counted once per batch; "LLM" is one rate pair's
@@ -32,9 +33,12 @@ import torch
 
 from mome_cli.decoding import DecodingOptions, decode
 
-from realsize import build_recognizer, clip, machine_line, sync
+from realsize import build_recognizer, clip, machine_line, native, sync
 
 TARGET = 2000.0  # issue #8: x real time with mome-1b at 4,2
+MOME = "mome (own Llama and Whisper code; static cache + CUDA graph)"
+MOME_HF = "mome on transformers' Llama and Whisper (static cache + CUDA graph)"
+BASELINE = "baseline (transformers' backbones, dynamic cache, eager steps)"
 
 
 def main():
@@ -51,6 +55,7 @@ def main():
     rates = [tuple(int(r) for r in pair.split(",")) for pair in args.rates.split(";")]
 
     recog = build_recognizer(args.preset, args.device)
+    own = native(recog)
     rng = np.random.default_rng(0)
     seconds = np.sort(rng.triangular(1.0, 2.0, 6.0, size=args.clips))[::-1]  # longest first, as evaluate sorts
     clips = [clip(float(s), seed=i) for i, s in enumerate(seconds)]
@@ -60,40 +65,44 @@ def main():
     def tokens_for(batch):
         return math.ceil(args.tokens_per_second * seconds[batch[0]]) + 1
 
-    ways = {"mome (static cache + CUDA graph)": None, "baseline (dynamic cache, eager steps)": False}
+    codes = {"own": own, "transformers'": recog}  # which backbone code: its recogniser
+    ways = {MOME: ("own", None), MOME_HF: ("transformers'", None), BASELINE: ("transformers'", False)}
     with torch.inference_mode():
         # Warm-up on the first batch: every way and rate once (mome's capture happens here).
-        feats = recog.features([clips[i][0] for i in batches[0]], [clips[i][1] for i in batches[0]])
-        for static in ways.values():
+        for code, static in ways.values():
+            r = codes[code]
+            feats = r.features([clips[i][0] for i in batches[0]], [clips[i][1] for i in batches[0]])
             for rate in rates:
-                decode(recog.model, feats, rate, "av", DecodingOptions(max_new_tokens=tokens_for(batches[0])),
+                decode(r.model, feats, rate, "av", DecodingOptions(max_new_tokens=tokens_for(batches[0])),
                        static=static)
-        enc_time, llm_time, generated = 0.0, {(w, r): 0.0 for w in ways for r in rates}, 0
+        enc_time, llm_time, generated = dict.fromkeys(codes, 0.0), {(w, r): 0.0 for w in ways for r in rates}, 0
         layout, first, steps = dict.fromkeys(rates, 0.0), dict.fromkeys(rates, 0.0), 0  # where mome's LLM time goes
         for batch in batches:
-            sync()
-            start = time.perf_counter()
-            feats = recog.features([clips[i][0] for i in batch], [clips[i][1] for i in batch])
-            sync()
-            enc_time += time.perf_counter() - start
+            feats = {}
+            for code, r in codes.items():
+                sync()
+                start = time.perf_counter()
+                feats[code] = r.features([clips[i][0] for i in batch], [clips[i][1] for i in batch])
+                sync()
+                enc_time[code] += time.perf_counter() - start
             options = DecodingOptions(max_new_tokens=tokens_for(batch))
             generated += options.max_new_tokens * len(batch)
-            for way, static in ways.items():
+            for way, (code, static) in ways.items():
                 for rate in rates:
                     sync()
                     start = time.perf_counter()
-                    decode(recog.model, feats, rate, "av", options, static=static)
+                    decode(codes[code].model, feats[code], rate, "av", options, static=static)
                     sync()
                     llm_time[way, rate] += time.perf_counter() - start
             steps += options.max_new_tokens - 1
             for rate in rates:  # the parts of mome's decode: sequence layout alone, then layout + prefill + 1 token
                 sync()
                 start = time.perf_counter()
-                recog.model.prefix(feats, rate, "av")
+                own.model.prefix(feats["own"], rate, "av")
                 sync()
                 layout[rate] += time.perf_counter() - start
                 start = time.perf_counter()
-                decode(recog.model, feats, rate, "av", DecodingOptions(max_new_tokens=1))
+                decode(own.model, feats["own"], rate, "av", DecodingOptions(max_new_tokens=1))
                 sync()
                 first[rate] += time.perf_counter() - start
 
@@ -104,33 +113,32 @@ def main():
     print("| rate | way | encoders, s | LLM, s | one rate, s | clips/s | x real time (one rate) | "
           "x real time (LLM only) |")
     print("|---|---|---|---|---|---|---|---|")
+    one = lambda way, r: enc_time[ways[way][0]] + llm_time[way, r]  # noqa: E731 (encoders + one rate's LLM)
     for rate in rates:
-        for way in ways:
-            llm = llm_time[way, rate]
-            total = enc_time + llm
-            print(f"| {rate[0]},{rate[1]} | {way} | {enc_time:.3f} | {llm:.3f} | {total:.3f} | {args.clips / total:.0f}"
-                  f" | {audio_seconds / total:.0f} | {audio_seconds / llm:.0f} |")
+        for way, (code, _) in ways.items():
+            llm, total = llm_time[way, rate], one(way, rate)
+            print(f"| {rate[0]},{rate[1]} | {way} | {enc_time[code]:.3f} | {llm:.3f} | {total:.3f} | "
+                  f"{args.clips / total:.0f} | {audio_seconds / total:.0f} | {audio_seconds / llm:.0f} |")
     print()
-    mome = "mome (static cache + CUDA graph)"
     print("| rate | mome's LLM, s | sequence layout, s | prefill + first token, s | later steps, s | steps | "
           "ms a step |")
     print("|---|---|---|---|---|---|---|")
     for rate in rates:
-        later, prefill = llm_time[mome, rate] - first[rate], first[rate] - layout[rate]
-        print(f"| {rate[0]},{rate[1]} | {llm_time[mome, rate]:.3f} | {layout[rate]:.3f} | {prefill:.3f} | "
+        later, prefill = llm_time[MOME, rate] - first[rate], first[rate] - layout[rate]
+        print(f"| {rate[0]},{rate[1]} | {llm_time[MOME, rate]:.3f} | {layout[rate]:.3f} | {prefill:.3f} | "
               f"{later:.3f} | {steps} | {1000 * later / max(steps, 1):.2f} |")
     print()
     for rate in rates:
-        base = llm_time["baseline (dynamic cache, eager steps)", rate]
-        print(f"- {rate[0]},{rate[1]}: mome's LLM {base / llm_time[mome, rate]:.1f}x the baseline's speed")
+        base, on_hf = llm_time[BASELINE, rate], llm_time[MOME_HF, rate]
+        print(f"- {rate[0]},{rate[1]}: mome's LLM {base / llm_time[MOME, rate]:.1f}x the baseline's speed, "
+              f"{on_hf / llm_time[MOME, rate]:.2f}x mome's on transformers' backbones")
     if len(rates) > 1:
-        first, last = rates[0], rates[-1]
-        one = lambda r: enc_time + llm_time[mome, r]  # noqa: E731
-        print(f"- {last[0]},{last[1]} against {first[0]},{first[1]}: {one(first) / one(last):.2f}x the throughput "
-              f"(one rate), {llm_time[mome, first] / llm_time[mome, last]:.2f}x (LLM only); target 2x")
-    speed = audio_seconds / (enc_time + llm_time[mome, rates[0]])
-    share = enc_time / (enc_time + llm_time[mome, rates[0]])
-    every = audio_seconds / (enc_time + sum(llm_time[mome, r] for r in rates))
+        lo, hi = rates[0], rates[-1]
+        print(f"- {hi[0]},{hi[1]} against {lo[0]},{lo[1]}: {one(MOME, lo) / one(MOME, hi):.2f}x the throughput "
+              f"(one rate), {llm_time[MOME, lo] / llm_time[MOME, hi]:.2f}x (LLM only); target 2x")
+    speed = audio_seconds / one(MOME, rates[0])
+    share = enc_time["own"] / one(MOME, rates[0])
+    every = audio_seconds / (enc_time["own"] + sum(llm_time[MOME, r] for r in rates))
     print(f"- {rates[0][0]},{rates[0][1]}: {speed:.0f}x real time (target {TARGET:g}x: "
           f"{'met' if speed >= TARGET else 'missed'}); encoders are {share:.0%} of it; every rate in one run "
           f"(encoders once): {every:.0f}x")

@@ -200,26 +200,37 @@ class StaticGreedy:
 
     def __init__(self, llm, batch: int, cache_len: int, max_new_tokens: int, eos: int, graphs: bool,
                  weights: tuple = ()):
-        from transformers import StaticCache
+        from .llama import LlamaForCausalLM, StaticKVCache
 
         param = next(llm.parameters())
         device, self.dtype = param.device, param.dtype
         self.llm, self.eos, self.graphs = llm, eos, graphs
         self.weights = weights  # where the model's tensors were when this runner was made (see _static_greedy)
         self.batch, self.cache_len, self.capacity = batch, cache_len, max_new_tokens
-        self.cache = StaticCache(config=llm.config, max_cache_len=cache_len)
         self.blocked = torch.finfo(self.dtype).min
         long = dict(dtype=torch.long, device=device)
         self.bias = torch.full((batch, 1, 1, cache_len), self.blocked, dtype=self.dtype, device=device)  # (B,1,1,S)
         self.token = torch.zeros(batch, **long)  # (B,) the token fed at the next step
         self.position = torch.zeros(batch, **long)  # (B,) its position id
         self.slot = torch.zeros(1, **long)  # (1,) the cache slot it is written to (the same for every row)
+        if isinstance(llm, LlamaForCausalLM):  # llama.py's cache writes where self.slot says
+            self.cache = StaticKVCache(llm.config, batch, cache_len, self.dtype, device, slot=self.slot)
+        else:
+            from transformers import StaticCache
+
+            self.cache = StaticCache(config=llm.config, max_cache_len=cache_len)
         self.step = torch.zeros(1, **long)  # (1,) the index of the token this step chooses
         self.tokens = torch.full((batch, max_new_tokens), eos, **long)  # (B, capacity)
         self.total = torch.zeros(batch, dtype=torch.float32, device=device)  # (B,)
         self.finished = torch.zeros(batch, dtype=torch.bool, device=device)  # (B,)
         self.graph = None
         self.warm_steps = 0
+        self.step_fn = self._step  # what a step runs (and the graph captures): _step, or its compiled form
+
+    def compile(self) -> None:
+        """Compile the step with torch.compile (inductor) before it is captured: fused kernels in the graph, for a
+        compilation of tens of seconds at the first step. An experiment, measured by benchmarks/latency.py --compile."""
+        self.step_fn = torch.compile(self._step, dynamic=False)
 
     def fits(self, batch: int, prefix_len: int, max_new_tokens: int) -> bool:
         return (batch == self.batch and max_new_tokens <= self.capacity
@@ -242,20 +253,20 @@ class StaticGreedy:
 
     def _advance(self) -> None:
         if not self.graphs:
-            return self._step()
+            return self.step_fn()
         if self.graph is None and self.warm_steps < 2:
             # The first steps run eagerly on a side stream, so that cuBLAS and the allocator settle before capture.
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                self._step()
+                self.step_fn()
             torch.cuda.current_stream().wait_stream(stream)
             self.warm_steps += 1
             return
         if self.graph is None:
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):  # records the step without running it
-                self._step()
+                self.step_fn()
         self.graph.replay()
 
     def run(self, prefix, max_new_tokens: int) -> list[tuple[list[int], float]]:
@@ -263,7 +274,8 @@ class StaticGreedy:
         B, L = prefix.attention_mask.shape
         S = self.cache_len
         device = self.bias.device
-        self.cache.reset()
+        if hasattr(self.cache, "reset"):  # transformers'; llama.py's needs none (the mask hides stale slots)
+            self.cache.reset()
         keys = torch.zeros(B, S, dtype=torch.bool, device=device)
         keys[:, :L] = prefix.attention_mask.bool()  # (B, S): real prefix positions
         causal = torch.ones(L, S, dtype=torch.bool, device=device).tril()  # (L, S): key j <= query i
@@ -322,15 +334,11 @@ def decode(
 ) -> list[DecodingResult]:
     """Transcribe a batch of clips at one rate.
 
-    static: greedy on the static cache (StaticGreedy) even on the CPU (True), never (False), or on CUDA only (None);
-    never for an LLM of llama.py (mome loads those on the CPU only), which decodes on its growing cache.
+    static: greedy on the static cache (StaticGreedy) even on the CPU (True), never (False), or on CUDA only (None).
     """
-    from .llama import LlamaForCausalLM
-
     eos = model.tokenizer.eos_token_id
     on_cuda = next(model.llm.parameters()).device.type == "cuda"
-    native = isinstance(model.llm, LlamaForCausalLM)  # llama.py's model has no static cache: the same tokens anyway
-    if options.beam_size == 1 and not native and (static or (static is None and options.cuda_graphs and on_cuda)):
+    if options.beam_size == 1 and (static or (static is None and options.cuda_graphs and on_cuda)):
         prefix = model.prefix(features, rate, mode, any_rate)
         runner = _static_greedy(model, prefix, options.max_new_tokens, eos, graphs=on_cuda and options.cuda_graphs)
         found = runner.run(prefix, options.max_new_tokens)

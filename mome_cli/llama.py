@@ -110,9 +110,10 @@ def rope_frequencies(config: LlamaConfig) -> torch.Tensor:
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding of (B, heads, T, d) by (B, 1, T, d) angles, the halves-rotated layout of Llama checkpoints."""
-    first, second = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-second, first), dim=-1) * sin
+    """Rotary embedding of (..., d) vectors by angles broadcast to them, the halves-rotated layout of Llama
+    checkpoints: x * cos + [-x2, x1] * sin. sin comes with its first half negated ([-sin, sin]), so that the rotated
+    halves are x rolled by d/2: three kernels (mul, roll, addcmul) instead of five."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
 
 
 class Embedding(nn.Embedding):
@@ -131,9 +132,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)  # normalised in float32
-        return self.weight * h.to(x.dtype)
+        # Normalised and scaled in float32, then cast (transformers casts before scaling: the same in float32, within
+        # a bf16 rounding otherwise); one fused kernel on CUDA instead of eight.
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 class KVCache:
@@ -163,6 +164,71 @@ class KVCache:
         self.layers = [(k[rows], v[rows]) for k, v in self.layers]
 
 
+class StaticKVCache:
+    """Keys and values in buffers of a fixed length S, so that every decoding step has the same shapes and buffers
+    (a step can be captured as a CUDA graph and replayed). A forward of T > 1 positions (the prefill) writes slots
+    0..T-1; a forward of one position writes the slot held in `slot`, a (1,) tensor that the caller advances.
+    Attention reads all S slots: the caller's (B, 1, T, S) mask says which hold keys a query may see."""
+
+    def __init__(self, config: LlamaConfig, batch: int, length: int, dtype: torch.dtype, device,
+                 slot: torch.Tensor | None = None):
+        shape = (batch, config.num_key_value_heads, length, config.head_dim)  # (B, K, S, d)
+        self.layers = [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+                       for _ in range(config.num_hidden_layers)]
+        self.slot = slot if slot is not None else torch.zeros(1, dtype=torch.long, device=device)  # (1,)
+
+    def update(self, index: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write (B, K, T, d) keys and values into layer `index`'s buffers; returns the buffers, (B, K, S, d) each."""
+        k, v = self.layers[index]
+        if keys.shape[2] == 1:
+            k.index_copy_(2, self.slot, keys)
+            v.index_copy_(2, self.slot, values)
+        else:
+            k[:, :, : keys.shape[2]] = keys
+            v[:, :, : keys.shape[2]] = values
+        return k, v
+
+
+def fuse(linears: list[nn.Linear]) -> tuple[torch.Tensor, list[int]]:
+    """One weight for several bias-free linears of the same input: their weights concatenated (sum of outputs, in),
+    each linear's weight becoming a view of its rows (the same values, no extra memory). Returns it with the
+    weights' addresses, which tell `fused` whether the views are still the linears' weights."""
+    with torch.no_grad():
+        weight = torch.cat([m.weight for m in linears])
+    start = 0
+    for m in linears:
+        rows = m.weight.shape[0]
+        m.weight = nn.Parameter(weight[start : start + rows], requires_grad=m.weight.requires_grad)
+        start += rows
+    return weight, [m.weight.data_ptr() for m in linears]
+
+
+def fused(weight: torch.Tensor | None, addresses: list[int], linears: list[nn.Linear]) -> bool:
+    """Whether `weight` (from fuse) still holds the linears' weights: not once a parameter was replaced or moved
+    (.to() to another device or dtype, load_state_dict with assign=True), which rebinds it elsewhere."""
+    if weight is None:
+        return False
+    if torch.compiler.is_compiling():  # a traced step has no addresses; its model is not moved while it runs
+        return True
+    return addresses == [m.weight.data_ptr() for m in linears]
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention of (B, N, T, d) queries over (B, K, S, d) keys and values, query head n reading key/value head
+    n // G (G = N / K); mask (B or 1, 1, T, S), True or 0 where a query may look. The G query heads of a key/value
+    head are run as G*T queries of that head (a view for T = 1): no copies of the keys and values, and SDPA's fused
+    kernels, which do not take grouped heads with a mask, still apply."""
+    B, N, T, d = q.shape
+    K, S = k.shape[1], k.shape[2]
+    G = N // K
+    if G > 1:
+        q = q.reshape(B, K, G * T, d)  # (B, K, G*T, d): row g*T + t is query head k*G + g at position t
+        if mask is not None:
+            mask = mask.unsqueeze(2).expand(-1, -1, G, -1, -1).reshape(mask.shape[0], 1, G * T, S)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, K, G*T, d)
+    return out.reshape(B, N, T, d)
+
+
 class Attention(nn.Module):
     def __init__(self, config: LlamaConfig, index: int):
         super().__init__()
@@ -172,17 +238,24 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(H, K * d, bias=False)
         self.v_proj = nn.Linear(H, K * d, bias=False)
         self.o_proj = nn.Linear(N * d, H, bias=False)
+        self.qkv, self.qkv_addresses = None, []  # ((N + 2K) * d, H) once fuse_projections() ran
 
-    def forward(self, hidden_states: torch.Tensor, rope: tuple, mask: torch.Tensor, cache: KVCache | None):
+    def forward(self, hidden_states: torch.Tensor, rope: tuple, mask: torch.Tensor, cache) -> torch.Tensor:
         B, T, _ = hidden_states.shape
-        q = self.q_proj(hidden_states).view(B, T, self.heads, self.head_dim).transpose(1, 2)  # (B, N, T, d)
-        k = self.k_proj(hidden_states).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, d)
-        v = self.v_proj(hidden_states).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, d)
-        q, k = rotate(q, *rope), rotate(k, *rope)
+        N, K, d = self.heads, self.kv_heads, self.head_dim
+        if fused(self.qkv, self.qkv_addresses, [self.q_proj, self.k_proj, self.v_proj]):
+            qkv = F.linear(hidden_states, self.qkv).view(B, T, N + 2 * K, d)
+            qk, v = rotate(qkv[:, :, : N + K], *rope), qkv[:, :, N + K :]  # (B, T, N+K, d), (B, T, K, d)
+            q, k = qk[:, :, :N], qk[:, :, N:]
+        else:
+            q = rotate(self.q_proj(hidden_states).view(B, T, N, d), *rope)  # (B, T, N, d)
+            k = rotate(self.k_proj(hidden_states).view(B, T, K, d), *rope)  # (B, T, K, d)
+            v = self.v_proj(hidden_states).view(B, T, K, d)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, N or K, T, d)
         if cache is not None:
             k, v = cache.update(self.index, k, v)  # (B, K, S, d)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.kv_heads != self.heads)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.heads * self.head_dim))  # (B, T, H)
+        out = attend(q, k, v, mask)  # (B, N, T, d)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, N * d))  # (B, T, H)
 
 
 class MLP(nn.Module):
@@ -191,9 +264,14 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_up, self.gate_up_addresses = None, []  # (2F, H) once fuse_projections() ran
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if fused(self.gate_up, self.gate_up_addresses, [self.gate_proj, self.up_proj]):
+            gate, up = F.linear(x, self.gate_up).chunk(2, dim=-1)  # (B, T, F) each
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -204,7 +282,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, h: torch.Tensor, rope: tuple, mask: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, rope: tuple, mask: torch.Tensor, cache) -> torch.Tensor:
         h = h + self.self_attn(self.input_layernorm(h), rope, mask, cache)
         return h + self.mlp(self.post_attention_layernorm(h))
 
@@ -227,30 +305,41 @@ class LlamaModel(nn.Module):
         self._inv_freq: torch.Tensor | None = None  # (d/2,), made on first use where the weights are
 
     def rope(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T) positions -> cos, sin (B, 1, T, d), computed in float32 and cast to dtype."""
+        """(B, T) positions -> cos and [-sin, sin] (B, T, 1, d) for `rotate`, computed in float32, cast to dtype."""
         if self._inv_freq is None or self._inv_freq.device != position_ids.device:
             self._inv_freq = rope_frequencies(self.config).to(position_ids.device)
         angles = position_ids.float().unsqueeze(-1) * self._inv_freq  # (B, T, d/2)
-        angles = torch.cat((angles, angles), dim=-1).unsqueeze(1)  # (B, 1, T, d)
-        return angles.cos().to(dtype), angles.sin().to(dtype)
+        cos, sin = angles.cos(), angles.sin()
+        return (torch.cat((cos, cos), dim=-1).unsqueeze(2).to(dtype),
+                torch.cat((-sin, sin), dim=-1).unsqueeze(2).to(dtype))
 
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
-                past_key_values: KVCache | None = None, use_cache: bool = False) -> Output:
+                past_key_values: KVCache | StaticKVCache | None = None, use_cache: bool = False) -> Output:
+        """attention_mask: (B, S) with 1 for real positions (over the cached and new ones, as transformers takes it),
+        or a (B, 1, T, S) mask already made (True or 0 where a query may look), which a StaticKVCache needs: its S
+        slots are not all filled, and only the caller knows which are."""
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
         B, T, _ = h.shape
         cache = past_key_values if use_cache else None
-        past = cache.get_seq_length() if cache is not None else 0
-        S = past + T
-        at = torch.arange(S, device=h.device)
-        if position_ids is None:
-            position_ids = at[past:].unsqueeze(0).expand(B, T)
-        # Query i (at S - T + i) sees key j when j <= its position and key j is real (attention_mask, 1 = real).
-        # It always sees itself, so that the rows of left padding stay finite (their outputs are never read).
-        query_at = at[past:].view(T, 1)  # (T, 1)
-        allowed = at.view(1, S) <= query_at  # (T, S)
-        if attention_mask is not None:
-            allowed = allowed & attention_mask[:, None, :S].bool()  # (B, T, S)
-        mask = (allowed | (at.view(1, S) == query_at)).view(-1, 1, T, S)  # (B or 1, 1, T, S)
+        if attention_mask is not None and attention_mask.dim() == 4:
+            if position_ids is None:
+                raise ValueError("a (B, 1, T, S) attention mask needs position_ids")
+            mask = attention_mask
+        elif isinstance(cache, StaticKVCache):
+            raise ValueError("a StaticKVCache needs a (B, 1, T, S) attention mask")
+        else:
+            past = cache.get_seq_length() if cache is not None else 0
+            S = past + T
+            at = torch.arange(S, device=h.device)
+            if position_ids is None:
+                position_ids = at[past:].unsqueeze(0).expand(B, T)
+            # Query i (at S - T + i) sees key j when j <= its position and key j is real (attention_mask, 1 = real).
+            # It always sees itself, so that the rows of left padding stay finite (their outputs are never read).
+            query_at = at[past:].view(T, 1)  # (T, 1)
+            allowed = at.view(1, S) <= query_at  # (T, S)
+            if attention_mask is not None:
+                allowed = allowed & attention_mask[:, None, :S].bool()  # (B, T, S)
+            mask = (allowed | (at.view(1, S) == query_at)).view(-1, 1, T, S)  # (B or 1, 1, T, S)
         rope = self.rope(position_ids, h.dtype)
         for layer in self.layers:
             h = layer(h, rope, mask, cache)
@@ -268,6 +357,17 @@ class LlamaForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
+    def fuse_projections(self) -> "LlamaForCausalLM":
+        """Each layer's q/k/v weights and gate/up weights become views of one tensor each, run as one matmul (the
+        same parameters under the same names, no extra memory): 3 fewer kernels a layer and a step. For inference,
+        once the weights are where they will run; a layer whose weights are moved or replaced afterwards goes back
+        to one matmul each (the fused tensor is then stale, and unused)."""
+        for layer in self.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            attn.qkv, attn.qkv_addresses = fuse([attn.q_proj, attn.k_proj, attn.v_proj])
+            mlp.gate_up, mlp.gate_up_addresses = fuse([mlp.gate_proj, mlp.up_proj])
+        return self
+
     def get_decoder(self) -> LlamaModel:
         return self.model
 
@@ -278,7 +378,8 @@ class LlamaForCausalLM(nn.Module):
         return self.lm_head
 
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
-                past_key_values: KVCache | None = None, use_cache: bool = False, logits_to_keep: int = 0) -> Output:
+                past_key_values: KVCache | StaticKVCache | None = None, use_cache: bool = False,
+                logits_to_keep: int = 0) -> Output:
         out = self.model(input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache)
         h = out.last_hidden_state
         out.logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)  # (B, T or kept, V)
@@ -419,4 +520,5 @@ def load_llama(folder, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     return model.to(device=device, dtype=dtype), tokenizer
 
 
-__all__ = ["NotSupported", "LlamaConfig", "KVCache", "LlamaModel", "LlamaForCausalLM", "Tokenizer", "load_llama"]
+__all__ = ["NotSupported", "LlamaConfig", "KVCache", "StaticKVCache", "LlamaModel", "LlamaForCausalLM", "Tokenizer",
+           "load_llama"]

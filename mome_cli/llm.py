@@ -149,12 +149,14 @@ def load_llm(name: str, revision: str | None = None, dtype: torch.dtype | None =
     import; transformers' classes are used for what llama.py does not run (other families, other rotary types).
     """
     model = tokenizer = None
+    if dtype is None and name not in TINY_LLMS:
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     if native and name not in TINY_LLMS and os.path.isdir(name):
         from .checkpoint import CheckpointError
         from .llama import NotSupported, load_llama
 
         try:
-            model, tokenizer = load_llama(name, dtype=dtype or torch.float32)
+            model, tokenizer = load_llama(name, dtype=dtype, device=device)
         except NotSupported:
             pass
         except ValueError as e:  # weights that cannot be read or do not fit the config
@@ -164,8 +166,6 @@ def load_llm(name: str, revision: str | None = None, dtype: torch.dtype | None =
     elif model is None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if dtype is None:
-            dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
         source = os.fspath(name)
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
         with no_progress_bars():
@@ -176,7 +176,10 @@ def load_llm(name: str, revision: str | None = None, dtype: torch.dtype | None =
     model.eval()
     if dtype is not None:
         cast_parameters(model, dtype)
-    return model.to(device), tokenizer
+    model = model.to(device)
+    if hasattr(model, "fuse_projections"):  # llama.py's model, now where it runs
+        model.fuse_projections()
+    return model, tokenizer
 
 
 def cast_parameters(model: nn.Module, dtype: torch.dtype) -> None:

@@ -345,10 +345,12 @@ def _load_recognizer(model: str, adapter: str | None, device: str, home: Path | 
         revision = adapter_config.llm_revision if same and adapter_config.llm_revision else config.llm_revision
         config = dataclasses.replace(adapter_config, llm=config.llm, llm_revision=revision)
         weights = adapter
-    # On a CPU the backbones run on mome's own Llama and Whisper code where it runs them (llama.py, whisper.py): the
-    # same numbers, without transformers' modeling import, which is most of a one-file transcription's wait there.
-    # MOME_NATIVE=0 keeps transformers' classes (to compare, or to rule the native code out when something is odd).
-    native = device == "cpu" and os.environ.get("MOME_NATIVE", "1") != "0"
+    # The backbones run on mome's own Llama and Whisper code where it runs them (llama.py, whisper.py): the same
+    # numbers (float32) or the same within rounding (bf16), without transformers' modeling import, which is most of a
+    # one-file transcription's wait on a CPU, and with fewer kernels a decoding step on a GPU (fused projections,
+    # RMSNorm and rotary embedding). MOME_NATIVE=0 keeps transformers' classes (to compare, or to rule the native
+    # code out when something is odd).
+    native = os.environ.get("MOME_NATIVE", "1") != "0"
     recognizer = build_recognizer(config, home, device, name=model, native=native)
     if weights is not None:
         load_weights(recognizer.model, weights)

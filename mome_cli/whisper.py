@@ -62,6 +62,15 @@ class LogMel(nn.Module):
         self.register_buffer("filters", torch.from_numpy(filters).float().T.contiguous(), persistent=False)  # (M, n)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
 
+    def _apply(self, fn, recurse=True):
+        """Moved with the model, but kept in float32 when it is cast (to bf16 on a GPU): the features are computed
+        in float32 from exact filters, as transformers' extractor computes them."""
+        filters, window = self.filters, self.window
+        super()._apply(fn, recurse)
+        if self.filters.dtype != torch.float32:
+            self.filters, self.window = filters.to(self.filters.device), window.to(self.window.device)
+        return self
+
     @classmethod
     def from_config(cls, d: dict) -> "LogMel":
         """From a preprocessor_config.json written by WhisperFeatureExtractor."""

@@ -199,6 +199,10 @@ def test_whisper_gives_transformers_features_and_states(tmp_path, whole):
         got, lengths = ours([torch.from_numpy(w) for w in waves])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert lengths.tolist() == expected_lengths.tolist() == [50, 400, 10]
+    ours.to(torch.bfloat16)  # as on a GPU: the encoder in bf16, its features still float32 and exact
+    assert ours.encoder.layers[0].fc1.weight.dtype == torch.bfloat16
+    assert ours.feature_extractor.filters.dtype == ours.feature_extractor.window.dtype == torch.float32
+    torch.testing.assert_close(ours.feature_extractor(waves), expected_mel, atol=1e-5, rtol=1e-5)
 
 
 def test_whisper_weights_that_do_not_fit_are_an_encoder_error(tmp_path):
@@ -263,7 +267,9 @@ def test_special_tokens_come_from_special_tokens_map_when_the_config_has_none(tm
 
 def test_a_bf16_llm_keeps_its_rotary_frequencies_in_float32(tmp_path):
     """As from_pretrained(dtype=bf16) leaves them: rounded to bf16 they turn positions by up to ~0.4% (a radian a few
-    hundred positions in). Both roads, and the tiny models cast after they are built, give from_pretrained's logits."""
+    hundred positions in). transformers' road, and the tiny models cast after they are built, give from_pretrained's
+    logits exactly. llama.py's, which fuses operations (RMSNorm, rotary embedding, projections), rounds differently:
+    its logits are as far from the float32 ones as from_pretrained's in bf16 (rounded frequencies: 20% farther)."""
     from transformers import AutoModelForCausalLM
 
     save_llm(tmp_path)
@@ -271,11 +277,17 @@ def test_a_bf16_llm_keeps_its_rotary_frequencies_in_float32(tmp_path):
     embeds = torch.randn(2, 300, 64, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = reference(inputs_embeds=embeds).logits
+        exact = AutoModelForCausalLM.from_pretrained(tmp_path).eval()(inputs_embeds=embeds.float()).logits
+        error = lambda logits: (logits[:, 200:].float() - exact[:, 200:]).abs().mean()  # noqa: E731 (far positions)
         for native in (False, True):
             model, _ = load_llm(str(tmp_path), dtype=torch.bfloat16, native=native)
             assert all(p.dtype == torch.bfloat16 for p in model.parameters())
             assert all(b.dtype == torch.float32 for n, b in model.named_buffers() if "inv_freq" in n)
-            torch.testing.assert_close(model(inputs_embeds=embeds).logits, expected, atol=0, rtol=0)
+            got = model(inputs_embeds=embeds).logits
+            if native:
+                assert error(got) <= 1.05 * error(expected)
+            else:
+                torch.testing.assert_close(got, expected, atol=0, rtol=0)
     tiny, _ = load_llm("tiny", dtype=torch.bfloat16)
     assert tiny.get_output_embeddings().weight is tiny.get_input_embeddings().weight  # still tied
     assert tiny.model.rotary_emb.inv_freq.dtype == torch.float32
@@ -329,3 +341,71 @@ def test_a_damaged_file_of_the_backbones_is_named(tmp_path, damaged):
     (tmp_path / "demo" / damaged).write_text("{oops")
     with pytest.raises(UnusableModelError, match=f"{tmp_path / 'demo' / damaged}: unreadable"):
         load_recognizer(str(tmp_path / "demo"), device="cpu", home=tmp_path / "home")
+
+
+def matmuls(model, **inputs) -> tuple[int, torch.Tensor]:
+    """(matrix products the forward ran, its logits)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += func.__name__.split(".")[0] in ("mm", "addmm", "bmm")
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Count():
+        logits = model(**inputs).logits
+    return Count.n, logits
+
+
+def test_fused_projections_are_the_parameters_and_unfuse_once_moved(tmp_path):
+    """q/k/v and gate/up run as one matmul each on views of one tensor: the same parameters (names, values, no extra
+    memory); a cast or move rebinds them, and the layers go back to one matmul each, with the same logits."""
+    hf, _ = save_llm(tmp_path)
+    ours, _ = load_llm(str(tmp_path), native=True)
+    attn, mlp = ours.model.layers[0].self_attn, ours.model.layers[0].mlp
+    assert attn.k_proj.weight.data_ptr() == attn.qkv[attn.q_proj.weight.shape[0]:].data_ptr()
+    assert mlp.up_proj.weight.data_ptr() == mlp.gate_up[mlp.gate_proj.weight.shape[0]:].data_ptr()
+    for (name, ours_p), (hf_name, hf_p) in zip(ours.named_parameters(), hf.named_parameters()):
+        assert name == hf_name and torch.equal(ours_p, hf_p)
+    embeds, mask, positions = left_padded()
+    inputs = dict(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
+    with torch.no_grad():
+        expected = hf(**inputs).logits[mask.bool()]
+    layers = len(ours.model.layers)
+    fused_count, fused_logits = matmuls(ours, **inputs)
+    assert fused_count == 4 * layers + 1  # qkv, o, gate_up, down per layer; the LM head
+    ours.to(torch.float64)  # new storage for every parameter: the fused tensors are stale
+    plain_count, plain_logits = matmuls(ours, **{**inputs, "inputs_embeds": embeds.double()})
+    assert plain_count == 7 * layers + 1
+    for logits in (fused_logits, plain_logits):
+        torch.testing.assert_close(logits[mask.bool()].float(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_llama_on_a_gpu_decodes_as_transformers_with_its_graph(tmp_path, dtype):
+    """On a GPU, llama.py's model: the captured decoding step (static cache, CUDA graph) gives the eager tokens, and
+    in float32 transformers' tokens; in bf16 (where rounding differs) transformers' log-probabilities closely."""
+    save_llm(tmp_path)
+    config = tiny_config(llm=str(tmp_path))
+    hf = perturbed(AVSRModel(config, *load_llm(str(tmp_path), dtype=dtype, device="cuda")).cuda())
+    ours = perturbed(AVSRModel(config, *load_llm(str(tmp_path), dtype=dtype, device="cuda", native=True)).cuda())
+    ours.load_state_dict(hf.state_dict())
+    assert ours.llm.model.layers[0].self_attn.qkv.is_cuda  # fused where it runs
+    features = random_features((50, 37, 21))
+    features = type(features)(**{k: v.cuda() for k, v in vars(features).items()})
+    options = DecodingOptions(max_new_tokens=30)
+    graphs = [decode(ours, features, (4, 2), options=options) for _ in range(2)]  # capture, then replay only
+    assert ours._static_greedy.graph is not None
+    eager = decode(ours, features, (4, 2), options=DecodingOptions(max_new_tokens=30, cuda_graphs=False), static=True)
+    assert [r.tokens for r in graphs[0]] == [r.tokens for r in graphs[1]] == [r.tokens for r in eager]
+    expected = decode(hf, features, (4, 2), options=options, static=False)
+    if dtype == torch.float32:
+        assert [r.tokens for r in graphs[0]] == [r.tokens for r in expected]
+    same = [(got, want) for got, want in zip(graphs[0], expected) if got.tokens == want.tokens]
+    assert same  # all of them in float32 (above); in bf16 a near tie may go the other way in a row
+    for got, want in same:
+        assert got.logprob == pytest.approx(want.logprob, abs=0.25 if dtype == torch.bfloat16 else 1e-3)  # 30 tokens
