@@ -11,7 +11,8 @@ AV-HuBERT, compression and projection, the prefix, prefill and the tokens.
 - mome: mome_cli.decoding.decode, greedy (StaticGreedy: static cache, decode step captured as a CUDA graph), with the
   LLM and Whisper on mome's own code (llama.py: fused q/k/v and gate/up projections, RMSNorm and rotary embedding in
   fewer kernels; whisper.py), as `mome transcribe` loads them; and the same on transformers' LlamaForCausalLM and
-  WhisperEncoder (what mome ran before, and still runs with MOME_NATIVE=0), the same weights;
+  WhisperEncoder (what mome ran before, and still runs with MOME_NATIVE=0), the same weights; and on mome's own code
+  with the MoME modules as PyTorch operations (MOME_KERNELS=0) instead of mome_kernels.py's two Triton kernels;
 - baseline: transformers `generate` on the same model and prefix (dynamic cache), greedy, min = max = --tokens;
 - second baseline: `generate` with cache_implementation="static", which compiles the decode step with torch.compile.
 
@@ -23,6 +24,7 @@ on all alike.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -81,13 +83,17 @@ def profile_encoders(recognizer, audio, rois) -> None:
         recognizer.features([audio], [rois])
         sync()
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    alone = {name: statistics.median(timed(lambda: recognizer.features(*inputs))[0] for _ in range(5))
+             for name, inputs in (("audio", ([audio], None)), ("video", (None, [rois])))}
     print(f"profile of the encoders: {len(kernels)} kernels, "
-          f"{sum(e.device_time_total for e in kernels) / 1e3:.1f} ms GPU time")
+          f"{sum(e.device_time_total for e in kernels) / 1e3:.1f} ms GPU time; wall time alone (median of 5): "
+          f"audio (features + Whisper) {1e3 * alone['audio']:.1f} ms, video (AV-HuBERT) {1e3 * alone['video']:.1f} ms")
     print(prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=12))
 
 
 OURS = "mome (own Llama and Whisper code; static cache + CUDA graph)"
 OURS_HF = "mome on transformers' Llama and Whisper (static cache + CUDA graph)"
+OURS_NO_KERNELS = "mome (own code), MoME modules as PyTorch operations (MOME_KERNELS=0)"
 OURS_COMPILED = "mome (own code), step compiled with torch.compile before capture"
 GENERATE = "transformers generate (baseline)"
 GENERATE_STATIC = "transformers generate, static cache + compile"
@@ -113,6 +119,20 @@ def run_preset(preset: str, rate: tuple, args) -> list[tuple]:
         return fn
 
     ways = {name: ours(r) for name, r in recognizers.items()}
+    unfused = native(recog)  # a copy whose MoME modules run as PyTorch operations (MOME_KERNELS=0) at every step
+
+    def without_kernels():
+        before = os.environ.get("MOME_KERNELS")
+        os.environ["MOME_KERNELS"] = "0"
+        try:
+            return ours(unfused)()
+        finally:
+            if before is None:
+                del os.environ["MOME_KERNELS"]
+            else:
+                os.environ["MOME_KERNELS"] = before
+
+    ways[OURS_NO_KERNELS] = without_kernels
     if args.compile:  # a third copy (same weights), whose runner compiles its step before capturing it
         compiled = native(recog)
         with torch.inference_mode():
@@ -212,7 +232,8 @@ def main():
         mine = {r[2]: r for r in rows if r[0] == preset}
         ours, base, on_hf = mine[OURS], mine[GENERATE], mine[OURS_HF]
         line = (f"- {preset}: mome {ours[5]:.3f} s, {base[5] / ours[5]:.1f}x faster than generate, "
-                f"{on_hf[5] / ours[5]:.2f}x faster than mome on transformers' backbones")
+                f"{on_hf[5] / ours[5]:.2f}x faster than mome on transformers' backbones, "
+                f"{mine[OURS_NO_KERNELS][5] / ours[5]:.2f}x faster than without the MoME kernels")
         static = mine.get(GENERATE_STATIC)
         if static:
             line += f", {static[5] / ours[5]:.1f}x faster than the static-cache generate (first call {static[4]:.1f} s)"

@@ -12,7 +12,7 @@ set -uo pipefail
 # the one before it, runs only when named)
 BENCHMARKS=(
     "latency-1b 200 latency.py --preset mome-1b:4,2 --profile"
-    "latency-1b-quick 240 latency.py --preset mome-1b:4,2 --profile --no-static-baseline --compile"
+    "latency-1b-quick 150 latency.py --preset mome-1b:4,2 --profile --no-static-baseline"
     "latency-8b 150 latency.py --preset mome-8b:16,5 --no-static-baseline"
     "throughput 240 throughput.py"
     "train-step 100 train_step.py"

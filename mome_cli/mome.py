@@ -14,7 +14,8 @@ tokens per expert, and it is exact: an unselected expert contributes 0 and recei
 gates are the softmax of the k largest router logits (the same numbers as the top-k probabilities divided by their
 sum), so the full softmax is only computed for the load-balancing loss. A call is 14 tensor operations on a CPU
 (benchmarks/mome_module.py counts them), plus a cast on each side when the LLM runs in another precision: at
-decoding, where a step has one token per clip, their number, not their arithmetic, is the module's cost.
+decoding, where a step has one token per clip, their number, not their arithmetic, is the module's cost: on a GPU,
+decoding steps run a module as two Triton kernels instead (mome_kernels.py, through `add_to`).
 
 Notation for shapes: B batch, T tokens, N = B*T flattened tokens, D LLM width, E = N_s + N_r experts,
 R = N_r routed experts, K top-k, b bottleneck width, G groups (rate pairs) for the load-balancing loss.
@@ -126,6 +127,18 @@ class MoME(nn.Module):
         out = torch.addmm(gates @ self.up_bias, hidden, self.up_weight.view(E * b, D))  # (N, D)
         return out.reshape(shape)
 
+    def add_to(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """out + MoME(x) in out's dtype: in place through two Triton kernels where they apply (inference on CUDA,
+        a few tokens: decoding, mome_kernels.py), else with PyTorch operations."""
+        from . import mome_kernels
+
+        if mome_kernels.applies(self, x, out):
+            try:
+                return mome_kernels.add_mome(self, x, out)  # out is written last: untouched if this fails
+            except Exception as e:  # noqa: BLE001 (a GPU or Triton build the kernels do not compile for)
+                mome_kernels.disable(e)
+        return out + self(x).to(out.dtype)
+
 
 def load_balancing_loss(routing: Routing, groups: torch.Tensor, num_groups: int) -> torch.Tensor:
     """Switch/Mixtral load-balancing loss R * sum_i f_i * P_i, computed per group and averaged over the groups.
@@ -166,8 +179,8 @@ def _parallel_branch(adapter: MoME):
     def hook(module, args, kwargs, output):
         x = args[0] if args else kwargs["hidden_states"]  # (B, T, D): the normed state the sublayer sees
         if isinstance(output, tuple):  # attention returns (output, weights)
-            return (output[0] + adapter(x).to(output[0].dtype),) + tuple(output[1:])
-        return output + adapter(x).to(output.dtype)
+            return (adapter.add_to(output[0], x),) + tuple(output[1:])
+        return adapter.add_to(output, x)
 
     return hook
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,26 @@ class TranscribeJob:
     device: str = "auto"
     cache_dir: Path | None = None  # preprocessed clips; None: no cache
     verbose: int = 0  # -v: the model, and each file's length, mode, rate and times; -vv: its segments too
+
+
+ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def stdout_line(path, text: str) -> str:
+    """One `<input>\\t<text>` line of --stdout. A name's control characters (a tab, a newline, ESC: a file may be
+    named with them) are written escaped (\\t, \\n, \\r, \\xNN), and so are bidirectional overrides
+    (\\uNNNN), so that a line is always one input and a terminal shows it as it is; a text read back from an
+    edited file is put on one line."""
+    from .decoding import BIDI_CONTROLS, clean_text
+
+    def shown(ch: str) -> str:
+        if ch in ESCAPES:
+            return ESCAPES[ch]
+        if unicodedata.category(ch) == "Cc":
+            return f"\\x{ord(ch):02x}"
+        return f"\\u{ord(ch):04x}" if ch in BIDI_CONTROLS else ch
+
+    return f"{''.join(shown(ch) for ch in str(path))}\t{clean_text(text)}"
 
 
 def expand_formats(formats) -> list[str]:
@@ -56,7 +77,7 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
         report.skipped += 1
         if job.stdout:
             try:
-                print(f"{item.path}\t{read_text(job.output_dir, stem, job.formats)}", file=sys.stdout, flush=True)
+                print(stdout_line(item.path, read_text(job.output_dir, stem, job.formats)), file=sys.stdout, flush=True)
             except (OSError, ValueError) as e:
                 log(f"warning: {item.path}: its outputs exist (skipped) but its text cannot be read back from them: "
                     f"{e}")
@@ -118,9 +139,9 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
             else:
                 report.ok += 1
                 if job.stdout:
-                    print(f"{item.path}\t{transcript.text}", file=sys.stdout, flush=True)
+                    print(stdout_line(item.path, transcript.text), file=sys.stdout, flush=True)
             progress and progress(1)
     return report
 
 
-__all__ = ["TranscribeJob", "expand_formats", "run"]
+__all__ = ["TranscribeJob", "stdout_line", "expand_formats", "run"]

@@ -16,6 +16,11 @@ os.environ.setdefault("NUMBA_DISABLE_JIT", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+# Without a GPU, Triton kernels (mome_kernels.py) run in Triton's interpreter, on the CPU: set before anything
+# imports triton (transformers' Llama does), which reads it then.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 from mome_cli.checkpoint import build_model
 from mome_cli.model import Features, ModelConfig

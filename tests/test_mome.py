@@ -1,5 +1,8 @@
 """The MoME module, its router, the load-balancing loss and its insertion into Llama-style LMs."""
 
+import copy
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -192,3 +195,118 @@ def test_backbone_frozen_adapters_and_projectors_learn():
 def test_one_router_and_expert_set_per_layer_shared_by_rates(model):
     assert len(model.mome) == model.llm.config.num_hidden_layers
     assert not any("rate" in n or "@" in n for n, _ in model.mome.named_parameters())
+
+
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on a CPU through Triton's interpreter (conftest)
+
+
+@pytest.fixture
+def kernels():
+    """mome_kernels, whose Triton kernels take tensors on KERNEL_DEVICE."""
+    pytest.importorskip("triton")
+    from mome_cli import mome_kernels
+
+    if KERNEL_DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no GPU, and Triton's interpreter is off")
+    return mome_kernels
+
+
+@pytest.mark.parametrize("shape", [dict(), dict(num_routed=23, num_shared=1, top_k=4, bottleneck=12),
+                                   dict(num_routed=40, num_shared=0, top_k=1, bottleneck=3)])
+def test_decoding_kernels_add_what_the_module_computes(kernels, shape):
+    """The two Triton kernels (router, top-k, experts, out += ...) give the module's output: to float32 rounding in
+    float32, and in bf16 no farther from the exact sum than PyTorch's road (which rounds twice)."""
+    torch.manual_seed(1)
+    D = 300  # three of route_down's 128-row slices of x, the last one partial
+    m = random_mome(dim=D, **shape).float()
+    x, out = torch.randn(2, 3, D), torch.randn(2, 3, D)
+    reference = copy.deepcopy(m).double()
+    m.to(KERNEL_DEVICE)
+    with torch.no_grad():
+        exact = out.double() + naive_mome(reference, x.double().reshape(-1, D)).reshape(2, 3, D)
+        got = kernels.add_mome(m, x.to(KERNEL_DEVICE), out.to(KERNEL_DEVICE)).cpu()
+        torch.testing.assert_close(got.double(), exact, atol=1e-5, rtol=1e-5)
+        x16, out16 = x.bfloat16(), out.bfloat16()
+        exact16 = out16.double() + naive_mome(reference, x16.double().reshape(-1, D)).reshape(2, 3, D)
+        got16 = kernels.add_mome(m, x16.to(KERNEL_DEVICE), out16.to(KERNEL_DEVICE)).cpu()
+        kernel_error = (got16.double() - exact16).abs().max()
+        torch_error = ((out16 + m.cpu()(x16).bfloat16()).double() - exact16).abs().max()
+    assert kernel_error <= torch_error + 1e-6
+
+
+def test_decoding_kernels_see_weights_changed_in_place(kernels):
+    m = random_mome(dim=32).float().to(KERNEL_DEVICE)
+    x, out = torch.randn(4, 32, device=KERNEL_DEVICE), torch.randn(4, 32, device=KERNEL_DEVICE)
+    with torch.no_grad():
+        before = kernels.add_mome(m, x, out.clone())
+        m.router.weight.mul_(-1.0)  # other experts win
+        m.down_bias.add_(0.5)
+        got = kernels.add_mome(m, x, out.clone())
+        torch.testing.assert_close(got, out + m(x), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(got, before, atol=1e-3)
+
+
+def test_decoding_kernels_apply_to_inference_on_cuda_only(monkeypatch):
+    from mome_cli import mome_kernels
+
+    m = random_mome(dim=16).float()
+    x = torch.randn(3, 16)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # as if on a GPU
+    monkeypatch.setattr(mome_kernels, "_kernels", (None, None))  # as if Triton were there
+    with torch.no_grad():
+        assert mome_kernels.applies(m, x, x)
+        assert not mome_kernels.applies(m, torch.randn(mome_kernels.MAX_TOKENS + 1, 16), x)  # a prefill
+        m.record_routing = True
+        assert not mome_kernels.applies(m, x, x)  # training wants the routing
+        m.record_routing = False
+        monkeypatch.setenv("MOME_KERNELS", "0")
+        assert not mome_kernels.applies(m, x, x)
+    assert not mome_kernels.applies(m, x, x)  # autograd on
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_decoding_on_a_gpu_gives_the_same_tokens_with_the_kernels_as_without(monkeypatch):
+    from mome_cli import mome_kernels
+    from mome_cli.decoding import DecodingOptions, decode
+
+    gpu = tiny_model().cuda()
+    torch.manual_seed(0)
+    for m in gpu.mome:  # experts that change the text
+        torch.nn.init.normal_(m.up_weight, std=0.3)
+        torch.nn.init.normal_(m.up_bias, std=0.1)
+    features = random_features((50, 37, 21))
+    features = type(features)(**{k: v.cuda() for k, v in vars(features).items()})
+    calls = []
+    add_mome = mome_kernels.add_mome
+    monkeypatch.setattr(mome_kernels, "add_mome", lambda *a: calls.append(1) or add_mome(*a))
+    options = DecodingOptions(max_new_tokens=30)
+    with_kernels = decode(gpu, features, (4, 2), options=options)
+    assert calls  # the decoding steps went through them (the prefill, 100+ tokens a row, does not)
+    monkeypatch.setenv("MOME_KERNELS", "0")
+    gpu._static_greedy = None
+    without = decode(gpu, features, (4, 2), options=options)
+    assert [r.tokens for r in with_kernels] == [r.tokens for r in without]
+    for a, b in zip(with_kernels, without):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
+
+
+def test_kernels_that_fail_give_way_to_pytorch_once(monkeypatch):
+    """A GPU or Triton build the kernels do not compile for: one warning, then PyTorch's operations, same sums."""
+    from mome_cli import mome_kernels
+
+    m = random_mome(dim=16).float()
+    x, out = torch.randn(3, 16), torch.randn(3, 16)
+    monkeypatch.setattr(mome_kernels, "applies", lambda *a: mome_kernels._kernels is not False)
+    monkeypatch.setattr(mome_kernels, "_kernels", None)
+
+    def broken(*args):
+        raise RuntimeError("no kernel image for this GPU")
+
+    monkeypatch.setattr(mome_kernels, "add_mome", broken)
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="no kernel image"):
+        got = m.add_to(out.clone(), x)
+    torch.testing.assert_close(got, out + m(x))
+    assert mome_kernels._kernels is False
+    with torch.no_grad():
+        torch.testing.assert_close(m.add_to(out.clone(), x), out + m(x))  # no second warning (pytest would show it)

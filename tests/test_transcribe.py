@@ -142,6 +142,15 @@ def test_a_folder_without_media_beside_other_inputs_is_a_warning(trained, tmp_pa
         result.explain
 
 
+def test_stdout_keeps_one_line_per_input_whatever_its_name(trained, tmp_path):
+    """A file may be named with a tab, a newline or an escape sequence: --stdout shows them escaped, on one line."""
+    odd = tmp_path / "a\tb\nc\x1b[31m\u202ed.mp4"
+    shutil.copy(trained / "media" / "hello.mp4", odd)
+    result = mome("transcribe", odd, "--model", trained / "ckpt", "--roi", "--stdout", cwd=tmp_path)
+    assert result.returncode == 0, result.explain
+    assert result.stdout == f"{tmp_path}/a\\tb\\nc\\x1b[31m\\u202ed.mp4\thello world\n", result.explain
+
+
 def test_an_output_name_taken_by_a_folder_is_an_error_not_a_skip(trained, tmp_path):
     (tmp_path / "out" / "hello.txt").mkdir(parents=True)
     clip = trained / "media" / "hello.mp4"
