@@ -122,7 +122,8 @@ def _packed(module) -> tuple[torch.Tensor, torch.Tensor]:
             weight = torch.cat([module.router.weight.t(), module.down_weight.transpose(0, 1).reshape(D, E * b)], dim=1)
             bias = torch.cat([module.down_bias.new_zeros(module.router.weight.shape[0]), module.down_bias.reshape(-1)])
         pad = -weight.shape[1] % _BLOCK_C  # columns up to a multiple of the tile: aligned rows, no masks
-        weight, bias = torch.nn.functional.pad(weight.float(), (0, pad)), torch.nn.functional.pad(bias.float(), (0, pad))
+        weight = torch.nn.functional.pad(weight.float(), (0, pad))
+        bias = torch.nn.functional.pad(bias.float(), (0, pad))
         cached = (key, weight.contiguous(), bias.contiguous())
         module._packed = cached
     return cached[1], cached[2]

@@ -4,7 +4,6 @@ crop geometry on synthetic faces, interpolation and smoothing against hand-compu
 
 import numpy as np
 import pytest
-import torch
 
 
 from conftest import FakeDetector

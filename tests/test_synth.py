@@ -256,7 +256,6 @@ def test_long_form_clips_join_each_speakers_clips_with_their_pauses(corpus, tmp_
     shutil.copytree(corpus[0], out)
     rows = synth.join_clips(out, "train", 100.0, out / "long")  # every speaker's train clips, all joined
     train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
-    durations = {r["id"]: r["duration"] for r in map(json.loads, (out / "alignments.jsonl").read_text().splitlines())}
     speakers = list(dict.fromkeys(r["id"].rsplit("_", 1)[0] for r in train))
     assert [r["id"] for r in rows] == [f"{s}_long000" for s in speakers]
     assert sorted(p for r in rows for p in r["parts"]) == sorted(r["id"] for r in train)
