@@ -276,6 +276,7 @@ class StaticGreedy:
         device = self.bias.device
         if hasattr(self.cache, "reset"):  # transformers'; llama.py's needs none (the mask hides stale slots)
             self.cache.reset()
+        self.slot.fill_(0)  # llama.py's cache writes a one-position prefill at the slot (the last run's otherwise)
         keys = torch.zeros(B, S, dtype=torch.bool, device=device)
         keys[:, :L] = prefix.attention_mask.bool()  # (B, S): real prefix positions
         causal = torch.ones(L, S, dtype=torch.bool, device=device).tril()  # (L, S): key j <= query i
@@ -336,6 +337,9 @@ def decode(
 
     static: greedy on the static cache (StaticGreedy) even on the CPU (True), never (False), or on CUDA only (None).
     """
+    from .mome_kernels import refresh
+
+    refresh(model.mome)  # weights changed since the last call (training's validation) reach the MoME kernels
     eos = model.tokenizer.eos_token_id
     on_cuda = next(model.llm.parameters()).device.type == "cuda"
     if options.beam_size == 1 and (static or (static is None and options.cuda_graphs and on_cuda)):

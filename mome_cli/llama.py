@@ -208,7 +208,7 @@ def fused(weight: torch.Tensor | None, addresses: list[int], linears: list[nn.Li
     (.to() to another device or dtype, load_state_dict with assign=True), which rebinds it elsewhere."""
     if weight is None:
         return False
-    if torch.compiler.is_compiling():  # a traced step has no addresses; its model is not moved while it runs
+    if torch.compiler.is_compiling():  # a traced step cannot read addresses; _fuse_again keeps the tensor current
         return True
     return addresses == [m.weight.data_ptr() for m in linears]
 
@@ -356,16 +356,31 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        self.register_load_state_dict_post_hook(lambda module, keys: module._fuse_again())
 
     def fuse_projections(self) -> "LlamaForCausalLM":
         """Each layer's q/k/v weights and gate/up weights become views of one tensor each, run as one matmul (the
-        same parameters under the same names, no extra memory): 3 fewer kernels a layer and a step. For inference,
-        once the weights are where they will run; a layer whose weights are moved or replaced afterwards goes back
-        to one matmul each (the fused tensor is then stale, and unused)."""
+        same parameters under the same names, no extra memory): 3 fewer kernels a layer and a step. For inference
+        (a fused layer's projections get no gradients, and safetensors will not save tensors that share memory).
+        Moving or casting the model (.to, .float, ...) or loading weights with assign=True fuses them again."""
         for layer in self.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
             attn.qkv, attn.qkv_addresses = fuse([attn.q_proj, attn.k_proj, attn.v_proj])
             mlp.gate_up, mlp.gate_up_addresses = fuse([mlp.gate_proj, mlp.up_proj])
+        return self
+
+    def _fuse_again(self) -> None:
+        """Fuse the projections again if they were fused and some weight is now another tensor. (A traced step,
+        under torch.compile, cannot check the weights' addresses itself, so a fused tensor must never be stale.)"""
+        layers = [(layer.self_attn, layer.mlp) for layer in self.model.layers]
+        if any(attn.qkv is not None for attn, _ in layers) and not all(
+                fused(attn.qkv, attn.qkv_addresses, [attn.q_proj, attn.k_proj, attn.v_proj])
+                and fused(mlp.gate_up, mlp.gate_up_addresses, [mlp.gate_proj, mlp.up_proj]) for attn, mlp in layers):
+            self.fuse_projections()
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._fuse_again()
         return self
 
     def get_decoder(self) -> LlamaModel:

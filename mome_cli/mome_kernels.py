@@ -9,10 +9,15 @@ about fifteen launches, among them float32 products of one row that take 5 to 9 
    every expert's hidden pre-activations. Each program takes one 128-row slice of x and 32 columns, so that even one
    token's product runs on many SMs (a program per column block, looping over x, took 50 µs on an H100; this, 3 µs);
    the slices' partial sums are added up by gate_up, in a fixed order (the same result every run).
-2. `gate_up`: per token, the top-k of its R router logits (a tie goes to the lower index), their softmax (the
+2. `gate_up`: per token, the top-k of its R router logits (an exact tie goes to the lower index, where torch.topk's
+   choice is unspecified; trained or randomly initialised routers do not tie), their softmax (the
    renormalised gates), 1 for the shared experts, GELU of the hidden units times their expert's gate, the
    up-projection plus the gated up-biases, and `out += that`, rounded once to out's dtype (out is the output of the
    sublayer MoME runs beside, so the add and the cast of the PyTorch road are in it too).
+
+The router and down weights are read from a packed float32 copy (one (D, R + E*b) matrix), which stays at one
+address while the weights keep theirs: a CUDA graph captured once reads it there, and decode() refills it first
+(`refresh`), so that weights updated in place since (training's validation) are what it reads.
 
 The numbers are MoME.forward's up to float32 summation order (tests/test_mome.py runs both, on a CPU through Triton's
 interpreter). They serve inference only (no autograd, no routing record), on CUDA, for at most MAX_TOKENS tokens: a
@@ -111,28 +116,51 @@ def _define():
 
 
 def _packed(module) -> tuple[torch.Tensor, torch.Tensor]:
-    """([router | down] (D, C), [0 | down_bias] (C,)) in float32, made once and again whenever a weight changed
-    (another tensor, or the same one updated in place: its version counter moved)."""
+    """([router | down] (D, CP), [0 | down_bias] (CP,)) in float32, columns padded to a multiple of the tile. Made
+    on first use and again when a weight is another tensor (moved, cast, assigned); filled again in place when one
+    was updated in place (its version counter moved), so that a CUDA graph captured earlier, which reads the copy
+    where it is, reads the new values. `refresh` fills it unconditionally (writes that move no counter)."""
     sources = (module.router.weight, module.down_weight, module.down_bias)
-    key = tuple((t.data_ptr(), _version(t)) for t in sources)
+    where, versions = tuple(t.data_ptr() for t in sources), tuple(_version(t) for t in sources)
     cached = getattr(module, "_packed", None)
-    if cached is None or cached[0] != key:
+    if cached is None or cached[0] != where:
         E, D, b = module.down_weight.shape
-        with torch.no_grad():
-            weight = torch.cat([module.router.weight.t(), module.down_weight.transpose(0, 1).reshape(D, E * b)], dim=1)
-            bias = torch.cat([module.down_bias.new_zeros(module.router.weight.shape[0]), module.down_bias.reshape(-1)])
-        pad = -weight.shape[1] % _BLOCK_C  # columns up to a multiple of the tile: aligned rows, no masks
-        weight = torch.nn.functional.pad(weight.float(), (0, pad))
-        bias = torch.nn.functional.pad(bias.float(), (0, pad))
-        cached = (key, weight.contiguous(), bias.contiguous())
-        module._packed = cached
-    return cached[1], cached[2]
+        C = module.router.weight.shape[0] + E * b
+        CP = -(-C // _BLOCK_C) * _BLOCK_C  # aligned rows, no column masks
+        with torch.inference_mode(False):  # ordinary tensors: filled again in place also outside inference mode
+            weight = torch.zeros(D, CP, dtype=torch.float32, device=module.down_weight.device)
+            bias = torch.zeros(CP, dtype=torch.float32, device=module.down_weight.device)
+        cached = module._packed = [where, None, weight, bias]
+    if cached[1] != versions:
+        _fill(module, cached[2], cached[3])
+        cached[1] = versions
+    return cached[2], cached[3]
+
+
+def _fill(module, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    E, D, b = module.down_weight.shape
+    R = module.router.weight.shape[0]
+    with torch.no_grad():
+        weight[:, :R].copy_(module.router.weight.t())
+        weight[:, R : R + E * b].copy_(module.down_weight.transpose(0, 1).reshape(D, E * b))
+        bias[R : R + E * b].copy_(module.down_bias.reshape(-1))
+
+
+def refresh(modules) -> None:
+    """The current weights into the packed copies made so far, in place. decode() calls it first, so that weights
+    changed in any way since the last call (an optimizer step, load_weights, a write through .data, which moves no
+    version counter) are what the kernels read, also from a CUDA graph captured earlier (it reads the copies where
+    they are)."""
+    for module in modules:
+        cached = getattr(module, "_packed", None)
+        if cached is not None:
+            _fill(module, cached[2], cached[3])
 
 
 def _version(t: torch.Tensor) -> int:
     try:
         return t._version
-    except RuntimeError:  # a tensor made under inference_mode has no version counter (and cannot change in place)
+    except RuntimeError:  # a tensor made under inference_mode has no version counter (refresh covers it)
         return 0
 
 
@@ -177,4 +205,4 @@ def add_mome(module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return out
 
 
-__all__ = ["MAX_TOKENS", "applies", "add_mome", "disable"]
+__all__ = ["MAX_TOKENS", "applies", "add_mome", "disable", "refresh"]

@@ -456,8 +456,9 @@ class Trainer:
         if cfg.average_last:
             steps = self.average(cfg.average_last) if self.main else None
             if self.world > 1:  # every process validates the model that was saved
-                for p in self.trainable:
-                    torch.distributed.broadcast(p.data, src=0)
+                with torch.no_grad():  # into the parameters themselves (their version counters move)
+                    for p in self.trainable:
+                        torch.distributed.broadcast(p, src=0)
             if self.data.valid_clips:
                 self.validate(averaged=steps)
         if self.world > 1:  # all leave together: a process that tears down gloo while another works can abort

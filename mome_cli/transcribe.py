@@ -37,17 +37,20 @@ ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 def stdout_line(path, text: str) -> str:
     """One `<input>\\t<text>` line of --stdout. A name's control characters (a tab, a newline, ESC: a file may be
-    named with them) are written escaped (\\t, \\n, \\r, \\xNN), and so are bidirectional overrides
-    (\\uNNNN), so that a line is always one input and a terminal shows it as it is; a text read back from an
-    edited file is put on one line."""
+    named with them) are written escaped (\\t, \\n, \\r, \\xNN), and so are line separators, undecodable bytes and
+    bidirectional overrides (\\uNNNN), so that a line is always one input and a terminal shows it as it is; a text
+    read back from an edited file is put on one line. (A backslash stays as it is: Windows paths have them.)"""
     from .decoding import BIDI_CONTROLS, clean_text
 
     def shown(ch: str) -> str:
         if ch in ESCAPES:
             return ESCAPES[ch]
-        if unicodedata.category(ch) == "Cc":
+        category = unicodedata.category(ch)
+        if category == "Cc":
             return f"\\x{ord(ch):02x}"
-        return f"\\u{ord(ch):04x}" if ch in BIDI_CONTROLS else ch
+        # line and paragraph separators (str.splitlines breaks there), a name's undecodable bytes (surrogates,
+        # which a strict UTF-8 stdout refuses), bidirectional overrides
+        return f"\\u{ord(ch):04x}" if category in ("Zl", "Zp", "Cs") or ch in BIDI_CONTROLS else ch
 
     return f"{''.join(shown(ch) for ch in str(path))}\t{clean_text(text)}"
 

@@ -359,9 +359,10 @@ def matmuls(model, **inputs) -> tuple[int, torch.Tensor]:
     return Count.n, logits
 
 
-def test_fused_projections_are_the_parameters_and_unfuse_once_moved(tmp_path):
+def test_fused_projections_are_the_parameters_and_stay_current(tmp_path):
     """q/k/v and gate/up run as one matmul each on views of one tensor: the same parameters (names, values, no extra
-    memory); a cast or move rebinds them, and the layers go back to one matmul each, with the same logits."""
+    memory). A cast or move, or weights loaded with assign=True, fuse them again; weights replaced behind the
+    module's back (param.data = ...) send the layers back to one matmul each. The logits are the same every way."""
     hf, _ = save_llm(tmp_path)
     ours, _ = load_llm(str(tmp_path), native=True)
     attn, mlp = ours.model.layers[0].self_attn, ours.model.layers[0].mlp
@@ -376,10 +377,17 @@ def test_fused_projections_are_the_parameters_and_unfuse_once_moved(tmp_path):
     layers = len(ours.model.layers)
     fused_count, fused_logits = matmuls(ours, **inputs)
     assert fused_count == 4 * layers + 1  # qkv, o, gate_up, down per layer; the LM head
-    ours.to(torch.float64)  # new storage for every parameter: the fused tensors are stale
+    ours.to(torch.float64)  # new storage for every parameter: fused again
+    assert attn.qkv.dtype == torch.float64 and attn.q_proj.weight.data_ptr() == attn.qkv.data_ptr()
+    cast_count, cast_logits = matmuls(ours, **{**inputs, "inputs_embeds": embeds.double()})
+    assert cast_count == 4 * layers + 1
+    ours.load_state_dict({n: t.clone() for n, t in ours.state_dict().items()}, assign=True)  # fused again
+    assert attn.q_proj.weight.data_ptr() == attn.qkv.data_ptr()
+    for p in ours.parameters():
+        p.data = p.data.clone()  # behind the module's back: the fused tensors are stale, and not used
     plain_count, plain_logits = matmuls(ours, **{**inputs, "inputs_embeds": embeds.double()})
     assert plain_count == 7 * layers + 1
-    for logits in (fused_logits, plain_logits):
+    for logits in (fused_logits, cast_logits, plain_logits):
         torch.testing.assert_close(logits[mask.bool()].float(), expected, atol=1e-5, rtol=1e-5)
 
 
@@ -409,3 +417,25 @@ def test_llama_on_a_gpu_decodes_as_transformers_with_its_graph(tmp_path, dtype):
     assert same  # all of them in float32 (above); in bf16 a near tie may go the other way in a row
     for got, want in same:
         assert got.logprob == pytest.approx(want.logprob, abs=0.25 if dtype == torch.bfloat16 else 1e-3)  # 30 tokens
+
+
+def test_a_static_cache_runner_gives_a_fresh_runner_tokens_for_any_prefix_length(tmp_path):
+    """A runner serves batch after batch: a prefix of one position must not write where the last run stopped."""
+    from mome_cli.decoding import StaticGreedy
+    from mome_cli.model import Prefix
+
+    save_llm(tmp_path)
+    ours, _ = load_llm(str(tmp_path), native=True)
+    g = torch.Generator().manual_seed(0)
+
+    def prefix(L):
+        return Prefix(embeds=torch.randn(2, L, 64, generator=g), attention_mask=torch.ones(2, L, dtype=torch.long),
+                      position_ids=torch.arange(L).expand(2, L))
+
+    first, second = prefix(5), prefix(1)
+    with torch.inference_mode():
+        runner = StaticGreedy(ours, batch=2, cache_len=32, max_new_tokens=8, eos=10**6, graphs=False)
+        runner.run(first, 8)
+        reused = runner.run(second, 8)
+        fresh = StaticGreedy(ours, batch=2, cache_len=32, max_new_tokens=8, eos=10**6, graphs=False).run(second, 8)
+    assert reused == fresh

@@ -246,6 +246,25 @@ def test_decoding_kernels_see_weights_changed_in_place(kernels):
         assert not torch.allclose(got, before, atol=1e-3)
 
 
+def test_decoding_kernels_read_new_weights_where_a_captured_graph_reads_them(kernels):
+    """A CUDA graph captured earlier reads the packed copy of router and down weights at its address: updates in
+    place (an optimizer step, a write through .data, which moves no version counter) must land there, not in a new
+    copy. decode() refreshes it first; a direct call refills it when a version counter moved."""
+    m = random_mome(dim=32).float().to(KERNEL_DEVICE)
+    x, out = torch.randn(4, 32, device=KERNEL_DEVICE), torch.randn(4, 32, device=KERNEL_DEVICE)
+    with torch.inference_mode():  # as decode() makes it
+        kernels.add_mome(m, x, out.clone())
+    packed = m._packed[2]
+    with torch.no_grad():
+        m.router.weight.mul_(-1.0)  # a version counter moves
+        torch.testing.assert_close(kernels.add_mome(m, x, out.clone()), out + m(x), atol=1e-5, rtol=1e-5)
+        m.down_weight.data.normal_()  # no counter moves: refresh() (decode's first step) brings it in
+        kernels.refresh([m])
+        torch.testing.assert_close(packed[:, 5:9], m.down_weight[0].float())  # where the first expert's columns are
+        torch.testing.assert_close(kernels.add_mome(m, x, out.clone()), out + m(x), atol=1e-5, rtol=1e-5)
+    assert m._packed[2] is packed  # the same copy all along
+
+
 def test_decoding_kernels_apply_to_inference_on_cuda_only(monkeypatch):
     from mome_cli import mome_kernels
 

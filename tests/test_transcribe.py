@@ -150,6 +150,15 @@ def test_stdout_keeps_one_line_per_input_whatever_its_name(trained, tmp_path):
     assert result.stdout == f"{tmp_path}/a\\tb\\nc\\x1b[31m\\u202ed.mp4\thello world\n", result.explain
 
 
+def test_stdout_lines_escape_what_would_split_or_refuse_them():
+    from mome_cli.transcribe import stdout_line
+
+    name = os.fsdecode(b"a\xffb\xe2\x80\xa8c\\d.mp4")  # an undecodable byte, U+2028, a backslash
+    line = stdout_line(name, "one\ntwo  three\x1b")
+    assert line == "a\\udcffb\\u2028c\\d.mp4\tone two three"
+    assert len(line.splitlines()) == 1 and line.encode("utf-8")  # one line, and UTF-8 takes it
+
+
 def test_an_output_name_taken_by_a_folder_is_an_error_not_a_skip(trained, tmp_path):
     (tmp_path / "out" / "hello.txt").mkdir(parents=True)
     clip = trained / "media" / "hello.mp4"
