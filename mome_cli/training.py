@@ -513,8 +513,12 @@ class _StopRequest:
             return self.signal != 0
         flag = torch.tensor([self.signal], device=device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        self.signal = int(flag.item())
-        return self.signal != 0
+        agreed = int(flag.item())
+        # A signal handled after the flag was made (while this process waited in the all-reduce, where a worker
+        # spends much of a step) is kept for the next step's all-reduce: overwriting it with this step's 0 lost it.
+        if agreed:
+            self.signal = agreed
+        return agreed != 0
 
 
 @contextlib.contextmanager

@@ -308,6 +308,22 @@ def _worker_of_rank(launcher: subprocess.Popen, rank: int) -> int | None:
     return None
 
 
+def test_a_signal_that_comes_during_the_stop_all_reduce_is_kept_for_the_next_step(monkeypatch):
+    """A worker waits in the step's all-reduce much of the time: a SIGTERM handled there, after the flag was made,
+    must stop the run one step later, not be overwritten by that all-reduce's 0 (1 run in ~6 went on to the end)."""
+    from mome_cli.training import _StopRequest
+
+    stop = _StopRequest()
+
+    def signal_during(flag, op=None):  # the handler runs while this process waits for the other
+        stop.signal = signal.SIGTERM
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", signal_during)
+    assert not stop.agreed(2, torch.device("cpu"))  # every process saw 0 in this step's flags: go on, together
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda flag, op=None: None)
+    assert stop.agreed(2, torch.device("cpu")) and stop.signal == signal.SIGTERM  # the next step stops
+
+
 def test_a_signal_to_one_torchrun_process_stops_both_after_the_same_step(corpus):
     # long enough for the signal to land mid-run on a fast machine (120 steps could end in 3 s, before it came)
     steps = 600
