@@ -65,26 +65,17 @@ def native(recognizer: Recognizer) -> Recognizer:
     """The same recogniser with its LLM and Whisper encoder on mome's own code (llama.py, whisper.py), as
     mome_cli.recognizer loads real backbones: the same weight tensors (q/k/v and gate/up fused into new ones), the
     same MoME modules, projectors and AV-HuBERT."""
-    from mome_cli.llama import LlamaConfig, LlamaForCausalLM
+    from mome_cli.llama import LlamaConfig, build_from_weights, llama_from_weights
     from mome_cli.whisper import LogMel, WhisperEncoder, WhisperEncoderConfig
-
-    def rebuilt(build, weights: dict) -> torch.nn.Module:
-        with torch.device("meta"):
-            module = build()
-        module.load_state_dict(weights, strict=False, assign=True)  # not strict: a tied LM head is not listed
-        return module.requires_grad_(False).eval()
 
     hf = recognizer.model.llm
     config = LlamaConfig.from_dict(hf.config.to_dict())
-    llm = rebuilt(lambda: LlamaForCausalLM(config), dict(hf.state_dict()))
-    if config.tie_word_embeddings:
-        llm.lm_head.weight = llm.model.embed_tokens.weight
-    llm.fuse_projections()
+    llm = llama_from_weights(config, hf.state_dict(), "transformers' LLM").fuse_projections()
     model = AVSRModel(recognizer.model.config, llm, recognizer.model.tokenizer)
     model.load_state_dict(recognizer.model.trainable_state_dict(), strict=False)
     whisper = recognizer.audio_encoder.encoder
-    encoder = rebuilt(lambda: WhisperEncoder(WhisperEncoderConfig.from_dict(whisper.config.to_dict())),
-                      whisper.state_dict())
+    encoder = build_from_weights(lambda: WhisperEncoder(WhisperEncoderConfig.from_dict(whisper.config.to_dict())),
+                                 whisper.state_dict(), "transformers' Whisper encoder", "Whisper")
     device = next(hf.parameters()).device
     audio = WhisperAudioEncoder(encoder, LogMel().to(device))
     return Recognizer(model.to(device).eval(), audio, recognizer.video_encoder, name=recognizer.name)

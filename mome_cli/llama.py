@@ -240,10 +240,13 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(N * d, H, bias=False)
         self.qkv, self.qkv_addresses = None, []  # ((N + 2K) * d, H) once fuse_projections() ran
 
+    def projections_fused(self) -> bool:
+        return fused(self.qkv, self.qkv_addresses, [self.q_proj, self.k_proj, self.v_proj])
+
     def forward(self, hidden_states: torch.Tensor, rope: tuple, mask: torch.Tensor, cache) -> torch.Tensor:
         B, T, _ = hidden_states.shape
         N, K, d = self.heads, self.kv_heads, self.head_dim
-        if fused(self.qkv, self.qkv_addresses, [self.q_proj, self.k_proj, self.v_proj]):
+        if self.projections_fused():
             qkv = F.linear(hidden_states, self.qkv).view(B, T, N + 2 * K, d)
             qk, v = rotate(qkv[:, :, : N + K], *rope), qkv[:, :, N + K :]  # (B, T, N+K, d), (B, T, K, d)
             q, k = qk[:, :, :N], qk[:, :, N:]
@@ -266,8 +269,11 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
         self.gate_up, self.gate_up_addresses = None, []  # (2F, H) once fuse_projections() ran
 
+    def projections_fused(self) -> bool:
+        return fused(self.gate_up, self.gate_up_addresses, [self.gate_proj, self.up_proj])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fused(self.gate_up, self.gate_up_addresses, [self.gate_proj, self.up_proj]):
+        if self.projections_fused():
             gate, up = F.linear(x, self.gate_up).chunk(2, dim=-1)  # (B, T, F) each
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
@@ -372,10 +378,9 @@ class LlamaForCausalLM(nn.Module):
     def _fuse_again(self) -> None:
         """Fuse the projections again if they were fused and some weight is now another tensor. (A traced step,
         under torch.compile, cannot check the weights' addresses itself, so a fused tensor must never be stale.)"""
-        layers = [(layer.self_attn, layer.mlp) for layer in self.model.layers]
-        if any(attn.qkv is not None for attn, _ in layers) and not all(
-                fused(attn.qkv, attn.qkv_addresses, [attn.q_proj, attn.k_proj, attn.v_proj])
-                and fused(mlp.gate_up, mlp.gate_up_addresses, [mlp.gate_proj, mlp.up_proj]) for attn, mlp in layers):
+        parts = [part for layer in self.model.layers for part in (layer.self_attn, layer.mlp)]
+        if any(layer.self_attn.qkv is not None for layer in self.model.layers) and not all(
+                part.projections_fused() for part in parts):
             self.fuse_projections()
 
     def _apply(self, fn, recurse=True):
@@ -496,8 +501,9 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def build_from_weights(build, weights: dict[str, torch.Tensor], folder: Path, family: str) -> nn.Module:
-    """build() on the meta device (no random initialisation: every tensor comes from weights), after checking that
-    weights, read from folder, has each of its parameters, no other tensor and the shapes it makes (ValueError)."""
+    """build() on the meta device with weights' tensors as its parameters (no random initialisation), frozen and in
+    eval mode, after checking that weights, read from folder, has each of its parameters, no other tensor and the
+    shapes it makes (ValueError)."""
     with torch.device("meta"):
         module = build()
     expected = dict(module.named_parameters())
@@ -509,7 +515,19 @@ def build_from_weights(build, weights: dict[str, torch.Tensor], folder: Path, fa
         if tensor.shape != expected[name].shape:
             raise ValueError(f"{folder}: {name} is {tuple(tensor.shape)}, its config makes it "
                              f"{tuple(expected[name].shape)}")
-    return module
+    module.load_state_dict(weights, strict=False, assign=True)  # not strict: a tied parameter is listed once
+    return module.requires_grad_(False).eval()
+
+
+def llama_from_weights(config: LlamaConfig, weights: dict[str, torch.Tensor], folder) -> LlamaForCausalLM:
+    """LlamaForCausalLM of config with transformers-named weights (from folder), frozen, in eval mode: the copy of
+    a tied LM head and the rotary frequencies old files hold are left out (ValueError as build_from_weights)."""
+    weights = {n: t for n, t in weights.items()
+               if "rotary_emb" not in n and not (config.tie_word_embeddings and n == "lm_head.weight")}
+    model = build_from_weights(lambda: LlamaForCausalLM(config), weights, folder, "Llama")
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model
 
 
 def load_llama(folder, dtype: torch.dtype = torch.float32, device: str = "cpu"):
@@ -524,16 +542,9 @@ def load_llama(folder, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     except (KeyError, TypeError) as e:
         raise ValueError(f"{folder / 'config.json'}: not a Llama config ({e!r} missing or wrong)") from e
     tokenizer = Tokenizer.from_folder(folder)
-    weights = {n: t for n, t in read_weights(folder).items() if "rotary_emb" not in n}  # old files hold inv_freq
-    if config.tie_word_embeddings:
-        weights.pop("lm_head.weight", None)
-    model = build_from_weights(lambda: LlamaForCausalLM(config), weights, folder, "Llama")
-    model.load_state_dict(weights, strict=False, assign=True)  # not strict: a tied lm_head is not in the file
-    if config.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
-    model.requires_grad_(False).eval()
+    model = llama_from_weights(config, read_weights(folder), folder)
     return model.to(device=device, dtype=dtype), tokenizer
 
 
 __all__ = ["NotSupported", "LlamaConfig", "KVCache", "StaticKVCache", "LlamaModel", "LlamaForCausalLM", "Tokenizer",
-           "load_llama"]
+           "build_from_weights", "llama_from_weights", "load_llama"]

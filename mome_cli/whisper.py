@@ -178,8 +178,6 @@ def load_whisper_encoder(folder, dtype: torch.dtype = torch.float32, device: str
     if any(n.startswith("model.encoder.") for n in weights):  # a whole Whisper model: keep its encoder
         weights = {n[len("model.encoder."):]: t for n, t in weights.items() if n.startswith("model.encoder.")}
     encoder = build_from_weights(lambda: WhisperEncoder(config), weights, folder, "Whisper")
-    encoder.load_state_dict(weights, assign=True)
-    encoder.requires_grad_(False).eval()
     return encoder.to(device=device, dtype=dtype), features.to(device)
 
 
