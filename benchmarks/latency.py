@@ -69,6 +69,16 @@ def profile(model, features, rate: tuple, tokens: int) -> None:
     gpu_ms = (counts[tokens][1] - counts[1][1]) / (tokens - 1)
     print(f"profile: prefill + 1 token: {counts[1][0]} kernels, {counts[1][1]:.1f} ms GPU time; "
           f"each further step: {per_step:.0f} kernels, {gpu_ms:.2f} ms GPU time")
+    if cuda:  # the same steps replayed as a CUDA graph: wall time a step, against the kernels' own time
+        walls = {}
+        for n in (tokens, 1):  # the runner made and captured for `tokens` serves 1 too: the same cache length
+            options = DecodingOptions(max_new_tokens=n)
+            decode(model, features, rate, "av", options)
+            walls[n] = statistics.median(timed(lambda: decode(model, features, rate, "av", options))[0]
+                                         for _ in range(5))
+        wall_ms = 1e3 * (walls[tokens] - walls[1]) / (tokens - 1)
+        print(f"graph replay: {wall_ms:.2f} ms a step of wall time for {gpu_ms:.2f} ms of kernel time: "
+              f"{1e3 * (wall_ms - gpu_ms) / per_step:.1f} µs a kernel between kernels")
     print(table)
 
 
@@ -93,7 +103,7 @@ def profile_encoders(recognizer, audio, rois) -> None:
 
 OURS = "mome (own Llama and Whisper code; static cache + CUDA graph)"
 OURS_HF = "mome on transformers' Llama and Whisper (static cache + CUDA graph)"
-OURS_NO_KERNELS = "mome (own code), MoME modules as PyTorch operations (MOME_KERNELS=0)"
+OURS_NO_KERNELS = "mome (own code), no Triton kernels: MoME and decoding step as PyTorch operations (MOME_KERNELS=0)"
 OURS_COMPILED = "mome (own code), step compiled with torch.compile before capture"
 GENERATE = "transformers generate (baseline)"
 GENERATE_STATIC = "transformers generate, static cache + compile"

@@ -36,8 +36,12 @@ import inspect
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 NUM_LANDMARKS = 68  # iBUG 300-W points: 0-16 jaw, 17-26 brows, 27-35 nose, 36-47 eyes, 48-67 lips
 STABLE_POINTS = (28, 33, 36, 39, 42, 45, 48, 54)  # nose ridge and tip, eye corners, mouth corners
@@ -353,15 +357,23 @@ def crop_mouths(frames, landmarks, mean_face: np.ndarray | None = None) -> np.nd
     return rois
 
 
-def centre_crop_normalise(rois) -> np.ndarray:
-    """(T, S, S) uint8 ROIs -> (T, C, C) float32 centre crops as (x / 255 - PIXEL_MEAN) / PIXEL_STD."""
-    rois = np.asarray(rois)
-    T, H, W = rois.shape
-    if H < CROP_SIZE or W < CROP_SIZE:
-        raise ValueError(f"ROIs must be at least {CROP_SIZE} x {CROP_SIZE}, got {H} x {W}")
-    top, left = (H - CROP_SIZE) // 2, (W - CROP_SIZE) // 2
-    crop = rois[:, top : top + CROP_SIZE, left : left + CROP_SIZE].astype(np.float32) / 255.0  # (T, C, C)
-    return (crop - PIXEL_MEAN) / PIXEL_STD
+def normalised_crops(rois: list, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """B (T_i, S, S) uint8 ROIs -> (B, T, C, C) float32 centre crops as (x / 255 - PIXEL_MEAN) / PIXEL_STD, zero-padded
+    to the longest, on device; and (B,) lengths. The bytes go to the device and are normalised there: a quarter of
+    the copy, and no float work on the host (for a 23 s clip, 18 MB of float32)."""
+    import torch
+
+    lengths = [len(r) for r in rois]
+    frames = torch.zeros(len(rois), max(lengths), CROP_SIZE, CROP_SIZE, device=device)  # (B, T, C, C)
+    for i, r in enumerate(rois):
+        r = np.asarray(r)
+        T, H, W = r.shape
+        if H < CROP_SIZE or W < CROP_SIZE:
+            raise ValueError(f"ROIs must be at least {CROP_SIZE} x {CROP_SIZE}, got {H} x {W}")
+        top, left = (H - CROP_SIZE) // 2, (W - CROP_SIZE) // 2
+        crop = torch.from_numpy(np.ascontiguousarray(r[:, top : top + CROP_SIZE, left : left + CROP_SIZE]))
+        frames[i, :T] = (crop.to(device).float() / 255.0 - PIXEL_MEAN) / PIXEL_STD
+    return frames, torch.tensor(lengths)
 
 
 def rois_from_crops(frames) -> np.ndarray:
@@ -432,7 +444,7 @@ __all__ = [
     "load_mean_face",
     "similarity_transform",
     "crop_mouths",
-    "centre_crop_normalise",
+    "normalised_crops",
     "rois_from_crops",
     "mouth_rois",
 ]

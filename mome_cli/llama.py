@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import llama_kernels
+
 
 class NotSupported(Exception):
     """A checkpoint this module does not run (the caller uses transformers instead)."""
@@ -223,7 +225,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     G = N // K
     if G > 1:
         q = q.reshape(B, K, G * T, d)  # (B, K, G*T, d): row g*T + t is query head k*G + g at position t
-        if mask is not None:
+        if mask is not None and T > 1:  # one position's (B, 1, 1, S) mask applies to all G rows as it is
             mask = mask.unsqueeze(2).expand(-1, -1, G, -1, -1).reshape(mask.shape[0], 1, G * T, S)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, K, G*T, d)
     return out.reshape(B, N, T, d)
@@ -248,6 +250,12 @@ class Attention(nn.Module):
         N, K, d = self.heads, self.kv_heads, self.head_dim
         if self.projections_fused():
             qkv = F.linear(hidden_states, self.qkv).view(B, T, N + 2 * K, d)
+            if isinstance(cache, StaticKVCache) and llama_kernels.applies(hidden_states):  # a decoding step
+                k, v = cache.layers[self.index]  # (B, K, S, d)
+                q = llama_kernels.attempt(llama_kernels.rope_cache, qkv, *rope, k, v, cache.slot, N)  # (B, N, 1, d)
+                if q is not None:  # rotated, and this position's keys and values written into the cache
+                    out = llama_kernels.attempt(llama_kernels.attend, q, k, v, mask)  # (B, N, 1, d)
+                    return self.o_proj((attend(q, k, v, mask) if out is None else out).reshape(B, T, N * d))
             qk, v = rotate(qkv[:, :, : N + K], *rope), qkv[:, :, N + K :]  # (B, T, N+K, d), (B, T, K, d)
             q, k = qk[:, :, :N], qk[:, :, N:]
         else:
@@ -274,7 +282,12 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.projections_fused():
-            gate, up = F.linear(x, self.gate_up).chunk(2, dim=-1)  # (B, T, F) each
+            gate_up = F.linear(x, self.gate_up)  # (B, T, 2F)
+            if llama_kernels.applies(x):
+                act = llama_kernels.attempt(llama_kernels.silu_mul, gate_up)  # (B, T, F)
+                if act is not None:
+                    return self.down_proj(act)
+            gate, up = gate_up.chunk(2, dim=-1)  # (B, T, F) each
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
         return self.down_proj(F.silu(gate) * up)
@@ -289,8 +302,12 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, h: torch.Tensor, rope: tuple, mask: torch.Tensor, cache) -> torch.Tensor:
-        h = h + self.self_attn(self.input_layernorm(h), rope, mask, cache)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        a = self.self_attn(self.input_layernorm(h), rope, mask, cache)
+        norm = self.post_attention_layernorm
+        both = (llama_kernels.attempt(llama_kernels.add_rms_norm, h, a, norm.weight, norm.eps)
+                if llama_kernels.applies(h) else None)  # h + a and its norm in one kernel at decoding steps
+        h, x = both if both is not None else (h + a, None)
+        return h + self.mlp(norm(h) if x is None else x)
 
 
 @dataclass

@@ -389,11 +389,10 @@ class Backbones(torch.nn.Module):
 
     def _video_states(self, rois: list) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, Tv, D) video encoder states of the clips' 96x96 mouth crops, centre-cropped to 88x88; (B,) lengths."""
-        from .lips import centre_crop_normalise
+        from .lips import normalised_crops
 
-        crops = [torch.from_numpy(centre_crop_normalise(r)) for r in rois]  # (T_i, 88, 88) each
-        frames = torch.nn.utils.rnn.pad_sequence(crops, batch_first=True)  # (B, Tv, 88, 88)
-        return self.video_encoder(frames.to(self.device), torch.tensor([len(c) for c in crops], device=self.device))
+        frames, lengths = normalised_crops(rois, self.device)  # (B, Tv, 88, 88)
+        return self.video_encoder(frames, lengths.to(self.device))
 
     def forward(self, audio: list, rois: list, texts: list[str], mode: str, rate: tuple,
                 alignments: list[dict] | None = None) -> dict[str, torch.Tensor]:

@@ -153,17 +153,14 @@ class Recognizer:
     @torch.inference_mode()
     def features(self, audio: list | None, rois: list | None) -> Features:
         """Encode a batch: audio as B sample arrays, rois as B (T, R, R) uint8 arrays; either may be None."""
-        from .lips import centre_crop_normalise
+        from .lips import normalised_crops
 
         f = Features()
         if audio is not None:
             f.audio, f.audio_lengths = self.audio_encoder(audio)
         if rois is not None:
-            crops = [torch.from_numpy(centre_crop_normalise(r)) for r in rois]  # (T_i, 88, 88) each
-            lengths = torch.tensor([len(c) for c in crops])
-            frames = torch.nn.utils.rnn.pad_sequence(crops, batch_first=True)  # (B, T, 88, 88)
-            param = next(self.video_encoder.parameters())
-            f.video, f.video_lengths = self.video_encoder(frames.to(param.device), lengths)
+            frames, lengths = normalised_crops(rois, next(self.video_encoder.parameters()).device)  # (B, T, 88, 88)
+            f.video, f.video_lengths = self.video_encoder(frames, lengths)
         return f
 
     def transcribe(self, clip: Clip, options: RecognizeOptions = RecognizeOptions()) -> Transcript:

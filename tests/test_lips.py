@@ -4,6 +4,7 @@ crop geometry on synthetic faces, interpolation and smoothing against hand-compu
 
 import numpy as np
 import pytest
+import torch
 
 
 from conftest import FakeDetector
@@ -17,7 +18,7 @@ from mome_cli.lips import (
     LandmarkDetector,
     LipConfig,
     NoFaceError,
-    centre_crop_normalise,
+    normalised_crops,
     crop_mouths,
     interpolate_missing,
     load_mean_face,
@@ -189,10 +190,10 @@ def test_crop_centres_the_mouth_and_removes_rotation_and_scale():
     assert abs(np.degrees(np.arctan(slope)) - np.degrees(np.arctan2(*(ref_b - ref_a)[::-1]))) < 1.0
     assert abs((xs.max() - xs.min()) - np.linalg.norm(ref_b - ref_a)) <= 2.0
 
-    crops = centre_crop_normalise(rois)
-    assert crops.shape == (2, CROP_SIZE, CROP_SIZE) and crops.dtype == np.float32
-    np.testing.assert_allclose(crops[0, 44, 44], (255 / 255 - PIXEL_MEAN) / PIXEL_STD, rtol=1e-5)
-    np.testing.assert_allclose(crops[0, 0, 0], (40 / 255 - PIXEL_MEAN) / PIXEL_STD, rtol=1e-5)
+    crops, lengths = normalised_crops([rois], "cpu")
+    assert crops.shape == (1, 2, CROP_SIZE, CROP_SIZE) and crops.dtype == torch.float32 and lengths.tolist() == [2]
+    np.testing.assert_allclose(crops[0, 0, 44, 44], (255 / 255 - PIXEL_MEAN) / PIXEL_STD, rtol=1e-5)
+    np.testing.assert_allclose(crops[0, 0, 0, 0], (40 / 255 - PIXEL_MEAN) / PIXEL_STD, rtol=1e-5)
 
 
 def test_crop_outside_the_frame_is_black():
@@ -294,7 +295,22 @@ def test_rois_from_crops_96():
     rois = rois_from_crops(frames)
     assert rois.shape == (3, 96, 96) and rois.dtype == np.uint8
     assert (rois == 141).all()  # round(0.299 * 100 + 0.587 * 150 + 0.114 * 200) = round(140.75)
-    assert centre_crop_normalise(rois).shape == (3, CROP_SIZE, CROP_SIZE)
+    assert normalised_crops([rois], "cpu")[0].shape == (1, 3, CROP_SIZE, CROP_SIZE)
+
+
+def test_normalised_crops_are_the_centre_crops_normalised_and_zero_padded():
+    g = np.random.default_rng(0)
+    rois = [g.integers(0, 256, (4, 96, 96), dtype=np.uint8), g.integers(0, 256, (2, 90, 100), dtype=np.uint8)]
+    frames, lengths = normalised_crops(rois, "cpu")
+    assert frames.shape == (2, 4, CROP_SIZE, CROP_SIZE) and lengths.tolist() == [4, 2]
+    for i, r in enumerate(rois):
+        top, left = (r.shape[1] - CROP_SIZE) // 2, (r.shape[2] - CROP_SIZE) // 2
+        crop = r[:, top : top + CROP_SIZE, left : left + CROP_SIZE]
+        want = (crop.astype(np.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD
+        np.testing.assert_array_equal(frames[i, : len(r)].numpy(), want)  # float32 the same way: the same numbers
+    assert not frames[1, 2:].any()  # padding is zeros, as before normalising moved to the device
+    with pytest.raises(ValueError, match="at least"):
+        normalised_crops([np.zeros((1, 80, 96), dtype=np.uint8)], "cpu")
 
 
 @pytest.mark.parametrize("shape", [(2, 120, 100), (2, 120, 100, 3), (2, 100, 120)])

@@ -2,6 +2,7 @@
 the CPU inference path must give the numbers and the transcripts transformers gives."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -439,3 +440,115 @@ def test_a_static_cache_runner_gives_a_fresh_runner_tokens_for_any_prefix_length
         reused = runner.run(second, 8)
         fresh = StaticGreedy(ours, batch=2, cache_len=32, max_new_tokens=8, eos=10**6, graphs=False).run(second, 8)
     assert reused == fresh
+
+
+@pytest.fixture
+def llama_kernels(monkeypatch):
+    """llama_kernels, its kernels taking tensors on the CPU too (through Triton's interpreter, conftest) or a GPU."""
+    pytest.importorskip("triton")
+    from mome_cli import llama_kernels
+
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no GPU, and Triton's interpreter is off")
+    monkeypatch.setattr(llama_kernels, "DEVICES", ("cuda", "cpu"))
+    return llama_kernels
+
+
+def within_rounding(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Equal up to float32 order of operations, or to two bf16 steps of the largest value (Triton's interpreter cuts
+    bf16 where a GPU rounds to nearest, and the rotary embedding's two terms may cancel)."""
+    step = 2.0 ** -6 if got.dtype == torch.bfloat16 else 2.0 ** -20
+    assert (got.float() - want.float()).abs().max() <= step * want.float().abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_llama_decoding_kernels_give_pytorchs_numbers(llama_kernels, dtype):
+    from mome_cli.llama import attend, rotate
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(0)
+    B, N, K, S, slot = 3, 8, 2, 10, 4
+    for rows, d in ((B, 16), (1, 16), (B, 48)):  # an angle per row, or one position for every row; d = 48 (the demo)
+        qkv = torch.randn(B, 1, N + 2 * K, d, generator=g).to(dtype)
+        angle = torch.randn(rows, 1, 1, d // 2, generator=g)
+        cos = torch.cat((angle.cos(), angle.cos()), -1).to(dtype)
+        sin = torch.cat((-angle.sin(), angle.sin()), -1).to(dtype)
+        keys, values = torch.zeros(2, B, K, S, d, dtype=dtype, device=device)
+        q = llama_kernels.rope_cache(*(t.to(device) for t in (qkv, cos, sin, keys, values, torch.tensor([slot]))), N)
+        want = rotate(qkv[:, :, : N + K], cos, sin)  # (B, 1, N+K, d)
+        within_rounding(q.cpu(), want[:, :, :N].transpose(1, 2))
+        within_rounding(keys[:, :, slot].cpu(), want[:, 0, N:])
+        assert torch.equal(values[:, :, slot].cpu(), qkv[:, 0, N + K :])
+        others = [s for s in range(S) if s != slot]
+        assert not keys[:, :, others].any() and not values[:, :, others].any()  # only the slot is written
+    for B, N, K, d, S, rows in ((2, 8, 2, 16, 70, 2), (1, 4, 4, 48, 33, 1), (3, 6, 2, 64, 100, 1)):  # G = 4, 1, 3
+        q, keys, values = (torch.randn(B, heads, length, d, generator=g).to(dtype)
+                           for heads, length in ((N, 1), (K, S), (K, S)))
+        allowed = torch.rand(rows, 1, 1, S, generator=g) < 0.7  # a mask for each row, or one for all
+        bias = torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)
+        got = llama_kernels.attend(*(t.to(device) for t in (q, keys, values, bias))).cpu()
+        want = attend(q, keys, values, bias)  # SDPA
+        assert (got.float() - want.float()).abs().max() <= (1e-6 if dtype == torch.float32 else 2.0 ** -7)
+    gate_up = torch.randn(B, 1, 2 * 1500, generator=g).to(dtype)  # F = 1500: two column blocks, the last partial
+    gate, up = gate_up.chunk(2, dim=-1)
+    within_rounding(llama_kernels.silu_mul(gate_up.to(device)).cpu(), torch.nn.functional.silu(gate) * up)
+    h, delta = torch.randn(2, B, 1, 48, generator=g).to(dtype)
+    weight = torch.randn(48, generator=g).to(dtype)
+    total, norm = llama_kernels.add_rms_norm(h.to(device), delta.to(device), weight.to(device), 1e-6)
+    within_rounding(total.cpu(), h + delta)
+    within_rounding(norm.cpu(), torch.nn.functional.rms_norm(h + delta, (48,), weight, 1e-6))
+
+
+def test_llama_decoding_steps_through_the_kernels_give_the_same_tokens(tmp_path, llama_kernels, monkeypatch):
+    """The decoder on the static cache, its steps through the three kernels: the tokens and log-probabilities of
+    PyTorch's operations (MOME_KERNELS=0), and the kernels did run."""
+    save_llm(tmp_path)
+    model = perturbed(AVSRModel(tiny_config(llm=str(tmp_path)), *load_llm(str(tmp_path), native=True)))
+    features = random_features()
+    options = DecodingOptions(max_new_tokens=8, cuda_graphs=False)
+    monkeypatch.setenv("MOME_KERNELS", "0")
+    without = decode(model, features, (4, 2), options=options, static=True)
+    monkeypatch.delenv("MOME_KERNELS")
+    calls = []
+    for name in ("rope_cache", "attend", "silu_mul", "add_rms_norm"):
+        kernel = getattr(llama_kernels, name)
+        monkeypatch.setattr(llama_kernels, name, lambda *a, kernel=kernel, name=name: calls.append(name) or kernel(*a))
+    model._static_greedy = None
+    got = decode(model, features, (4, 2), options=options, static=True)
+    layers = model.llm.config.num_hidden_layers
+    assert all(calls.count(name) == 7 * layers for name in ("rope_cache", "attend", "silu_mul", "add_rms_norm"))
+    assert [r.tokens for r in got] == [r.tokens for r in without]
+    np.testing.assert_allclose([r.logprob for r in got], [r.logprob for r in without], rtol=1e-4, atol=1e-4)
+
+
+def test_llama_kernels_that_fail_give_way_to_pytorch_once(tmp_path, monkeypatch):
+    """A GPU or Triton build the kernels do not run on: one warning, then PyTorch's operations, the same logits."""
+    from mome_cli import llama_kernels
+    from mome_cli.llama import StaticKVCache
+
+    save_llm(tmp_path)
+    llm, _ = load_llm(str(tmp_path), native=True)
+    embeds, mask, positions = left_padded(B=2, L=5)
+
+    def step():  # a prefill, then one position through the static cache
+        cache = StaticKVCache(llm.config, 2, 8, torch.float32, "cpu")
+        allowed = torch.ones(2, 1, 5, 8, dtype=torch.bool).tril()
+        llm(inputs_embeds=embeds, attention_mask=allowed, position_ids=positions, past_key_values=cache, use_cache=True)
+        cache.slot.fill_(5)
+        return llm(inputs_embeds=embeds[:, -1:], attention_mask=torch.ones(2, 1, 1, 8, dtype=torch.bool).tril(5),
+                   position_ids=positions[:, -1:] + 1, past_key_values=cache, use_cache=True).logits
+
+    with torch.inference_mode():
+        want = step()
+        monkeypatch.setattr(llama_kernels, "DEVICES", ("cpu",))
+        monkeypatch.setattr(llama_kernels, "_kernels", (None, None, None))  # as if Triton were there
+
+        def broken(*args):
+            raise RuntimeError("no kernel image for this GPU")
+
+        for name in ("rope_cache", "attend", "silu_mul", "add_rms_norm"):
+            monkeypatch.setattr(llama_kernels, name, broken)
+        with pytest.warns(RuntimeWarning, match="no kernel image"):
+            torch.testing.assert_close(step(), want)
+        assert llama_kernels._kernels is False
+        torch.testing.assert_close(step(), want)  # no second warning (pytest would show it)
