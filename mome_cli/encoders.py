@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .llama import NotSupported
-from .whisper import LogMel
+from .whisper import LogMel, WhisperEncoder as NativeWhisperEncoder
 
 SAMPLE_RATE = 16_000  # Hz, what Whisper and the media stage use
 HOP_LENGTH = 160  # samples per mel frame: 100 mel frames a second
@@ -47,13 +47,59 @@ class EncoderError(Exception):
     """An input an encoder cannot take, or encoder weights that do not fit."""
 
 
+class CapturedForward:
+    """A frozen module's forward on CUDA, replayed from CUDA graphs: one per input shape (the `limit` latest kept),
+    captured at its first call. For Whisper's encoder, whose input is always a 30 s window: its few hundred kernels,
+    launched one by one from Python, take several times their GPU time (benchmarks/RESULTS.md, issue #8), and a graph
+    launches them at once. Each call copies its input into the graph's, replays, and returns a copy of the output (the
+    next replay overwrites the graph's). Moving or replacing the weights (.to(), load_state_dict with assign) makes
+    the graphs stale: they are captured again."""
+
+    def __init__(self, module: nn.Module, limit: int = 2):
+        self.module, self.limit = module, limit
+        self.graphs: dict = {}  # (shape, dtype, device) -> (graph, input, output), oldest first
+        self.weights: tuple = ()  # the weights' addresses when the graphs were captured
+        self.pool = None  # one memory pool for this module's graphs: they replay one at a time
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        weights = tuple(p.data_ptr() for p in self.module.parameters())
+        if weights != self.weights:
+            self.graphs, self.weights = {}, weights
+        key = (tuple(x.shape), x.dtype, x.device)
+        if key not in self.graphs:
+            if len(self.graphs) >= self.limit:
+                self.graphs.pop(next(iter(self.graphs)))
+            self.graphs[key] = self._capture(x)
+        graph, static_in, static_out = self.graphs[key]
+        static_in.copy_(x)
+        graph.replay()
+        return static_out.clone()
+
+    def _capture(self, x: torch.Tensor) -> tuple:
+        static_in = x.clone()
+        side = torch.cuda.Stream()  # a first run on a side stream: cuBLAS and the allocator settle before capture
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self.module(static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        self.pool = self.pool or torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            static_out = self.module(static_in)
+        return graph, static_in, static_out
+
+
 class WhisperAudioEncoder(nn.Module):
-    """16 kHz waveforms -> (B, T, D) Whisper encoder states at 50 Hz, trimmed to the real audio."""
+    """16 kHz waveforms -> (B, T, D) Whisper encoder states at 50 Hz, trimmed to the real audio. On CUDA, for
+    inference, mome's own encoder (whisper.py) runs from CUDA graphs (CapturedForward); `graphs = False` turns them
+    off."""
 
     def __init__(self, encoder: nn.Module, feature_extractor):
         super().__init__()
         self.encoder = encoder.requires_grad_(False).eval()
         self.feature_extractor = feature_extractor
+        self.graphs = True
+        self._captured = None  # CapturedForward of the encoder, made on first use
 
     @property
     def dim(self) -> int:
@@ -80,8 +126,13 @@ class WhisperAudioEncoder(nn.Module):
             mel = self.feature_extractor(arrays, sampling_rate=SAMPLE_RATE, return_tensors="pt", device=device)
             mel = mel.input_features
         mel = mel.to(device=param.device, dtype=param.dtype)  # (B, n_mels, 100 x window) = (B, 80, 3000) for 30 s
-        states = self.encoder(mel)  # (B, 50 x window, D)
-        states = states if torch.is_tensor(states) else states.last_hidden_state
+        native = isinstance(self.encoder, NativeWhisperEncoder)
+        if self.graphs and native and mel.is_cuda and not torch.is_grad_enabled():
+            self._captured = self._captured or CapturedForward(self.encoder)
+            states = self._captured(mel)  # (B, 50 x window, D)
+        else:
+            states = self.encoder(mel)
+            states = states if torch.is_tensor(states) else states.last_hidden_state
         lengths = torch.tensor([max(1, math.ceil(s / SAMPLES_PER_AUDIO_FRAME)) for s in samples])
         return states[:, : int(lengths.max())], lengths.to(states.device)
 

@@ -50,8 +50,9 @@ def _define():
     import triton.language as tl
 
     @triton.jit
-    def rope_cache(qkv_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, slot_ptr, stride_row, stride_angle,
-                   N: tl.constexpr, K: tl.constexpr, S: tl.constexpr, d: tl.constexpr, DP: tl.constexpr):
+    def rope_cache(qkv_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, slot_ptr, stride_row, stride_angle, S,
+                   N: tl.constexpr, K: tl.constexpr, d: tl.constexpr, DP: tl.constexpr):
+        # (S, the cache length, is an argument, not a constant: a runner of another length needs no new compilation)
         # One head vector of one row per program: grid (B, N + 2K). Query heads are rotated into q (B, N, 1, d),
         # key heads rotated and value heads copied into the caches (B, K, S, d) at the slot.
         row, head = tl.program_id(0), tl.program_id(1)
@@ -102,8 +103,8 @@ def _define():
         tl.store(norm_ptr + row * H + j, (x * scale * w).to(h.dtype), mask=inside)
 
     @triton.jit
-    def attend_split(q_ptr, k_ptr, v_ptr, bias_ptr, part_ptr, scale, K: tl.constexpr, G: tl.constexpr,
-                     S: tl.constexpr, d: tl.constexpr, PER_ROW: tl.constexpr, GP: tl.constexpr, DP: tl.constexpr,
+    def attend_split(q_ptr, k_ptr, v_ptr, bias_ptr, part_ptr, scale, S, K: tl.constexpr, G: tl.constexpr,
+                     d: tl.constexpr, PER_ROW: tl.constexpr, GP: tl.constexpr, DP: tl.constexpr,
                      BLOCK_S: tl.constexpr):
         # grid (B * K, S / BLOCK_S): the G query heads of one key/value head against one block of its keys, as
         # flash-decoding splits them: softmax statistics and the weighted values of the block, in float32.
@@ -127,21 +128,31 @@ def _define():
         tl.store(part_ptr + row[:, None] * (DP + 2) + 2 + i[None, :], acc)
 
     @triton.jit
-    def attend_join(part_ptr, out_ptr, G: tl.constexpr, d: tl.constexpr, SPLITS: tl.constexpr, GP: tl.constexpr,
-                    DP: tl.constexpr, SP: tl.constexpr):
-        # grid (B * K,): the blocks' partial softmaxes joined, in block order, into (B, N, 1, d) outputs.
+    def attend_join(part_ptr, out_ptr, splits, G: tl.constexpr, d: tl.constexpr, GP: tl.constexpr,
+                    DP: tl.constexpr, SP: tl.constexpr, SB: tl.constexpr):
+        # grid (B * K,): the blocks' partial softmaxes joined, SB blocks at a time in block order, into (B, N, 1, d)
+        # (SP: splits rounded up to a power of two, so that cache lengths share a compilation)
         bk = tl.program_id(0)
-        g, i, split = tl.arange(0, GP), tl.arange(0, DP), tl.arange(0, SP)
-        in_split = split < SPLITS
-        rows = (bk * SPLITS + split[:, None]) * GP + g[None, :]  # (SP, GP)
-        top = tl.load(part_ptr + rows * (DP + 2), mask=in_split[:, None], other=float("-inf"))
-        total = tl.load(part_ptr + rows * (DP + 2) + 1, mask=in_split[:, None], other=0.0)
-        best = tl.max(top, axis=0)  # (GP,)
-        weight = tl.where(in_split[:, None], tl.exp(top - best[None, :]), 0.0)  # (SP, GP)
-        acc = tl.load(part_ptr + rows[:, :, None] * (DP + 2) + 2 + i[None, None, :], mask=in_split[:, None, None],
-                      other=0.0)  # (SP, GP, DP)
-        out = tl.sum(weight[:, :, None] * acc, axis=0) / tl.sum(weight * total, axis=0)[:, None]  # (GP, DP)
-        tl.store(out_ptr + (bk * G + g[:, None]) * d + i[None, :], out.to(out_ptr.dtype.element_ty),
+        g, i = tl.arange(0, GP), tl.arange(0, DP)
+        best = tl.full((GP,), float("-inf"), tl.float32)
+        for s0 in tl.static_range(0, SP, SB):  # the largest score of each query head
+            split = s0 + tl.arange(0, SB)
+            rows = (bk * splits + split[:, None]) * GP + g[None, :]  # (SB, GP)
+            top = tl.load(part_ptr + rows * (DP + 2), mask=(split < splits)[:, None], other=float("-inf"))
+            best = tl.maximum(best, tl.max(top, axis=0))
+        total = tl.zeros((GP,), tl.float32)
+        acc = tl.zeros((GP, DP), tl.float32)
+        for s0 in tl.static_range(0, SP, SB):  # the blocks' sums, rescaled to it
+            split = s0 + tl.arange(0, SB)
+            inside = split < splits
+            rows = (bk * splits + split[:, None]) * GP + g[None, :]
+            top = tl.load(part_ptr + rows * (DP + 2), mask=inside[:, None], other=float("-inf"))
+            weight = tl.where(inside[:, None], tl.exp(top - best[None, :]), 0.0)  # (SB, GP)
+            total += tl.sum(weight * tl.load(part_ptr + rows * (DP + 2) + 1, mask=inside[:, None], other=0.0), axis=0)
+            part = tl.load(part_ptr + rows[:, :, None] * (DP + 2) + 2 + i[None, None, :], mask=inside[:, None, None],
+                           other=0.0)  # (SB, GP, DP)
+            acc += tl.sum(weight[:, :, None] * part, axis=0)
+        tl.store(out_ptr + (bk * G + g[:, None]) * d + i[None, :], (acc / total[:, None]).to(out_ptr.dtype.element_ty),
                  mask=(g < G)[:, None] & (i < d)[None, :])
 
     return rope_cache, silu_mul, add_rms_norm, attend_split, attend_join
@@ -188,7 +199,7 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: to
         return None  # not the layout of llama.py's decoding step: PyTorch's operations do it
     q = torch.empty(B, heads, 1, d, dtype=qkv.dtype, device=qkv.device)
     angle_stride = cos.stride(0) if cos.shape[0] > 1 else 0  # one position for every row, or one each
-    kernel[(B, heads + 2 * K)](qkv, cos, sin, q, keys, values, slot, qkv.stride(0), angle_stride, N=heads, K=K, S=S,
+    kernel[(B, heads + 2 * K)](qkv, cos, sin, q, keys, values, slot, qkv.stride(0), angle_stride, S, N=heads, K=K,
                                d=d, DP=triton.next_power_of_2(d))
     return q
 
@@ -209,10 +220,10 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torc
     G, splits = N // K, triton.cdiv(S, _BLOCK_S)
     GP, DP = triton.next_power_of_2(G), triton.next_power_of_2(d)
     partials = torch.empty(B * K, splits, GP, DP + 2, dtype=torch.float32, device=q.device)
-    split[(B * K, splits)](q, keys, values, bias, partials, d ** -0.5, K=K, G=G, S=S, d=d, PER_ROW=bias.shape[0] > 1,
+    split[(B * K, splits)](q, keys, values, bias, partials, d ** -0.5, S, K=K, G=G, d=d, PER_ROW=bias.shape[0] > 1,
                            GP=GP, DP=DP, BLOCK_S=_BLOCK_S)
     out = torch.empty_like(q)
-    join[(B * K,)](partials, out, G=G, d=d, SPLITS=splits, GP=GP, DP=DP, SP=triton.next_power_of_2(splits))
+    join[(B * K,)](partials, out, splits, G=G, d=d, GP=GP, DP=DP, SP=max(16, triton.next_power_of_2(splits)), SB=16)
     return out
 
 

@@ -11,9 +11,10 @@ about fifteen launches, among them float32 products of one row that take 5 to 9 
    the slices' partial sums are added up by gate_up, in a fixed order (the same result every run).
 2. `gate_up`: per token, the top-k of its R router logits (an exact tie goes to the lower index, where torch.topk's
    choice is unspecified; trained or randomly initialised routers do not tie), their softmax (the
-   renormalised gates), 1 for the shared experts, GELU of the hidden units times their expert's gate, the
-   up-projection plus the gated up-biases, and `out += that`, rounded once to out's dtype (out is the output of the
-   sublayer MoME runs beside, so the add and the cast of the PyTorch road are in it too).
+   renormalised gates), 1 for the shared experts, then for each expert that runs (K + N_s of E: the others' weights
+   are not read) GELU of its hidden units, its up-projection plus up-bias, times its gate; and `out += that`, rounded
+   once to out's dtype (out is the output of the sublayer MoME runs beside, so the add and the cast of the PyTorch
+   road are in it too). Each program makes 32 output columns, so that one token's pass runs on D / 32 SMs.
 
 The router and down weights are read from a packed float32 copy (one (D, R + E*b) matrix), which stays at one
 address while the weights keep theirs: a CUDA graph captured once reads it there, and decode() refills it first
@@ -35,7 +36,7 @@ import torch
 
 MAX_TOKENS = 64  # the most tokens a call sends through the kernels (decoding: one per clip in the batch)
 _BLOCK_C, _BLOCK_D_IN = 32, 128  # _route_down: columns of z and rows of x per loop step of a program
-_BLOCK_J, _BLOCK_D_OUT = 32, 64  # _gate_up: hidden units per loop step, output columns per program
+_BLOCK_D_OUT = 32  # gate_up: output columns per program
 
 _kernels = None  # (route_down, gate_up), compiled on first use; False when Triton cannot be imported
 
@@ -75,7 +76,7 @@ def _define():
     def gate_up(part_ptr, up_w_ptr, up_b_ptr, out_ptr, stride_out, D: tl.constexpr, CP: tl.constexpr,
                 S: tl.constexpr, SP: tl.constexpr,
                 R: tl.constexpr, NS: tl.constexpr, E: tl.constexpr, K: tl.constexpr, b: tl.constexpr,
-                RP: tl.constexpr, EP: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
+                RP: tl.constexpr, EP: tl.constexpr, BP: tl.constexpr, BLOCK_D: tl.constexpr):
         n, block = tl.program_id(0), tl.program_id(1)
         s = tl.arange(0, SP)  # route_down's S partial sums of each column (padded to a power of two)
         rows = part_ptr + (n * S + s[:, None]) * CP  # (SP, 1)
@@ -96,19 +97,19 @@ def _define():
         in_d = d < D
         e = tl.arange(0, EP)  # every expert, shared ones first
         routed_gate = tl.sum(tl.where((e[:, None] - NS) == r[None, :], g[None, :], 0.0), axis=1)  # (EP,)
-        gate = tl.where(e < NS, 1.0, routed_gate)
-        bias = tl.load(up_b_ptr + e[:, None] * D + d[None, :], mask=(e[:, None] < E) & in_d[None, :], other=0.0)
-        acc = tl.sum(gate[:, None] * bias, axis=0)  # (BLOCK_D,) the gated up-biases
-        for j0 in tl.static_range(0, E * b, BLOCK_J):
-            j = j0 + tl.arange(0, BLOCK_J)  # hidden units, expert j // b
-            in_j = j < E * b
-            h = tl.sum(tl.load(rows + R + j[None, :], mask=(s[:, None] < S) & in_j[None, :], other=0.0), axis=0)
-            h = 0.5 * h * (1.0 + tl.math.erf(h * 0.7071067811865476))  # GELU (the exact one, as F.gelu)
-            expert = j // b
-            routed = tl.sum(tl.where((expert[:, None] - NS) == r[None, :], g[None, :], 0.0), axis=1)
-            h = tl.where(in_j, h * tl.where(expert < NS, 1.0, routed), 0.0)
-            w = tl.load(up_w_ptr + j[:, None] * D + d[None, :], mask=in_j[:, None] & in_d[None, :], other=0.0)
-            acc += tl.sum(h[:, None] * w, axis=0)
+        gate = tl.where(e < NS, 1.0, routed_gate)  # (EP,) 0 for the routed experts not chosen
+        jb = tl.arange(0, BP)  # an expert's hidden units (padded to a power of two)
+        in_j = jb < b
+        acc = tl.zeros((BLOCK_D,), tl.float32)
+        for x in range(E):  # the experts in order, only the K + NS that run read their weights
+            gx = tl.sum(tl.where(e == x, gate, 0.0), axis=0)
+            if gx != 0.0:
+                j = x * b + jb
+                h = tl.sum(tl.load(rows + R + j[None, :], mask=(s[:, None] < S) & in_j[None, :], other=0.0), axis=0)
+                h = 0.5 * h * (1.0 + tl.math.erf(h * 0.7071067811865476))  # GELU (the exact one, as F.gelu)
+                w = tl.load(up_w_ptr + j[:, None] * D + d[None, :], mask=in_j[:, None] & in_d[None, :], other=0.0)
+                bias = tl.load(up_b_ptr + x * D + d, mask=in_d, other=0.0)
+                acc += gx * (tl.sum(h[:, None] * w, axis=0) + bias)
         out = tl.load(out_ptr + n * stride_out + d, mask=in_d, other=0.0).to(tl.float32)
         tl.store(out_ptr + n * stride_out + d, (out + acc).to(out_ptr.dtype.element_ty), mask=in_d)
 
@@ -201,7 +202,7 @@ def add_mome(module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     gate_up[(N, triton.cdiv(D, _BLOCK_D_OUT))](
         partials, module.up_weight, module.up_bias, out2, out2.stride(0), D=D, CP=CP, S=S,
         SP=triton.next_power_of_2(S), R=R, NS=NS, E=E, K=K, b=b, RP=triton.next_power_of_2(R),
-        EP=triton.next_power_of_2(E), BLOCK_J=_BLOCK_J, BLOCK_D=_BLOCK_D_OUT)
+        EP=triton.next_power_of_2(E), BP=triton.next_power_of_2(b), BLOCK_D=_BLOCK_D_OUT)
     return out
 
 

@@ -206,6 +206,34 @@ def test_whisper_gives_transformers_features_and_states(tmp_path, whole):
     torch.testing.assert_close(ours.feature_extractor(waves), expected_mel, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_whisper_on_a_gpu_replays_graphs_that_give_the_eager_states(tmp_path):
+    """On CUDA, mome's Whisper encoder runs from CUDA graphs (one per batch shape): the eager states, for each batch
+    size, again after a replay, and again after the weights moved (the graphs are captured anew)."""
+    save_whisper(tmp_path, whole=False)
+    ours = load_whisper(str(tmp_path), native=True).cuda()
+    rng = np.random.default_rng(0)
+    batches = [[rng.standard_normal(n).astype(np.float32) * 0.1 for n in lengths] for lengths in
+               ((16000, 8 * 16000, 3000), (5000,), (16000, 8 * 16000, 3000))]
+    with torch.inference_mode():
+        ours.graphs = False
+        eager = [ours(b) for b in batches]
+        ours.graphs = True
+        for _ in range(2):
+            for b, (states, lengths) in zip(batches, eager):
+                got, got_lengths = ours(b)
+                torch.testing.assert_close(got, states, atol=1e-5, rtol=1e-5)  # the same kernels, replayed
+                assert torch.equal(got_lengths, lengths)
+        assert len(ours._captured.graphs) == 2  # batches of 3 and 1
+    ours.to(torch.float64)  # the weights move: stale graphs are dropped
+    with torch.inference_mode():
+        got, _ = ours(batches[1])
+        assert got.dtype == torch.float64 and len(ours._captured.graphs) == 1
+        ours.graphs = False
+        torch.testing.assert_close(got, ours(batches[1])[0])
+
+
 def test_whisper_weights_that_do_not_fit_are_an_encoder_error(tmp_path):
     save_whisper(tmp_path, whole=False)
     weights = load_file(tmp_path / "model.safetensors")
@@ -503,8 +531,10 @@ def test_llama_decoding_steps_through_the_kernels_give_the_same_tokens(tmp_path,
     """The decoder on the static cache, its steps through the three kernels: the tokens and log-probabilities of
     PyTorch's operations (MOME_KERNELS=0), and the kernels did run."""
     save_llm(tmp_path)
-    model = perturbed(AVSRModel(tiny_config(llm=str(tmp_path)), *load_llm(str(tmp_path), native=True)))
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where the kernels run (on a CPU: the interpreter)
+    model = perturbed(AVSRModel(tiny_config(llm=str(tmp_path)), *load_llm(str(tmp_path), native=True))).to(device)
     features = random_features()
+    features = type(features)(**{k: v.to(device) for k, v in vars(features).items()})
     options = DecodingOptions(max_new_tokens=8, cuda_graphs=False)
     monkeypatch.setenv("MOME_KERNELS", "0")
     without = decode(model, features, (4, 2), options=options, static=True)
