@@ -9,8 +9,8 @@ Greedy decoding on a CUDA device takes a faster road to the same tokens (StaticG
 so every step has the same shapes and the same buffers, and one step (LLM forward, argmax, bookkeeping) is captured
 once as a CUDA graph and replayed; the host only looks at the GPU every CHECK_EVERY steps, to stop once every row has
 ended. A step then costs one graph launch instead of hundreds of kernel launches from Python, and the capture costs
-about as much as one step, so the first transcript is fast too (no torch.compile; Triton compiles the MoME
-kernels of mome_kernels.py once per machine, then reads them from its disk cache).
+about as much as one step, so the first transcript is fast too (no torch.compile; Triton compiles the kernels of
+mome_kernels.py and llama_kernels.py once per machine, then reads them from its disk cache).
 
 Notation for shapes: B clips, K beams per clip, L prefix length, S cache length, V vocabulary.
 """

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -53,15 +54,20 @@ class CapturedForward:
     launched one by one from Python, take several times their GPU time (benchmarks/RESULTS.md, issue #8), and a graph
     launches them at once. Each call copies its input into the graph's, replays, and returns a copy of the output (the
     next replay overwrites the graph's). Moving or replacing the weights (.to(), load_state_dict with assign) makes
-    the graphs stale: they are captured again."""
+    the graphs stale: they are captured again. A capture that fails is said once, and the module runs eagerly from
+    then on."""
 
     def __init__(self, module: nn.Module, limit: int = 2):
         self.module, self.limit = module, limit
         self.graphs: dict = {}  # (shape, dtype, device) -> (graph, input, output), oldest first
         self.weights: tuple = ()  # the weights' addresses when the graphs were captured
         self.pool = None  # one memory pool for this module's graphs: they replay one at a time
+        self.stream = None  # the stream they are warmed up and captured on
+        self.failed = False
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.failed:
+            return self.module(x)
         weights = tuple(p.data_ptr() for p in self.module.parameters())
         if weights != self.weights:
             self.graphs, self.weights = {}, weights
@@ -69,7 +75,13 @@ class CapturedForward:
         if key not in self.graphs:
             if len(self.graphs) >= self.limit:
                 self.graphs.pop(next(iter(self.graphs)))
-            self.graphs[key] = self._capture(x)
+            try:
+                self.graphs[key] = self._capture(x)
+            except RuntimeError as e:  # an operation a graph cannot hold
+                self.failed = True
+                warnings.warn(f"CUDA graphs unavailable for {type(self.module).__name__} ({str(e)[:200]}); running "
+                              "it eagerly", RuntimeWarning, stacklevel=2)
+                return self.module(x)
         graph, static_in, static_out = self.graphs[key]
         static_in.copy_(x)
         graph.replay()
@@ -77,22 +89,24 @@ class CapturedForward:
 
     def _capture(self, x: torch.Tensor) -> tuple:
         static_in = x.clone()
-        side = torch.cuda.Stream()  # a first run on a side stream: cuBLAS and the allocator settle before capture
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        # A first run on the stream the capture uses: cuBLAS, cuDNN (whose workspaces are per stream) and the
+        # allocator settle there before capture, where making a workspace is not allowed.
+        self.stream = self.stream or torch.cuda.Stream()
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
             self.module(static_in)
-        torch.cuda.current_stream().wait_stream(side)
         self.pool = self.pool or torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
             static_out = self.module(static_in)
+        torch.cuda.current_stream().wait_stream(self.stream)
         return graph, static_in, static_out
 
 
 class WhisperAudioEncoder(nn.Module):
     """16 kHz waveforms -> (B, T, D) Whisper encoder states at 50 Hz, trimmed to the real audio. On CUDA, for
-    inference, mome's own encoder (whisper.py) runs from CUDA graphs (CapturedForward); `graphs = False` turns them
-    off."""
+    inference in bf16 or fp16, mome's own encoder (whisper.py) runs from CUDA graphs (CapturedForward); `graphs =
+    False` turns them off (training does)."""
 
     def __init__(self, encoder: nn.Module, feature_extractor):
         super().__init__()
@@ -127,7 +141,8 @@ class WhisperAudioEncoder(nn.Module):
             mel = mel.input_features
         mel = mel.to(device=param.device, dtype=param.dtype)  # (B, n_mels, 100 x window) = (B, 80, 3000) for 30 s
         native = isinstance(self.encoder, NativeWhisperEncoder)
-        if self.graphs and native and mel.is_cuda and not torch.is_grad_enabled():
+        half = mel.dtype in (torch.bfloat16, torch.float16)  # what a GPU runs (and what was measured: RESULTS.md)
+        if self.graphs and native and half and mel.is_cuda and not torch.is_grad_enabled():
             self._captured = self._captured or CapturedForward(self.encoder)
             states = self._captured(mel)  # (B, 50 x window, D)
         else:

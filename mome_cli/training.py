@@ -167,6 +167,8 @@ class Trainer:
         self.recognizer = build_recognizer(cfg.model_config(), self.home, str(self.device), dtype=dtype,
                                            name=str(self.out), seed=cfg.seed)
         self.model = self.recognizer.model
+        if hasattr(self.recognizer.audio_encoder, "graphs"):  # no CUDA graphs here: a capture that failed would
+            self.recognizer.audio_encoder.graphs = False  # leave CUDA's random generator unusable for dropout
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         if cfg.init and not self.resume:
             self._warm_start(Path(cfg.init))

@@ -97,3 +97,63 @@ def test_loading_backbones_draws_no_progress_bar(tmp_path, capfd):
     load_llm(str(tmp_path / "llm"))
     assert "Loading weights" not in capfd.readouterr().err
     assert logging.is_progress_bar_enabled()
+
+
+class _ReplayedGraph:
+    """Stands in for a CUDA graph on the CPU: replay() runs the module on the captured input into the output."""
+
+    def __init__(self, module, static_in, static_out):
+        self.module, self.static_in, self.static_out = module, static_in, static_out
+        self.replays = 0
+
+    def replay(self):
+        self.replays += 1
+        self.static_out.copy_(self.module(self.static_in))
+
+
+def test_captured_forward_replays_one_graph_per_shape_and_captures_anew_when_weights_move(monkeypatch):
+    from mome_cli.encoders import CapturedForward
+
+    module = torch.nn.Linear(4, 3)
+    captured = CapturedForward(module, limit=2)
+    captures = []
+
+    def capture(x):
+        static_in = x.clone()
+        graph = _ReplayedGraph(module, static_in, module(static_in))
+        captures.append(tuple(x.shape))
+        return graph, static_in, graph.static_out
+
+    monkeypatch.setattr(captured, "_capture", capture)
+    g = torch.Generator().manual_seed(0)
+    a, b, c = (torch.randn(n, 4, generator=g) for n in (2, 5, 7))
+    with torch.no_grad():
+        first = captured(a)
+        torch.testing.assert_close(first, module(a))
+        torch.testing.assert_close(captured(a * 2), module(a * 2))  # the same graph, a new input copied in
+        captured(b)
+        assert captures == [(2, 4), (5, 4)]
+        torch.testing.assert_close(first, module(a))  # a copy: the next replay does not overwrite what was returned
+        captured(c)  # a third shape: the oldest graph goes (limit 2)
+        assert list(captured.graphs) == [((5, 4), torch.float32, a.device), ((7, 4), torch.float32, a.device)]
+        module.weight = torch.nn.Parameter(module.weight * 3)  # replaced weights: every graph is stale
+        torch.testing.assert_close(captured(b), module(b))
+        assert captures[-1] == (5, 4) and len(captured.graphs) == 1
+
+
+def test_captured_forward_that_cannot_capture_runs_eagerly_after_one_warning(monkeypatch):
+    from mome_cli.encoders import CapturedForward
+
+    module = torch.nn.Linear(4, 3)
+    captured = CapturedForward(module)
+
+    def broken(x):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(captured, "_capture", broken)
+    x = torch.randn(2, 4)
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="not permitted"):
+        torch.testing.assert_close(captured(x), module(x))
+    with torch.no_grad():
+        torch.testing.assert_close(captured(x), module(x))  # no second warning (pytest would show it)
+    assert captured.failed and not captured.graphs

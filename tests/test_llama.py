@@ -209,10 +209,10 @@ def test_whisper_gives_transformers_features_and_states(tmp_path, whole):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_whisper_on_a_gpu_replays_graphs_that_give_the_eager_states(tmp_path):
-    """On CUDA, mome's Whisper encoder runs from CUDA graphs (one per batch shape): the eager states, for each batch
-    size, again after a replay, and again after the weights moved (the graphs are captured anew)."""
+    """On CUDA, mome's Whisper encoder in bf16 runs from CUDA graphs (one per batch shape): the eager states, for each
+    batch size, again after a replay, and again after the weights moved (the graphs are captured anew)."""
     save_whisper(tmp_path, whole=False)
-    ours = load_whisper(str(tmp_path), native=True).cuda()
+    ours = load_whisper(str(tmp_path), native=True).to("cuda", torch.bfloat16)
     rng = np.random.default_rng(0)
     batches = [[rng.standard_normal(n).astype(np.float32) * 0.1 for n in lengths] for lengths in
                ((16000, 8 * 16000, 3000), (5000,), (16000, 8 * 16000, 3000))]
@@ -223,15 +223,15 @@ def test_whisper_on_a_gpu_replays_graphs_that_give_the_eager_states(tmp_path):
         for _ in range(2):
             for b, (states, lengths) in zip(batches, eager):
                 got, got_lengths = ours(b)
-                torch.testing.assert_close(got, states, atol=1e-5, rtol=1e-5)  # the same kernels, replayed
+                torch.testing.assert_close(got, states, atol=1e-2, rtol=1e-2)  # the same kernels, replayed
                 assert torch.equal(got_lengths, lengths)
-        assert len(ours._captured.graphs) == 2  # batches of 3 and 1
-    ours.to(torch.float64)  # the weights move: stale graphs are dropped
+        assert len(ours._captured.graphs) == 2 and not ours._captured.failed  # batches of 3 and 1
+    ours.to(torch.float16)  # the weights move: stale graphs are dropped
     with torch.inference_mode():
         got, _ = ours(batches[1])
-        assert got.dtype == torch.float64 and len(ours._captured.graphs) == 1
+        assert got.dtype == torch.float16 and len(ours._captured.graphs) == 1
         ours.graphs = False
-        torch.testing.assert_close(got, ours(batches[1])[0])
+        torch.testing.assert_close(got, ours(batches[1])[0], atol=1e-2, rtol=1e-2)
 
 
 def test_whisper_weights_that_do_not_fit_are_an_encoder_error(tmp_path):
