@@ -59,7 +59,7 @@ class CapturedForward:
 
     def __init__(self, module: nn.Module, limit: int = 2):
         self.module, self.limit = module, limit
-        self.graphs: dict = {}  # (shape, dtype, device) -> (graph, input, output), oldest first
+        self.graphs: dict = {}  # (shape, dtype, device, inference mode) -> (graph, input, output), oldest first
         self.weights: tuple = ()  # the weights' addresses when the graphs were captured
         self.pool = None  # one memory pool for this module's graphs: they replay one at a time
         self.stream = None  # the stream they are warmed up and captured on
@@ -71,7 +71,8 @@ class CapturedForward:
         weights = tuple(p.data_ptr() for p in self.module.parameters())
         if weights != self.weights:
             self.graphs, self.weights = {}, weights
-        key = (tuple(x.shape), x.dtype, x.device)
+        # inference mode too: a graph captured in it holds inference tensors, which no_grad code may not write into
+        key = (tuple(x.shape), x.dtype, x.device, torch.is_inference_mode_enabled())
         if key not in self.graphs:
             if len(self.graphs) >= self.limit:
                 self.graphs.pop(next(iter(self.graphs)))

@@ -1,14 +1,19 @@
 """Triton kernels for llama.py's decoding step: fewer, fused launches where one token per row goes through a layer.
 
-Replayed as a CUDA graph, a decoding step of mome-1b is a few hundred small kernels, and each costs its run time plus
-a launch gap of about 2 µs (benchmarks/RESULTS.md, issue #8), so the number of kernels counts as much as what they
-do. Three kernels replace seven launches a layer:
+Replayed as a CUDA graph, a decoding step of mome-1b is a few hundred kernels of a few microseconds each
+(benchmarks/RESULTS.md, issue #8): how many there are counts as much as what they do. Five kernels replace ten
+launches a layer and a slow attention:
 
 1. `rope_cache`: the rotary embedding of a position's queries and keys, and the write of its keys and values into the
    static cache at the slot the decoder holds (a (1,) tensor on the GPU), from the fused q/k/v projection: one launch
-   instead of five (mul, roll, addcmul, two index_copy).
-2. `silu_mul`: SiLU(gate) * up from the fused gate/up projection: one launch instead of two.
-3. `add_rms_norm`: the residual add after attention and the MLP's RMSNorm of its result: one launch instead of two.
+   instead of five (mul, roll, addcmul, two index_copy). The slot must be below the cache length (StaticGreedy sees
+   to it); a write past it is dropped, where PyTorch's index_copy_ would raise.
+2. `attend`: the position's query heads against the cache, flash-decoding style: `attend_split` runs the grouped query
+   heads of a key/value head against 32-slot blocks of the cache on as many programs, `attend_join` joins the
+   blocks' softmaxes in block order (deterministic). cuDNN's attention took 16.4 µs a layer at this size, these two
+   about 8.5 µs.
+3. `silu_mul`: SiLU(gate) * up from the fused gate/up projection: one launch instead of two.
+4. `add_rms_norm`: the residual add after attention and the MLP's RMSNorm of its result: one launch instead of two.
 
 Each rounds where PyTorch's operations round (to the model's dtype after x * cos, after SiLU, after the add), so in
 float32 and bf16 they give PyTorch's numbers up to the order of float32 operations. They serve inference only (no
@@ -32,7 +37,8 @@ DEVICES = ("cuda",)  # where they run (tests add "cpu", where Triton's interpret
 _BLOCK_F = 1024  # silu_mul: columns per program
 _BLOCK_S = 32  # attend: cache slots per program
 
-_kernels = None  # (rope_cache, silu_mul, add_rms_norm), compiled on first use; False without Triton or once failed
+_kernels = None  # (rope_cache, silu_mul, add_rms_norm, attend_split, attend_join), compiled on first use; False
+# without Triton, or once one failed
 
 
 def _load():
@@ -69,10 +75,10 @@ def _define():
                 tl.store(q_ptr + (row * N + head) * d + i, y, mask=inside)
             else:
                 slot = tl.load(slot_ptr)
-                tl.store(k_ptr + ((row * K + head - N) * S + slot) * d + i, y, mask=inside)
+                tl.store(k_ptr + ((row * K + head - N) * S + slot) * d + i, y, mask=inside & (slot < S))
         else:
             slot = tl.load(slot_ptr)
-            tl.store(v_ptr + ((row * K + head - N - K) * S + slot) * d + i, x, mask=inside)
+            tl.store(v_ptr + ((row * K + head - N - K) * S + slot) * d + i, x, mask=inside & (slot < S))
 
     @triton.jit
     def silu_mul(gate_up_ptr, out_ptr, F: tl.constexpr, BLOCK: tl.constexpr):
@@ -118,8 +124,8 @@ def _define():
         scores = tl.sum(q.to(tl.float32)[:, None, :] * keys.to(tl.float32)[None, :, :], axis=2) * scale  # (GP, BS)
         bias = tl.load(bias_ptr + (bk // K if PER_ROW else 0) * S + s, mask=in_s, other=0.0)  # a row each, or one
         scores = tl.where(in_s[None, :], scores + bias.to(tl.float32)[None, :], float("-inf"))
-        top = tl.max(scores, axis=1)  # (GP,)
-        p = tl.exp(scores - top[:, None])
+        top = tl.max(scores, axis=1)  # (GP,): -inf for a block the bias hides entirely with -inf
+        p = tl.exp(scores - tl.where(top == float("-inf"), 0.0, top)[:, None])  # 0 there, not NaN
         values = tl.load(v_ptr + kv, mask=in_s[:, None] & in_i[None, :], other=0.0).to(tl.float32)
         acc = tl.sum(p[:, :, None] * values[None, :, :], axis=1)  # (GP, DP)
         row = (bk * tl.num_programs(1) + split) * GP + g  # (GP,) rows of the partials: [top, total, acc...]
@@ -134,7 +140,7 @@ def _define():
         # (SP: splits rounded up to a power of two, so that cache lengths share a compilation)
         bk = tl.program_id(0)
         g, i = tl.arange(0, GP), tl.arange(0, DP)
-        best = tl.full((GP,), float("-inf"), tl.float32)
+        best = tl.full((GP,), float("-inf"), tl.float32)  # stays -inf for a row that sees no key
         for s0 in tl.static_range(0, SP, SB):  # the largest score of each query head
             split = s0 + tl.arange(0, SB)
             rows = (bk * splits + split[:, None]) * GP + g[None, :]  # (SB, GP)
@@ -147,12 +153,14 @@ def _define():
             inside = split < splits
             rows = (bk * splits + split[:, None]) * GP + g[None, :]
             top = tl.load(part_ptr + rows * (DP + 2), mask=inside[:, None], other=float("-inf"))
-            weight = tl.where(inside[:, None], tl.exp(top - best[None, :]), 0.0)  # (SB, GP)
+            seen = tl.where(best == float("-inf"), 0.0, best)
+            weight = tl.where(inside[:, None], tl.exp(top - seen[None, :]), 0.0)  # (SB, GP)
             total += tl.sum(weight * tl.load(part_ptr + rows * (DP + 2) + 1, mask=inside[:, None], other=0.0), axis=0)
             part = tl.load(part_ptr + rows[:, :, None] * (DP + 2) + 2 + i[None, None, :], mask=inside[:, None, None],
                            other=0.0)  # (SB, GP, DP)
             acc += tl.sum(weight[:, :, None] * part, axis=0)
-        tl.store(out_ptr + (bk * G + g[:, None]) * d + i[None, :], (acc / total[:, None]).to(out_ptr.dtype.element_ty),
+        out = acc / tl.where(total == 0.0, 1.0, total)[:, None]  # (GP, DP): 0 for a row that sees no key, as SDPA
+        tl.store(out_ptr + (bk * G + g[:, None]) * d + i[None, :], out.to(out_ptr.dtype.element_ty),
                  mask=(g < G)[:, None] & (i < d)[None, :])
 
     return rope_cache, silu_mul, add_rms_norm, attend_split, attend_join
@@ -161,7 +169,8 @@ def _define():
 def applies(x: torch.Tensor) -> bool:
     """Whether the kernels serve a forward of x (B, T, H): inference on CUDA, one position for at most MAX_ROWS rows,
     not traced by torch.compile (which fuses on its own), Triton at hand, MOME_KERNELS not 0."""
-    return (x.device.type in DEVICES and x.dim() == 3 and x.shape[1] == 1 and x.shape[0] <= MAX_ROWS
+    return (x.device.type in DEVICES and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and x.dim() == 3 and x.shape[1] == 1 and x.shape[0] <= MAX_ROWS
             and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
             and os.environ.get("MOME_KERNELS", "1") != "0" and bool(_load()))
 
@@ -175,8 +184,9 @@ def disable(error: Exception) -> None:
 
 
 def attempt(kernel, *args):
-    """kernel(*args); None when it fails, after disable(): the caller then does the work with PyTorch's operations
-    (a kernel writes its outputs last, so a failed one has changed nothing)."""
+    """kernel(*args); None when it fails, after disable(): the caller then does the work with PyTorch's operations.
+    (What fails is compiling or launching a kernel, before it writes anything; the caller's PyTorch road writes the
+    same outputs again.)"""
     try:
         return kernel(*args)
     except Exception as e:  # compilation or launch: a GPU or Triton build these kernels do not run on

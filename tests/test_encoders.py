@@ -135,10 +135,15 @@ def test_captured_forward_replays_one_graph_per_shape_and_captures_anew_when_wei
         assert captures == [(2, 4), (5, 4)]
         torch.testing.assert_close(first, module(a))  # a copy: the next replay does not overwrite what was returned
         captured(c)  # a third shape: the oldest graph goes (limit 2)
-        assert list(captured.graphs) == [((5, 4), torch.float32, a.device), ((7, 4), torch.float32, a.device)]
+        assert [key[0] for key in captured.graphs] == [(5, 4), (7, 4)]
         module.weight = torch.nn.Parameter(module.weight * 3)  # replaced weights: every graph is stale
         torch.testing.assert_close(captured(b), module(b))
         assert captures[-1] == (5, 4) and len(captured.graphs) == 1
+    with torch.inference_mode():  # a graph captured in inference mode holds inference tensors
+        torch.testing.assert_close(captured(b), module(b))
+    with torch.no_grad():  # which no_grad code may not write into: it gets a graph of its own
+        torch.testing.assert_close(captured(b), module(b))
+    assert captures[-2:] == [(5, 4), (5, 4)]
 
 
 def test_captured_forward_that_cannot_capture_runs_eagerly_after_one_warning(monkeypatch):

@@ -509,6 +509,8 @@ def test_llama_decoding_kernels_give_pytorchs_numbers(llama_kernels, dtype):
         assert torch.equal(values[:, :, slot].cpu(), qkv[:, 0, N + K :])
         others = [s for s in range(S) if s != slot]
         assert not keys[:, :, others].any() and not values[:, :, others].any()  # only the slot is written
+        llama_kernels.rope_cache(*(t.to(device) for t in (qkv, cos, sin, keys, values, torch.tensor([S]))), N)
+        assert not keys[:, :, others].any() and not values[:, :, others].any()  # a slot past the cache: no write
     for B, N, K, d, S, rows in ((2, 8, 2, 16, 70, 2), (1, 4, 4, 48, 33, 1), (3, 6, 2, 64, 100, 1)):  # G = 4, 1, 3
         q, keys, values = (torch.randn(B, heads, length, d, generator=g).to(dtype)
                            for heads, length in ((N, 1), (K, S), (K, S)))
@@ -517,6 +519,11 @@ def test_llama_decoding_kernels_give_pytorchs_numbers(llama_kernels, dtype):
         got = llama_kernels.attend(*(t.to(device) for t in (q, keys, values, bias))).cpu()
         want = attend(q, keys, values, bias)  # SDPA
         assert (got.float() - want.float()).abs().max() <= (1e-6 if dtype == torch.float32 else 2.0 ** -7)
+        hidden = bias.clone()
+        hidden[..., 1:] = float("-inf")  # -inf, as additive masks often say it: whole blocks of slots hidden
+        got = llama_kernels.attend(*(t.to(device) for t in (q, keys, values, hidden))).cpu()
+        assert not got.isnan().any()
+        assert (got.float() - attend(q, keys, values, hidden).float()).abs().max() <= 2.0 ** -7
     gate_up = torch.randn(B, 1, 2 * 1500, generator=g).to(dtype)  # F = 1500: two column blocks, the last partial
     gate, up = gate_up.chunk(2, dim=-1)
     within_rounding(llama_kernels.silu_mul(gate_up.to(device)).cpu(), torch.nn.functional.silu(gate) * up)
