@@ -23,7 +23,10 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -232,4 +235,39 @@ class Preprocessor:
         atomic_write(self.cache_dir / f"{key}.npz", write)
 
 
-__all__ = ["PREPROCESS_VERSION", "PreprocessOptions", "Clip", "Preprocessor", "file_sha256"]
+class ReadAhead:
+    """fn(item) for each item in turn, called in one background thread that stays at most `ahead` items ahead of
+    take(), which returns the results in order: what a data loader does, so that media is decoded while the model
+    loads or transcribes the clips before. An exception fn raised is raised by the take() of its item, and the items
+    after it are still read. Only that thread calls fn (a Preprocessor is not shared between threads). Use it in a
+    `with`: on leaving, nothing more is started, and the call in flight is waited for, so no thread is left behind."""
+
+    def __init__(self, fn, items, ahead: int):
+        self._fn, self._items, self._ahead = fn, iter(items), max(1, ahead)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mome-read-ahead")
+        self._pending = deque()  # futures started and not yet taken, in order
+        self._start()
+
+    def _start(self) -> None:
+        for item in islice(self._items, self._ahead - len(self._pending)):
+            self._pending.append(self._pool.submit(self._fn, item))
+
+    def take(self):
+        """The next item's result (waiting for it), or the exception fn raised on it; then the next item is started."""
+        future = self._pending.popleft()  # IndexError past the last item
+        try:
+            return future.result()
+        finally:
+            self._start()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+__all__ = ["PREPROCESS_VERSION", "PreprocessOptions", "Clip", "Preprocessor", "ReadAhead", "file_sha256"]

@@ -1,7 +1,8 @@
 """`mome transcribe` as a library call: many inputs in, one transcript per input and format out, and a Report.
 
 The model is loaded once, only if some input has work to do. Inputs are prepared one by one (a bad file is reported
-on one line and the batch goes on) and decoded in groups of `batch_size` clips, whose segments are batched together.
+on one line and the batch goes on) and decoded in groups of `batch_size` clips, whose segments are batched together;
+a background thread prepares them up to one group ahead, from before the model loads (preprocess.ReadAhead).
 An input whose every output exists already is skipped unless `overwrite` (with `stdout`, its text is read back from
 them and printed); otherwise only the formats it lacks are written, each atomically.
 """
@@ -67,7 +68,7 @@ def expand_formats(formats) -> list[str]:
 def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress=None) -> Report:
     """Transcribe job.inputs; log(message) prints a line on stderr; progress(advance) moves a bar."""
     from .media import MediaError
-    from .preprocess import Preprocessor
+    from .preprocess import Preprocessor, ReadAhead
 
     report = Report()
     stems = output_stems(job.inputs)
@@ -88,62 +89,70 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
     if not todo:
         return report
 
-    from .recognizer import load_recognizer, shadowed_preset
-
     def detail(level: int, message: str) -> None:  # -v and more
         if job.verbose >= level:
             log(message)
 
-    if warning := shadowed_preset(job.model):
-        log(warning)
-    started = time.perf_counter()
-    recognizer = load_recognizer(job.model, job.adapter, job.device)  # MissingModelError etc. end the whole run
-    detail(1, f"model {job.model}: {recognizer.describe()}; loaded in {time.perf_counter() - started:.2f} s")
-    o = recognize_options
-    recognizer.rate_for(o.mode, o.rate, o.any_rate)  # a bad --rate is refused before any work (UsageProblem)
-    if warning := recognizer.untrained_mode(o.mode):
-        log(warning)
-    recognizer.segment_limit(o.max_segment)  # and so is a --max-segment the model cannot take
-    if job.model == "tiny" and job.adapter is None:
-        log("warning: --model tiny is random and untrained: its transcripts are meaningless")
     preprocess = Preprocessor(preprocess_options, cache_dir=job.cache_dir)
-    batch_clips = max(1, recognize_options.batch_size)
-    for at in range(0, len(todo), batch_clips):
-        ready = []
-        for item, stem, formats in todo[at : at + batch_clips]:
-            started = time.perf_counter()
-            try:
-                clip = preprocess(item.path)
-            except MediaError as e:
-                log(f"error: {e}")
-                report.failed += 1
-                progress and progress(1)
-                continue
-            for warning in clip.warnings:
-                log(f"warning: {item.path}: {warning}")
-            detail(1, f"{item.path}: {clip.duration:.2f} s, read in {time.perf_counter() - started:.2f} s")
-            ready.append((item, stem, formats, clip))
-        if not ready:
-            continue
+
+    def prepare(path):  # in ReadAhead's thread, the only one that calls preprocess
         started = time.perf_counter()
-        transcripts = recognizer.transcribe_many([clip for *_, clip in ready], recognize_options)
-        detail(1, f"{'1 file' if len(ready) == 1 else f'{len(ready)} files'} transcribed"
-                  f"{' together' * (len(ready) > 1)} in {time.perf_counter() - started:.2f} s")
-        for (item, stem, formats, _), transcript in zip(ready, transcripts):
-            detail(1, f"{item.path}: mode {transcript.mode}, rate {','.join(map(str, transcript.rate))}, "
-                      f"{len(transcript.segments)} segment{'s' * (len(transcript.segments) != 1)}")
-            for segment in transcript.segments:
-                detail(2, f"  [{segment['start']:.2f} -> {segment['end']:.2f}] {segment['text']}")
-            try:
-                write_outputs(transcript, job.output_dir, stem, formats)
-            except OSError as e:
-                log(f"error: {item.path}: cannot write outputs to {job.output_dir}: {e.strerror or e}")
-                report.failed += 1
-            else:
-                report.ok += 1
-                if job.stdout:
-                    print(stdout_line(item.path, transcript.text), file=sys.stdout, flush=True)
-            progress and progress(1)
+        clip = preprocess(path)
+        return clip, time.perf_counter() - started
+
+    batch_clips = max(1, recognize_options.batch_size)
+    # the first batch is read while torch is imported and the model loads, each next one while the one before is
+    # transcribed
+    with ReadAhead(prepare, [item.path for item, *_ in todo], ahead=batch_clips) as prepared:
+        from .recognizer import load_recognizer, shadowed_preset
+
+        if warning := shadowed_preset(job.model):
+            log(warning)
+        started = time.perf_counter()
+        recognizer = load_recognizer(job.model, job.adapter, job.device)  # MissingModelError etc. end the whole run
+        detail(1, f"model {job.model}: {recognizer.describe()}; loaded in {time.perf_counter() - started:.2f} s")
+        o = recognize_options
+        recognizer.rate_for(o.mode, o.rate, o.any_rate)  # a bad --rate is refused before any work (UsageProblem)
+        if warning := recognizer.untrained_mode(o.mode):
+            log(warning)
+        recognizer.segment_limit(o.max_segment)  # and so is a --max-segment the model cannot take
+        if job.model == "tiny" and job.adapter is None:
+            log("warning: --model tiny is random and untrained: its transcripts are meaningless")
+        for at in range(0, len(todo), batch_clips):
+            ready = []
+            for item, stem, formats in todo[at : at + batch_clips]:
+                try:
+                    clip, seconds = prepared.take()
+                except MediaError as e:
+                    log(f"error: {e}")
+                    report.failed += 1
+                    progress and progress(1)
+                    continue
+                for warning in clip.warnings:
+                    log(f"warning: {item.path}: {warning}")
+                detail(1, f"{item.path}: {clip.duration:.2f} s, read in {seconds:.2f} s")
+                ready.append((item, stem, formats, clip))
+            if not ready:
+                continue
+            started = time.perf_counter()
+            transcripts = recognizer.transcribe_many([clip for *_, clip in ready], recognize_options)
+            detail(1, f"{'1 file' if len(ready) == 1 else f'{len(ready)} files'} transcribed"
+                      f"{' together' * (len(ready) > 1)} in {time.perf_counter() - started:.2f} s")
+            for (item, stem, formats, _), transcript in zip(ready, transcripts):
+                detail(1, f"{item.path}: mode {transcript.mode}, rate {','.join(map(str, transcript.rate))}, "
+                          f"{len(transcript.segments)} segment{'s' * (len(transcript.segments) != 1)}")
+                for segment in transcript.segments:
+                    detail(2, f"  [{segment['start']:.2f} -> {segment['end']:.2f}] {segment['text']}")
+                try:
+                    write_outputs(transcript, job.output_dir, stem, formats)
+                except OSError as e:
+                    log(f"error: {item.path}: cannot write outputs to {job.output_dir}: {e.strerror or e}")
+                    report.failed += 1
+                else:
+                    report.ok += 1
+                    if job.stdout:
+                        print(stdout_line(item.path, transcript.text), file=sys.stdout, flush=True)
+                progress and progress(1)
     return report
 
 

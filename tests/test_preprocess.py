@@ -2,6 +2,8 @@
 
 import shutil
 import subprocess
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import pytest
 from conftest import FakeDetector
 from mome_cli.lips import MOUTH_POINTS, load_mean_face
 from mome_cli.media import MediaError, NoAudioError, NoVideoError
-from mome_cli.preprocess import Preprocessor, PreprocessOptions
+from mome_cli.preprocess import Preprocessor, PreprocessOptions, ReadAhead
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
 
@@ -175,3 +177,62 @@ def test_weights_in_mome_home_are_found_with_or_without_torch_home(media, torch_
     clip = Preprocessor(PreprocessOptions(mode="av", device="cpu"))(media / "face.mp4")
     assert clip.mode == "a" and "no face" in clip.warnings[0]  # face-alignment ran, from mome's cache
     assert os.environ.get("TORCH_HOME") == (str(tmp_path / "own") if user_torch_home else None)
+
+
+# -- reading ahead ---------------------------------------------------------------------------------------------------
+
+
+def wait_for(condition, seconds: float = 10.0):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_read_ahead_gives_results_in_order_from_one_thread_at_most_n_ahead_with_errors_in_their_place():
+    calls, threads, takes = [], set(), [0]
+
+    def square(i):
+        calls.append((i, takes[0]))  # the item, and how many take() calls had begun when it started
+        threads.add(threading.current_thread())
+        if i == 4:
+            raise ValueError("4 is bad")
+        return i * i
+
+    with ReadAhead(square, range(8), ahead=3) as ahead:
+        wait_for(lambda: len(calls) >= 3)
+        time.sleep(0.2)
+        assert len(calls) == 3  # three read before anything is taken, and no more
+        results = []
+        for _ in range(8):
+            takes[0] += 1
+            try:
+                results.append(ahead.take())
+            except ValueError as e:
+                results.append(str(e))
+    assert results == [0, 1, 4, 9, "4 is bad", 25, 36, 49]  # the items after the bad one are still read
+    assert [i for i, _ in calls] == list(range(8))
+    assert all(i < began + 3 for i, began in calls), calls  # item i waits for the take() of item i - 3
+    (thread,) = threads
+    assert thread is not threading.main_thread() and not thread.is_alive()
+
+
+def test_read_ahead_when_left_starts_nothing_more_and_waits_for_the_call_in_flight():
+    before = set(threading.enumerate())
+    reading, release, calls = threading.Event(), threading.Event(), []
+
+    def slow(i):
+        calls.append(i)
+        reading.set()
+        assert release.wait(10)
+        return i
+
+    timer = threading.Timer(0.3, release.set)
+    with pytest.raises(KeyError):
+        with ReadAhead(slow, range(5), ahead=5):
+            assert reading.wait(10)
+            timer.start()  # the first item is still being read when the caller fails
+            raise KeyError("the caller failed")
+    assert release.is_set() and calls == [0]  # left after the call in flight ended; the others were never started
+    timer.join()
+    assert set(threading.enumerate()) == before

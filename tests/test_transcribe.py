@@ -6,6 +6,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,142 @@ def mome(*args, cwd, env=None):
                             env={**os.environ, "MOME_HOME": str(cwd / "home"), **(env or {})})
     result.explain = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     return result
+
+
+class Recorder:
+    """Stands in for sys.stdout, log and progress at once: what each wrote or did, in order, and from which thread."""
+
+    def __init__(self):
+        self.events, self.threads, self.line = [], set(), ""
+
+    def __call__(self, kind, value):
+        self.events.append((kind, value))
+        self.threads.add(threading.current_thread())
+
+    def write(self, text):  # print() writes a line's text and its end apart
+        *lines, self.line = (self.line + text).split("\n")
+        for line in lines:
+            self("stdout", line)
+
+    def flush(self):
+        pass
+
+
+def transcribe_here(inputs, trained, out, monkeypatch, batch_size=8):
+    """transcribe.run in this process, as `mome transcribe INPUTS --model ckpt --roi --stdout -o out` runs it: its
+    report, and a Recorder of its stdout, log lines and progress advances."""
+    from mome_cli import transcribe
+    from mome_cli.outputs import Input
+    from mome_cli.recognizer import RecognizeOptions
+
+    recorder = Recorder()
+    monkeypatch.setenv("MOME_HOME", str(out.parent / "home"))
+    monkeypatch.setattr(sys, "stdout", recorder)
+    job = transcribe.TranscribeJob(inputs=[Input(Path(p), None) for p in inputs], output_dir=out, stdout=True,
+                                   model=str(trained / "ckpt"))
+    report = transcribe.run(job, PreprocessOptions(roi=True), RecognizeOptions(batch_size=batch_size),
+                            lambda line: recorder("log", line), lambda n: recorder("progress", n))
+    return report, recorder
+
+
+def spy_on_reading(monkeypatch, before=lambda path: None):
+    """Preprocessor calls are recorded (path and thread) and go through before(path) first."""
+    from mome_cli import preprocess
+
+    calls, real = [], preprocess.Preprocessor.__call__
+
+    def call(self, path):
+        calls.append((Path(path), threading.current_thread()))
+        before(Path(path))
+        return real(self, path)
+
+    monkeypatch.setattr(preprocess.Preprocessor, "__call__", call)
+    return calls
+
+
+def test_the_first_input_is_read_while_the_model_loads(trained, tmp_path, monkeypatch):
+    from mome_cli import recognizer
+
+    reading, real_load = threading.Event(), recognizer.load_recognizer
+    spy_on_reading(monkeypatch, lambda path: reading.set())
+
+    def load(*args, **kwargs):
+        assert reading.wait(5), "the first input was not being read while the model loaded"
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(recognizer, "load_recognizer", load)
+    clip = trained / "media" / "hello.mp4"
+    report, recorder = transcribe_here([clip], trained, tmp_path / "out", monkeypatch)
+    assert (report.ok, report.failed) == (1, 0) and ("stdout", f"{clip}\thello world") in recorder.events
+    assert (tmp_path / "out" / "hello.txt").read_text() == "hello world\n"
+
+
+def test_inputs_read_in_the_background_come_back_in_their_order_with_a_bad_file_in_its_place(trained, tmp_path,
+                                                                                              monkeypatch):
+    """Two groups of two: the second is read while the first is transcribed; a bad file in the first is one error,
+    said in its place; every line is written and every advance made by the main thread, in the inputs' order."""
+    hello, morning, again, bad = (trained / "media" / "hello.mp4", trained / "media" / "morning.mp4",
+                                  tmp_path / "again.mp4", tmp_path / "bad.mp4")
+    shutil.copy(hello, again)
+    bad.write_text("nope")
+    calls = spy_on_reading(monkeypatch)
+    report, recorder = transcribe_here([hello, bad, morning, again], trained, tmp_path / "out", monkeypatch,
+                                       batch_size=2)
+    assert (report.ok, report.failed) == (3, 1)
+    events = recorder.events
+    assert events[0][0] == "log" and events[0][1].startswith(f"error: {bad}: "), events
+    assert events[1:] == [("progress", 1), ("stdout", f"{hello}\thello world"), ("progress", 1),
+                          ("stdout", f"{morning}\tgood morning"), ("progress", 1),
+                          ("stdout", f"{again}\thello world"), ("progress", 1)], events
+    assert recorder.threads == {threading.main_thread()}
+    assert [path for path, _ in calls] == [hello, bad, morning, again]
+    (reader,) = {thread for _, thread in calls}  # one thread reads them all, and not the main one
+    assert reader is not threading.main_thread() and not reader.is_alive()
+
+
+@pytest.mark.parametrize("failure", ["missing model", "usage problem", "ctrl-c"])
+def test_a_model_that_fails_to_load_stops_the_reading_and_leaves_no_thread(trained, tmp_path, monkeypatch, failure):
+    from mome_cli import recognizer
+    from mome_cli.hub import MissingModelError
+
+    error = {"missing model": MissingModelError("no such model"), "ctrl-c": KeyboardInterrupt(),
+             "usage problem": recognizer.UsageProblem("--rate 8,2: not trained")}[failure]
+    before = set(threading.enumerate())
+    reading, failing = threading.Event(), threading.Event()
+
+    def in_flight(path):  # the first input is still being read when the load fails
+        reading.set()
+        failing.wait(5)
+        time.sleep(0.3)
+
+    calls = spy_on_reading(monkeypatch, in_flight)
+
+    def load(*args, **kwargs):
+        assert reading.wait(5), "the first input was not being read while the model loaded"
+        failing.set()
+        raise error
+
+    monkeypatch.setattr(recognizer, "load_recognizer", load)
+    clips = [trained / "media" / "hello.mp4", trained / "media" / "morning.mp4", trained / "media" / "hello.mp4"]
+    with pytest.raises(type(error)):
+        transcribe_here(clips, trained, tmp_path / "out", monkeypatch)
+    assert [path for path, _ in calls] == clips[:1]  # what was in flight, nothing after it
+    assert set(threading.enumerate()) == before and not (tmp_path / "out").exists()
+
+
+def test_an_error_other_than_a_media_error_is_raised_at_its_inputs_turn(trained, tmp_path, monkeypatch):
+    hello, morning = trained / "media" / "hello.mp4", trained / "media" / "morning.mp4"
+    before = set(threading.enumerate())
+
+    def fail(path):
+        if path == morning:
+            raise RuntimeError("a bug while reading")
+
+    spy_on_reading(monkeypatch, fail)
+    with pytest.raises(RuntimeError, match="a bug while reading"):
+        transcribe_here([hello, morning], trained, tmp_path / "out", monkeypatch, batch_size=1)
+    assert (tmp_path / "out" / "hello.txt").read_text() == "hello world\n"  # the input before it was transcribed
+    assert set(threading.enumerate()) == before
 
 
 def test_transcripts_match_what_the_model_learned_in_every_format(trained):
