@@ -196,9 +196,9 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
 
     from . import transcribe as library
     from .hub import HubError, mome_home
+    from .options import RecognizeOptions, UsageProblem
     from .outputs import collect_inputs
     from .preprocess import PreprocessOptions
-    from .recognizer import RecognizeOptions, UsageProblem
 
     if rate is not None and mode != "av" and len(rate) != 1:
         raise click.BadParameter(f"mode {mode} takes one rate, e.g. --rate {rate[0 if mode == 'a' else -1]}",
@@ -277,7 +277,7 @@ def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode
     from .data import DataError
     from .files import remove_folders, writable_folder
     from .hub import HubError, mome_home
-    from .recognizer import UsageProblem
+    from .options import UsageProblem
 
     try:
         snrs = library.parse_snrs(snr)

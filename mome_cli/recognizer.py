@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,15 +26,12 @@ from .hub import AVHUBERT_LARGE, PRESETS, HubRepo, MissingModelError, UnusableMo
 from .media import MAX_SEGMENT_SECONDS, SAMPLES_PER_FRAME, VIDEO_FPS, Segment, split_at_pauses
 from .model import AVSRModel, Features, ModelConfig
 from .mome import MoMEConfig
+from .options import RecognizeOptions, UsageProblem
 from .outputs import Transcript
 from .preprocess import Clip
 
 BUNDLED = Path(__file__).parent / "models"  # checkpoints that ship inside the package (demo)
 WHISPER_ID = "openai/whisper-medium.en"
-
-
-class UsageProblem(ValueError):
-    """A model name, device or rate the user asked for that cannot be had (the CLI exits 2)."""
 
 
 def tiny_config() -> ModelConfig:
@@ -54,18 +50,6 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageProblem("--device cuda: no CUDA device is available")
     return device
-
-
-@dataclass(frozen=True)
-class RecognizeOptions:
-    mode: str = "av"  # a | v | av
-    rate: tuple | None = None  # (audio, video) with None for an absent modality; None: the model's first trained rate
-    any_rate: bool = False  # allow a rate the model was not trained on
-    beam: int = 1
-    batch_size: int = 8  # segments decoded together
-    max_new_tokens: int | None = None  # None: from the length of each batch's longest segment (token_budget)
-    max_segment: float | None = None  # seconds; None: Recognizer.max_segment_seconds
-    pack: bool = False  # cut only what is longer than the limit, not at every pause (media.split_at_pauses)
 
 
 class Recognizer:

@@ -78,6 +78,26 @@ def test_help_imports_nothing_heavy(args):
     assert result.stdout.splitlines()[-1] == "HEAVY=", explain(result)
 
 
+def test_transcribe_hands_over_to_the_library_before_torch_is_imported(tmp_path):
+    """transcribe.run reads the first input while torch is imported and the model loads: the command must not
+    import torch itself (the options and the usage error it needs are in the torch-free mome_cli.options)."""
+    (tmp_path / "x.mp4").write_bytes(b"")
+    code = (
+        "import sys\n"
+        "from mome_cli import transcribe\n"
+        "from mome_cli.cli import main\n"
+        "def run(*args, **kwargs):\n"
+        "    print('HEAVY=' + ','.join(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+        "    raise SystemExit(0)\n"
+        "transcribe.run = run\n"
+        f"sys.argv = ['mome', 'transcribe', {str(tmp_path / 'x.mp4')!r}, '--roi', '--stdout']\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, explain(result)
+    assert result.stdout.splitlines()[-1] == "HEAVY=", explain(result)
+
+
 @pytest.mark.parametrize("args", [("-q", "-v", "download"), ("-v", "download", "-q"),
                                   ("-q", "transcribe", "x.mp4", "-v"), ("transcribe", "x.mp4", "-v", "-q")])
 def test_quiet_and_verbose_conflict(args):
