@@ -98,6 +98,21 @@ def test_transcribe_hands_over_to_the_library_before_torch_is_imported(tmp_path)
     assert result.stdout.splitlines()[-1] == "HEAVY=", explain(result)
 
 
+def test_the_entry_point_freezes_what_it_made_before_exit(monkeypatch):
+    """The process's objects are frozen on the way out, whatever the exit (here --help's), so that Python's last
+    garbage collection does not walk torch's objects (0.3 s of a 2 s command on 2 cores)."""
+    import gc
+
+    from mome_cli import cli as cli_module
+
+    frozen = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    monkeypatch.setattr(sys, "argv", ["mome", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli_module.main()
+    assert exit_info.value.code == 0 and frozen == [True]
+
+
 @pytest.mark.parametrize("args", [("-q", "-v", "download"), ("-v", "download", "-q"),
                                   ("-q", "transcribe", "x.mp4", "-v"), ("transcribe", "x.mp4", "-v", "-q")])
 def test_quiet_and_verbose_conflict(args):
