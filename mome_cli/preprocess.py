@@ -239,21 +239,23 @@ class ReadAhead:
     """fn(item) for each item in turn, called in one background thread that stays at most `ahead` items ahead of
     take(), which returns the results in order: what a data loader does, so that media is decoded while the model
     loads or transcribes the clips before. An exception fn raised is raised by the take() of its item, and the items
-    after it are still read. Only that thread calls fn (a Preprocessor is not shared between threads). Use it in a
-    `with`: on leaving, nothing more is started, and the call in flight is waited for, so no thread is left behind."""
+    after it are still read. Only that thread calls fn (a Preprocessor is not shared between threads). With ahead 0
+    nothing is read in advance: each item is read by its take(), while the caller waits. Use it in a `with`: on
+    leaving, nothing more is started, and the call in flight is waited for, so no thread is left behind."""
 
     def __init__(self, fn, items, ahead: int):
-        self._fn, self._items, self._ahead = fn, iter(items), max(1, ahead)
+        self._fn, self._items, self._ahead = fn, iter(items), max(0, ahead)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mome-read-ahead")
         self._pending = deque()  # futures started and not yet taken, in order
         self._start()
 
-    def _start(self) -> None:
-        for item in islice(self._items, self._ahead - len(self._pending)):
+    def _start(self, at_least: int = 0) -> None:
+        for item in islice(self._items, max(at_least, self._ahead) - len(self._pending)):
             self._pending.append(self._pool.submit(self._fn, item))
 
     def take(self):
         """The next item's result (waiting for it), or the exception fn raised on it; then the next item is started."""
+        self._start(at_least=1)  # with ahead 0, this item is read now
         future = self._pending.popleft()  # IndexError past the last item
         try:
             return future.result()

@@ -2,7 +2,8 @@
 
 The model is loaded once, only if some input has work to do. Inputs are prepared one by one (a bad file is reported
 on one line and the batch goes on) and decoded in groups of `batch_size` clips, whose segments are batched together;
-a background thread prepares them up to one group ahead, from before the model loads (preprocess.ReadAhead).
+a background thread prepares them up to one group ahead, from before the model loads (preprocess.ReadAhead), or each
+at its turn when that means face detection on the GPU beside the model's CUDA graphs.
 An input whose every output exists already is skipped unless `overwrite` (with `stdout`, its text is read back from
 them and printed); otherwise only the formats it lacks are written, each atomically.
 """
@@ -65,6 +66,15 @@ def expand_formats(formats) -> list[str]:
     return chosen
 
 
+def face_detection_on_gpu(options) -> bool:
+    """Whether preparing inputs may run face-alignment on CUDA (video that is not mouth crops, on a GPU)."""
+    if options.roi or options.mode == "a":
+        return False
+    from .lips import resolve_device
+
+    return resolve_device(options.device) != "cpu"
+
+
 def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress=None) -> Report:
     """Transcribe job.inputs; log(message) prints a line on stderr; progress(advance) moves a bar."""
     from .media import MediaError
@@ -101,9 +111,11 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
         return clip, time.perf_counter() - started
 
     batch_clips = max(1, recognize_options.batch_size)
-    # the first batch is read while torch is imported and the model loads, each next one while the one before is
-    # transcribed
-    with ReadAhead(prepare, [item.path for item, *_ in todo], ahead=batch_clips) as prepared:
+    # The first batch is read while torch is imported and the model loads, each next one while the one before is
+    # transcribed; but not when reading runs face detection on the GPU: a CUDA graph being captured in this thread
+    # (decoding, Whisper) fails if another thread calls CUDA meanwhile. Each input is then read at its turn.
+    ahead = 0 if face_detection_on_gpu(preprocess_options) else batch_clips
+    with ReadAhead(prepare, [item.path for item, *_ in todo], ahead=ahead) as prepared:
         from .recognizer import load_recognizer, shadowed_preset
 
         if warning := shadowed_preset(job.model):
@@ -156,4 +168,4 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
     return report
 
 
-__all__ = ["TranscribeJob", "stdout_line", "expand_formats", "run"]
+__all__ = ["TranscribeJob", "stdout_line", "expand_formats", "face_detection_on_gpu", "run"]

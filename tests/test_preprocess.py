@@ -217,6 +217,20 @@ def test_read_ahead_gives_results_in_order_from_one_thread_at_most_n_ahead_with_
     assert thread is not threading.main_thread() and not thread.is_alive()
 
 
+def test_read_ahead_0_reads_each_item_at_its_take():
+    calls, takes = [], [0]
+    with ReadAhead(lambda i: calls.append((i, takes[0])) or -i, range(3), ahead=0) as lazy:
+        time.sleep(0.2)
+        assert calls == []  # nothing before the first take()
+        results = []
+        for _ in range(3):
+            takes[0] += 1
+            results.append(lazy.take())
+            time.sleep(0.1)
+            assert len(calls) == takes[0]  # and nothing beyond the item taken
+    assert results == [0, -1, -2] and calls == [(0, 1), (1, 2), (2, 3)]
+
+
 def test_read_ahead_when_left_starts_nothing_more_and_waits_for_the_call_in_flight():
     before = set(threading.enumerate())
     reading, release, calls = threading.Event(), threading.Event(), []

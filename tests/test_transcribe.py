@@ -185,6 +185,48 @@ def test_a_model_that_fails_to_load_stops_the_reading_and_leaves_no_thread(train
     assert set(threading.enumerate()) == before and not (tmp_path / "out").exists()
 
 
+def test_inputs_are_read_at_their_turn_when_face_detection_runs_on_the_gpu(trained, tmp_path, monkeypatch):
+    """A reader running face-alignment on CUDA beside the model's work would break the CUDA graphs the model captures:
+    then no input is read while another is transcribed."""
+    from mome_cli import transcribe
+    from mome_cli.recognizer import Recognizer
+
+    events, lock = [], threading.Lock()
+
+    def note(event):
+        with lock:
+            events.append(event)
+
+    spy_on_reading(monkeypatch, lambda path: note(("read", path.name)))
+    real = Recognizer.transcribe_many
+
+    def transcribe_many(self, clips, options):
+        note("transcribing")
+        time.sleep(0.3)  # time for a reader running ahead to start the next input
+        note("transcribed")
+        return real(self, clips, options)
+
+    monkeypatch.setattr(Recognizer, "transcribe_many", transcribe_many)
+    monkeypatch.setattr(transcribe, "face_detection_on_gpu", lambda options: True)
+    clips = [trained / "media" / "hello.mp4", trained / "media" / "morning.mp4"]
+    report, _ = transcribe_here(clips, trained, tmp_path / "out", monkeypatch, batch_size=1)
+    assert report.ok == 2
+    assert events == [("read", "hello.mp4"), "transcribing", "transcribed", ("read", "morning.mp4"), "transcribing",
+                      "transcribed"]
+
+
+def test_face_detection_counts_as_on_the_gpu_only_for_video_that_is_not_crops_on_a_gpu(monkeypatch):
+    from mome_cli import lips
+    from mome_cli.transcribe import face_detection_on_gpu
+
+    monkeypatch.setattr(lips, "resolve_device", lambda device: "cuda" if device == "auto" else device)  # a GPU here
+    assert face_detection_on_gpu(PreprocessOptions())
+    assert face_detection_on_gpu(PreprocessOptions(mode="v", device="cuda"))
+    assert not face_detection_on_gpu(PreprocessOptions(roi=True))
+    assert not face_detection_on_gpu(PreprocessOptions(mode="a"))
+    assert not face_detection_on_gpu(PreprocessOptions(device="cpu"))
+
+
 def test_an_error_other_than_a_media_error_is_raised_at_its_inputs_turn(trained, tmp_path, monkeypatch):
     hello, morning = trained / "media" / "hello.mp4", trained / "media" / "morning.mp4"
     before = set(threading.enumerate())
