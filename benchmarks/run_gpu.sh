@@ -14,6 +14,7 @@ BENCHMARKS=(
     "latency-1b 200 latency.py --preset mome-1b:4,2 --profile"
     "latency-1b-quick 150 latency.py --preset mome-1b:4,2 --profile --no-static-baseline"
     "latency-8b 150 latency.py --preset mome-8b:16,5 --no-static-baseline"
+    "kernel-compile 60 kernel_compile.py"
     "throughput 240 throughput.py"
     "train-step 100 train_step.py"
     "mome-module 90 mome_module.py --no-demo"
