@@ -23,8 +23,10 @@ import dataclasses
 import hashlib
 import json
 import os
+import queue
+import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -241,17 +243,32 @@ class ReadAhead:
     loads or transcribes the clips before. An exception fn raised is raised by the take() of its item, and the items
     after it are still read. Only that thread calls fn (a Preprocessor is not shared between threads). With ahead 0
     nothing is read in advance: each item is read by its take(), while the caller waits. Use it in a `with`: on
-    leaving, nothing more is started, and the call in flight is waited for, so no thread is left behind."""
+    leaving, nothing more is started; after the last take() the thread ends there, while on an error (Ctrl-C, a
+    model that fails to load) the read in flight is not waited for, since it may be minutes of face detection: the
+    thread, a daemon, ends with it or with the process (a cache file is written whole or not at all)."""
 
     def __init__(self, fn, items, ahead: int):
         self._fn, self._items, self._ahead = fn, iter(items), max(0, ahead)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mome-read-ahead")
         self._pending = deque()  # futures started and not yet taken, in order
+        self._work = queue.SimpleQueue()  # (future, item) for the thread, then None: stop
+        self._thread = threading.Thread(target=self._serve, name="mome-read-ahead", daemon=True)
+        self._thread.start()
         self._start()
 
+    def _serve(self) -> None:
+        while (job := self._work.get()) is not None:
+            future, item = job
+            if future.set_running_or_notify_cancel():  # False: cancelled before it started
+                try:
+                    future.set_result(self._fn(item))
+                except BaseException as e:  # noqa: BLE001 (raised again by take(), in the caller's thread)
+                    future.set_exception(e)
+
     def _start(self, at_least: int = 0) -> None:
-        for item in islice(self._items, max(at_least, self._ahead) - len(self._pending)):
-            self._pending.append(self._pool.submit(self._fn, item))
+        for item in islice(self._items, max(0, max(at_least, self._ahead) - len(self._pending))):
+            future = Future()
+            self._pending.append(future)
+            self._work.put((future, item))
 
     def take(self):
         """The next item's result (waiting for it), or the exception fn raised on it; then the next item is started."""
@@ -262,14 +279,19 @@ class ReadAhead:
         finally:
             self._start()
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, wait: bool = True) -> None:
+        """Start nothing more; with wait, also wait for the call in flight."""
+        for future in self._pending:
+            future.cancel()
+        self._work.put(None)
+        if wait:
+            self._thread.join()
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, error_type, *_):
+        self.close(wait=error_type is None)
 
 
 __all__ = ["PREPROCESS_VERSION", "PreprocessOptions", "Clip", "Preprocessor", "ReadAhead", "file_sha256"]

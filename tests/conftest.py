@@ -2,6 +2,7 @@
 downloaded."""
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -121,3 +122,11 @@ class FakeDetector:
         out = np.repeat(self.points[None].astype(np.float32), len(frames), axis=0)
         out[list(self.missing)] = np.nan
         return out
+
+
+def wait_for(condition, seconds: float = 10.0) -> None:
+    """Until condition() holds, failing after `seconds`: for what another thread is to do."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)

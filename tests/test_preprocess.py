@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import FakeDetector
+from conftest import FakeDetector, wait_for
 from mome_cli.lips import MOUTH_POINTS, load_mean_face
 from mome_cli.media import MediaError, NoAudioError, NoVideoError
 from mome_cli.preprocess import Preprocessor, PreprocessOptions, ReadAhead
@@ -182,13 +182,6 @@ def test_weights_in_mome_home_are_found_with_or_without_torch_home(media, torch_
 # -- reading ahead ---------------------------------------------------------------------------------------------------
 
 
-def wait_for(condition, seconds: float = 10.0):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_read_ahead_gives_results_in_order_from_one_thread_at_most_n_ahead_with_errors_in_their_place():
     calls, threads, takes = [], set(), [0]
 
@@ -231,7 +224,9 @@ def test_read_ahead_0_reads_each_item_at_its_take():
     assert results == [0, -1, -2] and calls == [(0, 1), (1, 2), (2, 3)]
 
 
-def test_read_ahead_when_left_starts_nothing_more_and_waits_for_the_call_in_flight():
+def test_read_ahead_left_on_an_error_starts_nothing_more_and_does_not_wait_for_the_call_in_flight():
+    """Ctrl-C, or a model that fails to load, while a long read is in flight: the caller leaves at once, nothing more
+    is read, and the thread ends by itself once the read in flight ends."""
     before = set(threading.enumerate())
     reading, release, calls = threading.Event(), threading.Event(), []
 
@@ -241,12 +236,19 @@ def test_read_ahead_when_left_starts_nothing_more_and_waits_for_the_call_in_flig
         assert release.wait(10)
         return i
 
-    timer = threading.Timer(0.3, release.set)
+    started = time.monotonic()
     with pytest.raises(KeyError):
         with ReadAhead(slow, range(5), ahead=5):
             assert reading.wait(10)
-            timer.start()  # the first item is still being read when the caller fails
-            raise KeyError("the caller failed")
-    assert release.is_set() and calls == [0]  # left after the call in flight ended; the others were never started
-    timer.join()
+            raise KeyError("the caller failed")  # the first item is still being read
+    assert time.monotonic() - started < 5 and calls == [0]  # left without waiting for it (10 s); nothing more read
+    release.set()
+    wait_for(lambda: set(threading.enumerate()) == before)
+    assert calls == [0]
+
+
+def test_read_ahead_left_after_the_last_take_leaves_no_thread():
+    before = set(threading.enumerate())
+    with ReadAhead(lambda i: i, range(3), ahead=2) as ahead:
+        assert [ahead.take() for _ in range(3)] == [0, 1, 2]
     assert set(threading.enumerate()) == before
