@@ -157,8 +157,8 @@ def test_inputs_read_in_the_background_come_back_in_their_order_with_a_bad_file_
 
 
 @pytest.mark.parametrize("failure", ["missing model", "usage problem", "ctrl-c"])
-def test_a_model_that_fails_to_load_ends_the_run_at_once_and_the_reading_after_its_read_in_flight(trained, tmp_path,
-                                                                                                   monkeypatch, failure):
+def test_a_model_that_fails_to_load_ends_the_run_at_once_and_the_reading_soon_after(trained, tmp_path, monkeypatch,
+                                                                                   failure):
     from mome_cli import recognizer
     from mome_cli.hub import MissingModelError
 
