@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mome_cli.lips import REFERENCE_SIZE, ROI_SIZE, LandmarkDetector, LipConfig, crop_mouths, load_mean_face
+from mome_cli.lips import DETECT_BATCH, REFERENCE_SIZE, ROI_SIZE, LandmarkDetector, crop_mouths, load_mean_face
 from mome_cli.media import VIDEO_FPS, decode_audio, decode_video, iter_video, probe
 from mome_cli.preprocess import CHUNK_FRAMES, MAX_HEIGHT, Preprocessor, PreprocessOptions
 
@@ -55,7 +55,7 @@ WIDTH, HEIGHT = 1280, 720  # the clip's frame size: 720p
 SECONDS = 60.0  # the clip's length: 1500 frames at 25 fps
 SINE_HZ = 440  # the clip's sound
 BUDGET_MINUTES = 15.0  # whole run, warm-ups included; beyond it network stages run on a subset
-BATCH = LipConfig().batch_size  # 16 frames per detection batch, as the Preprocessor uses
+BATCH = DETECT_BATCH  # 16 frames per detection batch, as the Preprocessor on a GPU (2 on the CPU: the same a frame)
 BASELINE_WARMUP_FRAMES = 2  # the baseline works a frame at a time: two frames warm it up and give its rate
 FACE_BOX = (0.42, 0.25, 0.58, 0.62)  # x1, y1, x2, y2 as fractions of the frame: a 205 x 266 px face at 720p
 FACE_SCORE = 0.99

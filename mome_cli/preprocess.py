@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from .files import atomic_write
-from .lips import (FaceTracker, NoFaceError, crop_mouths, interpolate_missing, load_mean_face, rois_from_crops,
-                   smooth)
+from .lips import (FaceTracker, NoFaceError, check_stop, crop_mouths, interpolate_missing, load_mean_face,
+                   rois_from_crops, smooth)
 from .media import (MediaError, NoAudioError, NoVideoError, check_file, decode_audio, iter_video,
                     probe)
 
@@ -115,13 +115,18 @@ def file_sha256(path) -> str:
 
 
 class Preprocessor:
-    """Turns media files into Clips; holds the landmark detector (built on first need) and the cache folder."""
+    """Turns media files into Clips; holds the landmark detector (built on first need) and the cache folder.
+
+    Once the threading.Event `stop` is set, a call in progress raises lips.Stopped at its next chunk of video or
+    batch of face detection, having written nothing: how a reader in another thread is stopped within a second or
+    two instead of minutes (see ReadAhead)."""
 
     def __init__(self, options: PreprocessOptions = PreprocessOptions(), cache_dir: Path | None = None,
-                 detector=None):
+                 detector=None, stop=None):
         self.options = options
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._detector = detector
+        self.stop = stop
 
     @property
     def detector(self):
@@ -134,6 +139,7 @@ class Preprocessor:
         return self._detector
 
     def __call__(self, path) -> Clip:
+        check_stop(self.stop)
         check_file(Path(path))  # a missing or unreadable file is one input's MediaError, before it is hashed
         digest = file_sha256(path) if self.cache_dir is not None else None  # read once, whatever mode it ends in
         cached = self._load(self._cache_key(digest, self.options.mode))  # no probe for a file seen before
@@ -161,6 +167,7 @@ class Preprocessor:
         if "a" in mode:
             clip.audio = decode_audio(path, info=info, warnings=warnings)
         if "v" in mode:
+            check_stop(self.stop)
             try:
                 clip.rois = self._rois(path, info, warnings)
             except NoFaceError as e:
@@ -178,18 +185,22 @@ class Preprocessor:
         return clip
 
     def _rois(self, path, info, warnings: list) -> np.ndarray:
+        def chunks(said=None, **scaled):  # (<= CHUNK_FRAMES, H, W, 3) uint8 at a time; stops between them
+            with contextlib.closing(iter_video(path, info=info, chunk=CHUNK_FRAMES, warnings=said, **scaled)) as video:
+                for frames in video:  # on Stopped, ffmpeg is ended at once by the close
+                    check_stop(self.stop)
+                    yield frames
+
         if self.options.roi:  # chunk by chunk: an hour of crops is 0.8 GB of gray ROIs, not 10 GB of float RGB
-            chunks = iter_video(path, info=info, chunk=CHUNK_FRAMES, warnings=warnings)
-            return np.concatenate([rois_from_crops(frames) for frames in chunks])
-        chunks = lambda said=None: iter_video(path, info=info, chunk=CHUNK_FRAMES,  # noqa: E731
-                                              max_height=self.options.max_height, warnings=said)
+            return np.concatenate([rois_from_crops(frames) for frames in chunks(warnings)])
+        scaled = dict(max_height=self.options.max_height)
         tracker = FaceTracker()  # one face followed through every chunk
-        landmarks = np.concatenate([self.detector.detect(frames, tracker=tracker)
-                                    for frames in chunks(warnings)])  # (T, 68, 2); the second pass says nothing
+        landmarks = np.concatenate([self.detector.detect(frames, tracker=tracker, stop=self.stop)
+                                    for frames in chunks(warnings, **scaled)])  # (T, 68, 2)
         filled, missing = interpolate_missing(landmarks)
         smoothed = smooth(filled)
         mean_face, rois, at = load_mean_face(), [], 0
-        for frames in chunks():
+        for frames in chunks(**scaled):  # the second pass says nothing
             rois.append(crop_mouths(frames, smoothed[at : at + len(frames)], mean_face))
             at += len(frames)
         T = len(landmarks)
@@ -242,27 +253,45 @@ class ReadAhead:
     take(), which returns the results in order: what a data loader does, so that media is decoded while the model
     loads or transcribes the clips before. An exception fn raised is raised by the take() of its item, and the items
     after it are still read. Only that thread calls fn (a Preprocessor is not shared between threads). With ahead 0
-    nothing is read in advance: each item is read by its take(), while the caller waits. Use it in a `with`: on
-    leaving, nothing more is started; after the last take() the thread ends there, while on an error (Ctrl-C, a
-    model that fails to load) the read in flight is not waited for, since it may be minutes of face detection: the
-    thread, a daemon, ends with it or with the process (a cache file is written whole or not at all)."""
+    nothing is read in advance: each item is read by its take(), while the caller waits.
 
-    def __init__(self, fn, items, ahead: int):
+    Memory: with cost(result) (say, a clip's seconds) and a budget, no item is started while the results read and
+    not yet taken cost more than the budget, so a batch of hour-long videos is not all held twice.
+
+    Use it in a `with`: on leaving, nothing more is started, `stop` (a threading.Event that fn watches, as
+    Preprocessor does) is set so that a read in flight ends at its next chunk instead of after minutes of face
+    detection, and the thread is joined: a thread left inside torch while the interpreter exits aborts the process
+    (Ctrl-C must exit with 130, and leave no half-written cache file)."""
+
+    def __init__(self, fn, items, ahead: int, stop: threading.Event | None = None, cost=None,
+                 budget: float = float("inf")):
         self._fn, self._items, self._ahead = fn, iter(items), max(0, ahead)
+        self.stop = stop if stop is not None else threading.Event()
+        self._cost, self._budget = cost or (lambda result: 0.0), budget
+        self._held = 0.0  # cost of the results read and not yet taken
+        self._changed = threading.Condition()  # _held went down, or stop was set
         self._pending = deque()  # futures started and not yet taken, in order
         self._work = queue.SimpleQueue()  # (future, item) for the thread, then None: stop
-        self._thread = threading.Thread(target=self._serve, name="mome-read-ahead", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="mome-read-ahead")
         self._thread.start()
         self._start()
 
     def _serve(self) -> None:
         while (job := self._work.get()) is not None:
             future, item = job
-            if future.set_running_or_notify_cancel():  # False: cancelled before it started
-                try:
-                    future.set_result(self._fn(item))
-                except BaseException as e:  # noqa: BLE001 (raised again by take(), in the caller's thread)
-                    future.set_exception(e)
+            with self._changed:  # held results are taken in order, so this wait ends with the next take()
+                self._changed.wait_for(lambda: self._held <= self._budget or self.stop.is_set())
+            if self.stop.is_set() or not future.set_running_or_notify_cancel():  # False: cancelled before it started
+                continue
+            try:
+                result = self._fn(item)
+            except BaseException as e:  # noqa: BLE001 (raised again by take(), in the caller's thread)
+                future.set_exception(e)
+                continue
+            with self._changed:
+                future.cost = self._cost(result)
+                self._held += future.cost
+            future.set_result(result)
 
     def _start(self, at_least: int = 0) -> None:
         for item in islice(self._items, max(0, max(at_least, self._ahead) - len(self._pending))):
@@ -277,21 +306,26 @@ class ReadAhead:
         try:
             return future.result()
         finally:
+            with self._changed:
+                self._held -= getattr(future, "cost", 0.0)
+                self._changed.notify_all()
             self._start()
 
-    def close(self, wait: bool = True) -> None:
-        """Start nothing more; with wait, also wait for the call in flight."""
+    def close(self) -> None:
+        """Start nothing more, ask the call in flight to stop, and wait for the thread to end."""
         for future in self._pending:
             future.cancel()
         self._work.put(None)
-        if wait:
-            self._thread.join()
+        with self._changed:
+            self.stop.set()
+            self._changed.notify_all()
+        self._thread.join()
 
     def __enter__(self):
         return self
 
-    def __exit__(self, error_type, *_):
-        self.close(wait=error_type is None)
+    def __exit__(self, *_):
+        self.close()
 
 
 __all__ = ["PREPROCESS_VERSION", "PreprocessOptions", "Clip", "Preprocessor", "ReadAhead", "file_sha256"]

@@ -3,7 +3,9 @@
 The model is loaded once, only if some input has work to do. Inputs are prepared one by one (a bad file is reported
 on one line and the batch goes on) and decoded in groups of `batch_size` clips, whose segments are batched together;
 a background thread prepares them up to one group ahead, from before the model loads (preprocess.ReadAhead), or each
-at its turn when that means face detection on the GPU beside the model's CUDA graphs.
+at its turn when that means face detection on the GPU beside the model's CUDA graphs. Reading ahead holds at most
+READ_AHEAD_SECONDS of media beyond the clip it is reading; when the run ends early (Ctrl-C, a model that does not
+load), the read in flight stops at its next chunk of video and is waited for, writing nothing.
 An input whose every output exists already is skipped unless `overwrite` (with `stdout`, its text is read back from
 them and printed); otherwise only the formats it lacks are written, each atomically.
 """
@@ -11,6 +13,7 @@ them and printed); otherwise only the formats it lacks are written, each atomica
 from __future__ import annotations
 
 import sys
+import threading
 import time
 import unicodedata
 from dataclasses import dataclass, field
@@ -33,6 +36,8 @@ class TranscribeJob:
     cache_dir: Path | None = None  # preprocessed clips; None: no cache
     verbose: int = 0  # -v: the model, and each file's length, mode, rate and times; -vv: its segments too
 
+
+READ_AHEAD_SECONDS = 600.0  # media read ahead and not yet taken, in seconds of clip: ~180 MB of ROIs and audio
 
 ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
@@ -103,7 +108,8 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
         if job.verbose >= level:
             log(message)
 
-    preprocess = Preprocessor(preprocess_options, cache_dir=job.cache_dir)
+    stop = threading.Event()  # set when the run ends early: the read in flight then stops at its next chunk
+    preprocess = Preprocessor(preprocess_options, cache_dir=job.cache_dir, stop=stop)
 
     def prepare(path):  # in ReadAhead's thread, the only one that calls preprocess
         started = time.perf_counter()
@@ -115,7 +121,8 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
     # transcribed; but not when reading runs face detection on the GPU: a CUDA graph being captured in this thread
     # (decoding, Whisper) fails if another thread calls CUDA meanwhile. Each input is then read at its turn.
     ahead = 0 if face_detection_on_gpu(preprocess_options) else batch_clips
-    with ReadAhead(prepare, [item.path for item, *_ in todo], ahead=ahead) as prepared:
+    with ReadAhead(prepare, [item.path for item, *_ in todo], ahead=ahead, stop=stop,
+                   cost=lambda prepared: prepared[0].duration, budget=READ_AHEAD_SECONDS) as prepared:
         from .recognizer import load_recognizer, shadowed_preset
 
         if warning := shadowed_preset(job.model):

@@ -24,6 +24,7 @@ if not torch.cuda.is_available():
 
 
 from mome_cli.checkpoint import build_model
+from mome_cli.lips import check_stop
 from mome_cli.model import Features, ModelConfig
 from mome_cli.mome import MoMEConfig
 
@@ -117,7 +118,8 @@ class FakeDetector:
         self.points, self.missing = points, set(missing)
         self.trackers = []  # the FaceTracker given with each call
 
-    def detect(self, frames, batch_size=16, boxes=None, tracker=None):
+    def detect(self, frames, batch_size=16, boxes=None, tracker=None, stop=None):
+        check_stop(stop)
         self.trackers.append(tracker)
         out = np.repeat(self.points[None].astype(np.float32), len(frames), axis=0)
         out[list(self.missing)] = np.nan

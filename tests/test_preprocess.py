@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import FakeDetector, wait_for
-from mome_cli.lips import MOUTH_POINTS, load_mean_face
+from mome_cli.lips import MOUTH_POINTS, Stopped, load_mean_face
 from mome_cli.media import MediaError, NoAudioError, NoVideoError
 from mome_cli.preprocess import Preprocessor, PreprocessOptions, ReadAhead
 
@@ -224,27 +224,72 @@ def test_read_ahead_0_reads_each_item_at_its_take():
     assert results == [0, -1, -2] and calls == [(0, 1), (1, 2), (2, 3)]
 
 
-def test_read_ahead_left_on_an_error_starts_nothing_more_and_does_not_wait_for_the_call_in_flight():
-    """Ctrl-C, or a model that fails to load, while a long read is in flight: the caller leaves at once, nothing more
-    is read, and the thread ends by itself once the read in flight ends."""
+def test_read_ahead_left_on_an_error_starts_nothing_more_and_stops_the_call_in_flight_then_waits_for_it():
+    """Ctrl-C, or a model that fails to load, while a long read is in flight: nothing more is read, the read in flight
+    is told to stop (the event it watches is set) and the caller leaves as soon as it has, with no thread left
+    running: a thread left inside torch while the interpreter exits aborts the process."""
     before = set(threading.enumerate())
-    reading, release, calls = threading.Event(), threading.Event(), []
+    stop, reading, calls, ends = threading.Event(), threading.Event(), [], []
 
-    def slow(i):
+    def slow(i):  # ten seconds of work that looks at `stop` between its steps, as face detection does
         calls.append(i)
         reading.set()
-        assert release.wait(10)
+        for _ in range(1000):
+            if stop.is_set():
+                ends.append("stopped")
+                raise Stopped
+            time.sleep(0.01)
+        ends.append("finished")
         return i
 
     started = time.monotonic()
     with pytest.raises(KeyError):
-        with ReadAhead(slow, range(5), ahead=5):
+        with ReadAhead(slow, range(5), ahead=5, stop=stop):
             assert reading.wait(10)
             raise KeyError("the caller failed")  # the first item is still being read
-    assert time.monotonic() - started < 5 and calls == [0]  # left without waiting for it (10 s); nothing more read
-    release.set()
-    wait_for(lambda: set(threading.enumerate()) == before)
-    assert calls == [0]
+    assert time.monotonic() - started < 5  # not the 10 s of the read
+    assert set(threading.enumerate()) == before  # the thread has ended by the time the caller leaves
+    assert calls == [0] and ends == ["stopped"]  # nothing more was read, and the read in flight was stopped
+
+
+def test_read_ahead_holds_at_most_its_budget_of_results_not_yet_taken():
+    """cost(result) and a budget: no item is started while the results read and not taken cost more than it, so a
+    batch of long clips is not held twice; each take() lets the reading go on."""
+    started = []
+    with ReadAhead(lambda i: started.append(i) or i, [5, 5, 5, 1, 1, 1], ahead=6, cost=float, budget=8) as ahead:
+        wait_for(lambda: len(started) >= 2)
+        time.sleep(0.2)
+        assert started == [5, 5]  # 10 held after the second: over 8, the third waits
+        assert ahead.take() == 5
+        wait_for(lambda: len(started) >= 3)
+        time.sleep(0.2)
+        assert started == [5, 5, 5]  # 5 + 5 held again
+        assert [ahead.take() for _ in range(5)] == [5, 5, 1, 1, 1]
+    assert started == [5, 5, 5, 1, 1, 1]
+
+
+def test_a_preprocessor_told_to_stop_ends_at_the_next_detection_batch_and_caches_nothing(media, torch_home,
+                                                                                          monkeypatch, tmp_path):
+    """Real face-alignment on a 3 s video (38 batches of face detection on the CPU): the stop event set while the
+    first batch runs ends the call after it, with Stopped, and no cache file (not even a temporary one) is left."""
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:duration=3", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+           tmp_path / "long.mp4")
+    stop = threading.Event()
+    preprocess = Preprocessor(PreprocessOptions(mode="v", device="cpu"), cache_dir=tmp_path / "cache", stop=stop)
+    batches = []
+    detect_from_batch = preprocess.detector.fa.face_detector.detect_from_batch
+
+    def first_batch_then_stop(batch):
+        batches.append(len(batch))
+        stop.set()  # as ReadAhead.close() does from the caller's thread
+        return detect_from_batch(batch)
+
+    monkeypatch.setattr(preprocess.detector.fa.face_detector, "detect_from_batch", first_batch_then_stop)
+    with pytest.raises(Stopped):
+        preprocess(tmp_path / "long.mp4")
+    assert batches == [2]  # one batch of 2 frames of the 75 (on the CPU), then stopped
+    assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []
 
 
 def test_read_ahead_left_after_the_last_take_leaves_no_thread():

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -102,14 +103,18 @@ def transcribe_here(inputs, trained, out, monkeypatch, batch_size=8):
 
 
 def spy_on_reading(monkeypatch, before=lambda path: None):
-    """Preprocessor calls are recorded (path and thread) and go through before(path) first."""
+    """Preprocessor calls are recorded (path and thread) and go through before(path) first; a before that takes a
+    second argument gets the Preprocessor too."""
+    import inspect
+
     from mome_cli import preprocess
 
     calls, real = [], preprocess.Preprocessor.__call__
+    with_self = len(inspect.signature(before).parameters) == 2
 
     def call(self, path):
         calls.append((Path(path), threading.current_thread()))
-        before(Path(path))
+        before(Path(path), self) if with_self else before(Path(path))
         return real(self, path)
 
     monkeypatch.setattr(preprocess.Preprocessor, "__call__", call)
@@ -157,19 +162,27 @@ def test_inputs_read_in_the_background_come_back_in_their_order_with_a_bad_file_
 
 
 @pytest.mark.parametrize("failure", ["missing model", "usage problem", "ctrl-c"])
-def test_a_model_that_fails_to_load_ends_the_run_at_once_and_the_reading_soon_after(trained, tmp_path, monkeypatch,
+def test_a_model_that_fails_to_load_ends_the_run_and_the_reading_in_flight_at_once(trained, tmp_path, monkeypatch,
                                                                                    failure):
+    """The read in flight (a long face detection, say) is told to stop, and the run ends as soon as it has, with no
+    thread left behind, nothing more read and nothing written."""
     from mome_cli import recognizer
     from mome_cli.hub import MissingModelError
+    from mome_cli.lips import Stopped
 
     error = {"missing model": MissingModelError("no such model"), "ctrl-c": KeyboardInterrupt(),
              "usage problem": recognizer.UsageProblem("--rate 8,2: not trained")}[failure]
     before = set(threading.enumerate())
-    reading, released = threading.Event(), threading.Event()
+    reading, ends = threading.Event(), []
 
-    def in_flight(path):  # the first input is still being read when the load fails (a long face detection, say)
+    def in_flight(path, preprocess):  # ten seconds of work that looks at its stop event between steps
         reading.set()
-        assert released.wait(10)
+        for _ in range(1000):
+            if preprocess.stop.is_set():
+                ends.append("stopped")
+                raise Stopped
+            time.sleep(0.01)
+        ends.append("finished")
 
     calls = spy_on_reading(monkeypatch, in_flight)
 
@@ -183,8 +196,7 @@ def test_a_model_that_fails_to_load_ends_the_run_at_once_and_the_reading_soon_af
     with pytest.raises(type(error)):
         transcribe_here(clips, trained, tmp_path / "out", monkeypatch)
     assert time.monotonic() - started < 5  # the error comes at once, not after the read in flight (10 s)
-    released.set()
-    wait_for(lambda: set(threading.enumerate()) == before)  # which then ends its thread
+    assert set(threading.enumerate()) == before and ends == ["stopped"]  # which was stopped, its thread ended
     assert [path for path, _ in calls] == clips[:1]  # nothing after it was read
     assert not (tmp_path / "out").exists()
 
@@ -544,3 +556,36 @@ def test_a_model_trained_for_audio_alone_refuses_mode_av_and_names_the_mode(trai
     scored = mome("evaluate", "--dataset", tmp_path / "m.jsonl", "--model", tmp_path / "audio-only", "--roi", "-o",
                   tmp_path / "e", cwd=tmp_path)
     assert scored.returncode == 2 and "pass --mode a" in scored.stderr, scored.explain
+
+
+def test_ctrl_c_while_faces_are_detected_exits_130_soon_and_leaves_no_cache_file(trained, torch_home, tmp_path):
+    """Ctrl-C while the reading thread runs face detection on a long video (face-alignment on the CPU, minutes of
+    it): the read stops at its next batch, the process exits 130 with `interrupted` (not an abort from a thread left
+    inside torch) within seconds, and the clip cache holds nothing, not even a hidden temporary file."""
+    video = tmp_path / "long.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=320x240:rate=25:duration=120", "-f", "lavfi", "-i", "sine=frequency=300:duration=120",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
+                    str(video)], check=True)
+    home = tmp_path / "home"
+    shutil.copytree(torch_home, home / "torch")  # face-alignment's networks, random, where `mome download` puts them
+    process = subprocess.Popen([MOME, "-v", "transcribe", str(video), "--model", str(trained / "ckpt"),
+                                "--device", "cpu", "-o", str(tmp_path / "out")], stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "MOME_HOME": str(home)})
+    said = []
+    for line in process.stderr:  # the model loads while the video is read
+        said.append(line)
+        if "loaded in" in line:
+            break
+    time.sleep(3)  # well into face detection: 3000 frames, 20 to 100 ms each
+    assert process.poll() is None, "".join(said)
+    process.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    said.append(process.stderr.read())
+    process.wait(timeout=60)
+    waited = time.monotonic() - started
+    assert process.returncode == 130 and said[-1].strip().endswith("interrupted"), "".join(said)
+    print(f"exited {waited:.2f} s after SIGINT")
+    assert waited < 10, waited  # a batch of detection (about a second), not the rest of the video
+    assert [p for p in home.rglob("*") if p.is_file() and home / "torch" not in p.parents] == []
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
