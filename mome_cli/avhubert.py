@@ -192,11 +192,16 @@ class LipResNet(nn.Module):
         )
         self.trunk = ResNetTrunk(config)
 
-    def forward(self, frames: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor, pad: torch.Tensor, padded: bool | None = None) -> torch.Tensor:
+        """padded: whether pad has any True (None: look, a host sync on a GPU)."""
         B, T, H, W = frames.shape
-        x = frames.masked_fill(pad[:, :, None, None], 0.0)  # padded frames look like the stem's own zero padding
-        x = self.frontend3D(x.unsqueeze(1))  # (B, C, T, H/4, W/4)
+        padded = bool(pad.any()) if padded is None else padded
+        if padded:
+            frames = frames.masked_fill(pad[:, :, None, None], 0.0)  # padded frames look like the stem's zero padding
+        x = self.frontend3D(frames.unsqueeze(1))  # (B, C, T, H/4, W/4)
         x = x.transpose(1, 2)  # (B, T, C, H/4, W/4)
+        if not padded:  # every frame is real: no boolean indexing, whose output size the host must wait for
+            return self.trunk(x.flatten(0, 1)).view(B, T, -1)  # (B, T, C_out)
         real = ~pad
         out = x.new_zeros(B, T, self.trunk.out_channels)  # (B, T, C_out)
         out[real] = self.trunk(x[real])  # the trunk sees each frame alone: padded frames are skipped
@@ -211,8 +216,8 @@ class VideoFeatureExtractor(nn.Module):
         self.resnet = LipResNet(config)
         self.proj = nn.Linear(config.stage_channels[-1], config.embed_dim)
 
-    def forward(self, frames: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.resnet(frames, pad))
+    def forward(self, frames: torch.Tensor, pad: torch.Tensor, padded: bool | None = None) -> torch.Tensor:
+        return self.proj(self.resnet(frames, pad, padded))
 
 
 class ConvPositionalEmbedding(nn.Module):
@@ -285,10 +290,13 @@ class TransformerEncoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_layers))
         self.layer_norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        x = x.masked_fill(pad.unsqueeze(-1), 0.0)  # (B, T, D): padding must look like the conv's zero padding
+    def forward(self, x: torch.Tensor, pad: torch.Tensor, padded: bool | None = None) -> torch.Tensor:
+        """padded: whether pad has any True (None: look, a host sync on a GPU)."""
+        padded = bool(pad.any()) if padded is None else padded
+        if padded:
+            x = x.masked_fill(pad.unsqueeze(-1), 0.0)  # (B, T, D): padding must look like the conv's zero padding
         x = x + self.pos_conv(x)
-        attend = ~pad[:, None, None, :] if pad.any() else None  # (B, 1, 1, T): the keys every query may see
+        attend = ~pad[:, None, None, :] if padded else None  # (B, 1, 1, T): the keys every query may see
         for layer in self.layers:
             x = layer(x, attend)
         return self.layer_norm(x)
@@ -316,17 +324,20 @@ class AVHubertVideoEncoder(nn.Module):
         B, T, H, W = frames.shape
         if lengths is None:
             lengths = torch.full((B,), T, dtype=torch.long)
+        # Checked on the host (lengths usually come from there): on a GPU, a look at device values waits for them.
+        host = lengths.to(device="cpu", dtype=torch.long)
+        if host.shape != (B,) or int(host.min()) < 1 or int(host.max()) > T:
+            raise ValueError(f"lengths must be (B,) = ({B},) with values in 1..{T}, got {host.tolist()}")
+        padded = int(host.min()) < T  # some clip is shorter than the batch: masks are needed
         lengths = lengths.to(device=frames.device, dtype=torch.long)
-        if lengths.shape != (B,) or int(lengths.min()) < 1 or int(lengths.max()) > T:
-            raise ValueError(f"lengths must be (B,) = ({B},) with values in 1..{T}, got {lengths.tolist()}")
         pad = torch.arange(T, device=frames.device) >= lengths.unsqueeze(1)  # (B, T): True on padding
         frames = frames.to(self.post_extract_proj.weight.dtype)
-        video = self.feature_extractor_video(frames, pad)  # (B, T, D)
+        video = self.feature_extractor_video(frames, pad, padded)  # (B, T, D)
         audio = torch.zeros_like(video)  # video only: fairseq fills the audio features with zeros
         x = self.layer_norm(torch.cat([audio, video], dim=-1))  # (B, T, 2D): audio first, as fairseq concatenates
         x = self.post_extract_proj(x)  # (B, T, D)
-        x = self.encoder(x, pad)  # (B, T, D)
-        return x.masked_fill(pad.unsqueeze(-1), 0.0), lengths
+        x = self.encoder(x, pad, padded)  # (B, T, D)
+        return (x.masked_fill(pad.unsqueeze(-1), 0.0) if padded else x), lengths
 
 
 # ---------------------------------------------------------------------------------------------------------------------
