@@ -55,9 +55,10 @@ PIXEL_STD = 0.165  # standard deviation of x / 255 over LRS3 mouth ROIs
 GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 luma of RGB, as OpenCV's RGB2GRAY
 MISSING_WARN_FRACTION = 0.5  # warn when more than this share of a clip's frames had no face
 DETECTORS = ("sfd", "blazeface")  # face-alignment's S3FD (accurate, any size) | BlazeFace (fast, frontal faces)
-DETECT_BATCH = 16  # frames per detection batch on an accelerator
-DETECT_BATCH_CPU = 2  # on the CPU, where batching gains nothing (0.8 s a frame at 640 x 360 on 2 cores, whatever the
-# batch): small batches let a stop (Ctrl-C) take effect within about a second and a half
+DETECT_BATCH = 16  # frames per detection and landmark batch
+DETECT_BATCH_CPU_SFD = 2  # with sfd on the CPU, where batching gains nothing (0.8 s a frame at 640 x 360 on 2 cores
+# whatever the batch): small batches let a stop (Ctrl-C) take effect within a second or two. (blazeface, ~40 ms a
+# frame there, is 2-3x slower a frame in batches of 2 than of 16, and keeps 16.)
 DETECT_MAX_SIDE = 640  # frames are scaled down to this longest side for face detection only (bounds its memory)
 TRACK_GATE = 1.0  # a face continues the track if its centre is within this many box sides of the last box's centre
 TRACK_RESET = 25  # frames (1 s at 25 fps) with no face near the track before the largest face starts a new one
@@ -205,7 +206,7 @@ class LandmarkDetector:
             raise ImportError(f"the lip stage needs face-alignment (pip install 'face-alignment>=1.4'): {e}") from e
         self.device = resolve_device(device)
         self.detector = detector
-        self.batch_size = DETECT_BATCH_CPU if self.device == "cpu" else DETECT_BATCH
+        self.batch_size = DETECT_BATCH_CPU_SFD if self.device == "cpu" and detector == "sfd" else DETECT_BATCH
         fa = face_alignment.FaceAlignment
         landmarks_type = getattr(face_alignment.LandmarksType, "TWO_D", None)  # named _2D before 1.4
         if landmarks_type is None:
