@@ -6,6 +6,7 @@ The contract is in CLI-CONTRACT.md. This module imports only click and rich: com
 
 import contextlib
 import gc
+import signal
 from dataclasses import dataclass
 
 import click
@@ -83,10 +84,13 @@ class OrderedGroup(click.Group):
     def invoke(self, ctx):
         """Ctrl-C ends any command with 130, as a shell reports a process ended by SIGINT (click's own "Aborted!"
         exits 1, the code of a batch where nothing succeeded). What was written before it is complete: every file
-        is written under a temporary name first."""
+        is written under a temporary name first. More Ctrl-Cs while it exits are ignored: they would turn 130 into
+        a death by SIGINT or a traceback."""
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
+            with contextlib.suppress(ValueError):  # ValueError: not the main thread (a test's runner)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
             click.echo("\ninterrupted", err=True)
             ctx.exit(INTERRUPTED)
 

@@ -187,22 +187,27 @@ class Preprocessor:
     def _rois(self, path, info, warnings: list) -> np.ndarray:
         def chunks(said=None, **scaled):  # (<= CHUNK_FRAMES, H, W, 3) uint8 at a time; stops between them
             with contextlib.closing(iter_video(path, info=info, chunk=CHUNK_FRAMES, warnings=said, **scaled)) as video:
-                for frames in video:  # on Stopped, ffmpeg is ended at once by the close
+                for frames in video:
                     check_stop(self.stop)
                     yield frames
 
+        # Each pass closes its generator on leaving, so that ffmpeg ends at once on an exception (Stopped included),
+        # not when the traceback that holds the generator's frame is dropped.
         if self.options.roi:  # chunk by chunk: an hour of crops is 0.8 GB of gray ROIs, not 10 GB of float RGB
-            return np.concatenate([rois_from_crops(frames) for frames in chunks(warnings)])
+            with contextlib.closing(chunks(warnings)) as video:
+                return np.concatenate([rois_from_crops(frames) for frames in video])
         scaled = dict(max_height=self.options.max_height)
         tracker = FaceTracker()  # one face followed through every chunk
-        landmarks = np.concatenate([self.detector.detect(frames, tracker=tracker, stop=self.stop)
-                                    for frames in chunks(warnings, **scaled)])  # (T, 68, 2)
+        with contextlib.closing(chunks(warnings, **scaled)) as video:
+            landmarks = np.concatenate([self.detector.detect(frames, tracker=tracker, stop=self.stop)
+                                        for frames in video])  # (T, 68, 2)
         filled, missing = interpolate_missing(landmarks)
         smoothed = smooth(filled)
         mean_face, rois, at = load_mean_face(), [], 0
-        for frames in chunks(**scaled):  # the second pass says nothing
-            rois.append(crop_mouths(frames, smoothed[at : at + len(frames)], mean_face))
-            at += len(frames)
+        with contextlib.closing(chunks(**scaled)) as video:  # the second pass says nothing
+            for frames in video:
+                rois.append(crop_mouths(frames, smoothed[at : at + len(frames)], mean_face))
+                at += len(frames)
         T = len(landmarks)
         if missing > T / 2:
             warnings.append(f"no face in {missing} of {T} frames: their mouth crops are interpolated")
@@ -255,16 +260,20 @@ class ReadAhead:
     after it are still read. Only that thread calls fn (a Preprocessor is not shared between threads). With ahead 0
     nothing is read in advance: each item is read by its take(), while the caller waits.
 
-    Memory: with cost(result) (say, a clip's seconds) and a budget, no item is started while the results read and
-    not yet taken cost more than the budget, so a batch of hour-long videos is not all held twice.
+    Memory: with cost(result) (say, a clip's seconds; finite, >= 0) and a budget, no item is started while the
+    results read and not yet taken cost more than the budget, so a batch of hour-long videos is not all held twice.
 
     Use it in a `with`: on leaving, nothing more is started, `stop` (a threading.Event that fn watches, as
     Preprocessor does) is set so that a read in flight ends at its next chunk instead of after minutes of face
-    detection, and the thread is joined: a thread left inside torch while the interpreter exits aborts the process
-    (Ctrl-C must exit with 130, and leave no half-written cache file)."""
+    detection, and the thread is waited for, through further Ctrl-Cs: a thread left inside torch while the
+    interpreter exits aborts the process (Ctrl-C must exit with 130, and leave no half-written cache file)."""
+
+    POLL = 0.25  # seconds between looks, while idle, at whether the interpreter is exiting without close()
 
     def __init__(self, fn, items, ahead: int, stop: threading.Event | None = None, cost=None,
                  budget: float = float("inf")):
+        if not budget >= 0:  # NaN too
+            raise ValueError(f"the read-ahead budget must be >= 0, not {budget}")
         self._fn, self._items, self._ahead = fn, iter(items), max(0, ahead)
         self.stop = stop if stop is not None else threading.Event()
         self._cost, self._budget = cost or (lambda result: 0.0), budget
@@ -272,26 +281,51 @@ class ReadAhead:
         self._changed = threading.Condition()  # _held went down, or stop was set
         self._pending = deque()  # futures started and not yet taken, in order
         self._work = queue.SimpleQueue()  # (future, item) for the thread, then None: stop
+        self._ended = threading.Event()  # set by the thread as it returns
         self._thread = threading.Thread(target=self._serve, name="mome-read-ahead")
         self._thread.start()
-        self._start()
+        try:
+            self._start()  # iterates over items, which may raise
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _orphaned() -> bool:
+        """The interpreter is exiting and nobody closed this (a caller's bug): end, rather than hold the exit."""
+        return not threading.main_thread().is_alive()
+
+    def _next_job(self):
+        while True:
+            try:
+                return self._work.get(timeout=self.POLL)
+            except queue.Empty:
+                if self._orphaned():
+                    return None
 
     def _serve(self) -> None:
-        while (job := self._work.get()) is not None:
-            future, item = job
-            with self._changed:  # held results are taken in order, so this wait ends with the next take()
-                self._changed.wait_for(lambda: self._held <= self._budget or self.stop.is_set())
-            if self.stop.is_set() or not future.set_running_or_notify_cancel():  # False: cancelled before it started
-                continue
-            try:
-                result = self._fn(item)
-            except BaseException as e:  # noqa: BLE001 (raised again by take(), in the caller's thread)
-                future.set_exception(e)
-                continue
-            with self._changed:
-                future.cost = self._cost(result)
-                self._held += future.cost
-            future.set_result(result)
+        try:
+            while (job := self._next_job()) is not None:
+                future, item = job
+                with self._changed:  # held results are taken in order, so this wait ends with the next take()
+                    while not (self._held <= self._budget or self.stop.is_set() or self._orphaned()):
+                        self._changed.wait(self.POLL)
+                if self.stop.is_set() or self._orphaned() or not future.set_running_or_notify_cancel():
+                    continue  # set_running_or_notify_cancel() is False when cancelled before it started
+                try:
+                    result = self._fn(item)
+                    cost = float(self._cost(result))
+                    if not 0 <= cost < float("inf"):
+                        raise ValueError(f"a read-ahead cost must be finite and >= 0, not {cost}")
+                except BaseException as e:  # noqa: BLE001 (raised again by take(), in the caller's thread)
+                    future.set_exception(e)
+                    continue
+                with self._changed:
+                    future.cost = cost
+                    self._held += cost
+                future.set_result(result)
+        finally:
+            self._ended.set()
 
     def _start(self, at_least: int = 0) -> None:
         for item in islice(self._items, max(0, max(at_least, self._ahead) - len(self._pending))):
@@ -311,15 +345,29 @@ class ReadAhead:
                 self._changed.notify_all()
             self._start()
 
-    def close(self) -> None:
-        """Start nothing more, ask the call in flight to stop, and wait for the thread to end."""
+    def _tell_to_stop(self) -> None:  # may run more than once
+        self.stop.set()  # first, so that a Ctrl-C in what follows cannot leave the thread reading
+        self._work.put(None)
         for future in self._pending:
             future.cancel()
-        self._work.put(None)
         with self._changed:
-            self.stop.set()
             self._changed.notify_all()
-        self._thread.join()
+
+    def close(self) -> None:
+        """Start nothing more, ask the call in flight to stop, and wait for the thread to end. A Ctrl-C while waiting
+        (a second one, when the first ended the run) is raised once the thread has ended: an interrupted join would
+        let the interpreter exit under the thread."""
+        interrupted = None
+        while True:
+            try:
+                self._tell_to_stop()
+                self._ended.wait()
+                self._thread.join()
+                break
+            except KeyboardInterrupt as e:
+                interrupted = interrupted or e
+        if interrupted is not None:
+            raise interrupted
 
     def __enter__(self):
         return self

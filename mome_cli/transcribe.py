@@ -3,9 +3,10 @@
 The model is loaded once, only if some input has work to do. Inputs are prepared one by one (a bad file is reported
 on one line and the batch goes on) and decoded in groups of `batch_size` clips, whose segments are batched together;
 a background thread prepares them up to one group ahead, from before the model loads (preprocess.ReadAhead), or each
-at its turn when that means face detection on the GPU beside the model's CUDA graphs. Reading ahead holds at most
-READ_AHEAD_SECONDS of media beyond the clip it is reading; when the run ends early (Ctrl-C, a model that does not
-load), the read in flight stops at its next chunk of video and is waited for, writing nothing.
+at its turn when that means face detection on the GPU beside the model's CUDA graphs. Reading ahead starts no clip
+while more than READ_AHEAD_SECONDS of media read waits to be taken (so it holds at most that plus one clip); when the
+run ends early (Ctrl-C, a model that does not load), the read in flight stops at its next chunk of video or batch of
+face detection and is waited for, writing nothing.
 An input whose every output exists already is skipped unless `overwrite` (with `stdout`, its text is read back from
 them and printed); otherwise only the formats it lacks are written, each atomically.
 """

@@ -176,7 +176,12 @@ def test_report_summary():
     ("evaluate", "evaluate", ["--dataset", "m.jsonl", "-o", "out"]),
 ])
 def test_ctrl_c_ends_a_command_with_130_not_click_s_1(tmp_path, monkeypatch, command, module, args):
+    """...and ignores more Ctrl-Cs while it exits (another would kill the process by SIGINT, or print a traceback)."""
     import importlib
+    import signal
+
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: handlers.append((signum, handler)))
+    handlers = []
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
@@ -187,6 +192,7 @@ def test_ctrl_c_ends_a_command_with_130_not_click_s_1(tmp_path, monkeypatch, com
     (tmp_path / "m.jsonl").write_text('{"id": "a", "audio": "a.wav", "text": "a"}\n')
     result = invoke(command, *(["a.wav"] if command == "transcribe" else []), *args)
     assert result.exit_code == 130 and result.stderr.strip() == "interrupted", explain(result)
+    assert handlers == [(signal.SIGINT, signal.SIG_IGN)]
 
 
 def test_exit_codes_match_contract():

@@ -1,9 +1,13 @@
 """From media files to Clips: modality fallbacks, the real face-alignment path, crops, and the cache."""
 
+import os
 import shutil
 import subprocess
+import sys
+import textwrap
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +15,7 @@ import pytest
 from conftest import FakeDetector, wait_for
 from mome_cli.lips import MOUTH_POINTS, Stopped, load_mean_face
 from mome_cli.media import MediaError, NoAudioError, NoVideoError
+from mome_cli import preprocess as preprocess_module
 from mome_cli.preprocess import Preprocessor, PreprocessOptions, ReadAhead
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
@@ -182,6 +187,21 @@ def test_weights_in_mome_home_are_found_with_or_without_torch_home(media, torch_
 # -- reading ahead ---------------------------------------------------------------------------------------------------
 
 
+def ffmpeg_children() -> list[int]:
+    """This process's live ffmpeg children (zombies, ended and not yet waited for, left out)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, rest = stat.read_text().split(" (", 1)
+            name, fields = rest.rsplit(") ", 1)
+        except OSError:  # ended meanwhile
+            continue
+        state, ppid = fields.split()[:2]
+        if name == "ffmpeg" and int(ppid) == os.getpid() and state != "Z":
+            found.append(int(pid))
+    return found
+
+
 def test_read_ahead_gives_results_in_order_from_one_thread_at_most_n_ahead_with_errors_in_their_place():
     calls, threads, takes = [], set(), [0]
 
@@ -275,6 +295,7 @@ def test_a_preprocessor_told_to_stop_ends_at_the_next_detection_batch_and_caches
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
     ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:duration=3", "-c:v", "libx264", "-pix_fmt", "yuv420p",
            tmp_path / "long.mp4")
+    monkeypatch.setattr(preprocess_module, "CHUNK_FRAMES", 25)  # three chunks: ffmpeg is still writing at the stop
     stop = threading.Event()
     preprocess = Preprocessor(PreprocessOptions(mode="v", device="cpu"), cache_dir=tmp_path / "cache", stop=stop)
     batches = []
@@ -286,9 +307,11 @@ def test_a_preprocessor_told_to_stop_ends_at_the_next_detection_batch_and_caches
         return detect_from_batch(batch)
 
     monkeypatch.setattr(preprocess.detector.fa.face_detector, "detect_from_batch", first_batch_then_stop)
-    with pytest.raises(Stopped):
+    with pytest.raises(Stopped) as stopped:
         preprocess(tmp_path / "long.mp4")
     assert batches == [2]  # one batch of 2 frames of the 75 (on the CPU), then stopped
+    # ffmpeg has ended, though the exception (its traceback holding the reading generator) is still alive
+    assert stopped.value is not None and ffmpeg_children() == []
     assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []
 
 
@@ -297,3 +320,84 @@ def test_read_ahead_left_after_the_last_take_leaves_no_thread():
     with ReadAhead(lambda i: i, range(3), ahead=2) as ahead:
         assert [ahead.take() for _ in range(3)] == [0, 1, 2]
     assert set(threading.enumerate()) == before
+
+def test_read_ahead_costs_and_budgets_that_would_hang_it_are_errors():
+    with pytest.raises(ValueError, match="budget"):
+        ReadAhead(str, [], ahead=1, budget=float("nan"))
+    with pytest.raises(ValueError, match="budget"):
+        ReadAhead(str, [], ahead=1, budget=-1)
+
+    def cost(result):  # an error, then costs that would leave the budget's accounting NaN or stuck
+        if result == 1:
+            raise KeyError("no cost")
+        return {2: float("inf"), 3: float("nan"), 4: -1.0}.get(result, 1.0)
+
+    with ReadAhead(lambda i: i, range(6), ahead=6, cost=cost, budget=2) as ahead:
+        results = []
+        for _ in range(6):
+            try:
+                results.append(ahead.take())
+            except (KeyError, ValueError) as e:
+                results.append(type(e).__name__)
+    assert results == [0, "KeyError", "ValueError", "ValueError", "ValueError", 5]
+
+
+def test_read_ahead_whose_items_fail_at_once_leaves_no_thread():
+    def items():
+        raise OSError("cannot list them")
+        yield
+
+    before = set(threading.enumerate())
+    with pytest.raises(OSError, match="cannot list"):
+        ReadAhead(str, items(), ahead=2)
+    assert set(threading.enumerate()) == before
+
+
+def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_more_ctrl_cs_while_the_read_in_flight_ends_wait_for_it_then_raise_keyboard_interrupt():
+    """The first Ctrl-C ends the run; more, while close() waits for the read in flight (one that does not watch
+    `stop`), must not cut the wait short: an interrupted join lets the interpreter exit under the thread, which
+    aborts the process when the thread is inside torch."""
+    done = run_python("""
+        import os, signal, threading, time
+        from mome_cli.preprocess import ReadAhead
+        taking, sent, finished = threading.Event(), threading.Event(), threading.Event()
+
+        def read(i):  # does not look at `stop`: ends 0.3 s after the last Ctrl-C
+            sent.wait(30)
+            time.sleep(0.3)
+            finished.set()
+            return i
+
+        def ctrl_c(times=3):
+            taking.wait(30)
+            for _ in range(times):
+                time.sleep(0.3)
+                os.kill(os.getpid(), signal.SIGINT)
+            sent.set()
+
+        threading.Thread(target=ctrl_c, daemon=True).start()
+        try:
+            with ReadAhead(read, [0], ahead=1) as ahead:
+                taking.set()
+                ahead.take()
+        except KeyboardInterrupt:
+            print("interrupted; the read had ended:", finished.is_set())
+    """)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "interrupted; the read had ended: True"
+
+
+def test_a_read_ahead_never_closed_does_not_hold_the_interpreter_at_exit():
+    done = run_python("""
+        from mome_cli.preprocess import ReadAhead
+        ahead = ReadAhead(lambda i: i, range(3), ahead=1)
+        print(ahead.take())
+    """, timeout=30)
+    assert done.returncode == 0 and done.stdout.strip() == "0", done.stderr
