@@ -192,20 +192,19 @@ class LipResNet(nn.Module):
         )
         self.trunk = ResNetTrunk(config)
 
-    def forward(self, frames: torch.Tensor, pad: torch.Tensor, padded: bool | None = None) -> torch.Tensor:
-        """padded: whether pad has any True (None: look, a host sync on a GPU)."""
+    def forward(self, frames: torch.Tensor, pad: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+        """real: (N,) indices of the real frames among the B * T, on the device; None when every frame is real.
+        (Indices, not the boolean pad: selecting by a mask makes the host wait for the GPU to learn the size.)"""
         B, T, H, W = frames.shape
-        padded = bool(pad.any()) if padded is None else padded
-        if padded:
+        if real is not None:
             frames = frames.masked_fill(pad[:, :, None, None], 0.0)  # padded frames look like the stem's zero padding
         x = self.frontend3D(frames.unsqueeze(1))  # (B, C, T, H/4, W/4)
-        x = x.transpose(1, 2)  # (B, T, C, H/4, W/4)
-        if not padded:  # every frame is real: no boolean indexing, whose output size the host must wait for
-            return self.trunk(x.flatten(0, 1)).view(B, T, -1)  # (B, T, C_out)
-        real = ~pad
-        out = x.new_zeros(B, T, self.trunk.out_channels)  # (B, T, C_out)
-        out[real] = self.trunk(x[real])  # the trunk sees each frame alone: padded frames are skipped
-        return out
+        x = x.transpose(1, 2).flatten(0, 1)  # (B*T, C, H/4, W/4)
+        if real is None:
+            return self.trunk(x).view(B, T, -1)  # (B, T, C_out)
+        out = x.new_zeros(B * T, self.trunk.out_channels)  # (B*T, C_out)
+        out.index_copy_(0, real, self.trunk(x.index_select(0, real)))  # each frame alone: padded ones are skipped
+        return out.view(B, T, -1)
 
 
 class VideoFeatureExtractor(nn.Module):
@@ -216,8 +215,8 @@ class VideoFeatureExtractor(nn.Module):
         self.resnet = LipResNet(config)
         self.proj = nn.Linear(config.stage_channels[-1], config.embed_dim)
 
-    def forward(self, frames: torch.Tensor, pad: torch.Tensor, padded: bool | None = None) -> torch.Tensor:
-        return self.proj(self.resnet(frames, pad, padded))
+    def forward(self, frames: torch.Tensor, pad: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+        return self.proj(self.resnet(frames, pad, real))
 
 
 class ConvPositionalEmbedding(nn.Module):
@@ -302,6 +301,11 @@ class TransformerEncoder(nn.Module):
         return self.layer_norm(x)
 
 
+def _queued(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on device, the copy queued like a kernel (from pinned memory) instead of waiting for the GPU."""
+    return (t.pin_memory() if device.type == "cuda" else t).to(device, non_blocking=True)
+
+
 class AVHubertVideoEncoder(nn.Module):
     """(B, T, H, W) normalised mouth crops at 25 fps -> (B, T, D) AV-HuBERT features at 25 Hz, and lengths (B,)."""
 
@@ -329,15 +333,16 @@ class AVHubertVideoEncoder(nn.Module):
         if host.shape != (B,) or int(host.min()) < 1 or int(host.max()) > T:
             raise ValueError(f"lengths must be (B,) = ({B},) with values in 1..{T}, got {host.tolist()}")
         padded = int(host.min()) < T  # some clip is shorter than the batch: masks are needed
-        lengths = lengths.to(device=frames.device, dtype=torch.long)
-        pad = torch.arange(T, device=frames.device) >= lengths.unsqueeze(1)  # (B, T): True on padding
+        pad = torch.arange(T) >= host.unsqueeze(1)  # (B, T): True on padding
+        real = (~pad).flatten().nonzero().squeeze(1) if padded else None  # (N,) flat indices of the real frames
+        pad, real = _queued(pad, frames.device), (_queued(real, frames.device) if padded else None)
         frames = frames.to(self.post_extract_proj.weight.dtype)
-        video = self.feature_extractor_video(frames, pad, padded)  # (B, T, D)
+        video = self.feature_extractor_video(frames, pad, real)  # (B, T, D)
         audio = torch.zeros_like(video)  # video only: fairseq fills the audio features with zeros
         x = self.layer_norm(torch.cat([audio, video], dim=-1))  # (B, T, 2D): audio first, as fairseq concatenates
         x = self.post_extract_proj(x)  # (B, T, D)
         x = self.encoder(x, pad, padded)  # (B, T, D)
-        return (x.masked_fill(pad.unsqueeze(-1), 0.0) if padded else x), lengths
+        return (x.masked_fill(pad.unsqueeze(-1), 0.0) if padded else x), host  # (B, T, D), (B,) on the host
 
 
 # ---------------------------------------------------------------------------------------------------------------------

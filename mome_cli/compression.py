@@ -19,20 +19,31 @@ from torch import nn
 COMPRESSION_KINDS = ("avgpool", "stack")
 
 
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A small host tensor (lengths, token ids) on `device` without waiting for the device. A plain copy to a GPU
+    first waits for all the work queued on it (the encoders, say), so that the host cannot queue what follows
+    meanwhile; from pinned memory, the copy is queued like a kernel."""
+    device = torch.device(device)
+    if t.device == device or device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def compressed_lengths(lengths: torch.Tensor, rate: int) -> torch.Tensor:
     """Tokens per clip at this rate: ceil(frames / rate)."""
     return torch.div(lengths + rate - 1, rate, rounding_mode="floor")
 
 
 def compress(x: torch.Tensor, lengths: torch.Tensor, rate: int, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T, D) frames with real lengths (B,) -> (B, N, D) [avgpool] or (B, N, D*r) [stack] tokens and lengths (B,)."""
+    """(B, T, D) frames with real lengths (B,) -> (B, N, D) [avgpool] or (B, N, D*r) [stack] tokens and lengths (B,)
+    (where the lengths were given: on the host, they are read without waiting for the device)."""
     if kind not in COMPRESSION_KINDS:
         raise ValueError(f"compression must be one of {', '.join(COMPRESSION_KINDS)}, got {kind!r}")
     if rate < 1:
         raise ValueError(f"compression rate must be >= 1, got {rate}")
     B, T, D = x.shape
     N = -(-T // rate)
-    mask = torch.arange(N * rate, device=x.device) < lengths.unsqueeze(-1)  # (B, N*r): real frames
+    mask = torch.arange(N * rate, device=x.device) < to_device(lengths, x.device).unsqueeze(-1)  # (B, N*r): real
     x = nn.functional.pad(x, (0, 0, 0, N * rate - T))  # (B, N*r, D)
     x = x * mask.unsqueeze(-1).to(x.dtype)
     groups = x.view(B, N, rate, D)  # (B, N, r, D)
@@ -88,4 +99,4 @@ class MatryoshkaCompressor(nn.Module):
         return projector(tokens), token_lengths
 
 
-__all__ = ["COMPRESSION_KINDS", "compressed_lengths", "compress", "Projector", "MatryoshkaCompressor"]
+__all__ = ["COMPRESSION_KINDS", "to_device", "compressed_lengths", "compress", "Projector", "MatryoshkaCompressor"]

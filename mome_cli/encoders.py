@@ -126,7 +126,7 @@ class WhisperAudioEncoder(nn.Module):
         return self.feature_extractor.n_samples / SAMPLE_RATE
 
     def forward(self, waveforms: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """waveforms: B 1-D float arrays or tensors at 16 kHz -> (B, T, D) states, (B,) real frames."""
+        """waveforms: B 1-D float arrays or tensors at 16 kHz -> (B, T, D) states, (B,) real frames (on the host)."""
         samples = [int(len(w)) for w in waveforms]
         longest = max(samples)
         if longest > self.feature_extractor.n_samples:
@@ -150,7 +150,7 @@ class WhisperAudioEncoder(nn.Module):
             states = self.encoder(mel)
             states = states if torch.is_tensor(states) else states.last_hidden_state
         lengths = torch.tensor([max(1, math.ceil(s / SAMPLES_PER_AUDIO_FRAME)) for s in samples])
-        return states[:, : int(lengths.max())], lengths.to(states.device)
+        return states[:, : int(lengths.max())], lengths  # (B,) on the host: read later without waiting for the GPU
 
 
 @contextlib.contextmanager

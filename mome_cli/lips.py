@@ -394,7 +394,9 @@ def normalised_crops(rois: list, device) -> tuple[torch.Tensor, torch.Tensor]:
             raise ValueError(f"ROIs must be at least {CROP_SIZE} x {CROP_SIZE}, got {H} x {W}")
         top, left = (H - CROP_SIZE) // 2, (W - CROP_SIZE) // 2
         crop = torch.from_numpy(np.ascontiguousarray(r[:, top : top + CROP_SIZE, left : left + CROP_SIZE]))
-        frames[i, :T] = (crop.to(device).float() / 255.0 - PIXEL_MEAN) / PIXEL_STD
+        if frames.is_cuda:
+            crop = crop.pin_memory()  # then the copy is queued like a kernel, instead of waiting for the GPU's work
+        frames[i, :T] = (crop.to(device, non_blocking=True).float() / 255.0 - PIXEL_MEAN) / PIXEL_STD
     return frames, torch.tensor(lengths)
 
 

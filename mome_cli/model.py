@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .compression import COMPRESSION_KINDS, MatryoshkaCompressor
+from .compression import COMPRESSION_KINDS, MatryoshkaCompressor, to_device
 from .mome import MoME, MoMEConfig, active_parameters, attach, decoder_layers, load_balancing_loss
 
 MODES = ("a", "v", "av")
@@ -183,7 +183,7 @@ class AVSRModel(nn.Module):
 
     def _embed(self, ids: list[int]) -> torch.Tensor:
         table = self.llm.get_input_embeddings()
-        return table(torch.tensor(ids, dtype=torch.long, device=table.weight.device))  # (len, H)
+        return table(to_device(torch.tensor(ids, dtype=torch.long), table.weight.device))  # (len, H)
 
     def _modality_tokens(self, features: Features, rate: Rate, any_rate: bool = False):
         """Per modality present in the rate: ((B, N, H) tokens, (B,) lengths) or None."""
@@ -205,7 +205,8 @@ class AVSRModel(nn.Module):
         # The text every row shares (BOS, tags, prompt) is embedded once, not once per row.
         bos, prompt = self._embed([self.tokenizer.bos_token_id]), self._embed(self._prompts[mode])
         tags = {m: (self._embed(o), self._embed(c)) for m, (o, c) in self._tags.items() if m in tokens}
-        lengths = {m: n.tolist() for m, (_, n) in tokens.items()}  # one host read per modality, not one per row
+        # One read per modality, not one per row; none at all from the recognizer, whose lengths stay on the host.
+        lengths = {m: n.tolist() for m, (_, n) in tokens.items()}
         if targets is not None:  # every transcript embedded in one lookup
             said = self._embed([t for ids in targets for t in ids]).split([len(ids) for ids in targets])
         rows = []
@@ -233,9 +234,10 @@ class AVSRModel(nn.Module):
         device = rows[0][0].device
         embeds = pad_sequence([e for e, _ in rows], batch_first=True, padding_side=side)  # (M, L, H)
         labels = pad_sequence([y for _, y in rows], batch_first=True, padding_value=IGNORE_INDEX,
-                              padding_side=side).to(device)  # built where the rows' labels are, moved once
+                              padding_side=side)  # built on the host, where the rows' labels are
+        labels = to_device(labels, device)  # moved once, without waiting for the device
         L = embeds.shape[1]
-        n = torch.tensor([e.shape[0] for e, _ in rows], device=device).unsqueeze(1)  # (M, 1) real lengths
+        n = to_device(torch.tensor([e.shape[0] for e, _ in rows]), device).unsqueeze(1)  # (M, 1) real lengths
         at = torch.arange(L, device=device)  # (L,)
         mask = (at >= L - n if side == "left" else at < n).long()  # (M, L)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)

@@ -383,16 +383,22 @@ class Backbones(torch.nn.Module):
 
     def encode(self, audio: list, rois: list) -> Features:
         f = Features()
-        f.audio, f.audio_lengths = self.audio_encoder(audio)  # (B, Ta, D)
+        f.audio, f.audio_lengths = self._audio_states(audio)  # (B, Ta, D)
         f.video, f.video_lengths = self._video_states(rois)  # (B, Tv, D)
         return f
+
+    def _audio_states(self, audio: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, Ta, D) audio encoder states; (B,) lengths, on the device as the losses want them."""
+        states, lengths = self.audio_encoder(audio)
+        return states, lengths.to(self.device)
 
     def _video_states(self, rois: list) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, Tv, D) video encoder states of the clips' 96x96 mouth crops, centre-cropped to 88x88; (B,) lengths."""
         from .lips import normalised_crops
 
         frames, lengths = normalised_crops(rois, self.device)  # (B, Tv, 88, 88)
-        return self.video_encoder(frames, lengths.to(self.device))
+        states, lengths = self.video_encoder(frames, lengths)
+        return states, lengths.to(self.device)
 
     def forward(self, audio: list, rois: list, texts: list[str], mode: str, rate: tuple,
                 alignments: list[dict] | None = None) -> dict[str, torch.Tensor]:
@@ -416,7 +422,7 @@ class Backbones(torch.nn.Module):
         """Losses of one encoder alone (`backbones --only`): its CTC and, given the alignments, its distance to its
         stand-in. Neither the LM nor the other encoder runs, so a step costs a fraction of a whole one."""
         if modality == "audio":
-            states, lengths = self.audio_encoder(inputs)  # (B, Ta, D)
+            states, lengths = self._audio_states(inputs)  # (B, Ta, D)
             head, standin = self.audio_ctc, self.audio_standin
         else:
             states, lengths = self._video_states(inputs)  # (B, Tv, D)

@@ -139,12 +139,17 @@ class Recognizer:
         """Encode a batch: audio as B sample arrays, rois as B (T, R, R) uint8 arrays; either may be None."""
         from .lips import normalised_crops
 
+        # Nothing here waits for the GPU, so that it runs one encoder while the host queues the next: inputs are
+        # copied from pinned memory, the crops before any encoder is queued, and the lengths stay on the host, where
+        # the prefix reads them.
         f = Features()
+        if rois is not None:
+            device = next(self.video_encoder.parameters()).device
+            frames, video_lengths = normalised_crops(rois, device)  # (B, T, 88, 88)
         if audio is not None:
             f.audio, f.audio_lengths = self.audio_encoder(audio)
         if rois is not None:
-            frames, lengths = normalised_crops(rois, next(self.video_encoder.parameters()).device)  # (B, T, 88, 88)
-            f.video, f.video_lengths = self.video_encoder(frames, lengths)
+            f.video, f.video_lengths = self.video_encoder(frames, video_lengths)
         return f
 
     def transcribe(self, clip: Clip, options: RecognizeOptions = RecognizeOptions()) -> Transcript:

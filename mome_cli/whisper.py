@@ -83,7 +83,9 @@ class LogMel(nn.Module):
         batch = torch.zeros(len(waveforms), self.n_samples, device=self.window.device)  # (B, S) zero-padded
         for i, w in enumerate(waveforms):
             w = torch.as_tensor(w, dtype=torch.float32)
-            batch[i, : len(w)] = w.to(batch.device)
+            if batch.is_cuda and w.device.type == "cpu":
+                w = w.pin_memory()  # then the copy is queued like a kernel, instead of waiting for the GPU's work
+            batch[i, : len(w)].copy_(w, non_blocking=True)
         stft = torch.stft(batch, self.n_fft, self.hop_length, window=self.window.float(), return_complex=True)
         power = (stft[..., :-1].abs() ** 2).contiguous()  # (B, n_fft / 2 + 1, T): the last frame is dropped
         log_mel = torch.clamp(self.filters.float() @ power, min=1e-10).log10()  # (B, M, T), float32 throughout

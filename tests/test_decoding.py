@@ -161,3 +161,30 @@ def test_transcripts_carry_no_control_characters(monkeypatch):
                         lambda ids, **kwargs: "a\x1b[2Jb\x00c\td\r\ne\x9b1m f\u00e9 x\u202egnp.exe y\u200dz")
     result = decode(model, clip(random_features(), 0), (4, 2), options=DecodingOptions(max_new_tokens=2))[0]
     assert result.text == "a [2Jb c d e 1m f\u00e9 x gnp.exe y\u200dz"  # a joiner (U+200D) is text, not control
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_encoding_a_batch_and_building_its_prefix_never_wait_for_the_gpu(tmp_path):
+    """Each wait for the GPU between the encoders and the prefill keeps the host from queueing the next stage while
+    the GPU runs this one (RESULTS.md: the video encoder took 23 ms of wall time for 13 ms of GPU time). CUDA's sync
+    debug mode makes any such wait (a blocking copy, a read of a device value) an error."""
+    import numpy as np
+
+    from mome_cli.recognizer import load_recognizer
+
+    recognizer = load_recognizer("tiny", device="cuda", home=tmp_path)
+    rng = np.random.default_rng(0)
+    audio = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (32_000, 20_000)]
+    rois = [rng.integers(0, 256, (n, 96, 96), dtype=np.uint8) for n in (50, 31)]
+    rate = tuple(recognizer.config.rates[0])
+    for check in (False, True):  # the first time allocates pinned memory, plans FFTs, captures graphs
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error" if check else "default")
+        try:
+            with torch.inference_mode():
+                features = recognizer.features(audio, rois)
+                prefix = recognizer.model.prefix(features, rate, "av")
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert prefix.embeds.is_cuda and features.audio_lengths.tolist() == [100, 63]

@@ -55,6 +55,18 @@ def test_layout_of_single_modalities_uses_their_prompts(model):
     assert v_row.shape[0] == 1 + len(ids("<video></video>Transcribe video to text.")) + 4
 
 
+def test_a_decoding_prefix_from_encoder_lengths_on_the_host_reads_nothing_back_from_the_device(model):
+    """The recognizer's encoders leave the lengths on the host; then building the prefix (compression, layout,
+    padding) never reads a device value, which on a GPU waits for the encoders. On the meta device, which holds
+    shapes and no values, any such read raises."""
+    host = random_features((50, 21))
+    expected = model.prefix(host, (4, 2), "av")
+    on_meta = type(host)(host.audio.to("meta"), host.audio_lengths, host.video.to("meta"), host.video_lengths)
+    prefix = model.to("meta").prefix(on_meta, (4, 2), "av")
+    assert prefix.embeds.device.type == "meta" and prefix.embeds.shape == expected.embeds.shape
+    assert prefix.attention_mask.device.type == "meta"
+
+
 def test_training_rows_right_padded_decoding_prefixes_left_padded(model):
     features = random_features((50, 21))
     rows = model.layout(features, (4, 2), "av", model.encode_targets(["a", "b"]))
