@@ -84,12 +84,13 @@ class OrderedGroup(click.Group):
     def invoke(self, ctx):
         """Ctrl-C ends any command with 130, as a shell reports a process ended by SIGINT (click's own "Aborted!"
         exits 1, the code of a batch where nothing succeeded). What was written before it is complete: every file
-        is written under a temporary name first. More Ctrl-Cs while it exits are ignored: they would turn 130 into
-        a death by SIGINT or a traceback."""
+        is written under a temporary name first. In the `mome` program, more Ctrl-Cs while it exits are ignored:
+        they would turn 130 into a death by SIGINT or a traceback. (Not when the CLI is called in-process, by a
+        test's runner or a notebook, whose later Ctrl-Cs, and the processes it starts, must still get SIGINT.)"""
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
-            with contextlib.suppress(ValueError):  # ValueError: not the main thread (a test's runner)
+            if _in_program:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
             click.echo("\ninterrupted", err=True)
             ctx.exit(INTERRUPTED)
@@ -448,7 +449,12 @@ def _progress(total: int, what: str, enabled: bool):
         yield lambda n=1: bar.advance(task, n)
 
 
+_in_program = False  # set by main(): this process is `mome` (or `python -m mome_cli`), not a caller of the CLI
+
+
 def main():
+    global _in_program
+    _in_program = True
     try:
         cli.main(prog_name="mome")
     finally:

@@ -2,6 +2,7 @@
 downloaded."""
 
 import os
+import signal
 import time
 
 import numpy as np
@@ -29,6 +30,15 @@ from mome_cli.model import Features, ModelConfig
 from mome_cli.mome import MoMEConfig
 
 AUDIO_DIM, VIDEO_DIM = 16, 12
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_left_working():
+    """A test that runs the CLI in-process must leave SIGINT as it found it: an ignored SIGINT would stay ignored in
+    this process and in every process a later test starts (they inherit it), whose Ctrl-C tests would then hang."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    assert signal.getsignal(signal.SIGINT) is before, "this test left SIGINT's handler changed"
 
 
 def tiny_config(**overrides) -> ModelConfig:

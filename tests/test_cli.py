@@ -176,9 +176,12 @@ def test_report_summary():
     ("evaluate", "evaluate", ["--dataset", "m.jsonl", "-o", "out"]),
 ])
 def test_ctrl_c_ends_a_command_with_130_not_click_s_1(tmp_path, monkeypatch, command, module, args):
-    """...and ignores more Ctrl-Cs while it exits (another would kill the process by SIGINT, or print a traceback)."""
+    """...and, in the `mome` program (not when called in-process, as here at first), ignores more Ctrl-Cs while it
+    exits: another would kill the process by SIGINT, or print a traceback."""
     import importlib
     import signal
+
+    from mome_cli import cli as cli_module
 
     monkeypatch.setattr(signal, "signal", lambda signum, handler: handlers.append((signum, handler)))
     handlers = []
@@ -190,9 +193,11 @@ def test_ctrl_c_ends_a_command_with_130_not_click_s_1(tmp_path, monkeypatch, com
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a.wav").write_bytes(b"")
     (tmp_path / "m.jsonl").write_text('{"id": "a", "audio": "a.wav", "text": "a"}\n')
-    result = invoke(command, *(["a.wav"] if command == "transcribe" else []), *args)
-    assert result.exit_code == 130 and result.stderr.strip() == "interrupted", explain(result)
-    assert handlers == [(signal.SIGINT, signal.SIG_IGN)]
+    for in_program in (False, True):
+        monkeypatch.setattr(cli_module, "_in_program", in_program)
+        result = invoke(command, *(["a.wav"] if command == "transcribe" else []), *args)
+        assert result.exit_code == 130 and result.stderr.strip() == "interrupted", explain(result)
+        assert handlers == ([(signal.SIGINT, signal.SIG_IGN)] if in_program else [])
 
 
 def test_exit_codes_match_contract():
