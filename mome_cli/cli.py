@@ -449,7 +449,7 @@ def _progress(total: int, what: str, enabled: bool):
         yield lambda n=1: bar.advance(task, n)
 
 
-_in_program = False  # set by main(): this process is `mome` (or `python -m mome_cli`), not a caller of the CLI
+_in_program = False  # True while main() runs: this process is `mome` (or `python -m mome_cli`), not a caller
 
 
 def main():
@@ -458,6 +458,7 @@ def main():
     try:
         cli.main(prog_name="mome")
     finally:
+        _in_program = False  # main() called in-process (a test) leaves the CLI as it found it
         # Python's last garbage collection at exit walks every object the process made: after `import torch`, 0.3 s
         # on 2 cores (benchmarks/RESULTS.md, issue #8). Outputs are written and closed by now; frozen objects are
         # skipped by that walk (atexit handlers still run, and what is not in a reference cycle is still freed).

@@ -111,6 +111,7 @@ def test_the_entry_point_freezes_what_it_made_before_exit(monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         cli_module.main()
     assert exit_info.value.code == 0 and frozen == [True]
+    assert not cli_module._in_program  # later in-process calls are not taken for the program
 
 
 @pytest.mark.parametrize("args", [("-q", "-v", "download"), ("-v", "download", "-q"),
