@@ -266,9 +266,12 @@ class ReadAhead:
     Use it in a `with`: on leaving, nothing more is started, `stop` (a threading.Event that fn watches, as
     Preprocessor does) is set so that a read in flight ends at its next chunk instead of after minutes of face
     detection, and the thread is waited for, through further Ctrl-Cs: a thread left inside torch while the
-    interpreter exits aborts the process (Ctrl-C must exit with 130, and leave no half-written cache file)."""
+    interpreter exits aborts the process (Ctrl-C must exit with 130, and leave no half-written cache file).
 
-    POLL = 0.25  # seconds between looks, while idle, at whether the interpreter is exiting without close()
+    Left unclosed (a caller's bug), it ends once the thread that made it is gone: it reads nothing more, and the
+    item in flight, if any, holds the interpreter's exit until it is read."""
+
+    POLL = 0.25  # seconds between looks, while idle, at whether the thread that takes is gone without close()
 
     def __init__(self, fn, items, ahead: int, stop: threading.Event | None = None, cost=None,
                  budget: float = float("inf")):
@@ -282,6 +285,7 @@ class ReadAhead:
         self._pending = deque()  # futures started and not yet taken, in order
         self._work = queue.SimpleQueue()  # (future, item) for the thread, then None: stop
         self._ended = threading.Event()  # set by the thread as it returns
+        self._owner = threading.current_thread()  # the thread that takes: when it is gone, nobody will
         self._thread = threading.Thread(target=self._serve, name="mome-read-ahead")
         self._thread.start()
         try:
@@ -290,10 +294,11 @@ class ReadAhead:
             self.close()
             raise
 
-    @staticmethod
-    def _orphaned() -> bool:
-        """The interpreter is exiting and nobody closed this (a caller's bug): end, rather than hold the exit."""
-        return not threading.main_thread().is_alive()
+    def _orphaned(self) -> bool:
+        """The thread that made this is gone without closing it (a caller's bug): end, rather than hold the exit.
+        A daemon owner is not joined at exit, so it counts as gone once the main thread is."""
+        owner = self._owner
+        return not owner.is_alive() or (owner.daemon and not threading.main_thread().is_alive())
 
     def _next_job(self):
         while True:
@@ -310,8 +315,11 @@ class ReadAhead:
                 with self._changed:  # held results are taken in order, so this wait ends with the next take()
                     while not (self._held <= self._budget or self.stop.is_set() or self._orphaned()):
                         self._changed.wait(self.POLL)
-                if self.stop.is_set() or self._orphaned() or not future.set_running_or_notify_cancel():
-                    continue  # set_running_or_notify_cancel() is False when cancelled before it started
+                if self.stop.is_set() or self._orphaned():
+                    future.cancel()  # never left pending: a take() of it raises CancelledError, not waits forever
+                    continue
+                if not future.set_running_or_notify_cancel():  # cancelled before it started
+                    continue
                 try:
                     result = self._fn(item)
                     cost = float(self._cost(result))
@@ -325,6 +333,13 @@ class ReadAhead:
                     self._held += cost
                 future.set_result(result)
         finally:
+            while True:  # what was queued and not read is cancelled, so that no take() waits for it
+                try:
+                    job = self._work.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    job[0].cancel()
             self._ended.set()
 
     def _start(self, at_least: int = 0) -> None:

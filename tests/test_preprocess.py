@@ -7,6 +7,7 @@ import sys
 import textwrap
 import threading
 import time
+from concurrent.futures import CancelledError
 from pathlib import Path
 
 import numpy as np
@@ -401,3 +402,38 @@ def test_a_read_ahead_never_closed_does_not_hold_the_interpreter_at_exit():
         print(ahead.take())
     """, timeout=30)
     assert done.returncode == 0 and done.stdout.strip() == "0", done.stderr
+
+
+def test_a_read_ahead_made_in_a_worker_thread_serves_it_after_the_main_thread_has_returned():
+    """Only the thread that takes going away ends the reader: a worker that outlives the main thread (the
+    interpreter waits for it) still gets every item."""
+    done = run_python("""
+        import threading, time
+        from mome_cli.preprocess import ReadAhead
+
+        def work():
+            time.sleep(0.5)  # the main thread has returned by now
+            with ReadAhead(lambda i: i * 10, range(3), ahead=2) as ahead:
+                print([ahead.take() for _ in range(3)], flush=True)
+
+        threading.Thread(target=work).start()
+    """, timeout=30)
+    assert done.returncode == 0 and done.stdout.strip() == "[0, 10, 20]", done.stderr
+
+
+def test_an_item_skipped_because_stop_was_set_raises_in_take_instead_of_waiting_forever():
+    stop = threading.Event()
+    stop.set()  # by someone else than close(): say, a signal handler sharing the Preprocessor's event
+    raised = []
+    with ReadAhead(lambda i: i, range(3), ahead=2, stop=stop) as ahead:
+        def take():
+            try:
+                ahead.take()
+            except BaseException as e:  # noqa: BLE001
+                raised.append(e)
+
+        taker = threading.Thread(target=take, daemon=True)  # a take() that never returns fails the test, not hangs it
+        taker.start()
+        taker.join(10)
+    assert not taker.is_alive(), "take() still waiting"
+    assert len(raised) == 1 and isinstance(raised[0], CancelledError)
