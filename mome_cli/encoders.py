@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .llama import NotSupported
+from .rng import seeded
 from .whisper import LogMel, WhisperEncoder as NativeWhisperEncoder
 
 SAMPLE_RATE = 16_000  # Hz, what Whisper and the media stage use
@@ -176,8 +177,7 @@ def build_whisper(shape: dict, seed: int = TINY_SEED, window: int = MAX_AUDIO_SE
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     config = WhisperConfig(**shape, max_source_positions=window * AUDIO_FRAME_RATE)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         encoder = WhisperEncoder(config)
     return WhisperAudioEncoder(encoder, WhisperFeatureExtractor(feature_size=80, chunk_length=window))
 

@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .rng import isolated
+
 if TYPE_CHECKING:
     import torch
 
@@ -214,7 +216,8 @@ class LandmarkDetector:
         options = dict(device=self.device, face_detector=detector, flip_input=flip_input)
         if "compile" in inspect.signature(fa.__init__).parameters:
             options["compile"] = False  # 1.5 compiles FAN by default: a long first run and a cache in ~/.cache
-        self.fa = fa(landmarks_type, **options)
+        with isolated():  # its networks draw their first weights from torch's generator, in a reader thread
+            self.fa = fa(landmarks_type, **options)
 
     @classmethod
     def from_config(cls, config: LipConfig) -> LandmarkDetector:

@@ -17,6 +17,8 @@ import os
 import torch
 from torch import nn
 
+from .rng import seeded
+
 # Published architecture shapes of the real backbones (their config.json), enough to build them on the meta device.
 LLM_SHAPES = {
     "meta-llama/Llama-3.2-1B": dict(
@@ -98,8 +100,7 @@ def build_byte_llm(model_type: str, shape: dict, seed: int = TINY_SEED, tokenize
         model_type, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return model, tokenizer
 

@@ -91,6 +91,7 @@ from .checkpoint import BACKBONES_NAME
 from .compression import compress
 from .model import DEFAULT_RATES, MODES, AVSRModel, Features, ModelConfig
 from .mome import MoMEConfig
+from .rng import seeded
 
 ALPHABET = " abcdefghijklmnopqrstuvwxyz'"  # CTC targets; index 0 is the blank, so characters are 1..28
 PROJECTOR_HIDDEN = 256
@@ -263,8 +264,7 @@ class Backbones(torch.nn.Module):
 
         shape = {**DEMO_WHISPER, "encoder_layers": audio_layers or DEMO_WHISPER["encoder_layers"]}
         self.audio_encoder = build_whisper(shape, seed=seed, window=DEMO_WINDOW)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + 1)
+        with seeded(seed + 1):
             self.video_encoder = AVHubertVideoEncoder(AVHubertConfig.demo())
         llm, tokenizer = build_byte_llm("llama", DEMO_SHAPE, seed=seed + 2, tokenizer=tokenizer)
         D = DEMO_WHISPER["d_model"]
@@ -272,8 +272,7 @@ class Backbones(torch.nn.Module):
                                   video_dim=self.video_encoder.dim, projector_hidden=PROJECTOR_HIDDEN,
                                   mome=MoMEConfig(num_routed=4, num_shared=1, top_k=2, bottleneck=8),
                                   modes=list(MODES))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + 3)
+        with seeded(seed + 3):
             self.avsr = AVSRModel(self.config, llm, tokenizer)
             self.audio_ctc = torch.nn.Linear(D, len(ALPHABET) + 1)
             self.video_ctc = torch.nn.Linear(self.video_encoder.dim, len(ALPHABET) + 1)

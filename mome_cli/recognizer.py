@@ -29,6 +29,7 @@ from .mome import MoMEConfig
 from .options import RecognizeOptions, UsageProblem
 from .outputs import Transcript
 from .preprocess import Clip
+from .rng import seeded
 
 BUNDLED = Path(__file__).parent / "models"  # checkpoints that ship inside the package (demo)
 WHISPER_ID = "openai/whisper-medium.en"
@@ -259,8 +260,7 @@ def load_video_encoder(config: ModelConfig, home: Path, device: str):
 
     name = config.video_encoder
     if name == "tiny":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+        with seeded(0):
             encoder = AVHubertVideoEncoder(AVHubertConfig.tiny()).eval().requires_grad_(False)
     elif name == "avhubert-large":
         path = locate(AVHUBERT_LARGE, home)
@@ -355,8 +355,7 @@ def build_recognizer(config: ModelConfig, home: Path, device: str, dtype: torch.
 
     llm, tokenizer = load_llm(_backbone_path(config.llm, config.llm_revision, home), dtype=dtype, device=device,
                               native=native)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         avsr = AVSRModel(config, llm, tokenizer)
     modes = "".join(config.modes)
     return Recognizer(

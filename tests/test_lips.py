@@ -331,3 +331,12 @@ def test_bundled_mean_face():
     assert face.shape == (68, 2) and (face > 0).all() and (face < lips.REFERENCE_SIZE).all()
     assert face[8, 1] > face[57, 1] > face[33, 1] > face[27, 1]  # chin below lips below nose tip below nose bridge
     assert face[36, 0] < face[45, 0] and face[48, 0] < face[54, 0]  # not mirrored
+
+
+def test_building_the_detector_leaves_torchs_generator_as_it_was(torch_home, monkeypatch):
+    """It is built in the read-ahead thread while the main thread draws a tiny model's weights from a seed."""
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    LandmarkDetector(device="cpu")
+    assert torch.equal(torch.random.get_rng_state(), before)
