@@ -26,7 +26,7 @@ import os
 import queue
 import threading
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, TimeoutError as FuturesTimeout
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -286,7 +286,7 @@ class ReadAhead:
         self._work = queue.SimpleQueue()  # (future, item) for the thread, then None: stop
         self._ended = threading.Event()  # set by the thread as it returns
         self._owner = threading.current_thread()  # the thread that takes: when it is gone, nobody will
-        self._thread = threading.Thread(target=self._serve, name="mome-read-ahead")
+        self._thread = threading.Thread(target=self._serve, name="mome-read-ahead", daemon=False)  # joined at exit
         self._thread.start()
         try:
             self._start()  # iterates over items, which may raise
@@ -342,23 +342,40 @@ class ReadAhead:
                     job[0].cancel()
             self._ended.set()
 
-    def _start(self, at_least: int = 0) -> None:
-        for item in islice(self._items, max(0, max(at_least, self._ahead) - len(self._pending))):
-            future = Future()
-            self._pending.append(future)
-            self._work.put((future, item))
+    def _start(self, at_least: int = 0, defer: bool = False) -> None:
+        """Queue items up to `ahead` (at least `at_least`) started and not taken. With defer, an exception raised by
+        the items themselves (a generator's) takes an item's place, raised by its take(), not by this call."""
+        try:
+            for item in islice(self._items, max(0, max(at_least, self._ahead) - len(self._pending))):
+                future = Future()
+                self._pending.append(future)
+                self._work.put((future, item))
+        except Exception as e:
+            if not defer:
+                raise
+            failed = Future()
+            failed.set_exception(e)
+            self._pending.append(failed)
 
     def take(self):
-        """The next item's result (waiting for it), or the exception fn raised on it; then the next item is started."""
-        self._start(at_least=1)  # with ahead 0, this item is read now
+        """The next item's result (waiting for it), or the exception fn raised on it; then the next item is started.
+        CancelledError: the item was not read, because the read-ahead was closed or stopped, or its thread ended."""
+        self._start(at_least=1, defer=True)  # with ahead 0, this item is read now
         future = self._pending.popleft()  # IndexError past the last item
         try:
+            while True:
+                try:
+                    future.exception(timeout=self.POLL)  # raises CancelledError, returns fn's exception (any kind)
+                    break
+                except FuturesTimeout:
+                    if self._ended.is_set():
+                        future.cancel()  # nobody is left to read it (say, taken after close())
             return future.result()
         finally:
             with self._changed:
                 self._held -= getattr(future, "cost", 0.0)
                 self._changed.notify_all()
-            self._start()
+            self._start(defer=True)  # a failure here must not replace the result being returned
 
     def _tell_to_stop(self) -> None:  # may run more than once
         self.stop.set()  # first, so that a Ctrl-C in what follows cannot leave the thread reading

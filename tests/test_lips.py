@@ -2,6 +2,8 @@
 crop geometry on synthetic faces, interpolation and smoothing against hand-computed values, tracking, crops."""
 
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -340,3 +342,28 @@ def test_building_the_detector_leaves_torchs_generator_as_it_was(torch_home, mon
     before = torch.random.get_rng_state()
     LandmarkDetector(device="cpu")
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_the_detector_is_built_holding_the_lock_that_seeded_weights_take(monkeypatch):
+    """Giving the generator back is not enough: face-alignment must not draw inside another thread's seeded block."""
+    import face_alignment
+
+    from mome_cli import rng
+
+    seen = []
+
+    class Built:  # in face-alignment's place: is a seeded() block in another thread kept out meanwhile?
+        def __init__(self, *args, **kwargs):
+            def probe():
+                got = rng._LOCK.acquire(timeout=0.2)
+                seen.append(got)
+                if got:
+                    rng._LOCK.release()
+
+            other = threading.Thread(target=probe)
+            other.start()
+            other.join()
+
+    monkeypatch.setattr(face_alignment, "FaceAlignment", Built)
+    LandmarkDetector(device="cpu")
+    assert seen == [False]

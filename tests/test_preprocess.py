@@ -437,3 +437,52 @@ def test_an_item_skipped_because_stop_was_set_raises_in_take_instead_of_waiting_
         taker.join(10)
     assert not taker.is_alive(), "take() still waiting"
     assert len(raised) == 1 and isinstance(raised[0], CancelledError)
+
+
+def test_a_take_after_close_raises_instead_of_waiting_forever():
+    ahead = ReadAhead(lambda i: i, range(5), ahead=1)
+    assert ahead.take() == 0
+    ahead.close()
+    raised = []
+
+    def take():
+        for _ in range(2):  # the item queued before close(), then one queued after it
+            try:
+                ahead.take()
+            except BaseException as e:  # noqa: BLE001
+                raised.append(type(e).__name__)
+
+    taker = threading.Thread(target=take, daemon=True)
+    taker.start()
+    taker.join(10)
+    assert not taker.is_alive(), "take() still waiting"
+    assert raised == ["CancelledError", "CancelledError"]
+
+
+def test_items_that_fail_midway_lose_no_result_read_before():
+    def items():
+        yield 0
+        yield 1
+        raise OSError("the listing broke")
+
+    results = []
+    with ReadAhead(lambda i: i * 10, items(), ahead=2) as ahead:
+        for _ in range(4):
+            try:
+                results.append(ahead.take())
+            except (OSError, IndexError) as e:
+                results.append(type(e).__name__)
+    assert results == [0, 10, "OSError", "IndexError"]
+
+
+def test_a_timeout_raised_by_a_read_is_raised_by_its_take_not_mistaken_for_a_wait():
+    def read(i):
+        if i == 1:
+            raise TimeoutError("the network share did not answer")
+        return i
+
+    with ReadAhead(read, range(3), ahead=1) as ahead:
+        assert ahead.take() == 0
+        with pytest.raises(TimeoutError, match="network share"):
+            ahead.take()
+        assert ahead.take() == 2
