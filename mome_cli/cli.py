@@ -123,6 +123,13 @@ def _subcommand_verbosity(ctx: click.Context, param, value):
         raise click.UsageError("-q/--quiet and -v/--verbose cannot be used together.", ctx)
 
 
+def say(message: str) -> None:
+    """A message on stderr as it is (no markup), on one line: a file's name in it may hold a newline or ESC."""
+    from .outputs import one_line
+
+    stderr.print(one_line(message), markup=False, highlight=False)
+
+
 def verbosity_options(verbose: bool = True):
     """-q/--quiet, and -v/--verbose where the command has more to say, on a subcommand too, with the group's
     meaning."""
@@ -217,7 +224,7 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
     if not found:
         raise click.UsageError(f"no media files found in {', '.join(inputs)}{hint}")
     quiet = ctx.obj.quiet
-    log = lambda message: stderr.print(message, markup=False, highlight=False)  # noqa: E731
+    log = say
     quiet_log = (lambda message: log(message) if message.startswith("error") else None) if quiet else log
     for folder in empty:  # beside inputs that have some: said, not an error
         quiet_log(f"warning: {folder}: no media files found{hint}")
@@ -236,7 +243,7 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
         with _progress(len(found), "transcribing", enabled=stderr.is_terminal and not quiet) as advance:
             report = library.run(job, prep, recog, quiet_log, advance)
     except HubError as e:
-        stderr.print(f"mome transcribe: {e}", markup=False)
+        say(f"mome transcribe: {e}")
         ctx.exit(e.exit_code)
     except UsageProblem as e:
         raise click.UsageError(str(e)) from e
@@ -290,7 +297,7 @@ def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--snr") from e
     quiet = ctx.obj.quiet
-    log = lambda message: stderr.print(message, markup=False, highlight=False)  # noqa: E731
+    log = say
     quiet_log = (lambda message: log(message) if message.startswith("error") else None) if quiet else log
     job = library.EvaluateJob(
         dataset=dataset, output_dir=Path(output_dir), data_root=Path(data_root) if data_root else None, split=split,
@@ -303,7 +310,7 @@ def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode
     try:  # before the evaluation, not after it
         made = writable_folder(job.output_dir)
     except OSError as e:
-        stderr.print(f"mome evaluate: cannot write to {output_dir}: {e.strerror or e}", markup=False)
+        say(f"mome evaluate: cannot write to {output_dir}: {e.strerror or e}")
         ctx.exit(ExitCode.FAILURE)
     try:
         evaluation = library.run(job, quiet_log, lambda total, what: _progress(total, what, enabled))
@@ -313,14 +320,14 @@ def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode
             raise  # the group says "interrupted" and exits 130
         if isinstance(e, UsageProblem):
             raise click.UsageError(str(e)) from e
-        stderr.print(f"mome evaluate: {e}", markup=False)
+        say(f"mome evaluate: {e}")
         ctx.exit(e.exit_code)
     if evaluation.cells:
         click.echo(evaluation.table())  # first: the figures are not lost if the files cannot be written
     try:
         library.write_outputs(evaluation, job.output_dir)
     except OSError as e:
-        stderr.print(f"mome evaluate: cannot write to {output_dir}: {e.strerror or e}", markup=False)
+        say(f"mome evaluate: cannot write to {output_dir}: {e.strerror or e}")
         ctx.exit(ExitCode.FAILURE)
     if not quiet:
         log(f"{evaluation.evaluated} evaluated, {len(evaluation.failed)} failed (report in {output_dir})")
@@ -383,15 +390,15 @@ def train(ctx: click.Context, config, resume, **flags):
         raise click.UsageError(str(e)) from e
     except (DataError, HubError) as e:
         if training.is_main_process():
-            stderr.print(f"mome train: {e}", markup=False)
+            say(f"mome train: {e}")
         ctx.exit(e.exit_code)
     except training.TrainingError as e:
         if training.is_main_process():
-            stderr.print(f"mome train: {e}", markup=False)
+            say(f"mome train: {e}")
         ctx.exit(ExitCode.FAILURE)
     except training.TrainingStopped as e:
         if training.is_main_process():
-            stderr.print(f"mome train: {e}", markup=False)
+            say(f"mome train: {e}")
         ctx.exit(128 + e.signal_number)  # as a shell reports a process ended by that signal: INTERRUPTED for Ctrl-C
 
 
@@ -424,14 +431,14 @@ def download(ctx: click.Context, names, list_cached, cache_dir, revision, token,
         click.echo(hub.cache_listing(home, list(names)), nl=False)
         return
     quiet = ctx.obj.quiet
-    log = (lambda message: None) if quiet else (lambda message: stderr.print(message, markup=False))
+    log = (lambda message: None) if quiet else say
     console = stderr if stderr.is_terminal and not quiet else None
     try:
         for name in names:
             hub.download_preset(name, home, revision=revision, token=token, offline=offline or None,
                                 console=console, log=log)
     except hub.HubError as e:
-        stderr.print(f"mome download: {e}", markup=False)
+        say(f"mome download: {e}")
         ctx.exit(e.exit_code)
 
 

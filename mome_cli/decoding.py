@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .model import AVSRModel, Features, Rate
+from .outputs import BIDI_CONTROLS
 
 
 TOKENS_PER_SECOND = 32  # room for fast speech (5 words a second) written byte by byte; subword tokenizers use fewer
@@ -356,10 +357,6 @@ def decode(
         results.append(DecodingResult(text=clean_text(model.tokenizer.decode(tokens, skip_special_tokens=True)),
                                       tokens=tokens, logprob=logprob))
     return results
-
-
-# Bidirectional embeddings, overrides and isolates: text shown in another order than it reads.
-BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def clean_text(text: str) -> str:

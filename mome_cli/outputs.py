@@ -10,10 +10,12 @@ Torch-free: the CLI may import it at any time.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,25 @@ from .files import atomic_write_text
 MEDIA_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".wav", ".flac", ".mp3", ".m4a", ".ogg")
 FORMATS = ("txt", "json", "srt", "vtt", "jsonl")
 CUE_TIMES = re.compile(r"\d\d:\d\d:\d\d[,.]\d{3} --> ")  # the line before a cue's text in srt and vtt
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")  # embeddings, overrides, isolates
+ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def one_line(text) -> str:
+    """text (a file's name, a message naming one) as one line that a terminal shows as it is: control characters
+    (a tab, a newline, ESC: a file may be named with them) escaped as \\t, \\n, \\r, \\xNN, and line separators,
+    undecodable bytes (surrogates, which a strict UTF-8 stream refuses) and bidirectional overrides as \\uNNNN.
+    A backslash stays as it is: Windows paths have them."""
+
+    def shown(ch: str) -> str:
+        if ch in ESCAPES:
+            return ESCAPES[ch]
+        category = unicodedata.category(ch)
+        if category == "Cc":
+            return f"\\x{ord(ch):02x}"
+        return f"\\u{ord(ch):04x}" if category in ("Zl", "Zp", "Cs") or ch in BIDI_CONTROLS else ch
+
+    return "".join(map(shown, str(text)))
 
 
 @dataclass
@@ -162,13 +183,18 @@ def read_text(out_dir: Path, stem: Path, formats: list[str]) -> str:
 
 
 def write_outputs(transcript: Transcript, out_dir: Path, stem: Path, formats: list[str]) -> list[Path]:
-    """Write every format, each atomically; returns the paths written."""
-    written = []
-    for fmt in formats:
-        path = output_path(out_dir, stem, fmt)
-        atomic_write_text(path, render(transcript, fmt))
-        written.append(path)
-    return written
+    """Write every format, each atomically; returns the paths written. OSError names the file that could not be
+    written; an output name that a folder holds is found before any format is written."""
+    paths = [output_path(out_dir, stem, fmt) for fmt in formats]
+    for path in paths:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    for fmt, path in zip(formats, paths):
+        try:
+            atomic_write_text(path, render(transcript, fmt))
+        except OSError as e:
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+    return paths
 
 
 __all__ = ["MEDIA_EXTENSIONS", "FORMATS", "Input", "Transcript", "collect_inputs",

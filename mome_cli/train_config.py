@@ -264,6 +264,9 @@ def _layer(values: dict, more: dict, source: str) -> dict:
     return merged
 
 
+NEVER_SAVED = {CONFIG_NAME, "log.jsonl", "snapshots"}  # what a run that stopped before its first save leaves
+
+
 def resolve_config(config_file=None, overrides: dict | None = None, resume: bool = False) -> TrainConfig:
     """The TrainConfig of a run: [the saved run's config when resuming] < the TOML recipe < the flags.
 
@@ -283,6 +286,14 @@ def resolve_config(config_file=None, overrides: dict | None = None, resume: bool
     if not resume:
         if (out / STATE_NAME).exists():
             raise ConfigError(f"{out} holds a training run already: pass --resume to continue it, or another -o")
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"-o {out}: a file, not a folder")
+        if out.is_dir():  # never written over: a checkpoint there (a model's weights) or anything else of the user's
+            theirs = sorted(p.name for p in out.iterdir() if p.name not in NEVER_SAVED)
+            if theirs:
+                listed = ", ".join(theirs[:3]) + (", ..." if len(theirs) > 3 else "")
+                raise ConfigError(f"-o {out} is not empty ({listed}): a new run is written to a new or empty folder "
+                                  "(--resume continues a run)")
         return TrainConfig(**values)
     if not (out / STATE_NAME).is_file() or not saved_path.is_file():
         raise ConfigError(f"--resume: {out} holds no run to continue (no {STATE_NAME} / {CONFIG_NAME})")

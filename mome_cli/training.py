@@ -53,6 +53,7 @@ import torch
 from .checkpoint import save_checkpoint
 from .files import atomic_write, atomic_write_text
 from .hub import mome_home
+from .outputs import one_line
 from .recognizer import build_recognizer
 from .train_config import CONFIG_NAME, STATE_NAME, ConfigError, TrainConfig
 from .train_data import TrainingData
@@ -145,7 +146,7 @@ class Trainer:
 
     def say(self, message: str) -> None:
         if self.console is not None:
-            self.console.print(message, markup=False)
+            self.console.print(one_line(message), markup=False)
 
     def record(self, kind: str, **values) -> None:
         if self.main:
@@ -156,6 +157,7 @@ class Trainer:
 
     def setup(self) -> None:
         cfg = self.config
+        self._state = self._read_state() if self.resume else None
         self.device = self._init_device()
         self.data = TrainingData(cfg, self.home, self.rank, self.world, self.say)  # manifests; DataError: exit 1 or 4
         random.seed(cfg.seed)
@@ -172,12 +174,25 @@ class Trainer:
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         if cfg.init and not self.resume:
             self._warm_start(Path(cfg.init))
+        made = self.main and not self.out.exists()  # removed again if the run cannot start
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             if not self.resume:  # traces of an earlier attempt that never saved
                 (self.out / LOG_NAME).unlink(missing_ok=True)
                 shutil.rmtree(self.out / SNAPSHOTS, ignore_errors=True)
             atomic_write_text(self.out / CONFIG_NAME, json.dumps(cfg.to_dict(), indent=2) + "\n")
+        try:
+            self._setup_run()
+        except BaseException:
+            if made:  # a folder that holds no checkpoint and no run to resume is not left behind
+                for name in (CONFIG_NAME, LOG_NAME):
+                    (self.out / name).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    self.out.rmdir()  # only if nothing else is in it
+            raise
+
+    def _setup_run(self) -> None:
+        cfg = self.config
         self.data.prepare(self.recognizer, self.device)
         self.per_epoch = len(self.data.epoch_batches(0))
         self.total = cfg.steps or sum(len(self.data.epoch_batches(e)) for e in range(cfg.epochs))
@@ -399,8 +414,17 @@ class Trainer:
         done = [p for p in folder.glob("step-*") if (p / "config.json").is_file()]
         return sorted(done, key=lambda p: int(p.name.split("-")[1]))  # by step: step-1000000 after step-999999
 
+    def _read_state(self) -> dict:
+        """The run's saved state, read before anything long starts: a damaged file is said at once."""
+        path = self.out / STATE_NAME
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated, not torch's format, or holding what weights_only refuses
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TrainingError(f"{path}: damaged, the run cannot be resumed from it ({reason})") from e
+
     def _restore(self) -> None:
-        state = torch.load(self.out / STATE_NAME, map_location="cpu", weights_only=True)
+        state, self._state = self._state, None
         if state.get("format") != STATE_FORMAT:
             raise ConfigError(f"{self.out / STATE_NAME}: format {state.get('format')}, this mome reads {STATE_FORMAT}")
         if state["world"] != self.world:

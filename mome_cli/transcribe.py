@@ -16,11 +16,10 @@ from __future__ import annotations
 import sys
 import threading
 import time
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .outputs import FORMATS, Input, output_path, output_stems, read_text, write_outputs
+from .outputs import FORMATS, Input, one_line, output_path, output_stems, read_text, write_outputs
 from .report import Report
 
 
@@ -40,27 +39,12 @@ class TranscribeJob:
 
 READ_AHEAD_SECONDS = 600.0  # media read ahead and not yet taken, in seconds of clip: ~180 MB of ROIs and audio
 
-ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
-
-
 def stdout_line(path, text: str) -> str:
-    """One `<input>\\t<text>` line of --stdout. A name's control characters (a tab, a newline, ESC: a file may be
-    named with them) are written escaped (\\t, \\n, \\r, \\xNN), and so are line separators, undecodable bytes and
-    bidirectional overrides (\\uNNNN), so that a line is always one input and a terminal shows it as it is; a text
-    read back from an edited file is put on one line. (A backslash stays as it is: Windows paths have them.)"""
-    from .decoding import BIDI_CONTROLS, clean_text
+    """One `<input>\\t<text>` line of --stdout: the name as one_line() shows it, so that a line is always one input
+    and a terminal shows it as it is; a text read back from an edited file is put on one line."""
+    from .decoding import clean_text
 
-    def shown(ch: str) -> str:
-        if ch in ESCAPES:
-            return ESCAPES[ch]
-        category = unicodedata.category(ch)
-        if category == "Cc":
-            return f"\\x{ord(ch):02x}"
-        # line and paragraph separators (str.splitlines breaks there), a name's undecodable bytes (surrogates,
-        # which a strict UTF-8 stdout refuses), bidirectional overrides
-        return f"\\u{ord(ch):04x}" if category in ("Zl", "Zp", "Cs") or ch in BIDI_CONTROLS else ch
-
-    return f"{''.join(shown(ch) for ch in str(path))}\t{clean_text(text)}"
+    return f"{one_line(path)}\t{clean_text(text)}"
 
 
 def expand_formats(formats) -> list[str]:
@@ -166,7 +150,7 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
                 try:
                     write_outputs(transcript, job.output_dir, stem, formats)
                 except OSError as e:
-                    log(f"error: {item.path}: cannot write outputs to {job.output_dir}: {e.strerror or e}")
+                    log(f"error: {item.path}: cannot write {e.filename or job.output_dir}: {e.strerror or e}")
                     report.failed += 1
                 else:
                     report.ok += 1

@@ -404,6 +404,29 @@ def test_resume_needs_a_run(corpus, tmp_path):
     assert result.returncode == 2 and "no run to continue" in result.stderr, result.explain
 
 
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_a_damaged_run_state_is_one_line_naming_it(trained, corpus, damage):
+    out = corpus / f"damaged-{damage}"
+    shutil.copytree(trained, out)
+    state = out / "trainer_state.pt"
+    state.write_bytes(state.read_bytes()[:1000] if damage == "truncated" else b"")
+    result = mome(*train_args(corpus, out.name), "--resume", root=corpus)
+    assert result.returncode == 1, result.explain
+    assert result.stderr.startswith(f"mome train: {state}: damaged, the run cannot be resumed from it ("), \
+        result.explain  # at once: before the data is prepared
+    assert len(result.stderr.strip().splitlines()) == 1, result.explain
+
+
+def test_a_run_that_cannot_start_leaves_no_folder(corpus, tmp_path):
+    (tmp_path / "notes.mp4").write_text("not a video")
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"id": "n", "video": str(tmp_path / "notes.mp4"), "text": "x"}))
+    result = mome("train", "--config", RECIPE, "--train", tmp_path / "bad.jsonl", "--roi", "-o", tmp_path / "run",
+                  "--steps", 2, root=corpus)
+    assert result.returncode == 1 and "notes.mp4" in result.stderr, result.explain
+    assert not (tmp_path / "run").exists()
+
+
 # ---- in-process units ----------------------------------------------------------------------------------------
 
 
@@ -419,6 +442,25 @@ def test_flags_override_the_recipe_and_steps_replace_epochs(tmp_path):
         TrainConfig(train="t", output="o")
     with pytest.raises(ConfigError, match="precision must be one of bf16, fp32, got 'fp8'"):
         TrainConfig(train="t", output="o", steps=1, precision="fp8")
+
+
+
+def test_a_new_run_never_writes_over_a_folder_that_holds_something(tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # a checkpoint: say, a finished model copied here
+    (out / "model.safetensors").write_bytes(b"weights")
+    flags = {"train": "t.jsonl", "output": str(out), "steps": 1}
+    with pytest.raises(ConfigError, match=r"model is not empty \(config.json, model.safetensors\)"):
+        resolve_config(None, flags)
+    with pytest.raises(ConfigError, match="a file, not a folder"):
+        resolve_config(None, {**flags, "output": str(out / "model.safetensors")})
+    left = tmp_path / "left"  # what a run that stopped before its first save leaves: started again, not refused
+    left.mkdir()
+    (left / "train_config.json").write_text("{}")
+    (left / "log.jsonl").write_text("")
+    assert resolve_config(None, {**flags, "output": str(left)}).output == str(left)
+    assert resolve_config(None, {**flags, "output": str(tmp_path / "new")}).output == str(tmp_path / "new")
 
 
 @pytest.mark.parametrize("setting, value, message", [

@@ -361,8 +361,24 @@ def test_an_output_name_taken_by_a_folder_is_an_error_not_a_skip(trained, tmp_pa
     result = mome("transcribe", clip, "--model", trained / "ckpt", "--roi", "-o", tmp_path / "out", cwd=trained)
     assert result.returncode == 1 and "0 ok, 0 skipped, 1 failed\n" in result.stderr, result.explain  # no "outputs in"
     assert [ln for ln in result.stderr.splitlines() if ln.startswith("error:")] == [
-        f"error: {clip}: cannot write outputs to {tmp_path / 'out'}: Is a directory"], result.explain
+        f"error: {clip}: cannot write {tmp_path / 'out' / 'hello.txt'}: Is a directory"], result.explain
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["hello.txt"]  # no temporary file left
+    result = mome("transcribe", clip, "--model", trained / "ckpt", "--roi", "-o", tmp_path / "out", "-f", "all",
+                  "--overwrite", cwd=trained)  # the other formats are not written beside a failed input either
+    assert result.returncode == 1 and f"cannot write {tmp_path / 'out' / 'hello.txt'}" in result.stderr, \
+        result.explain
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["hello.txt"]
+
+
+def test_an_error_naming_a_file_stays_on_one_line(trained, tmp_path):
+    odd = tmp_path / "bad\nname\x1b[31m.mp4"
+    odd.write_text("not a video")
+    result = mome("transcribe", odd, "--model", trained / "ckpt", "--roi", "-o", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 1, result.explain
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "\x1b" not in result.stderr, result.explain
+    assert errors[0].startswith(f"error: {tmp_path}/bad\\nname\\x1b[31m.mp4: not a readable media file"), \
+        result.explain
 
 
 def test_all_inputs_failing_exits_1_and_a_missing_model_exits_4(trained, tmp_path):
