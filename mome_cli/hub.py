@@ -236,10 +236,31 @@ def hub_offline() -> bool:
 # Fetching: plain files through downloads.fetch_url, Hub repositories through huggingface_hub
 
 
+def users_copy(item: RemoteFile, home: Path) -> Path | None:
+    """face-alignment's file in the user's own torch hub folder ($TORCH_HOME/hub/checkpoints, where face-alignment
+    keeps what it downloads itself), which mome uses before its cache; None if there is none."""
+    user_home = os.environ.get("TORCH_HOME")
+    if item.folder != FACE_ALIGNMENT_DIR or not user_home:
+        return None
+    path = Path(user_home) / "hub" / "checkpoints" / item.filename
+    return path if path.is_file() and path != item.path(home) else None
+
+
 def fetch_file(item: RemoteFile, home: Path, *, console=None, log: Callable[[str], None] = lambda m: None,
                client=None) -> Path:
-    """Make sure item is in the cache and checks out; download it (resuming) if not. Return its path."""
+    """Make sure item is in the cache and checks out; download it (resuming) if not. Return its path. A copy of
+    face-alignment's in $TORCH_HOME is used where it is (checked against the published checksum, where there is one;
+    nothing is written beside it)."""
     path = item.path(home)
+    theirs = None if path.is_file() else users_copy(item, home)
+    if theirs is not None:
+        try:
+            if item.sha256:
+                verify_file(item, theirs)
+            log(f"{item.label}: {theirs} ($TORCH_HOME)")
+            return theirs
+        except ChecksumError as e:
+            log(f"{e}; downloading it into the cache")
     if path.is_file():
         log(f"verifying {path}")
         try:
@@ -369,8 +390,10 @@ def locate(item: HubRepo | RemoteFile, home: Path, verify: bool = False) -> Path
         return locate_repo(item, home)
     path = item.path(home)
     if not path.is_file():
-        return None
-    if verify:
+        path = users_copy(item, home)
+        if path is None:
+            return None
+    if verify and (item.sha256 or path == item.path(home)):
         verify_file(item, path)
     return path
 
@@ -508,6 +531,10 @@ def cache_listing(home: Path | None = None, names: list[str] | None = None) -> s
             else:
                 state = "sha256 recorded" if recorded_sha256(path) else ""
             rows.append((f"{folder}/{path.name}", human_size(path.stat().st_size), state, str(path)))
+    face = dict.fromkeys(item for name in names or list(PRESETS) for item in get_preset(name).face)
+    for item in face:  # used from the user's own torch hub folder, where the cache lacks them
+        if (theirs := users_copy(item, home)) is not None and not item.path(home).is_file():
+            rows.append((item.filename, human_size(theirs.stat().st_size), "in $TORCH_HOME", str(theirs)))
     lines += _table(rows) if rows else ["  (none)"]
     lines += ["", "Presets:"]
     rows = []
@@ -539,6 +566,6 @@ def _folder_size(folder: Path) -> int:
 
 __all__ = ["HubError", "MissingModelError", "UnusableModelError", "ChecksumError", "CacheWriteError", "HubRepo",
            "RemoteFile", "Preset", "PRESETS", "WHISPER_MEDIUM_EN", "AVHUBERT_LARGE", "FACE_ALIGNMENT_FILES",
-           "get_preset", "mome_home", "hub_cache_dir", "torch_home", "face_alignment_dir", "face_alignment_env",
+           "get_preset", "mome_home", "users_copy", "hub_cache_dir", "torch_home", "face_alignment_dir", "face_alignment_env",
            "hub_offline", "sha256_of", "verify_file", "fetch_url", "fetch_file", "fetch_repo", "ResolvedPreset",
            "locate", "missing_items", "resolve_preset", "download_preset", "cache_listing", "human_size"]

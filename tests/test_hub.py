@@ -92,6 +92,7 @@ def home(tmp_path, monkeypatch):
     """An empty mome home, online as far as the environment says."""
     monkeypatch.setenv("MOME_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TORCH_HOME", raising=False)
     return tmp_path / "home"
 
 
@@ -306,6 +307,31 @@ def test_download_fetches_a_preset_then_lists_it_complete(server, home, monkeypa
     assert "torch/hub/checkpoints/s3fd-0123.pth" in result.stdout, explain(result)
     assert re.search(r"mome-1b +complete", result.stdout), explain(result)
     assert re.search(r"mome-3b +incomplete: missing meta-llama/Llama-3.2-3B", result.stdout), explain(result)
+
+
+def test_face_alignment_weights_in_the_users_torch_home_are_used_not_fetched(server, home, tmp_path, monkeypatch):
+    theirs = tmp_path / "torch-home" / "hub" / "checkpoints"
+    theirs.mkdir(parents=True)
+    (theirs / "s3fd-0123.pth").write_bytes(DATA)
+    (theirs / "anchors.npy").write_bytes(b"no checksum published")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    face = [remote(server, DATA_SHA256[:10], filename="s3fd-0123.pth", folder="torch/hub/checkpoints"),
+            remote(server, None, filename="anchors.npy", folder="torch/hub/checkpoints")]
+    monkeypatch.setitem(PRESETS, "mome-1b", file_preset(remote(server, None), *face))
+    result = invoke("download", "--list", "mome-1b")
+    assert re.search(r"mome-1b +incomplete: missing weights\.bin;", result.stdout), explain(result)  # face: there
+    assert re.search(rf"s3fd-0123\.pth +300\.0 kB +in \$TORCH_HOME +{theirs}/s3fd-0123\.pth", result.stdout), \
+        explain(result)
+    result = invoke("download", "mome-1b")
+    assert result.exit_code == 0, explain(result)
+    assert [path for path, _ in server.requests] == ["/weights.bin"], server.requests  # only what was missing
+    assert f"{theirs}/s3fd-0123.pth ($TORCH_HOME)" in result.stderr, explain(result)
+    assert not (home / "torch").exists() and sorted(p.name for p in theirs.iterdir()) == ["anchors.npy",
+                                                                                          "s3fd-0123.pth"]
+    (theirs / "s3fd-0123.pth").write_bytes(b"damaged")  # fails its checksum: fetched into the cache instead
+    result = invoke("download", "mome-1b")
+    assert result.exit_code == 0 and (home / "torch" / "hub" / "checkpoints" / "s3fd-0123.pth").read_bytes() == DATA
+    assert (theirs / "s3fd-0123.pth").read_bytes() == b"damaged", explain(result)  # theirs is left as it was
 
 
 def test_download_checksum_mismatch_exits_1(server, home, monkeypatch):
