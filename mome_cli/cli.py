@@ -99,9 +99,9 @@ class OrderedGroup(click.Group):
 @click.group(cls=OrderedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mome", message="%(prog)s %(version)s")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (also after the subcommand).")
-@click.option("-v", "--verbose", count=True, help="Print more detail: the model, each file's times (transcribe) "
-              "or each rate and SNR as it is scored (evaluate); -vv adds each segment's text (also after the "
-              "subcommand).")
+@click.option("-v", "--verbose", count=True, help="Print more detail: the model, each file's times (transcribe), "
+              "each rate and SNR as it is scored (evaluate), stage times and saves (train), where each part lies "
+              "(download); -vv adds each segment's text (also after the subcommand).")
 @click.pass_context
 def cli(ctx: click.Context, quiet: bool, verbose: int):
     """Audio-visual speech recognition with a Mixture of Matryoshka Experts (MoME)."""
@@ -130,18 +130,12 @@ def say(message: str) -> None:
     stderr.print(one_line(message), markup=False, highlight=False)
 
 
-def verbosity_options(verbose: bool = True):
-    """-q/--quiet, and -v/--verbose where the command has more to say, on a subcommand too, with the group's
-    meaning."""
-
-    def decorate(f):
-        if verbose:
-            f = click.option("-v", "--verbose", count=True, expose_value=False, callback=_subcommand_verbosity,
-                             help="Print more detail (as `mome -v`).")(f)
-        return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_subcommand_verbosity,
-                            help="Print nothing but errors (as `mome -q`).")(f)
-
-    return decorate
+def verbosity_options(f):
+    """-q/--quiet and -v/--verbose on a subcommand too, with the group's meaning."""
+    f = click.option("-v", "--verbose", count=True, expose_value=False, callback=_subcommand_verbosity,
+                     help="Print more detail (as `mome -v`).")(f)
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_subcommand_verbosity,
+                        help="Print nothing but errors (as `mome -q`).")(f)
 
 
 def _name_pattern(ctx: click.Context, param, value):
@@ -200,7 +194,7 @@ def model_options(f):
 @click.option("--detector", type=click.Choice(("sfd", "blazeface")), default="sfd", show_default=True,
               help="Face detector (blazeface is faster, sfd finds smaller faces).")
 @click.option("--no-cache", is_flag=True, help="Don't reuse or store preprocessed clips.")
-@verbosity_options()
+@verbosity_options
 @click.pass_context
 def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode, device, beam, batch_size, rate,
                any_rate, roi, max_segment, pack, output_dir, formats, stdout, overwrite, detector, no_cache):
@@ -279,7 +273,7 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
               help="Face detector when videos are not mouth crops.")
 @click.option("--no-cache", is_flag=True, help="Don't reuse or store preprocessed clips.")
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False), default="mome-eval", show_default=True)
-@verbosity_options()
+@verbosity_options
 @click.pass_context
 def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode, device, beam, batch_size, rates,
              any_rate, snr, noise, seed, limit, max_segment, pack, roi, detector, no_cache, output_dir):
@@ -368,7 +362,7 @@ def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), help="[auto]; torchrun: one GPU per process.")
 @click.option("--resume", is_flag=True, help="Continue the run in --output exactly where its last save left it "
               "(Ctrl-C or SIGTERM stops a run after its step and saves there).")
-@verbosity_options(verbose=False)
+@verbosity_options
 @click.pass_context
 def train(ctx: click.Context, config, resume, **flags):
     """Train MoME adapters on frozen backbones (single process, or under torchrun: one process per GPU)."""
@@ -383,7 +377,7 @@ def train(ctx: click.Context, config, resume, **flags):
         raise click.UsageError("--steps and --epochs cannot be used together.")
     try:
         train_config = resolve_config(config, overrides, resume=resume)
-        training.run(train_config, resume=resume, quiet=ctx.obj.quiet)
+        training.run(train_config, resume=resume, quiet=ctx.obj.quiet, verbose=ctx.obj.verbose)
     except ConfigError as e:
         if not training.is_main_process():  # under torchrun every process meets it: rank 0 says it
             ctx.exit(ExitCode.USAGE)
@@ -412,7 +406,7 @@ def train(ctx: click.Context, config, resume, **flags):
 @click.option("--token", help="Hugging Face token, for gated models [$HF_TOKEN].")
 @click.option("--offline", is_flag=True, help="Use no network: check the cache and report what is missing "
               "[$HF_HUB_OFFLINE].")
-@verbosity_options(verbose=False)
+@verbosity_options
 @click.pass_context
 def download(ctx: click.Context, names, list_cached, cache_dir, revision, token, offline):
     """Fetch the models NAME needs into the cache (presets: tiny, demo, mome-1b, mome-3b, mome-8b)."""
@@ -435,8 +429,12 @@ def download(ctx: click.Context, names, list_cached, cache_dir, revision, token,
     console = stderr if stderr.is_terminal and not quiet else None
     try:
         for name in names:
-            hub.download_preset(name, home, revision=revision, token=token, offline=offline or None,
-                                console=console, log=log)
+            resolved = hub.download_preset(name, home, revision=revision, token=token, offline=offline or None,
+                                           console=console, log=log)
+            if ctx.obj.verbose:  # where each part lies, as transcribe and train will load it
+                for part in ("llm", "audio", "video", "face_alignment", "adapter"):
+                    if (path := getattr(resolved, part)) is not None:
+                        say(f"  {part.replace('_', '-')}: {path}")
     except hub.HubError as e:
         say(f"mome download: {e}")
         ctx.exit(e.exit_code)

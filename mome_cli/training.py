@@ -127,8 +127,10 @@ class Trainer:
     home is mome's cache ($MOME_HOME by default): backbones, preprocessed clips, features. face-alignment finds its
     weights as in every command ($TORCH_HOME if set, else mome's cache: preprocess.face_alignment_weights)."""
 
-    def __init__(self, config: TrainConfig, resume: bool = False, quiet: bool = False, home: Path | None = None):
+    def __init__(self, config: TrainConfig, resume: bool = False, quiet: bool = False, home: Path | None = None,
+                 verbose: int = 0):
         self.config, self.resume, self.home = config, resume, Path(home) if home else mome_home()
+        self.verbose = 0 if quiet else verbose  # -v: the model, each stage's time and each save
         self.rank, self.local_rank, self.world = distributed_env()
         self.main = self.rank == 0
         self.out = Path(config.output)
@@ -148,6 +150,10 @@ class Trainer:
         if self.console is not None:
             self.console.print(one_line(message), markup=False)
 
+    def detail(self, message: str) -> None:
+        if self.verbose:
+            self.say(message)
+
     def record(self, kind: str, **values) -> None:
         if self.main:
             with open(self.out / LOG_NAME, "a", encoding="utf-8") as f:
@@ -166,9 +172,11 @@ class Trainer:
         # The frozen encoders and LLM from the cache (never downloaded here; MissingModelError: exit 4) and new
         # trainable modules drawn from the seed: the same initial weights on every process and in every run.
         dtype = torch.bfloat16 if self.device.type == "cuda" and cfg.precision == "bf16" else torch.float32
+        started = time.perf_counter()
         self.recognizer = build_recognizer(cfg.model_config(), self.home, str(self.device), dtype=dtype,
                                            name=str(self.out), seed=cfg.seed)
         self.model = self.recognizer.model
+        self.detail(f"model: {self.recognizer.describe()}; built in {time.perf_counter() - started:.2f} s")
         if hasattr(self.recognizer.audio_encoder, "graphs"):  # no CUDA graphs here: a capture that failed would
             self.recognizer.audio_encoder.graphs = False  # leave CUDA's random generator unusable for dropout
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -193,7 +201,9 @@ class Trainer:
 
     def _setup_run(self) -> None:
         cfg = self.config
+        started = time.perf_counter()
         self.data.prepare(self.recognizer, self.device)
+        self.detail(f"data prepared in {time.perf_counter() - started:.1f} s")
         self.per_epoch = len(self.data.epoch_batches(0))
         self.total = cfg.steps or sum(len(self.data.epoch_batches(e)) for e in range(cfg.epochs))
         self.warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_fraction * self.total)
@@ -406,6 +416,7 @@ class Trainer:
             for old in self.snapshots()[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
         self.record("save", path=str(path))
+        self.detail(f"saved step {self.step}: {path}")
 
     def snapshots(self) -> list[Path]:
         folder = self.out / SNAPSHOTS
@@ -590,9 +601,9 @@ def _rate_name(rate, mode: str | None = None) -> str:
     return f"{mode} {name}" if mode else name
 
 
-def run(config: TrainConfig, resume: bool = False, quiet: bool = False) -> Trainer:
+def run(config: TrainConfig, resume: bool = False, quiet: bool = False, verbose: int = 0) -> Trainer:
     """Set up, train and clean up: what `mome train` calls once it has a config."""
-    trainer = Trainer(config, resume=resume, quiet=quiet)
+    trainer = Trainer(config, resume=resume, quiet=quiet, verbose=verbose)
     try:
         trainer.setup()
         trainer.train()

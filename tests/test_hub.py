@@ -297,9 +297,11 @@ def test_http_error_is_a_failure(server, tmp_path):
 def test_download_fetches_a_preset_then_lists_it_complete(server, home, monkeypatch):
     face = remote(server, DATA_SHA256[:10], filename="s3fd-0123.pth", folder="torch/hub/checkpoints")
     monkeypatch.setitem(PRESETS, "mome-1b", file_preset(remote(server, None), face))
-    result = invoke("download", "mome-1b")
+    result = invoke("download", "mome-1b", "-v")
     assert result.exit_code == 0 and result.stdout == "", explain(result)
     assert (home / "avhubert" / "weights.bin").read_bytes() == DATA
+    assert f"  video: {home / 'avhubert' / 'weights.bin'}\n" in result.stderr, explain(result)  # -v: where it lies
+    assert f"  face-alignment: {home / 'torch' / 'hub' / 'checkpoints'}\n" in result.stderr, explain(result)
     assert (home / "torch" / "hub" / "checkpoints" / "s3fd-0123.pth").read_bytes() == DATA
     result = invoke("download", "--list")
     assert result.exit_code == 0, explain(result)

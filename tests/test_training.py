@@ -422,8 +422,9 @@ def test_a_run_that_cannot_start_leaves_no_folder(corpus, tmp_path):
     (tmp_path / "notes.mp4").write_text("not a video")
     (tmp_path / "bad.jsonl").write_text(json.dumps({"id": "n", "video": str(tmp_path / "notes.mp4"), "text": "x"}))
     result = mome("train", "--config", RECIPE, "--train", tmp_path / "bad.jsonl", "--roi", "-o", tmp_path / "run",
-                  "--steps", 2, root=corpus)
+                  "--steps", 2, "-v", root=corpus)
     assert result.returncode == 1 and "notes.mp4" in result.stderr, result.explain
+    assert "model: " in result.stderr and "; built in " in result.stderr, result.explain  # -v, after the subcommand
     assert not (tmp_path / "run").exists()
 
 
