@@ -264,7 +264,8 @@ def _layer(values: dict, more: dict, source: str) -> dict:
     return merged
 
 
-NEVER_SAVED = {CONFIG_NAME, "log.jsonl", "snapshots"}  # what a run that stopped before its first save leaves
+# What a run that stopped before its first save ended leaves (with a killed save's hidden .tmp files).
+NEVER_SAVED = {CONFIG_NAME, "log.jsonl", "snapshots"}
 
 
 def resolve_config(config_file=None, overrides: dict | None = None, resume: bool = False) -> TrainConfig:
@@ -289,7 +290,8 @@ def resolve_config(config_file=None, overrides: dict | None = None, resume: bool
         if out.exists() and not out.is_dir():
             raise ConfigError(f"-o {out}: a file, not a folder")
         if out.is_dir():  # never written over: a checkpoint there (a model's weights) or anything else of the user's
-            theirs = sorted(p.name for p in out.iterdir() if p.name not in NEVER_SAVED)
+            theirs = sorted(p.name for p in out.iterdir()
+                            if p.name not in NEVER_SAVED and not (p.name.startswith(".") and p.name.endswith(".tmp")))
             if theirs:
                 listed = ", ".join(theirs[:3]) + (", ..." if len(theirs) > 3 else "")
                 raise ConfigError(f"-o {out} is not empty ({listed}): a new run is written to a new or empty folder "

@@ -188,6 +188,8 @@ class Trainer:
             if not self.resume:  # traces of an earlier attempt that never saved
                 (self.out / LOG_NAME).unlink(missing_ok=True)
                 shutil.rmtree(self.out / SNAPSHOTS, ignore_errors=True)
+                for tmp in self.out.glob(".*.tmp"):  # a killed save's
+                    tmp.unlink(missing_ok=True)
             atomic_write_text(self.out / CONFIG_NAME, json.dumps(cfg.to_dict(), indent=2) + "\n")
         try:
             self._setup_run()

@@ -460,6 +460,7 @@ def test_a_new_run_never_writes_over_a_folder_that_holds_something(tmp_path):
     left.mkdir()
     (left / "train_config.json").write_text("{}")
     (left / "log.jsonl").write_text("")
+    (left / ".trainer_state.pt.k2j4.tmp").write_bytes(b"half")  # killed in its first save
     assert resolve_config(None, {**flags, "output": str(left)}).output == str(left)
     assert resolve_config(None, {**flags, "output": str(tmp_path / "new")}).output == str(tmp_path / "new")
 
