@@ -123,10 +123,15 @@ def _subcommand_verbosity(ctx: click.Context, param, value):
         raise click.UsageError("-q/--quiet and -v/--verbose cannot be used together.", ctx)
 
 
-def say(message: str) -> None:
-    """A message on stderr as it is (no markup), on one line: a file's name in it may hold a newline or ESC."""
-    from .outputs import one_line
+def one_line(message) -> str:
+    """A message on one line: a file's name in it may hold a newline or ESC (outputs.one_line)."""
+    from .outputs import one_line as escaped
 
+    return escaped(message)
+
+
+def say(message: str) -> None:
+    """A message on stderr as it is (no markup), on one line."""
     stderr.print(one_line(message), markup=False, highlight=False)
 
 
@@ -216,7 +221,7 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
     found = collect_inputs(list(inputs), recursive=recursive, glob=glob, empty=empty)
     hint = "" if recursive else " (use -r to search sub-folders)"
     if not found:
-        raise click.UsageError(f"no media files found in {', '.join(inputs)}{hint}")
+        raise click.UsageError(one_line(f"no media files found in {', '.join(inputs)}{hint}"))
     quiet = ctx.obj.quiet
     log = say
     quiet_log = (lambda message: log(message) if message.startswith("error") else None) if quiet else log
@@ -240,7 +245,7 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
         say(f"mome transcribe: {e}")
         ctx.exit(e.exit_code)
     except UsageProblem as e:
-        raise click.UsageError(str(e)) from e
+        raise click.UsageError(one_line(e)) from e
     if not quiet:
         wrote = files and (report.ok or report.skipped)  # when every input failed, there is nothing to point to
         log(report.summary() + (f" (outputs in {output_dir})" if wrote else ""))
@@ -313,7 +318,7 @@ def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode
         if isinstance(e, KeyboardInterrupt):
             raise  # the group says "interrupted" and exits 130
         if isinstance(e, UsageProblem):
-            raise click.UsageError(str(e)) from e
+            raise click.UsageError(one_line(e)) from e
         say(f"mome evaluate: {e}")
         ctx.exit(e.exit_code)
     if evaluation.cells:
@@ -381,7 +386,7 @@ def train(ctx: click.Context, config, resume, **flags):
     except ConfigError as e:
         if not training.is_main_process():  # under torchrun every process meets it: rank 0 says it
             ctx.exit(ExitCode.USAGE)
-        raise click.UsageError(str(e)) from e
+        raise click.UsageError(one_line(e)) from e
     except (DataError, HubError) as e:
         if training.is_main_process():
             say(f"mome train: {e}")

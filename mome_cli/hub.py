@@ -236,31 +236,37 @@ def hub_offline() -> bool:
 # Fetching: plain files through downloads.fetch_url, Hub repositories through huggingface_hub
 
 
-def users_copy(item: RemoteFile, home: Path) -> Path | None:
-    """face-alignment's file in the user's own torch hub folder ($TORCH_HOME/hub/checkpoints, where face-alignment
-    keeps what it downloads itself), which mome uses before its cache; None if there is none."""
+def users_copies(items, home: Path) -> dict[RemoteFile, Path]:
+    """face-alignment's files among items, in the user's own torch hub folder ($TORCH_HOME/hub/checkpoints, where
+    face-alignment keeps what it downloads itself), if it holds every one of them: then mome uses that folder rather
+    than its cache, as preprocessing does (one folder must hold a detector's whole set). Otherwise none."""
     user_home = os.environ.get("TORCH_HOME")
-    if item.folder != FACE_ALIGNMENT_DIR or not user_home:
-        return None
-    path = Path(user_home) / "hub" / "checkpoints" / item.filename
-    return path if path.is_file() and path != item.path(home) else None
+    face = [item for item in items if isinstance(item, RemoteFile) and item.folder == FACE_ALIGNMENT_DIR]
+    if not user_home or not face:
+        return {}
+    folder = Path(user_home) / "hub" / "checkpoints"
+    if folder == Path(home) / FACE_ALIGNMENT_DIR or not all((folder / item.filename).is_file() for item in face):
+        return {}
+    return {item: folder / item.filename for item in face}
+
+
+def check_users_copy(item: RemoteFile, path: Path, preset: str | None = None) -> None:
+    """A user's copy of a face-alignment file against its published checksum (where there is one; nothing is written
+    beside it): ChecksumError, saying what to do, if it does not match."""
+    if not item.sha256:
+        return
+    try:
+        verify_file(item, path)
+    except ChecksumError as e:
+        e.args = (f"{path}: checksum mismatch (expected SHA-256 {e.expected}, got {e.got}); mome uses $TORCH_HOME's "
+                  f"copy first: delete it, or unset TORCH_HOME, and run `mome download {preset or 'PRESET'}` again",)
+        raise
 
 
 def fetch_file(item: RemoteFile, home: Path, *, console=None, log: Callable[[str], None] = lambda m: None,
                client=None) -> Path:
-    """Make sure item is in the cache and checks out; download it (resuming) if not. Return its path. A copy of
-    face-alignment's in $TORCH_HOME is used where it is (checked against the published checksum, where there is one;
-    nothing is written beside it)."""
+    """Make sure item is in the cache and checks out; download it (resuming) if not. Return its path."""
     path = item.path(home)
-    theirs = None if path.is_file() else users_copy(item, home)
-    if theirs is not None:
-        try:
-            if item.sha256:
-                verify_file(item, theirs)
-            log(f"{item.label}: {theirs} ($TORCH_HOME)")
-            return theirs
-        except ChecksumError as e:
-            log(f"{e}; downloading it into the cache")
     if path.is_file():
         log(f"verifying {path}")
         try:
@@ -384,17 +390,21 @@ def locate_repo(repo: HubRepo, home: Path) -> Path | None:
     return Path(folder) if _snapshot_complete(Path(folder)) else None
 
 
-def locate(item: HubRepo | RemoteFile, home: Path, verify: bool = False) -> Path | None:
-    """Where item is in the cache, or None. verify re-hashes plain files (ChecksumError when they do not match)."""
+def locate(item: HubRepo | RemoteFile, home: Path, verify: bool = False,
+           theirs: dict[RemoteFile, Path] | None = None) -> Path | None:
+    """Where item is in the cache (or among theirs, users_copies()), or None. verify re-hashes plain files
+    (ChecksumError when they do not match)."""
     if isinstance(item, HubRepo):
         return locate_repo(item, home)
     path = item.path(home)
     if not path.is_file():
-        path = users_copy(item, home)
+        path = (theirs or {}).get(item)
         if path is None:
             return None
-    if verify and (item.sha256 or path == item.path(home)):
+    if verify and path == item.path(home):
         verify_file(item, path)
+    elif verify:
+        check_users_copy(item, path)
     return path
 
 
@@ -410,15 +420,17 @@ def _labels(preset: Preset, items: list[HubRepo | RemoteFile]) -> list[str]:
 def missing_items(preset: str | Preset, home: Path | None = None, revision: str | None = None) -> list[str]:
     """Short names of what preset needs and the cache lacks."""
     preset, home = get_preset(preset, revision), Path(home or mome_home())
-    return _labels(preset, [item for _, item in preset.items() if locate(item, home) is None])
+    theirs = users_copies(preset.face, home)
+    return _labels(preset, [item for _, item in preset.items() if locate(item, home, theirs=theirs) is None])
 
 
 def _find(preset: Preset, home: Path, verify: bool) -> tuple[dict[str, Path], list[HubRepo | RemoteFile]]:
     """(paths by ResolvedPreset field, items missing from the cache)."""
     paths: dict[str, Path] = {}
     missing: list[HubRepo | RemoteFile] = []
+    theirs = users_copies(preset.face, home)
     for role, item in preset.items():
-        path = locate(item, home, verify=verify)
+        path = locate(item, home, verify=verify, theirs=theirs)
         if path is None:
             missing.append(item)
         elif role == "face":
@@ -476,9 +488,13 @@ def download_preset(preset: str | Preset, home: Path | None = None, *, revision:
             raise MissingModelError(_missing_message(preset, missing, home, revision, offline=True))
         log(f"{preset.name}: complete in {home}")
         return ResolvedPreset(preset, home, **paths)
+    theirs = users_copies(preset.face, home)
     for _, item in preset.items():
         if isinstance(item, HubRepo):
             fetch_repo(item, home, token=token, console=console, log=log)
+        elif item in theirs and not item.path(home).is_file():
+            check_users_copy(item, theirs[item], preset.name)
+            log(f"{item.label}: {theirs[item]} ($TORCH_HOME)")
         else:
             fetch_file(item, home, console=console, log=log)
     log(f"{preset.name}: complete in {home}" + (f" ({preset.note})" if preset.note else ""))
@@ -531,10 +547,12 @@ def cache_listing(home: Path | None = None, names: list[str] | None = None) -> s
             else:
                 state = "sha256 recorded" if recorded_sha256(path) else ""
             rows.append((f"{folder}/{path.name}", human_size(path.stat().st_size), state, str(path)))
-    face = dict.fromkeys(item for name in names or list(PRESETS) for item in get_preset(name).face)
-    for item in face:  # used from the user's own torch hub folder, where the cache lacks them
-        if (theirs := users_copy(item, home)) is not None and not item.path(home).is_file():
-            rows.append((item.filename, human_size(theirs.stat().st_size), "in $TORCH_HOME", str(theirs)))
+    theirs = {}
+    for name in names or list(PRESETS):
+        theirs.update(users_copies(get_preset(name).face, home))
+    for item, path in theirs.items():  # used from the user's own torch hub folder, where the cache lacks them
+        if not item.path(home).is_file():
+            rows.append((item.filename, human_size(path.stat().st_size), "in $TORCH_HOME", str(path)))
     lines += _table(rows) if rows else ["  (none)"]
     lines += ["", "Presets:"]
     rows = []
@@ -566,6 +584,6 @@ def _folder_size(folder: Path) -> int:
 
 __all__ = ["HubError", "MissingModelError", "UnusableModelError", "ChecksumError", "CacheWriteError", "HubRepo",
            "RemoteFile", "Preset", "PRESETS", "WHISPER_MEDIUM_EN", "AVHUBERT_LARGE", "FACE_ALIGNMENT_FILES",
-           "get_preset", "mome_home", "users_copy", "hub_cache_dir", "torch_home", "face_alignment_dir", "face_alignment_env",
+           "get_preset", "mome_home", "users_copies", "hub_cache_dir", "torch_home", "face_alignment_dir", "face_alignment_env",
            "hub_offline", "sha256_of", "verify_file", "fetch_url", "fetch_file", "fetch_repo", "ResolvedPreset",
            "locate", "missing_items", "resolve_preset", "download_preset", "cache_listing", "human_size"]

@@ -264,8 +264,13 @@ def _layer(values: dict, more: dict, source: str) -> dict:
     return merged
 
 
-# What a run that stopped before its first save ended leaves (with a killed save's hidden .tmp files).
-NEVER_SAVED = {CONFIG_NAME, "log.jsonl", "snapshots"}
+NEVER_SAVED = {CONFIG_NAME, "log.jsonl", "snapshots"}  # what a run that stopped before its first save ended leaves
+
+
+def save_leftover(name: str) -> bool:
+    """Whether a file name in a run folder is a temporary file of a save that was killed (files.atomic_write's)."""
+    return name.endswith(".tmp") and any(name.startswith(f".{saved}.") for saved in (
+        *NEVER_SAVED, STATE_NAME, "config.json", "model.safetensors"))
 
 
 def resolve_config(config_file=None, overrides: dict | None = None, resume: bool = False) -> TrainConfig:
@@ -290,8 +295,10 @@ def resolve_config(config_file=None, overrides: dict | None = None, resume: bool
         if out.exists() and not out.is_dir():
             raise ConfigError(f"-o {out}: a file, not a folder")
         if out.is_dir():  # never written over: a checkpoint there (a model's weights) or anything else of the user's
-            theirs = sorted(p.name for p in out.iterdir()
-                            if p.name not in NEVER_SAVED and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+            try:
+                theirs = sorted(p.name for p in out.iterdir() if p.name not in NEVER_SAVED and not save_leftover(p.name))
+            except OSError as e:
+                raise ConfigError(f"-o {out}: cannot list it: {e.strerror or e}") from e
             if theirs:
                 listed = ", ".join(theirs[:3]) + (", ..." if len(theirs) > 3 else "")
                 raise ConfigError(f"-o {out} is not empty ({listed}): a new run is written to a new or empty folder "
@@ -309,5 +316,5 @@ def resolve_config(config_file=None, overrides: dict | None = None, resume: bool
     return config
 
 
-__all__ = ["TrainConfig", "ConfigError", "parse_rates", "read_toml", "resolve_config", "STATE_NAME", "CONFIG_NAME",
-           "RESUMABLE"]
+__all__ = ["TrainConfig", "ConfigError", "save_leftover", "parse_rates", "read_toml", "resolve_config", "STATE_NAME",
+           "CONFIG_NAME", "RESUMABLE"]

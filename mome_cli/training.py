@@ -51,11 +51,11 @@ import numpy as np
 import torch
 
 from .checkpoint import save_checkpoint
-from .files import atomic_write, atomic_write_text
+from .files import atomic_write, atomic_write_text, remove_folders, writable_folder
 from .hub import mome_home
 from .outputs import one_line
 from .recognizer import build_recognizer
-from .train_config import CONFIG_NAME, STATE_NAME, ConfigError, TrainConfig
+from .train_config import CONFIG_NAME, STATE_NAME, ConfigError, TrainConfig, save_leftover
 from .train_data import TrainingData
 
 LOG_NAME = "log.jsonl"
@@ -182,14 +182,18 @@ class Trainer:
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         if cfg.init and not self.resume:
             self._warm_start(Path(cfg.init))
-        made = self.main and not self.out.exists()  # removed again if the run cannot start
+        made = []  # the folders made for the run: removed again if it cannot start
         if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            try:
+                made = writable_folder(self.out)
+            except OSError as e:
+                raise TrainingError(f"cannot write to {self.out}: {e.strerror or e}") from e
             if not self.resume:  # traces of an earlier attempt that never saved
                 (self.out / LOG_NAME).unlink(missing_ok=True)
                 shutil.rmtree(self.out / SNAPSHOTS, ignore_errors=True)
-                for tmp in self.out.glob(".*.tmp"):  # a killed save's
-                    tmp.unlink(missing_ok=True)
+                for tmp in self.out.iterdir():
+                    if save_leftover(tmp.name):  # a killed save's
+                        tmp.unlink(missing_ok=True)
             atomic_write_text(self.out / CONFIG_NAME, json.dumps(cfg.to_dict(), indent=2) + "\n")
         try:
             self._setup_run()
@@ -197,8 +201,7 @@ class Trainer:
             if made:  # a folder that holds no checkpoint and no run to resume is not left behind
                 for name in (CONFIG_NAME, LOG_NAME):
                     (self.out / name).unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
-                    self.out.rmdir()  # only if nothing else is in it
+                remove_folders(made)  # those still empty
             raise
 
     def _setup_run(self) -> None:
@@ -432,6 +435,8 @@ class Trainer:
         path = self.out / STATE_NAME
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
+        except OSError as e:
+            raise TrainingError(f"{path}: cannot read it: {e.strerror or e}") from e
         except Exception as e:  # truncated, not torch's format, or holding what weights_only refuses
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise TrainingError(f"{path}: damaged, the run cannot be resumed from it ({reason})") from e

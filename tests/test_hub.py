@@ -330,10 +330,34 @@ def test_face_alignment_weights_in_the_users_torch_home_are_used_not_fetched(ser
     assert f"{theirs}/s3fd-0123.pth ($TORCH_HOME)" in result.stderr, explain(result)
     assert not (home / "torch").exists() and sorted(p.name for p in theirs.iterdir()) == ["anchors.npy",
                                                                                           "s3fd-0123.pth"]
-    (theirs / "s3fd-0123.pth").write_bytes(b"damaged")  # fails its checksum: fetched into the cache instead
+    (theirs / "s3fd-0123.pth").write_bytes(b"damaged")  # used first at run time: said, not fetched beside it
     result = invoke("download", "mome-1b")
-    assert result.exit_code == 0 and (home / "torch" / "hub" / "checkpoints" / "s3fd-0123.pth").read_bytes() == DATA
-    assert (theirs / "s3fd-0123.pth").read_bytes() == b"damaged", explain(result)  # theirs is left as it was
+    assert result.exit_code == ExitCode.FAILURE and not (home / "torch").exists(), explain(result)
+    assert f"{theirs}/s3fd-0123.pth: checksum mismatch" in result.stderr and "unset TORCH_HOME" in result.stderr, \
+        explain(result)
+    assert (theirs / "s3fd-0123.pth").read_bytes() == b"damaged"  # theirs is left as it was
+
+
+def test_a_users_torch_home_with_part_of_the_weights_is_not_mixed_with_the_cache(server, home, tmp_path,
+                                                                                  monkeypatch):
+    """Face detection takes one folder that holds a detector's whole set: a $TORCH_HOME that lacks some files is not
+    used, and the cache gets all of them."""
+    from mome_cli.preprocess import face_alignment_weights
+
+    theirs = tmp_path / "torch-home" / "hub" / "checkpoints"
+    theirs.mkdir(parents=True)
+    (theirs / "blazeface.pth").write_bytes(DATA)  # what running face-alignment with BlazeFace leaves
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    served = {name: DATA for name in ("s3fd-619a316812.pth", "2DFAN4-11f355bf06.pth.tar", "blazeface.pth")}
+    server.files.update(served)
+    face = [RemoteFile("test", server.url(name), "torch/hub/checkpoints", name) for name in served]
+    monkeypatch.setitem(PRESETS, "mome-1b", file_preset(remote(server, None), *face))
+    result = invoke("download", "mome-1b")
+    assert result.exit_code == 0, explain(result)
+    cached = home / "torch" / "hub" / "checkpoints"
+    assert sorted(p.name for p in cached.iterdir() if not p.name.endswith(".sha256")) == sorted(served)
+    with face_alignment_weights("sfd"):  # the cache: the user's folder lacks the sfd set
+        assert os.environ["TORCH_HOME"] == str(home / "torch")
 
 
 def test_download_checksum_mismatch_exits_1(server, home, monkeypatch):

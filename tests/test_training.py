@@ -421,11 +421,20 @@ def test_a_damaged_run_state_is_one_line_naming_it(trained, corpus, damage):
 def test_a_run_that_cannot_start_leaves_no_folder(corpus, tmp_path):
     (tmp_path / "notes.mp4").write_text("not a video")
     (tmp_path / "bad.jsonl").write_text(json.dumps({"id": "n", "video": str(tmp_path / "notes.mp4"), "text": "x"}))
-    result = mome("train", "--config", RECIPE, "--train", tmp_path / "bad.jsonl", "--roi", "-o", tmp_path / "run",
-                  "--steps", 2, "-v", root=corpus)
+    result = mome("train", "--config", RECIPE, "--train", tmp_path / "bad.jsonl", "--roi", "-o",
+                  tmp_path / "runs" / "new" / "run", "--steps", 2, "-v", root=corpus)
     assert result.returncode == 1 and "notes.mp4" in result.stderr, result.explain
     assert "model: " in result.stderr and "; built in " in result.stderr, result.explain  # -v, after the subcommand
-    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "runs").exists()  # nor the folders made above it
+
+
+def test_a_folder_refused_as_output_is_named_on_one_line(corpus, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a\nb\x1b[2J").write_text("the user's")
+    result = mome("train", "--config", RECIPE, "--train", corpus / "train.jsonl", "--roi", "-o", tmp_path / "out",
+                  root=corpus)
+    assert result.returncode == 2 and "is not empty (a\\nb\\x1b[2J)" in result.stderr, result.explain
+    assert "\x1b" not in result.stderr and (tmp_path / "out" / "a\nb\x1b[2J").read_text() == "the user's"
 
 
 # ---- in-process units ----------------------------------------------------------------------------------------
