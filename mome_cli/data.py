@@ -140,7 +140,8 @@ def load_manifest(path) -> list[Utterance]:
     when it is not there)."""
     path = Path(path)
     if not path.exists():
-        raise DatasetMissing(f"{path}: no such manifest or folder")
+        raise DatasetMissing(f"{path}: no such manifest or folder (give a .jsonl or auto_avsr .csv manifest, or a "
+                             "folder of media files with .txt transcripts beside them)")
     if not path.is_dir() and path.suffix not in (".jsonl", ".csv"):
         raise DataError(f"{path}: a manifest is a .jsonl or .csv file, or a folder")
     read = read_folder if path.is_dir() else read_jsonl if path.suffix == ".jsonl" else read_auto_avsr_csv

@@ -340,7 +340,8 @@ def test_missing_dataset_exits_4_and_says_how_to_get_it(tmp_path):
     result = evaluate("--dataset", tmp_path / "nowhere.jsonl", "-o", tmp_path / "out" / "run" / "1",
                       home=tmp_path / "home")
     assert result.returncode == 4 and not (tmp_path / "out").exists(), result.explain  # nor the parents it made
-    assert result.stderr.strip() == f"mome evaluate: {tmp_path / 'nowhere.jsonl'}: no such manifest or folder"
+    assert result.stderr.strip() == f"mome evaluate: {tmp_path / 'nowhere.jsonl'}: no such manifest or folder (give " \
+        "a .jsonl or auto_avsr .csv manifest, or a folder of media files with .txt transcripts beside them)"
 
 
 def test_an_output_path_that_fails_part_way_or_goes_up_leaves_no_folders(tmp_path, monkeypatch):
