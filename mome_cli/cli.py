@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 
 from . import __version__
+from .outputs import one_line
 from .report import ExitCode
 
 OUTPUT_FORMATS = ("txt", "json", "srt", "vtt", "jsonl", "all")
@@ -123,15 +124,8 @@ def _subcommand_verbosity(ctx: click.Context, param, value):
         raise click.UsageError("-q/--quiet and -v/--verbose cannot be used together.", ctx)
 
 
-def one_line(message) -> str:
-    """A message on one line: a file's name in it may hold a newline or ESC (outputs.one_line)."""
-    from .outputs import one_line as escaped
-
-    return escaped(message)
-
-
 def say(message: str) -> None:
-    """A message on stderr as it is (no markup), on one line."""
+    """A message on stderr as it is (no markup), on one line: a file's name in it may hold a newline or ESC."""
     stderr.print(one_line(message), markup=False, highlight=False)
 
 

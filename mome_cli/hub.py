@@ -420,8 +420,7 @@ def _labels(preset: Preset, items: list[HubRepo | RemoteFile]) -> list[str]:
 def missing_items(preset: str | Preset, home: Path | None = None, revision: str | None = None) -> list[str]:
     """Short names of what preset needs and the cache lacks."""
     preset, home = get_preset(preset, revision), Path(home or mome_home())
-    theirs = users_copies(preset.face, home)
-    return _labels(preset, [item for _, item in preset.items() if locate(item, home, theirs=theirs) is None])
+    return _labels(preset, _find(preset, home, verify=False)[1])
 
 
 def _find(preset: Preset, home: Path, verify: bool) -> tuple[dict[str, Path], list[HubRepo | RemoteFile]]:
@@ -584,6 +583,6 @@ def _folder_size(folder: Path) -> int:
 
 __all__ = ["HubError", "MissingModelError", "UnusableModelError", "ChecksumError", "CacheWriteError", "HubRepo",
            "RemoteFile", "Preset", "PRESETS", "WHISPER_MEDIUM_EN", "AVHUBERT_LARGE", "FACE_ALIGNMENT_FILES",
-           "get_preset", "mome_home", "users_copies", "hub_cache_dir", "torch_home", "face_alignment_dir", "face_alignment_env",
-           "hub_offline", "sha256_of", "verify_file", "fetch_url", "fetch_file", "fetch_repo", "ResolvedPreset",
+           "get_preset", "mome_home", "users_copies", "hub_cache_dir", "torch_home", "face_alignment_dir",
+           "face_alignment_env", "hub_offline", "sha256_of", "verify_file", "fetch_url", "fetch_file", "fetch_repo", "ResolvedPreset",
            "locate", "missing_items", "resolve_preset", "download_preset", "cache_listing", "human_size"]

@@ -21,6 +21,8 @@ from .mome import POSITIONS, MoMEConfig
 
 STATE_NAME = "trainer_state.pt"  # in the output directory: what --resume needs (training.py writes it)
 CONFIG_NAME = "train_config.json"  # in the output directory: the resolved TrainConfig
+LOG_NAME = "log.jsonl"  # in the output directory: one JSON object per logged step, validation and save
+SNAPSHOTS = "snapshots"  # in the output directory: a checkpoint folder per save kept
 TRAINABLE_MODELS = tuple(name for name, p in PRESETS.items() if p.source != "bundled")  # tiny, mome-1b, ...
 PRECISIONS = ("bf16", "fp32")
 FEATURE_CACHES = ("memory", "disk")
@@ -264,7 +266,7 @@ def _layer(values: dict, more: dict, source: str) -> dict:
     return merged
 
 
-NEVER_SAVED = {CONFIG_NAME, "log.jsonl", "snapshots"}  # what a run that stopped before its first save ended leaves
+NEVER_SAVED = {CONFIG_NAME, LOG_NAME, SNAPSHOTS}  # what a run that stopped before its first save ended leaves
 
 
 def save_leftover(name: str) -> bool:
@@ -296,7 +298,8 @@ def resolve_config(config_file=None, overrides: dict | None = None, resume: bool
             raise ConfigError(f"-o {out}: a file, not a folder")
         if out.is_dir():  # never written over: a checkpoint there (a model's weights) or anything else of the user's
             try:
-                theirs = sorted(p.name for p in out.iterdir() if p.name not in NEVER_SAVED and not save_leftover(p.name))
+                theirs = sorted(p.name for p in out.iterdir()
+                                if p.name not in NEVER_SAVED and not save_leftover(p.name))
             except OSError as e:
                 raise ConfigError(f"-o {out}: cannot list it: {e.strerror or e}") from e
             if theirs:
@@ -317,4 +320,4 @@ def resolve_config(config_file=None, overrides: dict | None = None, resume: bool
 
 
 __all__ = ["TrainConfig", "ConfigError", "save_leftover", "parse_rates", "read_toml", "resolve_config", "STATE_NAME",
-           "CONFIG_NAME", "RESUMABLE"]
+           "CONFIG_NAME", "LOG_NAME", "SNAPSHOTS", "RESUMABLE"]

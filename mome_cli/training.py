@@ -55,11 +55,9 @@ from .files import atomic_write, atomic_write_text, remove_folders, writable_fol
 from .hub import mome_home
 from .outputs import one_line
 from .recognizer import build_recognizer
-from .train_config import CONFIG_NAME, STATE_NAME, ConfigError, TrainConfig, save_leftover
+from .train_config import CONFIG_NAME, LOG_NAME, SNAPSHOTS, STATE_NAME, ConfigError, TrainConfig, save_leftover
 from .train_data import TrainingData
 
-LOG_NAME = "log.jsonl"
-SNAPSHOTS = "snapshots"
 STATE_FORMAT = 1  # bumped when trainer_state.pt changes layout
 DIGEST_ENV = "MOME_TRAIN_DIGEST_DIR"
 
