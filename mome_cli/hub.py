@@ -213,6 +213,11 @@ def face_alignment_dir(home: Path | None = None) -> Path:
     return Path(home or mome_home()) / FACE_ALIGNMENT_DIR
 
 
+def hub_checkpoints(torch_home_dir) -> Path:
+    """Where torch.hub, and so face-alignment, keeps downloaded weights under a TORCH_HOME."""
+    return Path(torch_home_dir) / "hub" / "checkpoints"
+
+
 @contextlib.contextmanager
 def face_alignment_env(home: Path | None = None) -> Iterator[Path]:
     """Run face-alignment inside this: TORCH_HOME points at <home>/torch, where its weights are cached."""
@@ -244,8 +249,8 @@ def users_copies(items, home: Path) -> dict[RemoteFile, Path]:
     face = [item for item in items if isinstance(item, RemoteFile) and item.folder == FACE_ALIGNMENT_DIR]
     if not user_home or not face:
         return {}
-    folder = Path(user_home) / "hub" / "checkpoints"
-    if folder == Path(home) / FACE_ALIGNMENT_DIR or not all((folder / item.filename).is_file() for item in face):
+    folder = hub_checkpoints(user_home)
+    if folder == face_alignment_dir(home) or not all((folder / item.filename).is_file() for item in face):
         return {}
     return {item: folder / item.filename for item in face}
 

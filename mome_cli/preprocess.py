@@ -83,16 +83,16 @@ def face_alignment_weights(detector: str):
     The weights are looked for in $TORCH_HOME/hub/checkpoints if the user set TORCH_HOME (where face-alignment keeps
     them when it downloads them itself), then in mome's cache, where `mome download` puts them (MOME_HOME/torch).
     """
-    from .hub import MissingModelError, torch_home
+    from .hub import MissingModelError, hub_checkpoints, torch_home
 
     def lacking(home: Path) -> list[str]:
-        return [name for name in FACE_ALIGNMENT_NEEDS[detector] if not (home / "hub" / "checkpoints" / name).is_file()]
+        return [name for name in FACE_ALIGNMENT_NEEDS[detector] if not (hub_checkpoints(home) / name).is_file()]
 
     user_home = os.environ.get("TORCH_HOME")
     homes = ([Path(user_home)] if user_home else []) + [torch_home()]
     home = next((h for h in homes if not lacking(h)), None)
     if home is None:
-        folder, missing = torch_home() / "hub" / "checkpoints", lacking(torch_home())
+        folder, missing = hub_checkpoints(torch_home()), lacking(torch_home())
         raise MissingModelError(f"face-alignment weights {', '.join(missing)} are not in {folder}: run `mome "
                                 "download demo` (face-alignment's weights, no licence needed), or pass --roi if the "
                                 "videos are already mouth crops")
