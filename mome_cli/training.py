@@ -467,8 +467,9 @@ class Trainer:
             for snapshot in (self.out / SNAPSHOTS).glob("step-*"):  # complete or not
                 if int(snapshot.name.split("-")[1]) > self.step:
                     shutil.rmtree(snapshot, ignore_errors=True)
-            for tmp in [*self.out.glob(".*.tmp"), *self.out.glob(f"{SNAPSHOTS}/*/.*.tmp")]:  # a killed save's
-                tmp.unlink(missing_ok=True)
+            for tmp in [*self.out.iterdir(), *self.out.glob(f"{SNAPSHOTS}/*/*")]:
+                if save_leftover(tmp.name) and tmp.is_file():  # a killed save's (a user's own files are kept)
+                    tmp.unlink(missing_ok=True)
             log = self.out / LOG_NAME
             if log.is_file():
                 lines = [ln for ln in log.read_text(encoding="utf-8").splitlines()

@@ -262,11 +262,14 @@ def test_a_run_resumed_longer_keeps_its_warmup_and_stretches_its_cosine(trained,
             f"step-{STEPS:06d}" / ".model.safetensors.k1ll3d.tmp"]  # as a save killed mid-write leaves them
     for tmp in left:
         tmp.write_bytes(b"half")
+    users = corpus / "longer" / ".notes.txt.tmp"  # not a save's: kept
+    users.write_text("mine")
     resumed = mome(*train_args(corpus, "longer"), "--steps", STEPS + 20, "--resume", root=corpus)
     assert resumed.returncode == 0, resumed.explain
     assert f"the run now lasts {STEPS + 20} steps, not {STEPS}" in resumed.stderr, resumed.explain
     assert f"learning rate at step {STEPS}: " in resumed.stderr, resumed.explain
     assert not any(tmp.exists() for tmp in left)
+    assert users.read_text() == "mine"
     warmup = round(config["warmup_fraction"] * STEPS)  # as it was: the run is past it
     factor = Trainer._lr_factor(warmup, STEPS + 20, config["min_lr_ratio"])
     later = [r for r in records(corpus / "longer", "train") if r["step"] > STEPS]
