@@ -186,6 +186,12 @@ def _window(start: float, duration: float | None, info: MediaInfo) -> tuple[floa
     return start, end - start
 
 
+def _seek(start: float) -> dict:
+    """ffmpeg's input seek to start, none from the file's start: -ss 0 seeks to the first video keyframe, which drops
+    the audio before it when the video starts late."""
+    return {"ss": start} if start > 0 else {}
+
+
 def _stops_early(kind: str, got: float, wanted: float, rest: str) -> str | None:
     """The warning for a stream that ends well before the length the file announces (a truncated download)."""
     if wanted - got <= SHORT_STREAM_SECONDS:
@@ -203,7 +209,7 @@ def decode_audio(path, start: float = 0.0, duration: float | None = None, info: 
     start, duration = _window(start, duration, info)
     ffmpeg = _ffmpeg()
     stream = (
-        ffmpeg.input(_source(path), ss=start, t=duration)
+        ffmpeg.input(_source(path), **_seek(start), t=duration)
         .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE, af="aresample=async=1:first_pts=0",
                 map="0:a:0")
         .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
@@ -239,7 +245,7 @@ def iter_video(path, start: float = 0.0, duration: float | None = None, info: Me
         width, height = int(round(width * max_height / height / 2)) * 2, max_height
     ffmpeg = _ffmpeg()
     stream = (
-        ffmpeg.input(_source(path), ss=start, t=duration)
+        ffmpeg.input(_source(path), **_seek(start), t=duration)
         .video.filter("fps", fps=VIDEO_FPS, start_time=0)  # input -ss puts the start at t = 0
         .filter("scale", width, height)
         .output("pipe:", format="rawvideo", pix_fmt="rgb24")

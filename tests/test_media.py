@@ -217,6 +217,22 @@ def test_a_stream_that_starts_late_keeps_its_end_and_mode_a_reads_all_the_audio(
     assert len(Preprocessor(PreprocessOptions(mode="av", roi=True))(short).audio) == pytest.approx(SAMPLE_RATE, abs=800)
 
 
+def test_video_that_starts_late_loses_none_of_the_audio_before_it(tmp_path):
+    """Video from 1 s to 5 s beside audio from 0 to 5 s: the audio is read from 0 (seeking to 0 used to land on the
+    video's first keyframe at 1 s and drop the audio before it), the video's first frame is held until it starts."""
+    both = make(tmp_path / "both.mp4", "testsrc2=size=64x48:rate=25:duration=5", "sine=frequency=300:duration=5",
+                ["-c:a", "aac"])
+    late = tmp_path / "late_video.mp4"  # the same streams, the video's 1 s later (its first keyframe at 1 s)
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-itsoffset", "1", "-i", both, "-i", both, "-map",
+                    "0:v", "-map", "1:a", "-c", "copy", late], check=True)
+    info = probe(late)
+    assert info.duration == pytest.approx(5.0, abs=0.05)  # where the audio ends
+    audio = decode_audio(late, info=info)
+    assert np.sqrt(np.mean(audio[: SAMPLE_RATE // 2] ** 2)) > 0.05  # the sine (RMS 0.088) from the start
+    video = decode_video(late, info=info)
+    assert len(video) == 125 and np.array_equal(video[0], video[20]) and not np.array_equal(video[25], video[40])
+
+
 def test_a_live_recording_without_a_stored_duration_is_read_to_its_end(tmp_path):
     """What a browser's MediaRecorder or OBS writes: WebM whose headers keep no duration (it was "zero-length")."""
     live = tmp_path / "live.webm"
