@@ -11,6 +11,7 @@ Notation for shapes: S samples, T frames, H x W pixels.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -170,9 +171,19 @@ def _packets_end(ffmpeg, path, kind: str, origin: float) -> float | None:
 def _end(stream: dict, origin: float) -> float | None:
     """Where a stream ends, in seconds from the file's start; None if it does not say."""
     duration = _seconds(stream.get("duration"))
-    if duration is None:
-        return None
+    if duration is None:  # Matroska/WebM keep no stream duration but a DURATION tag: where the stream ends
+        end = _clock_time(stream.get("tags", {}).get("DURATION"))
+        return None if end is None else max(0.0, end - origin)
     return max(0.0, (_seconds(stream.get("start_time")) or origin) - origin) + duration
+
+
+def _clock_time(value) -> float | None:
+    """'HH:MM:SS.fffffffff' (as Matroska's DURATION tags hold it) in seconds; None if it is not one."""
+    match = re.fullmatch(r"\s*(\d+):([0-5]?\d):(\d+(?:\.\d*)?)\s*", str(value or ""))
+    if not match:
+        return None
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
 def _is_cover_art(stream: dict) -> bool:

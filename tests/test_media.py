@@ -233,6 +233,20 @@ def test_video_that_starts_late_loses_none_of_the_audio_before_it(tmp_path):
     assert len(video) == 125 and np.array_equal(video[0], video[20]) and not np.array_equal(video[25], video[40])
 
 
+@pytest.mark.parametrize("container", ["mkv", "webm", "mp4"])
+def test_a_video_that_outlasts_its_audio_ends_with_the_audio_in_every_container(tmp_path, container):
+    """Matroska keeps no stream durations, only DURATION tags: without them the clip was the container's length, and
+    the audio's real end was reported as a truncated file (padded with 1 s of silence); MP4 ended with the audio."""
+    codecs = ["-c:v", "libvpx", "-c:a", "libopus"] if container == "webm" else ["-c:a", "aac"]
+    path = make(tmp_path / f"clip.{container}", "testsrc2=size=64x48:rate=25:duration=3",
+                "sine=frequency=300:sample_rate=48000:duration=2", codecs)
+    info = probe(path)
+    assert info.duration == pytest.approx(2.0, abs=0.05) and info.audio_duration == pytest.approx(2.0, abs=0.05)
+    warnings = []
+    assert len(decode_audio(path, info=info, warnings=warnings)) == round(info.duration * SAMPLE_RATE)
+    assert warnings == []
+
+
 def test_a_live_recording_without_a_stored_duration_is_read_to_its_end(tmp_path):
     """What a browser's MediaRecorder or OBS writes: WebM whose headers keep no duration (it was "zero-length")."""
     live = tmp_path / "live.webm"
