@@ -211,16 +211,21 @@ def _stops_early(kind: str, got: float, wanted: float, rest: str) -> str | None:
 
 
 def decode_audio(path, start: float = 0.0, duration: float | None = None, info: MediaInfo | None = None,
-                 warnings: list | None = None) -> np.ndarray:
+                 warnings: list | None = None, to_end: bool = False) -> np.ndarray:
     """(S,) float32 mono samples at 16 kHz, exactly round(duration * 16000) of them; a stream that ends more than
-    SHORT_STREAM_SECONDS early is padded with silence and said in warnings."""
+    SHORT_STREAM_SECONDS early is padded with silence and said in warnings.
+
+    to_end (from the start, for audio read alone): the whole stream, also past the length the file announces, which
+    can be an estimate (ffprobe guesses an MP3 without a Xing header from its bitrate: a VBR file was cut short)."""
     info = info or probe(path)
     if not info.has_audio:
         raise NoAudioError(path, "no audio stream")
     start, duration = _window(start, duration, info)
+    if to_end and start > 0:
+        raise ValueError("to_end reads from the start")
     ffmpeg = _ffmpeg()
     stream = (
-        ffmpeg.input(_source(path), **_seek(start), t=duration)
+        ffmpeg.input(_source(path), **_seek(start), **({} if to_end else {"t": duration}))
         .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE, af="aresample=async=1:first_pts=0",
                 map="0:a:0")
         .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
@@ -231,6 +236,8 @@ def decode_audio(path, start: float = 0.0, duration: float | None = None, info: 
         raise MediaError(path, f"cannot decode audio ({_last_words(e)})") from e
     samples = np.frombuffer(out, np.float32)
     want = int(round(duration * SAMPLE_RATE))
+    if to_end:
+        want = max(want, samples.size)
     if samples.size < want:  # a stream that ends early: pad its tail with silence
         short = _stops_early("audio", samples.size / SAMPLE_RATE, want / SAMPLE_RATE, "the rest is taken as silence")
         if short and warnings is not None:

@@ -36,10 +36,12 @@ import numpy as np
 from .files import atomic_write
 from .lips import (FaceTracker, NoFaceError, check_stop, crop_mouths, interpolate_missing, load_mean_face,
                    rois_from_crops, smooth)
-from .media import (MediaError, NoAudioError, NoVideoError, check_file, decode_audio, iter_video,
+from .media import (SAMPLE_RATE, MediaError, NoAudioError, NoVideoError, check_file, decode_audio, iter_video,
                     probe)
 
-PREPROCESS_VERSION = 2  # bumped when the clips it makes change (2: rotation, streams that start late)
+# bumped when the clips it makes change (2: rotation, streams that start late; 3: audio before a late video,
+# Matroska's stream ends, audio alone read to its end)
+PREPROCESS_VERSION = 3
 MAX_HEIGHT = 720  # frames taller than this are scaled down before detection and cropping
 CHUNK_FRAMES = 125  # frames held in memory at once: 5 s of video
 
@@ -165,7 +167,10 @@ class Preprocessor:
             return cached
         clip = Clip(path=str(path), duration=info.duration, mode=mode, warnings=warnings)
         if "a" in mode:
-            clip.audio = decode_audio(path, info=info, warnings=warnings)
+            alone = mode == "a"  # as long as the stream really is: its announced length may be an estimate
+            clip.audio = decode_audio(path, info=info, warnings=warnings, to_end=alone)
+            if alone:
+                clip.duration = len(clip.audio) / SAMPLE_RATE
         if "v" in mode:
             check_stop(self.stop)
             try:

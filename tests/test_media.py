@@ -247,6 +247,22 @@ def test_a_video_that_outlasts_its_audio_ends_with_the_audio_in_every_container(
     assert warnings == []
 
 
+def test_audio_alone_is_read_to_its_end_past_a_length_that_was_only_estimated(tmp_path):
+    """A VBR MP3 without a Xing header (as ffmpeg writes one to a pipe): ffprobe guesses its length from the first
+    frames' bitrate, 4.6 s for 10 s here, and the clip used to be cut there, the sound at its end lost."""
+    from mome_cli.preprocess import Preprocessor, PreprocessOptions
+
+    path = tmp_path / "vbr.mp3"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "anoisesrc=r=16000:d=2:a=0.3",
+                    "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono:d=6", "-f", "lavfi", "-i", "sine=f=300:r=16000:d=2",
+                    "-filter_complex", "[0][1][2]concat=n=3:v=0:a=1", "-c:a", "libmp3lame", "-q:a", "2",
+                    "-write_xing", "0", path], check=True)
+    assert probe(path).duration < 8  # the estimate
+    clip = Preprocessor(PreprocessOptions(mode="a"))(path)
+    assert clip.duration == pytest.approx(10.0, abs=0.1) and len(clip.audio) == round(clip.duration * SAMPLE_RATE)
+    assert np.sqrt(np.mean(clip.audio[-SAMPLE_RATE:] ** 2)) > 0.05 and clip.warnings == []
+
+
 def test_a_live_recording_without_a_stored_duration_is_read_to_its_end(tmp_path):
     """What a browser's MediaRecorder or OBS writes: WebM whose headers keep no duration (it was "zero-length")."""
     live = tmp_path / "live.webm"
