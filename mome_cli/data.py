@@ -63,7 +63,7 @@ def _resolve(base: Path, value: str) -> Path:
 
 def read_jsonl(path: Path) -> list[Utterance]:
     utterances = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark (Windows' editors) is not part of the text
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -87,7 +87,7 @@ def read_auto_avsr_csv(path: Path) -> list[Utterance]:
     """auto_avsr's label CSV: dataset,rel_path,frames,token_ids as its preparation writes it, the transcript in the
     .txt that it writes under <dataset>_text_seg<N>s/ (or beside the video); or with the text as a fifth field."""
     utterances = []
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:
         for n, row in enumerate(csv.reader(f), 1):
             if not row or (n == 1 and row[0] == "dataset"):  # an optional header line
                 continue
@@ -95,24 +95,38 @@ def read_auto_avsr_csv(path: Path) -> list[Utterance]:
                 raise DataError(f"{path}:{n}: expected dataset,rel_path,frames,token_ids[,text]; got {len(row)} "
                                 "fields")
             dataset, rel_path = row[0], row[1]
-            video = path.parent / dataset / rel_path
-            if not video.exists() and (path.parent / rel_path).exists():
-                video = path.parent / rel_path
-            text = ",".join(row[4:]) if len(row) > 4 else _auto_avsr_text(video, f"{path}:{n}")
+            places = [path.parent / dataset / rel_path, path.parent / rel_path]  # as auto_avsr writes it, or beside
+            video = next((p for p in places if p.exists()), None)
+            if len(row) > 4:
+                text = ",".join(row[4:])
+            else:  # a missing video is that utterance's error, later: its transcript is looked for in both places
+                video, text = _auto_avsr_text([video] if video else places, f"{path}:{n}")
             wav = video.with_suffix(".wav")
             utterances.append(Utterance(rel_path.rsplit(".", 1)[0], text, video, wav if wav.exists() else None))
     return utterances
 
 
-def _auto_avsr_text(video: Path, where: str) -> str:
-    """The transcript auto_avsr saved for a video: <dataset>_text_seg<N>s/... in place of <dataset>_video_seg<N>s/...,
-    or a .txt beside the video."""
-    parts = list(video.with_suffix(".txt").parts)
-    texts = [Path(*[re.sub(r"_video_seg(\d+s)$", r"_text_seg\1", p) for p in parts]), video.with_suffix(".txt")]
-    for candidate in texts:
-        if candidate.is_file():
-            return " ".join(candidate.read_text(encoding="utf-8").split())
+def _auto_avsr_text(videos: list[Path], where: str) -> tuple[Path, str]:
+    """The first of videos with a transcript, and that transcript, as auto_avsr saved it: <dataset>_text_seg<N>s/...
+    in place of <dataset>_video_seg<N>s/..., or a .txt beside the video."""
+    texts = []
+    for video in videos:
+        parts = list(video.with_suffix(".txt").parts)
+        texts = [Path(*[re.sub(r"_video_seg(\d+s)$", r"_text_seg\1", p) for p in parts]), video.with_suffix(".txt")]
+        for candidate in texts:
+            if candidate.is_file():
+                return video, read_transcript(candidate)
     raise DataError(f"{where}: no text field and no transcript at {texts[0]} or {texts[1]}")
+
+
+def read_transcript(path: Path) -> str:
+    """A transcript file's text on one line: the whole file, or the line after "Text:" in LRS2/LRS3's own layout
+    ("Text:  WORDS" then "Conf:" and a table of word timings, which are not what was said)."""
+    text = path.read_text(encoding="utf-8-sig")
+    lines = text.strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Text:") and lines[1].startswith("Conf:"):
+        text = lines[0][len("Text:"):]
+    return " ".join(text.split())
 
 
 def read_folder(folder: Path) -> list[Utterance]:
@@ -127,7 +141,7 @@ def read_folder(folder: Path) -> list[Utterance]:
         transcript = stem.with_name(stem.name + ".txt")
         if not transcript.is_file():
             continue
-        text = " ".join(transcript.read_text(encoding="utf-8").split())
+        text = read_transcript(transcript)
         rel = stem.relative_to(folder).as_posix()
         utterances.append(Utterance(rel, text, files.get("video"), files.get("audio")))
     if not utterances:

@@ -90,6 +90,44 @@ def test_folder_of_media_with_transcripts(tmp_path):
         load_manifest(touch(tmp_path / "empty" / "x.mp4").parent)
 
 
+def test_a_raw_lrs3_folder_is_scored_against_its_text_line_not_its_word_timings(tmp_path):
+    """LRS2/LRS3 as downloaded: each .txt holds "Text:", "Conf:" and a table of word timings."""
+    touch(tmp_path / "0Fi83BHQsMA/00002.mp4")
+    (tmp_path / "0Fi83BHQsMA/00002.txt").write_text("Text:  AS OF NEXT WEEK\nConf:  4\n\nWORD START END ASDSCORE\n"
+                                                    "AS 0.10 0.20 5.1\nOF 0.20 0.30 5.2\n")
+    touch(tmp_path / "plain/x.mp4")
+    (tmp_path / "plain/x.txt").write_text("Text: a word\nand more\n")  # no Conf: line, so not that layout
+    assert [(u.id, u.text) for u in load_manifest(tmp_path)] == [("0Fi83BHQsMA/00002", "AS OF NEXT WEEK"),
+                                                                 ("plain/x", "Text: a word and more")]
+
+
+def test_a_byte_order_mark_is_not_part_of_a_manifest(tmp_path):
+    touch(tmp_path / "lrs3/test/a/1.mp4")
+    (tmp_path / "m.csv").write_text("dataset,rel_path,frames,token_ids,text\nlrs3,test/a/1.mp4,9,1,HI\n",
+                                    encoding="utf-8-sig")
+    (tmp_path / "m.jsonl").write_text('{"id": "1", "video": "lrs3/test/a/1.mp4", "text": "hi"}\n',
+                                      encoding="utf-8-sig")
+    (tmp_path / "lrs3/test/a/1.txt").write_text("HI THERE", encoding="utf-8-sig")
+    assert [(u.id, u.video, u.text) for u in load_manifest(tmp_path / "m.csv")] == [
+        ("test/a/1", tmp_path / "lrs3/test/a/1.mp4", "HI")]
+    assert [u.id for u in load_manifest(tmp_path / "m.jsonl")] == ["1"]
+    assert [u.text for u in load_manifest(tmp_path / "lrs3")] == ["HI THERE"]
+
+
+def test_a_csv_row_whose_video_is_missing_is_kept_for_its_own_error_in_either_layout(tmp_path):
+    """rel_path relative to the CSV's folder (not below <dataset>/): a missing video is that utterance's error
+    later, when it is read, not the whole manifest's now (it was, for want of a transcript at the wrong place)."""
+    root = tmp_path / "lrs3"
+    touch(root / "lrs3_video_seg16s/test/a/1.mp4")
+    for name in ("1", "2"):
+        (root / "lrs3_text_seg16s/test/a").mkdir(parents=True, exist_ok=True)
+        (root / f"lrs3_text_seg16s/test/a/{name}.txt").write_text(f"TEXT {name}")
+    (root / "t.csv").write_text("lrs3,lrs3_video_seg16s/test/a/1.mp4,9,1\nlrs3,lrs3_video_seg16s/test/a/2.mp4,9,1\n")
+    u = load_manifest(root / "t.csv")
+    assert [(x.text, x.video) for x in u] == [("TEXT 1", root / "lrs3_video_seg16s/test/a/1.mp4"),
+                                              ("TEXT 2", root / "lrs3_video_seg16s/test/a/2.mp4")]
+
+
 def test_duplicate_ids_and_unknown_files_are_refused(tmp_path):
     (tmp_path / "m.jsonl").write_text('{"id": "x", "audio": "a.wav", "text": "a"}\n'
                                       '{"id": "x", "audio": "b.wav", "text": "b"}\n')
