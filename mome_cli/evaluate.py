@@ -45,6 +45,7 @@ from .scoring import NORMALISATION, WordErrors, score
 
 BABBLE_TALKERS = 30  # utterances summed into babble, as in AV-HuBERT's LRS3 babble; with few, words stand out
 CLEAN = "clean"  # the SNR column with no noise added
+MAX_SNR = 140  # dB: a float32 sample holds about 144 dB between a signal and its rounding
 REPORT_FILE, HYPOTHESES_FILE, PLOT_FILE = "report.json", "hypotheses.jsonl", "wer.png"
 
 SNR = float | str  # dB, or CLEAN
@@ -66,8 +67,9 @@ def parse_snrs(text: str) -> tuple[SNR, ...]:
             except ValueError:
                 raise ValueError(f"{part!r} in {text!r} is neither a number of dB nor 'clean' "
                                  f"(e.g. --snr clean,-5,0,5)") from None
-            if not math.isfinite(number):
-                raise ValueError(f"{part!r} in {text!r}: an SNR must be a finite number of dB")
+            if not abs(number) <= MAX_SNR:  # NaN too
+                raise ValueError(f"{part!r} in {text!r}: an SNR must be a number of dB within ±{MAX_SNR} (beyond "
+                                 "it, one of speech and noise is below the other's rounding in 32-bit samples)")
             value = int(number) if number.is_integer() else number
         if value not in snrs:
             snrs.append(value)

@@ -23,6 +23,7 @@ R = N_r routed experts, K top-k, b bottleneck width, G groups (rate pairs) for t
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -52,8 +53,8 @@ class MoMEConfig:
             raise ValueError(f"bottleneck must be >= 1, got {self.bottleneck}")
         if self.position not in POSITIONS:
             raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got {self.position!r}")
-        if self.lb_coef < 0:
-            raise ValueError(f"lb_coef must be >= 0, got {self.lb_coef}")
+        if not 0 <= self.lb_coef < math.inf:  # NaN too
+            raise ValueError(f"lb_coef must be a finite number >= 0, got {self.lb_coef}")
 
     @property
     def num_experts(self) -> int:

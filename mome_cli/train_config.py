@@ -177,8 +177,8 @@ class TrainConfig:
                        for k in allowed if k in kinds):
                 wanted = " or ".join(names[k] for k in allowed if k in kinds)
                 raise ConfigError(f"{f.name} must be {wanted}, got {value!r}")
-        if self.seed < 0:
-            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed < 2**32:  # numpy's generator takes no other
+            raise ConfigError(f"seed must be in 0..{2**32 - 1}, got {self.seed}")
 
     # -- derived ---------------------------------------------------------------------------------------------------
 

@@ -445,7 +445,7 @@ def test_parse_snrs(text, snrs):
     assert parse_snrs(text) == snrs
 
 
-@pytest.mark.parametrize("text", ["5,x", "", "inf", "5,,0", "nan"])
+@pytest.mark.parametrize("text", ["5,x", "", "inf", "5,,0", "nan", "4000", "-4000", "150.5"])  # 4000: overflow
 def test_parse_snrs_refuses(text):
     with pytest.raises(ValueError):
         parse_snrs(text)

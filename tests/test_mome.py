@@ -128,6 +128,7 @@ def test_load_balancing_loss_balanced_routing_is_top_k():
 
 @pytest.mark.parametrize("kw, message", [
     (dict(top_k=5, num_routed=4), "top_k"), (dict(position="attn"), "position"), (dict(bottleneck=0), "bottleneck"),
+    (dict(lb_coef=-1.0), "lb_coef"), (dict(lb_coef=float("nan")), "lb_coef"), (dict(lb_coef=float("inf")), "lb_coef"),
 ])
 def test_config_rejects_impossible_values(kw, message):
     with pytest.raises(ValueError, match=message):

@@ -483,7 +483,8 @@ def test_a_new_run_never_writes_over_a_folder_that_holds_something(tmp_path):
     ("mask_audio", "false", "mask_audio must be true or false"),
     ("mode", ["av"], "mode must be text"),
     ("warmup_steps", 2.5, "warmup_steps must be a whole number"),
-    ("seed", -1, "seed must be >= 0"),
+    ("seed", -1, r"seed must be in 0\.\.4294967295, got -1"),
+    ("seed", 2**32, "seed must be in 0..4294967295, got 4294967296"),  # numpy's limit: a traceback before
 ])
 def test_a_recipe_value_of_the_wrong_kind_is_refused(tmp_path, setting, value, message):
     import json as js
