@@ -50,9 +50,11 @@ def read_config(directory: str | os.PathLike) -> ModelConfig:
     if not path.is_file():
         raise CheckpointError(f"{directory}: not a mome checkpoint (no {CONFIG_NAME})")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # not UTF-8 (UnicodeDecodeError) or not JSON
         raise CheckpointError(f"{path}: unreadable: {e}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise CheckpointError(f"{path}: not a mome checkpoint's config (a JSON object with a \"model\" object)")
     version = data.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {version}, this mome reads format {FORMAT_VERSION}")

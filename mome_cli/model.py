@@ -56,6 +56,19 @@ class ModelConfig:
     tags: dict = field(default_factory=lambda: {"audio": ["<audio>", "</audio>"], "video": ["<video>", "</video>"]})
 
     def __post_init__(self):
+        # a config.json edited by hand or damaged: one line naming the field, not an error deep in the model's build
+        for name in ("llm", "audio_encoder", "video_encoder", "compression"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be text, got {getattr(self, name)!r}")
+        for name in ("audio_dim", "video_dim", "projector_hidden"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        for name, kinds in (("mome", (dict, MoMEConfig)), ("rates", (list, tuple)), ("modes", (list, tuple)),
+                            ("prompts", dict), ("tags", dict)):
+            if not isinstance(getattr(self, name), kinds):
+                raise ValueError(f"{name} must be a {'list' if list in kinds else 'mapping'}, got "
+                                 f"{getattr(self, name)!r}")
         if isinstance(self.mome, dict):
             self.mome = MoMEConfig(**self.mome)
         self.rates = [tuple(int(r) for r in pair) for pair in self.rates]

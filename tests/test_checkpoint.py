@@ -52,6 +52,22 @@ def test_missing_or_damaged_checkpoints_are_clear_errors(tmp_path, model):
         load_checkpoint(tmp_path)
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda c: bytes(range(128, 256)), "unreadable: 'utf-8' codec can't decode"),  # tracebacks before, each
+    (lambda c: b"[1, 2]", 'not a mome checkpoint\'s config \\(a JSON object with a "model" object\\)'),
+    (lambda c: json.dumps({**c, "model": {**c["model"], "mome": "x"}}).encode(), "mome must be a mapping, got 'x'"),
+    (lambda c: json.dumps({**c, "model": {**c["model"], "projector_hidden": -3}}).encode(),
+     "projector_hidden must be a whole number >= 1, got -3"),
+    (lambda c: json.dumps({**c, "model": {**c["model"], "llm": 7}}).encode(), "llm must be text, got 7"),
+])
+def test_a_damaged_config_json_is_one_clear_error(tmp_path, model, damage, message):
+    save_checkpoint(model, tmp_path)
+    path = tmp_path / "config.json"
+    path.write_bytes(damage(json.loads(path.read_text())))
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(tmp_path)
+
+
 def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):
     target = tmp_path / "model.safetensors"
     target.write_bytes(b"old")
