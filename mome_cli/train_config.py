@@ -309,9 +309,15 @@ def resolve_config(config_file=None, overrides: dict | None = None, resume: bool
         return TrainConfig(**values)
     if not (out / STATE_NAME).is_file() or not saved_path.is_file():
         raise ConfigError(f"--resume: {out} holds no run to continue (no {STATE_NAME} / {CONFIG_NAME})")
-    saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    try:
+        saved = json.loads(saved_path.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+        before = TrainConfig(**saved).to_dict()
+    except (OSError, ValueError, TypeError) as e:  # ConfigError too: a value the saved run could not have had
+        raise ConfigError(f"--resume: {saved_path}: damaged, the run cannot be resumed from it "
+                          f"({getattr(e, 'strerror', None) or e})") from e
     config = TrainConfig(**_layer(_layer({}, saved, str(saved_path)), values, "flags and recipe"))
-    before = TrainConfig(**saved).to_dict()
     changed = [k for k, v in config.to_dict().items() if k not in RESUMABLE and v != before[k]]
     if changed:
         detail = "; ".join(f"{k}: run {before[k]!r}, now {config.to_dict()[k]!r}" for k in changed)

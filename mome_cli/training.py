@@ -62,6 +62,16 @@ STATE_FORMAT = 1  # bumped when trainer_state.pt changes layout
 DIGEST_ENV = "MOME_TRAIN_DIGEST_DIR"
 
 
+def _logged_step(line: str) -> float:
+    """The step of a log.jsonl line; infinity for a line that is not a record (torn by a full disk or a crash, as
+    the log is appended to), so that it is dropped with the records after the step a run resumes from."""
+    try:
+        step = json.loads(line)["step"]
+    except (ValueError, TypeError, KeyError):
+        return math.inf
+    return step if isinstance(step, int) else math.inf
+
+
 class TrainingError(RuntimeError):
     """Training went wrong after it started (the CLI exits 1)."""
 
@@ -472,8 +482,8 @@ class Trainer:
                     tmp.unlink(missing_ok=True)
             log = self.out / LOG_NAME
             if log.is_file():
-                lines = [ln for ln in log.read_text(encoding="utf-8").splitlines()
-                         if ln.strip() and json.loads(ln)["step"] <= self.step]
+                lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines()
+                         if _logged_step(ln) <= self.step]
                 atomic_write_text(log, "".join(ln + "\n" for ln in lines))
 
     def _stretch_schedule(self, total: int, warmup: int) -> None:

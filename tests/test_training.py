@@ -264,6 +264,8 @@ def test_a_run_resumed_longer_keeps_its_warmup_and_stretches_its_cosine(trained,
         tmp.write_bytes(b"half")
     users = corpus / "longer" / ".notes.txt.tmp"  # not a save's: kept
     users.write_text("mine")
+    log = corpus / "longer" / "log.jsonl"
+    log.write_text(log.read_text() + '{"kind": "train", "st')  # a line torn by a full disk: dropped on resuming
     resumed = mome(*train_args(corpus, "longer"), "--steps", STEPS + 20, "--resume", root=corpus)
     assert resumed.returncode == 0, resumed.explain
     assert f"the run now lasts {STEPS + 20} steps, not {STEPS}" in resumed.stderr, resumed.explain
@@ -406,6 +408,17 @@ def test_resume_needs_a_run(corpus, tmp_path):
                   root=corpus)
     assert result.returncode == 2 and "no run to continue" in result.stderr, result.explain
 
+
+
+@pytest.mark.parametrize("damage", [b'{"lr": 0.0', bytes(range(128, 256)), b"[]", b'{"lr": "fast"}'])
+def test_a_damaged_run_config_is_one_line_naming_it(trained, tmp_path, corpus, damage):
+    out = tmp_path / "damaged"
+    shutil.copytree(trained, out)
+    (out / "train_config.json").write_bytes(damage)  # tracebacks before, each of them
+    result = mome(*train_args(corpus, out), "--resume", root=corpus)
+    assert result.returncode == 2, result.explain
+    assert f"--resume: {out / 'train_config.json'}: damaged, the run cannot be resumed from it (" in result.stderr
+    assert "Traceback" not in result.stderr, result.explain
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty"])
