@@ -151,6 +151,7 @@ class Trainer:
         self.step = self.epoch = self.index = 0
         self.elapsed = 0.0
         self.meter, self.meter_steps = None, 0  # summed losses since the last log line
+        self._stop, self._ending = None, False  # the stop request while train() runs; past the last step
 
     # -- messages --------------------------------------------------------------------------------------------------
 
@@ -301,7 +302,11 @@ class Trainer:
         """The loop, to the last step. SIGINT or SIGTERM (Ctrl-C, a scheduler's pre-emption, `timeout`) stops it
         after the step under way, saved: TrainingStopped; a second signal stops the process at once."""
         with _stop_signals(self.say) as stop:
-            self._loop(stop)
+            self._stop = stop
+            try:
+                self._loop(stop)
+            finally:
+                self._stop = None
 
     def _loop(self, stop: "_StopRequest") -> None:
         cfg = self.config
@@ -343,13 +348,20 @@ class Trainer:
             saved = self.step % cfg.save_every == 0 or self.step == self.total
             if saved:
                 self.save()
-            if stop.agreed(self.world, self.device) and self.step < self.total:
+            if stop.agreed(self.world, self.device):  # after the last step too: what is left can take minutes
                 if not saved:
                     self.save(snapshot=False)
                 raise TrainingStopped(stop.signal, self.step, self.total, self.out)
+        self._ending = True  # the steps are done and saved: a stop between the end's stages loses nothing
         if self.data.valid_clips and not (cfg.eval_every and self.step % cfg.eval_every == 0):
             self.validate()
         self._finish()
+
+    def _stop_if_asked(self) -> None:
+        """At the end of a run (its last step saved, before each validation cell and the averaging): TrainingStopped
+        if a stop signal came; `--resume` does what was left."""
+        if self._ending and self._stop is not None and self._stop.agreed(self.world, self.device):
+            raise TrainingStopped(self._stop.signal, self.step, self.total, self.out)
 
     def _cells(self) -> list[tuple]:
         """(mode, rate, name) of everything a step trains, in EveryMode's order; names are "4,2", or "av 4,2" when
@@ -387,6 +399,7 @@ class Trainer:
         self.model.eval()
         result = {}
         for mode, rate, name in self._cells():
+            self._stop_if_asked()
             options = RecognizeOptions(mode=mode, rate=rate, beam=1, batch_size=cfg.eval_batch_size)
             hyps = [t.text for t in self.recognizer.transcribe_many([c for _, c in mine], options)] if mine else []
             errors = score([self.data.valid_utterances[i].text for i, _ in mine], hyps)
@@ -507,6 +520,7 @@ class Trainer:
             atomic_write_text(Path(digest_dir) / f"rank-{self.rank}.sha256",
                               tensor_digest(self.model.trainable_state_dict()) + "\n")
         if cfg.average_last:
+            self._stop_if_asked()
             steps = self.average(cfg.average_last) if self.main else None
             if self.world > 1:  # every process validates the model that was saved
                 with torch.no_grad():  # into the parameters themselves (their version counters move)
@@ -550,8 +564,12 @@ class TrainingStopped(Exception):
     def __init__(self, signal_number: int, step: int, total: int, out: Path):
         self.signal_number = signal_number
         name = signal.Signals(signal_number).name
-        super().__init__(f"stopped by {name} after step {step} of {total}, saved: continue with "
-                         f"`mome train -o {out} --resume`")
+        if step < total:
+            super().__init__(f"stopped by {name} after step {step} of {total}, saved: continue with "
+                             f"`mome train -o {out} --resume`")
+        else:
+            super().__init__(f"stopped by {name} after the last step ({step}), saved; the final validation and "
+                             f"averaging are left: `mome train -o {out} --resume` does them")
 
 
 class _StopRequest:

@@ -213,6 +213,41 @@ def test_a_stop_signal_saves_after_its_step_and_the_resumed_run_ends_as_an_unbro
     assert [r["loss"] for r in records(out, "train")] == [r["loss"] for r in records(trained, "train")]
 
 
+def test_a_stop_signal_after_the_last_step_stops_what_is_left_and_resume_does_it(trained, corpus, tmp_path,
+                                                                                  monkeypatch):
+    """The final validation, the averaging and its validation can take minutes: a Ctrl-C or a scheduler's SIGTERM
+    there was said to stop the run and then ignored (exit 0 after all of them)."""
+    from mome_cli import training
+    from mome_cli.train_config import resolve_config
+
+    out = tmp_path / "ending"
+    shutil.copytree(trained, out)
+    (out / "model.safetensors").unlink()  # as before the averaging
+    shutil.copy(out / "snapshots" / f"step-{STEPS:06d}" / "model.safetensors", out / "model.safetensors")
+    last = (out / "model.safetensors").read_bytes()
+    monkeypatch.setenv("MOME_HOME", str(corpus / "home"))
+    monkeypatch.chdir(corpus)
+    config = resolve_config(RECIPE, {"train": str(corpus / "train.jsonl"), "valid": str(corpus / "train.jsonl"),
+                                     "roi": True, "output": str(out), "steps": STEPS, "batch_frames": 100,
+                                     "save_every": SAVE_EVERY, "eval_every": 120, "average_last": 2}, resume=True)
+    finish = training.Trainer._finish
+
+    def interrupted(self):  # Ctrl-C as the run's end begins (its last validation was at its last step)
+        os.kill(os.getpid(), signal.SIGINT)
+        return finish(self)
+
+    monkeypatch.setattr(training.Trainer, "_finish", interrupted)
+    with pytest.raises(training.TrainingStopped, match=f"stopped by SIGINT after the last step \\({STEPS}\\), saved; "
+                                                       "the final validation and averaging are left"):
+        training.run(config, resume=True, quiet=True)
+    assert (out / "model.safetensors").read_bytes() == last  # not averaged
+    assert len(records(out, "average")) == len(records(trained, "average"))  # no new averaging
+    monkeypatch.setattr(training.Trainer, "_finish", finish)
+    training.run(config, resume=True, quiet=True)
+    averaged, expected = load_file(out / "model.safetensors"), load_file(trained / "model.safetensors")
+    assert all(torch.equal(averaged[n], expected[n]) for n in expected)
+
+
 def test_an_utterance_longer_than_the_audio_window_is_skipped_with_a_warning(corpus, tmp_path):
     make_clip(tmp_path / "long.mp4", "testsrc2", "sine=frequency=500", 31)  # the tiny Whisper's window is 30 s
     rows = (corpus / "train.jsonl").read_text().replace('"media/', f'"{corpus}/media/')
