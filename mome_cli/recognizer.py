@@ -104,27 +104,7 @@ class Recognizer:
     def rate_for(self, mode: str, rate: tuple | None, any_rate: bool = False) -> tuple:
         """The rate to use in a mode: the given one (checked against the trained ones) or the first trained.
         UsageProblem for a mode that needs an encoder the model has none of (one trained for mode a reads no lips)."""
-        encoders = {"audio": ("a", self.audio_encoder), "video": ("v", self.video_encoder)}
-        lacking = [name for name, (letter, encoder) in encoders.items() if letter in mode and encoder is None]
-        if lacking:
-            modes = self.config.modes
-            raise UsageProblem(f"--mode {mode}: this model was trained for mode{'s' * (len(modes) > 1)} "
-                               f"{', '.join(modes)} and has no {lacking[0]} encoder; pass --mode {modes[0]}")
-        trained = self.config.rates_for(mode)
-        if rate is None:
-            return trained[0]
-        if mode == "a":
-            rate = (rate[0], None)
-        elif mode == "v":
-            rate = (None, rate[-1])
-        elif len(rate) != 2:
-            raise UsageProblem(f"mode av needs an audio and a video rate, A,V (e.g. {trained[0][0]},{trained[0][1]}), "
-                               f"got {','.join(map(str, rate))}")
-        if rate not in trained and not any_rate:
-            shown = "; ".join(",".join(str(r) for r in t if r is not None) for t in trained)
-            raise UsageProblem(f"rate {','.join(str(r) for r in rate if r is not None)} was not trained for mode {mode}; "
-                             f"trained: {shown} (or pass --any-rate)")
-        return rate
+        return rate_for(self.config, mode, rate, any_rate)
 
     def untrained_mode(self, mode: str) -> str | None:
         """A warning when mode is not one the model was trained in (it reads it all the same: an av model can be
@@ -280,6 +260,47 @@ def preset_config(name: str) -> ModelConfig:
                        audio_encoder_revision=preset.audio.revision, video_encoder="avhubert-large")
 
 
+def rate_for(config: ModelConfig, mode: str, rate: tuple | None, any_rate: bool = False) -> tuple:
+    """Recognizer.rate_for from the config alone: a model has the encoders of the modes it was trained in."""
+    lacking = [name for name, letter in (("audio", "a"), ("video", "v"))
+               if letter in mode and letter not in "".join(config.modes)]
+    if lacking:
+        modes = config.modes
+        raise UsageProblem(f"--mode {mode}: this model was trained for mode{'s' * (len(modes) > 1)} "
+                           f"{', '.join(modes)} and has no {lacking[0]} encoder; pass --mode {modes[0]}")
+    trained = config.rates_for(mode)
+    if rate is None:
+        return trained[0]
+    if mode == "a":
+        rate = (rate[0], None)
+    elif mode == "v":
+        rate = (None, rate[-1])
+    elif len(rate) != 2:
+        raise UsageProblem(f"mode av needs an audio and a video rate, A,V (e.g. {trained[0][0]},{trained[0][1]}), "
+                           f"got {','.join(map(str, rate))}")
+    if rate not in trained and not any_rate:
+        shown = "; ".join(",".join(str(r) for r in t if r is not None) for t in trained)
+        raise UsageProblem(f"rate {','.join(str(r) for r in rate if r is not None)} was not trained for mode {mode}; "
+                           f"trained: {shown} (or pass --any-rate)")
+    return rate
+
+
+def check_options(model: str, adapter: str | None, device: str, options: RecognizeOptions) -> None:
+    """What load_recognizer and its checks refuse, from the configs alone (no weights loaded): for a run that has
+    nothing left to transcribe, so that a mistyped option fails there too rather than pass unseen."""
+    try:
+        config, _ = model_config(model, adapter)
+    except CheckpointError as e:
+        raise UnusableModelError(str(e)) from e
+    if device == "cuda":
+        resolve_device(device)
+    rate_for(config, options.mode, options.rate, options.any_rate)
+    asked = options.max_segment
+    if asked is not None and not 0 < asked <= MAX_SEGMENT_SECONDS:  # the encoder's own window is known once loaded
+        raise UsageProblem(f"--max-segment {asked:g}: the limit must be a positive number of seconds, at most "
+                           f"{MAX_SEGMENT_SECONDS:g}")
+
+
 def shadowed_preset(model: str) -> str | None:
     """A warning when --model names a preset and a folder of that name is here too: the folder is what loads (as a
     local folder does for transformers' from_pretrained), which is easy to miss."""
@@ -308,6 +329,22 @@ def load_recognizer(model: str, adapter: str | None = None, device: str = "auto"
 def _load_recognizer(model: str, adapter: str | None, device: str, home: Path | None) -> Recognizer:
     device = resolve_device(device)
     home = Path(home) if home else mome_home()
+    config, weights = model_config(model, adapter)
+    # The backbones run on mome's own Llama and Whisper code where it runs them (llama.py, whisper.py): the same
+    # numbers (float32) or the same within rounding (bf16), without transformers' modeling import, which is most of a
+    # one-file transcription's wait on a CPU, and with fewer kernels a decoding step on a GPU (fused projections,
+    # RMSNorm and rotary embedding). MOME_NATIVE=0 keeps transformers' classes (to compare, or to rule the native
+    # code out when something is odd).
+    native = os.environ.get("MOME_NATIVE", "1") != "0"
+    recognizer = build_recognizer(config, home, device, name=model, native=native)
+    if weights is not None:
+        load_weights(recognizer.model, weights)
+    return recognizer
+
+
+def model_config(model: str, adapter: str | None = None) -> tuple[ModelConfig, Path | None]:
+    """The ModelConfig of --model (and --adapter), and the checkpoint folder whose weights load into it (None: the
+    fresh modules of a preset); no weights read. MissingModelError, UsageProblem or CheckpointError if it cannot be."""
     weights = None
     if Path(model).is_dir():
         config, weights = read_config(model), model
@@ -326,21 +363,14 @@ def _load_recognizer(model: str, adapter: str | None, device: str, home: Path | 
     else:
         raise UsageProblem(f"--model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
     if adapter is not None:
+        if not Path(adapter).is_dir():
+            raise UsageProblem(f"--adapter {adapter!r}: no such checkpoint directory")
         adapter_config = read_config(adapter)
         same = adapter_config.llm == config.llm  # then the revision it was trained on (`mome download --revision`)
         revision = adapter_config.llm_revision if same and adapter_config.llm_revision else config.llm_revision
         config = dataclasses.replace(adapter_config, llm=config.llm, llm_revision=revision)
         weights = adapter
-    # The backbones run on mome's own Llama and Whisper code where it runs them (llama.py, whisper.py): the same
-    # numbers (float32) or the same within rounding (bf16), without transformers' modeling import, which is most of a
-    # one-file transcription's wait on a CPU, and with fewer kernels a decoding step on a GPU (fused projections,
-    # RMSNorm and rotary embedding). MOME_NATIVE=0 keeps transformers' classes (to compare, or to rule the native
-    # code out when something is odd).
-    native = os.environ.get("MOME_NATIVE", "1") != "0"
-    recognizer = build_recognizer(config, home, device, name=model, native=native)
-    if weights is not None:
-        load_weights(recognizer.model, weights)
-    return recognizer
+    return config, None if weights is None else Path(weights)
 
 
 def build_recognizer(config: ModelConfig, home: Path, device: str, dtype: torch.dtype | None = None,
@@ -367,4 +397,5 @@ def build_recognizer(config: ModelConfig, home: Path, device: str, dtype: torch.
 
 
 __all__ = ["UsageProblem", "RecognizeOptions", "Recognizer", "load_recognizer", "build_recognizer", "tiny_config",
-           "resolve_device", "segments_of", "shadowed_preset", "slice_audio", "slice_rois"]
+           "model_config", "rate_for", "check_options", "resolve_device", "segments_of", "shadowed_preset",
+           "slice_audio", "slice_rois"]

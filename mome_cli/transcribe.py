@@ -86,7 +86,10 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
                 log(f"warning: {item.path}: its outputs exist (skipped) but its text cannot be read back from them: "
                     f"{e}")
         progress and progress(1)
-    if not todo:
+    if not todo:  # nothing to transcribe, but options that a run with work would refuse are refused here too
+        from .recognizer import check_options
+
+        check_options(job.model, job.adapter, job.device, recognize_options)
         return report
 
     def detail(level: int, message: str) -> None:  # -v and more

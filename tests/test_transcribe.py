@@ -392,6 +392,22 @@ def test_all_inputs_failing_exits_1_and_a_missing_model_exits_4(trained, tmp_pat
     assert untrained.returncode == 2 and "trained: 4,2; 4,5; 16,2; 16,5" in untrained.stderr, untrained.explain
 
 
+def test_options_a_run_would_refuse_are_refused_when_every_output_exists_too(trained, tmp_path):
+    """A re-run with nothing to transcribe loads no model, but used to pass mistyped options silently (exit 0)."""
+    clip, out = trained / "media" / "hello.mp4", tmp_path / "out"
+    first = mome("transcribe", clip, "--model", trained / "ckpt", "--roi", "-o", out, cwd=trained)
+    assert first.returncode == 0, first.explain
+    for flags, code, message in ((["--rate", "9,9"], 2, "rate 9,9 was not trained for mode av"),
+                                 (["--model", "nosuchmodel"], 2, "neither a preset"),
+                                 (["--max-segment", "50"], 2, "--max-segment 50"),
+                                 (["--adapter", tmp_path / "nowhere"], 2, "no such checkpoint directory"),
+                                 (["--model", "mome-1b"], 4, "--adapter DIR")):
+        result = mome("transcribe", clip, "--model", trained / "ckpt", "--roi", "-o", out, *flags, cwd=trained)
+        assert result.returncode == code and message in result.stderr, result.explain
+    again = mome("transcribe", clip, "--model", trained / "ckpt", "--roi", "-o", out, "--rate", "16,5", cwd=trained)
+    assert again.returncode == 0 and "0 ok, 1 skipped, 0 failed" in again.stderr, again.explain
+
+
 def test_a_model_folder_that_cannot_be_used_is_one_line_and_exit_1(trained, tmp_path):
     (tmp_path / "empty").mkdir()
     shutil.copytree(trained / "ckpt", tmp_path / "damaged")
