@@ -240,6 +240,9 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
         ctx.exit(e.exit_code)
     except UsageProblem as e:
         raise click.UsageError(one_line(e)) from e
+    except library.StdoutError as e:
+        say(f"mome transcribe: {e}")
+        ctx.exit(ExitCode.FAILURE)
     if not quiet:
         wrote = files and (report.ok or report.skipped)  # when every input failed, there is nothing to point to
         log(report.summary() + (f" (outputs in {output_dir})" if wrote else ""))

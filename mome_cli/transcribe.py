@@ -47,6 +47,21 @@ def stdout_line(path, text: str) -> str:
     return f"{one_line(path)}\t{clean_text(text)}"
 
 
+class StdoutError(Exception):
+    """--stdout's lines cannot be written (a full disk, a device that refuses them): the run ends, exit 1."""
+
+
+def print_line(path, text: str) -> None:
+    """A --stdout line; StdoutError if it cannot be written (a closed pipe, `| head`, is left to end the run as
+    click ends it: at once, quietly)."""
+    try:
+        print(stdout_line(path, text), file=sys.stdout, flush=True)
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise StdoutError(f"cannot write to stdout: {e.strerror or e}") from e
+
+
 def expand_formats(formats) -> list[str]:
     chosen = []
     for f in formats:
@@ -81,10 +96,12 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
         report.skipped += 1
         if job.stdout:
             try:
-                print(stdout_line(item.path, read_text(job.output_dir, stem, job.formats)), file=sys.stdout, flush=True)
+                text = read_text(job.output_dir, stem, job.formats)
             except (OSError, ValueError) as e:
                 log(f"warning: {item.path}: its outputs exist (skipped) but its text cannot be read back from them: "
                     f"{e}")
+            else:
+                print_line(item.path, text)
         progress and progress(1)
     if not todo:  # nothing to transcribe, but options that a run with work would refuse are refused here too
         from .recognizer import check_options
@@ -158,9 +175,10 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
                 else:
                     report.ok += 1
                     if job.stdout:
-                        print(stdout_line(item.path, transcript.text), file=sys.stdout, flush=True)
+                        print_line(item.path, transcript.text)
                 progress and progress(1)
     return report
 
 
-__all__ = ["TranscribeJob", "stdout_line", "expand_formats", "face_detection_on_gpu", "run"]
+__all__ = ["TranscribeJob", "StdoutError", "print_line", "stdout_line", "expand_formats", "face_detection_on_gpu",
+           "run"]

@@ -443,6 +443,17 @@ def test_audio_alone_in_mode_av_takes_the_audio_half_of_the_rate(trained, tmp_pa
     assert document["mode"] == "a" and document["rate"] == [16], document
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+def test_stdout_that_cannot_be_written_is_one_line_and_exit_1(trained, tmp_path):
+    """--stdout onto a full disk: a traceback before."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([MOME, "transcribe", trained / "media" / "hello.mp4", "--model", trained / "ckpt",
+                                 "--roi", "--stdout"], cwd=tmp_path, stdout=full, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "MOME_HOME": str(trained / "home")})
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == ["mome transcribe: cannot write to stdout: No space left on device"]
+
+
 def test_stdout_alone_prints_instead_of_writing_files(trained, tmp_path):
     shutil.copy(trained / "media" / "hello.mp4", tmp_path)
     alone = mome("transcribe", "hello.mp4", "--model", trained / "ckpt", "--roi", "--stdout", cwd=tmp_path)
