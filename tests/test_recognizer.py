@@ -136,3 +136,16 @@ def test_demo_loads_from_the_package_and_an_install_without_it_is_missing_not_a_
     monkeypatch.setattr(recognizer, "BUNDLED", tmp_path)  # a broken install: the folder is gone
     with pytest.raises(MissingModelError, match="demo model"):
         load_recognizer("demo", home=home)
+
+
+@pytest.mark.parametrize("mode, frames, duration", [("v", 74, 2.95), ("av", 549, 21.9525)])
+def test_no_segment_ends_past_the_clip(mode, frames, duration):
+    """A clip's frames round its length up (2.95 s is 73.75 frames): the last segment said 2.96 s of a 2.95 s clip."""
+    rng = np.random.default_rng(0)
+    rois = rng.integers(0, 255, (frames, 88, 88), dtype=np.uint8)
+    audio = None if mode == "v" else (0.1 * rng.standard_normal(round(duration * 16000))).astype(np.float32)
+    clip = Clip(path="x.mp4", duration=duration, mode=mode, audio=audio, rois=rois)
+    options = RecognizeOptions(mode=mode, max_new_tokens=2)
+    (transcript,) = load_recognizer("tiny").transcribe_many([clip], options)
+    assert transcript.segments[-1]["end"] == round(duration, 3)
+    assert all(s["end"] <= round(duration, 3) for s in transcript.segments)
