@@ -321,12 +321,15 @@ def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode
     if evaluation.cells:
         click.echo(evaluation.table())  # first: the figures are not lost if the files cannot be written
     try:
-        library.write_outputs(evaluation, job.output_dir)
+        written = library.write_outputs(evaluation, job.output_dir)
     except OSError as e:
         say(f"mome evaluate: cannot write to {output_dir}: {e.strerror or e}")
         ctx.exit(ExitCode.FAILURE)
+    if not written:
+        quiet_log(f"warning: nothing was scored: the report of an earlier run in {output_dir} is left as it was")
     if not quiet:
-        log(f"{evaluation.evaluated} evaluated, {len(evaluation.failed)} failed (report in {output_dir})")
+        where = f" (report in {output_dir})" if written else ""
+        log(f"{evaluation.evaluated} evaluated, {len(evaluation.failed)} failed{where}")
     ctx.exit(evaluation.return_code)
 
 

@@ -38,7 +38,7 @@ from typing import Callable
 
 import numpy as np
 
-from .files import atomic_write, atomic_write_text
+from .files import atomic_write, atomic_write_text, interrupt_after
 from .noise import LoopedNoise, mix_at_snr
 from .report import Report
 from .scoring import NORMALISATION, WordErrors, score
@@ -133,8 +133,7 @@ def babble(utterances: list, load_audio: Callable, seed: int, log: Callable[[str
             break
         try:
             audio = load_audio(utterances[k])
-        except MediaError as e:
-            log(f"warning: babble: skipping {utterances[k].id}: {e}")
+        except MediaError:  # left out of the babble; the evaluation says why once, as it fails there too
             continue
         if np.any(audio):
             pool.append((utterances[k].id, audio))
@@ -175,7 +174,7 @@ class ClipLoader:
             return self.audio(u.media)
         if u.video is None:
             if mode == "v":
-                raise MediaError(u.id, "no video (mode v needs the lips)")
+                raise MediaError(u.audio, "no video (mode v needs the lips)")
             clip = self.audio(u.audio)
             clip.warnings.append("no video: evaluated from audio alone")
             return clip
@@ -223,7 +222,7 @@ class Evaluation:
     manifest: Path
     rates: list  # resolved rate tuples, (A, V) with None for an absent modality
     cells: list[Cell] = field(default_factory=list)
-    hypotheses: list[dict] = field(default_factory=list)  # id, rate, snr, ref, hyp
+    hypotheses: list[dict] = field(default_factory=list)  # id, rate, snr, mode, ref, hyp
     evaluated: int = 0  # utterances preprocessed and decoded
     failed: list[tuple[str, str]] = field(default_factory=list)  # (utterance id, error) of those skipped
     noise: dict | None = None  # how noise was made; None when every column is clean
@@ -395,9 +394,9 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
                 cell = evaluation.cells[-1]
                 log(f"rate {rate_label(rate)}, {snr_label(snr)}: WER {100 * cell.errors.wer:.2f}% in "
                     f"{cell.wall_seconds:.2f} s ({audio_seconds / max(cell.wall_seconds, 1e-9):.0f}x real time)")
-            evaluation.hypotheses += [
-                {"id": u.id, "rate": [r for r in (rate if c.mode == job.mode else rate[:1]) if r is not None],
-                 "snr": snr, "ref": u.text, "hyp": h} for u, c, h in zip(kept, clips, hyps)]
+            evaluation.hypotheses += [  # rate: the report's cell; mode: what was read (a: no video, or no face)
+                {"id": u.id, "rate": [r for r in rate if r is not None], "snr": snr, "mode": c.mode, "ref": u.text,
+                 "hyp": h} for u, c, h in zip(kept, clips, hyps)]
     evaluation.wall_seconds = time.perf_counter() - started
     return evaluation
 
@@ -481,19 +480,26 @@ def _clock(recognizer) -> float:
 
 
 def write_outputs(evaluation: Evaluation, output_dir: Path) -> list[Path]:
-    """report.json, hypotheses.jsonl and (when something was scored) wer.png, each written atomically; a wer.png
-    left by an earlier run is removed when nothing was scored."""
+    """report.json, hypotheses.jsonl and (when something was scored) wer.png, each written atomically, and the three
+    as one: a Ctrl-C while they are written waits for the last (a new report beside an earlier run's figure would
+    contradict it). When nothing was scored, an earlier run's outputs are left as they were (returns []); else the
+    report lists what failed."""
     output_dir = Path(output_dir)
+    if not evaluation.cells and (output_dir / REPORT_FILE).is_file():
+        return []
     written = [output_dir / REPORT_FILE, output_dir / HYPOTHESES_FILE]
-    atomic_write_text(written[0], _json(evaluation.to_dict()) + "\n")
-    atomic_write_text(written[1], "".join(json.dumps(h, ensure_ascii=False) + "\n" for h in evaluation.hypotheses))
+    report = _json(evaluation.to_dict()) + "\n"
+    hypotheses = "".join(json.dumps(h, ensure_ascii=False) + "\n" for h in evaluation.hypotheses)
     if evaluation.cells:
         from .plotting import plot_wer  # matplotlib only when a figure is drawn
-
-        written.append(output_dir / PLOT_FILE)
-        atomic_write(written[-1], lambda tmp: plot_wer(evaluation, tmp))
-    else:  # nothing scored: an earlier run's figure would contradict the report beside it
-        (output_dir / PLOT_FILE).unlink(missing_ok=True)
+    with interrupt_after():
+        atomic_write_text(written[0], report)
+        atomic_write_text(written[1], hypotheses)
+        if evaluation.cells:
+            written.append(output_dir / PLOT_FILE)
+            atomic_write(written[-1], lambda tmp: plot_wer(evaluation, tmp))
+        else:  # a figure left by anything else would contradict the report
+            (output_dir / PLOT_FILE).unlink(missing_ok=True)
     return written
 
 

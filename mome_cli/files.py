@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -60,6 +63,24 @@ def remove_folders(folders: list[Path]) -> None:
             # otherwise never made (mkdir failed below its parent: missing, or a name too long) or gone already
 
 
+@contextlib.contextmanager
+def interrupt_after():
+    """Files written together (a report and what it describes) are all written, or a Ctrl-C leaves them all as they
+    were: a SIGINT that comes inside this is raised as KeyboardInterrupt when it ends. In the main thread only (the
+    one Python delivers signals to); elsewhere nothing is held back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: came.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if came and callable(previous):  # Python's own handler raises KeyboardInterrupt; one that was ignored stays so
+        previous(signal.SIGINT, None)
+
+
 def _fsync(path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -92,4 +113,4 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-__all__ = ["atomic_write", "atomic_write_text", "writable_folder", "remove_folders"]
+__all__ = ["atomic_write", "atomic_write_text", "interrupt_after", "writable_folder", "remove_folders"]

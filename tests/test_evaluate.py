@@ -250,8 +250,10 @@ def test_an_utterance_without_video_in_mode_av_is_scored_from_its_audio_and_said
     assert result.returncode == 0 and "warning: sound: no video" in result.stderr, result.explain
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["audio_only"] == ["sound"] and report["evaluated"] == 2
-    rates = {(h["id"], tuple(h["rate"])) for h in map(json.loads, (tmp_path / "out" / "hypotheses.jsonl").open())}
-    assert rates == {("hello", (4, 2)), ("hello", (16, 5)), ("sound", (4,)), ("sound", (16,))}
+    rates = {(h["id"], tuple(h["rate"]), h["mode"])
+             for h in map(json.loads, (tmp_path / "out" / "hypotheses.jsonl").open())}
+    assert rates == {("hello", (4, 2), "av"), ("hello", (16, 5), "av"), ("sound", (4, 2), "a"),
+                     ("sound", (16, 5), "a")}  # the cell it counts in (4,2 and 4,5 gave two "4" rows before)
 
 
 @needs_ffmpeg
@@ -275,8 +277,16 @@ def test_failed_utterances_are_skipped_reported_and_exit_3_or_1(corpus, tmp_path
     result = evaluate("--dataset", tmp_path / "none.jsonl", "--model", corpus / "ckpt", "--roi", "-o",
                       tmp_path / "some", home=tmp_path / "home")  # over the run above
     assert result.returncode == 1 and result.stdout == "", result.explain
-    assert json.loads((tmp_path / "some" / "report.json").read_text())["results"] == []
-    assert not (tmp_path / "some" / "wer.png").exists()  # no figure of the earlier run beside this report
+    assert f"nothing was scored: the report of an earlier run in {tmp_path / 'some'} is left as it was" in \
+        result.stderr, result.explain
+    assert json.loads((tmp_path / "some" / "report.json").read_text()) == report  # not lost to a run that failed
+    assert (tmp_path / "some" / "wer.png").is_file()
+    result = evaluate("--dataset", tmp_path / "none.jsonl", "--model", corpus / "ckpt", "--roi", "-o",
+                      tmp_path / "fresh", home=tmp_path / "home")  # where there is none: what failed, and why
+    assert result.returncode == 1 and result.stdout == "", result.explain
+    fresh = json.loads((tmp_path / "fresh" / "report.json").read_text())
+    assert fresh["results"] == [] and [f["id"] for f in fresh["failed"]] == ["broken"]
+    assert not (tmp_path / "fresh" / "wer.png").exists()
 
 
 def test_an_output_folder_that_cannot_be_written_fails_before_the_evaluation(corpus, tmp_path, monkeypatch):
@@ -449,3 +459,52 @@ def test_parse_snrs(text, snrs):
 def test_parse_snrs_refuses(text):
     with pytest.raises(ValueError):
         parse_snrs(text)
+
+
+def test_a_ctrl_c_while_the_outputs_are_written_waits_for_the_last_of_them(tmp_path, monkeypatch):
+    """report.json and hypotheses.jsonl of a new run beside the wer.png of an earlier one: what a Ctrl-C between
+    the three writes left."""
+    import signal
+
+    from mome_cli import evaluate as library
+    from mome_cli.scoring import score
+
+    job = library.EvaluateJob(dataset="m.jsonl", output_dir=tmp_path, snrs=(CLEAN,))
+    evaluation = library.Evaluation(job, tmp_path / "m.jsonl", [(4, 2)], evaluated=1)
+    evaluation.cells.append(library.Cell((4, 2), CLEAN, score(["a b"], ["a c"]), 1.0, 0.1))
+    evaluation.hypotheses.append({"id": "u", "rate": [4, 2], "snr": CLEAN, "ref": "a b", "hyp": "a c"})
+    (tmp_path / "wer.png").write_bytes(b"an earlier run's")
+    write = library.atomic_write_text
+
+    def interrupted(path, text):  # Ctrl-C as the first file is written
+        if path.name == "report.json":
+            os.kill(os.getpid(), signal.SIGINT)
+        write(path, text)
+
+    monkeypatch.setattr(library, "atomic_write_text", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        library.write_outputs(evaluation, tmp_path)
+    assert json.loads((tmp_path / "report.json").read_text())["results"][0]["wer"] == 0.5
+    assert (tmp_path / "hypotheses.jsonl").read_text().count("\n") == 1
+    assert (tmp_path / "wer.png").read_bytes().startswith(b"\x89PNG")  # this run's figure
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@needs_ffmpeg
+def test_a_bad_file_is_one_error_line_with_noise_too_and_mode_v_names_the_audio_file(corpus, tmp_path):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x01 not a video" * 64)
+    sound = corpus / "data" / "lrs3" / "test" / "spk" / "00000.wav"
+    rows = [json.loads(line) for line in (corpus / "jsonl" / "test.jsonl").read_text().splitlines()]
+    rows = [{**r, "video": str(corpus / "jsonl" / r["video"])} for r in rows]
+    rows += [{"id": "broken", "video": str(broken), "text": "never heard"},
+             {"id": "sound", "audio": str(sound), "text": "Hello, World!"}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    noisy = evaluate("--dataset", tmp_path / "m.jsonl", "--model", corpus / "ckpt", "--roi", "--rates", "4,2",
+                     "--snr", "clean,5", "-o", tmp_path / "noisy", home=tmp_path / "home")
+    assert noisy.returncode == 3, noisy.explain
+    assert len([line for line in noisy.stderr.splitlines() if "broken" in line]) == 1, noisy.explain  # babble's too
+    lips = evaluate("--dataset", tmp_path / "m.jsonl", "--model", corpus / "ckpt", "--roi", "--mode", "v",
+                    "--rates", "4,2", "-o", tmp_path / "lips", home=tmp_path / "home")
+    assert lips.returncode == 3, lips.explain
+    assert f"error: sound: {sound}: no video (mode v needs the lips) (skipped)" in lips.stderr, lips.explain
