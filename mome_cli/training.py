@@ -173,6 +173,8 @@ class Trainer:
     def setup(self) -> None:
         cfg = self.config
         self._state = self._read_state() if self.resume else None
+        if self._state is not None:  # what can be refused before the data is prepared, is
+            self._check_state(self._state, cfg.steps)
         self.device = self._init_device()
         self.data = TrainingData(cfg, self.home, self.rank, self.world, self.say)  # manifests; DataError: exit 1 or 4
         random.seed(cfg.seed)
@@ -462,10 +464,17 @@ class Trainer:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise TrainingError(f"{path}: damaged, the run cannot be resumed from it ({reason})") from e
 
-    def _restore(self) -> None:
-        state, self._state = self._state, None
+    def _check_state(self, state: dict, total: int | None) -> None:
+        """A saved state this mome cannot read, or a run asked to be shorter than it is already: ConfigError."""
         if state.get("format") != STATE_FORMAT:
             raise ConfigError(f"{self.out / STATE_NAME}: format {state.get('format')}, this mome reads {STATE_FORMAT}")
+        if total is not None and total < state["step"]:
+            raise ConfigError(f"{self.out} is at step {state['step']}: a resumed run cannot be shorter than that "
+                              f"({total} steps asked)")
+
+    def _restore(self) -> None:
+        state, self._state = self._state, None
+        self._check_state(state, self.total)  # --epochs: the steps they make are known now
         if state["world"] != self.world:
             self.say(f"warning: the run had {state['world']} processes, now {self.world}: the data order changes")
         params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
@@ -474,9 +483,6 @@ class Trainer:
         with torch.no_grad():
             for name, tensor in state["model"].items():
                 params[name].copy_(tensor)
-        if self.total < state["step"]:
-            raise ConfigError(f"{self.out} is at step {state['step']}: a resumed run cannot be shorter than that "
-                              f"({self.total} steps asked)")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.index = state["step"], state["epoch"], state["index"]

@@ -293,6 +293,7 @@ def test_a_run_resumed_longer_keeps_its_warmup_and_stretches_its_cosine(trained,
     shorter = mome(*train_args(corpus, "longer"), "--steps", STEPS - 10, "--resume", root=corpus)
     assert shorter.returncode == 2 and (f"is at step {STEPS}: a resumed run cannot be shorter than that "
                                         f"({STEPS - 10} steps asked)") in shorter.stderr, shorter.explain
+    assert "utterances" not in shorter.stderr, shorter.explain  # said before the data is prepared
     left = [corpus / "longer" / ".trainer_state.pt.k1ll3d.tmp", corpus / "longer" / "snapshots" /
             f"step-{STEPS:06d}" / ".model.safetensors.k1ll3d.tmp"]  # as a save killed mid-write leaves them
     for tmp in left:
