@@ -696,6 +696,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--utterances is required (or --long-form)")
     if args.utterances < 1 or args.speakers < 1 or args.jobs < 1 or args.reading < 0:
         parser.error("--utterances, --speakers and --jobs must be at least 1, --reading at least 0")
+    if args.seed < 0:
+        parser.error(f"--seed must be 0 or more, got {args.seed}")
     if not (0 <= args.valid < 1 and 0 <= args.test < 1 and args.valid + args.test < 1):
         parser.error(f"--valid {args.valid} and --test {args.test} must be fractions that add up to less than 1")
     started = time.monotonic()

@@ -287,3 +287,10 @@ def test_long_form_clips_join_each_speakers_clips_with_their_pauses(corpus, tmp_
     with pytest.raises(SystemExit) as refused:  # joining and generating are two different runs
         synth.main([str(out), "--long-form", "9", "--utterances", "6"])
     assert refused.value.code == 2
+
+
+def test_a_negative_seed_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:  # a traceback from numpy before
+        synth.main([str(tmp_path / "out"), "--utterances", "3", "--seed", "-1"])
+    assert e.value.code == 2 and "--seed must be 0 or more, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
