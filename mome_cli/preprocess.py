@@ -36,8 +36,8 @@ import numpy as np
 from .files import atomic_write
 from .lips import (FaceTracker, NoFaceError, check_stop, crop_mouths, interpolate_missing, load_mean_face,
                    rois_from_crops, smooth)
-from .media import (SAMPLE_RATE, MediaError, NoAudioError, NoVideoError, check_file, decode_audio, iter_video,
-                    probe)
+from .media import (SAMPLE_RATE, SHORT_STREAM_SECONDS, MediaError, NoAudioError, NoVideoError, check_file,
+                    decode_audio, iter_video, probe)
 
 # bumped when the clips it makes change (2: rotation, streams that start late; 3: audio before a late video,
 # Matroska's stream ends, audio alone read to its end)
@@ -166,6 +166,9 @@ class Preprocessor:
             cached.path, cached.warnings = str(path), fallback + cached.warnings
             return cached
         clip = Clip(path=str(path), duration=info.duration, mode=mode, warnings=warnings)
+        if mode == "av" and info.audio_duration - info.duration > SHORT_STREAM_SECONDS:  # the clip ends with the video
+            warnings.append(f"the audio goes on {info.audio_duration - info.duration:.1f} s after the video ends: "
+                            "that part is not transcribed (--mode a reads the audio to its end)")
         if "a" in mode:
             alone = mode == "a"  # as long as the stream really is: its announced length may be an estimate
             clip.audio = decode_audio(path, info=info, warnings=warnings, to_end=alone)
