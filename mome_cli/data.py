@@ -98,7 +98,7 @@ def read_auto_avsr_csv(path: Path) -> list[Utterance]:
             places = [path.parent / dataset / rel_path, path.parent / rel_path]  # as auto_avsr writes it, or beside
             video = next((p for p in places if p.exists()), None)
             if len(row) > 4:
-                text = ",".join(row[4:])
+                video, text = video or places[0], ",".join(row[4:])  # a missing video: that utterance's error later
             else:  # a missing video is that utterance's error, later: its transcript is looked for in both places
                 video, text = _auto_avsr_text([video] if video else places, f"{path}:{n}")
             wav = video.with_suffix(".wav")
@@ -109,14 +109,15 @@ def read_auto_avsr_csv(path: Path) -> list[Utterance]:
 def _auto_avsr_text(videos: list[Path], where: str) -> tuple[Path, str]:
     """The first of videos with a transcript, and that transcript, as auto_avsr saved it: <dataset>_text_seg<N>s/...
     in place of <dataset>_video_seg<N>s/..., or a .txt beside the video."""
-    texts = []
+    looked = []
     for video in videos:
         parts = list(video.with_suffix(".txt").parts)
         texts = [Path(*[re.sub(r"_video_seg(\d+s)$", r"_text_seg\1", p) for p in parts]), video.with_suffix(".txt")]
         for candidate in texts:
             if candidate.is_file():
                 return video, read_transcript(candidate)
-    raise DataError(f"{where}: no text field and no transcript at {texts[0]} or {texts[1]}")
+        looked += texts
+    raise DataError(f"{where}: no text field and no transcript at {', '.join(map(str, looked[:-1]))} or {looked[-1]}")
 
 
 def read_transcript(path: Path) -> str:

@@ -126,6 +126,9 @@ def test_a_csv_row_whose_video_is_missing_is_kept_for_its_own_error_in_either_la
     u = load_manifest(root / "t.csv")
     assert [(x.text, x.video) for x in u] == [("TEXT 1", root / "lrs3_video_seg16s/test/a/1.mp4"),
                                               ("TEXT 2", root / "lrs3_video_seg16s/test/a/2.mp4")]
+    (root / "t.csv").write_text("lrs3,lrs3_video_seg16s/test/a/3.mp4,9,1,WITH ITS TEXT\n")  # a fifth field
+    (u,) = load_manifest(root / "t.csv")
+    assert (u.text, u.video, u.audio) == ("WITH ITS TEXT", root / "lrs3/lrs3_video_seg16s/test/a/3.mp4", None)
 
 
 def test_duplicate_ids_and_unknown_files_are_refused(tmp_path):
