@@ -131,7 +131,8 @@ def probe(path) -> MediaInfo:
     container = info.get("format", {})
     origin = _seconds(container.get("start_time")) or 0.0
     whole = _seconds(container.get("duration")) or 0.0
-    ends = {kind: _end(s, origin) for kind, s in (("audio", audio), ("video", video)) if s is not None}
+    by_ffmpeg = str(container.get("tags", {}).get("ENCODER", "")).startswith("Lavf")  # its DURATION tags: ends
+    ends = {kind: _end(s, origin, by_ffmpeg) for kind, s in (("audio", audio), ("video", video)) if s is not None}
     if not whole and all(end is None for end in ends.values()):  # a live recording (browser, OBS): no duration kept
         ends = {kind: _packets_end(ffmpeg, path, kind, origin) for kind in ends}
     known = [end for end in ends.values() if end is not None]
@@ -168,13 +169,20 @@ def _packets_end(ffmpeg, path, kind: str, origin: float) -> float | None:
     return max(ends) - origin if ends else None
 
 
-def _end(stream: dict, origin: float) -> float | None:
-    """Where a stream ends, in seconds from the file's start; None if it does not say."""
+def _end(stream: dict, origin: float, tags_end: bool = True) -> float | None:
+    """Where a stream ends, in seconds from the file's start; None if it does not say.
+
+    Matroska/WebM keep no stream duration but a DURATION tag (DURATION-eng in older files): ffmpeg writes where the
+    stream ends (tags_end), mkvmerge how long it lasts from its first timestamp."""
+    start = max(0.0, (_seconds(stream.get("start_time")) or origin) - origin)
     duration = _seconds(stream.get("duration"))
-    if duration is None:  # Matroska/WebM keep no stream duration but a DURATION tag: where the stream ends
-        end = _clock_time(stream.get("tags", {}).get("DURATION"))
-        return None if end is None else max(0.0, end - origin)
-    return max(0.0, (_seconds(stream.get("start_time")) or origin) - origin) + duration
+    if duration is not None:
+        return start + duration
+    tags = stream.get("tags", {})
+    tagged = next((_clock_time(v) for k, v in tags.items() if k.upper().split("-")[0] == "DURATION"), None)
+    if not tagged:  # absent, unreadable, or 0
+        return None
+    return max(0.0, tagged - origin) if tags_end else start + tagged
 
 
 def _clock_time(value) -> float | None:

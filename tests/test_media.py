@@ -289,3 +289,15 @@ def test_a_truncated_file_is_padded_to_its_announced_length_and_said_to_be_short
     whole = []
     decode_audio(full, warnings=whole), decode_video(full, warnings=whole)
     assert whole == []
+
+
+def test_matroska_duration_tags_are_read_as_their_writer_meant_them():
+    """ffmpeg tags a stream with where it ends, mkvmerge with how long it lasts (older files: DURATION-eng)."""
+    from mome_cli.media import _end
+
+    late = {"start_time": "2.000", "tags": {"DURATION": "00:00:04.000000000"}}
+    assert _end(late, 0.0, tags_end=True) == 4.0  # ffmpeg: it ends at 4 s
+    assert _end({"start_time": "2.000", "tags": {"DURATION-eng": "00:00:02.000000000"}}, 0.0, tags_end=False) == 4.0
+    assert _end({"start_time": "0.000", "tags": {"DURATION": "00:00:00.000000000"}}, 0.0) is None  # says nothing
+    assert _end({"start_time": "0.000", "tags": {"DURATION": "soon"}}, 0.0) is None
+    assert _end({"start_time": "1.000", "duration": "3.0", "tags": {"DURATION": "00:00:09"}}, 0.0) == 4.0
