@@ -38,7 +38,7 @@ from typing import Callable
 
 import numpy as np
 
-from .files import atomic_write, atomic_write_text, interrupt_after
+from .files import atomic_write_all, interrupt_after
 from .noise import LoopedNoise, mix_at_snr
 from .report import Report
 from .scoring import NORMALISATION, WordErrors, score
@@ -480,27 +480,26 @@ def _clock(recognizer) -> float:
 
 
 def write_outputs(evaluation: Evaluation, output_dir: Path) -> list[Path]:
-    """report.json, hypotheses.jsonl and (when something was scored) wer.png, each written atomically, and the three
-    as one: a Ctrl-C while they are written waits for the last (a new report beside an earlier run's figure would
-    contradict it). When nothing was scored, an earlier run's outputs are left as they were (returns []); else the
-    report lists what failed."""
+    """report.json, hypotheses.jsonl and (when something was scored) wer.png, written as one: all of them, or none
+    when one cannot be (a new report beside an earlier run's figure would contradict it), and a Ctrl-C while they
+    are written waits for the last. When nothing was scored, an earlier run's outputs are left as they were
+    (returns []); else the report lists what failed."""
     output_dir = Path(output_dir)
     if not evaluation.cells and (output_dir / REPORT_FILE).is_file():
         return []
-    written = [output_dir / REPORT_FILE, output_dir / HYPOTHESES_FILE]
     report = _json(evaluation.to_dict()) + "\n"
     hypotheses = "".join(json.dumps(h, ensure_ascii=False) + "\n" for h in evaluation.hypotheses)
+    writes = [(output_dir / REPORT_FILE, lambda tmp: Path(tmp).write_text(report, encoding="utf-8")),
+              (output_dir / HYPOTHESES_FILE, lambda tmp: Path(tmp).write_text(hypotheses, encoding="utf-8"))]
     if evaluation.cells:
         from .plotting import plot_wer  # matplotlib only when a figure is drawn
+
+        writes.append((output_dir / PLOT_FILE, lambda tmp: plot_wer(evaluation, tmp)))
     with interrupt_after():
-        atomic_write_text(written[0], report)
-        atomic_write_text(written[1], hypotheses)
-        if evaluation.cells:
-            written.append(output_dir / PLOT_FILE)
-            atomic_write(written[-1], lambda tmp: plot_wer(evaluation, tmp))
-        else:  # a figure left by anything else would contradict the report
+        atomic_write_all(writes)  # all three, or none if one cannot be written
+        if not evaluation.cells:  # a figure left by anything else would contradict the report
             (output_dir / PLOT_FILE).unlink(missing_ok=True)
-    return written
+    return [path for path, _ in writes]
 
 
 def _json(value, indent: int = 0) -> str:

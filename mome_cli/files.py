@@ -15,22 +15,35 @@ from typing import Callable
 
 def atomic_write(path, write: Callable[[str], None]) -> None:
     """Call write(tmp_path) for a temporary file beside path, then rename it to path; on failure remove it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    atomic_write_all([(path, write)])
+
+
+def atomic_write_all(writes: list[tuple[object, Callable[[str], None]]]) -> None:
+    """Files that belong together (a report and what it describes), each as atomic_write writes one: every one is
+    written under a temporary name before any is renamed into place, so that a failure while writing (a full disk,
+    an error in a writer) leaves them all as they were."""
+    temps = []  # (temporary file, its path)
     try:
-        write(tmp)
-        _fsync(tmp)  # the bytes on disk before the name points at them: a power cut leaves the old file or the new
-        os.chmod(tmp, _mode_for(path))  # mkstemp's file is private (0600): the mode a plain open() would give
-        os.replace(tmp, path)
+        for path, write in writes:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            temps.append((tmp, path))
+            write(tmp)
+            _fsync(tmp)  # the bytes on disk before the name points at them: a power cut leaves the old file or the new
+            os.chmod(tmp, _mode_for(path))  # mkstemp's file is private (0600): the mode a plain open() would give
+        for tmp, path in temps:
+            os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
         raise
-    try:
-        _fsync(path.parent)  # and the rename itself
-    except OSError:  # a file system that cannot sync a folder: the rename is still atomic
-        pass
+    for folder in dict.fromkeys(path.parent for _, path in temps):
+        try:
+            _fsync(folder)  # and the renames themselves
+        except OSError:  # a file system that cannot sync a folder: the rename is still atomic
+            pass
 
 
 def writable_folder(path) -> list[Path]:
@@ -66,8 +79,8 @@ def remove_folders(folders: list[Path]) -> None:
 @contextlib.contextmanager
 def interrupt_after():
     """Files written together (a report and what it describes) are all written, or a Ctrl-C leaves them all as they
-    were: a SIGINT that comes inside this is raised as KeyboardInterrupt when it ends. In the main thread only (the
-    one Python delivers signals to); elsewhere nothing is held back."""
+    were: a SIGINT that comes inside this is delivered again when it ends. In the main thread only (the one Python
+    delivers signals to); elsewhere nothing is held back."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -76,9 +89,9 @@ def interrupt_after():
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if came and callable(previous):  # Python's own handler raises KeyboardInterrupt; one that was ignored stays so
-        previous(signal.SIGINT, None)
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)  # None: set outside Python
+        if came:  # now as it would have come: KeyboardInterrupt, ignored, or the end of the process, as was set
+            signal.raise_signal(signal.SIGINT)
 
 
 def _fsync(path) -> None:
@@ -113,4 +126,4 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-__all__ = ["atomic_write", "atomic_write_text", "interrupt_after", "writable_folder", "remove_folders"]
+__all__ = ["atomic_write", "atomic_write_all", "atomic_write_text", "interrupt_after", "writable_folder", "remove_folders"]

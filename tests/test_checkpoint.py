@@ -1,5 +1,6 @@
 """Checkpoint directories: trainable tensors only, atomic writes, bit-exact reload, refusal of a mismatch."""
 
+import contextlib
 import json
 import os
 import stat
@@ -113,3 +114,23 @@ def test_atomic_write_syncs_the_bytes_before_the_rename_and_the_folder_after(tmp
     files.atomic_write_text(tmp_path / "state.txt", "x")
     assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]
     assert events[0][1].startswith(str(tmp_path / ".state.txt.")) and events[2][1] == str(tmp_path)
+
+
+@pytest.mark.parametrize("handler", ["python", "ignored"])
+def test_a_ctrl_c_inside_interrupt_after_comes_when_it_ends_as_it_would_have(handler):
+    import signal
+
+    from mome_cli.files import interrupt_after
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler if handler == "python" else signal.SIG_IGN)
+    done = []
+    try:
+        with pytest.raises(KeyboardInterrupt) if handler == "python" else contextlib.nullcontext():
+            with interrupt_after():
+                os.kill(os.getpid(), signal.SIGINT)
+                done.append("the rest of the block")
+        assert done == ["the rest of the block"]
+        assert signal.getsignal(signal.SIGINT) == (signal.default_int_handler if handler == "python" else
+                                                   signal.SIG_IGN)
+    finally:
+        signal.signal(signal.SIGINT, before)

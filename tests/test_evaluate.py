@@ -474,14 +474,25 @@ def test_a_ctrl_c_while_the_outputs_are_written_waits_for_the_last_of_them(tmp_p
     evaluation.cells.append(library.Cell((4, 2), CLEAN, score(["a b"], ["a c"]), 1.0, 0.1))
     evaluation.hypotheses.append({"id": "u", "rate": [4, 2], "snr": CLEAN, "ref": "a b", "hyp": "a c"})
     (tmp_path / "wer.png").write_bytes(b"an earlier run's")
-    write = library.atomic_write_text
+    (tmp_path / "report.json").write_text("an earlier run's")
+    write_all = library.atomic_write_all
 
-    def interrupted(path, text):  # Ctrl-C as the first file is written
-        if path.name == "report.json":
-            os.kill(os.getpid(), signal.SIGINT)
-        write(path, text)
+    def failing(writes):  # the figure cannot be drawn (a full disk, matplotlib): nothing replaced
+        def plot(tmp):
+            raise OSError(28, "No space left on device")
+        return write_all([*writes[:-1], (writes[-1][0], plot)])
 
-    monkeypatch.setattr(library, "atomic_write_text", interrupted)
+    monkeypatch.setattr(library, "atomic_write_all", failing)
+    with pytest.raises(OSError):
+        library.write_outputs(evaluation, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "wer.png"]
+    assert (tmp_path / "report.json").read_text() == "an earlier run's"
+
+    def interrupted(writes):  # Ctrl-C as the first file is written
+        path, write = writes[0]
+        return write_all([(path, lambda tmp: (os.kill(os.getpid(), signal.SIGINT), write(tmp))), *writes[1:]])
+
+    monkeypatch.setattr(library, "atomic_write_all", interrupted)
     with pytest.raises(KeyboardInterrupt):
         library.write_outputs(evaluation, tmp_path)
     assert json.loads((tmp_path / "report.json").read_text())["results"][0]["wer"] == 0.5
