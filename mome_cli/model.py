@@ -71,9 +71,12 @@ class ModelConfig:
                                  f"{getattr(self, name)!r}")
         if isinstance(self.mome, dict):
             self.mome = MoMEConfig(**self.mome)
-        self.rates = [tuple(int(r) for r in pair) for pair in self.rates]
-        if not self.rates or any(len(p) != 2 or min(p) < 1 for p in self.rates):
-            raise ValueError(f"rates must be a non-empty list of (audio, video) pairs of rates >= 1, got {self.rates}")
+        whole = lambda r: isinstance(r, int) and not isinstance(r, bool) and r >= 1  # noqa: E731
+        if not self.rates or not all(isinstance(p, (list, tuple)) and len(p) == 2 and all(map(whole, p))
+                                     for p in self.rates):
+            raise ValueError(f"rates must be a non-empty list of (audio, video) pairs of whole rates >= 1, got "
+                             f"{self.rates}")
+        self.rates = [tuple(pair) for pair in self.rates]
         if len(set(self.rates)) != len(self.rates):
             raise ValueError(f"rates has duplicate pairs: {self.rates}")
         if self.compression not in COMPRESSION_KINDS:
@@ -81,9 +84,13 @@ class ModelConfig:
         unknown = [m for m in self.modes if m not in MODES]
         if not self.modes or unknown:
             raise ValueError(f"modes must be a non-empty subset of {', '.join(MODES)}, got {self.modes}")
-        missing = [m for m in MODES if m not in self.prompts]
+        missing = [m for m in MODES if not isinstance(self.prompts.get(m), str)]
         if missing:
             raise ValueError(f"prompts has no text for mode(s) {', '.join(missing)}")
+        for modality in ("audio", "video"):
+            tag = self.tags.get(modality)
+            if not (isinstance(tag, (list, tuple)) and len(tag) == 2 and all(isinstance(t, str) for t in tag)):
+                raise ValueError(f"tags must give {modality} an opening and a closing text, got {tag!r}")
 
     def rates_for(self, mode: str) -> list[Rate]:
         """Trained rates in a mode: (a, v) pairs for av, (a, None) for a, (None, v) for v; first is the default."""

@@ -60,6 +60,13 @@ def test_missing_or_damaged_checkpoints_are_clear_errors(tmp_path, model):
     (lambda c: json.dumps({**c, "model": {**c["model"], "projector_hidden": -3}}).encode(),
      "projector_hidden must be a whole number >= 1, got -3"),
     (lambda c: json.dumps({**c, "model": {**c["model"], "llm": 7}}).encode(), "llm must be text, got 7"),
+    (lambda c: json.dumps({**c, "model": {**c["model"], "prompts": {"a": 1, "v": 2, "av": 3}}}).encode(),
+     "prompts has no text for mode"),
+    (lambda c: json.dumps({**c, "model": {**c["model"], "tags": {"audio": "x"}}}).encode(),
+     "tags must give audio an opening and a closing text, got 'x'"),
+    (lambda c: json.dumps({**c, "model": {**c["model"], "rates": [[4.7, 2]]}}).encode(),
+     "rates must be a non-empty list of .* whole rates"),  # was cut to 4
+    (lambda c: json.dumps({**c, "model": {**c["model"], "rates": [4]}}).encode(), "rates must be"),
 ])
 def test_a_damaged_config_json_is_one_clear_error(tmp_path, model, damage, message):
     save_checkpoint(model, tmp_path)
