@@ -350,10 +350,11 @@ class Trainer:
             saved = self.step % cfg.save_every == 0 or self.step == self.total
             if saved:
                 self.save()
-            if stop.agreed(self.world, self.device):  # after the last step too: what is left can take minutes
+            # after the last step too, when its end has work left (validation, averaging), which can take minutes
+            if stop.agreed(self.world, self.device) and (self.step < self.total or self._end_left()):
                 if not saved:
                     self.save(snapshot=False)
-                raise TrainingStopped(stop.signal, self.step, self.total, self.out)
+                raise TrainingStopped(stop.signal, self.step, self.total, self.out, self._end_left())
         self._ending = True  # the steps are done and saved: a stop between the end's stages loses nothing
         if self.data.valid_clips and not (cfg.eval_every and self.step % cfg.eval_every == 0):
             self.validate()
@@ -363,7 +364,15 @@ class Trainer:
         """At the end of a run (its last step saved, before each validation cell and the averaging): TrainingStopped
         if a stop signal came; `--resume` does what was left."""
         if self._ending and self._stop is not None and self._stop.agreed(self.world, self.device):
-            raise TrainingStopped(self._stop.signal, self.step, self.total, self.out)
+            raise TrainingStopped(self._stop.signal, self.step, self.total, self.out, self._end_left())
+
+    def _end_left(self) -> list[str]:
+        """What the end of the run does after its last step, and a resumed run that is at it does again."""
+        cfg, valid = self.config, bool(self.data.valid_clips)
+        left = ["the final validation"] if valid and not (cfg.eval_every and self.step % cfg.eval_every == 0) else []
+        if cfg.average_last:
+            left.append("the averaging" + " and its validation" * valid)
+        return left
 
     def _cells(self) -> list[tuple]:
         """(mode, rate, name) of everything a step trains, in EveryMode's order; names are "4,2", or "av 4,2" when
@@ -567,15 +576,16 @@ class Trainer:
 class TrainingStopped(Exception):
     """The run was stopped by a signal after a step, and saved there: `--resume` continues it."""
 
-    def __init__(self, signal_number: int, step: int, total: int, out: Path):
+    def __init__(self, signal_number: int, step: int, total: int, out: Path, end_left: list[str] = ()):
         self.signal_number = signal_number
         name = signal.Signals(signal_number).name
         if step < total:
             super().__init__(f"stopped by {name} after step {step} of {total}, saved: continue with "
                              f"`mome train -o {out} --resume`")
         else:
-            super().__init__(f"stopped by {name} after the last step ({step}), saved; the final validation and "
-                             f"averaging are left: `mome train -o {out} --resume` does them")
+            left = " and ".join(end_left) or "nothing"
+            super().__init__(f"stopped by {name} after the last step ({step}), saved; {left} left: "
+                             f"`mome train -o {out} --resume` does {'it' if len(end_left) < 2 else 'them'}")
 
 
 class _StopRequest:

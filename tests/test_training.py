@@ -238,7 +238,7 @@ def test_a_stop_signal_after_the_last_step_stops_what_is_left_and_resume_does_it
 
     monkeypatch.setattr(training.Trainer, "_finish", interrupted)
     with pytest.raises(training.TrainingStopped, match=f"stopped by SIGINT after the last step \\({STEPS}\\), saved; "
-                                                       "the final validation and averaging are left"):
+                                                       "the averaging and its validation left"):
         training.run(config, resume=True, quiet=True)
     assert (out / "model.safetensors").read_bytes() == last  # not averaged
     assert len(records(out, "average")) == len(records(trained, "average"))  # no new averaging
