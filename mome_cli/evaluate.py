@@ -122,8 +122,10 @@ class EvaluateJob:
 
 
 def babble(utterances: list, load_audio: Callable, seed: int, log: Callable[[str], None],
-           talkers: int = BABBLE_TALKERS) -> LoopedNoise:
-    """Babble from up to talkers + 1 of the utterances (drawn with the seed); fewer when the corpus is smaller."""
+           talkers: int = BABBLE_TALKERS, said: frozenset = frozenset()) -> LoopedNoise:
+    """Babble from up to talkers + 1 of the utterances (drawn with the seed); fewer when the corpus is smaller.
+    An utterance that cannot be read is left out, with a warning unless its id is in said (the evaluation's own
+    error says why)."""
     from .media import MediaError
 
     order = np.random.default_rng(seed).permutation(len(utterances))
@@ -133,7 +135,9 @@ def babble(utterances: list, load_audio: Callable, seed: int, log: Callable[[str
             break
         try:
             audio = load_audio(utterances[k])
-        except MediaError:  # left out of the babble; the evaluation says why once, as it fails there too
+        except MediaError as e:
+            if utterances[k].id not in said:
+                log(f"warning: babble: skipping {utterances[k].id}: {e}")
             continue
         if np.any(audio):
             pool.append((utterances[k].id, audio))
@@ -365,7 +369,8 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
             noise = LoopedNoise([(None, sound)], count=1, seed=job.seed)
             evaluation.noise = {"source": "file", "path": str(job.noise), "seconds": round(len(sound) / SAMPLE_RATE, 3)}
         else:
-            noise = babble(utterances, loader.audio_of, job.seed, log)
+            failed = frozenset(i for i, _ in evaluation.failed)  # each said once, as an error
+            noise = babble(utterances, loader.audio_of, job.seed, log, said=failed)
             evaluation.noise = {"source": "babble", "talkers": noise.count, "pool": noise.ids,
                                 "rule": "each utterance hears the first `talkers` of `pool` other than itself"}
 

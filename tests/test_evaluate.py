@@ -422,6 +422,26 @@ def test_babble_never_holds_the_utterance_itself(corpus_size, talkers):
         assert set(heard) == {ids.index(noise.ids[t]) for t in noise.talkers_for(i)}
 
 
+def test_a_babble_talker_that_cannot_be_read_is_said_unless_the_evaluation_says_it():
+    """Talkers come from the whole manifest, beyond --limit: one that is not evaluated is said here, one that is
+    evaluated (and failed there, with its own error line) is not said twice."""
+    from mome_cli.media import MediaError
+
+    ids = ["a", "b", "c", "bad", "gone"]
+    sources = tones(ids[:3])
+
+    def load(u):
+        if u.id not in sources:
+            raise MediaError(f"{u.id}.wav", "not a readable media file")
+        return sources[u.id]
+
+    said = []
+    babble([Utterance(i, "x", audio=Path(f"{i}.wav")) for i in ids], load, seed=0, log=said.append,
+           said=frozenset({"bad"}))
+    assert [m for m in said if "skipping" in m] == ["warning: babble: skipping gone: gone.wav: not a readable media "
+                                                    "file"]
+
+
 @pytest.mark.parametrize("snr", [-5, 0, 5, 20])
 def test_mixing_hits_the_target_snr(snr):
     ids = [f"u{k}" for k in range(9)]
