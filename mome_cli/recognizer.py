@@ -91,15 +91,7 @@ class Recognizer:
         """The longest segment to cut: the one asked (--max-segment), which must fit the audio encoder's window, or
         max_segment_seconds. A model trained on short utterances may read only the first sentence of a long segment:
         a shorter limit cuts at more pauses."""
-        if asked is None:
-            return self.max_segment_seconds
-        if asked <= 0:
-            raise UsageProblem(f"--max-segment {asked:g}: the limit must be a positive number of seconds")
-        if asked > self.max_segment_seconds:
-            raise UsageProblem(f"--max-segment {asked:g}: this model takes segments of at most "
-                               f"{self.max_segment_seconds:g} s (its audio encoder's window, and never over "
-                               f"{MAX_SEGMENT_SECONDS:g} s)")
-        return asked
+        return segment_limit(asked, self.max_segment_seconds)
 
     def rate_for(self, mode: str, rate: tuple | None, any_rate: bool = False) -> tuple:
         """The rate to use in a mode: the given one (checked against the trained ones) or the first trained.
@@ -285,6 +277,18 @@ def rate_for(config: ModelConfig, mode: str, rate: tuple | None, any_rate: bool 
     return rate
 
 
+def segment_limit(asked: float | None, most: float) -> float:
+    """--max-segment checked against the longest segment a model takes (most); UsageProblem if it cannot be."""
+    if asked is None:
+        return most
+    if not asked > 0:  # NaN too
+        raise UsageProblem(f"--max-segment {asked:g}: the limit must be a positive number of seconds")
+    if asked > most:
+        raise UsageProblem(f"--max-segment {asked:g}: this model takes segments of at most {most:g} s (its audio "
+                           f"encoder's window, and never over {MAX_SEGMENT_SECONDS:g} s)")
+    return asked
+
+
 def check_options(model: str, adapter: str | None, device: str, options: RecognizeOptions) -> None:
     """What load_recognizer and its checks refuse, from the configs alone (no weights loaded): for a run that has
     nothing left to transcribe, so that a mistyped option fails there too rather than pass unseen."""
@@ -295,10 +299,7 @@ def check_options(model: str, adapter: str | None, device: str, options: Recogni
     if device == "cuda":
         resolve_device(device)
     rate_for(config, options.mode, options.rate, options.any_rate)
-    asked = options.max_segment
-    if asked is not None and not 0 < asked <= MAX_SEGMENT_SECONDS:  # the encoder's own window is known once loaded
-        raise UsageProblem(f"--max-segment {asked:g}: the limit must be a positive number of seconds, at most "
-                           f"{MAX_SEGMENT_SECONDS:g}")
+    segment_limit(options.max_segment, MAX_SEGMENT_SECONDS)  # the audio encoder's window is known once it loads
 
 
 def shadowed_preset(model: str) -> str | None:

@@ -400,6 +400,9 @@ def test_options_a_run_would_refuse_are_refused_when_every_output_exists_too(tra
     for flags, code, message in ((["--rate", "9,9"], 2, "rate 9,9 was not trained for mode av"),
                                  (["--model", "nosuchmodel"], 2, "neither a preset"),
                                  (["--max-segment", "50"], 2, "--max-segment 50"),
+                                 (["--max-segment", "nan"], 2, "--max-segment nan: the limit must be a positive"),
+                                 (["--device", "cuda"] if not torch.cuda.is_available() else ["--rate", "x"], 2,
+                                  "--device cuda: no CUDA device" if not torch.cuda.is_available() else "--rate"),
                                  (["--adapter", tmp_path / "nowhere"], 2, "no such checkpoint directory"),
                                  (["--model", "mome-1b"], 4, "--adapter DIR")):
         result = mome("transcribe", clip, "--model", trained / "ckpt", "--roi", "-o", out, *flags, cwd=trained)
