@@ -224,7 +224,8 @@ def decode_audio(path, start: float = 0.0, duration: float | None = None, info: 
     SHORT_STREAM_SECONDS early is padded with silence and said in warnings.
 
     to_end (from the start, for audio read alone): the whole stream, also past the length the file announces, which
-    can be an estimate (ffprobe guesses an MP3 without a Xing header from its bitrate: a VBR file was cut short)."""
+    can be an estimate (ffprobe guesses an MP3 without a Xing header from its bitrate: a VBR file was cut short);
+    that includes a codec's padding at the end (AAC: up to ~20 ms of silence)."""
     info = info or probe(path)
     if not info.has_audio:
         raise NoAudioError(path, "no audio stream")

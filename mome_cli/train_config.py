@@ -315,8 +315,8 @@ def resolve_config(config_file=None, overrides: dict | None = None, resume: bool
             raise ValueError("not a JSON object")
         before = TrainConfig(**saved).to_dict()
     except (OSError, ValueError, TypeError) as e:  # ConfigError too: a value the saved run could not have had
-        raise ConfigError(f"--resume: {saved_path}: damaged, the run cannot be resumed from it "
-                          f"({getattr(e, 'strerror', None) or e})") from e
+        raise ConfigError(f"--resume: {saved_path}: damaged or from another version of mome, the run cannot be "
+                          f"resumed from it ({getattr(e, 'strerror', None) or e})") from e
     config = TrainConfig(**_layer(_layer({}, saved, str(saved_path)), values, "flags and recipe"))
     changed = [k for k, v in config.to_dict().items() if k not in RESUMABLE and v != before[k]]
     if changed:
