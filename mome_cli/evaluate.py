@@ -38,7 +38,7 @@ from typing import Callable
 
 import numpy as np
 
-from .files import atomic_write_all, interrupt_after
+from .files import atomic_write_all, interrupt_after, text_writer
 from .noise import LoopedNoise, mix_at_snr
 from .report import Report
 from .scoring import NORMALISATION, WordErrors, score
@@ -492,10 +492,9 @@ def write_outputs(evaluation: Evaluation, output_dir: Path) -> list[Path]:
     output_dir = Path(output_dir)
     if not evaluation.cells and (output_dir / REPORT_FILE).is_file():
         return []
-    report = _json(evaluation.to_dict()) + "\n"
     hypotheses = "".join(json.dumps(h, ensure_ascii=False) + "\n" for h in evaluation.hypotheses)
-    writes = [(output_dir / REPORT_FILE, lambda tmp: Path(tmp).write_text(report, encoding="utf-8")),
-              (output_dir / HYPOTHESES_FILE, lambda tmp: Path(tmp).write_text(hypotheses, encoding="utf-8"))]
+    writes = [(output_dir / REPORT_FILE, text_writer(_json(evaluation.to_dict()) + "\n")),
+              (output_dir / HYPOTHESES_FILE, text_writer(hypotheses))]
     if evaluation.cells:
         from .plotting import plot_wer  # matplotlib only when a figure is drawn
 

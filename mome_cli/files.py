@@ -123,7 +123,13 @@ def _umask() -> int:
 
 
 def atomic_write_text(path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(path, text_writer(text))
 
 
-__all__ = ["atomic_write", "atomic_write_all", "atomic_write_text", "interrupt_after", "writable_folder", "remove_folders"]
+def text_writer(text: str) -> Callable[[str], None]:
+    """A writer for atomic_write(_all) that writes text as UTF-8."""
+    return lambda tmp: Path(tmp).write_text(text, encoding="utf-8")
+
+
+__all__ = ["atomic_write", "atomic_write_all", "atomic_write_text", "text_writer", "interrupt_after", "writable_folder",
+           "remove_folders"]

@@ -589,5 +589,6 @@ def _folder_size(folder: Path) -> int:
 __all__ = ["HubError", "MissingModelError", "UnusableModelError", "ChecksumError", "CacheWriteError", "HubRepo",
            "RemoteFile", "Preset", "PRESETS", "WHISPER_MEDIUM_EN", "AVHUBERT_LARGE", "FACE_ALIGNMENT_FILES",
            "get_preset", "mome_home", "users_copies", "hub_cache_dir", "torch_home", "face_alignment_dir",
-           "face_alignment_env", "hub_offline", "sha256_of", "verify_file", "fetch_url", "fetch_file", "fetch_repo", "ResolvedPreset",
-           "locate", "missing_items", "resolve_preset", "download_preset", "cache_listing", "human_size"]
+           "face_alignment_env", "hub_checkpoints", "hub_offline", "sha256_of", "verify_file", "fetch_url",
+           "fetch_file", "fetch_repo", "ResolvedPreset", "locate", "missing_items", "resolve_preset", "download_preset",
+           "cache_listing", "human_size"]

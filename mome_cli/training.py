@@ -202,9 +202,7 @@ class Trainer:
             if not self.resume:  # traces of an earlier attempt that never saved
                 (self.out / LOG_NAME).unlink(missing_ok=True)
                 shutil.rmtree(self.out / SNAPSHOTS, ignore_errors=True)
-                for tmp in self.out.iterdir():
-                    if save_leftover(tmp.name):  # a killed save's
-                        tmp.unlink(missing_ok=True)
+                self._remove_save_leftovers()
             atomic_write_text(self.out / CONFIG_NAME, json.dumps(cfg.to_dict(), indent=2) + "\n")
         try:
             self._setup_run()
@@ -356,7 +354,7 @@ class Trainer:
                     self.save(snapshot=False)
                 raise TrainingStopped(stop.signal, self.step, self.total, self.out, self._end_left())
         self._ending = True  # the steps are done and saved: a stop between the end's stages loses nothing
-        if self.data.valid_clips and not (cfg.eval_every and self.step % cfg.eval_every == 0):
+        if self._final_validation_due():
             self.validate()
         self._finish()
 
@@ -366,12 +364,16 @@ class Trainer:
         if self._ending and self._stop is not None and self._stop.agreed(self.world, self.device):
             raise TrainingStopped(self._stop.signal, self.step, self.total, self.out, self._end_left())
 
+    def _final_validation_due(self) -> bool:
+        """Whether the run's end validates: there is a validation set and the last step did not just validate."""
+        cfg = self.config
+        return bool(self.data.valid_clips) and not (cfg.eval_every and self.step % cfg.eval_every == 0)
+
     def _end_left(self) -> list[str]:
         """What the end of the run does after its last step, and a resumed run that is at it does again."""
-        cfg, valid = self.config, bool(self.data.valid_clips)
-        left = ["the final validation"] if valid and not (cfg.eval_every and self.step % cfg.eval_every == 0) else []
-        if cfg.average_last:
-            left.append("the averaging" + " and its validation" * valid)
+        left = ["the final validation"] if self._final_validation_due() else []
+        if self.config.average_last:
+            left.append("the averaging" + " and its validation" * bool(self.data.valid_clips))
         return left
 
     def _cells(self) -> list[tuple]:
@@ -505,14 +507,19 @@ class Trainer:
             for snapshot in (self.out / SNAPSHOTS).glob("step-*"):  # complete or not
                 if int(snapshot.name.split("-")[1]) > self.step:
                     shutil.rmtree(snapshot, ignore_errors=True)
-            for tmp in [*self.out.iterdir(), *self.out.glob(f"{SNAPSHOTS}/*/*")]:
-                if save_leftover(tmp.name) and tmp.is_file():  # a killed save's (a user's own files are kept)
-                    tmp.unlink(missing_ok=True)
+            self._remove_save_leftovers(*(self.out / SNAPSHOTS).glob("*"))
             log = self.out / LOG_NAME
             if log.is_file():
                 lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines()
                          if _logged_step(ln) <= self.step]
                 atomic_write_text(log, "".join(ln + "\n" for ln in lines))
+
+    def _remove_save_leftovers(self, *more_folders: Path) -> None:
+        """A killed save's temporary files in the run folder (and in more_folders); a user's own files are kept."""
+        for folder in (self.out, *more_folders):
+            for tmp in folder.iterdir() if folder.is_dir() else ():
+                if save_leftover(tmp.name) and tmp.is_file():
+                    tmp.unlink(missing_ok=True)
 
     def _stretch_schedule(self, total: int, warmup: int) -> None:
         """A run resumed with another length (--steps, --epochs): the warmup stays as it was, the cosine is stretched
