@@ -62,14 +62,14 @@ STATE_FORMAT = 1  # bumped when trainer_state.pt changes layout
 DIGEST_ENV = "MOME_TRAIN_DIGEST_DIR"
 
 
-def _logged_step(line: str) -> float:
-    """The step of a log.jsonl line; infinity for a line that is not a record (torn by a full disk or a crash, as
-    the log is appended to), so that it is dropped with the records after the step a run resumes from."""
+def _log_record(line: str) -> dict | None:
+    """A log.jsonl line's record; None for a line that is not one (torn by a full disk or a crash, as the log is
+    appended to)."""
     try:
-        step = json.loads(line)["step"]
-    except (ValueError, TypeError, KeyError):
-        return math.inf
-    return step if isinstance(step, int) else math.inf
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
 
 
 class TrainingError(RuntimeError):
@@ -152,6 +152,7 @@ class Trainer:
         self.elapsed = 0.0
         self.meter, self.meter_steps = None, 0  # summed losses since the last log line
         self._stop, self._ending = None, False  # the stop request while train() runs; past the last step
+        self._validated_at_end = False  # the final validation is done (before a stop in the averaging)
 
     # -- messages --------------------------------------------------------------------------------------------------
 
@@ -356,6 +357,7 @@ class Trainer:
         self._ending = True  # the steps are done and saved: a stop between the end's stages loses nothing
         if self._final_validation_due():
             self.validate()
+            self._validated_at_end = True
         self._finish()
 
     def _stop_if_asked(self) -> None:
@@ -365,9 +367,11 @@ class Trainer:
             raise TrainingStopped(self._stop.signal, self.step, self.total, self.out, self._end_left())
 
     def _final_validation_due(self) -> bool:
-        """Whether the run's end validates: there is a validation set and the last step did not just validate."""
+        """Whether the run's end validates: there is a validation set, and neither the last step nor the end (before a
+        stop) did."""
         cfg = self.config
-        return bool(self.data.valid_clips) and not (cfg.eval_every and self.step % cfg.eval_every == 0)
+        return (bool(self.data.valid_clips) and not (cfg.eval_every and self.step % cfg.eval_every == 0)
+                and not self._validated_at_end)
 
     def _end_left(self) -> list[str]:
         """What the end of the run does after its last step, and a resumed run that is at it does again."""
@@ -503,16 +507,25 @@ class Trainer:
         self.elapsed = state["elapsed"]
         meter = state["meter"]
         self.meter, self.meter_steps = (None if meter is None else meter.to(self.device)), state["meter_steps"]
-        if self.main:  # what the stopped run did after its last save is done again: forget its traces
+        # What the stopped run did after its last save is done again: its traces are forgotten. At the run's end that
+        # is the averaging and its validation, not the final validation before them (every process reads that here).
+        log, kept, at_end = self.out / LOG_NAME, [], self.step == self.total
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if log.is_file() else ():
+            record = _log_record(line)
+            if record is None or record["step"] > self.step:
+                continue
+            if at_end and record["step"] == self.step:
+                if record.get("kind") == "average" or "averaged_steps" in record:
+                    continue
+                self._validated_at_end |= record.get("kind") == "eval"
+            kept.append(line)
+        if self.main:
             for snapshot in (self.out / SNAPSHOTS).glob("step-*"):  # complete or not
                 if int(snapshot.name.split("-")[1]) > self.step:
                     shutil.rmtree(snapshot, ignore_errors=True)
             self._remove_save_leftovers(*(self.out / SNAPSHOTS).glob("*"))
-            log = self.out / LOG_NAME
             if log.is_file():
-                lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines()
-                         if _logged_step(ln) <= self.step]
-                atomic_write_text(log, "".join(ln + "\n" for ln in lines))
+                atomic_write_text(log, "".join(line + "\n" for line in kept))
 
     def _remove_save_leftovers(self, *more_folders: Path) -> None:
         """A killed save's temporary files in the run folder (and in more_folders); a user's own files are kept."""

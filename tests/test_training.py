@@ -241,11 +241,48 @@ def test_a_stop_signal_after_the_last_step_stops_what_is_left_and_resume_does_it
                                                        "the averaging and its validation left"):
         training.run(config, resume=True, quiet=True)
     assert (out / "model.safetensors").read_bytes() == last  # not averaged
-    assert len(records(out, "average")) == len(records(trained, "average"))  # no new averaging
+    assert records(trained, "average") and not records(out, "average")  # the copy's forgotten, none made
     monkeypatch.setattr(training.Trainer, "_finish", finish)
     training.run(config, resume=True, quiet=True)
     averaged, expected = load_file(out / "model.safetensors"), load_file(trained / "model.safetensors")
     assert all(torch.equal(averaged[n], expected[n]) for n in expected)
+
+
+def test_a_run_stopped_after_its_final_validation_does_not_validate_again_on_resume(trained, corpus, tmp_path,
+                                                                                   monkeypatch):
+    """The final validation (eval_every not at the last step) is done once: a stop in the averaging after it said it
+    was left, and the resumed run did it again, writing a second record of it into log.jsonl."""
+    from mome_cli import training
+    from mome_cli.train_config import resolve_config
+
+    out = tmp_path / "validated"
+    shutil.copytree(trained, out)
+    shutil.copy(out / "snapshots" / f"step-{STEPS:06d}" / "model.safetensors", out / "model.safetensors")
+    lines = (out / "log.jsonl").read_text().splitlines()
+    (out / "log.jsonl").write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["step"] < STEPS or
+                                           json.loads(ln)["kind"] in ("train", "save")))  # as at its last save
+    monkeypatch.setenv("MOME_HOME", str(corpus / "home"))
+    monkeypatch.chdir(corpus)
+    config = resolve_config(RECIPE, {"train": str(corpus / "train.jsonl"), "valid": str(corpus / "train.jsonl"),
+                                     "roi": True, "output": str(out), "steps": STEPS, "batch_frames": 100,
+                                     "save_every": SAVE_EVERY, "eval_every": 100, "average_last": 2}, resume=True)
+    average = training.Trainer.average
+
+    def interrupted(self, k):  # Ctrl-C once the averaging has written its record
+        steps = average(self, k)
+        os.kill(os.getpid(), signal.SIGINT)
+        return steps
+
+    monkeypatch.setattr(training.Trainer, "average", interrupted)
+    with pytest.raises(training.TrainingStopped, match="saved; the averaging and its validation left"):
+        training.run(config, resume=True, quiet=True)
+    final = [r for r in records(out, "eval") if r["step"] == STEPS and "averaged_steps" not in r]
+    assert len(final) == 1 and len(records(out, "average")) == 1
+    monkeypatch.setattr(training.Trainer, "average", average)
+    training.run(config, resume=True, quiet=True)
+    assert [r for r in records(out, "eval") if r["step"] == STEPS and "averaged_steps" not in r] == final
+    assert len(records(out, "average")) == 1  # the averaging done again, its first record forgotten
+    assert len([r for r in records(out, "eval") if "averaged_steps" in r]) == 1
 
 
 def test_an_utterance_longer_than_the_audio_window_is_skipped_with_a_warning(corpus, tmp_path):
