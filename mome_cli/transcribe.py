@@ -86,27 +86,34 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
     from .preprocess import Preprocessor, ReadAhead
 
     report = Report()
-    stems = output_stems(job.inputs)
-    todo = []  # (input, stem, the formats to write)
-    for item, stem in zip(job.inputs, stems):
+    todo, done = [], []  # (input, stem, the formats to write); (input, stem) of those whose outputs all exist
+    for item, stem in zip(job.inputs, output_stems(job.inputs)):
         formats = [f for f in job.formats if job.overwrite or not output_path(job.output_dir, stem, f).is_file()]
         if formats or not job.formats:
             todo.append((item, stem, formats))
-            continue
-        report.skipped += 1
-        if job.stdout:
-            try:
-                text = read_text(job.output_dir, stem, job.formats)
-            except (OSError, ValueError) as e:
-                log(f"warning: {item.path}: its outputs exist (skipped) but its text cannot be read back from them: "
-                    f"{e}")
-            else:
-                print_line(item.path, text)
-        progress and progress(1)
-    if not todo:  # nothing to transcribe, but options that a run with work would refuse are refused here too
+        else:
+            done.append((item, stem))
+
+    def check_and_skip():
+        """Options that the model refuses are refused before anything is printed (a run with nothing left to
+        transcribe included); then the skipped inputs are counted, and printed with --stdout."""
         from .recognizer import check_options
 
         check_options(job.model, job.adapter, job.device, recognize_options)
+        for item, stem in done:
+            report.skipped += 1
+            if job.stdout:
+                try:
+                    text = read_text(job.output_dir, stem, job.formats)
+                except (OSError, ValueError) as e:
+                    log(f"warning: {item.path}: its outputs exist (skipped) but its text cannot be read back from "
+                        f"them: {e}")
+                else:
+                    print_line(item.path, text)
+            progress and progress(1)
+
+    if not todo:
+        check_and_skip()
         return report
 
     def detail(level: int, message: str) -> None:  # -v and more
@@ -130,6 +137,7 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
                    cost=lambda prepared: prepared[0].duration, budget=READ_AHEAD_SECONDS) as prepared:
         from .recognizer import load_recognizer, shadowed_preset
 
+        check_and_skip()
         if warning := shadowed_preset(job.model):
             log(warning)
         started = time.perf_counter()

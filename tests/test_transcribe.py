@@ -405,8 +405,15 @@ def test_options_a_run_would_refuse_are_refused_when_every_output_exists_too(tra
                                   "--device cuda: no CUDA device" if not torch.cuda.is_available() else "--rate"),
                                  (["--adapter", tmp_path / "nowhere"], 2, "no such checkpoint directory"),
                                  (["--model", "mome-1b"], 4, "--adapter DIR")):
-        result = mome("transcribe", clip, "--model", trained / "ckpt", "--roi", "-o", out, *flags, cwd=trained)
+        result = mome("transcribe", clip, "--model", trained / "ckpt", "--roi", "-o", out, *flags, "--stdout",
+                      cwd=trained)
         assert result.returncode == code and message in result.stderr, result.explain
+        assert result.stdout == "", result.explain  # refused before the skipped input's line was printed
+    other = tmp_path / "other.mp4"  # and in a run with work, before it too
+    shutil.copy(clip, other)
+    refused = mome("transcribe", clip, other, "--model", trained / "ckpt", "--roi", "-o", out, "--rate", "9,9",
+                   "--stdout", cwd=trained)
+    assert refused.returncode == 2 and refused.stdout == "" and not (out / "other.txt").exists(), refused.explain
     again = mome("transcribe", clip, "--model", trained / "ckpt", "--roi", "-o", out, "--rate", "16,5", cwd=trained)
     assert again.returncode == 0 and "0 ok, 1 skipped, 0 failed" in again.stderr, again.explain
 
