@@ -92,6 +92,11 @@ class ModelConfig:
             if not (isinstance(tag, (list, tuple)) and len(tag) == 2 and all(isinstance(t, str) for t in tag)):
                 raise ValueError(f"tags must give {modality} an opening and a closing text, got {tag!r}")
 
+    @property
+    def inputs(self) -> str:
+        """What its modes read, "av", "a" or "v": the model has an encoder for each (a mode-a model reads no lips)."""
+        return "".join(m for m in "av" if any(m in mode for mode in self.modes))
+
     def rates_for(self, mode: str) -> list[Rate]:
         """Trained rates in a mode: (a, v) pairs for av, (a, None) for a, (None, v) for v; first is the default."""
         if mode == "av":

@@ -253,9 +253,9 @@ def preset_config(name: str) -> ModelConfig:
 
 
 def rate_for(config: ModelConfig, mode: str, rate: tuple | None, any_rate: bool = False) -> tuple:
-    """Recognizer.rate_for from the config alone: a model has the encoders of the modes it was trained in."""
+    """Recognizer.rate_for from the config alone."""
     lacking = [name for name, letter in (("audio", "a"), ("video", "v"))
-               if letter in mode and letter not in "".join(config.modes)]
+               if letter in mode and letter not in config.inputs]
     if lacking:
         modes = config.modes
         raise UsageProblem(f"--mode {mode}: this model was trained for mode{'s' * (len(modes) > 1)} "
@@ -388,11 +388,10 @@ def build_recognizer(config: ModelConfig, home: Path, device: str, dtype: torch.
                               native=native)
     with seeded(seed):
         avsr = AVSRModel(config, llm, tokenizer)
-    modes = "".join(config.modes)
     return Recognizer(
         avsr.to(device).eval(),
-        load_audio_encoder(config, home, device, native) if "a" in modes else None,
-        load_video_encoder(config, home, device) if "v" in modes else None,
+        load_audio_encoder(config, home, device, native) if "a" in config.inputs else None,
+        load_video_encoder(config, home, device) if "v" in config.inputs else None,
         name=name,
     )
 
