@@ -154,12 +154,13 @@ class BeamSearchDecoder:
             rows, tokens, new_scores, new_seqs = [], [], [], []
             for b in range(B):
                 kept = 0
-                for s, idx in zip(top_scores[b], top_index[b]):
+                for rank, (s, idx) in enumerate(zip(top_scores[b], top_index[b])):
                     if kept == K or len(ended[b]) >= K or s == float("-inf"):
                         break
                     source, token = b * K + idx // V, idx % V
-                    if token == eos:
-                        ended[b].append((self.score(s, len(seqs[source]) + 1), seqs[source], s))
+                    if token == eos:  # ends a hypothesis only from the top K (as transformers' and fairseq's search)
+                        if rank < K:
+                            ended[b].append((self.score(s, len(seqs[source]) + 1), seqs[source], s))
                         continue
                     rows.append(source), tokens.append(token), new_scores.append(s)
                     new_seqs.append(seqs[source] + [token])

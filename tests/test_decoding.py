@@ -69,6 +69,33 @@ def test_reported_logprob_is_the_sequence_logprob(model, beam):
                                            abs=1e-3)
 
 
+def test_beam_search_gives_transformers_beam_search():
+    """Only an end of sentence among the top K candidates ends a hypothesis, as in transformers' generate (with
+    early_stopping: a clip ends once K have): one ranked K to 2K-1 used to end one too, filling the K ended with weak
+    short ones, so that search stopped early on a worse transcript. An EOS bias makes EOS compete, as near the end
+    of an utterance."""
+    model = tiny_model()
+    eos = model.tokenizer.eos_token_id
+    bias = 4.0 * (torch.arange(model.llm.config.vocab_size) == eos)
+    model.llm.lm_head.register_forward_hook(lambda module, args, out: out + bias)
+    options, differ = DecodingOptions(max_new_tokens=12, beam_size=5), []
+    for seed in range(3):
+        features = random_features((50, 23, 37), seed=seed)
+        for rate in [(4, 2), (16, 5)]:
+            for i in range(3):
+                one = clip(features, i)
+                ours = decode(model, one, rate, options=options, static=False)[0].tokens
+                prefix = model.prefix(one, rate)
+                with torch.no_grad():
+                    out = model.llm.generate(inputs_embeds=prefix.embeds, attention_mask=prefix.attention_mask,
+                                             do_sample=False, num_beams=5, early_stopping=True, length_penalty=1.0,
+                                             max_new_tokens=12, eos_token_id=eos, pad_token_id=eos)[0].tolist()
+                theirs = out[:out.index(eos)] if eos in out else out
+                if ours != theirs:
+                    differ.append((seed, rate, i, ours, theirs))
+    assert not differ
+
+
 def test_modes_and_rates_decode_from_one_model(model):
     features = random_features((50, 20))
     for mode, rate in [("a", (16, None)), ("v", (None, 2)), ("av", (4, 5))]:
