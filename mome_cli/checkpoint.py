@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
+from .configuration import ModelConfig
 from .files import atomic_write
-from .model import AVSRModel, ModelConfig
+
+if TYPE_CHECKING:  # torch is imported where it is used: reading a config needs none
+    import torch
+
+    from .model import AVSRModel
 
 CONFIG_NAME = "config.json"
 BACKBONES_NAME = "backbones.json"  # in a folder of backbones trained here (pretrain.py): their ModelConfig fields
@@ -114,6 +118,8 @@ def load_weights(model: AVSRModel, directory: str | os.PathLike) -> None:
             f"{path}: tensors do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"wrong shape {wrong[:5]})"
         )
+    import torch
+
     with torch.no_grad():
         params = dict(model.named_parameters())
         for name, tensor in tensors.items():
@@ -123,6 +129,7 @@ def load_weights(model: AVSRModel, directory: str | os.PathLike) -> None:
 def build_model(config: ModelConfig, device: str = "cpu", dtype: torch.dtype | None = None) -> AVSRModel:
     """A fresh model (frozen LLM loaded by id, new projectors and MoME modules) from a config."""
     from .llm import load_llm
+    from .model import AVSRModel
 
     llm, tokenizer = load_llm(config.llm, config.llm_revision, dtype=dtype, device=device)
     return AVSRModel(config, llm, tokenizer).to(device)

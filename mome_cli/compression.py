@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-COMPRESSION_KINDS = ("avgpool", "stack")
+from .configuration import COMPRESSION_KINDS
 
 
 def to_device(t: torch.Tensor, device) -> torch.Tensor:

@@ -18,13 +18,12 @@ Notation for shapes: B clips, K beams per clip, L prefix length, S cache length,
 from __future__ import annotations
 
 import math
-import unicodedata
 from dataclasses import dataclass
 
 import torch
 
 from .model import AVSRModel, Features, Rate
-from .outputs import BIDI_CONTROLS
+from .outputs import clean_text
 
 
 TOKENS_PER_SECOND = 32  # room for fast speech (5 words a second) written byte by byte; subword tokenizers use fewer
@@ -358,14 +357,6 @@ def decode(
         results.append(DecodingResult(text=clean_text(model.tokenizer.decode(tokens, skip_special_tokens=True)),
                                       tokens=tokens, logprob=logprob))
     return results
-
-
-def clean_text(text: str) -> str:
-    """One line with single spaces, without control characters or bidirectional overrides: a model that emits bytes
-    such as ESC (an untrained or byte-level one can) must not write terminal escape sequences to a user's terminal or
-    transcripts, nor text that displays in another order than it reads."""
-    text = "".join(" " if unicodedata.category(ch) == "Cc" or ch in BIDI_CONTROLS else ch for ch in text)
-    return " ".join(text.split())
 
 
 __all__ = ["TOKENS_PER_SECOND", "token_budget", "DecodingOptions", "DecodingResult", "clean_text", "GreedyDecoder",

@@ -23,45 +23,13 @@ R = N_r routed experts, K top-k, b bottleneck width, G groups (rate pairs) for t
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-POSITIONS = ("mhsa", "ffn", "layer")  # where each MoME module sits inside its decoder layer
-
-
-@dataclass
-class MoMEConfig:
-    num_routed: int = 23  # N_r routed experts per layer
-    num_shared: int = 1  # N_s always-active shared experts per layer
-    top_k: int = 4  # K routed experts chosen per token
-    bottleneck: int = 12  # b hidden units per expert
-    position: str = "mhsa"  # mhsa | ffn | layer: which part of each decoder layer MoME runs beside
-    lb_coef: float = 0.01  # weight of the load-balancing loss added to the LM loss
-
-    def __post_init__(self):
-        if self.num_routed < 1:
-            raise ValueError(f"num_routed must be >= 1, got {self.num_routed}")
-        if self.num_shared < 0:
-            raise ValueError(f"num_shared must be >= 0, got {self.num_shared}")
-        if not 1 <= self.top_k <= self.num_routed:
-            raise ValueError(f"top_k must be in 1..num_routed={self.num_routed}, got {self.top_k}")
-        if self.bottleneck < 1:
-            raise ValueError(f"bottleneck must be >= 1, got {self.bottleneck}")
-        if self.position not in POSITIONS:
-            raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got {self.position!r}")
-        if not 0 <= self.lb_coef < math.inf:  # NaN too
-            raise ValueError(f"lb_coef must be a finite number >= 0, got {self.lb_coef}")
-
-    @property
-    def num_experts(self) -> int:
-        return self.num_shared + self.num_routed
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .configuration import POSITIONS, MoMEConfig
 
 
 @dataclass

@@ -45,6 +45,14 @@ def one_line(text) -> str:
     return "".join(map(shown, str(text)))
 
 
+def clean_text(text: str) -> str:
+    """One line with single spaces, without control characters or bidirectional overrides: a model that emits bytes
+    such as ESC (an untrained or byte-level one can) must not write terminal escape sequences to a user's terminal or
+    transcripts, nor text that displays in another order than it reads."""
+    text = "".join(" " if unicodedata.category(ch) == "Cc" or ch in BIDI_CONTROLS else ch for ch in text)
+    return " ".join(text.split())
+
+
 @dataclass
 class Input:
     path: Path  # the media file
@@ -197,5 +205,5 @@ def write_outputs(transcript: Transcript, out_dir: Path, stem: Path, formats: li
     return paths
 
 
-__all__ = ["MEDIA_EXTENSIONS", "FORMATS", "Input", "Transcript", "collect_inputs",
+__all__ = ["MEDIA_EXTENSIONS", "FORMATS", "one_line", "clean_text", "Input", "Transcript", "collect_inputs",
            "output_stems", "output_path", "timestamp", "render", "read_text", "write_outputs"]

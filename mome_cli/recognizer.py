@@ -20,29 +20,17 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_weights, read_config
+from .checkpoint import CheckpointError, load_weights
 from .decoding import DecodingOptions, decode, token_budget
 from .hub import AVHUBERT_LARGE, PRESETS, HubRepo, MissingModelError, UnusableModelError, locate, mome_home
 from .media import MAX_SEGMENT_SECONDS, SAMPLES_PER_FRAME, VIDEO_FPS, Segment, split_at_pauses
 from .model import AVSRModel, Features, ModelConfig
-from .mome import MoMEConfig
 from .options import RecognizeOptions, UsageProblem
 from .outputs import Transcript
 from .preprocess import Clip
+from .presets import (BUNDLED, check_options, model_config, preset_config, rate_for, segment_limit, shadowed_preset,
+                      tiny_config)
 from .rng import seeded
-
-BUNDLED = Path(__file__).parent / "models"  # checkpoints that ship inside the package (demo)
-WHISPER_ID = "openai/whisper-medium.en"
-
-
-def tiny_config() -> ModelConfig:
-    """The `tiny` preset: random tiny backbones built from configs, MoME modules that change nothing yet."""
-    from .avhubert import AVHubertConfig
-    from .encoders import TINY_WHISPER
-
-    return ModelConfig(llm="tiny", audio_encoder="tiny", video_encoder="tiny", audio_dim=TINY_WHISPER["d_model"],
-                       video_dim=AVHubertConfig.tiny().embed_dim, projector_hidden=64,
-                       mome=MoMEConfig(num_routed=4, num_shared=1, top_k=2, bottleneck=8))
 
 
 def resolve_device(device: str) -> str:
@@ -246,71 +234,6 @@ def load_video_encoder(config: ModelConfig, home: Path, device: str):
     return encoder.to(device=device, dtype=dtype)
 
 
-def preset_config(name: str) -> ModelConfig:
-    preset = PRESETS[name]
-    return ModelConfig(llm=preset.llm.repo_id, llm_revision=preset.llm.revision, audio_encoder=preset.audio.repo_id,
-                       audio_encoder_revision=preset.audio.revision, video_encoder="avhubert-large")
-
-
-def rate_for(config: ModelConfig, mode: str, rate: tuple | None, any_rate: bool = False) -> tuple:
-    """Recognizer.rate_for from the config alone."""
-    lacking = [name for name, letter in (("audio", "a"), ("video", "v"))
-               if letter in mode and letter not in config.inputs]
-    if lacking:
-        modes = config.modes
-        raise UsageProblem(f"--mode {mode}: this model was trained for mode{'s' * (len(modes) > 1)} "
-                           f"{', '.join(modes)} and has no {lacking[0]} encoder; pass --mode {modes[0]}")
-    trained = config.rates_for(mode)
-    if rate is None:
-        return trained[0]
-    if mode == "a":
-        rate = (rate[0], None)
-    elif mode == "v":
-        rate = (None, rate[-1])
-    elif len(rate) != 2:
-        raise UsageProblem(f"mode av needs an audio and a video rate, A,V (e.g. {trained[0][0]},{trained[0][1]}), "
-                           f"got {','.join(map(str, rate))}")
-    if rate not in trained and not any_rate:
-        shown = "; ".join(",".join(str(r) for r in t if r is not None) for t in trained)
-        raise UsageProblem(f"rate {','.join(str(r) for r in rate if r is not None)} was not trained for mode {mode}; "
-                           f"trained: {shown} (or pass --any-rate)")
-    return rate
-
-
-def segment_limit(asked: float | None, most: float) -> float:
-    """--max-segment checked against the longest segment a model takes (most); UsageProblem if it cannot be."""
-    if asked is None:
-        return most
-    if not asked > 0:  # NaN too
-        raise UsageProblem(f"--max-segment {asked:g}: the limit must be a positive number of seconds")
-    if asked > most:
-        raise UsageProblem(f"--max-segment {asked:g}: this model takes segments of at most {most:g} s (its audio "
-                           f"encoder's window, and never over {MAX_SEGMENT_SECONDS:g} s)")
-    return asked
-
-
-def check_options(model: str, adapter: str | None, device: str, options: RecognizeOptions) -> None:
-    """What load_recognizer and its checks refuse, from the configs alone (no weights loaded): for a run that has
-    nothing left to transcribe, so that a mistyped option fails there too rather than pass unseen."""
-    try:
-        config, _ = model_config(model, adapter)
-    except CheckpointError as e:
-        raise UnusableModelError(str(e)) from e
-    if device == "cuda":
-        resolve_device(device)
-    rate_for(config, options.mode, options.rate, options.any_rate)
-    segment_limit(options.max_segment, MAX_SEGMENT_SECONDS)  # the audio encoder's window is known once it loads
-
-
-def shadowed_preset(model: str) -> str | None:
-    """A warning when --model names a preset and a folder of that name is here too: the folder is what loads (as a
-    local folder does for transformers' from_pretrained), which is easy to miss."""
-    if model in PRESETS and Path(model).is_dir():
-        return (f"warning: --model {model}: loading the checkpoint folder ./{model}, not the {model} preset "
-                f"(run from another folder to use the preset, or pass --model ./{model} to say it is the folder)")
-    return None
-
-
 def load_recognizer(model: str, adapter: str | None = None, device: str = "auto",
                     home: Path | None = None) -> Recognizer:
     """A Recognizer from a preset name or a checkpoint directory, with an optional adapter checkpoint directory.
@@ -343,37 +266,6 @@ def _load_recognizer(model: str, adapter: str | None, device: str, home: Path | 
     return recognizer
 
 
-def model_config(model: str, adapter: str | None = None) -> tuple[ModelConfig, Path | None]:
-    """The ModelConfig of --model (and --adapter), and the checkpoint folder whose weights load into it (None: the
-    fresh modules of a preset); no weights read. MissingModelError, UsageProblem or CheckpointError if it cannot be."""
-    weights = None
-    if Path(model).is_dir():
-        config, weights = read_config(model), model
-    elif model == "tiny":
-        config = tiny_config()
-    elif model == "demo":
-        if not (BUNDLED / "demo").is_dir():
-            raise MissingModelError("the demo model does not ship with this build yet (issue #7); use --model DIR "
-                                    "with a checkpoint from `mome train`, or --model tiny for a smoke run")
-        config, weights = read_config(BUNDLED / "demo"), BUNDLED / "demo"
-    elif model in PRESETS:
-        if adapter is None:
-            raise MissingModelError(f"{model} needs a trained MoME adapter and none is published yet: train one with "
-                                    f"`mome train` and pass it with --adapter DIR")
-        config = preset_config(model)
-    else:
-        raise UsageProblem(f"--model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
-    if adapter is not None:
-        if not Path(adapter).is_dir():
-            raise UsageProblem(f"--adapter {adapter!r}: no such checkpoint directory")
-        adapter_config = read_config(adapter)
-        same = adapter_config.llm == config.llm  # then the revision it was trained on (`mome download --revision`)
-        revision = adapter_config.llm_revision if same and adapter_config.llm_revision else config.llm_revision
-        config = dataclasses.replace(adapter_config, llm=config.llm, llm_revision=revision)
-        weights = adapter
-    return config, None if weights is None else Path(weights)
-
-
 def build_recognizer(config: ModelConfig, home: Path, device: str, dtype: torch.dtype | None = None,
                      name: str = "untrained", seed: int = 0, native: bool = False) -> Recognizer:
     """The backbones of a config from the cache (never downloaded) and fresh MoME modules and projectors, in eval mode.
@@ -396,6 +288,8 @@ def build_recognizer(config: ModelConfig, home: Path, device: str, dtype: torch.
     )
 
 
-__all__ = ["UsageProblem", "RecognizeOptions", "Recognizer", "load_recognizer", "build_recognizer", "tiny_config",
-           "model_config", "rate_for", "check_options", "resolve_device", "segments_of", "shadowed_preset",
-           "slice_audio", "slice_rois"]
+__all__ = ["UsageProblem", "RecognizeOptions", "Recognizer", "load_recognizer", "build_recognizer", "resolve_device",
+           "segments_of", "slice_audio", "slice_rois",
+           # from presets.py, torch-free
+           "BUNDLED", "tiny_config", "preset_config", "model_config", "rate_for", "segment_limit", "check_options",
+           "shadowed_preset"]

@@ -206,7 +206,7 @@ class TrainConfig:
                           bottleneck=self.bottleneck, position=self.position, lb_coef=self.lb_coef)
 
     def model_config(self) -> ModelConfig:
-        from .recognizer import preset_config, tiny_config
+        from .presets import preset_config, tiny_config
 
         if self.model == "tiny":
             base = tiny_config()

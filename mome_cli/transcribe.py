@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .outputs import FORMATS, Input, one_line, output_path, output_stems, read_text, write_outputs
+from .outputs import FORMATS, Input, clean_text, one_line, output_path, output_stems, read_text, write_outputs
 from .report import Report
 
 
@@ -42,8 +42,6 @@ READ_AHEAD_SECONDS = 600.0  # media read ahead and not yet taken, in seconds of 
 def stdout_line(path, text: str) -> str:
     """One `<input>\\t<text>` line of --stdout: the name as one_line() shows it, so that a line is always one input
     and a terminal shows it as it is; a text read back from an edited file is put on one line."""
-    from .decoding import clean_text
-
     return f"{one_line(path)}\t{clean_text(text)}"
 
 
@@ -97,7 +95,7 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
     def check_and_skip():
         """Options that the model refuses are refused before anything is printed (a run with nothing left to
         transcribe included); then the skipped inputs are counted, and printed with --stdout."""
-        from .recognizer import check_options
+        from .presets import check_options
 
         check_options(job.model, job.adapter, job.device, recognize_options)
         for item, stem in done:

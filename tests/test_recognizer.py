@@ -128,12 +128,12 @@ def test_unknown_model_and_unavailable_device_are_usage_problems(home):
 
 
 def test_demo_loads_from_the_package_and_an_install_without_it_is_missing_not_a_crash(home, monkeypatch, tmp_path):
-    from mome_cli import recognizer
+    from mome_cli import presets
 
     demo = load_recognizer("demo", home=home)
-    assert Path(demo.config.llm).parent == recognizer.BUNDLED / "demo"  # its backbones come with it
+    assert Path(demo.config.llm).parent == presets.BUNDLED / "demo"  # its backbones come with it
     assert demo.config.modes == ["av", "a", "v"] and demo.max_segment_seconds == 8
-    monkeypatch.setattr(recognizer, "BUNDLED", tmp_path)  # a broken install: the folder is gone
+    monkeypatch.setattr(presets, "BUNDLED", tmp_path)  # a broken install: the folder is gone
     with pytest.raises(MissingModelError, match="demo model"):
         load_recognizer("demo", home=home)
 

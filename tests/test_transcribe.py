@@ -418,6 +418,29 @@ def test_options_a_run_would_refuse_are_refused_when_every_output_exists_too(tra
     assert again.returncode == 0 and "0 ok, 1 skipped, 0 failed" in again.stderr, again.explain
 
 
+def test_a_run_with_every_output_there_checks_its_options_without_importing_torch(trained, tmp_path):
+    """Nothing to transcribe: the options are checked against the model's config alone, which needs no torch (its
+    import was most of such a run's 2 to 3 s)."""
+    clip, out = trained / "media" / "hello.mp4", tmp_path / "out"
+    assert mome("transcribe", clip, "--model", trained / "ckpt", "--roi", "-o", out, cwd=trained).returncode == 0
+    code = (
+        "import sys\n"
+        "from mome_cli.cli import main\n"
+        f"sys.argv = ['mome', 'transcribe', {str(clip)!r}, '--model', {str(trained / 'ckpt')!r}, '--roi', '-o', "
+        f"{str(out)!r}, '--rate', RATE, '--stdout']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as e:\n"
+        "    print('EXIT', e.code, 'TORCH', 'torch' in sys.modules, file=sys.stderr)\n"
+    )
+    for rate, code_expected in (("16,5", 0), ("9,9", 2)):
+        result = subprocess.run([sys.executable, "-c", code.replace("RATE", repr(rate))], capture_output=True,
+                                text=True, cwd=trained, env={**os.environ, "MOME_HOME": str(trained / "home")},
+                                timeout=120)
+        assert f"EXIT {code_expected} TORCH False" in result.stderr, (result.stdout, result.stderr)
+    assert result.stdout == "" and "rate 9,9 was not trained" in result.stderr, result.stderr
+
+
 def test_a_model_folder_that_cannot_be_used_is_one_line_and_exit_1(trained, tmp_path):
     (tmp_path / "empty").mkdir()
     shutil.copytree(trained / "ckpt", tmp_path / "damaged")

@@ -1,0 +1,139 @@
+"""What --model names and what it takes, from configs alone: no weights read, and torch-free.
+
+A preset (tiny, demo, mome-1b, mome-3b, mome-8b) or a checkpoint directory written by `mome train`, with an optional
+adapter: `model_config` gives its ModelConfig and where its weights are; `rate_for` and `segment_limit` check --rate,
+--mode and --max-segment against it; `check_options` does all of that for a run that loads no model (a `mome
+transcribe` whose outputs all exist), so that a mistyped option is refused there too, at no cost. recognizer.py
+re-exports all of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from .checkpoint import CheckpointError, read_config
+from .configuration import ModelConfig, MoMEConfig
+from .hub import PRESETS, MissingModelError, UnusableModelError
+from .media import MAX_SEGMENT_SECONDS
+from .options import RecognizeOptions, UsageProblem
+
+BUNDLED = Path(__file__).parent / "models"  # checkpoints that ship inside the package (demo)
+
+
+def tiny_config() -> ModelConfig:
+    """The `tiny` preset: random tiny backbones built from configs, MoME modules that change nothing yet."""
+    from .avhubert import AVHubertConfig
+    from .encoders import TINY_WHISPER
+
+    return ModelConfig(llm="tiny", audio_encoder="tiny", video_encoder="tiny", audio_dim=TINY_WHISPER["d_model"],
+                       video_dim=AVHubertConfig.tiny().embed_dim, projector_hidden=64,
+                       mome=MoMEConfig(num_routed=4, num_shared=1, top_k=2, bottleneck=8))
+
+
+
+def preset_config(name: str) -> ModelConfig:
+    preset = PRESETS[name]
+    return ModelConfig(llm=preset.llm.repo_id, llm_revision=preset.llm.revision, audio_encoder=preset.audio.repo_id,
+                       audio_encoder_revision=preset.audio.revision, video_encoder="avhubert-large")
+
+
+
+def rate_for(config: ModelConfig, mode: str, rate: tuple | None, any_rate: bool = False) -> tuple:
+    """Recognizer.rate_for from the config alone."""
+    lacking = [name for name, letter in (("audio", "a"), ("video", "v"))
+               if letter in mode and letter not in config.inputs]
+    if lacking:
+        modes = config.modes
+        raise UsageProblem(f"--mode {mode}: this model was trained for mode{'s' * (len(modes) > 1)} "
+                           f"{', '.join(modes)} and has no {lacking[0]} encoder; pass --mode {modes[0]}")
+    trained = config.rates_for(mode)
+    if rate is None:
+        return trained[0]
+    if mode == "a":
+        rate = (rate[0], None)
+    elif mode == "v":
+        rate = (None, rate[-1])
+    elif len(rate) != 2:
+        raise UsageProblem(f"mode av needs an audio and a video rate, A,V (e.g. {trained[0][0]},{trained[0][1]}), "
+                           f"got {','.join(map(str, rate))}")
+    if rate not in trained and not any_rate:
+        shown = "; ".join(",".join(str(r) for r in t if r is not None) for t in trained)
+        raise UsageProblem(f"rate {','.join(str(r) for r in rate if r is not None)} was not trained for mode {mode}; "
+                           f"trained: {shown} (or pass --any-rate)")
+    return rate
+
+
+
+def segment_limit(asked: float | None, most: float) -> float:
+    """--max-segment checked against the longest segment a model takes (most); UsageProblem if it cannot be."""
+    if asked is None:
+        return most
+    if not asked > 0:  # NaN too
+        raise UsageProblem(f"--max-segment {asked:g}: the limit must be a positive number of seconds")
+    if asked > most:
+        raise UsageProblem(f"--max-segment {asked:g}: this model takes segments of at most {most:g} s (its audio "
+                           f"encoder's window, and never over {MAX_SEGMENT_SECONDS:g} s)")
+    return asked
+
+
+
+def check_options(model: str, adapter: str | None, device: str, options: RecognizeOptions) -> None:
+    """What load_recognizer and its checks refuse, from the configs alone (no weights loaded): for a run that has
+    nothing left to transcribe, so that a mistyped option fails there too rather than pass unseen."""
+    try:
+        config, _ = model_config(model, adapter)
+    except CheckpointError as e:
+        raise UnusableModelError(str(e)) from e
+    if device == "cuda":
+        from .recognizer import resolve_device  # imports torch: only to find out whether there is a GPU
+
+        resolve_device(device)
+    rate_for(config, options.mode, options.rate, options.any_rate)
+    segment_limit(options.max_segment, MAX_SEGMENT_SECONDS)  # the audio encoder's window is known once it loads
+
+
+
+def shadowed_preset(model: str) -> str | None:
+    """A warning when --model names a preset and a folder of that name is here too: the folder is what loads (as a
+    local folder does for transformers' from_pretrained), which is easy to miss."""
+    if model in PRESETS and Path(model).is_dir():
+        return (f"warning: --model {model}: loading the checkpoint folder ./{model}, not the {model} preset "
+                f"(run from another folder to use the preset, or pass --model ./{model} to say it is the folder)")
+    return None
+
+
+
+def model_config(model: str, adapter: str | None = None) -> tuple[ModelConfig, Path | None]:
+    """The ModelConfig of --model (and --adapter), and the checkpoint folder whose weights load into it (None: the
+    fresh modules of a preset); no weights read. MissingModelError, UsageProblem or CheckpointError if it cannot be."""
+    weights = None
+    if Path(model).is_dir():
+        config, weights = read_config(model), model
+    elif model == "tiny":
+        config = tiny_config()
+    elif model == "demo":
+        if not (BUNDLED / "demo").is_dir():
+            raise MissingModelError("the demo model does not ship with this build yet (issue #7); use --model DIR "
+                                    "with a checkpoint from `mome train`, or --model tiny for a smoke run")
+        config, weights = read_config(BUNDLED / "demo"), BUNDLED / "demo"
+    elif model in PRESETS:
+        if adapter is None:
+            raise MissingModelError(f"{model} needs a trained MoME adapter and none is published yet: train one with "
+                                    f"`mome train` and pass it with --adapter DIR")
+        config = preset_config(model)
+    else:
+        raise UsageProblem(f"--model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
+    if adapter is not None:
+        if not Path(adapter).is_dir():
+            raise UsageProblem(f"--adapter {adapter!r}: no such checkpoint directory")
+        adapter_config = read_config(adapter)
+        same = adapter_config.llm == config.llm  # then the revision it was trained on (`mome download --revision`)
+        revision = adapter_config.llm_revision if same and adapter_config.llm_revision else config.llm_revision
+        config = dataclasses.replace(adapter_config, llm=config.llm, llm_revision=revision)
+        weights = adapter
+    return config, None if weights is None else Path(weights)
+
+
+__all__ = ["BUNDLED", "tiny_config", "preset_config", "model_config", "rate_for", "segment_limit", "check_options",
+           "shadowed_preset"]
