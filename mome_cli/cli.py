@@ -7,6 +7,7 @@ The contract is in CLI-CONTRACT.md. This module imports only click and rich: com
 import contextlib
 import gc
 import signal
+import sys
 from dataclasses import dataclass
 
 import click
@@ -453,8 +454,10 @@ def _progress(total: int, what: str, enabled: bool):
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    # What is printed to stdout (--stdout's lines) goes above the bar only when stdout is that terminal too: rich
+    # would otherwise send it to the bar's console, stderr, and a pipe or a file given stdout would get nothing.
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=stderr, transient=True) as bar:
+                  console=stderr, transient=True, redirect_stdout=sys.stdout.isatty()) as bar:
         task = bar.add_task(what, total=total)
         yield lambda n=1: bar.advance(task, n)
 

@@ -286,6 +286,38 @@ def test_every_trained_rate_from_one_checkpoint(trained, rate):
     assert result.returncode == 0 and result.stdout.split("\t")[1].strip() == "good morning", result.explain
 
 
+def test_stdout_lines_reach_a_pipe_while_the_progress_bar_is_on_a_terminal(trained, tmp_path):
+    """With stderr a terminal (the bar shows), rich's progress sent what was printed to stdout to its console on
+    stderr: `mome transcribe x --stdout > file` wrote nothing into the file."""
+    import pty
+
+    master, terminal = pty.openpty()
+    seen = []
+
+    def drain():
+        try:
+            while chunk := os.read(master, 4096):
+                seen.append(chunk)
+        except OSError:  # the terminal's last end is closed
+            pass
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        result = subprocess.run([MOME, "transcribe", trained / "media" / "hello.mp4", "--model", trained / "ckpt",
+                                 "--roi", "--stdout", "--no-cache"], cwd=trained, stdout=subprocess.PIPE,
+                                stderr=terminal, text=True, timeout=300,
+                                env={**os.environ, "MOME_HOME": str(trained / "home"), "TERM": "xterm"})
+    finally:
+        os.close(terminal)
+        reader.join(timeout=10)
+        os.close(master)
+    shown = b"".join(seen).decode(errors="replace")
+    assert result.returncode == 0, shown
+    assert "transcribing" in shown  # the bar was on
+    assert result.stdout == f"{trained / 'media' / 'hello.mp4'}\thello world\n", shown
+
+
 def test_same_names_in_two_folders_skip_overwrite_and_a_bad_file(trained, tmp_path):
     tree = tmp_path / "in"
     for sub in ("a", "b"):
