@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import html
 import json
 import os
 import re
@@ -157,15 +158,19 @@ def render(transcript: Transcript, fmt: str) -> str:
         return json.dumps(document, ensure_ascii=False, indent=2) + "\n"
     if fmt == "jsonl":
         return "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in transcript.segments)
-    if fmt == "srt":
-        cues = [f"{n}\n{timestamp(s['start'], ',')} --> {timestamp(s['end'], ',')}\n{s['text'].strip()}\n"
-                for n, s in enumerate(segments, 1)]
+    if fmt == "srt":  # a cue's text holds no "-->", which readers take for a cue's times
+        cues = [f"{n}\n{timestamp(s['start'], ',')} --> {timestamp(s['end'], ',')}\n"
+                f"{s['text'].strip().replace('-->', '->')}\n" for n, s in enumerate(segments, 1)]
         return "\n".join(cues)
-    if fmt == "vtt":
-        cues = [f"{timestamp(s['start'], '.')} --> {timestamp(s['end'], '.')}\n{s['text'].strip()}\n"
+    if fmt == "vtt":  # WebVTT cue text is markup: &, < and > as character references (so "-->" is not there either)
+        cues = [f"{timestamp(s['start'], '.')} --> {timestamp(s['end'], '.')}\n{vtt_text(s['text'].strip())}\n"
                 for s in segments]
         return "WEBVTT\n\n" + "\n".join(cues)
     raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+
+
+def vtt_text(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def read_text(out_dir: Path, stem: Path, formats: list[str]) -> str:
@@ -178,12 +183,15 @@ def read_text(out_dir: Path, stem: Path, formats: list[str]) -> str:
             if fmt == "txt":
                 return written.removesuffix("\n")
             if fmt == "json":
-                return json.loads(written)["text"]
-            if fmt == "jsonl":
+                texts = [json.loads(written)["text"]]
+            elif fmt == "jsonl":
                 texts = [json.loads(line)["text"] for line in written.splitlines() if line.strip()]
             else:  # srt, vtt: a cue's text is the line after its "start --> end" line
                 lines = written.splitlines()
                 texts = [lines[i + 1] for i, line in enumerate(lines[:-1]) if CUE_TIMES.match(line)]
+                texts = [html.unescape(t) for t in texts] if fmt == "vtt" else texts
+            if not all(isinstance(t, str) for t in texts):  # an edited file: {"text": null}
+                raise ValueError(f"{output_path(out_dir, stem, fmt)}: a text that is not text")
             return " ".join(t for t in texts if t)
         except (OSError, ValueError, KeyError, TypeError) as e:
             problem = e

@@ -100,6 +100,28 @@ def test_the_text_reads_back_from_every_format(tmp_path, fmt):
                 {"start": 2.0, "end": 3.5, "text": "a --> b"}, {"start": 3.5, "end": 4.0, "text": "1"}]
     transcript = Transcript(text="it's 42 a --> b 1", segments=segments)
     write_outputs(transcript, tmp_path, Path("sub/clip"), [fmt])
-    assert read_text(tmp_path, Path("sub/clip"), ["json", fmt]) == transcript.text  # no json: the next one
+    expected = transcript.text.replace("-->", "->") if fmt == "srt" else transcript.text  # srt cannot hold "-->"
+    assert read_text(tmp_path, Path("sub/clip"), ["json", fmt]) == expected  # no json: the next one
     with pytest.raises(OSError):
         read_text(tmp_path, Path("sub/other"), [fmt])
+
+
+def test_cue_text_cannot_break_a_subtitle_file(tmp_path):
+    """WebVTT cue text is markup: a model's "<", "&" or "-->" went into it as they were (a "<b" opens a tag, "-->"
+    reads as a cue's times), as "-->" did into srt."""
+    said = "x <b & c --> d"
+    transcript = Transcript(text=said, segments=[{"start": 0.0, "end": 1.0, "text": said}])
+    write_outputs(transcript, tmp_path, Path("t"), ["srt", "vtt"])
+    vtt, srt = (tmp_path / "t.vtt").read_text(), (tmp_path / "t.srt").read_text()
+    assert vtt.splitlines()[3] == "x &lt;b &amp; c --&gt; d" and vtt.count("-->") == 1
+    assert srt.splitlines()[2] == "x <b & c -> d" and srt.count("-->") == 1
+    assert read_text(tmp_path, Path("t"), ["vtt"]) == said
+
+
+def test_an_edited_output_whose_text_is_not_text_is_a_value_error(tmp_path):
+    """--stdout reads a skipped input's text back: {"text": null} in its json crashed the run with a TypeError."""
+    (tmp_path / "t.json").write_text('{"text": null}')
+    (tmp_path / "u.jsonl").write_text('{"text": 3}\n')
+    for stem, fmt in (("t", "json"), ("u", "jsonl")):
+        with pytest.raises(ValueError, match="not text"):
+            read_text(tmp_path, Path(stem), [fmt])
