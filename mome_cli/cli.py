@@ -207,9 +207,6 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
     from .outputs import collect_inputs
     from .preprocess import PreprocessOptions
 
-    if rate is not None and mode != "av" and len(rate) != 1:
-        raise click.BadParameter(f"mode {mode} takes one rate, e.g. --rate {rate[0 if mode == 'a' else -1]}",
-                                 param_hint="--rate")
     if rate is not None and mode == "av" and len(rate) != 2:
         raise click.BadParameter("mode av takes an audio and a video rate, e.g. --rate 4,2", param_hint="--rate")
     empty = []
@@ -241,7 +238,7 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
         ctx.exit(e.exit_code)
     except UsageProblem as e:
         raise click.UsageError(one_line(e)) from e
-    except library.StdoutError as e:
+    except (library.StdoutError, library.OutputFolderError) as e:
         say(f"mome transcribe: {e}")
         ctx.exit(ExitCode.FAILURE)
     if not quiet:

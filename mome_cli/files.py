@@ -77,6 +77,16 @@ def remove_folders(folders: list[Path]) -> None:
 
 
 @contextlib.contextmanager
+def removed_if_empty(folders: list[Path]):
+    """The folders writable_folder made, for the with block's work: at its end, those it wrote nothing into are
+    removed (a run whose every input failed leaves no empty output folder behind)."""
+    try:
+        yield
+    finally:
+        remove_folders(folders)
+
+
+@contextlib.contextmanager
 def interrupt_after():
     """Files written together (a report and what it describes) are all written, or a Ctrl-C leaves them all as they
     were: a SIGINT that comes inside this is delivered again when it ends. In the main thread only (the one Python
@@ -132,4 +142,5 @@ def text_writer(text: str) -> Callable[[str], None]:
 
 
 __all__ = ["atomic_write", "atomic_write_all", "atomic_write_text", "text_writer", "interrupt_after", "writable_folder",
+           "removed_if_empty",
            "remove_folders"]

@@ -49,6 +49,10 @@ class StdoutError(Exception):
     """--stdout's lines cannot be written (a full disk, a device that refuses them): the run ends, exit 1."""
 
 
+class OutputFolderError(Exception):
+    """The output folder cannot be made or written in: said before any input is read, exit 1."""
+
+
 def print_line(path, text: str) -> None:
     """A --stdout line; StdoutError if it cannot be written (a closed pipe, `| head`, is left to end the run as
     click ends it: at once, quietly)."""
@@ -80,8 +84,10 @@ def face_detection_on_gpu(options) -> bool:
 
 def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress=None) -> Report:
     """Transcribe job.inputs; log(message) prints a line on stderr; progress(advance) moves a bar."""
+    from .files import removed_if_empty, writable_folder
     from .media import MediaError
     from .preprocess import Preprocessor, ReadAhead
+    from .presets import check_options
 
     report = Report()
     todo, done = [], []  # (input, stem, the formats to write); (input, stem) of those whose outputs all exist
@@ -92,27 +98,26 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
         else:
             done.append((item, stem))
 
-    def check_and_skip():
-        """Options that the model refuses are refused before anything is printed (a run with nothing left to
-        transcribe included); then the skipped inputs are counted, and printed with --stdout."""
-        from .presets import check_options
-
-        check_options(job.model, job.adapter, job.device, recognize_options)
-        for item, stem in done:
-            report.skipped += 1
-            if job.stdout:
-                try:
-                    text = read_text(job.output_dir, stem, job.formats)
-                except (OSError, ValueError) as e:
-                    log(f"warning: {item.path}: its outputs exist (skipped) but its text cannot be read back from "
-                        f"them: {e}")
-                else:
-                    print_line(item.path, text)
-            progress and progress(1)
-
+    # Options that the model refuses are refused before anything is printed or read (from its config: no torch);
+    # then the skipped inputs are counted, and printed with --stdout.
+    check_options(job.model, job.adapter, job.device, recognize_options)
+    for item, stem in done:
+        report.skipped += 1
+        if job.stdout:
+            try:
+                text = read_text(job.output_dir, stem, job.formats)
+            except (OSError, ValueError) as e:
+                log(f"warning: {item.path}: its outputs exist (skipped) but its text cannot be read back from them: "
+                    f"{e}")
+            else:
+                print_line(item.path, text)
+        progress and progress(1)
     if not todo:
-        check_and_skip()
         return report
+    try:
+        made = writable_folder(job.output_dir) if job.formats else []
+    except OSError as e:
+        raise OutputFolderError(f"{one_line(job.output_dir)}: cannot write outputs there: {e.strerror or e}") from e
 
     def detail(level: int, message: str) -> None:  # -v and more
         if job.verbose >= level:
@@ -131,11 +136,11 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
     # transcribed; but not when reading runs face detection on the GPU: a CUDA graph being captured in this thread
     # (decoding, Whisper) fails if another thread calls CUDA meanwhile. Each input is then read at its turn.
     ahead = 0 if face_detection_on_gpu(preprocess_options) else batch_clips
-    with ReadAhead(prepare, [item.path for item, *_ in todo], ahead=ahead, stop=stop,
-                   cost=lambda prepared: prepared[0].duration, budget=READ_AHEAD_SECONDS) as prepared:
+    with removed_if_empty(made), ReadAhead(prepare, [item.path for item, *_ in todo], ahead=ahead, stop=stop,
+                                           cost=lambda prepared: prepared[0].duration,
+                                           budget=READ_AHEAD_SECONDS) as prepared:
         from .recognizer import load_recognizer, shadowed_preset
 
-        check_and_skip()
         if warning := shadowed_preset(job.model):
             log(warning)
         started = time.perf_counter()
@@ -186,5 +191,5 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
     return report
 
 
-__all__ = ["TranscribeJob", "StdoutError", "print_line", "stdout_line", "expand_formats", "face_detection_on_gpu",
-           "run"]
+__all__ = ["TranscribeJob", "StdoutError", "OutputFolderError", "print_line", "stdout_line", "expand_formats",
+           "face_detection_on_gpu", "run"]

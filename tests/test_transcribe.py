@@ -348,6 +348,27 @@ def test_same_names_in_two_folders_skip_overwrite_and_a_bad_file(trained, tmp_pa
     assert (tmp_path / "out" / "a" / "x.txt").read_text() == "hello world\n"
 
 
+def test_an_output_folder_that_cannot_be_written_is_said_before_any_input_is_read(trained, tmp_path):
+    """Each input was read and transcribed, then failed at its write ("cannot write ...: Not a directory"), and the
+    transcripts were lost with --stdout too."""
+    (tmp_path / "afile").write_text("")
+    result = mome("transcribe", trained / "media", "--model", trained / "ckpt", "--roi", "-o",
+                  tmp_path / "afile" / "sub", "--stdout", "-v", cwd=trained)
+    assert result.returncode == 1 and result.stdout == "", result.explain
+    assert result.stderr.splitlines()[-1] == (f"mome transcribe: {tmp_path / 'afile' / 'sub'}: cannot write outputs "
+                                              f"there: Not a directory"), result.explain
+    assert "read in" not in result.stderr, result.explain  # no input was read
+
+
+def test_a_rate_pair_in_mode_a_or_v_takes_its_half_as_evaluate_does(trained, tmp_path):
+    clip = trained / "media" / "hello.mp4"
+    for mode, pair, half in (("a", "16,5", "16"), ("v", "4,5", "5")):
+        result = mome("transcribe", clip, "--model", trained / "ckpt", "--roi", "--mode", mode, "--rate", pair,
+                      "-f", "json", "-o", tmp_path / mode, cwd=trained)
+        assert result.returncode == 0, result.explain
+        assert json.loads((tmp_path / mode / "hello.json").read_text())["rate"] == [int(half)]
+
+
 def test_a_missing_input_is_one_error_and_the_others_are_transcribed(trained, tmp_path):
     missing = tmp_path / "gone.mp4"
     result = mome("transcribe", missing, trained / "media" / "hello.mp4", "--model", trained / "ckpt", "--roi",
