@@ -30,6 +30,8 @@ MIN_PAUSE_SECONDS = 0.2  # a silence this long is a pause: between two stretches
 ENERGY_WINDOW = SAMPLES_PER_FRAME  # energy measured per video frame, so cuts fall on frame boundaries
 SILENCE_DB = -35.0  # a window this far below the clip's loudest (95th percentile) window counts as silence
 SILENCE_FLOOR_DBFS = -60.0  # and so does one this quiet in absolute terms (digital silence, a muted phone, room hum)
+SPEECH_MARGIN_SECONDS = 0.24  # silence kept on each side of a segment's speech: the synthetic corpus's utterances
+# have 0.1 to 0.4 s, LRS3's a few tenths; more (a clip's first seconds, a long pause) is cut off and not decoded
 
 
 class MediaError(Exception):
@@ -337,15 +339,18 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 def split_at_pauses(samples: np.ndarray, max_seconds: float = MAX_SEGMENT_SECONDS,
                     every_pause: bool = True) -> list[Segment]:
-    """Contiguous segments of at most max_seconds covering the audio, cut in the middle of pauses.
+    """Contiguous segments of at most max_seconds covering the audio, cut in pauses; silence is a segment of its own.
 
     A pause is a silent run of at least MIN_PAUSE_SECONDS. With every_pause, each pause between two stretches of
     speech ends a segment, so that a segment holds what was said between pauses, as one utterance of LRS3 or of the
     synthetic corpus does (models trained on single utterances tend to stop at the first pause: on the demo's long-
     form validation set, packing utterances into 8 s segments gave 64.7% WER, cutting at every pause 38.8%). Then a
     segment longer than max_seconds is cut again: in the middle of the longest pause between a quarter of the limit
-    and the limit, or without one at the quietest frame of the last quarter. Cuts fall on video-frame boundaries, so
-    audio and video are cut at the same instants.
+    and the limit, or without one at the quietest frame of the last quarter. Last, each segment's speech keeps
+    SPEECH_MARGIN_SECONDS of silence on either side, as the utterances a model is trained on have: more (a clip's
+    first seconds, the rest of a long pause) becomes a segment of its own, marked silent and not decoded, so that it
+    neither moves a transcript's times nor reads as words. Cuts fall on video-frame boundaries, so audio and video
+    are cut at the same instants.
     """
     total = len(samples) / SAMPLE_RATE
     dbfs = frame_energy_db(samples)  # (T,) one value per 40 ms frame
@@ -372,8 +377,22 @@ def split_at_pauses(samples: np.ndarray, max_seconds: float = MAX_SEGMENT_SECOND
                 cut = late + int(np.argmin(db[late:hi])) if late < min(hi, len(db)) else hi
             cuts.append(min(max(cut, start + 1), hi))
         cuts.append(end)
-    return [Segment(a / VIDEO_FPS, min(b / VIDEO_FPS, total), speech=bool((~silent[a:b]).any()))
-            for a, b in zip(cuts[:-1], cuts[1:])]
+    margin = int(round(SPEECH_MARGIN_SECONDS * VIDEO_FPS))
+    pieces = []  # (start, end, speech) in frames
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        spoken = np.flatnonzero(~silent[a:b])
+        if not len(spoken):
+            pieces.append((a, b, False))
+            continue
+        first, last = max(a, a + int(spoken[0]) - margin), min(b, a + int(spoken[-1]) + 1 + margin)
+        pieces += [(a, first, False)] * (first > a) + [(first, last, True)] + [(last, b, False)] * (last < b)
+    merged = pieces[:1]
+    for a, b, speech in pieces[1:]:  # silence on both sides of a cut is one silent segment
+        if not speech and not merged[-1][2]:
+            merged[-1] = (merged[-1][0], b, False)
+        else:
+            merged.append((a, b, speech))
+    return [Segment(a / VIDEO_FPS, min(b / VIDEO_FPS, total), speech=speech) for a, b, speech in merged]
 
 
 __all__ = ["SAMPLE_RATE", "VIDEO_FPS", "SAMPLES_PER_FRAME", "MAX_SEGMENT_SECONDS", "MediaError", "NoAudioError",

@@ -144,7 +144,7 @@ class Recognizer:
             Transcript(
                 text=" ".join(t for t in texts[c] if t),
                 segments=[{"start": round(s.start, 3), "end": round(min(s.end, clip.duration), 3), "text": t}
-                          for s, t in zip(segments[c], texts[c])],  # the last one ends with the clip, not past it
+                          for s, t in zip(segments[c], texts[c]) if s.speech],  # ends within the clip; no silence
                 mode=modes[c], rate=tuple(r for r in rates[c] if r is not None), model=self.name,
                 duration=clip.duration, warnings=list(clip.warnings),
             )
