@@ -10,6 +10,7 @@ Notation for shapes: S samples, T frames, H x W pixels.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -60,6 +61,7 @@ class MediaInfo:
     height: int = 0
     fps: float = 0.0  # the video stream's own average frame rate
     audio_duration: float = 0.0  # seconds from t = 0 to the end of the audio (mode a reads that far)
+    estimated: bool = False  # the lengths are ffprobe's guess from the bitrate (MP3 without a Xing header, raw AAC)
 
 
 @dataclass
@@ -118,10 +120,16 @@ def probe(path) -> MediaInfo:
     path = Path(path)
     check_file(path)
     ffmpeg = _ffmpeg()
+    command = ["ffprobe", "-v", "warning", "-show_format", "-show_streams", "-of", "json", _source(path)]
+    done = subprocess.run(command, capture_output=True)
     try:
-        info = ffmpeg.probe(_source(path), cmd="ffprobe")
-    except ffmpeg.Error as e:
-        raise MediaError(path, f"not a readable media file ({_last_words(e)})") from e
+        if done.returncode:
+            raise ffmpeg.Error("ffprobe", done.stdout, done.stderr)
+        info = json.loads(done.stdout)
+    except (ffmpeg.Error, ValueError) as e:
+        raise MediaError(path, f"not a readable media file ({_last_words(e) if isinstance(e, ffmpeg.Error) else e})"
+                         ) from e
+    estimated = b"Estimating duration from bitrate" in done.stderr
     streams = info.get("streams", [])
     audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
     video = next((s for s in streams if s.get("codec_type") == "video" and not _is_cover_art(s)), None)
@@ -150,7 +158,7 @@ def probe(path) -> MediaInfo:
             width, height = height, width
     audio_duration = (ends.get("audio") or whole or duration) if audio is not None else 0.0
     return MediaInfo(path=str(path), duration=duration, has_audio=audio is not None, has_video=video is not None,
-                     width=width, height=height, fps=fps, audio_duration=audio_duration)
+                     width=width, height=height, fps=fps, audio_duration=audio_duration, estimated=estimated)
 
 
 def _seconds(value) -> float | None:
@@ -227,7 +235,8 @@ def decode_audio(path, start: float = 0.0, duration: float | None = None, info: 
 
     to_end (from the start, for audio read alone): the whole stream, also past the length the file announces, which
     can be an estimate (ffprobe guesses an MP3 without a Xing header from its bitrate: a VBR file was cut short);
-    that includes a codec's padding at the end (AAC: up to ~20 ms of silence)."""
+    that includes a codec's padding at the end (AAC: up to ~20 ms of silence). Where the length is an estimate, the
+    stream's end is the audio's end, also before it (a VBR file was padded with silence, "a truncated file?")."""
     info = info or probe(path)
     if not info.has_audio:
         raise NoAudioError(path, "no audio stream")
@@ -248,7 +257,7 @@ def decode_audio(path, start: float = 0.0, duration: float | None = None, info: 
     samples = np.frombuffer(out, np.float32)
     want = int(round(duration * SAMPLE_RATE))
     if to_end:
-        want = max(want, samples.size)
+        want = samples.size if info.estimated else max(want, samples.size)
     if samples.size < want:  # a stream that ends early: pad its tail with silence
         short = _stops_early("audio", samples.size / SAMPLE_RATE, want / SAMPLE_RATE, "the rest is taken as silence")
         if short and warnings is not None:

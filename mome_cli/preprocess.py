@@ -40,8 +40,8 @@ from .media import (SAMPLE_RATE, SHORT_STREAM_SECONDS, MediaError, NoAudioError,
                     decode_audio, iter_video, probe)
 
 # bumped when the clips it makes change (2: rotation, streams that start late; 3: audio before a late video,
-# Matroska's stream ends, audio alone read to its end)
-PREPROCESS_VERSION = 3
+# Matroska's stream ends, audio alone read to its end; 4: nor past it where its length is a guess)
+PREPROCESS_VERSION = 4
 MAX_HEIGHT = 720  # frames taller than this are scaled down before detection and cropping
 CHUNK_FRAMES = 125  # frames held in memory at once: 5 s of video
 

@@ -281,6 +281,22 @@ def test_audio_alone_is_read_to_its_end_past_a_length_that_was_only_estimated(tm
     assert np.sqrt(np.mean(clip.audio[-SAMPLE_RATE:] ** 2)) > 0.05 and clip.warnings == []
 
 
+def test_audio_alone_ends_where_it_ends_before_a_length_that_was_only_estimated(tmp_path):
+    """The other way round: 2 s of silence then 8 s of noise, guessed at 23 s from the silence's bitrate. The clip was
+    padded with 13 s of silence and said to be "a truncated file?"."""
+    from mome_cli.preprocess import Preprocessor, PreprocessOptions
+
+    path = tmp_path / "vbr.mp3"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono:d=2",
+                    "-f", "lavfi", "-i", "anoisesrc=r=16000:d=8:a=0.5", "-filter_complex", "[0][1]concat=n=2:v=0:a=1",
+                    "-c:a", "libmp3lame", "-q:a", "5", "-write_xing", "0", path], check=True)
+    info = probe(path)
+    assert info.duration > 15 and info.estimated  # the guess, and ffprobe says it is one
+    clip = Preprocessor(PreprocessOptions(mode="a"))(path)
+    assert clip.duration == pytest.approx(10.0, abs=0.1) and len(clip.audio) == round(clip.duration * SAMPLE_RATE)
+    assert clip.warnings == [], clip.warnings
+
+
 def test_a_live_recording_without_a_stored_duration_is_read_to_its_end(tmp_path):
     """What a browser's MediaRecorder or OBS writes: WebM whose headers keep no duration (it was "zero-length")."""
     live = tmp_path / "live.webm"
