@@ -90,10 +90,11 @@ def reraise_os_error(e: OSError, path: Path) -> None:
     raise error from e
 
 
-def no_network_error(what: str, e: BaseException, home: Path | None = None) -> MissingModelError:
+def no_network_error(what: str, e: BaseException, home: Path | None = None, more: str = "") -> MissingModelError:
     where = f"the cache folder {home}" if home is not None else "the cache"
-    return MissingModelError(f"no network: cannot reach {what} ({type(e).__name__}: {e}); run again when online, or "
-                             f"copy {where} from a machine that has it")
+    said = (str(e).strip().splitlines() or [""])[0]  # huggingface_hub's messages go on with "For more information"
+    return MissingModelError(f"no network: cannot reach {what} ({type(e).__name__}: {said}); run again when online, "
+                             f"or copy {where} from a machine that has it{more}")
 
 
 def ensure_writable(folder: Path) -> None:

@@ -290,35 +290,57 @@ def fetch_file(item: RemoteFile, home: Path, *, console=None, log: Callable[[str
 
 
 @contextlib.contextmanager
-def _hub_errors(repo: HubRepo, home: Path) -> Iterator[None]:
-    """Turn huggingface_hub's errors while fetching repo into HubErrors that say what to do."""
+def _hub_errors(repo: HubRepo, home: Path, token_given: bool = False) -> Iterator[None]:
+    """Turn huggingface_hub's errors while fetching repo into HubErrors that say what to do. token_given: a token was
+    sent (--token, HF_TOKEN or a stored login), so access denied means its account lacks the licence."""
     import httpx
     from huggingface_hub import errors
 
-    token_fix = "set HF_TOKEN (or pass --token) to a token of an account that has accepted it"
     try:
         yield
-    except errors.GatedRepoError as e:  # before RepositoryNotFoundError, its base class
-        raise MissingModelError(f"{repo.repo_id} is gated: accept its licence at {repo.licence_url} and "
-                                f"{token_fix}") from e
     except errors.RevisionNotFoundError as e:
         raise MissingModelError(f"{repo.repo_id}: revision {repo.revision!r} not found on the Hub; "
                                 "check --revision") from e
-    except errors.RepositoryNotFoundError as e:
-        raise MissingModelError(f"{repo.repo_id}: repository not found on the Hub (if it is private, set HF_TOKEN "
-                                "or pass --token)") from e
-    except errors.LocalEntryNotFoundError as e:  # the Hub could not be reached and nothing is cached
-        raise no_network_error(f"the Hugging Face Hub for {repo.repo_id}", e.__cause__ or e, home) from e
-    except errors.HfHubHTTPError as e:
-        status = e.response.status_code if e.response is not None else None
-        if status in (401, 403):
-            licence = f"accept its licence at {repo.licence_url} and " if repo.gated else ""
-            raise MissingModelError(f"{repo.repo_id}: access denied (HTTP {status}); {licence}{token_fix}") from e
-        raise HubError(f"{repo.repo_id}: the Hub answered HTTP {status}: {e}") from e
+    except errors.LocalEntryNotFoundError as e:  # nothing cached, and the Hub was not reached or answered an error
+        cause = e.__cause__
+        if isinstance(cause, errors.HfHubHTTPError) and cause.response is not None:
+            raise _answered(repo, cause, token_given) from e
+        raise no_network_error(f"the Hugging Face Hub for {repo.repo_id}", cause or e, home,
+                               _gated_hint(repo)) from e
+    except errors.HfHubHTTPError as e:  # GatedRepoError and RepositoryNotFoundError too
+        raise _answered(repo, e, token_given) from e
     except httpx.TransportError as e:
-        raise no_network_error(f"the Hugging Face Hub for {repo.repo_id}", e, home) from e
+        raise no_network_error(f"the Hugging Face Hub for {repo.repo_id}", e, home, _gated_hint(repo)) from e
     except OSError as e:
         reraise_os_error(e, hub_cache_dir(home))
+
+
+def _gated_hint(repo: HubRepo) -> str:
+    return (f"; it is gated: accept its licence at {repo.licence_url} and set HF_TOKEN (or pass --token)"
+            if repo.gated else "")
+
+
+def _answered(repo: HubRepo, e, token_given: bool) -> HubError:
+    """The HubError for an error answer from the Hub (e: huggingface_hub's HfHubHTTPError or a subclass)."""
+    from huggingface_hub import errors
+
+    status = e.response.status_code if e.response is not None else None
+    if token_given:
+        token_fix = ("the token sent (--token, HF_TOKEN or `hf auth login`) is not of an account that has accepted it, "
+                     "or has no read access")
+    else:
+        token_fix = "set HF_TOKEN (or pass --token) to a token of an account that has accepted it"
+    if isinstance(e, errors.GatedRepoError) or (status in (401, 403) and repo.gated):
+        return MissingModelError(f"{repo.repo_id} is gated (HTTP {status}): accept its licence at {repo.licence_url} "
+                                 f"and {token_fix}")
+    if isinstance(e, errors.RepositoryNotFoundError) or status == 404:
+        return MissingModelError(f"{repo.repo_id}: repository not found on the Hub (if it is private, set HF_TOKEN "
+                                 "or pass --token)")
+    if status in (401, 403):
+        return MissingModelError(f"{repo.repo_id}: access denied (HTTP {status}); {token_fix}")
+    reason = e.response.reason_phrase if e.response is not None else str(e).splitlines()[0]
+    later = "; try again later" if status is not None and status >= 500 else ""
+    return HubError(f"{repo.repo_id}: the Hugging Face Hub answered HTTP {status} {reason}{later}")
 
 
 def fetch_repo(repo: HubRepo, home: Path, *, token: str | None = None, console=None,
@@ -333,7 +355,7 @@ def fetch_repo(repo: HubRepo, home: Path, *, token: str | None = None, console=N
     if console is None:
         disable_progress_bars()
     try:
-        with _hub_errors(repo, home):
+        with _hub_errors(repo, home, token_given=bool(token or huggingface_hub.get_token())):
             folder = huggingface_hub.snapshot_download(
                 repo.repo_id, revision=repo.revision, cache_dir=hub_cache_dir(home), token=token,
                 allow_patterns=list(repo.allow_patterns) or None, ignore_patterns=list(repo.ignore_patterns) or None,

@@ -433,7 +433,7 @@ def test_gated_repo_exits_4_with_licence_and_token(home, monkeypatch):
      "meta-llama/Llama-3.2-1B: repository not found"),
     (errors.RevisionNotFoundError("404", response=hub_response(404)), ExitCode.MISSING,
      "meta-llama/Llama-3.2-1B: revision 'main' not found"),
-    (errors.HfHubHTTPError("401", response=hub_response(401)), ExitCode.MISSING, "access denied (HTTP 401)"),
+    (errors.HfHubHTTPError("401", response=hub_response(401)), ExitCode.MISSING, "is gated (HTTP 401): accept"),
     (errors.LocalEntryNotFoundError("cannot find"), ExitCode.MISSING, "no network: cannot reach the Hugging Face Hub"),
     (httpx.ConnectError("Name or service not known"), ExitCode.MISSING, "no network"),
     (OSError(errno.ENOSPC, "No space left on device"), ExitCode.FAILURE, "no space left to write "),
@@ -447,6 +447,39 @@ def test_hub_errors_become_one_line_and_an_exit_code(home, monkeypatch, error, c
     assert result.exit_code == code, explain(result)
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 2, explain(result)  # + "fetching"
     assert "Traceback" not in result.stderr, explain(result)
+
+
+def caused_by(error: BaseException, cause: BaseException) -> BaseException:
+    error.__cause__ = cause
+    return error
+
+
+@pytest.mark.parametrize("error, code, message", [
+    # huggingface_hub falls back on the cache when the Hub answers an error, and says the entry is not there
+    (caused_by(errors.LocalEntryNotFoundError("cannot find"), errors.HfHubHTTPError(
+        "Server error '500 Internal Server Error' for url 'x'\nFor more information check: y",
+        response=hub_response(500))), ExitCode.FAILURE,
+     "meta-llama/Llama-3.2-1B: the Hugging Face Hub answered HTTP 500 Internal Server Error; try again later"),
+    (errors.LocalEntryNotFoundError("cannot find"), ExitCode.MISSING,
+     "; it is gated: accept its licence at https://huggingface.co/meta-llama/Llama-3.2-1B and set HF_TOKEN"),
+], ids=["server-error", "offline-gated"])
+def test_what_the_hub_answered_is_told_from_no_network(home, monkeypatch, error, code, message):
+    """A Hub that answered HTTP 500 was said to be "no network", with huggingface_hub's "\\nFor more information"
+    in the line; offline, a gated repo's message did not say it needs a licence and a token."""
+    hub_fails_with(monkeypatch, error)
+    result = invoke("download", "mome-1b")
+    assert result.exit_code == code and message in result.stderr, explain(result)
+    assert "no network" not in result.stderr or code == ExitCode.MISSING, explain(result)
+    assert "\\n" not in result.stderr and len(result.stderr.strip().splitlines()) == 2, explain(result)
+
+
+def test_access_denied_with_a_token_says_that_its_account_lacks_the_licence(home, monkeypatch):
+    hub_fails_with(monkeypatch, errors.GatedRepoError("403 gated", response=hub_response(403)))
+    monkeypatch.setenv("HF_TOKEN", "hf_xxx")
+    result = invoke("download", "mome-1b")
+    assert result.exit_code == ExitCode.MISSING, explain(result)
+    assert "the token sent (--token, HF_TOKEN or `hf auth login`) is not of an account that has accepted it" in \
+        result.stderr and "set HF_TOKEN" not in result.stderr, explain(result)
 
 
 def test_disk_full_while_streaming_names_the_file(server, home, monkeypatch):
