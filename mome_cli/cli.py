@@ -425,7 +425,7 @@ def download(ctx: click.Context, names, list_cached, cache_dir, revision, token,
         raise click.UsageError(f"name a preset to download ({', '.join(hub.PRESETS)}), or use --list.")
     home = Path(cache_dir) if cache_dir else hub.mome_home()
     if list_cached:
-        click.echo(hub.cache_listing(home, list(names)), nl=False)
+        click.echo(hub.cache_listing(home, list(names), revision), nl=False)
         return
     quiet = ctx.obj.quiet
     log = (lambda message: None) if quiet else say

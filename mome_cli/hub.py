@@ -549,8 +549,9 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
     return ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows]
 
 
-def cache_listing(home: Path | None = None, names: list[str] | None = None) -> str:
-    """What is cached (item, size, location) and, per preset, whether it is complete and what it lacks."""
+def cache_listing(home: Path | None = None, names: list[str] | None = None, revision: str | None = None) -> str:
+    """What is cached (item, size, location) and, per preset, whether it is complete and what it lacks (its LLM at
+    revision, if given)."""
     home = Path(home or mome_home())
     lines = [f"cache: {home}", "", "Hub repositories:"]
     rows = []
@@ -582,15 +583,16 @@ def cache_listing(home: Path | None = None, names: list[str] | None = None) -> s
     lines += _table(rows) if rows else ["  (none)"]
     lines += ["", "Presets:"]
     rows = []
+    at = f" --revision {revision}" if revision else ""
     for name in names or list(PRESETS):
-        preset = get_preset(name)
+        preset = get_preset(name, revision)
         missing = missing_items(preset, home)
         if preset.source != "hub":  # its model is here; face-alignment's weights are for videos not cropped yet
             state = f"ready: {preset.note}" + (f"; for videos that are not mouth crops (no --roi), missing "
                                                f"{', '.join(missing)}: run `mome download {name}`" if missing else "")
         else:
             state = "complete" if not missing else (f"incomplete: missing {', '.join(missing)}; "
-                                                    f"run `mome download {name}`")
+                                                    f"run `mome download {name}{at}`")
         rows.append((name, state))
     lines += _table(rows)
     return "\n".join(lines) + "\n"

@@ -384,6 +384,17 @@ def test_list_names_cached_items_and_what_presets_lack(home):
     assert re.search(r"tiny +ready", result.stdout) and "mome-8b" not in result.stdout, explain(result)
 
 
+def test_list_checks_the_revision_asked_for(home):
+    """--list ignored --revision: a preset whose LLM is cached at that revision was listed as missing it at main,
+    with a command that fetches main."""
+    make_snapshot(home, "meta-llama/Llama-3.2-1B", fake_repo, revision="v1")
+    at_main = invoke("download", "--list", "mome-1b")
+    assert "missing meta-llama/Llama-3.2-1B (main)" in at_main.stdout, explain(at_main)
+    at_v1 = invoke("download", "--list", "mome-1b", "--revision", "v1")
+    line = next(line for line in at_v1.stdout.splitlines() if line.strip().startswith("mome-1b"))
+    assert "Llama-3.2-1B" not in line and "run `mome download mome-1b --revision v1`" in line, explain(at_v1)
+
+
 @pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "--offline"])
 def test_offline_with_nothing_cached_exits_4(home, how, monkeypatch):
     def no_network(*args, **kwargs):
