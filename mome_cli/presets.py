@@ -128,8 +128,11 @@ def model_config(model: str, adapter: str | None = None) -> tuple[ModelConfig, P
         if not Path(adapter).is_dir():
             raise UsageProblem(f"--adapter {adapter!r}: no such checkpoint directory")
         adapter_config = read_config(adapter)
-        same = adapter_config.llm == config.llm  # then the revision it was trained on (`mome download --revision`)
-        revision = adapter_config.llm_revision if same and adapter_config.llm_revision else config.llm_revision
+        if adapter_config.llm != config.llm:  # said now, before a missing LLM of the model's asks for a download
+            raise CheckpointError(f"{adapter}: checkpoint does not fit this model (llm: checkpoint "
+                                  f"{adapter_config.llm!r}, model {config.llm!r})")
+        # the LLM at the revision the adapter was trained on (`mome download --revision`)
+        revision = adapter_config.llm_revision or config.llm_revision
         config = dataclasses.replace(adapter_config, llm=config.llm, llm_revision=revision)
         weights = adapter
     return config, None if weights is None else Path(weights)

@@ -119,6 +119,23 @@ def test_an_adapter_runs_on_the_llm_revision_it_was_trained_on(home, tmp_path):
     assert recognizer.config.llm_revision == "v2"
 
 
+def test_an_adapter_of_another_llm_is_refused_before_the_presets_backbones_are_looked_for(home, tmp_path):
+    """An adapter trained on the tiny LLM given to mome-1b, with an empty cache: it asked for a download of Llama
+    (gigabytes), after which the adapter was refused all the same."""
+    import json
+
+    from mome_cli.hub import UnusableModelError
+
+    tiny = tmp_path / "tiny-adapter"
+    shutil.copytree(home / "ckpt", tiny)
+    config = json.loads((tiny / "config.json").read_text())
+    config["model"]["llm"] = "tiny"
+    (tiny / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnusableModelError, match=f"tiny-adapter: checkpoint does not fit this model \\(llm: "
+                                                 f"checkpoint 'tiny', model '{LLAMA}'\\)"):
+        load_recognizer("mome-1b", adapter=str(tiny), home=tmp_path / "empty-home", device="cpu")
+
+
 def test_unknown_model_and_unavailable_device_are_usage_problems(home):
     with pytest.raises(UsageProblem, match="neither a preset"):
         load_recognizer("gpt-5", home=home)
