@@ -28,8 +28,8 @@ cat > "$out/clips/train.jsonl" <<'JSON'
 JSON
 
 rm -rf "$out/run"  # a fresh run (an existing run is only continued with --resume)
-mome train --config recipes/tiny.toml --train "$out/clips/train.jsonl" --roi -o "$out/run" --steps 240 \
-    --batch-frames 100 --eval-every 240 --log-every 60
+mome train --config recipes/tiny.toml --train "$out/clips/train.jsonl" --valid "$out/clips/train.jsonl" --roi \
+    -o "$out/run" --steps 240 --batch-frames 100 --eval-every 240 --log-every 60
 mome transcribe "$out/clips" --model "$out/run" --roi --stdout -o "$out/transcripts"
 mome transcribe "$out/clips/morning.mp4" --model "$out/run" --roi --rate 16,5 --stdout -o "$out/transcripts-16-5"
 mome evaluate --dataset "$out/clips/train.jsonl" --model "$out/run" --roi --snr clean,5 -o "$out/eval"

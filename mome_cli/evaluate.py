@@ -257,7 +257,7 @@ class Evaluation:
         widths = [max(len(row[k]) for row in rows) for k in range(len(head))]
         lines = ["  ".join(v.ljust(w) if k == 0 else v.rjust(w) for k, (v, w) in enumerate(zip(row, widths)))
                  for row in rows]
-        title = f"WER % ({self.job.mode}, {self.evaluated} utterances)"
+        title = f"WER % ({self.job.mode}, {self.evaluated} utterance{'s' * (self.evaluated != 1)})"
         return "\n".join([title, *lines])
 
     def to_dict(self) -> dict:

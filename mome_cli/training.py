@@ -72,6 +72,10 @@ def _log_record(line: str) -> dict | None:
     return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 class TrainingError(RuntimeError):
     """Training went wrong after it started (the CLI exits 1)."""
 
@@ -239,7 +243,8 @@ class Trainer:
         counts = self.model.parameter_counts()
         self.say(f"training {counts['trainable']:,} parameters ({cfg.model} backbones, rates "
                  f"{'; '.join(f'{a},{v}' for a, v in cfg.rates)}) on {self.device} x {self.world}; "
-                 f"{len(self.data.kept)} utterances, {self.per_epoch} steps/epoch, {self.total} steps"
+                 f"{_count(len(self.data.kept), 'utterance')}, {_count(self.per_epoch, 'step')}/epoch, "
+                 f"{_count(self.total, 'step')}"
                  + (f", resuming at step {self.step}" if self.resume else ""))
         if cfg.eval_every and not cfg.valid:
             self.say(f"warning: eval_every {cfg.eval_every} but no validation manifest: give --valid MANIFEST to "
