@@ -118,7 +118,11 @@ def load_sentences(text_file: str | Path | None = None) -> list[str]:
                              "(apt-get install fortunes) or pass --text FILE")
     sentences = set()
     for path in files:
-        sentences.update(sentences_of(path.read_text(encoding="utf-8", errors="replace")))
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError as e:
+            raise SynthError(f"{path}: cannot read it: {e.strerror or e}") from e
+        sentences.update(sentences_of(text))
     return sorted(sentences)
 
 

@@ -141,6 +141,12 @@ def test_an_unknown_voice_is_a_synth_error():
         synth.espeak().speak("hello there.", "xx-nowhere")
 
 
+def test_a_text_file_that_cannot_be_read_is_a_synth_error(tmp_path):
+    """It was Python's own "[Errno 2] No such file or directory: '...'"."""
+    with pytest.raises(synth.SynthError, match=f"{tmp_path / 'gone.txt'}: cannot read it: No such file or directory"):
+        synth.load_sentences(tmp_path / "gone.txt")
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """Six clips written by the command line, and the same corpus again by two worker processes."""
