@@ -140,13 +140,18 @@ class Recognizer:
                 decoding = dataclasses.replace(decoding, max_new_tokens=budget)  # the batch's longest segment first
                 for (c, i), result in zip(batch, decode(self.model, features, rate, mode, decoding, options.any_rate)):
                     texts[c][i] = result.text
+        warnings = [list(clip.warnings) for clip in clips]
+        for c, segs in enumerate(segments):
+            if "a" in modes[c] and not any(seg.speech for seg in segs):  # nothing decoded: a muted track?
+                warnings[c].append("the sound is silence throughout: nothing was transcribed"
+                                   + "; --mode v reads the lips alone" * (modes[c] == "av"))
         return [
             Transcript(
                 text=" ".join(t for t in texts[c] if t),
                 segments=[{"start": round(s.start, 3), "end": round(min(s.end, clip.duration), 3), "text": t}
                           for s, t in zip(segments[c], texts[c]) if s.speech],  # ends within the clip; no silence
                 mode=modes[c], rate=tuple(r for r in rates[c] if r is not None), model=self.name,
-                duration=clip.duration, warnings=list(clip.warnings),
+                duration=clip.duration, warnings=warnings[c],
             )
             for c, clip in enumerate(clips)
         ]

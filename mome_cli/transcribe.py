@@ -173,7 +173,9 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
             transcripts = recognizer.transcribe_many([clip for *_, clip in ready], recognize_options)
             detail(1, f"{'1 file' if len(ready) == 1 else f'{len(ready)} files'} transcribed"
                       f"{' together' * (len(ready) > 1)} in {time.perf_counter() - started:.2f} s")
-            for (item, stem, formats, _), transcript in zip(ready, transcripts):
+            for (item, stem, formats, clip), transcript in zip(ready, transcripts):
+                for warning in transcript.warnings[len(clip.warnings):]:  # what decoding found (the clip's are said)
+                    log(f"warning: {item.path}: {warning}")
                 detail(1, f"{item.path}: mode {transcript.mode}, rate {','.join(map(str, transcript.rate))}, "
                           f"{len(transcript.segments)} segment{'s' * (len(transcript.segments) != 1)}")
                 for segment in transcript.segments:

@@ -369,6 +369,16 @@ def test_a_rate_pair_in_mode_a_or_v_takes_its_half_as_evaluate_does(trained, tmp
         assert json.loads((tmp_path / mode / "hello.json").read_text())["rate"] == [int(half)]
 
 
+def test_a_muted_sound_track_is_said_not_passed_over(trained, tmp_path):
+    """In mode av a video whose sound is silence throughout came out empty, exit 0, with no word of why."""
+    make_clip(tmp_path / "muted.mp4", "testsrc2", "anullsrc=r=16000:cl=mono", 2.0)
+    result = mome("transcribe", tmp_path / "muted.mp4", "--model", trained / "ckpt", "--roi", "-f", "json", "-o",
+                  tmp_path / "out", cwd=trained)
+    said = "the sound is silence throughout: nothing was transcribed; --mode v reads the lips alone"
+    assert result.returncode == 0 and f"warning: {tmp_path / 'muted.mp4'}: {said}" in result.stderr, result.explain
+    assert json.loads((tmp_path / "out" / "muted.json").read_text())["warnings"] == [said]
+
+
 def test_a_missing_input_is_one_error_and_the_others_are_transcribed(trained, tmp_path):
     missing = tmp_path / "gone.mp4"
     result = mome("transcribe", missing, trained / "media" / "hello.mp4", "--model", trained / "ckpt", "--roi",
