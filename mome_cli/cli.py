@@ -21,7 +21,7 @@ OUTPUT_FORMATS = ("txt", "json", "srt", "vtt", "jsonl", "all")
 MODES = ("a", "v", "av")
 
 # Messages, warnings and progress go to stderr; rich honours NO_COLOR and drops colour when stderr is not a terminal.
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)  # ":a:" in a message is text
 
 
 @dataclass

@@ -151,7 +151,7 @@ class Trainer:
         if not self.quiet:
             from rich.console import Console
 
-            self.console = Console(stderr=True, highlight=False, soft_wrap=True)
+            self.console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
         self.step = self.epoch = self.index = 0
         self.elapsed = 0.0
         self.meter, self.meter_steps = None, 0  # summed losses since the last log line

@@ -379,6 +379,16 @@ def test_a_muted_sound_track_is_said_not_passed_over(trained, tmp_path):
     assert json.loads((tmp_path / "out" / "muted.json").read_text())["warnings"] == [said]
 
 
+def test_a_name_with_colons_is_shown_as_it_is_not_as_an_emoji(trained, tmp_path):
+    """rich turned ':smile:' in a message (a file's name) into an emoji."""
+    wav = tmp_path / "take:smile:1.wav"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", trained / "media" / "hello.mp4", "-vn", wav],
+                   check=True)
+    result = mome("transcribe", wav, "--model", trained / "ckpt", "-o", tmp_path / "out", cwd=trained)
+    assert result.returncode == 0, result.explain
+    assert f"warning: {wav}: no video stream: transcribed from audio alone" in result.stderr, result.explain
+
+
 def test_a_missing_input_is_one_error_and_the_others_are_transcribed(trained, tmp_path):
     missing = tmp_path / "gone.mp4"
     result = mome("transcribe", missing, trained / "media" / "hello.mp4", "--model", trained / "ckpt", "--roi",
