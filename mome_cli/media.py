@@ -62,6 +62,8 @@ class MediaInfo:
     fps: float = 0.0  # the video stream's own average frame rate
     audio_duration: float = 0.0  # seconds from t = 0 to the end of the audio (mode a reads that far)
     estimated: bool = False  # the lengths are ffprobe's guess from the bitrate (MP3 without a Xing header, raw AAC)
+    audio_streams: int = 0  # how many there are: the first is read
+    video_streams: int = 0  # not counting cover art
 
 
 @dataclass
@@ -131,8 +133,9 @@ def probe(path) -> MediaInfo:
                          ) from e
     estimated = b"Estimating duration from bitrate" in done.stderr
     streams = info.get("streams", [])
-    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
-    video = next((s for s in streams if s.get("codec_type") == "video" and not _is_cover_art(s)), None)
+    audios = [s for s in streams if s.get("codec_type") == "audio"]
+    videos = [s for s in streams if s.get("codec_type") == "video" and not _is_cover_art(s)]
+    audio, video = (audios or [None])[0], (videos or [None])[0]
     if audio is None and video is None:
         raise MediaError(path, "no audio or video stream")
     # The clip ends where its first stream to end ends, on the file's clock from its start (t = 0): the audio's real
@@ -158,7 +161,8 @@ def probe(path) -> MediaInfo:
             width, height = height, width
     audio_duration = (ends.get("audio") or whole or duration) if audio is not None else 0.0
     return MediaInfo(path=str(path), duration=duration, has_audio=audio is not None, has_video=video is not None,
-                     width=width, height=height, fps=fps, audio_duration=audio_duration, estimated=estimated)
+                     width=width, height=height, fps=fps, audio_duration=audio_duration, estimated=estimated,
+                     audio_streams=len(audios), video_streams=len(videos))
 
 
 def _seconds(value) -> float | None:

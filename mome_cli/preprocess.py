@@ -40,7 +40,7 @@ from .media import (SAMPLE_RATE, SHORT_STREAM_SECONDS, MediaError, NoAudioError,
                     decode_audio, iter_video, probe)
 
 # bumped when the clips it makes change (2: rotation, streams that start late; 3: audio before a late video,
-# Matroska's stream ends, audio alone read to its end; 4: nor past it where its length is a guess)
+# Matroska's stream ends, audio alone read to its end; 4: nor past it where its length is a guess, several streams said)
 PREPROCESS_VERSION = 4
 MAX_HEIGHT = 720  # frames taller than this are scaled down before detection and cropping
 CHUNK_FRAMES = 125  # frames held in memory at once: 5 s of video
@@ -166,6 +166,10 @@ class Preprocessor:
             cached.path, cached.warnings = str(path), fallback + cached.warnings
             return cached
         clip = Clip(path=str(path), duration=info.duration, mode=mode, warnings=warnings)
+        for kind, count in (("audio", info.audio_streams), ("video", info.video_streams)):
+            if count > 1 and kind[0] in mode:  # a second language, a commentary, another camera: said, not guessed
+                warnings.append(f"{count} {kind} streams: the first is read (ffmpeg's -map 0:{kind[0]}:N makes a file "
+                                f"of another)")
         if mode == "av" and info.audio_duration - info.duration > SHORT_STREAM_SECONDS:  # the clip ends with the video
             warnings.append(f"the audio goes on {info.audio_duration - info.duration:.1f} s after the video ends: "
                             "that part is not transcribed (--mode a reads the audio to its end)")

@@ -297,6 +297,22 @@ def test_audio_alone_ends_where_it_ends_before_a_length_that_was_only_estimated(
     assert clip.warnings == [], clip.warnings
 
 
+def test_a_file_with_two_audio_streams_says_which_is_read(tmp_path):
+    """The first audio stream was read without a word, where a user may have meant the second (a silent first
+    track gave an empty transcript)."""
+    from mome_cli.preprocess import Preprocessor, PreprocessOptions
+
+    path = tmp_path / "two.mkv"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=96x96:rate=25:d=1",
+                    "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono:d=1", "-f", "lavfi", "-i", "sine=f=300:r=16000:d=1",
+                    "-map", "0", "-map", "1", "-map", "2", path], check=True)
+    info = probe(path)
+    assert (info.audio_streams, info.video_streams) == (2, 1)
+    clip = Preprocessor(PreprocessOptions(roi=True))(path)
+    assert "2 audio streams: the first is read (ffmpeg's -map 0:a:N makes a file of another)" in clip.warnings
+    assert not any("video streams" in w for w in clip.warnings)
+
+
 def test_a_live_recording_without_a_stored_duration_is_read_to_its_end(tmp_path):
     """What a browser's MediaRecorder or OBS writes: WebM whose headers keep no duration (it was "zero-length")."""
     live = tmp_path / "live.webm"
