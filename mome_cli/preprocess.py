@@ -44,6 +44,7 @@ from .media import (SAMPLE_RATE, SHORT_STREAM_SECONDS, MediaError, NoAudioError,
 PREPROCESS_VERSION = 4
 MAX_HEIGHT = 720  # frames taller than this are scaled down before detection and cropping
 CHUNK_FRAMES = 125  # frames held in memory at once: 5 s of video
+CROP_CHUNK_PIXELS = 8_000_000  # and with --roi at most this many pixels (96 MB as float RGB): a 720p video is not crops
 
 
 @dataclass(frozen=True)
@@ -197,8 +198,8 @@ class Preprocessor:
         return clip
 
     def _rois(self, path, info, warnings: list) -> np.ndarray:
-        def chunks(said=None, **scaled):  # (<= CHUNK_FRAMES, H, W, 3) uint8 at a time; stops between them
-            with contextlib.closing(iter_video(path, info=info, chunk=CHUNK_FRAMES, warnings=said, **scaled)) as video:
+        def chunks(said=None, chunk=CHUNK_FRAMES, **scaled):  # (<= chunk, H, W, 3) uint8 at a time; stops between
+            with contextlib.closing(iter_video(path, info=info, chunk=chunk, warnings=said, **scaled)) as video:
                 for frames in video:
                     check_stop(self.stop)
                     yield frames
@@ -206,7 +207,8 @@ class Preprocessor:
         # Each pass closes its generator on leaving, so that ffmpeg ends at once on an exception (Stopped included),
         # not when the traceback that holds the generator's frame is dropped.
         if self.options.roi:  # chunk by chunk: an hour of crops is 0.8 GB of gray ROIs, not 10 GB of float RGB
-            with contextlib.closing(chunks(warnings)) as video:
+            chunk = min(CHUNK_FRAMES, max(1, CROP_CHUNK_PIXELS // max(1, info.width * info.height)))
+            with contextlib.closing(chunks(warnings, chunk)) as video:
                 return np.concatenate([rois_from_crops(frames) for frames in video])
         scaled = dict(max_height=self.options.max_height)
         tracker = FaceTracker()  # one face followed through every chunk

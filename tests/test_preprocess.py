@@ -69,6 +69,27 @@ def test_faces_in_some_frames_are_interpolated_with_a_warning_past_half(media):
                                                                  "interpolated"]
 
 
+def test_large_frames_given_as_crops_are_read_in_chunks_of_few_frames(tmp_path, monkeypatch):
+    """--roi on a 720p video: each 125-frame chunk became a 1.4 GB float RGB array (2.7 GB at peak for 6 s). The
+    crops are made frame by frame, so smaller chunks give the same ROIs."""
+    path = tmp_path / "hd.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=1280x720:rate=25:duration=2", "-c:v", "libx264", "-pix_fmt", "yuv420p", path],
+                   check=True)
+    asked, iter_video = [], preprocess_module.iter_video
+
+    def recorded(*args, chunk, **kwargs):
+        asked.append(chunk)
+        return iter_video(*args, chunk=chunk, **kwargs)
+
+    monkeypatch.setattr(preprocess_module, "iter_video", recorded)
+    small = Preprocessor(PreprocessOptions(mode="v", roi=True))(path).rois
+    assert asked == [8]  # 8,000,000 pixels a chunk
+    monkeypatch.setattr(preprocess_module, "CROP_CHUNK_PIXELS", 10**12)
+    whole = Preprocessor(PreprocessOptions(mode="v", roi=True))(path).rois
+    assert asked == [8, 125] and small.shape == (50, 96, 96) and np.array_equal(small, whole)
+
+
 def test_missing_streams_per_mode(media):
     with pytest.raises(NoAudioError, match="silent.mp4: no audio stream"):
         Preprocessor(PreprocessOptions(mode="av"))(media / "silent.mp4")
