@@ -163,8 +163,6 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
                     report.failed += 1
                     progress and progress(1)
                     continue
-                for warning in clip.warnings:
-                    log(f"warning: {item.path}: {warning}")
                 detail(1, f"{item.path}: {clip.duration:.2f} s, read in {seconds:.2f} s")
                 ready.append((item, stem, formats, clip))
             if not ready:
@@ -173,8 +171,8 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
             transcripts = recognizer.transcribe_many([clip for *_, clip in ready], recognize_options)
             detail(1, f"{'1 file' if len(ready) == 1 else f'{len(ready)} files'} transcribed"
                       f"{' together' * (len(ready) > 1)} in {time.perf_counter() - started:.2f} s")
-            for (item, stem, formats, clip), transcript in zip(ready, transcripts):
-                for warning in transcript.warnings[len(clip.warnings):]:  # what decoding found (the clip's are said)
+            for (item, stem, formats, _), transcript in zip(ready, transcripts):
+                for warning in transcript.warnings:  # the clip's and decoding's, once it is transcribed
                     log(f"warning: {item.path}: {warning}")
                 detail(1, f"{item.path}: mode {transcript.mode}, rate {','.join(map(str, transcript.rate))}, "
                           f"{len(transcript.segments)} segment{'s' * (len(transcript.segments) != 1)}")

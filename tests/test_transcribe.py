@@ -389,6 +389,18 @@ def test_a_name_with_colons_is_shown_as_it_is_not_as_an_emoji(trained, tmp_path)
     assert f"warning: {wav}: no video stream: transcribed from audio alone" in result.stderr, result.explain
 
 
+def test_a_run_that_ends_before_decoding_says_nothing_of_what_it_did_not_transcribe(trained, tmp_path):
+    """Face-alignment's weights missing for a video ends the run (exit 4); an audio file read before it was said to
+    be "transcribed from audio alone", and never was."""
+    wav = tmp_path / "voice.wav"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", trained / "media" / "hello.mp4", "-vn", wav],
+                   check=True)
+    result = mome("transcribe", wav, trained / "media" / "hello.mp4", "--model", trained / "ckpt", "-o",
+                  tmp_path / "out", cwd=trained, env={"TORCH_HOME": str(tmp_path / "torch")})
+    assert result.returncode == 4 and "face-alignment weights" in result.stderr, result.explain
+    assert "transcribed from audio alone" not in result.stderr, result.explain
+
+
 def test_a_missing_input_is_one_error_and_the_others_are_transcribed(trained, tmp_path):
     missing = tmp_path / "gone.mp4"
     result = mome("transcribe", missing, trained / "media" / "hello.mp4", "--model", trained / "ckpt", "--roi",
