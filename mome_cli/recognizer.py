@@ -123,6 +123,7 @@ class Recognizer:
         limit = self.segment_limit(options.max_segment)
         segments = [segments_of(clip, limit, every_pause=not options.pack) for clip in clips]
         texts = [[""] * len(s) for s in segments]
+        cut = [[] for _ in clips]  # segments that reached the token limit without ending
         groups = {}  # (mode, rate) -> [(clip, segment)]; silent segments are not decoded
         for c, segs in enumerate(segments):
             for i, seg in enumerate(segs):
@@ -140,11 +141,17 @@ class Recognizer:
                 decoding = dataclasses.replace(decoding, max_new_tokens=budget)  # the batch's longest segment first
                 for (c, i), result in zip(batch, decode(self.model, features, rate, mode, decoding, options.any_rate)):
                     texts[c][i] = result.text
+                    if len(result.tokens) >= budget:  # it did not end: a model that repeats itself, or noise
+                        cut[c].append(i)
         warnings = [list(clip.warnings) for clip in clips]
         for c, segs in enumerate(segments):
             if "a" in modes[c] and not any(seg.speech for seg in segs):  # nothing decoded: a muted track?
                 warnings[c].append("the sound is silence throughout: nothing was transcribed"
                                    + "; --mode v reads the lips alone" * (modes[c] == "av"))
+            if cut[c]:
+                times = ", ".join(f"{segs[i].start:.2f}-{segs[i].end:.2f} s" for i in sorted(cut[c]))
+                warnings[c].append(f"decoding reached the token limit without ending at {times}: the text stops "
+                                   "there (the model repeats itself, or reads noise as speech)")
         return [
             Transcript(
                 text=" ".join(t for t in texts[c] if t),

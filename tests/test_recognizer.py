@@ -166,3 +166,14 @@ def test_no_segment_ends_past_the_clip(mode, frames, duration):
     (transcript,) = load_recognizer("tiny").transcribe_many([clip], options)
     assert transcript.segments[-1]["end"] == round(duration, 3)
     assert all(s["end"] <= round(duration, 3) for s in transcript.segments)
+
+
+def test_a_segment_cut_short_at_the_token_limit_is_said():
+    """evaluate counted them; a transcript that stopped mid-sentence at the limit came with no word of it."""
+    rng = np.random.default_rng(1)
+    audio = (0.1 * rng.standard_normal(3 * 16000)).astype(np.float32)
+    clip = Clip(path="x.wav", duration=3.0, mode="a", audio=audio)
+    recognizer = load_recognizer("tiny")
+    (cut,) = recognizer.transcribe_many([clip], RecognizeOptions(mode="a", max_new_tokens=1))
+    assert cut.warnings == ["decoding reached the token limit without ending at 0.00-3.00 s: the text stops there "
+                            "(the model repeats itself, or reads noise as speech)"]
