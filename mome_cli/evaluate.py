@@ -261,12 +261,14 @@ class Evaluation:
         return "\n".join([title, *lines])
 
     def to_dict(self) -> dict:
+        from .data import NAMED_DATASETS
         from .decoding import TOKENS_PER_SECOND
 
         j = self.job
         return {
             "model": j.model, "adapter": j.adapter, "mode": j.mode, "dataset": j.dataset,
-            "manifest": str(self.manifest), "split": j.split, "seed": j.seed, "beam": j.beam, "noise": self.noise,
+            "manifest": str(self.manifest), "split": j.split if j.dataset in NAMED_DATASETS else None,  # else unused
+            "seed": j.seed, "beam": j.beam, "noise": self.noise,
             "max_segment_seconds": self.max_segment, "segments": "packed" if self.pack else "every pause",
             "max_new_tokens": j.max_new_tokens or f"{TOKENS_PER_SECOND} a second of the segment",
             "audio_only": self.audio_only,

@@ -263,7 +263,7 @@ def check_users_copy(item: RemoteFile, path: Path, preset: str | None = None) ->
     try:
         verify_file(item, path)
     except ChecksumError as e:
-        e.args = (f"{path}: checksum mismatch (expected SHA-256 {e.expected}, got {e.got}); mome uses $TORCH_HOME's "
+        e.args = (f"{path}: checksum mismatch ({e.expected_and_got}); mome uses $TORCH_HOME's "
                   f"copy first: delete it, or unset TORCH_HOME, and run `mome download {preset or 'PRESET'}` again",)
         raise
 

@@ -690,7 +690,8 @@ def main(argv: list[str] | None = None) -> int:
                         "the clips', for their alignments only: reading.jsonl, text for the LM to learn to read [0]")
     parser.add_argument("--jobs", "-j", type=int, default=1, help="worker processes [1]")
     parser.add_argument("--long-form", type=float, metavar="SECONDS", help="instead: join OUT_DIR's valid and test "
-                        "clips into clips of SECONDS or more per speaker, in OUT_DIR/long")
+                        "clips into clips of SECONDS or more per speaker (a speaker's last may be shorter), in "
+                        "OUT_DIR/long")
     args = parser.parse_args(argv)
     if args.long_form is not None:
         if args.utterances is not None or args.long_form <= 0:

@@ -131,6 +131,7 @@ def test_tiny_model_fills_the_rate_by_snr_grid(corpus, tmp_path):
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert (report["model"], report["mode"], report["seed"], report["utterances"], report["failed"]) == \
         ("tiny", "av", 0, 3, [])
+    assert report["split"] is None  # a manifest is read as it is: no split picked (it said "test")
     assert report["noise"]["source"] == "babble" and report["noise"]["talkers"] == 2  # a corpus of 3: the other 2
     assert "apostrophe" in report["normalisation"]
     assert report["max_segment_seconds"] == 19.5 and report["segments"] == "every pause"  # a JSONL: as transcribe

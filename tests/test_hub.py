@@ -335,6 +335,7 @@ def test_face_alignment_weights_in_the_users_torch_home_are_used_not_fetched(ser
     assert result.exit_code == ExitCode.FAILURE and not (home / "torch").exists(), explain(result)
     assert f"{theirs}/s3fd-0123.pth: checksum mismatch" in result.stderr and "unset TORCH_HOME" in result.stderr, \
         explain(result)
+    assert "expected SHA-256 one that starts " in result.stderr, explain(result)  # all torch hub's name gives
     assert (theirs / "s3fd-0123.pth").read_bytes() == b"damaged"  # theirs is left as it was
 
 
