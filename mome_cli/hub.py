@@ -581,6 +581,13 @@ def cache_listing(home: Path | None = None, names: list[str] | None = None, revi
         if not item.path(home).is_file():
             rows.append((item.filename, human_size(path.stat().st_size), "in $TORCH_HOME", str(path)))
     lines += _table(rows) if rows else ["  (none)"]
+    lines += ["", "Caches (remade as needed: safe to delete):"]
+    rows = []
+    for folder in sorted(p for p in (home / "cache").glob("*") if p.is_dir()):  # clips, features, train-clips
+        files = [f for f in folder.rglob("*") if f.is_file()]
+        rows.append((f"cache/{folder.name}", f"{len(files)} file{'s' * (len(files) != 1)}",
+                     human_size(sum(f.stat().st_size for f in files)), str(folder)))
+    lines += _table(rows) if rows else ["  (none)"]
     lines += ["", "Presets:"]
     rows = []
     at = f" --revision {revision}" if revision else ""

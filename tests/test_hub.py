@@ -373,7 +373,10 @@ def test_list_names_cached_items_and_what_presets_lack(home):
     make_snapshot(home, "openai/whisper-medium.en", fake_repo)
     fill_files(home, [AVHUBERT_LARGE])
     (home / "avhubert" / "other.pt.part").write_bytes(b"half")
+    (home / "cache" / "clips").mkdir(parents=True)  # what transcribe and evaluate keep: was not listed
+    (home / "cache" / "clips" / "abc.npz").write_bytes(b"12345")
     result = invoke("download", "--list", "mome-1b", "tiny")
+    assert re.search(r"cache/clips +1 file +5 B +\S+cache/clips", result.stdout), explain(result)
     assert result.exit_code == 0 and result.stderr == "", explain(result)
     assert re.search(r"openai/whisper-medium\.en +main +\d+ B +\S+models--openai--whisper-medium\.en", result.stdout), \
         explain(result)
