@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 
 import click
+import click.shell_completion
 from rich.console import Console
 
 from . import __version__
@@ -22,6 +23,17 @@ MODES = ("a", "v", "av")
 
 # Messages, warnings and progress go to stderr; rich honours NO_COLOR and drops colour when stderr is not a terminal.
 stderr = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)  # ":a:" in a message is text
+
+
+class _FishComplete(click.shell_completion.FishComplete):
+    """Click's fish script splits each completion at every comma: a description was cut at its first one ("--mode
+    Audio" for "Audio, video or both."). Only the comma after the kind is a separator."""
+
+    source_template = click.shell_completion.FishComplete.source_template.replace(
+        'string split "," $completion', 'string split -m 1 "," $completion')
+
+
+click.shell_completion.add_completion_class(_FishComplete, "fish")
 
 
 @dataclass

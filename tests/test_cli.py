@@ -223,6 +223,17 @@ def test_completion_script_syntax(shell):
     assert result.returncode == 0, explain(result)
 
 
+def test_fish_completion_keeps_descriptions_with_commas(tmp_path):
+    """Click's fish script split each completion at every comma: "--mode<TAB>Audio" for "Audio, video or both."."""
+    if shutil.which("fish") is None:
+        pytest.skip("fish is not installed")
+    bin_dir = Path(sys.executable).parent  # where `mome` is, for the script's call back
+    result = subprocess.run(["fish", "-c", f"source {ROOT / 'completions' / 'mome.fish'}; "
+                                           "complete -C 'mome transcribe --mo'"], capture_output=True, text=True,
+                            env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, timeout=60)
+    assert "--mode\tAudio, video or both." in result.stdout.splitlines(), explain(result)
+
+
 def test_bash_completion_of_command():
     result = run_mome(env={"_MOME_COMPLETE": "bash_complete", "COMP_WORDS": "mome tr", "COMP_CWORD": "1"})
     assert result.returncode == 0, explain(result)
