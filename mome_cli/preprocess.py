@@ -44,6 +44,7 @@ from .media import (SAMPLE_RATE, SHORT_STREAM_SECONDS, MediaError, NoAudioError,
 PREPROCESS_VERSION = 4
 MAX_HEIGHT = 720  # frames taller than this are scaled down before detection and cropping
 CHUNK_FRAMES = 125  # frames held in memory at once: 5 s of video
+CLIP_CACHE_BYTES = 20 * 2**30  # past this the clip cache drops the entries used longest ago (an hour of video: ~1 GB)
 CROP_CHUNK_PIXELS = 8_000_000  # and with --roi at most this many pixels (96 MB as float RGB): a 720p video is not crops
 
 
@@ -245,10 +246,13 @@ class Preprocessor:
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
-                return Clip(**meta, audio=data["audio"] if "audio" in data else None,
+                clip = Clip(**meta, audio=data["audio"] if "audio" in data else None,
                             rois=data["rois"] if "rois" in data else None)
         except (OSError, ValueError, KeyError, TypeError):
-            return None  # a damaged entry is recomputed and overwritten
+            return None  # a damaged entry (or one another process just trimmed) is recomputed and overwritten
+        with contextlib.suppress(OSError):  # a cache that cannot be written is still read
+            os.utime(path)  # used now: among the last to go when the cache is trimmed
+        return clip
 
     def _save(self, key: str | None, clip: Clip) -> None:
         if key is None:
@@ -265,6 +269,23 @@ class Preprocessor:
                 np.savez(f, **arrays)
 
         atomic_write(self.cache_dir / f"{key}.npz", write)
+        self._trim()
+
+    def _trim(self) -> None:
+        """Keep the cache within CLIP_CACHE_BYTES: the entries used longest ago go first (the one just written last)."""
+        entries = []
+        for path in self.cache_dir.glob("*.npz"):
+            try:
+                info = path.stat()
+            except OSError:  # gone meanwhile (another process trimming)
+                continue
+            entries.append((info.st_mtime, info.st_size, path))
+        total = sum(size for _, size, _ in entries)
+        for _, size, path in sorted(entries)[:-1]:
+            if total <= CLIP_CACHE_BYTES:
+                break
+            path.unlink(missing_ok=True)
+            total -= size
 
 
 class ReadAhead:

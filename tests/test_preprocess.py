@@ -137,6 +137,30 @@ def test_cache_skips_detection_and_follows_the_file_content(media, tmp_path):
     assert prep(path).duration == pytest.approx(1.0, abs=0.05) and sum(calls) == 30 + 25
 
 
+def test_the_clip_cache_keeps_within_its_size_dropping_what_was_used_longest_ago(media, tmp_path, monkeypatch):
+    """It grew without end: about 1 GB an hour of video transcribed, never taken back."""
+    names = []
+    for n, seconds in enumerate((1.0, 1.2, 1.4)):  # three different clips, one cache entry each
+        names.append(tmp_path / f"clip{n}.wav")
+        ffmpeg("-f", "lavfi", "-i", f"sine=frequency={300 + 100 * n}:duration={seconds}", names[-1])
+    cache = tmp_path / "cache"
+    prep = Preprocessor(PreprocessOptions(mode="a"), cache_dir=cache)
+    prep(names[0])
+    (first,) = cache.glob("*.npz")  # clip0's entry
+    prep(names[1])
+    one = max(p.stat().st_size for p in cache.glob("*.npz"))
+    monkeypatch.setattr(preprocess_module, "CLIP_CACHE_BYTES", 2 * one + one // 2)  # room for two entries
+    for path in cache.glob("*.npz"):  # clip0 used longest ago, clip1 after it
+        os.utime(path, (1, 1 if path == first else 2))
+    prep(names[0])  # read from the cache: now the most recent
+    prep(names[2])  # a third entry: the one used longest ago (clip1's) goes
+    assert len(list(cache.glob("*.npz"))) == 2 and first.exists()
+    calls = []
+    monkeypatch.setattr(preprocess_module, "decode_audio", lambda *a, **k: calls.append(1) or np.zeros(16000, "f4"))
+    prep(names[0]), prep(names[2])
+    assert calls == []  # both still cached
+
+
 @pytest.mark.parametrize("order", [("a", "av"), ("av", "a")])
 def test_the_av_fallback_warning_is_said_to_av_runs_alone_whichever_filled_the_cache(media, tmp_path, order):
     # an audio-only file in mode av is read as in mode a and shares its cache entry
