@@ -466,7 +466,7 @@ def _progress(total: int, what: str, enabled: bool):
     # What is printed to stdout (--stdout's lines) goes above the bar only when stdout is that terminal too: rich
     # would otherwise send it to the bar's console, stderr, and a pipe or a file given stdout would get nothing.
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=stderr, transient=True, redirect_stdout=sys.stdout.isatty()) as bar:
+                  console=stderr, transient=True, redirect_stdout=bool(sys.stdout and sys.stdout.isatty())) as bar:
         task = bar.add_task(what, total=total)
         yield lambda n=1: bar.advance(task, n)
 

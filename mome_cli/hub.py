@@ -333,7 +333,7 @@ def _answered(repo: HubRepo, e, token_given: bool) -> HubError:
     if isinstance(e, errors.GatedRepoError) or (status in (401, 403) and repo.gated):
         return MissingModelError(f"{repo.repo_id} is gated (HTTP {status}): accept its licence at {repo.licence_url} "
                                  f"and {token_fix}")
-    if isinstance(e, errors.RepositoryNotFoundError) or status == 404:
+    if isinstance(e, errors.RepositoryNotFoundError):
         return MissingModelError(f"{repo.repo_id}: repository not found on the Hub (if it is private, set HF_TOKEN "
                                  "or pass --token)")
     if status in (401, 403):

@@ -160,7 +160,7 @@ def render(transcript: Transcript, fmt: str) -> str:
         return "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in transcript.segments)
     if fmt == "srt":  # a cue's text holds no "-->", which readers take for a cue's times
         cues = [f"{n}\n{timestamp(s['start'], ',')} --> {timestamp(s['end'], ',')}\n"
-                f"{s['text'].strip().replace('-->', '->')}\n" for n, s in enumerate(segments, 1)]
+                f"{re.sub('-+>', '->', s['text'].strip())}\n" for n, s in enumerate(segments, 1)]
         return "\n".join(cues)
     if fmt == "vtt":  # WebVTT cue text is markup: &, < and > as character references (so "-->" is not there either)
         cues = [f"{timestamp(s['start'], '.')} --> {timestamp(s['end'], '.')}\n{vtt_text(s['text'].strip())}\n"

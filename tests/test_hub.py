@@ -477,7 +477,9 @@ def caused_by(error: BaseException, cause: BaseException) -> BaseException:
      "meta-llama/Llama-3.2-1B: the Hugging Face Hub answered HTTP 500 Internal Server Error; try again later"),
     (errors.LocalEntryNotFoundError("cannot find"), ExitCode.MISSING,
      "; it is gated: accept its licence at https://huggingface.co/meta-llama/Llama-3.2-1B and set HF_TOKEN"),
-], ids=["server-error", "offline-gated"])
+    (errors.RemoteEntryNotFoundError("404 entry", response=hub_response(404)), ExitCode.FAILURE,
+     "meta-llama/Llama-3.2-1B: the Hugging Face Hub answered HTTP 404 Not Found"),  # a file, not the repository
+], ids=["server-error", "offline-gated", "file-not-found"])
 def test_what_the_hub_answered_is_told_from_no_network(home, monkeypatch, error, code, message):
     """A Hub that answered HTTP 500 was said to be "no network", with huggingface_hub's "\\nFor more information"
     in the line; offline, a gated repo's message did not say it needs a licence and a token."""

@@ -259,7 +259,8 @@ print(type(recognizer.model.llm).__module__, "transformers" in sys.modules)
                          cwd=ROOT).stdout.splitlines()
     assert out[-1] == "mome_cli.llama False"
     from mome_cli.preprocess import PreprocessOptions, Preprocessor
-    from mome_cli.recognizer import BUNDLED, build_recognizer, load_weights, read_config
+    from mome_cli.checkpoint import load_weights, read_config
+    from mome_cli.recognizer import BUNDLED, build_recognizer
 
     clip = Preprocessor(PreprocessOptions(mode="av", roi=True))(ROOT / "examples" / "demo.mp4")
     theirs = build_recognizer(read_config(BUNDLED / "demo"), tmp_path, "cpu", name="demo")  # transformers' backbones

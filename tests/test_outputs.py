@@ -109,11 +109,11 @@ def test_the_text_reads_back_from_every_format(tmp_path, fmt):
 def test_cue_text_cannot_break_a_subtitle_file(tmp_path):
     """WebVTT cue text is markup: a model's "<", "&" or "-->" went into it as they were (a "<b" opens a tag, "-->"
     reads as a cue's times), as "-->" did into srt."""
-    said = "x <b & c --> d"
+    said = "x <b & c ---> d"
     transcript = Transcript(text=said, segments=[{"start": 0.0, "end": 1.0, "text": said}])
     write_outputs(transcript, tmp_path, Path("t"), ["srt", "vtt"])
     vtt, srt = (tmp_path / "t.vtt").read_text(), (tmp_path / "t.srt").read_text()
-    assert vtt.splitlines()[3] == "x &lt;b &amp; c --&gt; d" and vtt.count("-->") == 1
+    assert vtt.splitlines()[3] == "x &lt;b &amp; c ---&gt; d" and vtt.count("-->") == 1
     assert srt.splitlines()[2] == "x <b & c -> d" and srt.count("-->") == 1
     assert read_text(tmp_path, Path("t"), ["vtt"]) == said
 

@@ -316,6 +316,21 @@ def test_stdout_lines_reach_a_pipe_while_the_progress_bar_is_on_a_terminal(train
     assert result.returncode == 0, shown
     assert "transcribing" in shown  # the bar was on
     assert result.stdout == f"{trained / 'media' / 'hello.mp4'}\thello world\n", shown
+    master, terminal = pty.openpty()
+    seen.clear()
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:  # `mome transcribe x -o out >&-`: with stdout closed Python's sys.stdout is None
+        closed = subprocess.run([MOME, "transcribe", trained / "media" / "hello.mp4", "--model", trained / "ckpt",
+                                 "--roi", "-o", tmp_path / "out", "--no-cache"], cwd=trained, stderr=terminal,
+                                preexec_fn=lambda: os.close(1), timeout=300,
+                                env={**os.environ, "MOME_HOME": str(trained / "home"), "TERM": "xterm"})
+    finally:
+        os.close(terminal)
+        reader.join(timeout=10)
+        os.close(master)
+    shown = b"".join(seen).decode(errors="replace")
+    assert closed.returncode == 0 and (tmp_path / "out" / "hello.txt").is_file(), shown
 
 
 def test_same_names_in_two_folders_skip_overwrite_and_a_bad_file(trained, tmp_path):
