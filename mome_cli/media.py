@@ -352,18 +352,20 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 def split_at_pauses(samples: np.ndarray, max_seconds: float = MAX_SEGMENT_SECONDS,
                     every_pause: bool = True) -> list[Segment]:
-    """Contiguous segments of at most max_seconds covering the audio, cut in pauses; silence is a segment of its own.
+    """Contiguous segments covering the audio, cut in pauses: those with speech of at most max_seconds, and with
+    every_pause, the silence around them as segments of their own.
 
     A pause is a silent run of at least MIN_PAUSE_SECONDS. With every_pause, each pause between two stretches of
     speech ends a segment, so that a segment holds what was said between pauses, as one utterance of LRS3 or of the
     synthetic corpus does (models trained on single utterances tend to stop at the first pause: on the demo's long-
     form validation set, packing utterances into 8 s segments gave 64.7% WER, cutting at every pause 38.8%). Then a
     segment longer than max_seconds is cut again: in the middle of the longest pause between a quarter of the limit
-    and the limit, or without one at the quietest frame of the last quarter. Last, each segment's speech keeps
-    SPEECH_MARGIN_SECONDS of silence on either side, as the utterances a model is trained on have: more (a clip's
-    first seconds, the rest of a long pause) becomes a segment of its own, marked silent and not decoded, so that it
-    neither moves a transcript's times nor reads as words. Cuts fall on video-frame boundaries, so audio and video
-    are cut at the same instants.
+    and the limit, or without one at the quietest frame of the last quarter. Last, with every_pause, each segment's
+    speech keeps SPEECH_MARGIN_SECONDS of silence on either side, as the utterances a model is trained on have: more
+    (a clip's first seconds, the rest of a long pause) becomes a segment of its own, marked silent and not decoded,
+    so that it neither moves a transcript's times nor reads as words; packed (every_pause False: an utterance decoded
+    whole, as LRS3's are in the paper), a segment keeps its silence. A segment that is silence throughout is marked
+    so either way. Cuts fall on video-frame boundaries, so audio and video are cut at the same instants.
     """
     total = len(samples) / SAMPLE_RATE
     dbfs = frame_energy_db(samples)  # (T,) one value per 40 ms frame
@@ -396,6 +398,9 @@ def split_at_pauses(samples: np.ndarray, max_seconds: float = MAX_SEGMENT_SECOND
         spoken = np.flatnonzero(~silent[a:b])
         if not len(spoken):
             pieces.append((a, b, False))
+            continue
+        if not every_pause:  # packed: a segment is decoded whole, the silence in it too
+            pieces.append((a, b, True))
             continue
         first, last = max(a, a + int(spoken[0]) - margin), min(b, a + int(spoken[-1]) + 1 + margin)
         pieces += [(a, first, False)] * (first > a) + [(first, last, True)] + [(last, b, False)] * (last < b)
