@@ -213,23 +213,29 @@ def test_a_stop_signal_saves_after_its_step_and_the_resumed_run_ends_as_an_unbro
     assert [r["loss"] for r in records(out, "train")] == [r["loss"] for r in records(trained, "train")]
 
 
+def at_its_last_save(trained: Path, out: Path, corpus: Path, eval_every: int, monkeypatch):
+    """A copy of the trained run as it was when its last step was saved (before the averaging), and the config that
+    resumes it in this process."""
+    from mome_cli.train_config import resolve_config
+
+    shutil.copytree(trained, out)
+    shutil.copy(out / "snapshots" / f"step-{STEPS:06d}" / "model.safetensors", out / "model.safetensors")
+    monkeypatch.setenv("MOME_HOME", str(corpus / "home"))
+    monkeypatch.chdir(corpus)
+    return resolve_config(RECIPE, {"train": str(corpus / "train.jsonl"), "valid": str(corpus / "train.jsonl"),
+                                   "roi": True, "output": str(out), "steps": STEPS, "batch_frames": 100,
+                                   "save_every": SAVE_EVERY, "eval_every": eval_every, "average_last": 2}, resume=True)
+
+
 def test_a_stop_signal_after_the_last_step_stops_what_is_left_and_resume_does_it(trained, corpus, tmp_path,
                                                                                   monkeypatch):
     """The final validation, the averaging and its validation can take minutes: a Ctrl-C or a scheduler's SIGTERM
     there was said to stop the run and then ignored (exit 0 after all of them)."""
     from mome_cli import training
-    from mome_cli.train_config import resolve_config
 
     out = tmp_path / "ending"
-    shutil.copytree(trained, out)
-    (out / "model.safetensors").unlink()  # as before the averaging
-    shutil.copy(out / "snapshots" / f"step-{STEPS:06d}" / "model.safetensors", out / "model.safetensors")
+    config = at_its_last_save(trained, out, corpus, 120, monkeypatch)
     last = (out / "model.safetensors").read_bytes()
-    monkeypatch.setenv("MOME_HOME", str(corpus / "home"))
-    monkeypatch.chdir(corpus)
-    config = resolve_config(RECIPE, {"train": str(corpus / "train.jsonl"), "valid": str(corpus / "train.jsonl"),
-                                     "roi": True, "output": str(out), "steps": STEPS, "batch_frames": 100,
-                                     "save_every": SAVE_EVERY, "eval_every": 120, "average_last": 2}, resume=True)
     finish = training.Trainer._finish
 
     def interrupted(self):  # Ctrl-C as the run's end begins (its last validation was at its last step)
@@ -253,19 +259,12 @@ def test_a_run_stopped_after_its_final_validation_does_not_validate_again_on_res
     """The final validation (eval_every not at the last step) is done once: a stop in the averaging after it said it
     was left, and the resumed run did it again, writing a second record of it into log.jsonl."""
     from mome_cli import training
-    from mome_cli.train_config import resolve_config
 
     out = tmp_path / "validated"
-    shutil.copytree(trained, out)
-    shutil.copy(out / "snapshots" / f"step-{STEPS:06d}" / "model.safetensors", out / "model.safetensors")
+    config = at_its_last_save(trained, out, corpus, 100, monkeypatch)
     lines = (out / "log.jsonl").read_text().splitlines()
     (out / "log.jsonl").write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["step"] < STEPS or
                                            json.loads(ln)["kind"] in ("train", "save")))  # as at its last save
-    monkeypatch.setenv("MOME_HOME", str(corpus / "home"))
-    monkeypatch.chdir(corpus)
-    config = resolve_config(RECIPE, {"train": str(corpus / "train.jsonl"), "valid": str(corpus / "train.jsonl"),
-                                     "roi": True, "output": str(out), "steps": STEPS, "batch_frames": 100,
-                                     "save_every": SAVE_EVERY, "eval_every": 100, "average_last": 2}, resume=True)
     average = training.Trainer.average
 
     def interrupted(self, k):  # Ctrl-C once the averaging has written its record

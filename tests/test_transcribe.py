@@ -286,9 +286,8 @@ def test_every_trained_rate_from_one_checkpoint(trained, rate):
     assert result.returncode == 0 and result.stdout.split("\t")[1].strip() == "good morning", result.explain
 
 
-def test_stdout_lines_reach_a_pipe_while_the_progress_bar_is_on_a_terminal(trained, tmp_path):
-    """With stderr a terminal (the bar shows), rich's progress sent what was printed to stdout to its console on
-    stderr: `mome transcribe x --stdout > file` wrote nothing into the file."""
+def on_a_terminal(*args, cwd, **run):
+    """mome with stderr on a pseudo-terminal (so the progress bar shows): the result, and what the terminal got."""
     import pty
 
     master, terminal = pty.openpty()
@@ -304,32 +303,25 @@ def test_stdout_lines_reach_a_pipe_while_the_progress_bar_is_on_a_terminal(train
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     try:
-        result = subprocess.run([MOME, "transcribe", trained / "media" / "hello.mp4", "--model", trained / "ckpt",
-                                 "--roi", "--stdout", "--no-cache"], cwd=trained, stdout=subprocess.PIPE,
-                                stderr=terminal, text=True, timeout=300,
-                                env={**os.environ, "MOME_HOME": str(trained / "home"), "TERM": "xterm"})
+        result = subprocess.run([MOME, *map(str, args)], cwd=cwd, stderr=terminal, timeout=300,
+                                env={**os.environ, "MOME_HOME": str(cwd / "home"), "TERM": "xterm"}, **run)
     finally:
         os.close(terminal)
         reader.join(timeout=10)
         os.close(master)
-    shown = b"".join(seen).decode(errors="replace")
+    return result, b"".join(seen).decode(errors="replace")
+
+
+def test_stdout_lines_reach_a_pipe_while_the_progress_bar_is_on_a_terminal(trained, tmp_path):
+    """With stderr a terminal (the bar shows), rich's progress sent what was printed to stdout to its console on
+    stderr: `mome transcribe x --stdout > file` wrote nothing into the file."""
+    args = ["transcribe", trained / "media" / "hello.mp4", "--model", trained / "ckpt", "--roi", "--no-cache"]
+    result, shown = on_a_terminal(*args, "--stdout", cwd=trained, stdout=subprocess.PIPE, text=True)
     assert result.returncode == 0, shown
     assert "transcribing" in shown  # the bar was on
     assert result.stdout == f"{trained / 'media' / 'hello.mp4'}\thello world\n", shown
-    master, terminal = pty.openpty()
-    seen.clear()
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:  # `mome transcribe x -o out >&-`: with stdout closed Python's sys.stdout is None
-        closed = subprocess.run([MOME, "transcribe", trained / "media" / "hello.mp4", "--model", trained / "ckpt",
-                                 "--roi", "-o", tmp_path / "out", "--no-cache"], cwd=trained, stderr=terminal,
-                                preexec_fn=lambda: os.close(1), timeout=300,
-                                env={**os.environ, "MOME_HOME": str(trained / "home"), "TERM": "xterm"})
-    finally:
-        os.close(terminal)
-        reader.join(timeout=10)
-        os.close(master)
-    shown = b"".join(seen).decode(errors="replace")
+    # `mome transcribe x -o out >&-`: with stdout closed, Python's sys.stdout is None
+    closed, shown = on_a_terminal(*args, "-o", tmp_path / "out", cwd=trained, preexec_fn=lambda: os.close(1))
     assert closed.returncode == 0 and (tmp_path / "out" / "hello.txt").is_file(), shown
 
 
