@@ -78,9 +78,10 @@ def segment_limit(asked: float | None, most: float) -> float:
 
 
 
-def check_options(model: str, adapter: str | None, device: str, options: RecognizeOptions) -> None:
-    """What load_recognizer and its checks refuse, from the configs alone (no weights loaded): for a run that has
-    nothing left to transcribe, so that a mistyped option fails there too rather than pass unseen."""
+def check_options(model: str, adapter: str | None, device: str | None, options: RecognizeOptions) -> None:
+    """What load_recognizer and its checks refuse, from the configs alone (no weights loaded): before a run prints or
+    reads anything, and in a run that has nothing left to transcribe, so that a mistyped option fails there too
+    rather than pass unseen. device None: not checked (it needs torch; a run that loads the model checks it then)."""
     try:
         config, _ = model_config(model, adapter)
     except CheckpointError as e:

@@ -98,9 +98,9 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
         else:
             done.append((item, stem))
 
-    # Options that the model refuses are refused before anything is printed or read (from its config: no torch);
-    # then the skipped inputs are counted, and printed with --stdout.
-    check_options(job.model, job.adapter, job.device, recognize_options)
+    # Options that the model refuses are refused before anything is printed or read, from its config (no torch: the
+    # device is checked here only when no model will be loaded); then the skipped inputs are counted and printed.
+    check_options(job.model, job.adapter, None if todo else job.device, recognize_options)
     for item, stem in done:
         report.skipped += 1
         if job.stdout:
