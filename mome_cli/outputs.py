@@ -205,6 +205,9 @@ def write_outputs(transcript: Transcript, out_dir: Path, stem: Path, formats: li
     for path in paths:
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        taken = next((folder for folder in path.parents if folder.exists()), None)
+        if taken is not None and not taken.is_dir():  # mkdir would say "File exists"
+            raise NotADirectoryError(errno.ENOTDIR, f"{taken} is a file, not a folder", str(path))
     for fmt, path in zip(formats, paths):
         try:
             atomic_write_text(path, render(transcript, fmt))

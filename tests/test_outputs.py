@@ -125,3 +125,12 @@ def test_an_edited_output_whose_text_is_not_text_is_a_value_error(tmp_path):
     for stem, fmt in (("t", "json"), ("u", "jsonl")):
         with pytest.raises(ValueError, match="not text"):
             read_text(tmp_path, Path(stem), [fmt])
+
+
+def test_an_output_folder_name_taken_by_a_file_is_said_so(tmp_path):
+    """It said "File exists" (mkdir's error) for the output file, which did not exist."""
+    (tmp_path / "sub").write_text("a file")
+    with pytest.raises(NotADirectoryError) as e:
+        write_outputs(TRANSCRIPT, tmp_path, Path("sub/deeper/talk"), ["txt"])
+    assert (e.value.filename, e.value.strerror) == (str(tmp_path / "sub" / "deeper" / "talk.txt"),
+                                                   f"{tmp_path / 'sub'} is a file, not a folder")
