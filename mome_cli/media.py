@@ -321,7 +321,8 @@ def iter_video(path, start: float = 0.0, duration: float | None = None, info: Me
         lines = [ln for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
         raise MediaError(path, f"cannot decode video ({lines[-1].strip() if lines else 'ffmpeg failed'})")
     if last is None:
-        raise MediaError(path, "video stream holds no frames")
+        raise MediaError(path, f"too short: {duration:.2f} s, not one video frame" if want == 0 else
+                         "video stream holds no frames")
     if sent < want:  # a stream that ends early: hold its last frame
         short = _stops_early("video", sent / VIDEO_FPS, want / VIDEO_FPS, "its last frame is held for the rest")
         if short and warnings is not None:

@@ -296,6 +296,16 @@ def test_audio_alone_ends_where_it_ends_before_a_length_that_was_only_estimated(
     assert clip.warnings == [], clip.warnings
 
 
+def test_a_clip_shorter_than_a_video_frame_is_said_to_be_too_short(tmp_path):
+    """0.01 s of sound beside one video frame: the clip (what both streams hold) has no frame, and it said the video
+    stream "holds no frames", which it does."""
+    path = tmp_path / "blink.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=96x96:rate=25:d=1",
+                    "-f", "lavfi", "-i", "sine=f=300:r=16000:d=1", "-t", "0.01", path], check=True)
+    with pytest.raises(MediaError, match="too short: 0.01 s, not one video frame"):
+        decode_video(path)
+
+
 def test_a_file_with_two_audio_streams_says_which_is_read(tmp_path):
     """The first audio stream was read without a word, where a user may have meant the second (a silent first
     track gave an empty transcript)."""
