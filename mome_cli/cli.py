@@ -6,6 +6,7 @@ The contract is in CLI-CONTRACT.md. This module imports only click and rich: com
 
 import contextlib
 import gc
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -455,6 +456,14 @@ def download(ctx: click.Context, names, list_cached, cache_dir, revision, token,
         ctx.exit(e.exit_code)
 
 
+def _same_terminal(one, other) -> bool:
+    """Whether two streams (None when closed) write to one terminal."""
+    try:
+        return one.isatty() and other.isatty() and os.fstat(one.fileno()).st_rdev == os.fstat(other.fileno()).st_rdev
+    except (AttributeError, OSError, ValueError):  # closed, or not a file (a test's stand-in)
+        return False
+
+
 @contextlib.contextmanager
 def _progress(total: int, what: str, enabled: bool):
     """Yields advance(n): a rich progress bar on stderr when enabled (a TTY, not --quiet), else nothing."""
@@ -466,7 +475,7 @@ def _progress(total: int, what: str, enabled: bool):
     # What is printed to stdout (--stdout's lines) goes above the bar only when stdout is that terminal too: rich
     # would otherwise send it to the bar's console, stderr, and a pipe or a file given stdout would get nothing.
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=stderr, transient=True, redirect_stdout=bool(sys.stdout and sys.stdout.isatty())) as bar:
+                  console=stderr, transient=True, redirect_stdout=_same_terminal(sys.stdout, sys.stderr)) as bar:
         task = bar.add_task(what, total=total)
         yield lambda n=1: bar.advance(task, n)
 

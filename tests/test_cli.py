@@ -266,3 +266,17 @@ def test_glob_takes_file_name_patterns_only(tmp_path, pattern):
     (tmp_path / "sub" / "x.mp4").write_bytes(b"")
     result = invoke("transcribe", str(tmp_path), "--glob", pattern)
     assert result.exit_code == ExitCode.USAGE and "matches file names" in result.stderr, explain(result)
+
+
+def test_stdout_goes_above_the_bar_only_when_it_is_the_bars_terminal():
+    """--stdout's lines went to the bar's terminal (stderr's) whenever stdout was a terminal, also another one."""
+    import pty
+
+    from mome_cli.cli import _same_terminal
+
+    (master, terminal), (other_master, other) = pty.openpty(), pty.openpty()
+    with open(terminal, "w") as first, open(os.dup(terminal), "w") as again, open(other, "w") as second, \
+            open(os.devnull, "w") as null:
+        assert _same_terminal(first, again) and not _same_terminal(first, second)
+        assert not _same_terminal(None, first) and not _same_terminal(null, first)
+    os.close(master), os.close(other_master)
