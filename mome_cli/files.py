@@ -142,5 +142,4 @@ def text_writer(text: str) -> Callable[[str], None]:
 
 
 __all__ = ["atomic_write", "atomic_write_all", "atomic_write_text", "text_writer", "interrupt_after", "writable_folder",
-           "removed_if_empty",
-           "remove_folders"]
+           "removed_if_empty", "remove_folders"]

@@ -584,9 +584,9 @@ def cache_listing(home: Path | None = None, names: list[str] | None = None, revi
     lines += ["", "Caches (remade as needed: safe to delete):"]
     rows = []
     for folder in sorted(p for p in (home / "cache").glob("*") if p.is_dir()):  # clips, features, train-clips
-        files = [f for f in folder.rglob("*") if f.is_file()]
-        rows.append((f"cache/{folder.name}", f"{len(files)} file{'s' * (len(files) != 1)}",
-                     human_size(sum(f.stat().st_size for f in files)), str(folder)))
+        files = sum(1 for f in folder.rglob("*") if f.is_file())
+        rows.append((f"cache/{folder.name}", f"{files} file{'s' * (files != 1)}", human_size(_folder_size(folder)),
+                     str(folder)))
     lines += _table(rows) if rows else ["  (none)"]
     lines += ["", "Presets:"]
     rows = []

@@ -85,9 +85,9 @@ def _ffmpeg():
     return ffmpeg
 
 
-def _last_words(error) -> str:
-    """The last non-empty line ffmpeg wrote to stderr."""
-    lines = [ln.strip() for ln in (error.stderr or b"").decode("utf-8", "replace").splitlines() if ln.strip()]
+def last_words(stderr: bytes | None) -> str:
+    """The last non-empty line ffmpeg (or ffprobe) wrote to stderr."""
+    lines = [ln.strip() for ln in (stderr or b"").decode("utf-8", "replace").splitlines() if ln.strip()]
     return lines[-1] if lines else "ffmpeg failed"
 
 
@@ -124,13 +124,12 @@ def probe(path) -> MediaInfo:
     ffmpeg = _ffmpeg()
     command = ["ffprobe", "-v", "warning", "-show_format", "-show_streams", "-of", "json", _source(path)]
     done = subprocess.run(command, capture_output=True)
+    if done.returncode:
+        raise MediaError(path, f"not a readable media file ({last_words(done.stderr)})")
     try:
-        if done.returncode:
-            raise ffmpeg.Error("ffprobe", done.stdout, done.stderr)
         info = json.loads(done.stdout)
-    except (ffmpeg.Error, ValueError) as e:
-        raise MediaError(path, f"not a readable media file ({_last_words(e) if isinstance(e, ffmpeg.Error) else e})"
-                         ) from e
+    except ValueError as e:
+        raise MediaError(path, f"not a readable media file ({e})") from e
     estimated = b"Estimating duration from bitrate" in done.stderr
     streams = info.get("streams", [])
     audios = [s for s in streams if s.get("codec_type") == "audio"]
@@ -257,7 +256,7 @@ def decode_audio(path, start: float = 0.0, duration: float | None = None, info: 
     try:
         out, _ = stream.run(cmd="ffmpeg", capture_stdout=True, capture_stderr=True)
     except ffmpeg.Error as e:
-        raise MediaError(path, f"cannot decode audio ({_last_words(e)})") from e
+        raise MediaError(path, f"cannot decode audio ({last_words(e.stderr)})") from e
     samples = np.frombuffer(out, np.float32)
     want = int(round(duration * SAMPLE_RATE))
     if to_end:
@@ -318,8 +317,7 @@ def iter_video(path, start: float = 0.0, duration: float | None = None, info: Me
         stderr = messages.read()
         messages.close()
     if code != 0 and sent < want:
-        lines = [ln for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
-        raise MediaError(path, f"cannot decode video ({lines[-1].strip() if lines else 'ffmpeg failed'})")
+        raise MediaError(path, f"cannot decode video ({last_words(stderr)})")
     if last is None:
         raise MediaError(path, f"too short: {duration:.2f} s, not one video frame" if want == 0 else
                          "video stream holds no frames")
@@ -415,5 +413,5 @@ def split_at_pauses(samples: np.ndarray, max_seconds: float = MAX_SEGMENT_SECOND
 
 
 __all__ = ["SAMPLE_RATE", "VIDEO_FPS", "SAMPLES_PER_FRAME", "MAX_SEGMENT_SECONDS", "MediaError", "NoAudioError",
-           "NoVideoError", "MediaInfo", "Segment", "probe", "decode_audio", "iter_video", "decode_video",
+           "NoVideoError", "MediaInfo", "Segment", "last_words", "probe", "decode_audio", "iter_video", "decode_video",
            "frame_energy_db", "split_at_pauses"]

@@ -54,7 +54,8 @@ from pathlib import Path
 import numpy as np
 
 from .files import atomic_write, atomic_write_text
-from .media import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, MediaError, decode_audio, decode_video, probe
+from .media import (SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, MediaError, decode_audio, decode_video, last_words,
+                    probe)
 
 ESPEAK_RATE = 22_050  # Hz: what espeak-ng synthesises; resampled to SAMPLE_RATE by ffmpeg when muxing
 ESPEAK_FRAME = ESPEAK_RATE // VIDEO_FPS  # 882 samples = 40 ms: clips are padded to whole video frames
@@ -519,8 +520,7 @@ def _encode(path: Path, inputs: list[str], what: str, data: bytes | None = None)
     except FileNotFoundError as e:
         raise MediaError("ffmpeg", "the ffmpeg program is not installed (e.g. apt-get install ffmpeg)") from e
     except subprocess.CalledProcessError as e:
-        lines = [ln for ln in e.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
-        raise MediaError(path, f"cannot {what} ({lines[-1] if lines else 'ffmpeg failed'})") from e
+        raise MediaError(path, f"cannot {what} ({last_words(e.stderr)})") from e
 
 
 def make_utterance(job: dict) -> dict:
