@@ -28,6 +28,10 @@ FORMAT_VERSION = 1  # bumped when the layout of a checkpoint directory changes
 
 # Fields that decide the shape or meaning of the trained tensors: an adapter fits a model only if they agree.
 ARCHITECTURE_FIELDS = ("llm", "audio_dim", "video_dim", "rates", "compression", "projector_hidden", "mome", "tags")
+# Fields a checkpoint's config must give (save_checkpoint writes them all): filled in from ModelConfig's defaults, a
+# missing one would quietly name another model (a config without "llm" would ask for Llama-3.2-1B).
+REQUIRED_FIELDS = ("llm", "audio_encoder", "audio_dim", "video_encoder", "video_dim", "rates", "compression",
+                   "projector_hidden", "mome", "modes")
 
 
 class CheckpointError(Exception):
@@ -62,6 +66,9 @@ def read_config(directory: str | os.PathLike) -> ModelConfig:
     version = data.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {version}, this mome reads format {FORMAT_VERSION}")
+    missing = [name for name in REQUIRED_FIELDS if name not in data["model"]]
+    if missing:
+        raise CheckpointError(f"{path}: invalid model config: no {', '.join(missing)}")
     try:
         config = ModelConfig.from_dict(data["model"])
     except (KeyError, TypeError, ValueError) as e:

@@ -67,6 +67,9 @@ def test_missing_or_damaged_checkpoints_are_clear_errors(tmp_path, model):
     (lambda c: json.dumps({**c, "model": {**c["model"], "rates": [[4.7, 2]]}}).encode(),
      "rates must be a non-empty list of .* whole rates"),  # was cut to 4
     (lambda c: json.dumps({**c, "model": {**c["model"], "rates": [4]}}).encode(), "rates must be"),
+    # a field left out was filled in from the defaults: the error was that Llama-3.2-1B was not downloaded
+    (lambda c: json.dumps({**c, "model": {k: v for k, v in c["model"].items() if k not in ("llm", "mome")}}).encode(),
+     "invalid model config: no llm, mome$"),
 ])
 def test_a_damaged_config_json_is_one_clear_error(tmp_path, model, damage, message):
     save_checkpoint(model, tmp_path)
