@@ -68,6 +68,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .configuration import TINY_WIDTH
+
 FRAME_RATE = 25  # video frames per second in, features per second out
 CROP_SIZE = 88  # mouth crop side the weights were trained on (other sizes run: the trunk pools globally)
 IMAGE_MEAN, IMAGE_STD = 0.421, 0.165  # the media stage's normalisation of [0, 1] grey levels
@@ -121,7 +123,7 @@ class AVHubertConfig:
     @classmethod
     def tiny(cls) -> AVHubertConfig:
         """The same structure at toy widths with 2 layers, for tests."""
-        return cls(stem_channels=8, stage_channels=(8, 16, 16, 32), embed_dim=32, num_layers=2, num_heads=4,
+        return cls(stem_channels=8, stage_channels=(8, 16, 16, 32), embed_dim=TINY_WIDTH, num_layers=2, num_heads=4,
                    ffn_dim=64, conv_pos=8, conv_pos_groups=4)
 
     def to_dict(self) -> dict:

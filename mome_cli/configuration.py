@@ -19,6 +19,7 @@ DEFAULT_PROMPTS = {
     "av": "Transcribe speech and video to text.",
 }
 DEFAULT_RATES = [(4, 2), (4, 5), (16, 2), (16, 5)]  # (audio, video) pairs trained jointly
+TINY_WIDTH = 32  # output width of the `tiny` encoders (encoders.TINY_WHISPER, AVHubertConfig.tiny): known without torch
 
 Rate = tuple  # (audio rate or None, video rate or None)
 
@@ -138,5 +139,5 @@ class ModelConfig:
         return cls(**d)
 
 
-__all__ = ["POSITIONS", "COMPRESSION_KINDS", "MODES", "DEFAULT_PROMPTS", "DEFAULT_RATES", "Rate", "MoMEConfig",
-           "ModelConfig"]
+__all__ = ["POSITIONS", "COMPRESSION_KINDS", "MODES", "DEFAULT_PROMPTS", "DEFAULT_RATES", "TINY_WIDTH", "Rate",
+           "MoMEConfig", "ModelConfig"]

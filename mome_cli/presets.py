@@ -13,7 +13,7 @@ import dataclasses
 from pathlib import Path
 
 from .checkpoint import CheckpointError, read_config
-from .configuration import ModelConfig, MoMEConfig
+from .configuration import TINY_WIDTH, ModelConfig, MoMEConfig
 from .hub import PRESETS, MissingModelError, UnusableModelError
 from .media import MAX_SEGMENT_SECONDS
 from .options import RecognizeOptions, UsageProblem
@@ -23,11 +23,8 @@ BUNDLED = Path(__file__).parent / "models"  # checkpoints that ship inside the p
 
 def tiny_config() -> ModelConfig:
     """The `tiny` preset: random tiny backbones built from configs, MoME modules that change nothing yet."""
-    from .avhubert import AVHubertConfig
-    from .encoders import TINY_WHISPER
-
-    return ModelConfig(llm="tiny", audio_encoder="tiny", video_encoder="tiny", audio_dim=TINY_WHISPER["d_model"],
-                       video_dim=AVHubertConfig.tiny().embed_dim, projector_hidden=64,
+    return ModelConfig(llm="tiny", audio_encoder="tiny", video_encoder="tiny", audio_dim=TINY_WIDTH,
+                       video_dim=TINY_WIDTH, projector_hidden=64,
                        mome=MoMEConfig(num_routed=4, num_shared=1, top_k=2, bottleneck=8))
 
 

@@ -510,15 +510,16 @@ def test_options_a_run_would_refuse_are_refused_when_every_output_exists_too(tra
     assert again.returncode == 0 and "0 ok, 1 skipped, 0 failed" in again.stderr, again.explain
 
 
-def test_a_run_with_every_output_there_checks_its_options_without_importing_torch(trained, tmp_path):
+@pytest.mark.parametrize("preset", [False, True])
+def test_a_run_with_every_output_there_checks_its_options_without_importing_torch(trained, tmp_path, preset):
     """Nothing to transcribe: the options are checked against the model's config alone, which needs no torch (its
-    import was most of such a run's 2 to 3 s)."""
-    clip, out = trained / "media" / "hello.mp4", tmp_path / "out"
-    assert mome("transcribe", clip, "--model", trained / "ckpt", "--roi", "-o", out, cwd=trained).returncode == 0
+    import was most of such a run's 2 to 3 s). The tiny preset's config too (it asked the encoders their widths)."""
+    clip, out, model = trained / "media" / "hello.mp4", tmp_path / "out", "tiny" if preset else str(trained / "ckpt")
+    assert mome("transcribe", clip, "--model", model, "--roi", "-o", out, cwd=trained).returncode == 0
     code = (
         "import sys\n"
         "from mome_cli.cli import main\n"
-        f"sys.argv = ['mome', 'transcribe', {str(clip)!r}, '--model', {str(trained / 'ckpt')!r}, '--roi', '-o', "
+        f"sys.argv = ['mome', 'transcribe', {str(clip)!r}, '--model', {model!r}, '--roi', '-o', "
         f"{str(out)!r}, '--rate', RATE, '--stdout']\n"
         "try:\n"
         "    main()\n"
