@@ -284,7 +284,9 @@ def resolve_config(config_file=None, overrides: dict | None = None, resume: bool
     values = _layer(values, overrides or {}, "flags")
     if values.get("output") is None:
         raise ConfigError("no output directory: give -o/--output DIR (or output = ... in the config)")
-    if values.get("model") is not None and Path(values["model"]).is_dir():
+    # A folder of backbones is saved absolute; a preset's name stays one, even beside a folder of that name (a run
+    # written to -o tiny).
+    if values.get("model") is not None and (Path(values["model"]) / BACKBONES_NAME).is_file():
         values["model"] = str(Path(values["model"]).absolute())
     for name in ("train", "valid", "output"):  # relative to where mome runs; saved absolute, so resume can move
         if values.get(name) is not None:

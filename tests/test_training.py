@@ -544,6 +544,18 @@ def test_flags_override_the_recipe_and_steps_replace_epochs(tmp_path):
 
 
 
+def test_model_names_a_preset_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    """A run written to -o tiny made --model tiny in that folder name the run's folder (refused: no backbones)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "model.safetensors").write_bytes(b"")
+    assert resolve_config(None, {"train": "t", "output": "o", "steps": 1, "model": "tiny"}).model == "tiny"
+    backbones = tmp_path / "mine"
+    backbones.mkdir()
+    (backbones / "backbones.json").write_text("{}")
+    assert resolve_config(None, {"train": "t", "output": "o", "steps": 1, "model": "mine"}).model == str(backbones)
+
+
 def test_a_new_run_never_writes_over_a_folder_that_holds_something(tmp_path):
     out = tmp_path / "model"
     out.mkdir()
