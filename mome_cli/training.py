@@ -52,7 +52,7 @@ import torch
 
 from .checkpoint import save_checkpoint
 from .files import atomic_write, atomic_write_text, remove_folders, writable_folder
-from .hub import mome_home
+from .hub import human_size, mome_home
 from .outputs import one_line
 from .recognizer import build_recognizer
 from .train_config import CONFIG_NAME, LOG_NAME, SNAPSHOTS, STATE_NAME, ConfigError, TrainConfig, save_leftover
@@ -153,6 +153,7 @@ class Trainer:
 
             self.console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
         self.step = self.epoch = self.index = 0
+        self.saved_step = None  # the step of the run's last save (in trainer_state.pt)
         self.elapsed = 0.0
         self.meter, self.meter_steps = None, 0  # summed losses since the last log line
         self._stop, self._ending = None, False  # the stop request while train() runs; past the last step
@@ -445,6 +446,24 @@ class Trainer:
         saves of the schedule."""
         if not self.main:
             return
+        with self._writing(f"step {self.step}"):
+            self._save(snapshot)
+
+    @contextlib.contextmanager
+    def _writing(self, what: str):
+        """A save that fails (a full disk, which torch.save says as a RuntimeError) is one line: a TrainingError."""
+        from safetensors import SafetensorError
+
+        try:
+            yield
+        except (OSError, RuntimeError, SafetensorError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            free = human_size(shutil.disk_usage(self.out).free)
+            last = self.saved_step
+            then = f"--resume goes on from step {last}, its last save" if last is not None else "nothing was saved"
+            raise TrainingError(f"cannot save {what} in {self.out} ({free} free there): {reason}; {then}") from e
+
+    def _save(self, snapshot: bool) -> None:
         extra = {"training": {"step": self.step, "epoch": self.epoch}}
         path = self.out / SNAPSHOTS / f"step-{self.step:06d}" if snapshot else self.out
         if snapshot:
@@ -458,6 +477,7 @@ class Trainer:
             "meter": None if self.meter is None else self.meter.cpu(),
         }
         atomic_write(self.out / STATE_NAME, lambda tmp: torch.save(state, tmp))
+        self.saved_step = self.step  # the commit: what --resume goes on from
         save_checkpoint(self.model, self.out, extra)
         if snapshot:
             keep = max(self.config.keep_last, self.config.average_last or 0)
@@ -506,6 +526,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.index = state["step"], state["epoch"], state["index"]
+        self.saved_step = self.step
         if state.get("total", self.total) != self.total:
             self._stretch_schedule(state["total"], state["warmup"])
         _set_rng_state(state["rng"])
@@ -588,7 +609,8 @@ class Trainer:
             for name, tensor in mean.items():
                 params[name].copy_(tensor)
         steps = [int(p.name.split("-")[1]) for p in chosen]
-        save_checkpoint(self.model, self.out, {"training": {"step": self.step, "averaged_steps": steps}})
+        with self._writing("the final model (the mean)"):
+            save_checkpoint(self.model, self.out, {"training": {"step": self.step, "averaged_steps": steps}})
         self.record("average", steps=steps)
         self.say(f"final model: mean of the saves at steps {', '.join(map(str, steps))}")
         return steps

@@ -445,6 +445,26 @@ def test_bad_values_and_missing_inputs_exit_with_the_contract_codes(corpus, tmp_
     assert result.returncode == code and message in result.stderr, result.explain
 
 
+def test_a_save_that_cannot_be_written_is_one_line_naming_the_folder(corpus, tmp_path):
+    """A disk that fills up: files over 300 kB cannot be written (as a full disk, torch.save's writer fails with a
+    RuntimeError). The model (150 kB) is saved, the trainer state (480 kB) is not: a traceback before."""
+    import resource
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of the process being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+
+    out = tmp_path / "run"
+    args = ["train", "--config", RECIPE, "--train", corpus / "train.jsonl", "--roi", "-o", out, "--steps", 2,
+            "--save-every", 1, "--batch-frames", 100]
+    result = subprocess.run([str(BIN / "mome"), *map(str, args)], cwd=corpus, env=environment(corpus), text=True,
+                            capture_output=True, preexec_fn=small_files, timeout=300)
+    last = result.stderr.splitlines()[-1]
+    assert result.returncode == 1 and "Traceback" not in result.stderr, explain(result)
+    assert last.startswith(f"mome train: cannot save step 1 in {out} (") and last.endswith("nothing was saved"), last
+    assert not (out / "trainer_state.pt").exists() and not list(out.rglob("*.tmp")), sorted(out.rglob("*"))
+
+
 def test_a_folder_of_clips_with_their_transcripts_is_a_training_and_validation_set(corpus, tmp_path):
     folder = tmp_path / "clips"
     folder.mkdir()
