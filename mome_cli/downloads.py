@@ -2,10 +2,14 @@
 
 `fetch_url` streams into `<file>.part` beside the final name, and resumes a `.part` left by an interrupted run with an
 HTTP Range request (a server that ignores Range, or whose file changed, gets a fresh download). Before the rename it
-checks the size, where known, and the SHA-256, full or a prefix of it (torch hub's names carry the first hex digits);
-on a mismatch it deletes the `.part`. Where no checksum is published, the digest of the first download is recorded in
-`<file>.sha256` (sha256sum's format) and `verify_file` compares against it later. A progress bar is drawn when a rich
-console is given (the CLI gives one on a TTY).
+checks the `.part` as it is on disk: its size, where known, and its SHA-256, full or a prefix of it (torch hub's names
+carry the first hex digits); on a mismatch it deletes the `.part`. Where no checksum is published, the digest of the
+first download is recorded in `<file>.sha256` (sha256sum's format) and `verify_file` compares against it later. A
+progress bar is drawn when a rich console is given (the CLI gives one on a TTY).
+
+Processes that share a cache take turns with each file: `download_lock` holds an inter-process lock on a hidden
+`.<file>.lock` beside it while one of them downloads, so that two never write one `.part`, and one that waited finds
+the file the other finished.
 
 The errors carry the exit code of the contract (report.ExitCode): MISSING (4) when something cannot be fetched now
 (no network, an interrupted download), FAILURE (1) for a checksum mismatch or a cache that cannot be written. hub.py
@@ -16,11 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from .files import atomic_write_text
 from .report import ExitCode
@@ -30,6 +35,7 @@ if TYPE_CHECKING:
 
 PART_SUFFIX = ".part"  # a download in progress, resumable
 SHA256_SUFFIX = ".sha256"  # the recorded digest of a file that has no published checksum
+LOCK_SUFFIX = ".lock"  # .<file>.lock: held by the process downloading <file>; hidden, so --list does not show it
 CHUNK_BYTES = 1 << 20  # 1 MiB per read while streaming and hashing
 
 
@@ -158,6 +164,44 @@ def verify_file(item: RemoteFile, path: Path) -> str:
 # Downloads
 
 
+def lock_path(dest: Path) -> Path:
+    return Path(dest).with_name(f".{Path(dest).name}{LOCK_SUFFIX}")
+
+
+@functools.lru_cache(maxsize=None)
+def _file_lock(path: str):
+    """One FileLock per lock file in this process: a FileLock counts nested holds, where a second one on the same
+    file would wait for the first forever (flock is per open file)."""
+    from filelock import FileLock
+
+    return FileLock(path)
+
+
+@contextlib.contextmanager
+def download_lock(dest: Path, log: Callable[[str], None] = lambda m: None) -> Iterator[None]:
+    """Hold dest's inter-process lock while it is checked, downloaded or replaced; says so on log if another process
+    holds it, then waits for it. Nested holds in one thread (fetch_file's around fetch_url's) do not wait.
+
+    The lock file stays after release: deleting it would let a process that is waiting on it and one that comes later
+    lock two different files. The system drops the lock of a process that dies.
+    """
+    import filelock
+
+    lock = _file_lock(str(lock_path(dest)))
+    try:
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            log(f"another process is downloading {Path(dest).name}; waiting for it to finish")
+            lock.acquire()
+    except OSError as e:
+        reraise_os_error(e, lock_path(dest))
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _progress_bar(console):
     """A rich progress bar for one file on console (stderr), or None without a console."""
     if console is None:
@@ -170,11 +214,13 @@ def _progress_bar(console):
 
 
 def fetch_url(url: str, dest: Path, sha256: str | None = None, size: int | None = None, *, console=None,
-              client=None) -> str:
+              client=None, log: Callable[[str], None] = lambda m: None) -> str:
     """Download url to dest through dest.part, resuming a .part left by an interrupted run; return the SHA-256.
 
-    Size and digest (full or prefix) are checked before the rename; on a mismatch the .part is deleted. Without an
-    expected digest, the one found is recorded in dest.sha256. console: a rich Console for a progress bar, or None.
+    Holds download_lock(dest) throughout: another process fetching dest waits. Size and digest (full or prefix) of the
+    .part on disk are checked before the rename; on a mismatch the .part is deleted. Without an expected digest, the
+    one found is recorded in dest.sha256. console: a rich Console for a progress bar, or None; log: where a wait for
+    another process is said.
     """
     import httpx
 
@@ -184,19 +230,23 @@ def fetch_url(url: str, dest: Path, sha256: str | None = None, size: int | None 
     if own_client:
         client = httpx.Client(follow_redirects=True, timeout=httpx.Timeout(60.0, connect=15.0))
     try:
-        if size is not None and part.is_file() and part.stat().st_size > size:
-            part.unlink()
-        got = _download_part(client, url, part, console, dest.name)
-        if size is not None and (got_size := part.stat().st_size) != size:
-            part.unlink()
-            raise HubError(f"{dest.name}: expected {size} bytes, got {got_size}")
-        if sha256 is not None and not _matches(got, sha256):
-            part.unlink()
-            raise ChecksumError(dest, sha256, got)
-        os.replace(part, dest)
-        if sha256 is None:
-            atomic_write_text(Path(f"{dest}{SHA256_SUFFIX}"), f"{got}  {dest.name}\n")
-        return got
+        with download_lock(dest, log):
+            if size is not None and part.is_file() and part.stat().st_size > size:
+                part.unlink()
+            _download_part(client, url, part, console, dest.name)
+            # The file as it is on disk, not the bytes this process received: whatever else wrote to the .part (a
+            # mome older than the lock, sharing the cache), what is renamed into place is what was checked.
+            got_size, got = part.stat().st_size, sha256_of(part)
+            if size is not None and got_size != size:
+                part.unlink()
+                raise HubError(f"{dest.name}: expected {size} bytes, got {got_size}")
+            if sha256 is not None and not _matches(got, sha256):
+                part.unlink()
+                raise ChecksumError(dest, sha256, got)
+            os.replace(part, dest)
+            if sha256 is None:
+                atomic_write_text(Path(f"{dest}{SHA256_SUFFIX}"), f"{got}  {dest.name}\n")
+            return got
     except httpx.TransportError as e:
         if part.is_file() and part.stat().st_size:
             raise MissingModelError(f"download of {dest.name} interrupted after {part.stat().st_size} bytes "
@@ -209,8 +259,8 @@ def fetch_url(url: str, dest: Path, sha256: str | None = None, size: int | None 
             client.close()
 
 
-def _download_part(client, url: str, part: Path, console, name: str) -> str:
-    """Bring part up to the whole file at url, resuming it with a Range request; return the file's SHA-256.
+def _download_part(client, url: str, part: Path, console, name: str) -> None:
+    """Bring part up to the whole file at url, resuming it with a Range request.
 
     A server that ignores Range answers 200 with the whole file: part is then rewritten from the first byte.
     """
@@ -222,22 +272,17 @@ def _download_part(client, url: str, part: Path, console, name: str) -> str:
         if not misfit:
             if status not in (200, 206):
                 raise HubError(f"{url}: the server answered HTTP {status}")
-            digest = hashlib.sha256()
-            if status == 206:
-                with open(part, "rb") as f:  # the digest covers the bytes already there
-                    while chunk := f.read(CHUNK_BYTES):
-                        digest.update(chunk)
-            else:
+            if status == 200:
                 offset = 0
             length = response.headers.get("Content-Length")
             total = offset + int(length) if length is not None else None
-            written = _stream_to(response, part, "ab" if offset else "wb", digest, offset, total, console, name)
+            _stream_to(response, part, "ab" if offset else "wb", offset, total, console, name)
     if misfit:  # the .part does not fit the file the server has now: start again without Range
         part.unlink()
-        return _download_part(client, url, part, console, name)
-    if total is not None and written != total:
-        raise MissingModelError(f"download of {name} stopped at {written} of {total} bytes; run again to resume it")
-    return digest.hexdigest()
+        _download_part(client, url, part, console, name)
+        return
+    if total is not None and (got := part.stat().st_size) != total:
+        raise MissingModelError(f"download of {name} stopped at {got} of {total} bytes; run again to resume it")
 
 
 def _range_starts_at(response, offset: int) -> bool:
@@ -246,8 +291,8 @@ def _range_starts_at(response, offset: int) -> bool:
     return match is not None and int(match.group(1)) == offset
 
 
-def _stream_to(response, part: Path, mode: str, digest, offset: int, total: int | None, console, name: str) -> int:
-    """Append the response body to part, hashing it; return the size of part afterwards."""
+def _stream_to(response, part: Path, mode: str, offset: int, total: int | None, console, name: str) -> None:
+    """Write the response body to part (mode "ab" after the offset bytes already there, or "wb")."""
     written = offset
     bar = _progress_bar(console)
     with contextlib.ExitStack() as stack:
@@ -258,14 +303,11 @@ def _stream_to(response, part: Path, mode: str, digest, offset: int, total: int 
         f = stack.enter_context(open(part, mode))
         for chunk in response.iter_bytes(CHUNK_BYTES):
             f.write(chunk)
-            digest.update(chunk)
             written += len(chunk)
             if task is not None:
                 bar.update(task, completed=written)
-    return written
-
 
 
 __all__ = ["HubError", "MissingModelError", "UnusableModelError", "ChecksumError", "CacheWriteError", "PART_SUFFIX",
-           "SHA256_SUFFIX", "sha256_of", "recorded_sha256", "verify_file", "fetch_url", "ensure_writable",
-           "no_network_error", "reraise_os_error"]
+           "SHA256_SUFFIX", "LOCK_SUFFIX", "sha256_of", "recorded_sha256", "verify_file", "lock_path", "download_lock",
+           "fetch_url", "ensure_writable", "no_network_error", "reraise_os_error"]

@@ -10,7 +10,8 @@ Cache layout under `mome_home()` ($MOME_HOME, else platformdirs' user data dir f
 Hub repositories come through `huggingface_hub.snapshot_download` (it resumes and verifies by itself). Plain URLs
 come through downloads.py's `fetch_url`: streamed into `<file>.part`, resumed with an HTTP Range request, SHA-256
 checked before the rename (or, where none is published, the first download's digest recorded in `<file>.sha256`), so
-a final name never holds a partial or wrong file.
+a final name never holds a partial or wrong file; processes sharing the cache take turns with each file (a lock on a
+hidden `.<file>.lock` beside it), so two `mome download`s never write one `.part`.
 
 Errors (defined in downloads.py, re-exported here) carry the exit code of the contract (report.ExitCode): MISSING (4)
 when something needed is not in the cache and cannot be fetched now (offline, gated, not found, no network), FAILURE
@@ -29,8 +30,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .downloads import (PART_SUFFIX, SHA256_SUFFIX, CacheWriteError, ChecksumError, HubError, MissingModelError,
-                        UnusableModelError, ensure_writable, fetch_url, no_network_error, recorded_sha256,
-                        reraise_os_error, sha256_of, verify_file)
+                        UnusableModelError, download_lock, ensure_writable, fetch_url, no_network_error,
+                        recorded_sha256, reraise_os_error, sha256_of, verify_file)
 
 HUB_DIR = "hub"  # huggingface_hub cache_dir, relative to the mome home
 AVHUBERT_DIR = "avhubert"
@@ -270,23 +271,48 @@ def check_users_copy(item: RemoteFile, path: Path, preset: str | None = None) ->
 
 def fetch_file(item: RemoteFile, home: Path, *, console=None, log: Callable[[str], None] = lambda m: None,
                client=None) -> Path:
-    """Make sure item is in the cache and checks out; download it (resuming) if not. Return its path."""
+    """Make sure item is in the cache and checks out; download it (resuming) if not. Return its path.
+
+    Processes sharing the cache take turns (downloads.download_lock): one that waited while another downloaded item
+    finds the file there, checks it, and is done. A file that checks out is used without the lock, which a
+    read-only cache could not hold: a finished file is only ever replaced by a rename, never written in place.
+    """
     path = item.path(home)
-    if path.is_file():
-        log(f"verifying {path}")
-        try:
-            verify_file(item, path)
+    seen = _identity(path)
+    if seen is not None and _checks_out(item, path, log):
+        return path
+    ensure_writable(path.parent)
+    with download_lock(path, log):
+        now = _identity(path)
+        if now is not None and now != seen and _checks_out(item, path, log):  # another process fetched it meanwhile
             return path
-        except ChecksumError as e:
-            log(f"{e}; downloading it again")
+        if now is not None:
             path.unlink()
             Path(f"{path}{SHA256_SUFFIX}").unlink(missing_ok=True)
-    ensure_writable(path.parent)
-    log(f"fetching {item.label}: {item.url}")
-    if item.licence_url:
-        log(f"  licence: {item.licence_url}")
-    fetch_url(item.url, path, item.sha256, item.size, console=console, client=client)
+        log(f"fetching {item.label}: {item.url}")
+        if item.licence_url:
+            log(f"  licence: {item.licence_url}")
+        fetch_url(item.url, path, item.sha256, item.size, console=console, client=client, log=log)
     return path
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of the file at path, or None: whether another process has put a file there since."""
+    try:
+        stat = path.stat()
+    except OSError:  # not there, or a folder on the way that is not one: ensure_writable says which
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _checks_out(item: RemoteFile, path: Path, log: Callable[[str], None]) -> bool:
+    log(f"verifying {path}")
+    try:
+        verify_file(item, path)
+    except ChecksumError as e:
+        log(f"{e}; downloading it again")
+        return False
+    return True
 
 
 @contextlib.contextmanager

@@ -7,7 +7,10 @@ import os
 import random
 import re
 import socket
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlparse
@@ -34,13 +37,15 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"  # a made-up 40-hex commit h
 
 
 class FileServer(ThreadingHTTPServer):
-    """Serves `files` by name; records (path, Range header) of every request."""
+    """Serves `files` by name; records (path, Range header) of every request. With a gate, each answer stops
+    half-way until the gate is set, as a slow download would: a test acts while the file is half there."""
 
     def __init__(self):
         super().__init__(("127.0.0.1", 0), RangeHandler)
         self.files: dict[str, bytes] = {"weights.bin": DATA}
         self.honour_range = True
         self.requests: list[tuple[str, str | None]] = []
+        self.gate: threading.Event | None = None
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/{name}"
@@ -71,6 +76,12 @@ class RangeHandler(BaseHTTPRequestHandler):
             self.send_response(200)
         self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
+        if self.server.gate is not None:
+            middle = (start + len(body)) // 2
+            self.wfile.write(body[start:middle])
+            self.wfile.flush()
+            self.server.gate.wait(timeout=30)
+            start = middle
         self.wfile.write(body[start:])
 
     def log_message(self, *args):
@@ -83,6 +94,8 @@ def server():
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv
+    if srv.gate is not None:
+        srv.gate.set()  # no answer left hanging
     srv.shutdown()
     srv.server_close()
 
@@ -112,6 +125,11 @@ def file_preset(*files: RemoteFile, name: str = "mome-1b") -> Preset:
 
 def remote(server: FileServer, sha256: str | None, filename: str = "weights.bin", folder: str = "avhubert"):
     return RemoteFile("test weights", server.url("weights.bin"), folder, filename, sha256=sha256)
+
+
+def visible(folder: Path) -> list[str]:
+    """The names in folder but the hidden lock files that downloads leave beside their files (.<file>.lock)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
 
 def make_snapshot(home: Path, repo_id: str, write, revision: str = "main") -> Path:
@@ -219,7 +237,8 @@ def test_fetch_url_checks_the_sha256_then_renames(server, tmp_path, sha256):
     dest = tmp_path / "weights.bin"
     assert hub.fetch_url(server.url("weights.bin"), dest, sha256) == DATA_SHA256
     assert dest.read_bytes() == DATA
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.bin"]  # no .part, no sidecar
+    assert visible(tmp_path) == ["weights.bin"]  # no .part, no sidecar
+    assert (tmp_path / ".weights.bin.lock").is_file()  # left for the next process: see downloads.download_lock
 
 
 def test_fetch_url_checksum_mismatch_leaves_nothing(server, tmp_path):
@@ -228,13 +247,13 @@ def test_fetch_url_checksum_mismatch_leaves_nothing(server, tmp_path):
         hub.fetch_url(server.url("weights.bin"), dest, "0" * 64)
     assert caught.value.exit_code == ExitCode.FAILURE
     assert "weights.bin" in str(caught.value) and "0" * 64 in str(caught.value) and DATA_SHA256 in str(caught.value)
-    assert list(tmp_path.iterdir()) == []
+    assert visible(tmp_path) == []
 
 
 def test_fetch_url_size_mismatch_leaves_nothing(server, tmp_path):
     with pytest.raises(hub.HubError, match=f"weights.bin: expected 1000 bytes, got {len(DATA)}") as caught:
         hub.fetch_url(server.url("weights.bin"), tmp_path / "weights.bin", size=1000)
-    assert caught.value.exit_code == ExitCode.FAILURE and list(tmp_path.iterdir()) == []
+    assert caught.value.exit_code == ExitCode.FAILURE and visible(tmp_path) == []
 
 
 def test_fetch_url_resumes_a_part_with_a_range_request(server, tmp_path):
@@ -281,14 +300,62 @@ def test_unreachable_server_is_missing_with_no_network(tmp_path):
         port = s.getsockname()[1]
     with pytest.raises(MissingModelError, match="no network: .*run again when online") as caught:
         hub.fetch_url(f"http://127.0.0.1:{port}/weights.bin", tmp_path / "weights.bin", DATA_SHA256)
-    assert caught.value.exit_code == ExitCode.MISSING and list(tmp_path.iterdir()) == []
+    assert caught.value.exit_code == ExitCode.MISSING and visible(tmp_path) == []
     assert f"copy the cache folder {tmp_path} from a machine that has it" in str(caught.value)  # which folder
 
 
 def test_http_error_is_a_failure(server, tmp_path):
     with pytest.raises(hub.HubError, match="HTTP 404") as caught:
         hub.fetch_url(server.url("nothing.bin"), tmp_path / "nothing.bin", DATA_SHA256)
-    assert caught.value.exit_code == ExitCode.FAILURE and list(tmp_path.iterdir()) == []
+    assert caught.value.exit_code == ExitCode.FAILURE and visible(tmp_path) == []
+
+
+# What each `mome download` process does for a plain file: fetch_file, its messages on stderr.
+FETCH_FILE = """
+import sys
+from pathlib import Path
+from mome_cli import hub
+item = hub.RemoteFile("large weights", sys.argv[1], "avhubert", "large.bin")
+hub.fetch_file(item, Path(sys.argv[2]), log=lambda message: print(message, file=sys.stderr, flush=True))
+"""
+
+
+def test_two_processes_fetching_one_file_take_turns(server, tmp_path):
+    """Two downloads into one cache appended to the same .part: one renamed a file longer than the one served into
+    place, with the digest of what it had received recorded beside it, and the other died renaming a .part that was
+    gone. Now the second waits for the first, then finds its file and checks it."""
+    large = random.Random(1).randbytes(3 << 20)  # 3 MiB: the first MiB reaches the .part before the gate
+    server.files["large.bin"] = large
+    server.gate = threading.Event()
+    home, part = tmp_path / "home", tmp_path / "home" / "avhubert" / "large.bin.part"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                          os.environ.get("PYTHONPATH", "")])}
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+
+    def start(log: Path) -> subprocess.Popen:
+        with open(log, "w") as stderr:
+            return subprocess.Popen([sys.executable, "-c", FETCH_FILE, server.url("large.bin"), str(home)],
+                                    stderr=stderr, env=env)
+
+    def wait_for(condition, seconds: float = 20) -> None:
+        deadline = time.monotonic() + seconds
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    first = start(logs[0])
+    wait_for(lambda: part.is_file() and part.stat().st_size >= 1 << 20)  # half-way, held at the gate
+    second = start(logs[1])
+    wait_for(lambda: "waiting" in logs[1].read_text() or len(server.requests) > 1)
+    server.gate.set()
+    codes = [first.wait(timeout=30), second.wait(timeout=30)]
+    said = [log.read_text() for log in logs]
+    assert codes == [0, 0], said
+    path = home / "avhubert" / "large.bin"
+    assert path.read_bytes() == large, (path.stat().st_size, len(large))
+    assert Path(f"{path}.sha256").read_text() == f"{hashlib.sha256(large).hexdigest()}  large.bin\n"
+    assert server.requests == [("/large.bin", None)], said  # the second fetched nothing: it found the file
+    assert "another process is downloading large.bin; waiting for it to finish" in said[1], said
+    assert f"verifying {path}" in said[1] and "Traceback" not in said[1] and "mismatch" not in said[1], said
 
 
 # --- mome download ----------------------------------------------------------------------------------------------------
@@ -356,7 +423,7 @@ def test_a_users_torch_home_with_part_of_the_weights_is_not_mixed_with_the_cache
     result = invoke("download", "mome-1b")
     assert result.exit_code == 0, explain(result)
     cached = home / "torch" / "hub" / "checkpoints"
-    assert sorted(p.name for p in cached.iterdir() if not p.name.endswith(".sha256")) == sorted(served)
+    assert [name for name in visible(cached) if not name.endswith(".sha256")] == sorted(served)
     with face_alignment_weights("sfd"):  # the cache: the user's folder lacks the sfd set
         assert os.environ["TORCH_HOME"] == str(home / "torch")
 
@@ -366,7 +433,7 @@ def test_download_checksum_mismatch_exits_1(server, home, monkeypatch):
     result = invoke("download", "mome-1b")
     assert result.exit_code == ExitCode.FAILURE, explain(result)
     assert f"checksum mismatch: expected SHA-256 {'f' * 64}, got {DATA_SHA256}" in result.stderr, explain(result)
-    assert "Traceback" not in result.stderr and not list((home / "avhubert").iterdir()), explain(result)
+    assert "Traceback" not in result.stderr and not visible(home / "avhubert"), explain(result)
 
 
 def test_list_names_cached_items_and_what_presets_lack(home):
