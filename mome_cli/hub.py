@@ -276,23 +276,31 @@ def fetch_file(item: RemoteFile, home: Path, *, console=None, log: Callable[[str
     Processes sharing the cache take turns (downloads.download_lock): one that waited while another downloaded item
     finds the file there, checks it, and is done. A file that checks out is used without the lock, which a
     read-only cache could not hold: a finished file is only ever replaced by a rename, never written in place.
+
+    A cached file that fails its checksum stays until a download that checks out is renamed over it: offline, or in
+    a cache that cannot be written, the HubError that says why names that file too.
     """
     path = item.path(home)
     seen = _identity(path)
-    if seen is not None and _checks_out(item, path, log):
+    mismatch = _mismatch(item, path, log) if seen is not None else None
+    if seen is not None and mismatch is None:
         return path
-    ensure_writable(path.parent)
-    with download_lock(path, log):
-        now = _identity(path)
-        if now is not None and now != seen and _checks_out(item, path, log):  # another process fetched it meanwhile
-            return path
-        if now is not None:
-            path.unlink()
-            Path(f"{path}{SHA256_SUFFIX}").unlink(missing_ok=True)
-        log(f"fetching {item.label}: {item.url}")
-        if item.licence_url:
-            log(f"  licence: {item.licence_url}")
-        fetch_url(item.url, path, item.sha256, item.size, console=console, client=client, log=log)
+    try:
+        ensure_writable(path.parent)
+        with download_lock(path, log):
+            now = _identity(path)
+            if now is not None and now != seen:  # another process fetched it meanwhile
+                if (mismatch := _mismatch(item, path, log)) is None:
+                    return path
+            log(f"fetching {item.label}: {item.url}")
+            if item.licence_url:
+                log(f"  licence: {item.licence_url}")
+            fetch_url(item.url, path, item.sha256, item.size, console=console, client=client, log=log)
+    except HubError as e:
+        if mismatch is not None:
+            e.args = (f"{path}: checksum mismatch ({mismatch.expected_and_got}); kept as it is, since it cannot be "
+                      f"downloaded again: {e}",)
+        raise
     return path
 
 
@@ -305,14 +313,15 @@ def _identity(path: Path) -> tuple[int, int, int] | None:
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
-def _checks_out(item: RemoteFile, path: Path, log: Callable[[str], None]) -> bool:
+def _mismatch(item: RemoteFile, path: Path, log: Callable[[str], None]) -> ChecksumError | None:
+    """None if the cached file at path checks out, else the ChecksumError that says how it does not."""
     log(f"verifying {path}")
     try:
         verify_file(item, path)
     except ChecksumError as e:
         log(f"{e}; downloading it again")
-        return False
-    return True
+        return e
+    return None
 
 
 @contextlib.contextmanager

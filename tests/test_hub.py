@@ -436,6 +436,73 @@ def test_download_checksum_mismatch_exits_1(server, home, monkeypatch):
     assert "Traceback" not in result.stderr and not visible(home / "avhubert"), explain(result)
 
 
+def damaged_cache(home: Path, item: RemoteFile) -> Path:
+    """item cached with bytes that are not its own, and, having no published checksum, the right digest recorded."""
+    path = item.path(home)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"damaged")
+    Path(f"{path}.sha256").write_text(f"{DATA_SHA256}  {path.name}\n")
+    return path
+
+
+def recorded_digest(path: Path) -> str:
+    return Path(f"{path}.sha256").read_text().split()[0]
+
+
+def read_only(monkeypatch, folder: Path) -> None:
+    """folder as on a read-only file system, for this process: os.access says no, deleting fails with EROFS (the
+    tests may run as root, whom a folder's mode does not stop)."""
+    real_access, real_unlink = os.access, Path.unlink
+
+    def access(path, mode, **kwargs):
+        return not (mode & os.W_OK and Path(path).is_relative_to(folder)) and real_access(path, mode, **kwargs)
+
+    def unlink(path, missing_ok=False):
+        if Path(path).is_relative_to(folder):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        real_unlink(path, missing_ok)
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(Path, "unlink", unlink)
+
+
+def test_a_damaged_file_in_a_read_only_cache_is_one_line_and_kept(server, home, monkeypatch):
+    """A cached file failing its checksum in a read-only cache ended in a raw OSError traceback from deleting it."""
+    item = remote(server, None)
+    monkeypatch.setitem(PRESETS, "mome-1b", file_preset(item))
+    path = damaged_cache(home, item)
+    read_only(monkeypatch, home)
+    result = invoke("-q", "download", "mome-1b")
+    assert result.exit_code == ExitCode.FAILURE and result.stderr == (
+        f"mome download: {path}: checksum mismatch (expected SHA-256 {DATA_SHA256}, got "
+        f"{hashlib.sha256(b'damaged').hexdigest()}); kept as it is, since it cannot be downloaded again: cannot "
+        f"write to {path.parent}: permission denied; choose another place with --cache-dir or MOME_HOME\n"), \
+        explain(result)
+    assert path.read_bytes() == b"damaged" and not server.requests, explain(result)
+
+
+def test_a_damaged_file_is_kept_until_a_good_one_is_downloaded(server, home, monkeypatch):
+    """A cached file failing its checksum was deleted before downloading it again: offline, that left less than
+    before. Now it stays until a download that checks out is renamed over it."""
+    item = remote(server, None)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        unreachable = dataclasses.replace(item, url=f"http://127.0.0.1:{s.getsockname()[1]}/weights.bin")
+    monkeypatch.setitem(PRESETS, "mome-1b", file_preset(unreachable))
+    path = damaged_cache(home, item)
+    result = invoke("-q", "download", "mome-1b")
+    assert result.exit_code == ExitCode.MISSING, explain(result)
+    assert path.read_bytes() == b"damaged" and recorded_digest(path) == DATA_SHA256, explain(result)
+    assert result.stderr.startswith(f"mome download: {path}: checksum mismatch (expected SHA-256 {DATA_SHA256}") and \
+        "kept as it is, since it cannot be downloaded again: no network: " in result.stderr, explain(result)
+    assert len(result.stderr.splitlines()) == 1, explain(result)
+    monkeypatch.setitem(PRESETS, "mome-1b", file_preset(item))  # online again
+    result = invoke("-q", "download", "mome-1b")
+    assert result.exit_code == 0 and result.stderr == "", explain(result)
+    assert path.read_bytes() == DATA and recorded_digest(path) == DATA_SHA256
+    assert visible(path.parent) == ["weights.bin", "weights.bin.sha256"]
+
+
 def test_list_names_cached_items_and_what_presets_lack(home):
     make_snapshot(home, "openai/whisper-medium.en", fake_repo)
     fill_files(home, [AVHUBERT_LARGE])
