@@ -1,11 +1,14 @@
 """Plain-URL downloads and SHA-256 checks that never leave a partial or wrong file under its final name.
 
 `fetch_url` streams into `<file>.part` beside the final name, and resumes a `.part` left by an interrupted run with an
-HTTP Range request (a server that ignores Range, or whose file changed, gets a fresh download). Before the rename it
-checks the `.part` as it is on disk: its size, where known, and its SHA-256, full or a prefix of it (torch hub's names
-carry the first hex digits); on a mismatch it deletes the `.part`. Where no checksum is published, the digest of the
-first download is recorded in `<file>.sha256` (sha256sum's format) and `verify_file` compares against it later. A
-progress bar is drawn when a rich console is given (the CLI gives one on a TTY).
+HTTP Range request (a server that ignores Range, or whose file changed, gets a fresh download). The ETag (or, lacking
+one, the Last-Modified date) of the file a `.part` was begun from is kept in a hidden `.<file>.part.if-range` and
+sent as If-Range when it is resumed: a server whose file has changed since then answers with the whole new file, not
+the end of it joined to the old start. Before the rename it checks the `.part` as it is on disk: its size, where
+known, and its SHA-256, full or a prefix of it (torch hub's names carry the first hex digits); on a mismatch it
+deletes the `.part`. Where no checksum is published, the digest of the first download is recorded in `<file>.sha256`
+(sha256sum's format) and `verify_file` compares against it later. A progress bar is drawn when a rich console is
+given (the CLI gives one on a TTY).
 
 Processes that share a cache take turns with each file: `download_lock` holds an inter-process lock on a hidden
 `.<file>.lock` beside it while one of them downloads, so that two never write one `.part`, and one that waited finds
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 PART_SUFFIX = ".part"  # a download in progress, resumable
 SHA256_SUFFIX = ".sha256"  # the recorded digest of a file that has no published checksum
 LOCK_SUFFIX = ".lock"  # .<file>.lock: held by the process downloading <file>; hidden, so --list does not show it
+IF_RANGE_SUFFIX = ".if-range"  # .<file>.part.if-range: which version of the file the .part holds the start of
 CHUNK_BYTES = 1 << 20  # 1 MiB per read while streaming and hashing
 
 
@@ -232,18 +236,19 @@ def fetch_url(url: str, dest: Path, sha256: str | None = None, size: int | None 
     try:
         with download_lock(dest, log):
             if size is not None and part.is_file() and part.stat().st_size > size:
-                part.unlink()
+                _discard(part)
             _download_part(client, url, part, console, dest.name)
             # The file as it is on disk, not the bytes this process received: whatever else wrote to the .part (a
             # mome older than the lock, sharing the cache), what is renamed into place is what was checked.
             got_size, got = part.stat().st_size, sha256_of(part)
             if size is not None and got_size != size:
-                part.unlink()
+                _discard(part)
                 raise HubError(f"{dest.name}: expected {size} bytes, got {got_size}")
             if sha256 is not None and not _matches(got, sha256):
-                part.unlink()
+                _discard(part)
                 raise ChecksumError(dest, sha256, got)
             os.replace(part, dest)
+            _if_range_path(part).unlink(missing_ok=True)
             if sha256 is None:
                 atomic_write_text(Path(f"{dest}{SHA256_SUFFIX}"), f"{got}  {dest.name}\n")
             return got
@@ -262,10 +267,15 @@ def fetch_url(url: str, dest: Path, sha256: str | None = None, size: int | None 
 def _download_part(client, url: str, part: Path, console, name: str) -> None:
     """Bring part up to the whole file at url, resuming it with a Range request.
 
-    A server that ignores Range answers 200 with the whole file: part is then rewritten from the first byte.
+    A server that ignores Range, or whose file is no longer the one part was begun from (If-Range), answers 200 with
+    the whole file: part is then rewritten from the first byte.
     """
     offset = part.stat().st_size if part.is_file() else 0
-    headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={offset}-"} if offset else {})}
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+        with contextlib.suppress(OSError):  # none kept (a .part of an older mome): resumed unchecked, as it was
+            headers["If-Range"] = _if_range_path(part).read_text().strip()
     with client.stream("GET", url, headers=headers) as response:
         status = response.status_code
         misfit = offset and (status == 416 or status == 206 and not _range_starts_at(response, offset))
@@ -274,15 +284,36 @@ def _download_part(client, url: str, part: Path, console, name: str) -> None:
                 raise HubError(f"{url}: the server answered HTTP {status}")
             if status == 200:
                 offset = 0
+                _keep_if_range(response, part)
             length = response.headers.get("Content-Length")
             total = offset + int(length) if length is not None else None
             _stream_to(response, part, "ab" if offset else "wb", offset, total, console, name)
     if misfit:  # the .part does not fit the file the server has now: start again without Range
-        part.unlink()
+        _discard(part)
         _download_part(client, url, part, console, name)
         return
     if total is not None and (got := part.stat().st_size) != total:
         raise MissingModelError(f"download of {name} stopped at {got} of {total} bytes; run again to resume it")
+
+
+def _if_range_path(part: Path) -> Path:
+    return part.with_name(f".{part.name}{IF_RANGE_SUFFIX}")
+
+
+def _discard(part: Path) -> None:
+    part.unlink()
+    _if_range_path(part).unlink(missing_ok=True)
+
+
+def _keep_if_range(response, part: Path) -> None:
+    """Keep what identifies the file a 200 answer begins in part, for If-Range when part is resumed: its ETag, unless
+    weak (If-Range takes strong ones only), else its Last-Modified date; nothing if it has neither."""
+    etag = response.headers.get("ETag", "")
+    validator = etag if etag and not etag.startswith("W/") else response.headers.get("Last-Modified")
+    if validator:
+        atomic_write_text(_if_range_path(part), validator + "\n")
+    else:
+        _if_range_path(part).unlink(missing_ok=True)
 
 
 def _range_starts_at(response, offset: int) -> bool:
@@ -309,5 +340,5 @@ def _stream_to(response, part: Path, mode: str, offset: int, total: int | None, 
 
 
 __all__ = ["HubError", "MissingModelError", "UnusableModelError", "ChecksumError", "CacheWriteError", "PART_SUFFIX",
-           "SHA256_SUFFIX", "LOCK_SUFFIX", "sha256_of", "recorded_sha256", "verify_file", "lock_path", "download_lock",
-           "fetch_url", "ensure_writable", "no_network_error", "reraise_os_error"]
+           "SHA256_SUFFIX", "LOCK_SUFFIX", "IF_RANGE_SUFFIX", "sha256_of", "recorded_sha256", "verify_file",
+           "lock_path", "download_lock", "fetch_url", "ensure_writable", "no_network_error", "reraise_os_error"]

@@ -37,8 +37,10 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"  # a made-up 40-hex commit h
 
 
 class FileServer(ThreadingHTTPServer):
-    """Serves `files` by name; records (path, Range header) of every request. With a gate, each answer stops
-    half-way until the gate is set, as a slow download would: a test acts while the file is half there."""
+    """Serves `files` by name, with an ETag (the start of the body's SHA-256) that If-Range is checked against;
+    records (path, Range header) of every request. With a gate, each answer stops half-way until the gate is set, as
+    a slow download would: a test acts while the file is half there. With cut, the next answer ends after that many
+    bytes of its body, as a dropped connection does."""
 
     def __init__(self):
         super().__init__(("127.0.0.1", 0), RangeHandler)
@@ -46,6 +48,7 @@ class FileServer(ThreadingHTTPServer):
         self.honour_range = True
         self.requests: list[tuple[str, str | None]] = []
         self.gate: threading.Event | None = None
+        self.cut: int | None = None
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/{name}"
@@ -61,8 +64,10 @@ class RangeHandler(BaseHTTPRequestHandler):
         if body is None:
             self.send_error(404)
             return
+        etag = f'"{hashlib.sha256(body).hexdigest()[:16]}"'
+        unchanged = self.headers.get("If-Range", etag) == etag  # a Range with an old If-Range gets the whole file
         start = 0
-        if range_header and self.server.honour_range:
+        if range_header and self.server.honour_range and unchanged:
             start = int(re.fullmatch(r"bytes=(\d+)-", range_header).group(1))
             if start >= len(body):
                 self.send_response(416)
@@ -75,7 +80,13 @@ class RangeHandler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         self.send_header("Content-Length", str(len(body) - start))
+        self.send_header("ETag", etag)
         self.end_headers()
+        if self.server.cut is not None:
+            self.wfile.write(body[start:start + self.server.cut])
+            self.server.cut = None
+            self.close_connection = True
+            return
         if self.server.gate is not None:
             middle = (start + len(body)) // 2
             self.wfile.write(body[start:middle])
@@ -308,6 +319,28 @@ def test_http_error_is_a_failure(server, tmp_path):
     with pytest.raises(hub.HubError, match="HTTP 404") as caught:
         hub.fetch_url(server.url("nothing.bin"), tmp_path / "nothing.bin", DATA_SHA256)
     assert caught.value.exit_code == ExitCode.FAILURE and visible(tmp_path) == []
+
+
+@pytest.mark.parametrize("changed", [False, True], ids=["same-file", "file-changed"])
+def test_an_interrupted_download_resumes_only_the_file_it_began(server, tmp_path, changed):
+    """A .part was resumed with a plain Range request even when the file on the server had changed since: the old
+    file's start and the new one's end were joined, and, with no checksum published, recorded as the right digest.
+    Now the resume asks If-Range with the ETag the .part was begun with, and a changed file comes whole."""
+    old, new = random.Random(2).randbytes(3 << 20), random.Random(3).randbytes(3 << 20)  # 3 MiB: 1 MiB reaches disk
+    server.files["large.bin"] = old
+    server.cut = 2 << 20
+    dest, part = tmp_path / "large.bin", tmp_path / "large.bin.part"
+    with pytest.raises(MissingModelError, match="download of large.bin interrupted after"):
+        hub.fetch_url(server.url("large.bin"), dest)
+    kept = part.stat().st_size
+    assert kept > 0 and not dest.exists()
+    if changed:
+        server.files["large.bin"] = new
+    assert hub.fetch_url(server.url("large.bin"), dest) == hashlib.sha256(new if changed else old).hexdigest()
+    assert dest.read_bytes() == (new if changed else old)
+    assert server.requests == [("/large.bin", None), ("/large.bin", f"bytes={kept}-")]
+    assert visible(tmp_path) == ["large.bin", "large.bin.sha256"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".large.bin.lock", "large.bin", "large.bin.sha256"]
 
 
 # What each `mome download` process does for a plain file: fetch_file, its messages on stderr.
