@@ -35,6 +35,7 @@ its trainable tensors (see tensor_digest), so a test can check that data-paralle
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -50,9 +51,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import save_checkpoint
+from .checkpoint import CONFIG_NAME as CHECKPOINT_CONFIG, read_config, save_checkpoint
+from .configuration import ModelConfig
 from .files import atomic_write, atomic_write_text, remove_folders, writable_folder
-from .hub import human_size, mome_home
+from .hub import HubRepo, human_size, locate, mome_home
 from .outputs import one_line
 from .recognizer import build_recognizer
 from .train_config import CONFIG_NAME, LOG_NAME, SNAPSHOTS, STATE_NAME, ConfigError, TrainConfig, save_leftover
@@ -190,7 +192,7 @@ class Trainer:
         # trainable modules drawn from the seed: the same initial weights on every process and in every run.
         dtype = torch.bfloat16 if self.device.type == "cuda" and cfg.precision == "bf16" else torch.float32
         started = time.perf_counter()
-        self.recognizer = build_recognizer(cfg.model_config(), self.home, str(self.device), dtype=dtype,
+        self.recognizer = build_recognizer(self._pinned(cfg.model_config()), self.home, str(self.device), dtype=dtype,
                                            name=str(self.out), seed=cfg.seed)
         self.model = self.recognizer.model
         self.detail(f"model: {self.recognizer.describe()}; built in {time.perf_counter() - started:.2f} s")
@@ -218,6 +220,19 @@ class Trainer:
                     (self.out / name).unlink(missing_ok=True)
                 remove_folders(made)  # those still empty
             raise
+
+    def _pinned(self, config: ModelConfig) -> ModelConfig:
+        """config with the LLM's revision a commit: the one of the cached snapshot a branch (main) leads to, or, when
+        resuming, the one the run was trained on. Its checkpoints then name the LLM they fit, which `mome download
+        --revision` fetches, and a resumed run goes on with it even if the branch has moved since."""
+        if config.llm.startswith("tiny") or Path(config.llm).exists():
+            return config
+        saved = [p / CHECKPOINT_CONFIG for p in (self.out, *reversed(self.snapshots()))]
+        if self.resume and any(path.is_file() for path in saved):
+            trained = read_config(next(path for path in saved if path.is_file()).parent)
+            return dataclasses.replace(config, llm_revision=trained.llm_revision)
+        snapshot = locate(HubRepo(config.llm, config.llm_revision or "main"), self.home)
+        return config if snapshot is None else dataclasses.replace(config, llm_revision=snapshot.name)
 
     def _setup_run(self) -> None:
         cfg = self.config

@@ -19,12 +19,12 @@ COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
 LLAMA, WHISPER = "meta-llama/Llama-3.2-1B", "openai/whisper-medium.en"
 
 
-def snapshot(home, repo_id):
+def snapshot(home, repo_id, commit=COMMIT):
     """A folder where huggingface_hub keeps repo_id at main: snapshots/<commit>/ with refs/main."""
     repo = home / "hub" / f"models--{repo_id.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(COMMIT)
-    folder = repo / "snapshots" / COMMIT
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    folder = repo / "snapshots" / commit
     folder.mkdir(parents=True)
     return folder
 

@@ -465,6 +465,36 @@ def test_a_save_that_cannot_be_written_is_one_line_naming_the_folder(corpus, tmp
     assert not (out / "trainer_state.pt").exists() and not list(out.rglob("*.tmp")), sorted(out.rglob("*"))
 
 
+def test_a_run_records_the_llm_commit_it_trained_on_and_resumes_on_it(corpus, tmp_path):
+    """Backbones that name a hub LLM: the checkpoints record the commit its cached main led to (they said "main",
+    which loads whatever main is later), and a resumed run keeps to that commit after main has moved."""
+    from mome_cli.llm import build_tiny_llm
+    from test_recognizer import COMMIT, LLAMA, snapshot
+
+    home = tmp_path / "home"
+    llm, tokenizer = build_tiny_llm("tiny")
+    for folder in (snapshot(home, LLAMA), snapshot(home, LLAMA, commit="f" * 40)):
+        llm.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    repo = home / "hub" / f"models--{LLAMA.replace('/', '--')}"
+    (repo / "refs" / "main").write_text(COMMIT)
+    backbones = tmp_path / "backbones"
+    backbones.mkdir()
+    (backbones / BACKBONES_NAME).write_text(json.dumps({"llm": LLAMA, "audio_encoder": "tiny", "audio_dim": 32,
+                                                       "video_encoder": "tiny", "video_dim": 32}))
+    out, env = tmp_path / "run", environment(corpus, MOME_HOME=str(home), HF_HUB_OFFLINE="1")
+    args = ["train", "--config", RECIPE, "--model", backbones, "--train", corpus / "train.jsonl", "--roi", "-o", out,
+            "--batch-frames", 100]
+    first = mome(*args, "--steps", 1, root=corpus, env=env)
+    assert first.returncode == 0, first.explain
+    assert json.loads((out / "config.json").read_text())["model"]["llm_revision"] == COMMIT
+    (repo / "refs" / "main").write_text("f" * 40)  # main has moved on
+    resumed = mome(*args, "--steps", 2, "--resume", root=corpus, env=env)
+    assert resumed.returncode == 0, resumed.explain
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["training"]["step"] == 2 and saved["model"]["llm_revision"] == COMMIT
+
+
 def test_a_folder_of_clips_with_their_transcripts_is_a_training_and_validation_set(corpus, tmp_path):
     folder = tmp_path / "clips"
     folder.mkdir()
