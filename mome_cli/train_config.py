@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -23,6 +24,7 @@ STATE_NAME = "trainer_state.pt"  # in the output directory: what --resume needs 
 CONFIG_NAME = "train_config.json"  # in the output directory: the resolved TrainConfig
 LOG_NAME = "log.jsonl"  # in the output directory: one JSON object per logged step, validation and save
 SNAPSHOTS = "snapshots"  # in the output directory: a checkpoint folder per save kept
+LOCK_NAME = ".train.lock"  # in the output directory: held by the process training there
 TRAINABLE_MODELS = tuple(name for name, p in PRESETS.items() if p.source != "bundled")  # tiny, mome-1b, ...
 PRECISIONS = ("bf16", "fp32")
 FEATURE_CACHES = ("memory", "disk")
@@ -275,6 +277,29 @@ def save_leftover(name: str) -> bool:
         *NEVER_SAVED, STATE_NAME, "config.json", "model.safetensors"))
 
 
+def left_by_a_run(path: Path) -> bool:
+    """Whether an entry of an output folder is what a run that stopped before its first save left there, which a new
+    run replaces: the lock, a save's temporary file, or one of NEVER_SAVED as mome writes it. A file or folder of the
+    user's by one of those names is not (a log.jsonl of their own, photos in a snapshots folder)."""
+    if path.name == LOCK_NAME or save_leftover(path.name):
+        return True
+    try:
+        if path.name == SNAPSHOTS:
+            return path.is_dir() and not path.is_symlink() and all(
+                re.fullmatch(r"step-\d+", step.name) and step.is_dir() and not step.is_symlink() and all(
+                    f.name in ("config.json", "model.safetensors") or save_leftover(f.name) for f in step.iterdir())
+                for step in path.iterdir())
+        if path.name == LOG_NAME:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            return all(isinstance(r := json.loads(line), dict) and {"kind", "step"} <= r.keys() for line in lines)
+        if path.name == CONFIG_NAME:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            return isinstance(saved, dict) and saved.keys() <= {f.name for f in fields(TrainConfig)}
+    except (OSError, ValueError):  # unreadable, not UTF-8, not JSON: not mome's
+        return False
+    return False
+
+
 def resolve_config(config_file=None, overrides: dict | None = None, resume: bool = False) -> TrainConfig:
     """The TrainConfig of a run: [the saved run's config when resuming] < the TOML recipe < the flags.
 
@@ -300,8 +325,7 @@ def resolve_config(config_file=None, overrides: dict | None = None, resume: bool
             raise ConfigError(f"-o {out}: a file, not a folder")
         if out.is_dir():  # never written over: a checkpoint there (a model's weights) or anything else of the user's
             try:
-                theirs = sorted(p.name for p in out.iterdir()
-                                if p.name not in NEVER_SAVED and not save_leftover(p.name))
+                theirs = sorted(p.name for p in out.iterdir() if not left_by_a_run(p))
             except OSError as e:
                 raise ConfigError(f"-o {out}: cannot list it: {e.strerror or e}") from e
             if theirs:
@@ -327,5 +351,5 @@ def resolve_config(config_file=None, overrides: dict | None = None, resume: bool
     return config
 
 
-__all__ = ["TrainConfig", "ConfigError", "save_leftover", "parse_rates", "read_toml", "resolve_config", "STATE_NAME",
-           "CONFIG_NAME", "LOG_NAME", "SNAPSHOTS", "RESUMABLE"]
+__all__ = ["TrainConfig", "ConfigError", "save_leftover", "left_by_a_run", "parse_rates", "read_toml", "resolve_config",
+           "STATE_NAME", "CONFIG_NAME", "LOG_NAME", "SNAPSHOTS", "LOCK_NAME", "RESUMABLE"]

@@ -57,7 +57,8 @@ from .files import atomic_write, atomic_write_text, remove_folders, writable_fol
 from .hub import HubRepo, human_size, locate, mome_home
 from .outputs import one_line
 from .recognizer import build_recognizer
-from .train_config import CONFIG_NAME, LOG_NAME, SNAPSHOTS, STATE_NAME, ConfigError, TrainConfig, save_leftover
+from .train_config import (CONFIG_NAME, LOCK_NAME, LOG_NAME, SNAPSHOTS, STATE_NAME, ConfigError, TrainConfig,
+                           save_leftover)
 from .train_data import TrainingData
 
 STATE_FORMAT = 1  # bumped when trainer_state.pt changes layout
@@ -156,6 +157,7 @@ class Trainer:
             self.console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
         self.step = self.epoch = self.index = 0
         self.saved_step = None  # the step of the run's last save (in trainer_state.pt)
+        self._lock = None  # the run folder's, held by the main process (_lock_folder)
         self.elapsed = 0.0
         self.meter, self.meter_steps = None, 0  # summed losses since the last log line
         self._stop, self._ending = None, False  # the stop request while train() runs; past the last step
@@ -207,19 +209,38 @@ class Trainer:
                 made = writable_folder(self.out)
             except OSError as e:
                 raise TrainingError(f"cannot write to {self.out}: {e.strerror or e}") from e
+            self._lock_folder(made)
             if not self.resume:  # traces of an earlier attempt that never saved
                 (self.out / LOG_NAME).unlink(missing_ok=True)
                 shutil.rmtree(self.out / SNAPSHOTS, ignore_errors=True)
                 self._remove_save_leftovers()
-            atomic_write_text(self.out / CONFIG_NAME, json.dumps(cfg.to_dict(), indent=2) + "\n")
         try:
             self._setup_run()
         except BaseException:
             if made:  # a folder that holds no checkpoint and no run to resume is not left behind
-                for name in (CONFIG_NAME, LOG_NAME):
+                for name in (LOG_NAME, LOCK_NAME):
                     (self.out / name).unlink(missing_ok=True)
                 remove_folders(made)  # those still empty
             raise
+        if self.main:  # once the run has started: a resume that could not start leaves the run's settings as they were
+            atomic_write_text(self.out / CONFIG_NAME, json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    def _lock_folder(self, made: list[Path]) -> None:
+        """Hold the run folder's lock for as long as the run lasts (the system drops it when the process ends): a
+        second `mome train` on the same -o, started before the first saved, would clear its log and both would write
+        the same checkpoints."""
+        import filelock
+
+        self._lock = filelock.FileLock(str(self.out / LOCK_NAME))
+        try:
+            self._lock.acquire(timeout=0)
+        except (filelock.Timeout, OSError) as e:
+            if made:
+                remove_folders(made)
+            why = "another mome train is writing to it" if isinstance(e, filelock.Timeout) else e.strerror or e
+            raise TrainingError(f"cannot train in {self.out}: {why}") from e
+        if not self.resume and (self.out / STATE_NAME).exists():  # a run that began and saved since -o was checked
+            raise TrainingError(f"{self.out} holds a training run already: pass --resume to continue it, or another -o")
 
     def _pinned(self, config: ModelConfig) -> ModelConfig:
         """config with the LLM's revision a commit: the one of the cached snapshot a branch (main) leads to, or, when
@@ -631,6 +652,8 @@ class Trainer:
         return steps
 
     def cleanup(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 

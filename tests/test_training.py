@@ -621,8 +621,62 @@ def test_a_new_run_never_writes_over_a_folder_that_holds_something(tmp_path):
     (left / "train_config.json").write_text("{}")
     (left / "log.jsonl").write_text("")
     (left / ".trainer_state.pt.k2j4.tmp").write_bytes(b"half")  # killed in its first save
+    (left / "snapshots" / "step-000001").mkdir(parents=True)  # killed between the snapshot and the state
+    (left / "snapshots" / "step-000001" / "model.safetensors").write_bytes(b"weights")
+    (left / ".train.lock").write_bytes(b"")
     assert resolve_config(None, {**flags, "output": str(left)}).output == str(left)
     assert resolve_config(None, {**flags, "output": str(tmp_path / "new")}).output == str(tmp_path / "new")
+
+
+@pytest.mark.parametrize("name, write", [
+    ("snapshots/holiday.jpg", lambda path: path.write_bytes(b"a photo")),
+    ("snapshots/step-000001/notes.txt", lambda path: path.write_text("notes")),
+    ("log.jsonl", lambda path: path.write_text('{"my": 1}\n')),
+    ("train_config.json", lambda path: path.write_text('{"owner": "me"}')),
+])
+def test_a_users_files_by_the_names_a_run_uses_are_not_taken_for_its_leftovers(tmp_path, name, write):
+    """A new run clears what a run that never saved left (log.jsonl, snapshots/): it cleared a folder of the user's
+    by those names too, photos in snapshots/ and all."""
+    out = tmp_path / "proj"
+    (out / name).parent.mkdir(parents=True)
+    write(out / name)
+    with pytest.raises(ConfigError, match=r"proj is not empty \(" + name.split("/")[0]):
+        resolve_config(None, {"train": "t.jsonl", "output": str(out), "steps": 1})
+
+
+def test_a_resume_that_cannot_start_leaves_the_runs_settings_as_they_were(trained, corpus, tmp_path):
+    """--resume --steps 500 that failed while preparing the data (here: a clip gone) had saved the 500 steps already:
+    the next --resume went on to 500 without being asked."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = (run / "train_config.json").read_text()
+    moved = corpus.parent / f"{corpus.name}-moved"
+    (corpus / "media").rename(moved)
+    try:
+        result = mome("train", "-o", run, "--resume", "--steps", 500, root=corpus)
+    finally:
+        moved.rename(corpus / "media")
+    assert result.returncode != 0 and (run / "train_config.json").read_text() == before, result.explain
+
+
+def test_a_second_run_on_the_same_folder_is_refused_while_the_first_trains(corpus, tmp_path):
+    """Both started while -o was empty: the second cleared the first's log, and both wrote the same checkpoints."""
+    out = tmp_path / "run"
+    command = [str(BIN / "mome"), *map(str, ["train", "--config", RECIPE, "--train", corpus / "train.jsonl", "--roi",
+                                             "-o", out, "--steps", 100000, "--batch-frames", 100])]
+    first = subprocess.Popen(command, cwd=corpus, env=environment(corpus), stderr=subprocess.PIPE, text=True)
+    try:
+        for line in first.stderr:  # the first holds the folder once it says what it trains
+            if line.startswith("training "):
+                break
+        second = mome("train", "--config", RECIPE, "--train", corpus / "train.jsonl", "--roi", "-o", out, root=corpus)
+        assert second.returncode == 1, second.explain
+        assert second.stderr.splitlines()[-1] == f"mome train: cannot train in {out}: another mome train is writing " \
+                                                 "to it", second.explain
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=120)
+    assert first.returncode == 130
 
 
 @pytest.mark.parametrize("setting, value, message", [
