@@ -111,6 +111,15 @@ def test_long_audio_is_cut_in_its_pauses():
         assert a.end == b.start and round(a.end * VIDEO_FPS, 6) == int(round(a.end * VIDEO_FPS))
 
 
+@pytest.mark.parametrize("offset", [0.005, 0.02, -0.2])
+def test_a_dc_offset_does_not_hide_the_pauses(offset):
+    """A constant offset is no sound: with 0.5% of full scale, pauses were no longer silent and no cut was made."""
+    rng = np.random.default_rng(0)
+    audio = np.concatenate([noise(12, rng), silence(0.6), noise(17.4, rng), silence(0.8), noise(19.2, rng)])
+    cuts = [(s.start, s.end, s.speech) for s in split_at_pauses(audio)]
+    assert [(s.start, s.end, s.speech) for s in split_at_pauses(audio + np.float32(offset))] == cuts
+
+
 def test_every_pause_between_speech_ends_a_segment():
     rng = np.random.default_rng(3)
     audio = np.concatenate([silence(0.4), noise(2, rng), silence(0.32), noise(1.5, rng), silence(0.08), noise(2, rng),
