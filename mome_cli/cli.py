@@ -226,7 +226,10 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
     found = collect_inputs(list(inputs), recursive=recursive, glob=glob, empty=empty)
     hint = "" if recursive else " (use -r to search sub-folders)"
     if not found:
-        raise click.UsageError(one_line(f"no media files found in {', '.join(inputs)}{hint}"))
+        matching = f" named {glob!r}" if glob else ""
+        raise click.UsageError(one_line(f"no media files{matching} found in {', '.join(inputs)}{hint}; a folder is "
+                                        "searched by extension (mp4, wav, ...: see README, Media), a file of another "
+                                        "kind is read when named itself"))
     quiet = ctx.obj.quiet
     log = say
     quiet_log = (lambda message: log(message) if message.startswith("error") else None) if quiet else log

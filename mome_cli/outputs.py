@@ -22,7 +22,11 @@ from pathlib import Path
 
 from .files import atomic_write_text
 
-MEDIA_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".wav", ".flac", ".mp3", ".m4a", ".ogg")
+# What a folder is searched for: the contract's kinds, then phones', camcorders', voice recorders' and older ones (not
+# .ts, an MPEG transport stream but also a TypeScript source). Any other file ffmpeg reads is taken when named itself.
+MEDIA_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".wav", ".flac", ".mp3", ".m4a", ".ogg",
+                    ".m4v", ".3gp", ".mts", ".m2ts", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv",
+                    ".opus", ".oga", ".aac", ".amr", ".wma", ".aif", ".aiff")
 FORMATS = ("txt", "json", "srt", "vtt", "jsonl")
 CUE_TIMES = re.compile(r"\d\d:\d\d:\d\d[,.]\d{3} --> ")  # the line before a cue's text in srt and vtt
 BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")  # embeddings, overrides, isolates

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from mome_cli import __version__
 from mome_cli.cli import RateListParam, RateParam, cli
+from mome_cli.outputs import collect_inputs
 from mome_cli.report import ExitCode, Report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -266,6 +267,18 @@ def test_glob_takes_file_name_patterns_only(tmp_path, pattern):
     (tmp_path / "sub" / "x.mp4").write_bytes(b"")
     result = invoke("transcribe", str(tmp_path), "--glob", pattern)
     assert result.exit_code == ExitCode.USAGE and "matches file names" in result.stderr, explain(result)
+
+
+def test_a_folder_is_searched_for_the_kinds_of_media_phones_and_recorders_make(tmp_path):
+    """A folder of .opus voice notes, .m4v and .MTS videos was "no media files found"; a glob matching nothing is
+    named in the message."""
+    for name in ("voice.opus", "clip.m4v", "cam.MTS", "notes.ts"):  # .ts: a TypeScript source as often as a video
+        (tmp_path / name).write_bytes(b"")
+    found = collect_inputs([str(tmp_path)])
+    assert sorted(i.path.name for i in found) == ["cam.MTS", "clip.m4v", "voice.opus"]
+    result = invoke("transcribe", str(tmp_path), "--glob", "*.png")
+    assert result.exit_code == ExitCode.USAGE and f"no media files named '*.png' found in {tmp_path}" in \
+        result.stderr, explain(result)
 
 
 def test_stdout_goes_above_the_bar_only_when_it_is_the_bars_terminal():
