@@ -80,7 +80,7 @@ class TrainConfig:
     batch_frames: int = 1000  # padded video frames (25 fps) per batch and process: count x longest
     bucket: int = 400  # utterances sorted by length within shuffled buckets of this many
     lr: float = 1e-3  # peak learning rate
-    betas: list = field(default_factory=lambda: [0.9, 0.98])  # AdamW betas
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # AdamW betas
     weight_decay: float = 0.1  # AdamW weight decay (every trainable tensor)
     warmup_steps: int | None = None  # linear warmup steps; None: warmup_fraction of all steps
     warmup_fraction: float = 0.05  # warmup as a fraction of all steps, when warmup_steps is None
@@ -97,7 +97,7 @@ class TrainConfig:
     mask_every_seconds: float = 1.0  # one span per this much of an utterance (at least one)
     babble_prob: float = 0.0  # chance that an utterance gets babble noise (other training utterances summed)
     babble_speakers: int = 4  # utterances summed into one babble
-    babble_snr: list = field(default_factory=lambda: [-5, 0, 5, 10, 15, 20])  # SNRs (dB), one drawn per utterance
+    babble_snr: list[float] = field(default_factory=lambda: [-5, 0, 5, 10, 15, 20])  # dB; one SNR drawn per utterance
     # -- features --------------------------------------------------------------------------------------------------
     feature_cache: str = "memory"  # memory | disk ($MOME_HOME/cache): where encoded utterances (and, augmenting, the
     # raw clips) are kept
@@ -167,18 +167,25 @@ class TrainConfig:
 
     def _check_types(self) -> None:
         """Each value of the kind its field says (a recipe's lr = "1e-3" or roi = "false" is refused, not crashed on
-        or read as true)."""
+        or read as true), and each item of a list[kind] field of its kind (betas = ["a", 0.9] crashed in float())."""
         kinds = {"str": (str,), "bool": (bool,), "int": (int,), "float": (int, float), "list": (list, tuple)}
         names = {"str": "text", "bool": "true or false", "int": "a whole number", "float": "a number", "list": "a list"}
+        items = {"float": "numbers"}  # what a list[kind] holds, as said
+
+        def fits(value, kind: str) -> bool:
+            return isinstance(value, kinds[kind]) and not (kind in ("int", "float") and isinstance(value, bool))
+
         for f in fields(self):
-            allowed = str(f.type).replace(" ", "").split("|")
+            allowed = str(f.type).replace(" ", "").split("|")  # "list[float]", "int", "None"
             value = getattr(self, f.name)
             if value is None and "None" in allowed:
                 continue
-            if not any(isinstance(value, kinds[k]) and not (k in ("int", "float") and isinstance(value, bool))
-                       for k in allowed if k in kinds):
-                wanted = " or ".join(names[k] for k in allowed if k in kinds)
-                raise ConfigError(f"{f.name} must be {wanted}, got {value!r}")
+            outer = [k.split("[")[0] for k in allowed if k.split("[")[0] in kinds]
+            if not any(fits(value, k) for k in outer):
+                raise ConfigError(f"{f.name} must be {' or '.join(names[k] for k in outer)}, got {value!r}")
+            inner = [k[len("list["):-1] for k in allowed if k.startswith("list[")]
+            if inner and isinstance(value, (list, tuple)) and not all(fits(v, inner[0]) for v in value):
+                raise ConfigError(f"{f.name} must be a list of {items[inner[0]]}, got {value!r}")
         if not 0 <= self.seed < 2**32:  # numpy's generator takes no other
             raise ConfigError(f"seed must be in 0..{2**32 - 1}, got {self.seed}")
 

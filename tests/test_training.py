@@ -687,6 +687,12 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_trains(corpu
     ("warmup_steps", 2.5, "warmup_steps must be a whole number"),
     ("seed", -1, r"seed must be in 0\.\.4294967295, got -1"),
     ("seed", 2**32, "seed must be in 0..4294967295, got 4294967296"),  # numpy's limit: a traceback before
+    ("betas", ["a", 0.9], r"betas must be a list of numbers, got \['a', 0\.9\]"),  # float('a'): a traceback before
+    ("betas", [[0.9], 0.9], r"betas must be a list of numbers, got \[\[0\.9\], 0\.9\]"),  # float([0.9]) too
+    ("betas", [False, 0.9], r"betas must be a list of numbers, got \[False, 0\.9\]"),  # read as 0.0 before
+    ("betas", [0.9], r"betas must be two numbers in \[0, 1\), got \[0\.9\]"),
+    ("betas", [0.9, 1], r"betas must be two numbers in \[0, 1\), got \[0\.9, 1\.0\]"),
+    ("babble_snr", ["x"], r"babble_snr must be a list of numbers, got \['x'\]"),  # float('x'): a traceback before
 ])
 def test_a_recipe_value_of_the_wrong_kind_is_refused(tmp_path, setting, value, message):
     import json as js
@@ -695,6 +701,20 @@ def test_a_recipe_value_of_the_wrong_kind_is_refused(tmp_path, setting, value, m
     recipe.write_text(f"steps = 2\n{setting} = {js.dumps(value)}\n")
     with pytest.raises(ConfigError, match=message):
         resolve_config(recipe, {"train": "t.jsonl", "output": str(tmp_path / "o")})
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ('betas = ["a", 0.9]', "betas must be a list of numbers, got ['a', 0.9]"),
+    ("betas = [[0.9], 0.9]", "betas must be a list of numbers, got [[0.9], 0.9]"),
+    ('babble_prob = 0.5\nbabble_snr = ["x"]', "babble_snr must be a list of numbers, got ['x']"),
+])
+def test_a_bad_list_in_a_recipe_is_a_usage_error_on_one_line(corpus, tmp_path, recipe, message):
+    """Exit 2 and the setting named, as for any value of the wrong kind; a traceback (exit 1) before."""
+    (tmp_path / "r.toml").write_text(recipe + "\n")
+    result = mome("train", "--config", tmp_path / "r.toml", "--train", corpus / "train.jsonl", "--roi", "-o",
+                  tmp_path / "out", "--steps", 2, root=corpus)
+    assert result.returncode == 2 and f"Error: {message}\n" in result.stderr, result.explain
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists(), result.explain
 
 
 @pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes").glob("*.toml")),
