@@ -39,12 +39,20 @@ class ConfigError(ValueError):
 
 
 def parse_rates(value) -> list[tuple[int, int]]:
-    """Rate pairs from text ("4,2;4,5") or pairs ([[4, 2], [4, 5]]) -> [(4, 2), (4, 5)]; else ConfigError."""
+    """Rate pairs from text ("4,2;4,5") or pairs ([[4, 2], [4, 5]]) -> [(4, 2), (4, 5)]; else ConfigError.
+
+    Pairs given as numbers (a recipe's, a saved run's) are taken as they are, never converted: int() read a
+    recipe's [[4.7, 2]] as 4,2 and [[true, 2]] as 1,2."""
     try:
-        pairs = [p.split(",") for p in value.split(";") if p.strip()] if isinstance(value, str) else list(value)
-        rates = [tuple(int(r) for r in pair) for pair in pairs]
+        if isinstance(value, str):
+            rates = [tuple(int(r) for r in p.split(",")) for p in value.split(";") if p.strip()]
+        else:
+            rates = [tuple(pair) for pair in value]
+            if not all(isinstance(r, int) and not isinstance(r, bool) for pair in rates for r in pair):
+                raise ValueError("a rate that is not a whole number")
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"rates must be audio,video pairs such as \"4,2;4,5\", got {value!r}") from e
+        raise ConfigError(f"rates must be audio,video pairs of whole numbers such as \"4,2;4,5\" or [[4, 2], [4, 5]], "
+                          f"got {value!r}") from e
     if not rates or any(len(p) != 2 or min(p) < 1 for p in rates) or len(set(rates)) != len(rates):
         shown = value if isinstance(value, str) else ";".join(",".join(map(str, p)) for p in rates)  # as typed
         raise ConfigError(f"rates must be distinct audio,video pairs of rates >= 1, got {shown!r}")
@@ -154,6 +162,8 @@ class TrainConfig:
             raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not self.mask_every_seconds > 0:
             raise ConfigError(f"mask_every_seconds must be > 0, got {self.mask_every_seconds}")
+        if not all(math.isfinite(s) for s in self.babble_snr):  # nan: NaN audio, the run died on its gradients
+            raise ConfigError(f"babble_snr must be finite numbers (dB), got {self.babble_snr}")
         if self.babble_prob > 0 and not self.babble_snr:
             raise ConfigError("babble_prob > 0 needs at least one SNR in babble_snr")
         if self.mask_audio and "a" not in self.data_mode or self.mask_video and "v" not in self.data_mode:

@@ -707,6 +707,10 @@ def test_a_recipe_value_of_the_wrong_kind_is_refused(tmp_path, setting, value, m
     ('betas = ["a", 0.9]', "betas must be a list of numbers, got ['a', 0.9]"),
     ("betas = [[0.9], 0.9]", "betas must be a list of numbers, got [[0.9], 0.9]"),
     ('babble_prob = 0.5\nbabble_snr = ["x"]', "babble_snr must be a list of numbers, got ['x']"),
+    # a run that died at step 1 (exit 1) saying "non-finite gradients ... try a lower lr"
+    ("babble_prob = 0.5\nbabble_snr = [nan]", "babble_snr must be finite numbers (dB), got [nan]"),
+    ("rates = [[4.7, 2]]", 'rates must be audio,video pairs of whole numbers such as "4,2;4,5" or [[4, 2], [4, 5]], '
+                           "got [[4.7, 2]]"),  # trained as 4,2 before
 ])
 def test_a_bad_list_in_a_recipe_is_a_usage_error_on_one_line(corpus, tmp_path, recipe, message):
     """Exit 2 and the setting named, as for any value of the wrong kind; a traceback (exit 1) before."""
@@ -715,6 +719,24 @@ def test_a_bad_list_in_a_recipe_is_a_usage_error_on_one_line(corpus, tmp_path, r
                   tmp_path / "out", "--steps", 2, root=corpus)
     assert result.returncode == 2 and f"Error: {message}\n" in result.stderr, result.explain
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists(), result.explain
+
+
+@pytest.mark.parametrize("line, message", [
+    ("babble_snr = [nan]", r"babble_snr must be finite numbers \(dB\), got \[nan\]"),
+    ("babble_snr = [-inf, 0]", r"babble_snr must be finite numbers \(dB\), got \[-inf, 0\.0\]"),
+    ("rates = [[4.7, 2], [16, 5]]", r"rates must be .*pairs of whole numbers .*got \[\[4\.7, 2\], \[16, 5\]\]"),
+    ("rates = [[4.0, 2]]", r"rates must be audio,video pairs of whole numbers .*got \[\[4\.0, 2\]\]"),
+    ("rates = [[true, 2]]", r"rates must be audio,video pairs of whole numbers .*got \[\[True, 2\]\]"),  # 1,2 before
+    ('rates = [["4", 2]]', r"rates must be audio,video pairs of whole numbers .*got \[\['4', 2\]\]"),
+])
+def test_a_recipe_snr_that_is_not_finite_or_a_rate_that_is_not_whole_is_refused(tmp_path, line, message):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f"steps = 2\n{line}\n")  # nan and inf: TOML's own words, which json.dumps does not write
+    with pytest.raises(ConfigError, match=message):
+        resolve_config(recipe, {"train": "t.jsonl", "output": str(tmp_path / "o")})
+    recipe.write_text("steps = 2\nrates = [[4, 2], [16, 5]]\nbabble_snr = [-5, 0.5]\n")  # whole numbers, finite
+    config = resolve_config(recipe, {"train": "t.jsonl", "output": str(tmp_path / "o")})
+    assert (config.rates, config.babble_snr) == ([(4, 2), (16, 5)], [-5.0, 0.5])
 
 
 @pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes").glob("*.toml")),
