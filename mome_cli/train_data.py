@@ -242,6 +242,9 @@ class TrainingData:
         self.lengths = [clip_frames(self.clips[i]) if self.clips else self._feature_frames(i) for i in kept]
         self.valid_clips = list(self._load_clips(self.valid_utterances, range(len(self.valid_utterances)),
                                                  "validation").items())
+        if self.valid_utterances and not self.valid_clips:  # the run goes on, without validation: said, not silent
+            self.say(f"warning: none of the {len(self.valid_utterances)} validation utterances in {cfg.valid} could "
+                     "be prepared: the run is not validated (no WER)")
 
     def _preprocessors(self) -> dict:
         from .preprocess import PreprocessOptions, Preprocessor

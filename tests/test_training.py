@@ -321,6 +321,19 @@ def test_eval_every_without_a_validation_manifest_is_a_warning(corpus, tmp_path)
     assert "warning: eval_every 1 but no validation manifest: give --valid MANIFEST" in result.stderr, result.explain
 
 
+def test_a_validation_set_none_of_which_loads_is_a_warning_that_the_run_is_not_validated(corpus, tmp_path):
+    manifest = tmp_path / "gone.jsonl"
+    manifest.write_text("".join(json.dumps({"id": f"gone{i}", "video": f"gone{i}.mp4", "text": "not here"}) + "\n"
+                                for i in range(2)))
+    result = mome("train", "--config", RECIPE, "--train", corpus / "train.jsonl", "--valid", manifest, "--roi", "-o",
+                  tmp_path / "out", "--steps", 2, "--eval-every", 1, root=corpus)
+    assert result.returncode == 0, result.explain
+    assert "warning: validation utterance gone1 skipped" in result.stderr, result.explain
+    assert (f"warning: none of the 2 validation utterances in {manifest} could be prepared: the run is not validated "
+            "(no WER)\n") in result.stderr, result.explain  # it went on without validation, saying nothing
+    assert records(tmp_path / "out", "eval") == [] and len(records(tmp_path / "out", "save")) == 1
+
+
 def test_a_run_resumed_longer_keeps_its_warmup_and_stretches_its_cosine(trained, corpus):
     from mome_cli.training import Trainer
 
