@@ -75,6 +75,18 @@ def _log_record(line: str) -> dict | None:
     return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
 
 
+def _finite(value):
+    """value with each NaN or infinity in it None, as report.json writes them: json.dumps wrote a WER with no reference
+    words as Infinity, which is not JSON (strict parsers refuse the line)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'s' * (n != 1)}"
 
@@ -176,7 +188,7 @@ class Trainer:
     def record(self, kind: str, **values) -> None:
         if self.main:
             with open(self.out / LOG_NAME, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"kind": kind, "step": self.step, **values}) + "\n")
+                f.write(json.dumps(_finite({"kind": kind, "step": self.step, **values}), allow_nan=False) + "\n")
 
     # -- setup -----------------------------------------------------------------------------------------------------
 

@@ -334,6 +334,39 @@ def test_a_validation_set_none_of_which_loads_is_a_warning_that_the_run_is_not_v
     assert records(tmp_path / "out", "eval") == [] and len(records(tmp_path / "out", "save")) == 1
 
 
+def strict_records(out: Path) -> list[dict]:
+    """log.jsonl read as strict JSON: NaN, Infinity and -Infinity, which json.loads takes, are refused."""
+
+    def refuse(constant):
+        raise ValueError(f"{constant} in log.jsonl: not JSON")
+
+    return [json.loads(line, parse_constant=refuse) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_a_wer_with_no_reference_words_is_null_in_the_log(corpus, tmp_path):
+    """Validation texts all empty: an infinite WER (insertions, no words), written as Infinity before."""
+    manifest = tmp_path / "silent.jsonl"
+    rows = [json.loads(line) for line in (corpus / "train.jsonl").read_text().splitlines()]
+    manifest.write_text("".join(json.dumps({**r, "video": str(corpus / r["video"]), "text": ""}) + "\n" for r in rows))
+    result = mome("train", "--config", RECIPE, "--train", corpus / "train.jsonl", "--valid", manifest, "--roi", "-o",
+                  tmp_path / "out", "--steps", 2, "--eval-every", 2, root=corpus)
+    assert result.returncode == 0, result.explain
+    (evaluation,) = [r for r in strict_records(tmp_path / "out") if r["kind"] == "eval"]
+    assert evaluation["wer"] == {"4,2": None, "4,5": None, "16,2": None, "16,5": None}, evaluation
+
+
+def test_the_log_writes_nan_and_infinity_as_null_wherever_they_are(tmp_path):
+    """A loss that is not finite never reaches the log (the step stops on its gradients first), but if one did, the
+    line would still be JSON: every record goes through the same writer."""
+    from mome_cli.training import Trainer
+
+    trainer = Trainer(TrainConfig(train="t", output=str(tmp_path), steps=1), quiet=True, home=tmp_path)
+    nan, inf = float("nan"), float("inf")
+    trainer.record("train", loss=nan, rate_losses={"4,2": inf, "4,5": 1.5}, grad_norm=np.float64(-inf), steps=[1, nan])
+    assert strict_records(tmp_path) == [{"kind": "train", "step": 0, "loss": None, "grad_norm": None,
+                                         "rate_losses": {"4,2": None, "4,5": 1.5}, "steps": [1, None]}]
+
+
 def test_a_run_resumed_longer_keeps_its_warmup_and_stretches_its_cosine(trained, corpus):
     from mome_cli.training import Trainer
 
