@@ -211,9 +211,11 @@ def load_whisper(name: str, revision: str | None = None, dtype: torch.dtype | No
         from transformers import WhisperFeatureExtractor
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+        from .llm import unreadable_as
+
         source = os.fspath(name)
-        feature_extractor = WhisperFeatureExtractor.from_pretrained(source, revision=revision)
-        with quiet_transformers():
+        with unreadable_as(EncoderError, source), quiet_transformers():
+            feature_extractor = WhisperFeatureExtractor.from_pretrained(source, revision=revision)
             encoder, info = WhisperEncoder.from_pretrained(
                 source, revision=revision, key_mapping={r"^model\.encoder\.": ""}, output_loading_info=True
             )

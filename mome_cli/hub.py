@@ -54,6 +54,9 @@ class HubRepo:
     ignore_patterns: tuple[str, ...] = ()  # and none matching these
     gated: bool = False  # a download needs an accepted licence and a token
     licence_url: str | None = None  # the page where the licence is read (and, for gated repos, accepted)
+    # Files loading it reads, beside its safetensors weights: a cached snapshot without one of them is incomplete
+    # (huggingface_hub's own cache check counts any snapshot folder as there).
+    needs: tuple[str, ...] = ("config.json",)
 
     @property
     def label(self) -> str:
@@ -87,12 +90,15 @@ LLAMA_FILES = ("config.json", "generation_config.json", "*.safetensors", "model.
                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 WHISPER_MEDIUM_EN = HubRepo("openai/whisper-medium.en", allow_patterns=WHISPER_FILES, ignore_patterns=("original/*",),
-                            licence_url="https://huggingface.co/openai/whisper-medium.en")
+                            licence_url="https://huggingface.co/openai/whisper-medium.en",
+                            needs=("config.json", "preprocessor_config.json"))  # the encoder and its features
 
 
 def _llama(repo_id: str) -> HubRepo:
+    # its tokenizer too: tokenizer.json, and tokenizer_config.json, which names the BOS and EOS tokens
     return HubRepo(repo_id, allow_patterns=LLAMA_FILES, ignore_patterns=("original/*",), gated=True,
-                   licence_url=f"https://huggingface.co/{repo_id}")
+                   licence_url=f"https://huggingface.co/{repo_id}",
+                   needs=("config.json", "tokenizer.json", "tokenizer_config.json"))
 
 
 # The authors' model zoo (https://facebookresearch.github.io/av_hubert/): AV-HuBERT Large, pretrained on
@@ -398,8 +404,9 @@ def fetch_repo(repo: HubRepo, home: Path, *, token: str | None = None, console=N
     finally:
         if console is None and not bars_were_off:
             enable_progress_bars()
-    if not _snapshot_complete(Path(folder)):
-        raise HubError(f"{repo.label}: the snapshot in {folder} has no config.json or no safetensors weights")
+    lacks = _snapshot_lacks(Path(folder), repo.needs)
+    if lacks:
+        raise HubError(f"{repo.label}: the snapshot in {folder} has no {', '.join(lacks)}")
     return Path(folder)
 
 
@@ -423,22 +430,23 @@ class ResolvedPreset:
         return face_alignment_env(self.home)
 
 
-def _snapshot_complete(folder: Path) -> bool:
-    """config.json, some safetensors, and every shard an index names."""
-    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
-        return False
+def _snapshot_lacks(folder: Path, needs: tuple[str, ...]) -> list[str]:
+    """Names of the files a snapshot folder lacks of what loading it reads: needs, and the weights (model.safetensors,
+    or each shard model.safetensors.index.json names). A link whose blob is gone is lacking too (is_file follows
+    links): huggingface_hub still lists the file, and every loader fails on it."""
+    lacks = [name for name in needs if not (folder / name).is_file()]
     index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = set(json.loads(index.read_text())["weight_map"].values())
-        except (OSError, ValueError, KeyError):
-            return False
-        return all((folder / shard).is_file() for shard in shards)
-    return True
+    if not index.is_file():
+        return lacks + [name for name in ("model.safetensors",) if not (folder / name).is_file()]
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # unreadable: no shard is known
+        return lacks + [index.name]
+    return lacks + [shard for shard in shards if not (folder / shard).is_file()]
 
 
-def locate_repo(repo: HubRepo, home: Path) -> Path | None:
-    """The cached snapshot folder of repo at its revision, if complete; never touches the network."""
+def _cached_snapshot(repo: HubRepo, home: Path) -> Path | None:
+    """The cached snapshot folder of repo at its revision, complete or not; never touches the network."""
     import huggingface_hub
     from huggingface_hub import errors
 
@@ -449,7 +457,19 @@ def locate_repo(repo: HubRepo, home: Path) -> Path | None:
         )
     except (errors.LocalEntryNotFoundError, FileNotFoundError):
         return None
-    return Path(folder) if _snapshot_complete(Path(folder)) else None
+    return Path(folder)
+
+
+def snapshot_lacks(repo: HubRepo, home: Path) -> list[str]:
+    """The files repo's cached snapshot lacks (see _snapshot_lacks); none when it is complete or not cached at all."""
+    folder = _cached_snapshot(repo, home)
+    return [] if folder is None else _snapshot_lacks(folder, repo.needs)
+
+
+def locate_repo(repo: HubRepo, home: Path) -> Path | None:
+    """The cached snapshot folder of repo at its revision, if complete; never touches the network."""
+    folder = _cached_snapshot(repo, home)
+    return folder if folder is not None and not _snapshot_lacks(folder, repo.needs) else None
 
 
 def locate(item: HubRepo | RemoteFile, home: Path, verify: bool = False,
@@ -470,9 +490,17 @@ def locate(item: HubRepo | RemoteFile, home: Path, verify: bool = False,
     return path
 
 
-def _labels(preset: Preset, items: list[HubRepo | RemoteFile]) -> list[str]:
-    """Short names of items for messages; face-alignment's files counted as one."""
-    labels = [item.label if isinstance(item, HubRepo) else item.filename for item in items if item not in preset.face]
+def _label(item: HubRepo | RemoteFile, home: Path) -> str:
+    """A short name of a missing item for messages: a Hub repository cached in part says which of its files lack."""
+    if isinstance(item, RemoteFile):
+        return item.filename
+    lacks = snapshot_lacks(item, home)
+    return f"{', '.join(lacks)} of {item.label}" if lacks else item.label
+
+
+def _labels(preset: Preset, items: list[HubRepo | RemoteFile], home: Path) -> list[str]:
+    """Short names of missing items for messages; face-alignment's files counted as one."""
+    labels = [_label(item, home) for item in items if item not in preset.face]
     face = [item for item in items if item in preset.face]
     if face:
         labels.append(f"face-alignment weights ({len(face)} of {len(preset.face)} files)")
@@ -482,7 +510,7 @@ def _labels(preset: Preset, items: list[HubRepo | RemoteFile]) -> list[str]:
 def missing_items(preset: str | Preset, home: Path | None = None, revision: str | None = None) -> list[str]:
     """Short names of what preset needs and the cache lacks."""
     preset, home = get_preset(preset, revision), Path(home or mome_home())
-    return _labels(preset, _find(preset, home, verify=False)[1])
+    return _labels(preset, _find(preset, home, verify=False)[1], home)
 
 
 def _find(preset: Preset, home: Path, verify: bool) -> tuple[dict[str, Path], list[HubRepo | RemoteFile]]:
@@ -503,7 +531,7 @@ def _find(preset: Preset, home: Path, verify: bool) -> tuple[dict[str, Path], li
 
 def _missing_message(preset: Preset, missing: list, home: Path, revision: str | None, offline: bool) -> str:
     fix = f"mome download {preset.name}" + (f" --revision {revision}" if revision else "")
-    message = f"{preset.name} needs {', '.join(_labels(preset, missing))}, not in the cache ({home}); "
+    message = f"{preset.name} needs {', '.join(_labels(preset, missing, home))}, not in the cache ({home}); "
     if offline:
         message = f"offline ({OFFLINE_ENV}=1 or --offline): {message}run `{fix}` when online, or copy the cache " \
                   "folder from a machine that has it"
@@ -593,10 +621,21 @@ def cache_listing(home: Path | None = None, names: list[str] | None = None, revi
     if hub_cache_dir(home).is_dir():
         from huggingface_hub import scan_cache_dir
 
-        for repo in sorted(scan_cache_dir(hub_cache_dir(home)).repos, key=lambda r: r.repo_id):
+        scan = scan_cache_dir(hub_cache_dir(home))
+        for repo in scan.repos:
             refs = sorted(ref for rev in repo.revisions for ref in rev.refs) or [
                 rev.commit_hash[:10] for rev in repo.revisions]
             rows.append((repo.repo_id, ",".join(refs), human_size(_folder_size(repo.repo_path)), str(repo.repo_path)))
+        # A repository huggingface_hub finds damaged (a link to a blob that is gone, say) is left out of its scan, with
+        # a warning: listed all the same, with that warning, not dropped without a word.
+        scanned = {repo.repo_path.name for repo in scan.repos}
+        for folder in sorted(hub_cache_dir(home).glob("models--*")):
+            if folder.is_dir() and folder.name not in scanned:
+                reason = next((str(w) for w in scan.warnings if f"{folder.name}{os.sep}" in f"{w}{os.sep}"), "")
+                refs = sorted(ref.name for ref in (folder / "refs").glob("*") if ref.is_file())
+                rows.append((folder.name.split("--", 1)[1].replace("--", "/"), ",".join(refs) or "-",
+                             human_size(_folder_size(folder)), f"{folder} (damaged: {reason or 'unreadable'})"))
+        rows.sort()
     lines += _table(rows) if rows else ["  (none)"]
     lines += ["", "Files:"]
     rows = []
@@ -645,7 +684,10 @@ def _folder_size(folder: Path) -> int:
     seen, total = set(), 0
     for root, _, files in os.walk(folder):
         for name in files:
-            stat = os.stat(os.path.join(root, name))
+            try:
+                stat = os.stat(os.path.join(root, name))
+            except FileNotFoundError:  # a link whose blob is gone
+                continue
             if (stat.st_dev, stat.st_ino) not in seen:
                 seen.add((stat.st_dev, stat.st_ino))
                 total += stat.st_size
@@ -656,5 +698,5 @@ __all__ = ["HubError", "MissingModelError", "UnusableModelError", "ChecksumError
            "RemoteFile", "Preset", "PRESETS", "WHISPER_MEDIUM_EN", "AVHUBERT_LARGE", "FACE_ALIGNMENT_FILES",
            "get_preset", "mome_home", "users_copies", "hub_cache_dir", "torch_home", "face_alignment_dir",
            "face_alignment_env", "hub_checkpoints", "hub_offline", "sha256_of", "verify_file", "fetch_url",
-           "fetch_file", "fetch_repo", "ResolvedPreset", "locate", "missing_items", "resolve_preset", "download_preset",
-           "cache_listing", "human_size"]
+           "fetch_file", "fetch_repo", "ResolvedPreset", "locate", "snapshot_lacks", "missing_items", "resolve_preset",
+           "download_preset", "cache_listing", "human_size"]

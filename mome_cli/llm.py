@@ -142,6 +142,17 @@ def no_progress_bars():
             logging.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def unreadable_as(error: type[Exception], source: str):
+    """transformers' errors for a folder it cannot load as `error`, on one line that names the folder: OSError for a
+    file it lacks (no weights, no preprocessor_config.json), ValueError for one it cannot make sense of (no tokenizer
+    it can build). Its messages run over several lines, and a traceback is not what a user needs to see."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        raise error(f"{source}: {' '.join(str(e).split())}") from e
+
+
 def load_llm(name: str, revision: str | None = None, dtype: torch.dtype | None = None, device: str = "cpu",
              native: bool = False):
     """(model, tokenizer) for a tiny name, a local directory or a hub id; frozen, in eval mode.
@@ -167,9 +178,11 @@ def load_llm(name: str, revision: str | None = None, dtype: torch.dtype | None =
     elif model is None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from .checkpoint import CheckpointError
+
         source = os.fspath(name)
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
-        with no_progress_bars():
+        with unreadable_as(CheckpointError, source), no_progress_bars():
+            tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
             model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=dtype)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -193,4 +206,4 @@ def cast_parameters(model: nn.Module, dtype: torch.dtype) -> None:
 
 
 __all__ = ["LLM_SHAPES", "TINY_LLMS", "byte_tokenizer", "bpe_tokenizer", "build_byte_llm", "build_tiny_llm",
-           "build_on_meta", "no_progress_bars", "load_llm", "cast_parameters"]
+           "build_on_meta", "no_progress_bars", "unreadable_as", "load_llm", "cast_parameters"]

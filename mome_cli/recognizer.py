@@ -14,6 +14,7 @@ Notation for shapes: B segments in a batch, S samples, T frames, R ROI side, D e
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -22,7 +23,8 @@ import torch
 
 from .checkpoint import CheckpointError, load_weights
 from .decoding import DecodingOptions, decode, token_budget
-from .hub import AVHUBERT_LARGE, PRESETS, HubRepo, MissingModelError, UnusableModelError, locate, mome_home
+from .hub import (AVHUBERT_LARGE, PRESETS, HubRepo, MissingModelError, UnusableModelError, locate, mome_home,
+                  snapshot_lacks)
 from .media import MAX_SEGMENT_SECONDS, SAMPLES_PER_FRAME, VIDEO_FPS, Segment, split_at_pauses
 from .model import AVSRModel, Features, ModelConfig
 from .options import RecognizeOptions, UsageProblem
@@ -190,6 +192,16 @@ def _presets_with(repo_id: str) -> list[str]:
             p.audio.repo_id == repo_id]
 
 
+def _hub_repo(repo_id: str, revision: str) -> HubRepo:
+    """repo_id at revision; with the files a preset's copy of it needs (its tokenizer, its feature extractor) if a
+    preset names it, so that a snapshot cached in part counts as missing here as it does for `mome download`."""
+    for preset in PRESETS.values():
+        for repo in (preset.llm, preset.audio):
+            if repo is not None and repo.repo_id == repo_id:
+                return dataclasses.replace(repo, revision=revision)
+    return HubRepo(repo_id, revision)
+
+
 def _cached_repo(repo_id: str, revision: str | None, home: Path) -> Path:
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
@@ -200,14 +212,16 @@ def _cached_repo(repo_id: str, revision: str | None, home: Path) -> Path:
         raise MissingModelError(f"{repo_id}: no such folder (nor a Hugging Face repo id); a checkpoint names its "
                                 "backbones by path: put them there, or bundle them with it (python -m "
                                 "mome_cli.pretrain bundle)") from None
-    revision = revision or "main"
-    path = locate(HubRepo(repo_id, revision), home)
+    repo = _hub_repo(repo_id, revision or "main")
+    path = locate(repo, home)
     if path is None:
         presets = _presets_with(repo_id)
-        pinned = "" if revision == "main" else f" --revision {revision}"
+        pinned = "" if repo.revision == "main" else f" --revision {repo.revision}"
         fix = f"run `mome download {presets[0]}{pinned}`" if presets else "put it in the cache with `mome download`"
-        at = "" if revision == "main" else f" at revision {revision}"
-        raise MissingModelError(f"{repo_id}{at} is not in the cache ({home}); {fix}")
+        at = "" if repo.revision == "main" else f" at revision {repo.revision}"
+        lacks = snapshot_lacks(repo, home)  # cached in part: which files
+        files = f"{', '.join(lacks)} of " if lacks else ""
+        raise MissingModelError(f"{files}{repo_id}{at} is not in the cache ({home}); {fix}")
     return path
 
 
@@ -246,6 +260,19 @@ def load_video_encoder(config: ModelConfig, home: Path, device: str):
     return encoder.to(device=device, dtype=dtype)
 
 
+@contextlib.contextmanager
+def _unusable_models():
+    """The errors of a model's files that are there but cannot be used (a checkpoint's, a backbone's, AV-HuBERT's,
+    an encoder's) as UnusableModelError: a HubError, which every command reports as one line and exit 1."""
+    from .avhubert import AVHubertCheckpointError
+    from .encoders import EncoderError
+
+    try:
+        yield
+    except (CheckpointError, AVHubertCheckpointError, EncoderError) as e:
+        raise UnusableModelError(str(e)) from e
+
+
 def load_recognizer(model: str, adapter: str | None = None, device: str = "auto",
                     home: Path | None = None) -> Recognizer:
     """A Recognizer from a preset name or a checkpoint directory, with an optional adapter checkpoint directory.
@@ -253,13 +280,8 @@ def load_recognizer(model: str, adapter: str | None = None, device: str = "auto"
     A model that is missing raises MissingModelError, one that is there but cannot be used UnusableModelError (a
     folder that is not a checkpoint, damaged weights, an adapter that does not fit): both say which file and why.
     """
-    from .avhubert import AVHubertCheckpointError
-    from .encoders import EncoderError
-
-    try:
+    with _unusable_models():
         return _load_recognizer(model, adapter, device, home)
-    except (CheckpointError, AVHubertCheckpointError, EncoderError) as e:
-        raise UnusableModelError(str(e)) from e
 
 
 def _load_recognizer(model: str, adapter: str | None, device: str, home: Path | None) -> Recognizer:
@@ -285,19 +307,21 @@ def build_recognizer(config: ModelConfig, home: Path, device: str, dtype: torch.
     The fresh modules are drawn from `seed`, leaving the global CPU RNG where it was: the same weights in every run
     and every process. Only the encoders of the config's modes are loaded; dtype is the LLM's (None: bf16 on CUDA).
     native: the LLM and the Whisper encoder on llama.py's and whisper.py's code where those run them (inference).
+    A backbone that is missing raises MissingModelError, one that cannot be used UnusableModelError.
     """
     from .llm import load_llm
 
-    llm, tokenizer = load_llm(_backbone_path(config.llm, config.llm_revision, home), dtype=dtype, device=device,
-                              native=native)
-    with seeded(seed):
-        avsr = AVSRModel(config, llm, tokenizer)
-    return Recognizer(
-        avsr.to(device).eval(),
-        load_audio_encoder(config, home, device, native) if "a" in config.inputs else None,
-        load_video_encoder(config, home, device) if "v" in config.inputs else None,
-        name=name,
-    )
+    with _unusable_models():  # `mome train` calls this directly
+        llm, tokenizer = load_llm(_backbone_path(config.llm, config.llm_revision, home), dtype=dtype, device=device,
+                                  native=native)
+        with seeded(seed):
+            avsr = AVSRModel(config, llm, tokenizer)
+        return Recognizer(
+            avsr.to(device).eval(),
+            load_audio_encoder(config, home, device, native) if "a" in config.inputs else None,
+            load_video_encoder(config, home, device) if "v" in config.inputs else None,
+            name=name,
+        )
 
 
 __all__ = ["UsageProblem", "RecognizeOptions", "Recognizer", "load_recognizer", "build_recognizer", "resolve_device",

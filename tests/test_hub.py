@@ -155,7 +155,9 @@ def make_snapshot(home: Path, repo_id: str, write, revision: str = "main") -> Pa
 
 
 def fake_repo(folder: Path) -> None:
-    (folder / "config.json").write_text("{}")
+    """The files loading a preset's Hub repository reads (Llama's tokenizer, Whisper's feature extractor)."""
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
+        (folder / name).write_text("{}")
     (folder / "model.safetensors").write_bytes(b"not loaded by these tests")
 
 
@@ -564,6 +566,51 @@ def test_list_checks_the_revision_asked_for(home):
     at_v1 = invoke("download", "--list", "mome-1b", "--revision", "v1")
     line = next(line for line in at_v1.stdout.splitlines() if line.strip().startswith("mome-1b"))
     assert "Llama-3.2-1B" not in line and "run `mome download mome-1b --revision v1`" in line, explain(at_v1)
+
+
+@pytest.mark.parametrize("repo_id, lost", [
+    ("meta-llama/Llama-3.2-1B", "tokenizer.json"),
+    ("openai/whisper-medium.en", "preprocessor_config.json"),
+    ("meta-llama/Llama-3.2-1B", "model.safetensors"),  # a link to a blob that is gone
+], ids=["tokenizer", "feature-extractor", "dangling-blob-link"])
+def test_a_snapshot_cached_in_part_is_incomplete_until_download_fetches_what_it_lacks(home, monkeypatch, repo_id,
+                                                                                      lost):
+    """A snapshot with config.json and any *.safetensors counted as complete (a link to a blob that is gone too):
+    --list and an offline download called mome-1b complete, and transcribe died in transformers with a traceback."""
+    monkeypatch.setitem(PRESETS, "mome-1b", dataclasses.replace(PRESETS["mome-1b"], video=None, face=()))
+    folders = {repo: make_snapshot(home, repo, fake_repo) for repo in ("meta-llama/Llama-3.2-1B",
+                                                                        "openai/whisper-medium.en")}
+    (folders[repo_id] / lost).unlink()
+    if lost == "model.safetensors":  # huggingface_hub's snapshots hold links to blobs
+        (folders[repo_id] / lost).symlink_to(f"../../blobs/{'0' * 64}")
+    listing = invoke("download", "--list", "mome-1b")
+    line = next(line for line in listing.stdout.splitlines() if line.strip().startswith("mome-1b"))
+    assert line.split(None, 1)[1] == f"incomplete: missing {lost} of {repo_id} (main); run `mome download mome-1b`", \
+        explain(listing)
+    assert re.search(rf"{re.escape(repo_id)} +main ", listing.stdout), explain(listing)  # damaged, not left out
+    offline = invoke("download", "mome-1b", env={"HF_HUB_OFFLINE": "1"})
+    assert offline.exit_code == ExitCode.MISSING, explain(offline)
+    assert f"mome-1b needs {lost} of {repo_id} (main), not in the cache" in offline.stderr, explain(offline)
+
+    def snapshot_download(repo_id, **kwargs):  # the Hub, as huggingface_hub fetches into a snapshot: what it lacks
+        folder = folders[repo_id]
+        if not kwargs.get("local_files_only") and not (folder / lost).is_file():
+            (folder / lost).unlink(missing_ok=True)
+            fake_repo(folder)
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    fetched = invoke("download", "mome-1b")
+    assert fetched.exit_code == 0 and "mome-1b: complete" in fetched.stderr, explain(fetched)
+    assert re.search(r"mome-1b +complete", invoke("download", "--list", "mome-1b").stdout)
+
+
+def test_a_snapshot_the_hub_leaves_incomplete_names_what_it_lacks(home, monkeypatch):
+    folder = make_snapshot(home, "openai/whisper-medium.en", lambda f: (f / "config.json").write_text("{}"))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kwargs: str(folder))
+    with pytest.raises(hub.HubError, match=f"the snapshot in {folder} has no preprocessor_config.json, "
+                                           "model.safetensors$"):
+        hub.fetch_repo(hub.WHISPER_MEDIUM_EN, home)
 
 
 @pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "--offline"])

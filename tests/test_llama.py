@@ -373,6 +373,26 @@ def test_a_damaged_file_of_the_backbones_is_named(tmp_path, damaged):
         load_recognizer(str(tmp_path / "demo"), device="cpu", home=tmp_path / "home")
 
 
+@pytest.mark.parametrize("lost", ["llm/tokenizer.json", "llm/model.safetensors", "audio_encoder/model.safetensors",
+                                  "audio_encoder/preprocessor_config.json"])
+def test_a_file_missing_from_the_backbones_is_one_line_naming_their_folder(tmp_path, lost):
+    """mome's own code leaves such a folder to transformers, whose errors (an OSError, a ValueError over several
+    lines) came out as tracebacks, in `mome train` (build_recognizer) as in transcribe."""
+    import shutil
+
+    from mome_cli.checkpoint import read_config
+    from mome_cli.hub import UnusableModelError
+    from mome_cli.recognizer import BUNDLED, build_recognizer, load_recognizer
+
+    shutil.copytree(BUNDLED / "demo", tmp_path / "demo")
+    (tmp_path / "demo" / lost).unlink()
+    said = f"^{tmp_path / 'demo' / Path(lost).parent}: [^\n]+$"
+    with pytest.raises(UnusableModelError, match=said):
+        load_recognizer(str(tmp_path / "demo"), device="cpu", home=tmp_path / "home")
+    with pytest.raises(UnusableModelError, match=said):
+        build_recognizer(read_config(tmp_path / "demo"), tmp_path / "home", "cpu")
+
+
 def matmuls(model, **inputs) -> tuple[int, torch.Tensor]:
     """(matrix products the forward ran, its logits)."""
     from torch.utils._python_dispatch import TorchDispatchMode

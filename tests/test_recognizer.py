@@ -1,6 +1,9 @@
 """Loading models the way presets do: backbones from a hub-cache layout, offline; missing pieces exit 4."""
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +16,11 @@ from mome_cli.llm import build_tiny_llm
 from mome_cli.model import AVSRModel, ModelConfig
 from mome_cli.mome import MoMEConfig
 from mome_cli.preprocess import Clip
-from mome_cli.recognizer import RecognizeOptions, UsageProblem, load_recognizer
+from mome_cli.recognizer import BUNDLED, RecognizeOptions, UsageProblem, load_recognizer
 
 COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
 LLAMA, WHISPER = "meta-llama/Llama-3.2-1B", "openai/whisper-medium.en"
+DEMO_CLIP = Path(__file__).parents[1] / "examples" / "demo.mp4"
 
 
 def snapshot(home, repo_id, commit=COMMIT):
@@ -91,6 +95,41 @@ def test_a_checkpoint_whose_backbone_folders_are_gone_says_so(home, tmp_path):
     with pytest.raises(MissingModelError, match="/tmp/elsewhere/backbones/llm: no such folder.*bundle") as e:
         load_recognizer(str(moved), home=home, device="cpu")
     assert e.value.exit_code == 4
+
+
+def transcribe(home: Path, *args) -> subprocess.CompletedProcess:
+    """`mome transcribe` of the demo clip (mouth crops) in a fresh interpreter, offline, with home as MOME_HOME."""
+    return subprocess.run([sys.executable, "-m", "mome_cli", "transcribe", str(DEMO_CLIP), "--roi", "--stdout",
+                           "--no-cache", *map(str, args)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MOME_HOME": str(home), "HF_HUB_OFFLINE": "1"})
+
+
+@pytest.mark.parametrize("repo_id, lost", [(LLAMA, "tokenizer.json"), (WHISPER, "preprocessor_config.json"),
+                                           (LLAMA, "model.safetensors")],
+                         ids=["tokenizer", "feature-extractor", "dangling-blob-link"])
+def test_a_backbone_cached_in_part_is_missing_and_names_the_file(home, tmp_path, repo_id, lost):
+    """A snapshot without its tokenizer, its feature extractor or its weights' blob was taken as there: transformers
+    then failed with a 50-line traceback."""
+    partial = tmp_path / "home"
+    shutil.copytree(home, partial)
+    snapshot = partial / "hub" / f"models--{repo_id.replace('/', '--')}" / "snapshots" / COMMIT
+    (snapshot / lost).unlink()
+    if lost == "model.safetensors":  # huggingface_hub's snapshots hold links to blobs
+        (snapshot / lost).symlink_to(f"../../blobs/{'0' * 64}")
+    result = transcribe(partial, "--model", partial / "ckpt")
+    assert result.returncode == 4, result.stderr
+    assert result.stderr == (f"mome transcribe: {lost} of {repo_id} is not in the cache ({partial}); run `mome "
+                             "download mome-1b`\n"), result.stderr
+
+
+def test_a_backbone_folder_transformers_cannot_load_is_one_line_and_exit_1(tmp_path):
+    demo = tmp_path / "demo"
+    shutil.copytree(BUNDLED / "demo", demo)
+    (demo / "audio_encoder" / "preprocessor_config.json").unlink()
+    result = transcribe(tmp_path / "home", "--model", demo)
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"mome transcribe: {demo / 'audio_encoder'}: ") and \
+        "preprocessor_config.json" in result.stderr, result.stderr
 
 
 def test_presets_need_an_adapter_and_take_one(home):
