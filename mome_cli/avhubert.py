@@ -14,6 +14,8 @@ in a batch. Padded output frames are zero.
 Checkpoints are read with torch's weights-only unpickler. The non-tensor objects a fairseq checkpoint holds (omegaconf
 configs, argparse.Namespace, fairseq Dictionary, numpy scalars) are rebuilt as small stand-ins of ours that only keep
 their pickled state as data; any other global (os.system, builtins.eval, ...) is refused before anything is read.
+A file that is no checkpoint at all (empty, cut short, an error page saved in its place) is said to be that, not
+refused: it is a wrong file, not a malicious one.
 
 Notation for shapes: B clips, T frames, H x W crop, C channels, D encoder width (1024), F FFN width, h heads.
 
@@ -62,6 +64,7 @@ import os
 import pickle
 import re
 import struct
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -128,6 +131,31 @@ class AVHubertConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d) -> AVHubertConfig:
+        """From a config.json written by to_dict: every field, each a whole number (a list of them for the stages, a
+        number for layer_norm_eps). ValueError naming the field otherwise: a hand-edited or damaged file, which would
+        fail later with a TypeError deep in the model's build."""
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object of {cls.__name__}'s fields, got {type(d).__name__}")
+        defaults = asdict(cls())
+        unknown, missing = sorted(set(d) - set(defaults)), sorted(set(defaults) - set(d))
+        if unknown or missing:
+            raise ValueError("; ".join([f"unknown fields {unknown}"] * bool(unknown) + [f"no {', '.join(missing)}"] *
+                                       bool(missing)))
+        whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+        for name, default in defaults.items():
+            value = d[name]
+            if isinstance(default, tuple):
+                fits, kind = isinstance(value, (list, tuple)) and all(map(whole, value)), "a list of whole numbers"
+            elif isinstance(default, float):
+                fits, kind = whole(value) or isinstance(value, float), "a number"
+            else:
+                fits, kind = whole(value), "a whole number"
+            if not fits:
+                raise ValueError(f"{name} must be {kind}, got {value!r}")
+        return cls(**d)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -364,6 +392,10 @@ class CheckpointMismatch(AVHubertCheckpointError):
     """The checkpoint's keys, shapes or architecture do not fit the config."""
 
 
+class CheckpointUnreadable(AVHubertCheckpointError):
+    """A file torch cannot read as a checkpoint at all: empty, cut short, or another kind of file."""
+
+
 class _StandIn:
     """An object of a class we do not import, kept as the plain data its pickle holds (args and state)."""
 
@@ -474,28 +506,77 @@ def _plain(obj):
     return obj
 
 
+def _not_a_torch_file(path: str) -> str | None:
+    """What is wrong with a file read as a torch checkpoint, judged by its first bytes; None if it starts as one
+    does (torch.save's zip archive, or a pickle for the legacy format). torch's own errors for other files are no
+    help: an empty EOFError, which Click takes for Ctrl-D, an opcode number, a KeyError from inside its unpickler."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        return f"cannot be read: {e.strerror or e}"
+    if head.startswith((b"PK\x03\x04", b"\x80")):
+        return None
+    if not head:
+        return "not a PyTorch checkpoint: the file is empty"
+    if head.lstrip().startswith(b"<"):
+        return "not a PyTorch checkpoint: an HTML or XML page (an error page saved in its place?)"
+    return "not a PyTorch checkpoint: it starts as neither torch.save's zip archive nor a pickle"
+
+
+# What torch raises for bytes it cannot read as a checkpoint: its unpickler's error, EOFError, RuntimeError or OSError
+# (a zip archive cut short, a legacy file's magic number), and for a legacy pickle cut short or garbled, whatever the
+# opcode at that point raises. Caught around its calls that read the file, and nowhere else.
+_UNREADABLE = (pickle.UnpicklingError, EOFError, RuntimeError, OSError, struct.error, KeyError, IndexError, ValueError)
+
+
+def _reason(error: Exception) -> str:
+    """torch's reason for a file it cannot load, in a few words: the first sentence of its message (for the
+    unpickler's, the one after its paragraph on weights_only)."""
+    found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(error))
+    if found:
+        text = found.group(1)
+    elif isinstance(error, (pickle.UnpicklingError, EOFError, RuntimeError)):
+        text = str(error)
+    elif isinstance(error, OSError):  # torch's zip reader on an archive cut short
+        text = f"its zip archive cannot be read ({error.strerror or error})"
+    else:  # raised by an opcode's own code: the pickle is cut short or garbled there
+        text = f"a garbled pickle ({type(error).__name__}: {error})"
+    return " ".join(text.split()).split(". ")[0] or "it ends too soon"  # an empty EOFError: nothing left to read
+
+
 def read_fairseq_checkpoint(path: str | os.PathLike) -> dict:
     """A fairseq checkpoint as plain data ("model" a state dict, "cfg"/"args" nested dicts), read weights-only.
 
     Raises CheckpointRefused when the pickle names any global outside _SAFE_GLOBALS (checked before loading, and the
-    weights-only unpickler enforces the same list while loading).
+    weights-only unpickler enforces the same list while loading), CheckpointUnreadable for a file torch cannot read
+    as a checkpoint (empty, cut short, an error page, another program's pickle).
     """
     path = os.fspath(path)
+    problem = _not_a_torch_file(path)
+    if problem:
+        raise CheckpointUnreadable(f"{path}: {problem}")
     allowed = [(stand_in, name) for name, stand_in in _SAFE_GLOBALS.items()]
     with torch.serialization.safe_globals(allowed):
         try:
             unsafe = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-        except (ValueError, RuntimeError, EOFError, pickle.UnpicklingError):
+        except _UNREADABLE:
             unsafe = []  # not a zip checkpoint, or unreadable here: the weights-only load below still guards it
         if unsafe:
             raise CheckpointRefused(f"refusing {path}: its pickle names {', '.join(unsafe)}, which is not a tensor nor "
                                     f"a config class a fairseq checkpoint holds; nothing was loaded")
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            found = re.search(r"GLOBAL (\S+)", str(e)) or re.search(r"WeightsUnpickler error: ([^\n]*)", str(e))
-            reason = found.group(1) if found else str(e).splitlines()[0]
-            raise CheckpointRefused(f"refusing {path}: the weights-only unpickler stopped at {reason}") from None
+            with warnings.catch_warnings():  # a pickle of another protocol is said below, as what it is
+                warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except _UNREADABLE as e:
+            # module.name: a legacy pickle cut short inside a name stops at it too, and that is no refusal
+            found = re.search(r"GLOBAL (\w[\w.]*\.\w+)\b", str(e)) if isinstance(e, pickle.UnpicklingError) else None
+            if found:  # it asks for something to import (a function to run, perhaps): refused, never run
+                raise CheckpointRefused(f"refusing {path}: its pickle names {found.group(1)}, which is not a tensor "
+                                        f"nor a config class a fairseq checkpoint holds; nothing was loaded") from None
+            # data torch.save does not write (a pickle of something else), or a file cut short: not malice
+            raise CheckpointUnreadable(f"{path}: not a PyTorch checkpoint, or a damaged one: {_reason(e)}") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
         keys = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointMismatch(f"{path} is not a fairseq checkpoint: no 'model' state dict (found {keys})")
@@ -530,6 +611,13 @@ def _expected_shapes(config: AVHubertConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+def _some(items: list, most: int = 5) -> str:
+    """The first few of a list, and how many there are in all: a file of other weights misses hundreds of keys."""
+    if not items:
+        return "none"
+    return str(items[:most]) + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
 def convert_fairseq_state_dict(state_dict: dict, config: AVHubertConfig) -> dict[str, torch.Tensor]:
     """fairseq AV-HuBERT state dict -> AVHubertVideoEncoder's, checked key by key and shape by shape."""
     keys = set(state_dict)
@@ -541,12 +629,13 @@ def convert_fairseq_state_dict(state_dict: dict, config: AVHubertConfig) -> dict
     missing = [_OURS_TO_FAIRSEQ.get(k, k) for k in expected if k not in converted]
     unexpected = sorted(k for k in keys if k not in UNUSED_FAIRSEQ_KEYS and _FAIRSEQ_TO_OURS.get(k, k) not in expected)
     if missing or unexpected:
-        raise CheckpointMismatch(f"checkpoint does not fit the AV-HuBERT video encoder: missing {missing or 'none'}; "
-                                 f"unexpected {unexpected or 'none'}")
+        raise CheckpointMismatch(f"checkpoint does not fit the AV-HuBERT video encoder: missing {_some(missing)}; "
+                                 f"unexpected {_some(unexpected)}")
     wrong = [f"{_OURS_TO_FAIRSEQ.get(k, k)} {tuple(converted[k].shape)} vs {shape}" for k, shape in expected.items()
              if tuple(converted[k].shape) != shape]
     if wrong:
-        raise CheckpointMismatch(f"checkpoint shapes differ from the config (checkpoint vs model): {'; '.join(wrong)}")
+        raise CheckpointMismatch(f"checkpoint shapes differ from the config (checkpoint vs model): "
+                                 f"{'; '.join(wrong[:5])}{f' and {len(wrong) - 5} more' if len(wrong) > 5 else ''}")
     return converted
 
 
@@ -588,18 +677,38 @@ def save_avhubert(model: AVHubertVideoEncoder, directory: str | os.PathLike) -> 
 
 
 def _load_native(directory: str) -> AVHubertVideoEncoder:
+    """A folder written by save_avhubert; CheckpointUnreadable or CheckpointMismatch, naming the file, for one that
+    lacks a file, holds one that cannot be read, or a config its tensors do not fit."""
     import json
 
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    with open(os.path.join(directory, NATIVE_CONFIG), encoding="utf-8") as f:
-        config = AVHubertConfig(**json.load(f))
+    config_path, weights_path = os.path.join(directory, NATIVE_CONFIG), os.path.join(directory, NATIVE_WEIGHTS)
+    for path in (config_path, weights_path):
+        if not os.path.isfile(path):
+            raise CheckpointUnreadable(f"{directory}: not an AV-HuBERT encoder folder (no {os.path.basename(path)})")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CheckpointUnreadable(f"{config_path}: unreadable ({e})") from e
+    try:
+        config = AVHubertConfig.from_dict(data)
+    except ValueError as e:
+        raise CheckpointMismatch(f"{config_path}: not an AV-HuBERT config: {e}") from e
+    try:
+        state = load_file(weights_path)
+    except (OSError, SafetensorError) as e:
+        raise CheckpointUnreadable(f"{weights_path}: unreadable ({e})") from e
     model = AVHubertVideoEncoder(config)
-    state = load_file(os.path.join(directory, NATIVE_WEIGHTS))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointMismatch(f"{directory}: tensors do not fit {config} (missing {sorted(missing)[:5]}, "
-                                 f"unexpected {sorted(unexpected)[:5]})")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
+    if missing or unexpected or wrong:
+        raise CheckpointMismatch(f"{weights_path}: tensors do not fit {config} (missing {missing[:5]}, unexpected "
+                                 f"{unexpected[:5]}, wrong shape {wrong[:5]})")
+    model.load_state_dict(state)
     return model.eval().requires_grad_(False)
 
 
@@ -609,8 +718,11 @@ def load_avhubert(path: str | os.PathLike, config: AVHubertConfig = AVHubertConf
     if os.path.isdir(path):
         return _load_native(os.fspath(path))
     checkpoint = read_fairseq_checkpoint(path)
-    check_architecture(checkpoint, config)
-    state = convert_fairseq_state_dict(checkpoint["model"], config)
+    try:
+        check_architecture(checkpoint, config)
+        state = convert_fairseq_state_dict(checkpoint["model"], config)
+    except CheckpointMismatch as e:  # said of the file, which these two do not know
+        raise CheckpointMismatch(f"{os.fspath(path)}: {e}") from None
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}  # fp16-trained weights
     with torch.device("meta"):
         model = AVHubertVideoEncoder(config)  # no random init of ~300M parameters only to overwrite them
@@ -621,5 +733,5 @@ def load_avhubert(path: str | os.PathLike, config: AVHubertConfig = AVHubertConf
 __all__ = ["FRAME_RATE", "CROP_SIZE", "IMAGE_MEAN", "IMAGE_STD", "AVHubertConfig", "BasicBlock", "ResNetTrunk",
            "LipResNet", "VideoFeatureExtractor", "ConvPositionalEmbedding", "SelfAttention", "EncoderLayer",
            "TransformerEncoder", "AVHubertVideoEncoder", "AVHubertCheckpointError", "CheckpointRefused",
-           "CheckpointMismatch", "read_fairseq_checkpoint", "UNUSED_FAIRSEQ_KEYS", "convert_fairseq_state_dict",
-           "check_architecture", "load_avhubert", "save_avhubert"]
+           "CheckpointMismatch", "CheckpointUnreadable", "read_fairseq_checkpoint", "UNUSED_FAIRSEQ_KEYS",
+           "convert_fairseq_state_dict", "check_architecture", "load_avhubert", "save_avhubert"]

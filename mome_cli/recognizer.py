@@ -242,7 +242,7 @@ def load_audio_encoder(config: ModelConfig, home: Path, device: str, native: boo
 
 
 def load_video_encoder(config: ModelConfig, home: Path, device: str):
-    from .avhubert import AVHubertConfig, AVHubertVideoEncoder, load_avhubert
+    from .avhubert import AVHubertCheckpointError, AVHubertConfig, AVHubertVideoEncoder, load_avhubert
 
     name = config.video_encoder
     if name == "tiny":
@@ -253,7 +253,10 @@ def load_video_encoder(config: ModelConfig, home: Path, device: str):
         if path is None:
             raise MissingModelError(f"AV-HuBERT Large ({AVHUBERT_LARGE.filename}) is not in the cache ({home}); "
                                     f"run `mome download mome-1b`")
-        encoder = load_avhubert(path)
+        try:
+            encoder = load_avhubert(path)
+        except AVHubertCheckpointError as e:  # the cache's copy: cut short, or another file in its place
+            raise type(e)(f"{e}; delete it and run `mome download mome-1b` again") from e
     else:
         encoder = load_avhubert(name)
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32  # as the other backbones

@@ -370,3 +370,89 @@ def test_not_a_fairseq_checkpoint(tmp_path):
     with pytest.raises(CheckpointMismatch, match="no 'model' state dict"):
         read_fairseq_checkpoint(tmp_path / "other.pt")
 
+
+
+# --- files that are not a checkpoint, or a damaged one -------------------------------------------------------------
+
+
+def torch_saved(path) -> bytes:
+    torch.save({"model": {"w": torch.zeros(1000)}}, path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("make, said", [
+    (lambda path: b"", "not a PyTorch checkpoint: the file is empty"),
+    (lambda path: torch_saved(path)[:600], "a damaged one: PytorchStreamReader failed reading zip archive"),
+    (lambda path: torch_saved(path)[:4200], "a damaged one: its zip archive cannot be read"),
+    (lambda path: b"\x80\x02}", "a damaged one: it ends too soon"),  # a pickle's EMPTY_DICT, then nothing
+    (lambda path: b"\x80\x02M\x01", "a damaged one: a garbled pickle (error: unpack requires"),  # BININT2, 1 byte
+    (lambda path: b"\x80\x02h\x05", "a damaged one: a garbled pickle (KeyError: 5)"),  # BINGET of nothing
+    (lambda path: b"<!DOCTYPE html><html><body>404 Not Found</body></html>\n", "an HTML or XML page"),
+    (lambda path: __import__("pickle").dumps({"model": {}}), "a damaged one: Unsupported operand 149"),
+    (lambda path: __import__("pickle").dumps({"model": {}}, protocol=2), "a damaged one: Invalid magic number"),
+    (lambda path: b"hello world\n", "neither torch.save's zip archive nor a pickle"),
+], ids=["empty", "zip-cut-short", "zip-cut-at-its-end", "pickle-cut-short", "pickle-cut-in-an-opcode",
+        "pickle-garbled", "html", "pickle", "pickle-protocol-2", "text"])
+def test_a_file_that_is_no_checkpoint_says_what_it_is_and_is_not_refused(tmp_path, make, said):
+    """An empty file was an EOFError, which Click takes for Ctrl-D ("Aborted!"); a zip archive cut short a
+    RuntimeError traceback; an error page or another program's pickle "refusing ... stopped at " with no reason,
+    as if it were malicious."""
+    from mome_cli.avhubert import CheckpointUnreadable
+
+    path = tmp_path / "large_vox_iter5.pt"
+    path.write_bytes(make(path))
+    with pytest.raises(CheckpointUnreadable) as e:
+        load_avhubert(path, TINY)
+    assert not isinstance(e.value, CheckpointRefused)
+    assert str(e.value).startswith(f"{path}: not a PyTorch checkpoint") and said in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_another_models_weights_are_named_with_the_file_in_a_few_words(tmp_path):
+    torch.save({"model": {"w": torch.zeros(3)}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointMismatch) as e:
+        load_avhubert(tmp_path / "other.pt", TINY)
+    assert str(e.value).startswith(f"{tmp_path / 'other.pt'}: checkpoint does not fit the AV-HuBERT video encoder: "
+                                   "missing ['feature_extractor_video.resnet.frontend3D.0.weight', "), str(e.value)
+    assert len(str(e.value)) < 500 and "more; unexpected ['w']" in str(e.value), str(e.value)
+
+
+@pytest.fixture
+def native_folder(tmp_path):
+    from mome_cli.avhubert import save_avhubert
+
+    save_avhubert(tiny_encoder(), tmp_path / "video_encoder")
+    return tmp_path / "video_encoder"
+
+
+def edit_config(folder, **changes):
+    import json
+
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+
+
+@pytest.mark.parametrize("damage, file, said", [
+    (lambda f: os.truncate(f / "model.safetensors", 5000), "model.safetensors", "unreadable (Error while deserial"),
+    (lambda f: (f / "model.safetensors").unlink(), None, "not an AV-HuBERT encoder folder (no model.safetensors)"),
+    (lambda f: (f / "config.json").unlink(), None, "not an AV-HuBERT encoder folder (no config.json)"),
+    (lambda f: (f / "config.json").write_text("{oops"), "config.json", "unreadable (Expecting property name"),
+    (lambda f: (f / "config.json").write_text("[1, 2]"), "config.json",
+     "not an AV-HuBERT config: expected a JSON object of AVHubertConfig's fields, got list"),
+    (lambda f: edit_config(f, rotary=True), "config.json", "not an AV-HuBERT config: unknown fields ['rotary']"),
+    (lambda f: edit_config(f, ffn_dim=None), "config.json", "not an AV-HuBERT config: no ffn_dim"),
+    (lambda f: edit_config(f, embed_dim="32"), "config.json", "embed_dim must be a whole number, got '32'"),
+    (lambda f: edit_config(f, stage_blocks=[2, "2", 2, 2]), "config.json", "stage_blocks must be a list of whole"),
+    (lambda f: edit_config(f, ffn_dim=48), "model.safetensors", "tensors do not fit AVHubertConfig("),
+], ids=["weights-cut-short", "no-weights", "no-config", "config-not-json", "config-a-list", "unknown-field",
+        "missing-field", "text-for-a-number", "text-in-a-list", "shapes"])
+def test_a_damaged_native_encoder_folder_names_the_file(native_folder, damage, file, said):
+    """The folder form (the demo's video_encoder/) gave SafetensorError, FileNotFoundError and TypeError tracebacks."""
+    from mome_cli.avhubert import AVHubertCheckpointError
+
+    damage(native_folder)
+    with pytest.raises(AVHubertCheckpointError) as e:
+        load_avhubert(native_folder)
+    assert str(e.value).startswith(f"{native_folder / file if file else native_folder}: ") and said in str(e.value), \
+        str(e.value)

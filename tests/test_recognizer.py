@@ -132,6 +132,41 @@ def test_a_backbone_folder_transformers_cannot_load_is_one_line_and_exit_1(tmp_p
         "preprocessor_config.json" in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize("content, said", [
+    (b"", "not a PyTorch checkpoint: the file is empty"),
+    (b"<html><body>503 Service Unavailable</body></html>", "not a PyTorch checkpoint: an HTML or XML page (an error "
+                                                           "page saved in its place?)"),
+], ids=["empty", "error-page"])
+def test_a_damaged_avhubert_checkpoint_in_the_cache_is_one_line_and_exit_1(home, tmp_path, content, said):
+    """An empty file ended the run with Click's "Aborted!" (torch's EOFError reads as Ctrl-D), an error page with
+    "refusing ...: the weights-only unpickler stopped at " and no reason."""
+    import json
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(home / "ckpt", adapter)
+    config = json.loads((adapter / "config.json").read_text())
+    config["model"]["video_encoder"] = "avhubert-large"  # mome-1b's
+    (adapter / "config.json").write_text(json.dumps(config))
+    cached = tmp_path / "home" / "avhubert" / "large_vox_iter5.pt"
+    cached.parent.mkdir(parents=True)
+    shutil.copytree(home / "hub", tmp_path / "home" / "hub")
+    cached.write_bytes(content)
+    result = transcribe(tmp_path / "home", "--model", "mome-1b", "--adapter", adapter, "--mode", "v")
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"mome transcribe: {cached}: {said}"), result.stderr
+    assert result.stderr.endswith("; delete it and run `mome download mome-1b` again\n"), result.stderr
+
+
+def test_a_native_avhubert_folder_cut_short_is_one_line_and_exit_1(tmp_path):
+    demo = tmp_path / "demo"
+    shutil.copytree(BUNDLED / "demo", demo)
+    os.truncate(demo / "video_encoder" / "model.safetensors", 5000)
+    result = transcribe(tmp_path / "home", "--model", demo)
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"mome transcribe: {demo / 'video_encoder' / 'model.safetensors'}: unreadable ("), \
+        result.stderr
+
+
 def test_presets_need_an_adapter_and_take_one(home):
     with pytest.raises(MissingModelError, match="--adapter DIR"):
         load_recognizer("mome-1b", home=home, device="cpu")
