@@ -212,8 +212,13 @@ def load_whisper(name: str, revision: str | None = None, dtype: torch.dtype | No
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
         from .llm import unreadable_as
+        from .whisper import check_whisper_folder
 
         source = os.fspath(name)
+        try:
+            check_whisper_folder(source)
+        except ValueError as e:
+            raise EncoderError(str(e)) from e
         with unreadable_as(EncoderError, source), quiet_transformers():
             feature_extractor = WhisperFeatureExtractor.from_pretrained(source, revision=revision)
             encoder, info = WhisperEncoder.from_pretrained(

@@ -62,6 +62,9 @@ class LlamaConfig:
             raise NotSupported("pretraining_tp != 1")
         if d.get("quantization_config"):
             raise NotSupported("a quantized checkpoint")
+        check_fields(d, whole=("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                               "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings"),
+                     positive=("rms_norm_eps", "rope_theta"))
         rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
         theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
         rope_type = rope.get("rope_type", rope.get("type", "default"))
@@ -86,12 +89,30 @@ class LlamaConfig:
         )
 
 
-def read_json(path: Path) -> dict:
-    """A JSON file of a checkpoint folder; ValueError naming the file if it cannot be read."""
+def read_json(path: Path | str) -> dict:
+    """A JSON file of a checkpoint folder (config, tokenizer settings, index: each an object); ValueError naming the
+    file if it cannot be read or holds something else."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: unreadable ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object of settings (a {type(data).__name__})")
+    return data
+
+
+def check_fields(d: dict, whole: tuple[str, ...] = (), positive: tuple[str, ...] = ()) -> None:
+    """ValueError naming the first field of d, among those it has, that is not a whole number >= 1 (whole) or a
+    number > 0 (positive): a hand-edited or damaged config.json ("hidden_size": "64") would otherwise fail deep in
+    the model's build, with a TypeError from torch.empty. A field d lacks is for its reader to default or refuse."""
+    for name in whole:
+        value = d.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    for name in positive:
+        value = d.get(name)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0):
+            raise ValueError(f"{name} must be a number > 0, got {value!r}")
 
 
 def rope_frequencies(config: LlamaConfig) -> torch.Tensor:
@@ -554,14 +575,17 @@ def load_llama(folder, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise NotSupported(f"{folder} has no config.json")
+    settings = read_json(folder / "config.json")
     try:
-        config = LlamaConfig.from_dict(read_json(folder / "config.json"))
+        config = LlamaConfig.from_dict(settings)
     except (KeyError, TypeError) as e:
         raise ValueError(f"{folder / 'config.json'}: not a Llama config ({e!r} missing or wrong)") from e
+    except ValueError as e:  # check_fields: a field of the wrong type
+        raise ValueError(f"{folder / 'config.json'}: not a Llama config: {e}") from e
     tokenizer = Tokenizer.from_folder(folder)
     model = llama_from_weights(config, read_weights(folder), folder)
     return model.to(device=device, dtype=dtype), tokenizer
 
 
 __all__ = ["NotSupported", "LlamaConfig", "KVCache", "StaticKVCache", "LlamaModel", "LlamaForCausalLM", "Tokenizer",
-           "build_from_weights", "llama_from_weights", "load_llama"]
+           "read_json", "check_fields", "build_from_weights", "llama_from_weights", "load_llama"]

@@ -146,11 +146,45 @@ def no_progress_bars():
 def unreadable_as(error: type[Exception], source: str):
     """transformers' errors for a folder it cannot load as `error`, on one line that names the folder: OSError for a
     file it lacks (no weights, no preprocessor_config.json), ValueError for one it cannot make sense of (no tokenizer
-    it can build). Its messages run over several lines, and a traceback is not what a user needs to see."""
+    it can build), StrictDataclassError for a config field of the wrong type. Its messages run over several lines,
+    and a traceback is not what a user needs to see."""
+    from huggingface_hub.errors import StrictDataclassError  # a config field of the wrong type ("hidden_size": "64")
+
     try:
         yield
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, StrictDataclassError) as e:
         raise error(f"{source}: {' '.join(str(e).split())}") from e
+
+
+def load_with_transformers(source: str, revision: str | None, dtype: torch.dtype | None):
+    """(model, tokenizer) through transformers' Auto classes: for the families llama.py does not run, with
+    MOME_NATIVE=0, and in training. The config is checked before any weight is read: a JSON object (transformers
+    fails on any other with a TypeError) that makes a Llama-style LM, whose decoder layers MoME hooks into, not GPT-2
+    or Whisper's decoder (their weights would load with a report of hundreds of keys, and fail after). CheckpointError,
+    naming the folder or its config.json, for what cannot be loaded."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .checkpoint import CheckpointError
+    from .llama import read_json
+    from .mome import decoder_layers
+
+    config_file = os.path.join(source, "config.json")
+    if os.path.isfile(config_file):
+        try:
+            read_json(config_file)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from e
+    with unreadable_as(CheckpointError, source), no_progress_bars():
+        config = AutoConfig.from_pretrained(source, revision=revision)
+        with torch.device("meta"):  # its module tree, no weights
+            skeleton = AutoModelForCausalLM.from_config(config)
+        try:
+            decoder_layers(skeleton)
+        except TypeError as e:  # decoder_layers' word for a model without Llama-style layers
+            raise CheckpointError(f"{config_file}: model_type {config.model_type!r}: {e}") from None
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(source, config=config, revision=revision, dtype=dtype)
+    return model, tokenizer
 
 
 def load_llm(name: str, revision: str | None = None, dtype: torch.dtype | None = None, device: str = "cpu",
@@ -176,14 +210,7 @@ def load_llm(name: str, revision: str | None = None, dtype: torch.dtype | None =
     if model is None and name in TINY_LLMS:
         model, tokenizer = build_tiny_llm(name)
     elif model is None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from .checkpoint import CheckpointError
-
-        source = os.fspath(name)
-        with unreadable_as(CheckpointError, source), no_progress_bars():
-            tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
-            model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=dtype)
+        model, tokenizer = load_with_transformers(os.fspath(name), revision, dtype)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.requires_grad_(False)
@@ -206,4 +233,5 @@ def cast_parameters(model: nn.Module, dtype: torch.dtype) -> None:
 
 
 __all__ = ["LLM_SHAPES", "TINY_LLMS", "byte_tokenizer", "bpe_tokenizer", "build_byte_llm", "build_tiny_llm",
-           "build_on_meta", "no_progress_bars", "unreadable_as", "load_llm", "cast_parameters"]
+           "build_on_meta", "no_progress_bars", "unreadable_as", "load_with_transformers", "load_llm",
+           "cast_parameters"]

@@ -21,7 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .llama import Embedding, NotSupported, build_from_weights, read_json, read_weights
+from .llama import Embedding, NotSupported, build_from_weights, check_fields, read_json, read_weights
+
+
+# The numbers of preprocessor_config.json and config.json that size the features and the encoder: whole numbers.
+FEATURE_FIELDS = ("feature_size", "sampling_rate", "n_fft", "hop_length", "chunk_length")
+ENCODER_FIELDS = ("num_mel_bins", "d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim",
+                  "max_source_positions")
 
 
 def hertz_to_slaney(hz: np.ndarray) -> np.ndarray:
@@ -76,6 +82,7 @@ class LogMel(nn.Module):
         """From a preprocessor_config.json written by WhisperFeatureExtractor."""
         if d.get("dither", 0.0) or d.get("do_normalize"):
             raise NotSupported("a Whisper feature extractor with dither or normalisation")
+        check_fields(d, whole=FEATURE_FIELDS)
         return cls(d.get("feature_size", 80), d.get("sampling_rate", 16_000), d.get("n_fft", 400),
                    d.get("hop_length", 160), d.get("chunk_length", 30))
 
@@ -108,6 +115,7 @@ class WhisperEncoderConfig:
             raise NotSupported(f"model_type {d.get('model_type')!r} (only whisper)")
         if d.get("activation_function", "gelu") != "gelu":
             raise NotSupported(f"activation {d.get('activation_function')!r}")
+        check_fields(d, whole=ENCODER_FIELDS)
         return cls(d["num_mel_bins"], d["d_model"], d["encoder_layers"], d["encoder_attention_heads"],
                    d["encoder_ffn_dim"], d["max_source_positions"])
 
@@ -162,13 +170,33 @@ class WhisperEncoder(nn.Module):
         return self.layer_norm(x)
 
 
+def check_whisper_folder(folder) -> None:
+    """What transformers' Whisper classes need of a checkpoint folder's configs and do not check (they fail with a
+    TypeError, or load the weights into whatever model_type says and fail after a report of every key): each a JSON
+    object, config.json's model_type whisper, whole numbers where its numbers go. ValueError naming the file; a file
+    the folder lacks is left to them."""
+    folder = Path(folder)
+    for name, fields, what in (("config.json", ENCODER_FIELDS, "a Whisper config"),
+                               ("preprocessor_config.json", FEATURE_FIELDS, "a Whisper feature extractor's config")):
+        if not (folder / name).is_file():
+            continue
+        settings = read_json(folder / name)
+        try:
+            if name == "config.json" and settings.get("model_type") != "whisper":
+                raise ValueError(f"model_type {settings.get('model_type')!r}, not whisper")
+            check_fields(settings, whole=fields)
+        except ValueError as e:
+            raise ValueError(f"{folder / name}: not {what}: {e}") from e
+
+
 def load_whisper_encoder(folder, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     """(WhisperEncoder, LogMel) from a transformers Whisper checkpoint folder; frozen, in eval mode. NotSupported
-    for what this module does not run; ValueError, naming the file, for a file that cannot be read or weights that
-    do not fit the config."""
+    for what this module does not run; ValueError, naming the file, for a file that cannot be read, a config of
+    another model or with a field of the wrong type (check_whisper_folder), or weights that do not fit the config."""
     folder = Path(folder)
     if not (folder / "config.json").is_file() or not (folder / "preprocessor_config.json").is_file():
         raise NotSupported(f"{folder} has no config.json or preprocessor_config.json")
+    check_whisper_folder(folder)
     try:
         config = WhisperEncoderConfig.from_dict(read_json(folder / "config.json"))
     except (KeyError, TypeError) as e:
@@ -183,4 +211,5 @@ def load_whisper_encoder(folder, dtype: torch.dtype = torch.float32, device: str
     return encoder.to(device=device, dtype=dtype), features.to(device)
 
 
-__all__ = ["LogMel", "WhisperEncoderConfig", "WhisperEncoder", "mel_filters", "load_whisper_encoder"]
+__all__ = ["FEATURE_FIELDS", "ENCODER_FIELDS", "LogMel", "WhisperEncoderConfig", "WhisperEncoder", "mel_filters",
+           "check_whisper_folder", "load_whisper_encoder"]

@@ -139,6 +139,53 @@ def test_llama_weights_that_do_not_fit_are_a_checkpoint_error(tmp_path):
         load_llm(str(tmp_path), native=True)
 
 
+def whisper_config() -> dict:
+    from transformers import WhisperConfig
+
+    return WhisperConfig(**TINY_WHISPER).to_dict()
+
+
+@pytest.mark.parametrize("change, said", [
+    (lambda config: {**config, "hidden_size": "64"}, "hidden_size"),
+    (lambda config: {**config, "rms_norm_eps": "1e-6"}, "rms_norm_eps"),
+    (lambda config: [1, 2], "not a JSON object of settings (a list)"),
+    (lambda config: {**config, "model_type": "gpt2"},
+     "model_type 'gpt2': GPT2LMHeadModel has no decoder layers at .model.layers; MoME needs a Llama-style LM"),
+    (lambda config: whisper_config(), "model_type 'whisper': decoder layer 0 of WhisperForCausalLM has no .mlp"),
+], ids=["text-for-a-whole-number", "text-for-a-number", "a-list", "gpt2", "whisper"])
+@pytest.mark.parametrize("native", [True, False], ids=["native", "transformers"])
+def test_an_llm_config_of_the_wrong_type_or_model_is_a_checkpoint_error_naming_it(tmp_path, change, said, native):
+    """It was a TypeError from torch.empty, an AttributeError, or, for another architecture, a model that
+    transformers built (with a report of every key) and MoME then failed to attach to."""
+    save_llm(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(change(config)))
+    with pytest.raises(CheckpointError) as e:
+        load_llm(str(tmp_path), native=native)
+    message = str(e.value)
+    assert message.startswith(str(tmp_path)) and said in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("file, change, said", [
+    ("config.json", lambda config: {**config, "d_model": "64"}, "not a Whisper config: d_model must be a whole "
+                                                                "number >= 1, got '64'"),
+    ("config.json", lambda config: [1, 2], "not a JSON object of settings (a list)"),
+    ("config.json", lambda config: {**config, "model_type": "llama"}, "not a Whisper config: model_type 'llama'"),
+    ("preprocessor_config.json", lambda config: {**config, "feature_size": "80"},
+     "not a Whisper feature extractor's config: feature_size must be a whole number >= 1, got '80'"),
+    ("preprocessor_config.json", lambda config: [1], "not a JSON object of settings (a list)"),
+], ids=["text-for-a-number", "a-list", "llama", "features-text-for-a-number", "features-a-list"])
+@pytest.mark.parametrize("native", [True, False], ids=["native", "transformers"])
+def test_a_whisper_config_of_the_wrong_type_or_model_is_an_encoder_error_naming_it(tmp_path, file, change, said,
+                                                                                  native):
+    save_whisper(tmp_path, whole=True)
+    config = json.loads((tmp_path / file).read_text())
+    (tmp_path / file).write_text(json.dumps(change(config)))
+    with pytest.raises(EncoderError) as e:
+        load_whisper(str(tmp_path), native=native)
+    assert str(e.value).startswith(f"{tmp_path / file}: {said}") and "\n" not in str(e.value), str(e.value)
+
+
 def perturbed(model: AVSRModel) -> AVSRModel:
     torch.manual_seed(0)
     for m in model.mome:

@@ -167,6 +167,24 @@ def test_a_native_avhubert_folder_cut_short_is_one_line_and_exit_1(tmp_path):
         result.stderr
 
 
+@pytest.mark.parametrize("change, said", [
+    ({"hidden_size": "64"}, "not a Llama config: hidden_size must be a whole number >= 1, got '64'"),
+    ({"model_type": "gpt2"}, "model_type 'gpt2': GPT2LMHeadModel has no decoder layers at .model.layers; MoME "
+                             "needs a Llama-style LM"),
+], ids=["text-for-a-number", "gpt2"])
+def test_an_llm_config_of_the_wrong_type_or_model_is_one_line_and_exit_1(home, tmp_path, change, said):
+    """A TypeError from torch.empty; for gpt2, transformers' report of every key, then a TypeError from MoME."""
+    import json
+
+    damaged = tmp_path / "home"
+    shutil.copytree(home, damaged)
+    config_file = damaged / "hub" / f"models--{LLAMA.replace('/', '--')}" / "snapshots" / COMMIT / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **change}))
+    result = transcribe(damaged, "--model", damaged / "ckpt")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == f"mome transcribe: {config_file}: {said}\n", result.stderr
+
+
 def test_presets_need_an_adapter_and_take_one(home):
     with pytest.raises(MissingModelError, match="--adapter DIR"):
         load_recognizer("mome-1b", home=home, device="cpu")
