@@ -297,20 +297,23 @@ def _load_recognizer(model: str, adapter: str | None, device: str, home: Path | 
     # RMSNorm and rotary embedding). MOME_NATIVE=0 keeps transformers' classes (to compare, or to rule the native
     # code out when something is odd).
     native = os.environ.get("MOME_NATIVE", "1") != "0"
-    recognizer = build_recognizer(config, home, device, name=model, native=native)
+    recognizer = build_recognizer(config, home, device, name=model, native=native, source=str(weights or model))
     if weights is not None:
         load_weights(recognizer.model, weights)
     return recognizer
 
 
 def build_recognizer(config: ModelConfig, home: Path, device: str, dtype: torch.dtype | None = None,
-                     name: str = "untrained", seed: int = 0, native: bool = False) -> Recognizer:
+                     name: str = "untrained", seed: int = 0, native: bool = False,
+                     source: str | None = None) -> Recognizer:
     """The backbones of a config from the cache (never downloaded) and fresh MoME modules and projectors, in eval mode.
 
     The fresh modules are drawn from `seed`, leaving the global CPU RNG where it was: the same weights in every run
     and every process. Only the encoders of the config's modes are loaded; dtype is the LLM's (None: bf16 on CUDA).
     native: the LLM and the Whisper encoder on llama.py's and whisper.py's code where those run them (inference).
-    A backbone that is missing raises MissingModelError, one that cannot be used UnusableModelError.
+    source: where the config comes from (a checkpoint or adapter folder, a preset), for messages; name if None.
+    A backbone that is missing raises MissingModelError, one that cannot be used UnusableModelError, and so does an
+    encoder whose width is not the config's audio_dim or video_dim (another encoder than the projectors were made for).
     """
     from .llm import load_llm
 
@@ -319,12 +322,15 @@ def build_recognizer(config: ModelConfig, home: Path, device: str, dtype: torch.
                                   native=native)
         with seeded(seed):
             avsr = AVSRModel(config, llm, tokenizer)
-        return Recognizer(
-            avsr.to(device).eval(),
-            load_audio_encoder(config, home, device, native) if "a" in config.inputs else None,
-            load_video_encoder(config, home, device) if "v" in config.inputs else None,
-            name=name,
-        )
+        audio = load_audio_encoder(config, home, device, native) if "a" in config.inputs else None
+        video = load_video_encoder(config, home, device) if "v" in config.inputs else None
+        # Said now: otherwise the first batch fails inside a projector ("mat1 and mat2 shapes cannot be multiplied").
+        for kind, encoder, width, encoder_name in (("audio", audio, config.audio_dim, config.audio_encoder),
+                                                   ("video", video, config.video_dim, config.video_encoder)):
+            if encoder is not None and encoder.dim != width:
+                raise CheckpointError(f"{source or name}: {kind}_dim {width} does not fit its {kind} encoder, "
+                                      f"{encoder_name}, whose features are {encoder.dim} wide")
+        return Recognizer(avsr.to(device).eval(), audio, video, name=name)
 
 
 __all__ = ["UsageProblem", "RecognizeOptions", "Recognizer", "load_recognizer", "build_recognizer", "resolve_device",

@@ -207,7 +207,7 @@ class Trainer:
         dtype = torch.bfloat16 if self.device.type == "cuda" and cfg.precision == "bf16" else torch.float32
         started = time.perf_counter()
         self.recognizer = build_recognizer(self._pinned(cfg.model_config()), self.home, str(self.device), dtype=dtype,
-                                           name=str(self.out), seed=cfg.seed)
+                                           name=str(self.out), seed=cfg.seed, source=cfg.model)
         self.model = self.recognizer.model
         self.detail(f"model: {self.recognizer.describe()}; built in {time.perf_counter() - started:.2f} s")
         if hasattr(self.recognizer.audio_encoder, "graphs"):  # no CUDA graphs here: a capture that failed would

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mome_cli.checkpoint import save_checkpoint
-from mome_cli.hub import MissingModelError
+from mome_cli.hub import MissingModelError, UnusableModelError
 from mome_cli.llm import build_tiny_llm
 from mome_cli.model import AVSRModel, ModelConfig
 from mome_cli.mome import MoMEConfig
@@ -185,6 +185,40 @@ def test_an_llm_config_of_the_wrong_type_or_model_is_one_line_and_exit_1(home, t
     assert result.stderr == f"mome transcribe: {config_file}: {said}\n", result.stderr
 
 
+def test_an_adapter_for_another_encoder_width_is_one_line_and_exit_1(home, tmp_path):
+    """An adapter trained on 1024-wide Whisper features, on a 32-wide one: it loaded, then the first batch failed in
+    a projector with "mat1 and mat2 shapes cannot be multiplied (21x32 and 1024x16)"."""
+    llm, tokenizer = build_tiny_llm("tiny")
+    config = ModelConfig(llm=LLAMA, audio_encoder=WHISPER, video_encoder="tiny", audio_dim=1024, video_dim=32,
+                         projector_hidden=32, mome=MoMEConfig(num_routed=4, top_k=2, bottleneck=8))
+    save_checkpoint(AVSRModel(config, llm, tokenizer), tmp_path / "adapter")
+    result = transcribe(home, "--model", "mome-1b", "--adapter", tmp_path / "adapter", "--mode", "a")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (f"mome transcribe: {tmp_path / 'adapter'}: audio_dim 1024 does not fit its audio "
+                             f"encoder, {WHISPER}, whose features are 32 wide\n"), result.stderr
+
+    config.audio_dim, config.video_dim = 32, 48  # the tiny video encoder is 32 wide
+    save_checkpoint(AVSRModel(config, llm, tokenizer), tmp_path / "video-adapter")
+    with pytest.raises(UnusableModelError, match=f"^{tmp_path / 'video-adapter'}: video_dim 48 does not fit its "
+                                                 "video encoder, tiny, whose features are 32 wide$"):
+        load_recognizer(str(tmp_path / "video-adapter"), home=home, device="cpu")
+
+
+def test_training_on_backbones_of_another_width_is_one_line_and_exit_1(home, tmp_path):
+    """`mome train --model mome-1b` (audio_dim 1024, Whisper-medium's) on a cache whose Whisper is 32 wide failed in
+    its first step, after preparing the data."""
+    (tmp_path / "train.jsonl").write_text(f'{{"id": "demo", "video": "{DEMO_CLIP}", "text": "hello"}}\n')
+    recipe = Path(__file__).parents[1] / "recipes" / "tiny.toml"
+    result = subprocess.run([sys.executable, "-m", "mome_cli", "train", "--config", str(recipe), "--model", "mome-1b",
+                             "--mode", "a", "--train", str(tmp_path / "train.jsonl"), "--roi", "--steps", "1",
+                             "--device", "cpu", "-o", str(tmp_path / "run")], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "MOME_HOME": str(home), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (f"mome train: mome-1b: audio_dim 1024 does not fit its audio encoder, {WHISPER}, whose "
+                             "features are 32 wide\n"), result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_presets_need_an_adapter_and_take_one(home):
     with pytest.raises(MissingModelError, match="--adapter DIR"):
         load_recognizer("mome-1b", home=home, device="cpu")
@@ -215,8 +249,6 @@ def test_an_adapter_of_another_llm_is_refused_before_the_presets_backbones_are_l
     """An adapter trained on the tiny LLM given to mome-1b, with an empty cache: it asked for a download of Llama
     (gigabytes), after which the adapter was refused all the same."""
     import json
-
-    from mome_cli.hub import UnusableModelError
 
     tiny = tmp_path / "tiny-adapter"
     shutil.copytree(home / "ckpt", tiny)
