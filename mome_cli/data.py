@@ -5,7 +5,8 @@ Three layouts are read (CLI-CONTRACT.md, Manifests):
   own audio track, no "video" means audio only.
 - The auto_avsr CSV of LRS2/LRS3 (dataset,rel_path,frames,token_ids as its preparation writes it, the transcripts in
   its <dataset>_text_seg<N>s/ .txt files; or with the text as a fifth field): mouth-crop mp4s with a .wav beside
-  each, found under <manifest folder>/<dataset>/<rel_path> (or <manifest folder>/<rel_path>).
+  each, found at the first of <CSV folder>/<dataset>/<rel_path>, <CSV folder>/<rel_path> and
+  <CSV folder>/../<dataset>/<rel_path> (the CSV where auto_avsr writes it, in <root>/labels/) that exists.
 - A folder of media files, each with a same-named .txt transcript beside it (x.mp4 and x.wav: one utterance).
 
 Named datasets (lrs3, lrs2) are looked up as <data root>/<name>/<split>.jsonl | .csv | <split>/ ; when none is there,
@@ -95,7 +96,7 @@ def read_auto_avsr_csv(path: Path) -> list[Utterance]:
                 raise DataError(f"{path}:{n}: expected dataset,rel_path,frames,token_ids[,text]; got {len(row)} "
                                 "fields")
             dataset, rel_path = row[0], row[1]
-            places = [path.parent / dataset / rel_path, path.parent / rel_path]  # as auto_avsr writes it, or beside
+            places = _auto_avsr_places(path, dataset, rel_path)
             video = next((p for p in places if p.exists()), None)
             if len(row) > 4:
                 video, text = video or places[0], ",".join(row[4:])  # a missing video: that utterance's error later
@@ -104,6 +105,17 @@ def read_auto_avsr_csv(path: Path) -> list[Utterance]:
             wav = video.with_suffix(".wav")
             utterances.append(Utterance(rel_path.rsplit(".", 1)[0], text, video, wav if wav.exists() else None))
     return utterances
+
+
+def _auto_avsr_places(csv_path: Path, dataset: str, rel_path: str) -> list[Path]:
+    """Where a row's video may be, in the order looked: auto_avsr resolves rel_path against <root>/<dataset>/ and
+    writes its label CSVs to <root>/labels/, so the root is the CSV's own folder or the one above it. Places inside
+    the CSV's folder come first (<dataset>/<rel_path>, then <rel_path> beside the CSV, as in <data root>/lrs3/test.csv),
+    then <dataset>/<rel_path> beside the CSV's folder: a tree outside that folder is used only when none inside it
+    has the video."""
+    here = csv_path.parent
+    above = here.parent if here.name not in ("", "..") else here / ".."  # "." and ".." have no name to step out of
+    return list(dict.fromkeys([here / dataset / rel_path, here / rel_path, above / dataset / rel_path]))  # once each
 
 
 def _auto_avsr_text(videos: list[Path], where: str) -> tuple[Path, str]:

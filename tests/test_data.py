@@ -73,6 +73,32 @@ def test_auto_avsr_csv_as_its_preparation_writes_it_reads_the_text_files(tmp_pat
         load_manifest(root / "test.csv")
 
 
+def test_auto_avsr_labels_folder_beside_the_dataset_and_the_order_of_places(tmp_path, monkeypatch):
+    """auto_avsr writes <root>/labels/<dataset>_<split>_transcript_lengths_seg<N>s.csv, rel_path relative to
+    <root>/<dataset>/. Inside the CSV's folder is looked at before the folder beside it, whichever way the CSV is
+    named (from its own folder, the path has no folder to step out of)."""
+    name = "lrs3_test_transcript_lengths_seg24s.csv"
+    for n in ("1", "2"):
+        touch(tmp_path / f"lrs3/lrs3_video_seg24s/test/a/{n}.mp4")
+        (tmp_path / "lrs3/lrs3_text_seg24s/test/a").mkdir(parents=True, exist_ok=True)
+        (tmp_path / f"lrs3/lrs3_text_seg24s/test/a/{n}.txt").write_text(f"TEXT {n}")
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / name).write_text("lrs3,lrs3_video_seg24s/test/a/1.mp4,9,1\n"
+                                            "lrs3,lrs3_video_seg24s/test/a/2.mp4,9,1\n")
+    expected = [("TEXT 1", tmp_path / "lrs3/lrs3_video_seg24s/test/a/1.mp4"),
+                ("TEXT 2", tmp_path / "lrs3/lrs3_video_seg24s/test/a/2.mp4")]
+    assert [(u.text, u.video) for u in load_manifest(tmp_path / "labels" / name)] == expected
+    monkeypatch.chdir(tmp_path / "labels")
+    assert [(u.text, u.video.resolve()) for u in load_manifest(name)] == expected
+    monkeypatch.chdir(tmp_path)
+    assert [(u.text, u.video) for u in load_manifest(f"labels/{name}")] == [
+        (text, video.relative_to(tmp_path)) for text, video in expected]  # "labels/..": no "labels/../" either
+
+    touch(tmp_path / "labels/lrs3_video_seg24s/test/a/1.mp4")  # a copy inside the CSV's folder, with its transcript
+    (tmp_path / "labels/lrs3_video_seg24s/test/a/1.txt").write_text("INSIDE")
+    assert [u.text for u in load_manifest(tmp_path / "labels" / name)] == ["INSIDE", "TEXT 2"]
+
+
 def test_folder_of_media_with_transcripts(tmp_path):
     touch(tmp_path / "a/one.mp4")
     (tmp_path / "a/one.txt").write_text("first  one\n")

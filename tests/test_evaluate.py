@@ -182,6 +182,44 @@ def test_trained_model_on_the_auto_avsr_layout_is_word_perfect_when_clean(corpus
     assert [ln.split()[:2] for ln in result.stdout.splitlines()[2:]] == [["4,2", "0.00"], ["16,5", "0.00"]]
 
 
+LABELS = "lrs3_test_transcript_lengths_seg24s.csv"  # the name auto_avsr's preparation gives LRS3's test labels
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """LRS3 as auto_avsr's preparation leaves it under its root: labels/LABELS (dataset,rel_path,frames,token_ids,
+    no text), silent mouth crops with a .wav beside each in lrs3/lrs3_video_seg24s/, transcripts in
+    lrs3/lrs3_text_seg24s/. Short clips: these tests are about reading the dataset, scored by --model tiny."""
+    root = tmp_path_factory.mktemp("prepared")
+    (root / "labels").mkdir()
+    rows = []
+    for n, (video, audio, _, text) in enumerate(CORPUS.values()):
+        crop = root / "lrs3" / "lrs3_video_seg24s" / "test" / "spk" / f"{n:05d}.mp4"
+        transcript = root / "lrs3" / "lrs3_text_seg24s" / "test" / "spk" / f"{n:05d}.txt"
+        for folder in (crop.parent, transcript.parent):
+            folder.mkdir(parents=True, exist_ok=True)
+        ffmpeg("-f", "lavfi", "-i", f"{video}=size=96x96:rate=25:duration=0.6", "-c:v", "libx264", "-pix_fmt",
+               "yuv420p", crop)
+        ffmpeg("-f", "lavfi", "-i", f"{audio}:duration=0.6", "-ac", "1", "-ar", "16000", crop.with_suffix(".wav"))
+        transcript.write_text(text.upper() + "\n", encoding="utf-8")
+        rows.append(f"lrs3,lrs3_video_seg24s/test/spk/{n:05d}.mp4,15,1 2 3\n")
+    (root / "labels" / LABELS).write_text("".join(rows))
+    return root
+
+
+@needs_ffmpeg
+def test_auto_avsr_labels_are_read_where_its_preparation_writes_them(prepared, tmp_path):
+    """The CSV in <root>/labels/, the clips in <root>/lrs3/: it was refused for want of <root>/labels/lrs3/..."""
+    result = mome("evaluate", "--dataset", Path("labels") / LABELS, "--model", "tiny", "--rates", "4,2", "-o",
+                  tmp_path / "out", cwd=prepared)
+    assert result.returncode == 0, result.explain
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    assert (report["utterances"], report["evaluated"], report["failed"]) == (3, 3, []), result.explain
+    refs = {h["id"]: h["ref"] for h in map(json.loads, (tmp_path / "out" / "hypotheses.jsonl").open())}
+    assert refs == {f"lrs3_video_seg24s/test/spk/{n:05d}": text.upper()
+                    for n, (*_, text) in enumerate(CORPUS.values())}
+
+
 @needs_ffmpeg
 def test_lips_cut_alike_at_every_snr_are_encoded_once(corpus, tmp_path, monkeypatch):
     """LRS3 utterances are decoded whole at every SNR: the noise changes the audio, not the lips, whose features are
