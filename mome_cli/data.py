@@ -16,6 +16,7 @@ DatasetMissing (exit 4) says how to obtain and place it. Torch-free.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 import re
@@ -62,9 +63,22 @@ def _resolve(base: Path, value: str) -> Path:
     return p if p.is_absolute() else base / p
 
 
+def _read_text(path: Path) -> str:
+    """A UTF-8 text file's text, less the byte-order mark that Windows' editors put first; DataError naming the file,
+    the line and the byte when it is not UTF-8 (a manifest or transcript saved as Latin-1, say)."""
+    data = path.read_bytes()
+    try:
+        return data.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = e.object.count(b"\n", 0, e.start) + 1
+        column = e.start - e.object.rfind(b"\n", 0, e.start)  # 1 for the line's first byte
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {column} of the line is 0x{e.object[e.start]:02x}); "
+                        "save it as UTF-8") from e
+
+
 def read_jsonl(path: Path) -> list[Utterance]:
     utterances = []
-    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark (Windows' editors) is not part of the text
+    with io.StringIO(_read_text(path), newline=None) as f:  # lines end as in a file opened as text
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -88,7 +102,7 @@ def read_auto_avsr_csv(path: Path) -> list[Utterance]:
     """auto_avsr's label CSV: dataset,rel_path,frames,token_ids as its preparation writes it, the transcript in the
     .txt that it writes under <dataset>_text_seg<N>s/ (or beside the video); or with the text as a fifth field."""
     utterances = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with io.StringIO(_read_text(path), newline="") as f:  # newline="": the csv module reads line ends itself
         for n, row in enumerate(csv.reader(f), 1):
             if not row or (n == 1 and row[0] == "dataset"):  # an optional header line
                 continue
@@ -135,7 +149,7 @@ def _auto_avsr_text(videos: list[Path], where: str) -> tuple[Path, str]:
 def read_transcript(path: Path) -> str:
     """A transcript file's text on one line: the whole file, or the line after "Text:" in LRS2/LRS3's own layout
     ("Text:  WORDS" then "Conf:" and a table of word timings, which are not what was said)."""
-    text = path.read_text(encoding="utf-8-sig")
+    text = _read_text(path)
     lines = text.strip().splitlines()
     if len(lines) > 1 and lines[0].startswith("Text:") and lines[1].startswith("Conf:"):
         text = lines[0][len("Text:"):]
@@ -174,8 +188,6 @@ def load_manifest(path) -> list[Utterance]:
     read = read_folder if path.is_dir() else read_jsonl if path.suffix == ".jsonl" else read_auto_avsr_csv
     try:
         utterances = read(path)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start} of a line)") from e
     except OSError as e:
         raise DataError(f"{e.filename or path}: cannot be read ({e.strerror or e})") from e
     if not utterances:

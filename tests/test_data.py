@@ -168,12 +168,34 @@ def test_duplicate_ids_and_unknown_files_are_refused(tmp_path):
 
 
 def test_a_manifest_that_cannot_be_read_is_a_data_error(tmp_path):
-    (tmp_path / "latin1.jsonl").write_bytes('{"audio": "a.wav", "text": "café"}\n'.encode("latin-1"))
-    with pytest.raises(DataError, match=r"latin1\.jsonl: not UTF-8 text"):
-        load_manifest(tmp_path / "latin1.jsonl")
     (tmp_path / "m.csv").mkdir()  # a folder named like a manifest: a folder of no media
     with pytest.raises(DataError, match="no media files"):
         load_manifest(tmp_path / "m.csv")
+
+
+def test_text_that_is_not_utf8_is_refused_naming_the_file_and_line_it_is_in(tmp_path):
+    """The file that is bad, not the manifest that led to it, and the line: it named the manifest (or the folder),
+    and a line of none of them."""
+    good = b'{"audio": "a.wav", "text": "cafe"}\n'
+    (tmp_path / "latin1.jsonl").write_bytes(b"\xef\xbb\xbf" + good + good.replace(b"cafe", b"caf\xe9"))  # a BOM first
+    with pytest.raises(DataError, match=r"^\S*latin1\.jsonl:2: not UTF-8 text \(byte 32 of the line is 0xe9\)"):
+        load_manifest(tmp_path / "latin1.jsonl")
+    (tmp_path / "latin1.csv").write_bytes(b"\xef\xbb\xbfdataset,rel_path,frames,token_ids,text\r\n"
+                                          b"lrs3,a.mp4,9,1,CAF\xc9\r\n")
+    with pytest.raises(DataError, match=r"^\S*latin1\.csv:2: not UTF-8 text \(byte 19 of the line is 0xc9\)"):
+        load_manifest(tmp_path / "latin1.csv")
+
+    touch(tmp_path / "lrs3/lrs3_video_seg24s/test/a/1.mp4")
+    text = tmp_path / "lrs3/lrs3_text_seg24s/test/a/1.txt"
+    text.parent.mkdir(parents=True)
+    text.write_bytes(b"CAF\xc9\n")
+    (tmp_path / "lrs3/test.csv").write_text("lrs3,lrs3_video_seg24s/test/a/1.mp4,9,1\n")
+    with pytest.raises(DataError, match=f"^{re.escape(str(text))}:1: not UTF-8 text \\(byte 4 of the line is 0xc9\\)"):
+        load_manifest(tmp_path / "lrs3/test.csv")
+    touch(tmp_path / "folder/x.mp4")
+    (tmp_path / "folder/x.txt").write_bytes(b"Text:  CAFE\nConf:  4\n\nCAF\xc9 0.1 0.2 5.1\n")
+    with pytest.raises(DataError, match=r"^\S*folder/x\.txt:4: not UTF-8 text \(byte 4 of the line is 0xc9\)"):
+        load_manifest(tmp_path / "folder")
 
 
 def test_a_manifest_without_read_permission_is_a_data_error(tmp_path):

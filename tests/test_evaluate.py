@@ -221,6 +221,20 @@ def test_auto_avsr_labels_are_read_where_its_preparation_writes_them(prepared, t
 
 
 @needs_ffmpeg
+def test_a_transcript_that_is_not_utf8_is_named_with_its_line(prepared, tmp_path):
+    """The .txt that is bad, not the CSV that led to it (it said "test.csv: not UTF-8 text (byte 3 of a line)")."""
+    shutil.copytree(prepared / "lrs3", tmp_path / "data" / "lrs3")
+    shutil.copy(prepared / "labels" / LABELS, tmp_path / "data" / "lrs3" / "test.csv")  # where --data-root looks
+    bad = tmp_path / "data" / "lrs3" / "lrs3_text_seg24s" / "test" / "spk" / "00001.txt"
+    bad.write_bytes(b"CAF\xc9\n")  # Latin-1
+    result = mome("evaluate", "--dataset", "lrs3", "--data-root", tmp_path / "data", "--model", "tiny", "--rates",
+                  "4,2", "-o", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 1, result.explain
+    assert f"mome evaluate: {bad}:1: not UTF-8 text (byte 4 of the line is 0xc9); save it as UTF-8" in \
+        result.stderr.splitlines(), result.explain
+
+
+@needs_ffmpeg
 def test_lips_cut_alike_at_every_snr_are_encoded_once(corpus, tmp_path, monkeypatch):
     """LRS3 utterances are decoded whole at every SNR: the noise changes the audio, not the lips, whose features are
     encoded once per batch; each SNR's audio is encoded afresh."""
