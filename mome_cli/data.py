@@ -9,6 +9,9 @@ Three layouts are read (CLI-CONTRACT.md, Manifests):
   <CSV folder>/../<dataset>/<rel_path> (the CSV where auto_avsr writes it, in <root>/labels/) that exists.
 - A folder of media files, each with a same-named .txt transcript beside it (x.mp4 and x.wav: one utterance).
 
+A row or clip whose transcript is missing or unreadable is kept with its problem, that utterance's error where its
+media are read (Utterance.check), as a missing video is; a manifest that cannot be parsed is a DataError.
+
 Named datasets (lrs3, lrs2) are looked up as <data root>/<name>/<split>.jsonl | .csv | <split>/ ; when none is there,
 DatasetMissing (exit 4) says how to obtain and place it. Torch-free.
 """
@@ -45,17 +48,30 @@ class DatasetMissing(DataError):
     exit_code = ExitCode.MISSING
 
 
+class UtteranceError(DataError):
+    """One utterance that cannot be used, its transcript missing or unreadable, where the rest of the manifest can:
+    that utterance's own error, as a missing video is (evaluate scores the rest and exits 3, train skips it with a
+    warning); str() names the file."""
+
+
 @dataclass
 class Utterance:
     id: str
-    text: str
+    text: str  # "" when there is a problem
     video: Path | None = None  # video file (mouth crops or full face); None: audio only
     audio: Path | None = None  # separate audio file; None: the video's own track
+    problem: str | None = None  # why it cannot be used (its transcript missing or unreadable), naming the file
 
     @property
     def media(self) -> Path:
         """The file that holds the audio (or the video when there is no separate audio)."""
         return self.audio or self.video
+
+    def check(self) -> None:
+        """UtteranceError when it cannot be used: raised where its media are read, so that it is reported with
+        theirs, one utterance at a time."""
+        if self.problem is not None:
+            raise UtteranceError(self.problem)
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -112,12 +128,14 @@ def read_auto_avsr_csv(path: Path) -> list[Utterance]:
             dataset, rel_path = row[0], row[1]
             places = _auto_avsr_places(path, dataset, rel_path)
             video = next((p for p in places if p.exists()), None)
+            # A missing video, or transcript, is that utterance's error, later: the rest of the manifest is used.
             if len(row) > 4:
-                video, text = video or places[0], ",".join(row[4:])  # a missing video: that utterance's error later
-            else:  # a missing video is that utterance's error, later: its transcript is looked for in both places
-                video, text = _auto_avsr_text([video] if video else places, f"{path}:{n}")
+                video, text, problem = video or places[0], ",".join(row[4:]), None
+            else:  # with the video missing, its transcript is looked for in every place
+                video, text, problem = _auto_avsr_text([video] if video else places, f"{path}:{n}")
             wav = video.with_suffix(".wav")
-            utterances.append(Utterance(rel_path.rsplit(".", 1)[0], text, video, wav if wav.exists() else None))
+            utterances.append(Utterance(rel_path.rsplit(".", 1)[0], text, video, wav if wav.exists() else None,
+                                        problem))
     return utterances
 
 
@@ -132,18 +150,30 @@ def _auto_avsr_places(csv_path: Path, dataset: str, rel_path: str) -> list[Path]
     return list(dict.fromkeys([here / dataset / rel_path, here / rel_path, above / dataset / rel_path]))  # once each
 
 
-def _auto_avsr_text(videos: list[Path], where: str) -> tuple[Path, str]:
-    """The first of videos with a transcript, and that transcript, as auto_avsr saved it: <dataset>_text_seg<N>s/...
-    in place of <dataset>_video_seg<N>s/..., or a .txt beside the video."""
+def _auto_avsr_text(videos: list[Path], where: str) -> tuple[Path, str, str | None]:
+    """(video, text, problem) of the first of videos with a transcript, as auto_avsr saved it: <dataset>_text_seg<N>s/
+    ... in place of <dataset>_video_seg<N>s/..., or a .txt beside the video. None has one: the first video, no text,
+    and the problem naming the row (where) and every file looked for."""
     looked = []
     for video in videos:
         parts = list(video.with_suffix(".txt").parts)
         texts = [Path(*[re.sub(r"_video_seg(\d+s)$", r"_text_seg\1", p) for p in parts]), video.with_suffix(".txt")]
         for candidate in texts:
             if candidate.is_file():
-                return video, read_transcript(candidate)
+                return video, *_try_transcript(candidate)
         looked += texts
-    raise DataError(f"{where}: no text field and no transcript at {', '.join(map(str, looked[:-1]))} or {looked[-1]}")
+    return videos[0], "", (f"{where}: no text field and no transcript at {', '.join(map(str, looked[:-1]))} or "
+                           f"{looked[-1]}")
+
+
+def _try_transcript(path: Path) -> tuple[str, str | None]:
+    """(text, None), or ("", the problem naming the file) when it cannot be read: one utterance's error."""
+    try:
+        return read_transcript(path), None
+    except DataError as e:
+        return "", str(e)
+    except OSError as e:
+        return "", f"{path}: cannot be read ({e.strerror or e})"
 
 
 def read_transcript(path: Path) -> str:
@@ -158,20 +188,23 @@ def read_transcript(path: Path) -> str:
 
 def read_folder(folder: Path) -> list[Utterance]:
     """Media files with a same-named .txt transcript; a video and an audio file of the same name (x.mp4 and x.wav, as
-    auto_avsr writes mouth crops) are one utterance, its lips from the one and its sound from the other."""
+    auto_avsr writes mouth crops) are one utterance, its lips from the one and its sound from the other. A clip whose
+    transcript is missing or unreadable is that clip's error; a folder where no clip has one is no dataset."""
     by_stem: dict[Path, dict[str, Path]] = {}
     for media in sorted(p for p in folder.rglob("*") if p.suffix.lower() in MEDIA_EXTENSIONS and p.is_file()):
         kind = "audio" if media.suffix.lower() in AUDIO_EXTENSIONS else "video"
         by_stem.setdefault(media.with_suffix(""), {}).setdefault(kind, media)
-    utterances = []
+    utterances, transcribed = [], False
     for stem, files in by_stem.items():
         transcript = stem.with_name(stem.name + ".txt")
-        if not transcript.is_file():
-            continue
-        text = read_transcript(transcript)
+        if transcript.is_file():
+            transcribed = True
+            text, problem = _try_transcript(transcript)
+        else:
+            text, problem = "", f"{transcript}: no such transcript (each clip needs a same-named .txt beside it)"
         rel = stem.relative_to(folder).as_posix()
-        utterances.append(Utterance(rel, text, files.get("video"), files.get("audio")))
-    if not utterances:
+        utterances.append(Utterance(rel, text, files.get("video"), files.get("audio"), problem))
+    if not transcribed:  # not a folder of transcribed clips at all (auto_avsr's video folder, say)
         raise DataError(f"{folder}: no media files with a same-named .txt transcript")
     return utterances
 
@@ -247,5 +280,5 @@ def frame_batches(lengths: list[int], max_frames: int, shuffle: bool = False, se
     return batches
 
 
-__all__ = ["DataError", "DatasetMissing", "Utterance", "load_manifest", "find_dataset", "frame_batches",
-           "read_jsonl", "read_auto_avsr_csv", "read_folder"]
+__all__ = ["DataError", "DatasetMissing", "UtteranceError", "Utterance", "load_manifest", "find_dataset",
+           "frame_batches", "read_jsonl", "read_auto_avsr_csv", "read_folder"]

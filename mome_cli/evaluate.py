@@ -169,11 +169,14 @@ class ClipLoader:
         return self.audio(utterance.media).audio  # (S,)
 
     def __call__(self, utterance):
+        """The utterance's Clip; MediaError, or UtteranceError (its transcript missing or unreadable), when it cannot
+        be used."""
         from .lips import NoFaceError
         from .media import SAMPLE_RATE, MediaError, NoVideoError
         from .preprocess import Clip
 
         u, mode = utterance, self.mode
+        u.check()
         if mode == "a":
             return self.audio(u.media)
         if u.video is None:
@@ -293,7 +296,7 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
 
     Raises DataError (DatasetMissing: exit 4), HubError / MissingModelError and UsageProblem (bad rate, noise file).
     """
-    from .data import NAMED_DATASETS, find_dataset, load_manifest
+    from .data import NAMED_DATASETS, UtteranceError, find_dataset, load_manifest
     from .media import SAMPLE_RATE, MediaError, decode_audio
     from .recognizer import UsageProblem, load_recognizer, shadowed_preset
 
@@ -342,7 +345,7 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
         for u in chosen:
             try:
                 clip = loader(u)
-            except MediaError as e:
+            except (MediaError, UtteranceError) as e:
                 log(f"error: {u.id}: {e} (skipped)")
                 evaluation.failed.append((u.id, str(e)))
             else:

@@ -559,7 +559,12 @@ def load_clips(manifest: str, home: Path, say, workers: int = 2) -> tuple[list, 
     from .preprocess import PreprocessOptions, Preprocessor
 
     preprocess = Preprocessor(PreprocessOptions(mode="av", roi=True, device="cpu"), cache_dir=home / "cache" / "clips")
-    listed = load_manifest(manifest)
+    listed = []
+    for u in load_manifest(manifest):
+        if u.problem is not None:  # its transcript missing or unreadable
+            say(f"warning: {u.id} skipped: {u.problem}")
+        else:
+            listed.append(u)
     utterances, clips, started = [], [], time.monotonic()
     with ProcessPoolExecutor(workers) as pool:
         for n, (u, clip) in enumerate(zip(listed, pool.map(_preprocess, [(preprocess, u.media) for u in listed],

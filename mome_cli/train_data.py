@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .data import DataError, frame_batches, load_manifest
+from .data import DataError, UtteranceError, frame_batches, load_manifest
 from .files import atomic_write
 from .media import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, MediaError
 from .model import Features
@@ -52,9 +52,11 @@ def _stamp(backbone: str) -> list:
 def load_clip(u, mode: str, preprocessors: dict):
     """An utterance's Clip in a mode; a separate audio file (auto_avsr layout) joins its video's ROIs.
 
-    preprocessors: a Preprocessor per mode (the utterance's mode, and a and v for separate files)."""
+    preprocessors: a Preprocessor per mode (the utterance's mode, and a and v for separate files). MediaError, or
+    UtteranceError (its transcript missing or unreadable), when it cannot be used."""
     from .preprocess import Clip
 
+    u.check()
     if u.video is None and "v" in mode:
         raise MediaError(u.media, f"no video (mode {mode} needs one)")
     if u.audio is None or mode == "v":
@@ -211,6 +213,11 @@ class TrainingData:
         else:
             how = f"features cached in {cfg.feature_cache}" + (": augmented ones encoded again" * cfg.augmenting)
         self.say(f"preparing {n} training utterances ({how})")
+        # Those without a transcript are left out here, not where clips are read: a cache may hold their clips.
+        usable = [i for i, u in enumerate(self.utterances) if u.problem is None]
+        for u in self.utterances:
+            if u.problem is not None:
+                self.say(f"warning: training utterance {u.id} skipped: {u.problem}")
         model = recognizer.model.config
         clips = [f"clips{PREPROCESS_VERSION}", cfg.data_mode, cfg.mouth_crops, cfg.detector]
         tag = ["v1", *clips, _stamp(model.audio_encoder), _stamp(model.video_encoder), model.audio_encoder,
@@ -222,12 +229,12 @@ class TrainingData:
         if cfg.augmenting:  # the raw clips, read again at every step
             self.clips = ClipStore(self.utterances, self.home / "cache" / "train-clips" if disk else None,
                                    json.dumps(clips))
-            share = range(self.rank, n, self.world) if disk and self.world > 1 else range(n)  # on disk: shared
+            share = usable[self.rank :: self.world] if disk and self.world > 1 else usable  # on disk: shared
             self._load_clips(self.utterances, [i for i in share if not self.clips.has(i)], "training", self.clips)
             if disk and self.world > 1:
                 torch.distributed.barrier()
-            self.clips.index(range(n))
-        kept = list(self.clips) if cfg.augmenting else list(range(n))
+            self.clips.index(usable)
+        kept = list(self.clips) if cfg.augmenting else usable
         if self.reused:  # encoded once into the store: all of it, or what augmentation leaves unchanged
             loaded = self.clips or None  # without augmentation the clips are read as they are encoded
             if disk and self.world > 1:  # each process fills its share of the disk cache first
@@ -264,7 +271,7 @@ class TrainingData:
         for i in indices:
             try:
                 clip = load_clip(utterances[i], self.config.data_mode, preprocessors)
-            except MediaError as e:
+            except (MediaError, UtteranceError) as e:
                 self.say(f"warning: {what} utterance {utterances[i].id} skipped: {e}")
                 continue
             seconds = 0 if clip.audio is None else len(clip.audio) / SAMPLE_RATE

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from mome_cli.data import DataError, DatasetMissing, find_dataset, frame_batches, load_manifest
+from mome_cli.data import DataError, DatasetMissing, UtteranceError, find_dataset, frame_batches, load_manifest
 from mome_cli.report import ExitCode
 
 
@@ -67,9 +67,37 @@ def test_auto_avsr_csv_as_its_preparation_writes_it_reads_the_text_files(tmp_pat
     assert [(x.id, x.text, x.video, x.audio) for x in u] == [
         ("lrs3_video_seg24s/test/abc/00001", "HELLO THERE", root / "lrs3_video_seg24s/test/abc/00001.mp4",
          root / "lrs3_video_seg24s/test/abc/00001.wav")]
-    (root / "test.csv").write_text("lrs3,lrs3_video_seg24s/test/abc/00002.mp4,50,56\n")
-    with pytest.raises(DataError, match=r"test\.csv:1: no text field and no transcript at .*lrs3_text_seg24s/test/"
-                                        r"abc/00002\.txt"):
+    (root / "test.csv").write_text("lrs3,lrs3_video_seg24s/test/abc/00002.mp4,50,56\n")  # no transcript
+    (u,) = load_manifest(root / "test.csv")  # that utterance's error, said when its media are read
+    assert re.fullmatch(r"\S*test\.csv:1: no text field and no transcript at \S*/lrs3_text_seg24s/test/abc/00002\.txt "
+                        r"or \S*/lrs3_video_seg24s/test/abc/00002\.txt", u.problem), u.problem
+    with pytest.raises(UtteranceError, match=re.escape(u.problem)) as e:
+        u.check()
+    assert e.value.exit_code == ExitCode.FAILURE
+
+
+def test_a_transcript_missing_or_unreadable_is_its_utterance_s_error_and_a_broken_csv_the_manifest_s(tmp_path):
+    """One row's transcript stopped the whole CSV, where one row's missing video is that utterance's error."""
+    root = tmp_path / "lrs3"
+    texts = root / "lrs3_text_seg24s/test/a"
+    texts.mkdir(parents=True)
+    for name in ("1", "2", "3"):
+        touch(root / f"lrs3_video_seg24s/test/a/{name}.mp4")
+    (texts / "1.txt").write_text("ONE")
+    (texts / "3.txt").write_text("THREE")
+    (texts / "3.txt").chmod(0)
+    rows = "".join(f"lrs3,lrs3_video_seg24s/test/a/{name}.mp4,9,1\n" for name in ("1", "2", "3"))
+    (root / "test.csv").write_text(rows)
+    u = load_manifest(root / "test.csv")
+    locked = not os.access(texts / "3.txt", os.R_OK)  # root reads anything
+    assert [(x.id, x.text, x.problem is None) for x in u] == [
+        ("lrs3_video_seg24s/test/a/1", "ONE", True), ("lrs3_video_seg24s/test/a/2", "", False),
+        ("lrs3_video_seg24s/test/a/3", "" if locked else "THREE", not locked)]
+    assert u[1].problem.startswith(f"{root / 'test.csv'}:2: no text field and no transcript at {texts / '2.txt'}")
+    if locked:
+        assert u[2].problem == f"{texts / '3.txt'}: cannot be read (Permission denied)"
+    (root / "test.csv").write_text(rows + "lrs3,lrs3_video_seg24s/test/a/4.mp4\n")  # a row that is no row
+    with pytest.raises(DataError, match=r"test\.csv:4: expected dataset,rel_path,frames,token_ids\[,text\]; got 2"):
         load_manifest(root / "test.csv")
 
 
@@ -104,15 +132,17 @@ def test_folder_of_media_with_transcripts(tmp_path):
     (tmp_path / "a/one.txt").write_text("first  one\n")
     touch(tmp_path / "two.wav")
     (tmp_path / "two.txt").write_text("second")
-    touch(tmp_path / "untranscribed.mp4")
+    touch(tmp_path / "untranscribed.mp4")  # a clip without its transcript: that clip's error
     touch(tmp_path / "crops/three.mp4")  # auto_avsr's mouth crops: the sound in a .wav beside the video
     touch(tmp_path / "crops/three.wav")
     (tmp_path / "crops/three.txt").write_text("third")
     u = load_manifest(tmp_path)
-    assert [(x.id, x.text, x.video is None) for x in u] == [
-        ("a/one", "first one", False), ("crops/three", "third", False), ("two", "second", True)]
+    assert [(x.id, x.text, x.video is None, x.problem) for x in u] == [
+        ("a/one", "first one", False, None), ("crops/three", "third", False, None), ("two", "second", True, None),
+        ("untranscribed", "", False, f"{tmp_path / 'untranscribed.txt'}: no such transcript (each clip needs a "
+                                     "same-named .txt beside it)")]
     assert (u[1].video.name, u[1].audio.name, u[2].audio.name) == ("three.mp4", "three.wav", "two.wav")
-    with pytest.raises(DataError, match="no media files with a same-named .txt"):
+    with pytest.raises(DataError, match="no media files with a same-named .txt"):  # no clip has one: no dataset
         load_manifest(touch(tmp_path / "empty" / "x.mp4").parent)
 
 
@@ -175,7 +205,7 @@ def test_a_manifest_that_cannot_be_read_is_a_data_error(tmp_path):
 
 def test_text_that_is_not_utf8_is_refused_naming_the_file_and_line_it_is_in(tmp_path):
     """The file that is bad, not the manifest that led to it, and the line: it named the manifest (or the folder),
-    and a line of none of them."""
+    and a line of none of them. A bad manifest is refused; a bad transcript is its utterance's error."""
     good = b'{"audio": "a.wav", "text": "cafe"}\n'
     (tmp_path / "latin1.jsonl").write_bytes(b"\xef\xbb\xbf" + good + good.replace(b"cafe", b"caf\xe9"))  # a BOM first
     with pytest.raises(DataError, match=r"^\S*latin1\.jsonl:2: not UTF-8 text \(byte 32 of the line is 0xe9\)"):
@@ -190,12 +220,12 @@ def test_text_that_is_not_utf8_is_refused_naming_the_file_and_line_it_is_in(tmp_
     text.parent.mkdir(parents=True)
     text.write_bytes(b"CAF\xc9\n")
     (tmp_path / "lrs3/test.csv").write_text("lrs3,lrs3_video_seg24s/test/a/1.mp4,9,1\n")
-    with pytest.raises(DataError, match=f"^{re.escape(str(text))}:1: not UTF-8 text \\(byte 4 of the line is 0xc9\\)"):
-        load_manifest(tmp_path / "lrs3/test.csv")
+    assert [u.problem for u in load_manifest(tmp_path / "lrs3/test.csv")] == [
+        f"{text}:1: not UTF-8 text (byte 4 of the line is 0xc9); save it as UTF-8"]
     touch(tmp_path / "folder/x.mp4")
     (tmp_path / "folder/x.txt").write_bytes(b"Text:  CAFE\nConf:  4\n\nCAF\xc9 0.1 0.2 5.1\n")
-    with pytest.raises(DataError, match=r"^\S*folder/x\.txt:4: not UTF-8 text \(byte 4 of the line is 0xc9\)"):
-        load_manifest(tmp_path / "folder")
+    assert [u.problem for u in load_manifest(tmp_path / "folder")] == [
+        f"{tmp_path / 'folder/x.txt'}:4: not UTF-8 text (byte 4 of the line is 0xc9); save it as UTF-8"]
 
 
 def test_a_manifest_without_read_permission_is_a_data_error(tmp_path):

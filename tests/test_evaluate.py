@@ -222,16 +222,37 @@ def test_auto_avsr_labels_are_read_where_its_preparation_writes_them(prepared, t
 
 @needs_ffmpeg
 def test_a_transcript_that_is_not_utf8_is_named_with_its_line(prepared, tmp_path):
-    """The .txt that is bad, not the CSV that led to it (it said "test.csv: not UTF-8 text (byte 3 of a line)")."""
+    """The .txt that is bad, not the CSV that led to it (it said "test.csv: not UTF-8 text (byte 3 of a line)"); its
+    utterance's error, the rest scored."""
     shutil.copytree(prepared / "lrs3", tmp_path / "data" / "lrs3")
     shutil.copy(prepared / "labels" / LABELS, tmp_path / "data" / "lrs3" / "test.csv")  # where --data-root looks
     bad = tmp_path / "data" / "lrs3" / "lrs3_text_seg24s" / "test" / "spk" / "00001.txt"
     bad.write_bytes(b"CAF\xc9\n")  # Latin-1
     result = mome("evaluate", "--dataset", "lrs3", "--data-root", tmp_path / "data", "--model", "tiny", "--rates",
                   "4,2", "-o", tmp_path / "out", cwd=tmp_path)
-    assert result.returncode == 1, result.explain
-    assert f"mome evaluate: {bad}:1: not UTF-8 text (byte 4 of the line is 0xc9); save it as UTF-8" in \
-        result.stderr.splitlines(), result.explain
+    assert result.returncode == 3, result.explain
+    assert f"error: lrs3_video_seg24s/test/spk/00001: {bad}:1: not UTF-8 text (byte 4 of the line is 0xc9); save it " \
+        "as UTF-8 (skipped)" in result.stderr.splitlines(), result.explain
+
+
+@needs_ffmpeg
+def test_a_missing_transcript_is_its_utterance_s_error_and_the_rest_are_scored(prepared, tmp_path):
+    """As a missing video is: one error line, exit 3, the report. One missing .txt stopped the whole evaluation."""
+    shutil.copytree(prepared, tmp_path / "root")
+    gone = tmp_path / "root" / "lrs3" / "lrs3_text_seg24s" / "test" / "spk" / "00002.txt"
+    gone.unlink()
+    result = mome("evaluate", "--dataset", Path("root") / "labels" / LABELS, "--model", "tiny", "--rates", "4,2", "-o",
+                  tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 3, result.explain
+    said = [line for line in result.stderr.splitlines() if "00002" in line]
+    assert said == [f"error: lrs3_video_seg24s/test/spk/00002: {Path('root') / 'labels' / LABELS}:3: no text field and "
+                    f"no transcript at {gone.relative_to(tmp_path)} or root/lrs3/lrs3_video_seg24s/test/spk/00002.txt "
+                    "(skipped)"], result.explain
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    assert (report["utterances"], report["evaluated"], [f["id"] for f in report["failed"]]) == (
+        3, 2, ["lrs3_video_seg24s/test/spk/00002"]), result.explain
+    assert report["results"][0]["ref_words"] == sum(len(normalise(text).split()) for *_, text in
+                                                    list(CORPUS.values())[:2])  # hello and morning, not fox
 
 
 @needs_ffmpeg

@@ -441,3 +441,21 @@ def test_phoneme_stand_ins_follow_the_sounding_phonemes_and_swap_in_on_load(run)
     state = model.state_dict()
     assert model.audio_standin.embed.weight.shape[0] == len(pretrain.PHONEMES) + 1
     assert all(torch.equal(state[k], t) for k, t in letters.items() if not k.startswith("audio_standin."))
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
+def test_a_clip_without_its_transcript_is_left_out_of_the_clips_read_with_a_warning(tmp_path):
+    """It was read with an empty text to learn from."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in ("a", "b"):
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                        "testsrc2=size=96x96:rate=25:duration=0.4", "-f", "lavfi", "-i", "sine=duration=0.4", "-c:v",
+                        "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(folder / f"{name}.mp4")],
+                       check=True)
+    (folder / "a.txt").write_text("a tone")
+    said = []
+    utterances, clips = pretrain.load_clips(str(folder), tmp_path / "home", said.append, workers=1)
+    assert [(u.id, u.text) for u in utterances] == [("a", "a tone")] and len(clips) == 1
+    assert said == [f"warning: b skipped: {folder / 'b.txt'}: no such transcript (each clip needs a same-named .txt "
+                    "beside it)"]

@@ -314,6 +314,31 @@ def test_a_missing_clip_is_skipped_with_a_warning_whichever_the_feature_cache(co
     assert "; 3 utterances, " in result.stderr, result.explain  # those it trains on
 
 
+def test_a_clip_without_its_transcript_is_skipped_with_a_warning_even_with_its_features_cached(corpus, tmp_path):
+    """A folder dataset (as an auto_avsr CSV row): one clip's missing .txt stopped the whole run before; it is that
+    clip's warning, as a missing clip is, also when the disk cache holds its features from a run when it had one."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name, (*_, text) in CLIPS.items():
+        shutil.copy(corpus / "media" / name, folder / name)
+        (folder / name).with_suffix(".txt").write_text(text)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.read_text().replace('feature_cache = "memory"', 'feature_cache = "disk"'))
+    env = environment(tmp_path)
+    first = mome("train", "--config", recipe, "--train", folder, "--roi", "-o", tmp_path / "first", "--steps", 1,
+                 root=corpus, env=env)
+    assert first.returncode == 0 and "; 3 utterances, " in first.stderr, first.explain
+    (folder / "thanks.txt").unlink()
+    result = mome("train", "--config", recipe, "--train", folder, "--valid", folder, "--roi", "-o", tmp_path / "out",
+                  "--steps", 2, "--eval-every", 2, root=corpus, env=env)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.explain
+    for what in ("training", "validation"):
+        assert (f"warning: {what} utterance thanks skipped: {folder / 'thanks.txt'}: no such transcript (each clip "
+                "needs a same-named .txt beside it)") in result.stderr.splitlines(), result.explain
+    assert "warning: 1 of 3 training utterances skipped" in result.stderr, result.explain
+    assert "; 2 utterances, " in result.stderr, result.explain  # those it trains on
+
+
 def test_eval_every_without_a_validation_manifest_is_a_warning(corpus, tmp_path):
     result = mome("train", "--config", RECIPE, "--train", corpus / "train.jsonl", "--roi", "-o", tmp_path / "out",
                   "--steps", 2, "--eval-every", 1, root=corpus)
