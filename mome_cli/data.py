@@ -9,8 +9,9 @@ Three layouts are read (CLI-CONTRACT.md, Manifests):
   <CSV folder>/../<dataset>/<rel_path> (the CSV where auto_avsr writes it, in <root>/labels/) that exists.
 - A folder of media files, each with a same-named .txt transcript beside it (x.mp4 and x.wav: one utterance).
 
-A row or clip whose transcript is missing or unreadable is kept with its problem, that utterance's error where its
-media are read (Utterance.check), as a missing video is; a manifest that cannot be parsed is a DataError.
+A row or clip whose transcript is missing or unreadable (or whose file name is not UTF-8) is kept with its problem,
+that utterance's error where its media are read (Utterance.check), as a missing video is; a manifest that cannot be
+parsed, or a JSON line holding what UTF-8 cannot write (a lone surrogate), is a DataError.
 
 Named datasets (lrs3, lrs2) are looked up as <data root>/<name>/<split>.jsonl | .csv | <split>/ ; when none is there,
 DatasetMissing (exit 4) says how to obtain and place it. Torch-free.
@@ -49,9 +50,9 @@ class DatasetMissing(DataError):
 
 
 class UtteranceError(DataError):
-    """One utterance that cannot be used, its transcript missing or unreadable, where the rest of the manifest can:
-    that utterance's own error, as a missing video is (evaluate scores the rest and exits 3, train skips it with a
-    warning); str() names the file."""
+    """One utterance that cannot be used (Utterance.problem) where the rest of the manifest can: that utterance's own
+    error, as a missing video is (evaluate scores the rest and exits 3, train skips it with a warning); str() names
+    the file."""
 
 
 @dataclass
@@ -60,7 +61,7 @@ class Utterance:
     text: str  # "" when there is a problem
     video: Path | None = None  # video file (mouth crops or full face); None: audio only
     audio: Path | None = None  # separate audio file; None: the video's own track
-    problem: str | None = None  # why it cannot be used (its transcript missing or unreadable), naming the file
+    problem: str | None = None  # why it cannot be used (transcript missing or unreadable, name not UTF-8), naming it
 
     @property
     def media(self) -> Path:
@@ -72,6 +73,19 @@ class Utterance:
         theirs, one utterance at a time."""
         if self.problem is not None:
             raise UtteranceError(self.problem)
+
+
+def _surrogate(text: str) -> str | None:
+    """The first lone surrogate in text, as an escape (\\ud800), or None. A JSON \\ud800 escape (half of a UTF-16 pair)
+    makes one, and so does a file name's byte that is not UTF-8 (Python reads it so): it is no character, UTF-8 cannot
+    write it, and a report or transcript holding it could not be written at the end of a run."""
+    found = re.search("[\ud800-\udfff]", text)
+    return _printable(found.group()) if found else None
+
+
+def _printable(text: str) -> str:
+    """text with its lone surrogates written as escapes, to be named in a message or a report."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -108,6 +122,10 @@ def read_jsonl(path: Path) -> list[Utterance]:
                      and not (key != "text" and row[key] is None)]
             if wrong:
                 raise DataError(f"{path}:{n}: \"{wrong[0]}\" must be a string, not {json.dumps(row[wrong[0]])}")
+            for key in ("id", "text", "video", "audio"):
+                if isinstance(row.get(key), str) and (surrogate := _surrogate(row[key])):
+                    raise DataError(f"{path}:{n}: \"{key}\" holds {surrogate}, a lone surrogate (half of a UTF-16 "
+                                    "pair), which is no character")
             video = _resolve(path.parent, row["video"]) if row.get("video") else None
             audio = _resolve(path.parent, row["audio"]) if row.get("audio") else None
             utterances.append(Utterance(str(row.get("id") or (video or audio).stem), str(row["text"]), video, audio))
@@ -197,12 +215,15 @@ def read_folder(folder: Path) -> list[Utterance]:
     utterances, transcribed = [], False
     for stem, files in by_stem.items():
         transcript = stem.with_name(stem.name + ".txt")
-        if transcript.is_file():
+        rel = stem.relative_to(folder).as_posix()
+        if _surrogate(rel):  # its id, and any message naming it, could not be written as UTF-8
+            media = _printable(str(files.get("video") or files["audio"]))
+            text, problem, rel = "", f"{media}: the file name is not UTF-8 text; rename it", _printable(rel)
+        elif transcript.is_file():
             transcribed = True
             text, problem = _try_transcript(transcript)
         else:
             text, problem = "", f"{transcript}: no such transcript (each clip needs a same-named .txt beside it)"
-        rel = stem.relative_to(folder).as_posix()
         utterances.append(Utterance(rel, text, files.get("video"), files.get("audio"), problem))
     if not transcribed:  # not a folder of transcribed clips at all (auto_avsr's video folder, say)
         raise DataError(f"{folder}: no media files with a same-named .txt transcript")
@@ -213,6 +234,9 @@ def load_manifest(path) -> list[Utterance]:
     """Utterances of a .jsonl / .csv manifest or of a folder; DataError when it cannot be read (DatasetMissing, exit 4,
     when it is not there)."""
     path = Path(path)
+    if _surrogate(str(path)):
+        raise DataError(f"{_printable(str(path))}: the path is not UTF-8 text; rename it (reports, written as UTF-8, "
+                        "could not name what is in it)")
     if not path.exists():
         raise DatasetMissing(f"{path}: no such manifest or folder (give a .jsonl or auto_avsr .csv manifest, or a "
                              "folder of media files with .txt transcripts beside them)")

@@ -35,11 +35,36 @@ def test_jsonl_paths_are_relative_to_the_manifest(tmp_path):
                                                                                 'not null'),
                                            ('{"video": 123, "text": "hi"}', '"video" must be a string, not 123'),
                                            ('{"video": "a.mp4", "audio": ["a.wav"], "text": "hi"}',
-                                            re.escape('"audio" must be a string, not ["a.wav"]'))])
+                                            re.escape('"audio" must be a string, not ["a.wav"]')),
+                                           ('{"video": "a.mp4", "text": "bad \\ud800"}',
+                                            re.escape('m.jsonl:1: "text" holds \\ud800, a lone surrogate (half of a '
+                                                      'UTF-16 pair), which is no character')),
+                                           ('{"id": "\\udce9", "video": "a.mp4", "text": "hi"}',
+                                            re.escape('"id" holds \\udce9')),
+                                           ('{"video": "caf\\udce9.mp4", "text": "hi"}', re.escape('"video" holds')),
+                                           ('{"audio": "\\ude00.wav", "text": "hi"}', re.escape('"audio" holds'))])
 def test_bad_jsonl_names_file_and_line(tmp_path, line, problem):
     (tmp_path / "m.jsonl").write_text(line + "\n")
     with pytest.raises(DataError, match=problem):
         load_manifest(tmp_path / "m.jsonl")
+
+
+def test_names_that_are_not_utf8_are_refused_where_they_are(tmp_path):
+    """A lone surrogate could not be written to a report or transcript at the end of a run, after hours of decoding;
+    a character written as a surrogate pair is a character."""
+    (tmp_path / "m.jsonl").write_text('{"id": "\\ud83d\\ude00", "audio": "a.wav", "text": "smile \\ud83d\\ude00"}\n')
+    assert [(u.id, u.text) for u in load_manifest(tmp_path / "m.jsonl")] == [("\U0001f600", "smile \U0001f600")]
+    for name in ("caf\xe9", "good"):  # a Latin-1 file name (as Python reads it: caf\udce9): a clip's error
+        for extension in (".mp4", ".txt"):
+            touch(tmp_path / "clips" / os.fsdecode(name.encode("latin-1") + extension.encode()))
+    bad, good = load_manifest(tmp_path / "clips")
+    assert (bad.id, bad.problem) == ("caf\\udce9", f"{tmp_path / 'clips'}/caf\\udce9.mp4: the file name is not UTF-8 "
+                                                   "text; rename it")
+    assert (good.id, good.text, good.problem) == ("good", "x", None)  # the rest are read
+    latin1 = tmp_path / os.fsdecode(b"d\xe9")
+    latin1.mkdir()
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path}/d\\udce9: the path is not UTF-8 text; rename it")):
+        load_manifest(latin1)
 
 
 def test_auto_avsr_csv_with_wav_beside_each_video(tmp_path):

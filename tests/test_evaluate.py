@@ -256,6 +256,35 @@ def test_a_missing_transcript_is_its_utterance_s_error_and_the_rest_are_scored(p
 
 
 @needs_ffmpeg
+def test_text_or_names_that_utf8_cannot_write_are_refused_before_anything_is_decoded(prepared, tmp_path):
+    """A lone surrogate (a JSON \\ud800 escape, a Latin-1 file name) cannot be written to hypotheses.jsonl: the run
+    decoded everything, printed its table, then failed writing its outputs (exit 1, an empty folder)."""
+    crops = sorted((prepared / "lrs3" / "lrs3_video_seg24s" / "test" / "spk").glob("*.mp4"))
+    rows = [{"id": c.stem, "video": str(c), "audio": str(c.with_suffix(".wav")), "text": "a tone"} for c in crops]
+    rows[1]["text"] = "bad \ud800"
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = mome("evaluate", "--dataset", "m.jsonl", "--model", "tiny", "--roi", "--rates", "4,2", "-o", "out",
+                  cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (1, ""), result.explain
+    assert result.stderr.splitlines() == ['mome evaluate: m.jsonl:2: "text" holds \\ud800, a lone surrogate (half of a '
+                                          'UTF-16 pair), which is no character'], result.explain
+    assert not (tmp_path / "out").exists()
+
+    (tmp_path / "clips").mkdir()
+    for name in ("good", os.fsdecode(b"caf\xe9")):  # as Python reads a Latin-1 name: caf\udce9
+        for suffix in (".mp4", ".wav"):
+            shutil.copy(crops[0].with_suffix(suffix), tmp_path / "clips" / (name + suffix))
+        (tmp_path / "clips" / (name + ".txt")).write_text("a tone")
+    result = mome("evaluate", "--dataset", "clips", "--model", "tiny", "--roi", "--rates", "4,2", "-o", "out",
+                  cwd=tmp_path)
+    assert result.returncode == 3, result.explain
+    assert "error: caf\\udce9: clips/caf\\udce9.mp4: the file name is not UTF-8 text; rename it (skipped)" in \
+        result.stderr.splitlines(), result.explain
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    assert (report["evaluated"], [f["id"] for f in report["failed"]]) == (1, ["caf\\udce9"]), result.explain
+
+
+@needs_ffmpeg
 def test_lips_cut_alike_at_every_snr_are_encoded_once(corpus, tmp_path, monkeypatch):
     """LRS3 utterances are decoded whole at every SNR: the noise changes the audio, not the lips, whose features are
     encoded once per batch; each SNR's audio is encoded afresh."""

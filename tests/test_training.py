@@ -339,6 +339,19 @@ def test_a_clip_without_its_transcript_is_skipped_with_a_warning_even_with_its_f
     assert "; 2 utterances, " in result.stderr, result.explain  # those it trains on
 
 
+def test_a_transcript_that_utf8_cannot_write_is_refused_naming_its_line(corpus, tmp_path):
+    """A lone surrogate (a JSON \\ud800 escape) reached the tokenizer: a TypeError traceback at the step whose batch
+    held it."""
+    rows = (corpus / "train.jsonl").read_text().replace('"media/', f'"{corpus}/media/')
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(rows + json.dumps({"id": "bad", "video": "media/hello.mp4", "text": "bad \ud800"}) + "\n")
+    result = mome("train", "--config", RECIPE, "--train", manifest, "--roi", "-o", tmp_path / "out", "--steps", 2,
+                  root=corpus)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.explain
+    assert result.stderr.splitlines()[-1] == (f'mome train: {manifest}:4: "text" holds \\ud800, a lone surrogate (half '
+                                              'of a UTF-16 pair), which is no character'), result.explain
+
+
 def test_eval_every_without_a_validation_manifest_is_a_warning(corpus, tmp_path):
     result = mome("train", "--config", RECIPE, "--train", corpus / "train.jsonl", "--roi", "-o", tmp_path / "out",
                   "--steps", 2, "--eval-every", 1, root=corpus)
