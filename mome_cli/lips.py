@@ -62,6 +62,8 @@ DETECT_BATCH_CPU_SFD = 2  # with sfd on the CPU, where batching gains nothing (0
 # whatever the batch): small batches let a stop (Ctrl-C) take effect within a second or two. (blazeface, ~40 ms a
 # frame there, is 2-3x slower a frame in batches of 2 than of 16, and keeps 16.)
 DETECT_MAX_SIDE = 640  # frames are scaled down to this longest side for face detection only (bounds its memory)
+MIN_DETECT_SIDE = 32  # pixels a side face detection needs: S3FD halves a frame five times (2**5), and fails on a
+# smaller one; a face in a smaller frame has no lips to read, so it holds none for either detector
 TRACK_GATE = 1.0  # a face continues the track if its centre is within this many box sides of the last box's centre
 TRACK_RESET = 25  # frames (1 s at 25 fps) with no face near the track before the largest face starts a new one
 MEAN_FACE_FILE = "data/mean_face_68.csv"  # inside the mome_cli package; see data/README.md
@@ -69,6 +71,10 @@ MEAN_FACE_FILE = "data/mean_face_68.csv"  # inside the mome_cli package; see dat
 
 class NoFaceError(RuntimeError):
     """No frame of the clip has a face: there is nothing to read lips from."""
+
+
+class FramesTooSmall(NoFaceError):
+    """The frames are too small for face detection (see too_small_to_detect): no face can be found in them."""
 
 
 class Stopped(Exception):
@@ -127,6 +133,21 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _detection_size(height: int, width: int) -> tuple[int, int]:
+    """(h, w) of H x W frames as face detection sees them: scaled down to DETECT_MAX_SIDE on their longer side."""
+    scale = min(1.0, DETECT_MAX_SIDE / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def too_small_to_detect(height: int, width: int) -> str | None:
+    """Why no face can be found in H x W frames, as words to follow "frames of W x H pixels are", or None if one can."""
+    h, w = _detection_size(height, width)
+    if min(h, w) >= MIN_DETECT_SIDE:
+        return None
+    scaled = f" once the longer is scaled to {DETECT_MAX_SIDE}" if (h, w) != (height, width) else ""
+    return f"too small to find a face in (face detection needs {MIN_DETECT_SIDE} pixels a side{scaled})"
 
 
 # -- face tracking -----------------------------------------------------------------------------------------------
@@ -231,20 +252,22 @@ class LandmarkDetector:
 
     def detect_faces(self, frames: np.ndarray, batch_size: int | None = None, stop=None) -> list[np.ndarray]:
         """(T, H, W, 3) uint8 -> T arrays (N, 4) of face boxes x1, y1, x2, y2 in frame pixels. Raises Stopped before
-        a batch once the threading.Event `stop` is set."""
+        a batch once the threading.Event `stop` is set, FramesTooSmall for frames no face can be found in."""
         import torch
         import torch.nn.functional as F
 
         frames = _check_frames(frames)
         batch_size = batch_size or self.batch_size
         T, H, W, _ = frames.shape
+        if reason := too_small_to_detect(H, W):  # S3FD would fail on them with a RuntimeError
+            raise FramesTooSmall(f"frames of {W} x {H} pixels are {reason}")
         scale = min(1.0, DETECT_MAX_SIDE / max(H, W))
         found = []
         for start in range(0, T, batch_size):
             check_stop(stop)
             batch = self._batch(frames[start : start + batch_size]).to(self.device)  # (B, 3, H, W)
             if scale < 1.0:
-                size = (max(1, round(H * scale)), max(1, round(W * scale)))
+                size = _detection_size(H, W)
                 batch = F.interpolate(batch.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
             with torch.no_grad():
                 per_frame = self.fa.face_detector.detect_from_batch(batch)
@@ -459,12 +482,15 @@ __all__ = [
     "PIXEL_MEAN",
     "PIXEL_STD",
     "DETECTORS",
+    "MIN_DETECT_SIDE",
     "NoFaceError",
+    "FramesTooSmall",
     "Stopped",
     "check_stop",
     "LipConfig",
     "LipResult",
     "resolve_device",
+    "too_small_to_detect",
     "FaceTracker",
     "track_faces",
     "LandmarkDetector",

@@ -269,6 +269,17 @@ def decode_audio(path, start: float = 0.0, duration: float | None = None, info: 
     return samples[:want].copy()
 
 
+def frame_size(info: MediaInfo, max_height: int | None = None) -> tuple[int, int]:
+    """(W, H) of the frames iter_video gives: the picture's, scaled down to max_height if it is taller (keeping its
+    aspect ratio), and never 0 pixels wide, however thin it is (2 x 2000 scaled to 720 high is 1 x 720, not 0 x 720)."""
+    width, height = info.width, info.height
+    if width < 1 or height < 1:
+        raise MediaError(info.path, f"the video stream gives no picture size ({width} x {height})")
+    if max_height and height > max_height:
+        width, height = max(1, int(round(width * max_height / height / 2)) * 2), max_height
+    return width, height
+
+
 def iter_video(path, start: float = 0.0, duration: float | None = None, info: MediaInfo | None = None,
                chunk: int = 250, max_height: int | None = None, warnings: list | None = None) -> Iterator[np.ndarray]:
     """Chunks of (n, H, W, 3) uint8 RGB frames at 25 fps, from the file's t = start, round(duration * 25) in all (a
@@ -281,9 +292,7 @@ def iter_video(path, start: float = 0.0, duration: float | None = None, info: Me
     if not info.has_video:
         raise NoVideoError(path, "no video stream")
     start, duration = _window(start, duration, info)
-    width, height = info.width, info.height
-    if max_height and height > max_height:
-        width, height = int(round(width * max_height / height / 2)) * 2, max_height
+    width, height = frame_size(info, max_height)
     ffmpeg = _ffmpeg()
     stream = (
         ffmpeg.input(_source(path), **_seek(start), t=duration)
@@ -416,5 +425,5 @@ def split_at_pauses(samples: np.ndarray, max_seconds: float = MAX_SEGMENT_SECOND
 
 
 __all__ = ["SAMPLE_RATE", "VIDEO_FPS", "SAMPLES_PER_FRAME", "MAX_SEGMENT_SECONDS", "MediaError", "NoAudioError",
-           "NoVideoError", "MediaInfo", "Segment", "last_words", "probe", "decode_audio", "iter_video", "decode_video",
-           "frame_energy_db", "split_at_pauses"]
+           "NoVideoError", "MediaInfo", "Segment", "last_words", "probe", "decode_audio", "frame_size", "iter_video",
+           "decode_video", "frame_energy_db", "split_at_pauses"]

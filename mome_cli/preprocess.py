@@ -6,8 +6,9 @@ landmarks. Frames taller than `max_height` are scaled down first (the ROI is 96 
 720 pixels lose nothing).
 
 What happens when a modality is missing follows the contract: a file with no audio stream fails in modes a and av; a
-file with no video stream fails in mode v and falls back to audio in av; a clip in which no frame shows a face falls
-back to audio in av (with a warning) and fails in v; a clip where more than half the frames show no face warns.
+file with no video stream fails in mode v and falls back to audio in av; a clip in which no frame shows a face (or
+whose frames are too small to find one in) falls back to audio in av (with a warning) and fails in v; a clip where
+more than half the frames show no face warns.
 
 A finished clip is cached under <cache>/<sha256 of the file>-<options>.npz (written atomically), so running
 transcribe or evaluate again skips decoding and face detection. PREPROCESS_VERSION is in the key: change it whenever
@@ -34,10 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from .files import atomic_write
-from .lips import (FaceTracker, NoFaceError, check_stop, crop_mouths, interpolate_missing, load_mean_face,
-                   rois_from_crops, smooth)
+from .lips import (FaceTracker, FramesTooSmall, NoFaceError, check_stop, crop_mouths, interpolate_missing,
+                   load_mean_face, rois_from_crops, smooth, too_small_to_detect)
 from .media import (SAMPLE_RATE, SHORT_STREAM_SECONDS, MediaError, NoAudioError, NoVideoError, check_file,
-                    decode_audio, iter_video, probe)
+                    decode_audio, frame_size, iter_video, probe)
 
 # bumped when the clips it makes change (2: rotation, streams that start late; 3: audio before a late video,
 # Matroska's stream ends, audio alone read to its end; 4: nor past it where its length is a guess, several streams said)
@@ -185,10 +186,12 @@ class Preprocessor:
             try:
                 clip.rois = self._rois(path, info, warnings)
             except NoFaceError as e:
+                why = str(e) if isinstance(e, FramesTooSmall) else "no face found in any frame"
                 if mode == "v":
-                    raise MediaError(path, "no face found in any frame (mode v needs the lips)") from e
+                    crops = "; --roi reads mouth crops of any size" * isinstance(e, FramesTooSmall)
+                    raise MediaError(path, f"{why} (mode v needs the lips{crops})") from e
                 clip.mode = "a"
-                warnings.append("no face found in any frame: transcribed from audio alone")
+                warnings.append(f"{why}: transcribed from audio alone")
         try:
             self._save(key, clip)
         except OSError as e:  # a cache that cannot be written costs speed, not the transcript: go on without it
@@ -212,6 +215,9 @@ class Preprocessor:
             with contextlib.closing(chunks(warnings, chunk)) as video:
                 return np.concatenate([rois_from_crops(frames) for frames in video])
         scaled = dict(max_height=self.options.max_height)
+        width, height = frame_size(info, **scaled)
+        if reason := too_small_to_detect(height, width):  # said at once: nothing to decode, no detector to load
+            raise FramesTooSmall(f"frames of {info.width} x {info.height} pixels are {reason}")
         tracker = FaceTracker()  # one face followed through every chunk
         with contextlib.closing(chunks(warnings, **scaled)) as video:
             landmarks = np.concatenate([self.detector.detect(frames, tracker=tracker, stop=self.stop)

@@ -87,6 +87,19 @@ def test_real_detector_batches_find_no_face_and_whole_path_raises(detector):
         mouth_rois(frames, detector, config=LipConfig(batch_size=2))
 
 
+@pytest.mark.parametrize("H, W", [(16, 16), (31, 200), (24, 1280)])
+def test_frames_too_small_for_the_detector_are_said_to_hold_no_face(detector, H, W):
+    """S3FD halves a frame five times: under 32 pixels a side (here or once scaled to 640 on the longer side) it
+    failed with "Given input size: (512x1x1). Calculated output size: (512x0x0)"."""
+    frames = synthetic_frames(T=2, H=H, W=W)
+    with pytest.raises(NoFaceError, match=f"frames of {W} x {H} pixels are too small to find a face in") as e:
+        detector.detect_faces(frames)
+    assert isinstance(e.value, lips.FramesTooSmall)
+    with pytest.raises(NoFaceError, match="needs 32 pixels a side"):  # what callers of mouth_rois expect
+        mouth_rois(frames, detector)
+    assert [f.shape for f in detector.detect_faces(synthetic_frames(T=2, H=32, W=32))] == [(0, 4)] * 2
+
+
 def test_detections_are_scaled_back_and_tracked(detector, monkeypatch):
     frames = synthetic_frames(T=3, H=720, W=1280)  # detected at half size: longest side 640
     seen, used = [], []

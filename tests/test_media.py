@@ -1,5 +1,6 @@
 """Media decoding and segmenting on media made by ffmpeg in the test."""
 
+import dataclasses
 import subprocess
 
 import numpy as np
@@ -184,6 +185,19 @@ def test_a_portrait_phone_video_comes_out_upright_not_squashed(tmp_path):
     assert upright.shape == (25, 160, 96, 3)
     turned = np.rot90(decode_video(stored), k=1, axes=(1, 2))  # the stored frames turned a quarter turn
     assert np.abs(upright.astype(int) - turned.astype(int)).mean() < 2
+
+
+def test_a_picture_too_thin_to_scale_down_keeps_a_pixel_of_width(tmp_path):
+    """2 x 2000 pixels scaled to 720 high was 0.72 wide, rounded to 0: a ZeroDivisionError for the whole batch."""
+    thin = tmp_path / "thin.mkv"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=2x2000:rate=25:duration=0.2", "-c:v", "ffv1", thin], check=True)
+    info = probe(thin)
+    assert (info.width, info.height) == (2, 2000)
+    frames = decode_video(thin, info=info, max_height=720)
+    assert frames.shape == (5, 720, 1, 3) and frames.any()
+    with pytest.raises(MediaError, match="thin.mkv: the video stream gives no picture size"):
+        decode_video(thin, info=dataclasses.replace(info, width=0))
 
 
 @pytest.mark.parametrize("name", ["-starts-with-a-dash.mp4", "rec:01.mp4", "ünï cödé.mp4"])

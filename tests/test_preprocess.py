@@ -1,6 +1,7 @@
 """From media files to Clips: modality fallbacks, the real face-alignment path, crops, and the cache."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -113,6 +114,30 @@ def test_real_face_alignment_path_finds_no_face_in_a_test_pattern(media, torch_h
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
     clip = Preprocessor(PreprocessOptions(mode="av", device="cpu"))(media / "face.mp4")
     assert clip.mode == "a" and "no face" in clip.warnings[0]
+
+
+@pytest.mark.parametrize("size", ["16x16", "2x2000"])
+def test_frames_too_small_for_face_detection_have_no_face_and_say_why(media, torch_home, monkeypatch, tmp_path,
+                                                                      size):
+    """face-alignment's S3FD fails on frames under 32 pixels a side (a RuntimeError from deep in torch, which ended
+    the whole batch), and a thin picture was scaled to 0 pixels wide before (a ZeroDivisionError): both are frames
+    with no face to find, for a reason said; from 32 pixels a side faces are looked for."""
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    tiny = tmp_path / f"{size}.mkv"
+    ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25:duration=0.4", "-f", "lavfi", "-i",
+           "sine=frequency=300:duration=0.4", "-c:v", "ffv1", tiny)
+    width, height = size.split("x")
+    why = f"frames of {width} x {height} pixels are too small to find a face in (face detection needs 32 pixels a side"
+    clip = Preprocessor(PreprocessOptions(mode="av", device="cpu"))(tiny)
+    assert clip.mode == "a" and clip.audio is not None and len(clip.warnings) == 1, clip.warnings
+    assert clip.warnings[0].startswith(why) and clip.warnings[0].endswith("): transcribed from audio alone")
+    with pytest.raises(MediaError, match=re.escape(f"{tiny}: {why}")) as e:
+        Preprocessor(PreprocessOptions(mode="v", device="cpu"))(tiny)
+    assert str(e.value).endswith("(mode v needs the lips; --roi reads mouth crops of any size)")
+    smallest = tmp_path / "32x32.mkv"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=32x32:rate=25:duration=0.4", "-c:v", "ffv1", smallest)
+    with pytest.raises(MediaError, match="32x32.mkv: no face found in any frame"):  # looked for: S3FD takes it
+        Preprocessor(PreprocessOptions(mode="v", device="cpu"))(smallest)
 
 
 def test_cache_skips_detection_and_follows_the_file_content(media, tmp_path):

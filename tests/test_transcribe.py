@@ -408,6 +408,31 @@ def test_a_run_that_ends_before_decoding_says_nothing_of_what_it_did_not_transcr
     assert "transcribed from audio alone" not in result.stderr, result.explain
 
 
+def test_a_video_too_small_for_face_detection_is_one_line_and_the_batch_goes_on(trained, torch_home, tmp_path):
+    """A 16 x 16 video (or a 2 x 2000 one) without --roi ended the whole batch with a traceback from face-alignment
+    (or a ZeroDivisionError), exit 1, nothing written for the good files: it is read as one with no face (in mode v,
+    an error: see test_preprocess)."""
+    tiny, thin = tmp_path / "tiny.mp4", tmp_path / "thin.mkv"
+    for path, size, codec in ((tiny, "16x16", "libx264"), (thin, "2x2000", "ffv1")):
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                        f"testsrc2=size={size}:rate=25:duration=0.4", "-f", "lavfi", "-i", "sine=frequency=300:d=0.4",
+                        "-c:v", codec, "-shortest", path], check=True)
+    silent = tmp_path / "silent.mp4"  # a video without sound: mode av fails on it
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", trained / "media" / "hello.mp4", "-an", silent],
+                   check=True)
+    env = {"TORCH_HOME": str(torch_home)}
+    result = mome("transcribe", tiny, silent, thin, "--model", trained / "ckpt", "--device", "cpu", "-o",
+                  tmp_path / "av", cwd=trained, env=env)
+    assert result.returncode == 3 and "Traceback" not in result.stderr, result.explain
+    lines = result.stderr.splitlines()
+    assert (f"warning: {tiny}: frames of 16 x 16 pixels are too small to find a face in (face detection needs 32 "
+            "pixels a side): transcribed from audio alone") in lines, result.explain
+    assert (f"warning: {thin}: frames of 2 x 2000 pixels are too small to find a face in (face detection needs 32 "
+            "pixels a side once the longer is scaled to 640): transcribed from audio alone") in lines, result.explain
+    assert f"error: {silent}: no audio stream (mode av needs one)" in lines, result.explain
+    assert sorted(p.name for p in (tmp_path / "av").iterdir()) == ["thin.txt", "tiny.txt"]
+
+
 def test_a_missing_input_is_one_error_and_the_others_are_transcribed(trained, tmp_path):
     missing = tmp_path / "gone.mp4"
     result = mome("transcribe", missing, trained / "media" / "hello.mp4", "--model", trained / "ckpt", "--roi",
