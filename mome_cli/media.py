@@ -61,6 +61,7 @@ class MediaInfo:
     height: int = 0
     fps: float = 0.0  # the video stream's own average frame rate
     audio_duration: float = 0.0  # seconds from t = 0 to the end of the audio (mode a reads that far)
+    video_duration: float = 0.0  # seconds from t = 0 to the end of the video (mode v reads that far)
     estimated: bool = False  # the lengths are ffprobe's guess from the bitrate (MP3 without a Xing header, raw AAC)
     audio_streams: int = 0  # how many there are: the first is read
     video_streams: int = 0  # not counting cover art
@@ -158,10 +159,11 @@ def probe(path) -> MediaInfo:
         width, height = int(video.get("width", 0)), int(video.get("height", 0))
         if _rotation(video) % 180:  # ffmpeg turns the frames as a player does: upright, width and height swapped
             width, height = height, width
-    audio_duration = (ends.get("audio") or whole or duration) if audio is not None else 0.0
+    audio_duration, video_duration = ((ends.get(kind) or whole or duration) if kind in ends else 0.0
+                                      for kind in ("audio", "video"))
     return MediaInfo(path=str(path), duration=duration, has_audio=audio is not None, has_video=video is not None,
-                     width=width, height=height, fps=fps, audio_duration=audio_duration, estimated=estimated,
-                     audio_streams=len(audios), video_streams=len(videos))
+                     width=width, height=height, fps=fps, audio_duration=audio_duration, video_duration=video_duration,
+                     estimated=estimated, audio_streams=len(audios), video_streams=len(videos))
 
 
 def _seconds(value) -> float | None:

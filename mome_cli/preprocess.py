@@ -37,12 +37,13 @@ import numpy as np
 from .files import atomic_write
 from .lips import (FaceTracker, FramesTooSmall, NoFaceError, check_stop, crop_mouths, interpolate_missing,
                    load_mean_face, rois_from_crops, smooth, too_small_to_detect)
-from .media import (SAMPLE_RATE, SHORT_STREAM_SECONDS, MediaError, NoAudioError, NoVideoError, check_file,
-                    decode_audio, frame_size, iter_video, probe)
+from .media import (SAMPLE_RATE, SHORT_STREAM_SECONDS, VIDEO_FPS, MediaError, NoAudioError, NoVideoError,
+                    check_file, decode_audio, frame_size, iter_video, probe)
 
 # bumped when the clips it makes change (2: rotation, streams that start late; 3: audio before a late video,
-# Matroska's stream ends, audio alone read to its end; 4: nor past it where its length is a guess, several streams said)
-PREPROCESS_VERSION = 4
+# Matroska's stream ends, audio alone read to its end; 4: nor past it where its length is a guess, several streams said;
+# 5: video alone read to its end, not the audio's)
+PREPROCESS_VERSION = 5
 MAX_HEIGHT = 720  # frames taller than this are scaled down before detection and cropping
 CHUNK_FRAMES = 125  # frames held in memory at once: 5 s of video
 CLIP_CACHE_BYTES = 20 * 2**30  # past this the clip cache drops the entries used longest ago (an hour of video: ~1 GB)
@@ -155,6 +156,8 @@ class Preprocessor:
         mode, warnings = self.options.mode, []
         if mode == "a" and info.has_audio:  # the audio alone: as long as it is, whatever the video's length
             info = dataclasses.replace(info, duration=info.audio_duration)
+        if mode == "v" and info.has_video:  # and the video alone, whatever the audio's
+            info = dataclasses.replace(info, duration=info.video_duration)
         if "a" in mode and not info.has_audio:
             raise NoAudioError(path, f"no audio stream (mode {mode} needs one)")
         if mode == "v" and not info.has_video:
@@ -173,9 +176,8 @@ class Preprocessor:
             if count > 1 and kind[0] in mode:  # a second language, a commentary, another camera: said, not guessed
                 warnings.append(f"{count} {kind} streams: the first is read (ffmpeg's -map 0:{kind[0]}:N makes a file "
                                 f"of another)")
-        if mode == "av" and info.audio_duration - info.duration > SHORT_STREAM_SECONDS:  # the clip ends with the video
-            warnings.append(f"the audio goes on {info.audio_duration - info.duration:.1f} s after the video ends: "
-                            "that part is not transcribed (--mode a reads the audio to its end)")
+        if mode == "av":  # the clip ends with the first stream to end: a long rest of the other is said
+            self._check_streams_overlap(path, info, warnings)
         if "a" in mode:
             alone = mode == "a"  # as long as the stream really is: its announced length may be an estimate
             clip.audio = decode_audio(path, info=info, warnings=warnings, to_end=alone)
@@ -200,6 +202,21 @@ class Preprocessor:
             self.cache_dir = None
         clip.warnings[:0] = fallback
         return clip
+
+    @staticmethod
+    def _check_streams_overlap(path, info, warnings: list) -> None:
+        """Mode av reads both streams up to where the first ends: what the other holds past it more than
+        SHORT_STREAM_SECONDS is said in warnings, and a MediaError if the first ends before a video frame."""
+        ends = {"audio": info.audio_duration, "video": info.video_duration}
+        first = min(ends, key=ends.get)
+        other = "video" if first == "audio" else "audio"
+        if round(info.duration * VIDEO_FPS) == 0 and round(ends[other] * VIDEO_FPS) > 0:  # not "too short": say why
+            raise MediaError(path, f"the {first} stream lasts {ends[first]:.3f} s, less than one video frame, beside "
+                                   f"{ends[other]:.2f} s of {other}: nothing to read in mode av (--mode {other[0]} "
+                                   f"reads the {other} alone)")
+        if ends[other] - info.duration > SHORT_STREAM_SECONDS:
+            warnings.append(f"the {other} goes on {ends[other] - info.duration:.1f} s after the {first} ends: that "
+                            f"part is not transcribed (--mode {other[0]} reads the {other} to its end)")
 
     def _rois(self, path, info, warnings: list) -> np.ndarray:
         def chunks(said=None, chunk=CHUNK_FRAMES, **scaled):  # (<= chunk, H, W, 3) uint8 at a time; stops between

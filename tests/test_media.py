@@ -282,6 +282,7 @@ def test_a_video_that_outlasts_its_audio_ends_with_the_audio_in_every_container(
                 "sine=frequency=300:sample_rate=48000:duration=2", codecs)
     info = probe(path)
     assert info.duration == pytest.approx(2.0, abs=0.05) and info.audio_duration == pytest.approx(2.0, abs=0.05)
+    assert info.video_duration == pytest.approx(3.0, abs=0.05)  # where mode v reads to
     warnings = []
     assert len(decode_audio(path, info=info, warnings=warnings)) == round(info.duration * SAMPLE_RATE)
     assert warnings == []

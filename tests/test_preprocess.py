@@ -140,6 +140,31 @@ def test_frames_too_small_for_face_detection_have_no_face_and_say_why(media, tor
         Preprocessor(PreprocessOptions(mode="v", device="cpu"))(smallest)
 
 
+def test_video_alone_is_read_to_its_end_and_av_says_what_it_leaves(tmp_path):
+    """3 s of video beside 1 s (or 0.001 s) of sound: mode v read only as far as the sound went, 2 s of lips lost
+    without a word (and 0.001 s was "too short: 0.00 s, not one video frame", in mode av too); as mode a reads the
+    audio to its end, mode v reads the video to its end. Mode av ends with the sound, and says what it leaves."""
+    short, empty = tmp_path / "short.mp4", tmp_path / "empty.mp4"
+    for path, seconds in ((short, 1), (empty, 0.001)):
+        ffmpeg("-f", "lavfi", "-i", "testsrc2=size=96x96:rate=25:duration=3", "-f", "lavfi", "-i",
+               f"sine=frequency=300:sample_rate=16000:duration={seconds}", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+               "-c:a", "aac", path)
+    cache = tmp_path / "cache"
+    for again in (False, True):  # and the same from the clip cache
+        for path in (short, empty):
+            clip = Preprocessor(PreprocessOptions(mode="v", roi=True), cache_dir=cache)(path)
+            assert clip.duration == pytest.approx(3.0, abs=0.05) and clip.rois.shape == (75, 96, 96), (path, again)
+            assert clip.warnings == [] and clip.audio is None
+        clip = Preprocessor(PreprocessOptions(mode="av", roi=True), cache_dir=cache)(short)
+        assert clip.duration == pytest.approx(1.0, abs=0.05) and clip.rois.shape == (25, 96, 96)
+        assert clip.warnings == ["the video goes on 2.0 s after the audio ends: that part is not transcribed (--mode v "
+                                 "reads the video to its end)"]
+        with pytest.raises(MediaError, match=re.escape(f"{empty}: the audio stream lasts 0.001 s, less than one video "
+                                                       "frame, beside 3.00 s of video: nothing to read in mode av "
+                                                       "(--mode v reads the video alone)")):
+            Preprocessor(PreprocessOptions(mode="av", roi=True), cache_dir=cache)(empty)
+
+
 def test_cache_skips_detection_and_follows_the_file_content(media, tmp_path):
     calls = []
 

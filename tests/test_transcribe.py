@@ -433,6 +433,24 @@ def test_a_video_too_small_for_face_detection_is_one_line_and_the_batch_goes_on(
     assert sorted(p.name for p in (tmp_path / "av").iterdir()) == ["thin.txt", "tiny.txt"]
 
 
+def test_mode_v_reads_a_video_to_its_end_past_its_sound(trained, tmp_path):
+    """A 3 s video with 1 s of sound came out of --mode v as 1 s (json duration 1.0, 2 s of lips dropped, no word);
+    with 0.001 s of sound it was "too short: 0.00 s, not one video frame" (mode av: see test_preprocess)."""
+    short, empty = tmp_path / "short.mp4", tmp_path / "empty.mp4"
+    for path, seconds in ((short, 1), (empty, 0.001)):
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                        "testsrc2=size=96x96:rate=25:duration=3", "-f", "lavfi", "-i",
+                        f"sine=frequency=300:sample_rate=16000:duration={seconds}", "-c:v", "libx264", "-pix_fmt",
+                        "yuv420p", "-c:a", "aac", path], check=True)
+    result = mome("transcribe", short, empty, "--model", trained / "ckpt", "--roi", "--mode", "v", "-f", "json", "-o",
+                  tmp_path / "v", cwd=trained)
+    assert result.returncode == 0, result.explain
+    for name in ("short", "empty"):
+        said = json.loads((tmp_path / "v" / f"{name}.json").read_text())
+        assert said["duration"] == pytest.approx(3.0, abs=0.05) and said["segments"][-1]["end"] > 2.9, said
+    assert not [ln for ln in result.stderr.splitlines() if "short.mp4" in ln or "empty.mp4" in ln], result.explain
+
+
 def test_a_missing_input_is_one_error_and_the_others_are_transcribed(trained, tmp_path):
     missing = tmp_path / "gone.mp4"
     result = mome("transcribe", missing, trained / "media" / "hello.mp4", "--model", trained / "ckpt", "--roi",
