@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -106,14 +107,28 @@ def _rotation(stream: dict) -> int:
     return int(round(float((stream.get("tags") or {}).get("rotate", 0) or 0)))
 
 
+def is_pipe(path) -> bool:
+    """Whether path is a pipe: a named one (mkfifo), /dev/stdin fed by `cat x.mp4 |`, or bash's <(...)."""
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:  # missing, or not to be looked at: check_file says which
+        return False
+
+
 def check_file(path: Path) -> None:
-    """MediaError unless path is a non-empty file this process can read."""
+    """MediaError unless path is a non-empty file this process can read. A pipe is not one: it can be read once, and
+    a media file is read several times (probed, then decoded); Preprocessor copies a pipe to a file first."""
     if not path.exists():
         raise MediaError(path, "no such file")
     if path.is_dir():
         raise MediaError(path, "is a folder, not a media file")
     if not os.access(path, os.R_OK):
         raise MediaError(path, "permission denied")
+    mode = path.stat().st_mode
+    if stat.S_ISFIFO(mode):
+        raise MediaError(path, "a pipe, not a file: it can be read once, and media are read more than once")
+    if not stat.S_ISREG(mode):  # a device (its size says nothing), a socket
+        raise MediaError(path, "not a regular file (a device or a socket)")
     if path.stat().st_size == 0:
         raise MediaError(path, "empty file (0 bytes)")
 
@@ -427,5 +442,5 @@ def split_at_pauses(samples: np.ndarray, max_seconds: float = MAX_SEGMENT_SECOND
 
 
 __all__ = ["SAMPLE_RATE", "VIDEO_FPS", "SAMPLES_PER_FRAME", "MAX_SEGMENT_SECONDS", "MediaError", "NoAudioError",
-           "NoVideoError", "MediaInfo", "Segment", "last_words", "probe", "decode_audio", "frame_size", "iter_video",
-           "decode_video", "frame_energy_db", "split_at_pauses"]
+           "NoVideoError", "MediaInfo", "Segment", "last_words", "is_pipe", "check_file", "probe", "decode_audio",
+           "frame_size", "iter_video", "decode_video", "frame_energy_db", "split_at_pauses"]

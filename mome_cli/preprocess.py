@@ -8,7 +8,8 @@ landmarks. Frames taller than `max_height` are scaled down first (the ROI is 96 
 What happens when a modality is missing follows the contract: a file with no audio stream fails in modes a and av; a
 file with no video stream fails in mode v and falls back to audio in av; a clip in which no frame shows a face (or
 whose frames are too small to find one in) falls back to audio in av (with a warning) and fails in v; a clip where
-more than half the frames show no face warns.
+more than half the frames show no face warns. A pipe is copied to a temporary file first: it gives its bytes once, and
+a file is read several times here.
 
 A finished clip is cached under <cache>/<sha256 of the file>-<options>.npz (written atomically), so running
 transcribe or evaluate again skips decoding and face detection. PREPROCESS_VERSION is in the key: change it whenever
@@ -25,6 +26,7 @@ import hashlib
 import json
 import os
 import queue
+import tempfile
 import threading
 from collections import deque
 from concurrent.futures import Future, TimeoutError as FuturesTimeout
@@ -38,7 +40,7 @@ from .files import atomic_write
 from .lips import (FaceTracker, FramesTooSmall, NoFaceError, check_stop, crop_mouths, interpolate_missing,
                    load_mean_face, rois_from_crops, smooth, too_small_to_detect)
 from .media import (SAMPLE_RATE, SHORT_STREAM_SECONDS, VIDEO_FPS, MediaError, NoAudioError, NoVideoError,
-                    check_file, decode_audio, frame_size, iter_video, probe)
+                    check_file, decode_audio, frame_size, is_pipe, iter_video, probe)
 
 # bumped when the clips it makes change (2: rotation, streams that start late; 3: audio before a late video,
 # Matroska's stream ends, audio alone read to its end; 4: nor past it where its length is a guess, several streams said;
@@ -48,6 +50,7 @@ MAX_HEIGHT = 720  # frames taller than this are scaled down before detection and
 CHUNK_FRAMES = 125  # frames held in memory at once: 5 s of video
 CLIP_CACHE_BYTES = 20 * 2**30  # past this the clip cache drops the entries used longest ago (an hour of video: ~1 GB)
 CROP_CHUNK_PIXELS = 8_000_000  # and with --roi at most this many pixels (96 MB as float RGB): a 720p video is not crops
+PIPE_BLOCK = 1 << 20  # bytes copied from a pipe at a time (a stop is looked at between them)
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,25 @@ def face_alignment_weights(detector: str):
             os.environ["TORCH_HOME"] = user_home
 
 
+@contextlib.contextmanager
+def pipe_copy(path, stop=None):
+    """The path of a temporary file that holds what the pipe at path gives (removed on leaving): media are read more
+    than once (probed, decoded, video twice for face detection), and a pipe gives its bytes only once. Once the
+    threading.Event `stop` is set, the copy ends at its next block with lips.Stopped."""
+    with tempfile.TemporaryDirectory(prefix="mome-pipe-") as folder:
+        copy = Path(folder) / (Path(path).name or "pipe")  # its name: a format may be known by its extension
+        try:
+            with open(path, "rb") as source, open(copy, "wb") as target:
+                while block := source.read(PIPE_BLOCK):
+                    check_stop(stop)
+                    target.write(block)
+        except OSError as e:
+            raise MediaError(path, f"cannot copy the pipe to a file in {folder} ({e.strerror or e})") from e
+        if copy.stat().st_size == 0:
+            raise MediaError(path, "an empty pipe (0 bytes)")
+        yield copy
+
+
 def file_sha256(path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -146,6 +168,20 @@ class Preprocessor:
 
     def __call__(self, path) -> Clip:
         check_stop(self.stop)
+        if not is_pipe(path):
+            return self._read(path)
+        with pipe_copy(path, self.stop) as copy:  # read in its place, and said as the pipe
+            try:
+                clip = self._read(copy)
+            except MediaError as e:
+                e.path, e.problem = str(path), e.problem.replace(os.path.abspath(copy), str(path))
+                e.args = (f"{e.path}: {e.problem}",)
+                raise
+        clip.path = str(path)
+        return clip
+
+    def _read(self, path) -> Clip:
+        """The Clip of a file (not a pipe)."""
         check_file(Path(path))  # a missing or unreadable file is one input's MediaError, before it is hashed
         digest = file_sha256(path) if self.cache_dir is not None else None  # read once, whatever mode it ends in
         cached = self._load(self._cache_key(digest, self.options.mode))  # no probe for a file seen before
@@ -466,4 +502,5 @@ class ReadAhead:
         self.close()
 
 
-__all__ = ["PREPROCESS_VERSION", "PreprocessOptions", "Clip", "Preprocessor", "ReadAhead", "file_sha256"]
+__all__ = ["PREPROCESS_VERSION", "PreprocessOptions", "Clip", "Preprocessor", "ReadAhead", "file_sha256",
+           "pipe_copy"]

@@ -1,7 +1,9 @@
 """Media decoding and segmenting on media made by ffmpeg in the test."""
 
 import dataclasses
+import os
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,6 +92,18 @@ def test_bad_inputs_give_one_clear_line(tmp_path):
         decode_audio(silent_video)
     with pytest.raises(NoVideoError, match="no video stream"):
         decode_video(speech_only)
+
+
+def test_a_pipe_or_a_device_is_not_called_an_empty_file(tmp_path):
+    """A named pipe (or /dev/stdin fed by `cat x.mp4 |`) has no size: it was "empty file (0 bytes)"; so was /dev/null.
+    probe reads a file more than once (and then it is decoded): a pipe is said to be one (Preprocessor copies it)."""
+    fifo = tmp_path / "talk.mp4"
+    os.mkfifo(fifo)
+    with pytest.raises(MediaError, match="talk.mp4: a pipe, not a file: it can be read once, and media are read more "
+                                         "than once"):
+        probe(fifo)  # said without opening it, which would wait for a writer
+    with pytest.raises(MediaError, match="/dev/null: not a regular file"):
+        probe(Path("/dev/null"))
 
 
 def noise(seconds, rng):

@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -163,6 +164,47 @@ def test_video_alone_is_read_to_its_end_and_av_says_what_it_leaves(tmp_path):
                                                        "frame, beside 3.00 s of video: nothing to read in mode av "
                                                        "(--mode v reads the video alone)")):
             Preprocessor(PreprocessOptions(mode="av", roi=True), cache_dir=cache)(empty)
+
+
+def fed_pipe(path: Path, content: bytes) -> threading.Thread:
+    """A named pipe at path, and a thread that writes content into it once a reader opens it."""
+    os.mkfifo(path)
+
+    def write():
+        with open(path, "wb") as pipe:
+            pipe.write(content)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    return writer
+
+
+def test_a_pipe_is_read_once_into_a_file_and_said_by_its_own_name(media, tmp_path, monkeypatch):
+    """A pipe was "empty file (0 bytes)". It is copied once to a temporary file (media are read more than once: a
+    probe, then the decoding), read from there under the pipe's name, and the copy is gone after."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    cache = tmp_path / "cache"
+    whole = Preprocessor(PreprocessOptions(roi=True), cache_dir=cache)(media / "crops.mp4")
+    for cached in (True, False):
+        writer = fed_pipe(tmp_path / "pipe", (media / "crops.mp4").read_bytes())
+        clip = Preprocessor(PreprocessOptions(roi=True), cache_dir=cache if cached else None)(tmp_path / "pipe")
+        writer.join(10)
+        assert clip.path == str(tmp_path / "pipe") and clip.mode == "av" and clip.warnings == []
+        np.testing.assert_array_equal(clip.rois, whole.rois)
+        np.testing.assert_array_equal(clip.audio, whole.audio)
+        (tmp_path / "pipe").unlink()
+    assert len(list(cache.iterdir())) == 1  # the same content: the same cache entry
+    fed_pipe(tmp_path / "notes", b"this is not a video\n" * 50)
+    with pytest.raises(MediaError) as e:
+        Preprocessor(PreprocessOptions(roi=True))(tmp_path / "notes")
+    said = str(e.value)
+    assert said.startswith(f"{tmp_path / 'notes'}: not a readable media file") and "mome-pipe" not in said, said
+    fed_pipe(tmp_path / "nothing", b"")
+    with pytest.raises(MediaError, match="nothing: an empty pipe"):
+        Preprocessor(PreprocessOptions(roi=True))(tmp_path / "nothing")
+    assert list(temporary.iterdir()) == []
 
 
 def test_cache_skips_detection_and_follows_the_file_content(media, tmp_path):

@@ -451,6 +451,16 @@ def test_mode_v_reads_a_video_to_its_end_past_its_sound(trained, tmp_path):
     assert not [ln for ln in result.stderr.splitlines() if "short.mp4" in ln or "empty.mp4" in ln], result.explain
 
 
+def test_a_video_piped_to_dev_stdin_is_transcribed(trained, tmp_path):
+    """`cat hello.mp4 | mome transcribe /dev/stdin` was "error: /dev/stdin: empty file (0 bytes)", exit 1."""
+    result = subprocess.run([MOME, "transcribe", "/dev/stdin", "--model", trained / "ckpt", "--roi", "--stdout", "-o",
+                             tmp_path], input=(trained / "media" / "hello.mp4").read_bytes(), capture_output=True,
+                            env={**os.environ, "MOME_HOME": str(tmp_path / "home")})
+    explain = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode == 0 and result.stdout.decode() == "/dev/stdin\thello world\n", explain
+    assert (tmp_path / "stdin.txt").read_text() == "hello world\n"
+
+
 def test_a_missing_input_is_one_error_and_the_others_are_transcribed(trained, tmp_path):
     missing = tmp_path / "gone.mp4"
     result = mome("transcribe", missing, trained / "media" / "hello.mp4", "--model", trained / "ckpt", "--roi",
