@@ -58,8 +58,8 @@ class MediaInfo:
     duration: float  # seconds from t = 0 to the end of the stream that ends first
     has_audio: bool
     has_video: bool
-    width: int = 0
-    height: int = 0
+    width: int = 0  # the picture as a player shows it: upright (rotation applied), in square pixels (the sample
+    height: int = 0  # aspect ratio applied to the width: HDV's 1440 x 1080 frames of 4:3 pixels are 1920 x 1080)
     fps: float = 0.0  # the video stream's own average frame rate
     audio_duration: float = 0.0  # seconds from t = 0 to the end of the audio (mode a reads that far)
     video_duration: float = 0.0  # seconds from t = 0 to the end of the video (mode v reads that far)
@@ -113,6 +113,17 @@ def is_pipe(path) -> bool:
         return stat.S_ISFIFO(os.stat(path).st_mode)
     except OSError:  # missing, or not to be looked at: check_file says which
         return False
+
+
+def _pixel_aspect(stream: dict) -> float:
+    """Width of a stored pixel over its height, as a player shows it: the sample aspect ratio (anamorphic video, a
+    DVD or a camera that stores 16:9 in a 4:3 frame, says 4:3 or 32:27); 1 when it says none (0:1, N/A)."""
+    num, _, den = str(stream.get("sample_aspect_ratio") or "").partition(":")
+    try:
+        ratio = int(num) / int(den)
+    except (ValueError, ZeroDivisionError):
+        return 1.0
+    return ratio if ratio > 0 else 1.0
 
 
 def check_file(path: Path) -> None:
@@ -172,6 +183,7 @@ def probe(path) -> MediaInfo:
         num, _, den = str(video.get("avg_frame_rate", "0/1")).partition("/")
         fps = float(num) / float(den or 1) if float(den or 1) else 0.0
         width, height = int(video.get("width", 0)), int(video.get("height", 0))
+        width = max(1, round(width * _pixel_aspect(video))) if width else 0  # what iter_video scales the frames to
         if _rotation(video) % 180:  # ffmpeg turns the frames as a player does: upright, width and height swapped
             width, height = height, width
     audio_duration, video_duration = ((ends.get(kind) or whole or duration) if kind in ends else 0.0

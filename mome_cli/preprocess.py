@@ -44,8 +44,8 @@ from .media import (SAMPLE_RATE, SHORT_STREAM_SECONDS, VIDEO_FPS, MediaError, No
 
 # bumped when the clips it makes change (2: rotation, streams that start late; 3: audio before a late video,
 # Matroska's stream ends, audio alone read to its end; 4: nor past it where its length is a guess, several streams said;
-# 5: video alone read to its end, not the audio's)
-PREPROCESS_VERSION = 5
+# 5: video alone read to its end, not the audio's; 6: non-square pixels shown square, as a player shows them)
+PREPROCESS_VERSION = 6
 MAX_HEIGHT = 720  # frames taller than this are scaled down before detection and cropping
 CHUNK_FRAMES = 125  # frames held in memory at once: 5 s of video
 CLIP_CACHE_BYTES = 20 * 2**30  # past this the clip cache drops the entries used longest ago (an hour of video: ~1 GB)

@@ -214,6 +214,26 @@ def test_a_picture_too_thin_to_scale_down_keeps_a_pixel_of_width(tmp_path):
         decode_video(thin, info=dataclasses.replace(info, width=0))
 
 
+@pytest.mark.parametrize("rotate", [0, 90])
+def test_non_square_pixels_come_out_as_a_player_shows_them(tmp_path, rotate):
+    """A 100 x 100 square in a 320 x 240 picture, stored anamorphic: 160 x 240 frames of pixels twice as wide as high
+    (sample aspect ratio 2:1). It came out 160 x 240, the square 50 wide: face detection saw faces squeezed by half."""
+    stored, anamorphic = tmp_path / "stored.mp4", tmp_path / "anamorphic.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "color=black:size=320x240:rate=25:duration=0.2,drawbox=x=110:y=70:w=100:h=100:color=white:t=fill",
+                    "-vf", "scale=160:240,setsar=2", "-c:v", "libx264", "-pix_fmt", "yuv420p", stored], check=True)
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", stored, "-c", "copy", "-metadata:s:v:0",
+                    f"rotate={rotate}", anamorphic], check=True)  # as a phone turned upright stores it
+    info = probe(anamorphic)
+    assert (info.width, info.height) == ((320, 240) if rotate == 0 else (240, 320))
+    frames = decode_video(anamorphic, info=info)
+    assert frames.shape == (5, info.height, info.width, 3)
+    rows, columns = np.nonzero(frames[0, :, :, 0] > 128)  # the square
+    assert np.ptp(rows) + 1 == pytest.approx(100, abs=2) and np.ptp(columns) + 1 == pytest.approx(100, abs=2)
+    assert rows.mean() == pytest.approx(info.height / 2, abs=2)  # centred, turned or not
+    assert columns.mean() == pytest.approx(info.width / 2, abs=2)
+
+
 @pytest.mark.parametrize("name", ["-starts-with-a-dash.mp4", "rec:01.mp4", "ünï cödé.mp4"])
 def test_file_names_that_look_like_options_or_protocols_are_files(tmp_path, monkeypatch, name):
     monkeypatch.chdir(tmp_path)

@@ -291,6 +291,27 @@ def test_mouth_is_centred_in_the_crop_of_a_posed_face(media):
     assert clip.rois[:, 40:56, 40:56].std() > 0  # real picture content where the mouth is, not black padding
 
 
+def test_an_anamorphic_video_reaches_face_detection_and_the_crops_as_it_is_shown(media, tmp_path):
+    """face.mp4 stored as 160 x 240 frames of pixels twice as wide as high (as DVDs and HDV store wide pictures): its
+    frames reached face detection squeezed to half their width, faces half as wide as they are, and were cropped so.
+    Now they come as a player shows them, and the mouth crops of a face posed on the picture are those of face.mp4."""
+    anamorphic = tmp_path / "anamorphic.mp4"
+    ffmpeg("-i", media / "face.mp4", "-vf", "scale=160:240,setsar=2", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+           "-c:a", "copy", anamorphic)
+    seen = []
+
+    class Seeing(FakeDetector):
+        def detect(self, frames, **kw):
+            seen.append(frames.shape[1:])
+            return super().detect(frames, **kw)
+
+    clip = Preprocessor(PreprocessOptions(mode="v"), detector=Seeing(face_points()))(anamorphic)
+    square = Preprocessor(PreprocessOptions(mode="v"), detector=FakeDetector(face_points()))(media / "face.mp4")
+    assert set(seen) == {(240, 320, 3)} and clip.rois.shape == square.rois.shape == (30, 96, 96)
+    difference = np.abs(clip.rois.astype(int) - square.rois.astype(int)).mean()
+    assert difference < 6, difference  # the same picture, but for half its columns and two encodings
+
+
 def test_missing_face_alignment_weights_exit_4_naming_the_download(media, tmp_path, monkeypatch):
     from mome_cli.hub import MissingModelError
 
