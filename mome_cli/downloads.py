@@ -74,6 +74,9 @@ class ChecksumError(HubError):
         self.path, self.expected, self.got = Path(path), expected, got
         super().__init__(f"{Path(path).name}: checksum mismatch: {self.expected_and_got}")
 
+    def __reduce__(self):  # as it was made (Exception pickles its message alone)
+        return type(self), (self.path, self.expected, self.got)
+
     @property
     def expected_and_got(self) -> str:  # of face-alignment's files only a prefix is known: their names give it
         expected = self.expected if len(self.expected) == 64 else f"one that starts {self.expected}"

@@ -43,6 +43,9 @@ class MediaError(Exception):
         self.path, self.problem = str(path), problem
         super().__init__(f"{path}: {problem}")
 
+    def __reduce__(self):  # as it was made: a worker process's error reaches the parent (Exception pickles args)
+        return type(self), (self.path, self.problem)
+
 
 class NoAudioError(MediaError):
     pass

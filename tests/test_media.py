@@ -415,3 +415,16 @@ def test_matroska_duration_tags_are_read_as_their_writer_meant_them():
     assert _end({"start_time": "0.000", "tags": {"DURATION": "00:00:00.000000000"}}, 0.0) is None  # says nothing
     assert _end({"start_time": "0.000", "tags": {"DURATION": "soon"}}, 0.0) is None
     assert _end({"start_time": "1.000", "duration": "3.0", "tags": {"DURATION": "00:00:09"}}, 0.0) == 4.0
+
+
+def test_media_errors_cross_process_boundaries_whole():
+    """A worker process's error is pickled to its parent: MediaError took two arguments and pickled one message, so
+    rebuilding it failed in the parent (synth --jobs 2 then waited for ever)."""
+    import pickle
+
+    from mome_cli.downloads import ChecksumError
+
+    for error in (MediaError("a.mp4", "no such file"), NoAudioError("b.mp4", "no audio stream"),
+                  ChecksumError(Path("w.pt"), "ab" * 32, "cd" * 32)):
+        again = pickle.loads(pickle.dumps(error))
+        assert type(again) is type(error) and str(again) == str(error)

@@ -300,3 +300,20 @@ def test_a_negative_seed_is_a_usage_error(tmp_path, capsys):
         synth.main([str(tmp_path / "out"), "--utterances", "3", "--seed", "-1"])
     assert e.value.code == 2 and "--seed must be 0 or more, got -1" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@needs_espeak
+@needs_fortunes
+def test_a_clip_that_fails_in_a_worker_process_is_an_error_not_a_hang(tmp_path):
+    """With --jobs 2 the worker's MediaError could not be rebuilt in the parent (its two arguments were not pickled):
+    the pool's result thread died and the corpus waited for ever at full CPU. Here ffmpeg is not found."""
+    import os
+    import subprocess
+    import sys
+
+    no_programs = tmp_path / "bin"
+    no_programs.mkdir()
+    result = subprocess.run([sys.executable, "-m", "mome_cli.synth", str(tmp_path / "out"), "--utterances", "6",
+                             "--jobs", "2"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PATH": str(no_programs)})
+    assert result.returncode == 1 and "ffmpeg" in result.stderr.splitlines()[-1], result.stderr
