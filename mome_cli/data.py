@@ -9,7 +9,8 @@ Three layouts are read (CLI-CONTRACT.md, Manifests):
   <CSV folder>/../<dataset>/<rel_path> (the CSV where auto_avsr writes it, in <root>/labels/) that exists.
 - A folder of media files, each with a same-named .txt transcript beside it (x.mp4 and x.wav: one utterance).
 
-A row or clip whose transcript is missing or unreadable (or whose file name is not UTF-8) is kept with its problem,
+A CSV row whose transcript is missing or unreadable, or a folder's clip whose transcript is unreadable (or whose file
+name is not UTF-8), is kept with its problem,
 that utterance's error where its media are read (Utterance.check), as a missing video is; a manifest that cannot be
 parsed, or a JSON line holding what UTF-8 cannot write (a lone surrogate), is a DataError.
 
@@ -27,10 +28,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .outputs import MEDIA_EXTENSIONS
+from .outputs import AUDIO_EXTENSIONS, MEDIA_EXTENSIONS
 from .report import ExitCode
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg")
 
 NAMED_DATASETS = {
     "lrs3": "LRS3-TED (https://www.robots.ox.ac.uk/~vgg/data/lip_reading/lrs3.html, licence agreement with the BBC / "
@@ -206,26 +206,26 @@ def read_transcript(path: Path) -> str:
 
 def read_folder(folder: Path) -> list[Utterance]:
     """Media files with a same-named .txt transcript; a video and an audio file of the same name (x.mp4 and x.wav, as
-    auto_avsr writes mouth crops) are one utterance, its lips from the one and its sound from the other. A clip whose
-    transcript is missing or unreadable is that clip's error; a folder where no clip has one is no dataset."""
+    auto_avsr writes mouth crops) are one utterance, its lips from the one and its sound from the other. Media without
+    a transcript are not part of the set (a noise file kept beside the clips, say); a clip whose transcript cannot be
+    read is that clip's error; a folder where no clip has one is no dataset."""
     by_stem: dict[Path, dict[str, Path]] = {}
     for media in sorted(p for p in folder.rglob("*") if p.suffix.lower() in MEDIA_EXTENSIONS and p.is_file()):
         kind = "audio" if media.suffix.lower() in AUDIO_EXTENSIONS else "video"
         by_stem.setdefault(media.with_suffix(""), {}).setdefault(kind, media)
-    utterances, transcribed = [], False
+    utterances = []
     for stem, files in by_stem.items():
         transcript = stem.with_name(stem.name + ".txt")
+        if not transcript.is_file():
+            continue
         rel = stem.relative_to(folder).as_posix()
         if _surrogate(rel):  # its id, and any message naming it, could not be written as UTF-8
             media = _printable(str(files.get("video") or files["audio"]))
             text, problem, rel = "", f"{media}: the file name is not UTF-8 text; rename it", _printable(rel)
-        elif transcript.is_file():
-            transcribed = True
-            text, problem = _try_transcript(transcript)
         else:
-            text, problem = "", f"{transcript}: no such transcript (each clip needs a same-named .txt beside it)"
+            text, problem = _try_transcript(transcript)
         utterances.append(Utterance(rel, text, files.get("video"), files.get("audio"), problem))
-    if not transcribed:  # not a folder of transcribed clips at all (auto_avsr's video folder, say)
+    if not utterances:  # not a folder of transcribed clips at all (auto_avsr's video folder, say)
         raise DataError(f"{folder}: no media files with a same-named .txt transcript")
     return utterances
 

@@ -22,11 +22,13 @@ from pathlib import Path
 
 from .files import atomic_write_text
 
-# What a folder is searched for: the contract's kinds, then phones', camcorders', voice recorders' and older ones (not
+# What a folder is searched for: the contract's kinds, and phones', camcorders', voice recorders' and older ones (not
 # .ts, an MPEG transport stream but also a TypeScript source). Any other file ffmpeg reads is taken when named itself.
-MEDIA_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".wav", ".flac", ".mp3", ".m4a", ".ogg",
-                    ".m4v", ".3gp", ".mts", ".m2ts", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv",
-                    ".opus", ".oga", ".aac", ".amr", ".wma", ".aif", ".aiff")
+# A dataset folder's x.mp4 and x.aac are one clip: its lips from the video, its sound from the audio file.
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".3gp", ".mts", ".m2ts", ".mpg", ".mpeg", ".wmv",
+                    ".flv", ".ogv")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".oga", ".aac", ".amr", ".wma", ".aif", ".aiff")
+MEDIA_EXTENSIONS = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS
 FORMATS = ("txt", "json", "srt", "vtt", "jsonl")
 CUE_TIMES = re.compile(r"\d\d:\d\d:\d\d[,.]\d{3} --> ")  # the line before a cue's text in srt and vtt
 BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")  # embeddings, overrides, isolates
@@ -220,5 +222,5 @@ def write_outputs(transcript: Transcript, out_dir: Path, stem: Path, formats: li
     return paths
 
 
-__all__ = ["MEDIA_EXTENSIONS", "FORMATS", "one_line", "clean_text", "Input", "Transcript", "collect_inputs",
+__all__ = ["VIDEO_EXTENSIONS", "AUDIO_EXTENSIONS", "MEDIA_EXTENSIONS", "FORMATS", "one_line", "clean_text", "Input", "Transcript", "collect_inputs",
            "output_stems", "output_path", "timestamp", "render", "read_text", "write_outputs"]

@@ -157,16 +157,19 @@ def test_folder_of_media_with_transcripts(tmp_path):
     (tmp_path / "a/one.txt").write_text("first  one\n")
     touch(tmp_path / "two.wav")
     (tmp_path / "two.txt").write_text("second")
-    touch(tmp_path / "untranscribed.mp4")  # a clip without its transcript: that clip's error
+    touch(tmp_path / "untranscribed.mp4")  # not part of the set: a noise file kept beside the clips, say
+    touch(tmp_path / "four.mp4")  # its sound in an .aac beside it: one utterance, not an .aac taken for its video
+    touch(tmp_path / "four.aac")
+    (tmp_path / "four.txt").write_text("fourth")
     touch(tmp_path / "crops/three.mp4")  # auto_avsr's mouth crops: the sound in a .wav beside the video
     touch(tmp_path / "crops/three.wav")
     (tmp_path / "crops/three.txt").write_text("third")
     u = load_manifest(tmp_path)
     assert [(x.id, x.text, x.video is None, x.problem) for x in u] == [
-        ("a/one", "first one", False, None), ("crops/three", "third", False, None), ("two", "second", True, None),
-        ("untranscribed", "", False, f"{tmp_path / 'untranscribed.txt'}: no such transcript (each clip needs a "
-                                     "same-named .txt beside it)")]
-    assert (u[1].video.name, u[1].audio.name, u[2].audio.name) == ("three.mp4", "three.wav", "two.wav")
+        ("a/one", "first one", False, None), ("crops/three", "third", False, None), ("four", "fourth", False, None),
+        ("two", "second", True, None)]
+    assert (u[1].video.name, u[1].audio.name, u[3].audio.name) == ("three.mp4", "three.wav", "two.wav")
+    assert (u[2].video.name, u[2].audio.name) == ("four.mp4", "four.aac")
     with pytest.raises(DataError, match="no media files with a same-named .txt"):  # no clip has one: no dataset
         load_manifest(touch(tmp_path / "empty" / "x.mp4").parent)
 

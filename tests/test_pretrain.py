@@ -444,7 +444,7 @@ def test_phoneme_stand_ins_follow_the_sounding_phonemes_and_swap_in_on_load(run)
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
-def test_a_clip_without_its_transcript_is_left_out_of_the_clips_read_with_a_warning(tmp_path):
+def test_a_clip_whose_transcript_cannot_be_read_is_left_out_of_the_clips_read_with_a_warning(tmp_path):
     """It was read with an empty text to learn from."""
     folder = tmp_path / "clips"
     folder.mkdir()
@@ -454,8 +454,9 @@ def test_a_clip_without_its_transcript_is_left_out_of_the_clips_read_with_a_warn
                         "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(folder / f"{name}.mp4")],
                        check=True)
     (folder / "a.txt").write_text("a tone")
+    (folder / "b.txt").write_bytes(b"caf\xe9")  # Latin-1
     said = []
     utterances, clips = pretrain.load_clips(str(folder), tmp_path / "home", said.append, workers=1)
     assert [(u.id, u.text) for u in utterances] == [("a", "a tone")] and len(clips) == 1
-    assert said == [f"warning: b skipped: {folder / 'b.txt'}: no such transcript (each clip needs a same-named .txt "
-                    "beside it)"]
+    assert said == [f"warning: b skipped: {folder / 'b.txt'}:1: not UTF-8 text (byte 4 of the line is 0xe9); save it "
+                    "as UTF-8"]

@@ -314,9 +314,10 @@ def test_a_missing_clip_is_skipped_with_a_warning_whichever_the_feature_cache(co
     assert "; 3 utterances, " in result.stderr, result.explain  # those it trains on
 
 
-def test_a_clip_without_its_transcript_is_skipped_with_a_warning_even_with_its_features_cached(corpus, tmp_path):
-    """A folder dataset (as an auto_avsr CSV row): one clip's missing .txt stopped the whole run before; it is that
-    clip's warning, as a missing clip is, also when the disk cache holds its features from a run when it had one."""
+def test_a_clip_whose_transcript_cannot_be_read_is_skipped_with_a_warning_even_with_its_features_cached(corpus,
+                                                                                                       tmp_path):
+    """A folder dataset (as an auto_avsr CSV row): one clip's unreadable .txt stopped the whole run before; it is that
+    clip's warning, as a missing clip is, also when the disk cache holds its features from a run when it was read."""
     folder = tmp_path / "clips"
     folder.mkdir()
     for name, (*_, text) in CLIPS.items():
@@ -328,13 +329,13 @@ def test_a_clip_without_its_transcript_is_skipped_with_a_warning_even_with_its_f
     first = mome("train", "--config", recipe, "--train", folder, "--roi", "-o", tmp_path / "first", "--steps", 1,
                  root=corpus, env=env)
     assert first.returncode == 0 and "; 3 utterances, " in first.stderr, first.explain
-    (folder / "thanks.txt").unlink()
+    (folder / "thanks.txt").write_bytes(b"thank you \xff")
     result = mome("train", "--config", recipe, "--train", folder, "--valid", folder, "--roi", "-o", tmp_path / "out",
                   "--steps", 2, "--eval-every", 2, root=corpus, env=env)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.explain
     for what in ("training", "validation"):
-        assert (f"warning: {what} utterance thanks skipped: {folder / 'thanks.txt'}: no such transcript (each clip "
-                "needs a same-named .txt beside it)") in result.stderr.splitlines(), result.explain
+        assert (f"warning: {what} utterance thanks skipped: {folder / 'thanks.txt'}:1: not UTF-8 text (byte 11 of "
+                "the line is 0xff); save it as UTF-8") in result.stderr.splitlines(), result.explain
     assert "warning: 1 of 3 training utterances skipped" in result.stderr, result.explain
     assert "; 2 utterances, " in result.stderr, result.explain  # those it trains on
 
