@@ -202,6 +202,12 @@ def _hub_repo(repo_id: str, revision: str) -> HubRepo:
     return HubRepo(repo_id, revision)
 
 
+def cached_commit(repo_id: str, revision: str | None, home: Path) -> str | None:
+    """The commit of repo_id's cached snapshot at revision (a branch, a tag or a commit), if it is complete."""
+    path = locate(_hub_repo(repo_id, revision or "main"), home)
+    return None if path is None else path.name
+
+
 def _cached_repo(repo_id: str, revision: str | None, home: Path) -> Path:
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
@@ -334,7 +340,7 @@ def build_recognizer(config: ModelConfig, home: Path, device: str, dtype: torch.
 
 
 __all__ = ["UsageProblem", "RecognizeOptions", "Recognizer", "load_recognizer", "build_recognizer", "resolve_device",
-           "segments_of", "slice_audio", "slice_rois",
+           "cached_commit", "segments_of", "slice_audio", "slice_rois",
            # from presets.py, torch-free
            "BUNDLED", "tiny_config", "preset_config", "model_config", "rate_for", "segment_limit", "check_options",
            "shadowed_preset"]

@@ -51,12 +51,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CONFIG_NAME as CHECKPOINT_CONFIG, read_config, save_checkpoint
+from .checkpoint import CONFIG_NAME as CHECKPOINT_CONFIG, CheckpointError, read_config, save_checkpoint
 from .configuration import ModelConfig
 from .files import atomic_write, atomic_write_text, remove_folders, writable_folder
-from .hub import HubRepo, human_size, locate, mome_home
+from .hub import human_size, mome_home
 from .outputs import one_line
-from .recognizer import build_recognizer
+from .recognizer import build_recognizer, cached_commit
 from .train_config import (CONFIG_NAME, LOCK_NAME, LOG_NAME, SNAPSHOTS, STATE_NAME, ConfigError, TrainConfig,
                            save_leftover)
 from .train_data import TrainingData
@@ -262,10 +262,13 @@ class Trainer:
             return config
         saved = [p / CHECKPOINT_CONFIG for p in (self.out, *reversed(self.snapshots()))]
         if self.resume and any(path.is_file() for path in saved):
-            trained = read_config(next(path for path in saved if path.is_file()).parent)
+            try:
+                trained = read_config(next(path for path in saved if path.is_file()).parent)
+            except CheckpointError as e:
+                raise TrainingError(f"{e}; the run cannot be resumed without it") from e
             return dataclasses.replace(config, llm_revision=trained.llm_revision)
-        snapshot = locate(HubRepo(config.llm, config.llm_revision or "main"), self.home)
-        return config if snapshot is None else dataclasses.replace(config, llm_revision=snapshot.name)
+        commit = cached_commit(config.llm, config.llm_revision, self.home)
+        return config if commit is None else dataclasses.replace(config, llm_revision=commit)
 
     def _setup_run(self) -> None:
         cfg = self.config
@@ -664,7 +667,8 @@ class Trainer:
         return steps
 
     def cleanup(self) -> None:
-        if self._lock is not None:
+        if self._lock is not None:  # no process waits for it (a second run is refused at once): nothing left behind
+            (self.out / LOCK_NAME).unlink(missing_ok=True)
             self._lock.release()
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -578,6 +578,12 @@ def test_a_run_records_the_llm_commit_it_trained_on_and_resumes_on_it(corpus, tm
     assert resumed.returncode == 0, resumed.explain
     saved = json.loads((out / "config.json").read_text())
     assert saved["training"]["step"] == 2 and saved["model"]["llm_revision"] == COMMIT
+    assert not (out / ".train.lock").exists()  # the run's lock, taken back when it ends
+    for path in (out / "config.json", *out.glob("snapshots/*/config.json")):  # where the commit is read back from
+        path.write_text(path.read_text().replace('"format_version": 1', '"format_version": 2'))
+    damaged = mome(*args, "--steps", 3, "--resume", root=corpus, env=env)
+    assert damaged.returncode == 1 and damaged.stderr.splitlines()[-1].startswith(
+        f"mome train: {out / 'config.json'}: checkpoint format 2"), damaged.explain  # a traceback
 
 
 def test_a_folder_of_clips_with_their_transcripts_is_a_training_and_validation_set(corpus, tmp_path):
