@@ -92,7 +92,7 @@ def face_alignment_weights(detector: str):
     The weights are looked for in $TORCH_HOME/hub/checkpoints if the user set TORCH_HOME (where face-alignment keeps
     them when it downloads them itself), then in mome's cache, where `mome download` puts them (MOME_HOME/torch).
     """
-    from .hub import MissingModelError, hub_checkpoints, torch_home
+    from .hub import MissingModelError, UnusableModelError, hub_checkpoints, torch_home
 
     def lacking(home: Path) -> list[str]:
         return [name for name in FACE_ALIGNMENT_NEEDS[detector] if not (hub_checkpoints(home) / name).is_file()]
@@ -108,6 +108,14 @@ def face_alignment_weights(detector: str):
     os.environ["TORCH_HOME"] = str(home)
     try:
         yield
+    except ImportError:  # face-alignment not installed: its own message says what to install
+        raise
+    except Exception as e:  # a file there that is not the weights (cut short, or another in its place): torch's
+        # unpickling errors, which `mome download`'s checksums catch but loading does not look for
+        names = ", ".join(FACE_ALIGNMENT_NEEDS[detector])
+        raise UnusableModelError(f"face-alignment's weights in {hub_checkpoints(home)} cannot be loaded "
+                                 f"({type(e).__name__}: {' '.join(str(e).split())[:200]}): delete {names} there and "
+                                 "run `mome download demo`") from e
     finally:
         if user_home is None:
             os.environ.pop("TORCH_HOME", None)

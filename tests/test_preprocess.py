@@ -323,6 +323,24 @@ def test_missing_face_alignment_weights_exit_4_naming_the_download(media, tmp_pa
     assert "TORCH_HOME" not in __import__("os").environ
 
 
+def test_face_alignment_weights_that_cannot_be_loaded_are_one_error_naming_the_fix(media, torch_home, tmp_path,
+                                                                                   monkeypatch):
+    """A file in the weights' place that is not them (`mome download` keeps one that fails its checksum when it
+    cannot fetch a good one): torch's unpickling error came out as a traceback."""
+    import shutil as sh
+
+    from mome_cli.hub import UnusableModelError
+
+    sh.copytree(torch_home, tmp_path / "home" / "torch")
+    for weights in (tmp_path / "home" / "torch").rglob("*.pth"):
+        weights.write_bytes(b"<html>not found</html>")
+    monkeypatch.delenv("TORCH_HOME", raising=False)
+    monkeypatch.setenv("MOME_HOME", str(tmp_path / "home"))
+    with pytest.raises(UnusableModelError, match=r"face-alignment's weights in .*checkpoints cannot be loaded "
+                                                 r"\(.*\): delete .*s3fd.* there and run `mome download demo`"):
+        Preprocessor(PreprocessOptions(mode="av", device="cpu"))(media / "face.mp4")
+
+
 @pytest.mark.parametrize("user_torch_home", [False, True])
 def test_weights_in_mome_home_are_found_with_or_without_torch_home(media, torch_home, tmp_path, monkeypatch,
                                                                     user_torch_home):
