@@ -87,6 +87,11 @@ def _finite(value):
     return value
 
 
+def _first_line(e: BaseException) -> str:
+    """What an error says, on one line: its first (torch's run over many), or its kind when it says nothing."""
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'s' * (n != 1)}"
 
@@ -508,11 +513,10 @@ class Trainer:
         try:
             yield
         except (OSError, RuntimeError, SafetensorError) as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            free = human_size(shutil.disk_usage(self.out).free)
-            last = self.saved_step
+            free, last = human_size(shutil.disk_usage(self.out).free), self.saved_step
             then = f"--resume goes on from step {last}, its last save" if last is not None else "nothing was saved"
-            raise TrainingError(f"cannot save {what} in {self.out} ({free} free there): {reason}; {then}") from e
+            raise TrainingError(f"cannot save {what} in {self.out} ({free} free there): {_first_line(e)}; {then}") \
+                from e
 
     def _save(self, snapshot: bool) -> None:
         extra = {"training": {"step": self.step, "epoch": self.epoch}}
@@ -552,8 +556,7 @@ class Trainer:
         except OSError as e:
             raise TrainingError(f"{path}: cannot read it: {e.strerror or e}") from e
         except Exception as e:  # truncated, not torch's format, or holding what weights_only refuses
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TrainingError(f"{path}: damaged, the run cannot be resumed from it ({reason})") from e
+            raise TrainingError(f"{path}: damaged, the run cannot be resumed from it ({_first_line(e)})") from e
 
     def _check_state(self, state: dict, total: int | None) -> None:
         """A saved state this mome cannot read, or a run asked to be shorter than it is already: ConfigError."""
