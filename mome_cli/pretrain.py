@@ -91,6 +91,7 @@ from .checkpoint import BACKBONES_NAME
 from .compression import compress
 from .model import DEFAULT_RATES, MODES, AVSRModel, Features, ModelConfig
 from .mome import MoMEConfig
+from .report import ExitCode
 from .rng import seeded
 
 ALPHABET = " abcdefghijklmnopqrstuvwxyz'"  # CTC targets; index 0 is the blank, so characters are 1..28
@@ -102,6 +103,13 @@ STATE_NAME = "pretrain_state.safetensors"  # every tensor of Backbones, projecto
 # Keys transformers 5 writes into tokenizer_config.json from how the tokenizer was loaded (a local folder, offline),
 # not what it is: a release must not carry them.
 LOAD_TIME_KEYS = ("is_local", "local_files_only")
+
+
+class PretrainError(Exception):
+    """A stage that cannot run on what it was given; str() names the file and the problem, main() prints it as one
+    line and exits with exit_code."""
+
+    exit_code = ExitCode.FAILURE
 
 
 def ctc_targets(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -574,6 +582,8 @@ def load_clips(manifest: str, home: Path, say, workers: int = 2) -> tuple[list, 
             elif clip.mode == "av":
                 utterances.append(u)
                 clips.append(clip)
+            else:  # sound alone (mode av falls back to a): the stages learn from both
+                say(f"warning: {u.id} skipped: no video stream")
             if n % 500 == 0:
                 say(f"{manifest}: {n}/{len(listed)} clips read, {time.monotonic() - started:.0f} s")
     return utterances, clips
@@ -593,7 +603,10 @@ def _train(model: Backbones, params: list, args, out: Path, batches, loss_of, sa
     last = min(args.steps, args.stop_after or args.steps)
     step, epoch, started, meter, counts = 0, 0, time.monotonic(), {}, {}
     while step < last:
-        for batch in batches(epoch):
+        epoch_batches = batches(epoch)
+        if not epoch_batches:  # else this loop would go round for ever, saying nothing
+            raise PretrainError(f"{args.train}: no batch to train on")
+        for batch in epoch_batches:
             losses = loss_of(batch, step)
             sum(losses.values()).backward()
             torch.nn.utils.clip_grad_norm_(params, 5.0)
@@ -681,6 +694,8 @@ def _clip_batches(args, say, aligned: bool):
     from .train_data import clip_frames
 
     utterances, clips = load_clips(args.train, mome_home(), say)
+    if not clips:
+        raise PretrainError(f"{args.train}: no clip to train on (each one skipped, as the warnings above say)")
     alignments = None
     if aligned:
         by_id = _alignments_of(args)
@@ -778,10 +793,15 @@ def reader(args) -> None:
     standins = {"both": ("audio_standin", "video_standin"), "audio": ("audio_standin",), "none": ()}[args.standins]
     params = model.train_only("avsr", *standins)  # the LLM, projectors, MoME, stand-ins
     generator = torch.Generator().manual_seed(args.seed)
+    # Whole batches of --batch rows, an epoch's last few rows left for the next epoch's shuffle; fewer rows than
+    # --batch make one batch of them all, read at every step.
+    size = min(args.batch, len(rows))
+    if size < args.batch:
+        say(f"note: {len(rows)} rows, fewer than --batch {args.batch}: each step reads them all")
 
     def batches(epoch):
         order = np.random.default_rng(args.seed + epoch).permutation(len(rows))
-        return [order[i:i + args.batch] for i in range(0, len(order) - args.batch + 1, args.batch)]
+        return [order[i:i + size] for i in range(0, len(order) - size + 1, size)]
 
     def loss_of(batch, step):
         if step < args.copy:
@@ -880,7 +900,7 @@ def rate_projectors(source: str | Path, pairs: list[tuple[int, int]], output: st
     return Path(output)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mome_cli.pretrain", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     packer = commands.add_parser("bundle", help="a checkpoint directory that carries its backbones")
@@ -942,22 +962,28 @@ def main(argv=None) -> None:
     reading.add_argument("--valid", help="manifest to report greedy WER on at the end")
     reading.add_argument("--valid-limit", type=int, default=100, help="its first N utterances [100]")
     args = parser.parse_args(argv)
-    if args.command == "bundle":
-        print(bundle(args.checkpoint, args.backbones, args.output))
-    elif args.command == "projectors":
-        from .train_config import ConfigError, parse_rates
+    try:
+        if args.command == "bundle":
+            print(bundle(args.checkpoint, args.backbones, args.output))
+        elif args.command == "projectors":
+            from .train_config import ConfigError, parse_rates
 
-        try:
-            pairs = parse_rates(args.rates)
-        except ConfigError as e:
-            parser.error(str(e))
-        print(rate_projectors(args.source, pairs, args.output))
-    elif args.command == "reader":
-        reader(args)
-    elif args.command == "standins":
-        fit_standins(args)
-    else:
-        pretrain(args)
+            try:
+                pairs = parse_rates(args.rates)
+            except ConfigError as e:
+                parser.error(str(e))
+            print(rate_projectors(args.source, pairs, args.output))
+        elif args.command == "reader":
+            reader(args)
+        elif args.command == "standins":
+            fit_standins(args)
+        else:
+            pretrain(args)
+    except PretrainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    return ExitCode.OK
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

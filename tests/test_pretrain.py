@@ -27,14 +27,30 @@ TEXT = ("The quick brown fox jumps over the lazy dog. A penny saved is a penny e
         "Actions speak louder than words. Look before you leap.")
 
 
+def pretrain_cli(*args, home: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m mome_cli.pretrain ARGS` with MOME_HOME=home, stdout and stderr as text; a run that outlasts timeout
+    fails the test (subprocess.TimeoutExpired) instead of hanging it."""
+    env = {**os.environ, "MOME_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "mome_cli.pretrain", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """Six synthetic clips, backbones after 2 steps, then 2 steps of MoME in modes av, a and v."""
+def corpus(tmp_path_factory):
+    """Six synthetic clips (4 of them train) and 2 sentences spoken for their timings only; MOME_HOME beside them."""
     root = tmp_path_factory.mktemp("pretrain")
     (root / "text.txt").write_text(TEXT, encoding="utf-8")
-    env = {**os.environ, "MOME_HOME": str(root / "home"), "OMP_NUM_THREADS": "1"}
     assert synth.main([str(root / "corpus"), "--utterances", "6", "--seed", "3", "--text", str(root / "text.txt"),
                        "--speakers", "2", "--reading", "2"]) == 0
+    return root / "corpus"
+
+
+@pytest.fixture(scope="module")
+def run(corpus):
+    """Backbones after 2 steps on the corpus's clips, the later stages after 2 to 5, then 2 steps of MoME in modes
+    av, a and v."""
+    root = corpus.parent
+    env = {**os.environ, "MOME_HOME": str(root / "home"), "OMP_NUM_THREADS": "1"}
     train = root / "corpus" / "train.jsonl"
     subprocess.run([sys.executable, "-m", "mome_cli.pretrain", "backbones", "--train", str(train), "-o",
                     str(root / "backbones"), "--steps", "2", "--batch-frames", "150", "--threads", "1",
@@ -460,3 +476,30 @@ def test_a_clip_whose_transcript_cannot_be_read_is_left_out_of_the_clips_read_wi
     assert [(u.id, u.text) for u in utterances] == [("a", "a tone")] and len(clips) == 1
     assert said == [f"warning: b skipped: {folder / 'b.txt'}:1: not UTF-8 text (byte 4 of the line is 0xe9); save it "
                     "as UTF-8"]
+
+
+def test_a_reader_batch_larger_than_the_corpus_reads_it_all_at_every_step(corpus, tmp_path):
+    """An epoch of whole --batch batches held none, and the run went round for ever, silently."""
+    result = pretrain_cli("reader", "--train", corpus / "train.jsonl", "-o", tmp_path / "r", "--steps", "2",
+                          "--batch", "100", "--threads", "1", "--log-every", "1", home=corpus.parent / "home",
+                          timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "note: 4 rows, fewer than --batch 100: each step reads them all" in result.stderr
+    log = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["epoch"]) for r in log] == [(1, 0), (2, 1)]  # one batch an epoch
+    assert json.loads((tmp_path / "r" / pretrain.RUN_NAME).read_text())["finished"] is True
+
+
+@pytest.mark.parametrize("stage", ["backbones", "standins"])
+def test_a_corpus_with_no_clip_to_train_on_is_an_error_not_an_endless_loop(stage, tmp_path):
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "sine=duration=0.5",
+                    str(tmp_path / "x.wav")], check=True)
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text(json.dumps({"id": "x", "audio": "x.wav", "text": "a tone"}) + "\n")
+    (tmp_path / "alignments.jsonl").write_text(json.dumps({"id": "x", "text": "a tone"}) + "\n")  # standins reads it
+    result = pretrain_cli(stage, "--train", manifest, "-o", tmp_path / "out", "--steps", "2", "--threads", "1",
+                          home=tmp_path / "home", timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "warning: x skipped: no video stream" in result.stderr
+    assert result.stderr.splitlines()[-1] == (f"error: {manifest}: no clip to train on (each one skipped, as the "
+                                              "warnings above say)")
