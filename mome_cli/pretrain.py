@@ -550,13 +550,15 @@ class Backbones(torch.nn.Module):
 
 
 def _preprocess(job):
+    """A worker's clip, or the message of the MediaError that makes it unusable: the error itself does not come back
+    from a worker process (unpickling calls MediaError(message), which wants a path and a problem)."""
     preprocess, path = job
     from .media import MediaError
 
     try:
         return preprocess(path)
     except MediaError as e:
-        return e
+        return str(e)
 
 
 def load_clips(manifest: str, home: Path, say, workers: int = 2) -> tuple[list, list]:
@@ -577,7 +579,7 @@ def load_clips(manifest: str, home: Path, say, workers: int = 2) -> tuple[list, 
     with ProcessPoolExecutor(workers) as pool:
         for n, (u, clip) in enumerate(zip(listed, pool.map(_preprocess, [(preprocess, u.media) for u in listed],
                                                            chunksize=16)), 1):
-            if isinstance(clip, Exception):
+            if isinstance(clip, str):
                 say(f"warning: {u.id} skipped: {clip}")
             elif clip.mode == "av":
                 utterances.append(u)

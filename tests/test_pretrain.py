@@ -503,3 +503,19 @@ def test_a_corpus_with_no_clip_to_train_on_is_an_error_not_an_endless_loop(stage
     assert "warning: x skipped: no video stream" in result.stderr
     assert result.stderr.splitlines()[-1] == (f"error: {manifest}: no clip to train on (each one skipped, as the "
                                               "warnings above say)")
+
+
+def test_a_clip_that_cannot_be_decoded_is_left_out_with_a_warning(tmp_path):
+    """Its MediaError, sent back from the worker process, broke the pool: a traceback, and no clip read at all."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=96x96:rate=25:duration=0.4", "-f", "lavfi", "-i", "sine=duration=0.4", "-c:v",
+                    "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(folder / "a.mp4")], check=True)
+    (folder / "b.mp4").write_bytes(b"not a video")
+    for name in ("a", "b"):
+        (folder / f"{name}.txt").write_text("a tone")
+    said = []
+    utterances, clips = pretrain.load_clips(str(folder), tmp_path / "home", said.append, workers=1)
+    assert [u.id for u in utterances] == ["a"] and len(clips) == 1
+    assert len(said) == 1 and said[0].startswith(f"warning: b skipped: {folder / 'b.mp4'}: ")
