@@ -63,6 +63,8 @@ The result is written as
     BACKBONES/run.json         the stage and its arguments, the step saved and whether the run finished
 
 each folder written under a temporary name and renamed into place. Same corpus, seed and settings: the same weights.
+Since every save replaces the whole folder, a stage writes only to a new or empty one, or over one where a run of the
+same stage was cut short (run.json: not finished), which starts again; anything else is refused before it begins.
 
 `bundle` makes a checkpoint directory that carries its backbones (what ships as the `demo` preset): the checkpoint's
 tensors, its config with the backbone paths made relative (llm, audio_encoder, video_encoder), and the three folders.
@@ -87,7 +89,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import BACKBONES_NAME
+from .checkpoint import BACKBONE_FIELDS, BACKBONES_NAME, CONFIG_NAME, WEIGHTS_NAME
 from .compression import compress
 from .model import DEFAULT_RATES, MODES, AVSRModel, Features, ModelConfig
 from .mome import MoMEConfig
@@ -100,6 +102,8 @@ BABBLE_SNR = (-5, 0, 5, 10, 20)  # dB, one drawn per noisy utterance (--babble)
 PROJECTORS_NAME = "projectors.safetensors"  # the projectors alone, named as in AVSRModel (mome train --init)
 RUN_NAME = "run.json"  # how the folder was made: the stage's arguments, the step saved, whether it was the last
 STATE_NAME = "pretrain_state.safetensors"  # every tensor of Backbones, projectors and CTC heads too: what --init loads
+SAVED = (*BACKBONE_FIELDS, BACKBONES_NAME, "log.jsonl", STATE_NAME, PROJECTORS_NAME, RUN_NAME)  # a stage's folder
+BUNDLED = (*BACKBONE_FIELDS, CONFIG_NAME, WEIGHTS_NAME)  # a bundle's
 # Keys transformers 5 writes into tokenizer_config.json from how the tokenizer was loaded (a local folder, offline),
 # not what it is: a release must not carry them.
 LOAD_TIME_KEYS = ("is_local", "local_files_only")
@@ -517,6 +521,7 @@ class Backbones(torch.nn.Module):
 
         from .avhubert import save_avhubert
 
+        directory = directory.resolve()  # a link to the folder stays one, to the new folder
         tmp = directory.with_name(f".{directory.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         bars = hf_logging.is_progress_bar_enabled()
@@ -854,9 +859,9 @@ def drop_load_time_keys(llm: Path) -> None:
 
 def bundle(checkpoint: str | Path, backbones: str | Path, output: str | Path) -> Path:
     """A self-contained checkpoint directory: checkpoint's tensors and config + the backbones it was trained on."""
-    from .checkpoint import BACKBONE_FIELDS, CONFIG_NAME, WEIGHTS_NAME, backbones_config
+    from .checkpoint import backbones_config
 
-    checkpoint, backbones, output = Path(checkpoint), Path(backbones), Path(output)
+    checkpoint, backbones, output = Path(checkpoint), Path(backbones), Path(output).resolve()
     data = json.loads((checkpoint / CONFIG_NAME).read_text(encoding="utf-8"))
     used = backbones_config(backbones)
     elsewhere = []  # trained on a copy of the backbones on another machine (the lent GPU): its paths are not here
@@ -902,26 +907,103 @@ def rate_projectors(source: str | Path, pairs: list[tuple[int, int]], output: st
     return Path(output)
 
 
+def _run_record(folder: Path) -> dict | None:
+    """The run.json of a stage's folder (its "args" and "finished"), None where there is none that pretrain wrote."""
+    try:
+        record = json.loads((folder / RUN_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none, unreadable, not UTF-8, not JSON
+        return None
+    ok = isinstance(record, dict) and isinstance(record.get("args"), dict) and "finished" in record
+    return record if ok else None
+
+
+def _is_log(path: Path) -> bool:
+    """Whether a file holds log lines as _train writes them (what a run stopped before its first save leaves)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return all(isinstance(r := json.loads(line), dict) and {"step", "epoch", "seconds"} <= r.keys()
+                   for line in lines)
+    except (OSError, ValueError):
+        return False
+
+
+def output_problem(command: str, output: str) -> str | None:
+    """Why `command` must not write its -o, or None. Every save replaces the whole folder (written beside it, then
+    renamed), so a stage takes a new or empty folder, or one where a run of the same stage was cut short (run again,
+    it starts afresh: scripts/make_demo.sh after a stop); bundle replaces only a bundle, and projectors only a
+    projectors file. A finished stage is kept: its weights are what later stages start from."""
+    from safetensors import SafetensorError, safe_open
+
+    out = Path(output)
+    if command == "projectors":
+        if out.is_dir():
+            return f"-o {out}: a folder, not a file"
+        if not out.exists():
+            return None
+        try:
+            with safe_open(str(out), "pt") as f:
+                keys = list(f.keys())
+        except (OSError, SafetensorError):
+            keys = []
+        if keys and all(k.startswith(("audio.projectors.", "video.projectors.")) for k in keys):
+            return None
+        return f"-o {out} is not a projectors file, and would be written over: give another -o"
+    if out.is_symlink() and not out.exists():
+        return f"-o {out}: a link to nothing"
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return f"-o {out}: a file, not a folder"
+    if out.resolve() == Path.cwd().resolve():
+        return f"-o {out} is the folder this runs in, which every save would replace: give a folder of its own"
+    try:
+        names = sorted(p.name for p in out.iterdir())
+    except OSError as e:
+        return f"-o {out}: cannot list it: {e.strerror or e}"
+    if command == "bundle":
+        if not names or (CONFIG_NAME in names and set(names) <= set(BUNDLED)):
+            return None  # empty, or an earlier bundle, replaced
+        listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        return f"-o {out} is not empty ({listed}): a bundle is written to a new or empty folder, or over a bundle"
+    record = _run_record(out)
+    if record is not None and record["args"].get("command") != command:
+        return f"-o {out} holds a `{record['args'].get('command')}` run, not a `{command}` one: give another -o"
+    if record is not None and record["finished"]:
+        return (f"-o {out} holds a finished `{command}` run (step {record.get('step')}), which a new one would "
+                "replace: remove it, or give another -o")
+    if not names or (record is not None and set(names) <= set(SAVED)):
+        return None  # empty, or a run of this stage that was cut short: started again
+    if names == ["log.jsonl"] and _is_log(out / "log.jsonl"):
+        return None  # one stopped before its first save
+    theirs = [n for n in names if n not in SAVED] or names
+    listed = ", ".join(theirs[:3]) + (", ..." if len(theirs) > 3 else "")
+    return (f"-o {out} is not empty ({listed}): a `{command}` run is written to a new or empty folder, or over one "
+            "where such a run was cut short")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mome_cli.pretrain", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     packer = commands.add_parser("bundle", help="a checkpoint directory that carries its backbones")
     packer.add_argument("checkpoint", help="output directory of `mome train --model BACKBONES`")
     packer.add_argument("--backbones", required=True, help="the BACKBONES folder it was trained on")
-    packer.add_argument("-o", "--output", required=True, help="the directory to write (replaced if it exists)")
+    packer.add_argument("-o", "--output", required=True, help="the directory to write (an earlier bundle there is "
+                        "replaced)")
     picker = commands.add_parser("projectors", help="the projectors of some rate pairs (a per-rate baseline's "
                                  "--init)")
     picker.add_argument("source", help="a projectors file (BACKBONES/projectors.safetensors)")
     picker.add_argument("--rates", required=True, metavar="A,V[;A,V...]", help="the (audio, video) rate pairs to keep, as "
                         "`mome train --rates` takes them")
-    picker.add_argument("-o", "--output", required=True, help="the safetensors file to write")
+    picker.add_argument("-o", "--output", required=True, help="the safetensors file to write (an earlier "
+                        "projectors file there is replaced)")
     trainer = commands.add_parser("backbones", help="train the three small backbones on a corpus")
     reading = commands.add_parser("reader", help="teach the LM to read the stand-ins' features (alignments only)")
     fitting = commands.add_parser("standins", help="fit the stand-ins to the frozen encoders of --init (backbones "
                                   "that came without theirs)")
     for sub, steps in ((trainer, 1500), (reading, 3000), (fitting, 600)):
         sub.add_argument("--train", required=True, help="manifest of mouth-crop videos (e.g. from mome_cli.synth)")
-        sub.add_argument("-o", "--output", required=True, help="folder the backbones are written to")
+        sub.add_argument("-o", "--output", required=True, help="folder the backbones are written to: new or empty, "
+                         "or where a run of this stage was cut short (it starts again)")
         sub.add_argument("--alignments", help="the corpus's alignments.jsonl [next to --train]")
         sub.add_argument("--steps", type=int, default=steps, help=f"optimiser steps [{steps}]")
         sub.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (warmup, then cosine) [2e-3]")
@@ -964,6 +1046,10 @@ def main(argv=None) -> int:
     reading.add_argument("--valid", help="manifest to report greedy WER on at the end")
     reading.add_argument("--valid-limit", type=int, default=100, help="its first N utterances [100]")
     args = parser.parse_args(argv)
+    subcommand = {"bundle": packer, "projectors": picker, "backbones": trainer, "reader": reading, "standins": fitting}
+    problem = output_problem(args.command, args.output)
+    if problem:  # before anything is read or trained
+        subcommand[args.command].error(problem)
     try:
         if args.command == "bundle":
             print(bundle(args.checkpoint, args.backbones, args.output))

@@ -519,3 +519,80 @@ def test_a_clip_that_cannot_be_decoded_is_left_out_with_a_warning(tmp_path):
     utterances, clips = pretrain.load_clips(str(folder), tmp_path / "home", said.append, workers=1)
     assert [u.id for u in utterances] == ["a"] and len(clips) == 1
     assert len(said) == 1 and said[0].startswith(f"warning: b skipped: {folder / 'b.mp4'}: ")
+
+
+def test_a_stage_never_writes_over_a_folder_another_run_or_the_user_wrote(corpus, tmp_path):
+    """Each save replaced the whole -o folder: a corpus given as -o was trained on, then deleted with the notes beside
+    it; -o . trained, then failed at its first save."""
+    home, train = corpus.parent / "home", corpus / "train.jsonl"
+    mine = tmp_path / "mine"
+    shutil.copytree(corpus, mine)
+    (mine / "NOTES.txt").write_text("notes")
+    result = pretrain_cli("backbones", "--train", train, "-o", mine, "--steps", "1", "--batch-frames", "150",
+                          home=home)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"python -m mome_cli.pretrain backbones: error: -o {mine} is not empty (NOTES.txt, alignments.jsonl, "
+        "corpus.json, ...): a `backbones` run is written to a new or empty folder, or over one where such a run was "
+        "cut short")
+    assert (mine / "NOTES.txt").read_text() == "notes" and (mine / "train.jsonl").is_file()
+    here = tmp_path / "here"
+    here.mkdir()
+    result = subprocess.run([sys.executable, "-m", "mome_cli.pretrain", "reader", "--train", str(train), "-o", ".",
+                             "--steps", "1"], cwd=here, env={**os.environ, "MOME_HOME": str(home)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.splitlines()[-1].endswith(
+        "error: -o . is the folder this runs in, which every save would replace: give a folder of its own")
+    for name, record in (("finished", {"command": "reader", "done": True}), ("other", {"command": "backbones"})):
+        folder = tmp_path / name  # as a stage leaves it: its files, and run.json saying what made them
+        folder.mkdir()
+        (folder / pretrain.STATE_NAME).write_text("weights")
+        (folder / pretrain.RUN_NAME).write_text(json.dumps({"args": {"command": record["command"]}, "step": 3,
+                                                            "finished": record.get("done", False)}))
+    expected = {"finished": "holds a finished `reader` run (step 3), which a new one would replace: remove it, or "
+                            "give another -o",
+                "other": "holds a `backbones` run, not a `reader` one: give another -o"}
+    for name, problem in expected.items():
+        result = pretrain_cli("reader", "--train", train, "-o", tmp_path / name, "--steps", "1", home=home)
+        assert result.returncode == 2
+        assert result.stderr.splitlines()[-1].endswith(f"error: -o {tmp_path / name} {problem}")
+        assert (tmp_path / name / pretrain.STATE_NAME).read_text() == "weights"
+
+
+def test_a_stage_cut_short_is_run_again_in_its_own_folder(corpus, tmp_path):
+    home, train = corpus.parent / "home", corpus / "train.jsonl"
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "log.jsonl").write_text(json.dumps({"step": 1, "epoch": 0, "seconds": 0.5, "copy": 5.0}) + "\n")
+    args = ["reader", "--train", train, "-o", out, "--steps", "1", "--batch", "2", "--threads", "1"]
+    result = pretrain_cli(*args, home=home)  # stopped before its first save: the log alone
+    assert result.returncode == 0, result.stderr
+    record = json.loads((out / pretrain.RUN_NAME).read_text())
+    (out / pretrain.RUN_NAME).write_text(json.dumps({**record, "finished": False}))  # as if stopped after a save
+    result = pretrain_cli(*args, home=home)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / pretrain.RUN_NAME).read_text())["finished"] is True
+    assert sorted(p.name for p in out.iterdir()) == sorted(pretrain.SAVED)
+    assert [p.name for p in tmp_path.iterdir()] == ["r"]  # nothing left beside it
+
+
+def test_bundle_and_projectors_write_over_their_own_kind_alone(run, tmp_path):
+    home = run / "home"
+    bundle = ["bundle", run / "run", "--backbones", run / "backbones", "-o", tmp_path / "bundle"]
+    for _ in range(2):  # a new folder, then over the bundle written there
+        result = pretrain_cli(*bundle, home=home)
+        assert result.returncode == 0, result.stderr
+    projectors = ["projectors", run / "backbones" / pretrain.PROJECTORS_NAME, "--rates", "4,2"]
+    for _ in range(2):
+        result = pretrain_cli(*projectors, "-o", tmp_path / "p.safetensors", home=home)
+        assert result.returncode == 0, result.stderr
+    (tmp_path / "bundle" / "NOTES.txt").write_text("notes")
+    (tmp_path / "notes.txt").write_text("notes")
+    for args, problem in (
+            (bundle, f"-o {tmp_path / 'bundle'} is not empty (NOTES.txt, audio_encoder, config.json, ...): a bundle "
+                     "is written to a new or empty folder, or over a bundle"),
+            ([*projectors, "-o", tmp_path / "notes.txt"], f"-o {tmp_path / 'notes.txt'} is not a projectors file, "
+                                                         "and would be written over: give another -o")):
+        result = pretrain_cli(*args, home=home)
+        assert result.returncode == 2 and result.stderr.splitlines()[-1].endswith(f"error: {problem}")
+    assert (tmp_path / "bundle" / "NOTES.txt").is_file() and (tmp_path / "notes.txt").read_text() == "notes"
