@@ -867,7 +867,7 @@ def bundle(checkpoint: str | Path, backbones: str | Path, output: str | Path) ->
     elsewhere = []  # trained on a copy of the backbones on another machine (the lent GPU): its paths are not here
     for name in BACKBONE_FIELDS:
         recorded, given = Path(data["model"][name]), Path(getattr(used, name))
-        if recorded.absolute() != given:
+        if recorded.resolve() != given.resolve():  # the same folder named through .. or a link is the same
             if recorded.exists():
                 raise SystemExit(f"{checkpoint} was trained on {recorded}, not on {given}")
             elsewhere.append(str(recorded))

@@ -596,3 +596,15 @@ def test_bundle_and_projectors_write_over_their_own_kind_alone(run, tmp_path):
         result = pretrain_cli(*args, home=home)
         assert result.returncode == 2 and result.stderr.splitlines()[-1].endswith(f"error: {problem}")
     assert (tmp_path / "bundle" / "NOTES.txt").is_file() and (tmp_path / "notes.txt").read_text() == "notes"
+
+
+def test_a_bundle_takes_its_backbones_named_through_dot_dot_or_a_link(run, tmp_path):
+    """They were refused as other backbones than those the run was trained on."""
+    (tmp_path / "link").symlink_to(run / "backbones")
+    for i, backbones in enumerate(["../corpus/../backbones", tmp_path / "link"]):
+        result = subprocess.run([sys.executable, "-m", "mome_cli.pretrain", "bundle", str(run / "run"), "--backbones",
+                                 str(backbones), "-o", str(tmp_path / f"bundle{i}")], cwd=run / "corpus",
+                                env={**os.environ, "MOME_HOME": str(run / "home")}, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0 and result.stderr == "", result.stderr  # no note of backbones elsewhere either
+        assert json.loads((tmp_path / f"bundle{i}" / "config.json").read_text())["model"]["llm"] == "llm"
