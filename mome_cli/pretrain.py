@@ -136,6 +136,7 @@ PHONEMES = ("p", "b", "m", "f", "v", "T", "D", "s", "z", "S", "Z", "tS", "dZ", "
             "e", "@", "@2", "@5", "@-", "3", "@L", "t", "t#", "t[", "t2", "d", "n", "n-", "l", "k", "g", "N", "h",
             "?", "x")
 AUDIO_UNITS = ("letters", "phonemes")  # what the audio stand-in is made of (--audio-units)
+ALIGNED = {"duration", "frames", "speech", "phonemes", "words"}  # what the stand-ins read of an alignment row
 
 
 def load_alignments(path: str | Path) -> dict[str, dict]:
@@ -606,6 +607,7 @@ def _train(model: Backbones, params: list, args, out: Path, batches, loss_of, sa
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, Trainer._lr_factor(max(1, args.steps // 20), args.steps,
                                                                                 0.0))
+    out.mkdir(parents=True, exist_ok=True)
     (out / "log.jsonl").unlink(missing_ok=True)
     last = min(args.steps, args.stop_after or args.steps)
     step, epoch, started, meter, counts = 0, 0, time.monotonic(), {}, {}
@@ -642,8 +644,12 @@ def _train(model: Backbones, params: list, args, out: Path, batches, loss_of, sa
 def _setup(args, say, tokenizer=None) -> tuple[Path, Backbones]:
     """The output folder and the Backbones to train: seeded, from --init (and --encoders) where given. The LM keeps
     the tokenizer of --init's LM; a tokenizer given here means a new LM (bpe_tokenizer, `reader --vocab`)."""
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    for flag, folder in (("--init", args.init), ("--encoders", getattr(args, "encoders", None))):
+        lacking = [name for name in BACKBONE_FIELDS if folder and not (Path(folder) / name).is_dir()]
+        if lacking:
+            raise PretrainError(f"{flag} {folder}: not a folder of backbones (no {', '.join(lacking)}; an earlier "
+                                "stage's -o, or a bundle)")
+    out = Path(args.output)  # made by _train: a stage that fails before leaves no folder behind
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -658,10 +664,10 @@ def _setup(args, say, tokenizer=None) -> tuple[Path, Backbones]:
     model = Backbones(args.seed, getattr(args, "audio_layers", None) or (source and _audio_depth(Path(source))), units,
                       tokenizer)
     if args.init:
-        model.load(Path(args.init), new_llm)
+        _load(lambda: model.load(Path(args.init), new_llm), args.init)
         say(f"starting from {args.init}")
     if getattr(args, "encoders", None):
-        model.load_encoders(Path(args.encoders))
+        _load(lambda: model.load_encoders(Path(args.encoders)), args.encoders)
         say(f"encoders from {args.encoders}")
     from .recognizer import UsageProblem, resolve_device
 
@@ -672,6 +678,18 @@ def _setup(args, say, tokenizer=None) -> tuple[Path, Backbones]:
     say(f"training on {model.device}")
     model.train()
     return out, model
+
+
+def _load(load, folder) -> None:
+    """Run load() (Backbones.load or load_encoders of folder), weights that do not fit a PretrainError of one line."""
+    from safetensors import SafetensorError
+
+    try:
+        load()
+    except ValueError as e:  # _grow's or load's, naming the file
+        raise PretrainError(str(e)) from e
+    except (RuntimeError, SafetensorError) as e:  # load_state_dict's misfits (a line each), a damaged file
+        raise PretrainError(f"{folder}: weights that cannot be loaded ({str(e).splitlines()[0]})") from e
 
 
 def saved_units(backbones: Path) -> str:
@@ -689,13 +707,44 @@ def _audio_depth(backbones: Path) -> int:
     return json.loads((backbones / "audio_encoder" / "config.json").read_text(encoding="utf-8"))["encoder_layers"]
 
 
+def read_alignments(path: str | Path, hint: str) -> dict[str, dict]:
+    """load_alignments, with a file that is not there a missing dataset (exit 4: hint says where it comes from) and
+    one that is not made of alignment rows an error naming it."""
+    from .data import DatasetMissing
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetMissing(f"{path}: no such file ({hint})")
+    try:
+        alignments = load_alignments(path)
+        bad = next((a["id"] for a in alignments.values() if not ALIGNED <= a.keys()), None)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # unreadable, not JSON, a row that is not an object
+        raise PretrainError(f"{path}: not an alignments file as mome_cli.synth writes them ({e!r})") from e
+    if bad is not None:
+        raise PretrainError(f"{path}: not an alignments file as mome_cli.synth writes them (row {bad} lacks one of "
+                            f"{', '.join(sorted(ALIGNED))})")
+    return alignments
+
+
 def _alignments_of(args) -> dict[str, dict]:
-    return load_alignments(args.alignments or Path(args.train).parent / "alignments.jsonl")
+    return read_alignments(args.alignments or Path(args.train).parent / "alignments.jsonl", "mome_cli.synth writes "
+                           "alignments.jsonl beside its manifests; --alignments names one kept elsewhere")
 
 
-def _clip_batches(args, say, aligned: bool):
+def _aligned(alignments: dict[str, dict], utterances: list, manifest, args) -> list[dict]:
+    """The alignment rows of a manifest's utterances, in order; one that has none is an error naming both files."""
+    missing = [u.id for u in utterances if u.id not in alignments]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        path = args.alignments or Path(args.train).parent / "alignments.jsonl"
+        raise PretrainError(f"{path}: no alignment for {missing[0]}{more} of {manifest}")
+    return [alignments[u.id] for u in utterances]
+
+
+def _clip_batches(args, say, by_id: dict[str, dict] | None):
     """(utterances, clips, alignments or None, batches) of the stages that read clips: the clips of --train through
-    the media stage, their alignments if asked for, and batches(epoch) of about --batch-frames video frames each."""
+    the media stage, their alignments if by_id (_alignments_of) is given, and batches(epoch) of about --batch-frames
+    video frames each."""
     from .data import frame_batches
     from .hub import mome_home
     from .train_data import clip_frames
@@ -703,10 +752,7 @@ def _clip_batches(args, say, aligned: bool):
     utterances, clips = load_clips(args.train, mome_home(), say)
     if not clips:
         raise PretrainError(f"{args.train}: no clip to train on (each one skipped, as the warnings above say)")
-    alignments = None
-    if aligned:
-        by_id = _alignments_of(args)
-        alignments = [by_id[u.id] for u in utterances]
+    alignments = None if by_id is None else _aligned(by_id, utterances, args.train, args)
     lengths = [clip_frames(c) for c in clips]
     say(f"{len(clips)} utterances, {sum(lengths) / 25 / 3600:.2f} h")
 
@@ -718,11 +764,14 @@ def _clip_batches(args, say, aligned: bool):
 
 def pretrain(args) -> None:
     """Stage `backbones`: the encoders (and with --match, their distance to the stand-ins) under the LM loss."""
+    from .data import load_manifest
     from .noise import add_babble
 
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    load_manifest(args.train)  # a manifest or alignments not there is said before anything is built or read
+    by_id = _alignments_of(args) if args.match else None
     out, model = _setup(args, say)
-    utterances, clips, alignments, batches = _clip_batches(args, say, aligned=args.match)
+    utterances, clips, alignments, batches = _clip_batches(args, say, by_id)
     if args.only:  # one encoder and its CTC head; everything else stays as it is
         params = model.train_only(f"{args.only}_encoder", f"{args.only}_ctc")
     elif args.match:  # the LM already reads the stand-ins (`reader`): it and they stay as they are
@@ -758,9 +807,13 @@ def fit_standins(args) -> None:
     distance of --match, the other way round), for backbones that come without their stand-ins, such as the shipped
     demo bundle. A `reader` run can then teach a new LM (`--vocab`) to read these encoders, through the stand-ins,
     on text that has no clip."""
+    from .data import load_manifest
+
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    load_manifest(args.train)  # a manifest or alignments not there is said before anything is built or read
+    by_id = _alignments_of(args)
     out, model = _setup(args, say)
-    utterances, clips, alignments, batches = _clip_batches(args, say, aligned=True)
+    utterances, clips, alignments, batches = _clip_batches(args, say, by_id)
     params = model.train_only("audio_standin", "video_standin")
     model.audio_encoder.eval()
     model.video_encoder.eval()
@@ -784,10 +837,17 @@ def reader(args) -> None:
     from .data import load_manifest
 
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    utterances = load_manifest(args.train)
     alignments = _alignments_of(args)
-    rows = [(alignments[u.id], u.text) for u in load_manifest(args.train)]
+    rows = list(zip(_aligned(alignments, utterances, args.train, args), [u.text for u in utterances]))
+    valid = []
+    if args.valid:  # read now: a manifest that is not there is said before the training, not after it
+        utterances = load_manifest(args.valid)[: args.valid_limit]
+        valid = list(zip(_aligned(alignments, utterances, args.valid, args), [u.text for u in utterances]))
     if args.reading:  # sentences spoken for their timings only (mome_cli.synth --reading)
-        extra = list(load_alignments(args.reading).values())
+        extra = list(read_alignments(args.reading, "mome_cli.synth --reading writes reading.jsonl").values())
+        if any(not isinstance(record.get("text"), str) for record in extra):
+            raise PretrainError(f"{args.reading}: not a reading set (mome_cli.synth --reading): rows with no text")
         say(f"{len(rows)} utterances of {args.train} and {len(extra)} reading sentences of {args.reading}")
         rows += [(record, record["text"]) for record in extra]
     tokenizer = None
@@ -819,8 +879,7 @@ def reader(args) -> None:
         return model.read([rows[i][0] for i in batch], [rows[i][1] for i in batch], mode, rate, generator, words)
 
     _train(model, params, args, out, batches, loss_of, say)
-    if args.valid:
-        valid = [(alignments[u.id], u.text) for u in load_manifest(args.valid)][: args.valid_limit]
+    if valid:
         for mode, rate, wer in read_wer(model, valid):
             say(f"valid {mode} {rate}: WER {100 * wer:.1f}%")
     say(f"reader written to {out}")
@@ -859,9 +918,12 @@ def drop_load_time_keys(llm: Path) -> None:
 
 def bundle(checkpoint: str | Path, backbones: str | Path, output: str | Path) -> Path:
     """A self-contained checkpoint directory: checkpoint's tensors and config + the backbones it was trained on."""
-    from .checkpoint import backbones_config
+    from .checkpoint import backbones_config, read_config
 
     checkpoint, backbones, output = Path(checkpoint), Path(backbones), Path(output).resolve()
+    read_config(checkpoint)  # a checkpoint of this mome's, its config complete (else a CheckpointError says why)
+    if not (checkpoint / WEIGHTS_NAME).is_file():
+        raise PretrainError(f"{checkpoint}: incomplete checkpoint (no {WEIGHTS_NAME})")
     data = json.loads((checkpoint / CONFIG_NAME).read_text(encoding="utf-8"))
     used = backbones_config(backbones)
     elsewhere = []  # trained on a copy of the backbones on another machine (the lent GPU): its paths are not here
@@ -869,7 +931,7 @@ def bundle(checkpoint: str | Path, backbones: str | Path, output: str | Path) ->
         recorded, given = Path(data["model"][name]), Path(getattr(used, name))
         if recorded.resolve() != given.resolve():  # the same folder named through .. or a link is the same
             if recorded.exists():
-                raise SystemExit(f"{checkpoint} was trained on {recorded}, not on {given}")
+                raise PretrainError(f"{checkpoint} was trained on {recorded}, not on {given}")
             elsewhere.append(str(recorded))
         data["model"][name] = name
     if elsewhere:
@@ -892,16 +954,20 @@ def bundle(checkpoint: str | Path, backbones: str | Path, output: str | Path) ->
 def rate_projectors(source: str | Path, pairs: list[tuple[int, int]], output: str | Path) -> Path:
     """The projectors of some (audio, video) rate pairs out of a projectors file (`BACKBONES/projectors.safetensors`),
     as `mome train --rates ... --init` takes them: a per-rate baseline starts from its own rates' projectors."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
 
     from .files import atomic_write
 
-    every = load_file(str(source))
+    try:
+        every = load_file(str(source))
+    except (OSError, SafetensorError) as e:
+        raise PretrainError(f"{source}: not a safetensors file ({e})") from e
     wanted = {f"{name}.projectors.{rate}." for a, v in pairs for name, rate in (("audio", a), ("video", v))
               if any(k.startswith(f"{name}.projectors.") for k in every)}  # a modality the file has projectors for
     missing = sorted(w.rstrip(".") for w in wanted if not any(k.startswith(w) for k in every))
     if missing:
-        raise SystemExit(f"{source} has no {', '.join(missing)}")
+        raise PretrainError(f"{source} has no {', '.join(missing)}")
     tensors = {k: t for k, t in every.items() if k.startswith(tuple(wanted))}
     atomic_write(output, lambda tmp: save_file(tensors, tmp))
     return Path(output)
@@ -981,6 +1047,22 @@ def output_problem(command: str, output: str) -> str | None:
             "where such a run was cut short")
 
 
+def input_problem(args) -> str | None:
+    """Why a model or file named on the command line cannot be used, or None. One that is not there is a usage error
+    (as `mome train --init` and `mome transcribe --model` take it); a manifest or alignments not there is a missing
+    dataset, said by the stage (exit 4)."""
+    if args.command == "bundle":
+        named = [("checkpoint", args.checkpoint, "folder"), ("--backbones", args.backbones, "folder")]
+    elif args.command == "projectors":
+        named = [("source", args.source, "file")]
+    else:
+        named = [("--init", args.init, "folder"), ("--encoders", getattr(args, "encoders", None), "folder")]
+    for flag, path, kind in named:
+        if path is not None and not Path(path).exists():
+            return f"{flag} {path}: no such {kind}"
+    return None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mome_cli.pretrain", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -1047,9 +1129,12 @@ def main(argv=None) -> int:
     reading.add_argument("--valid-limit", type=int, default=100, help="its first N utterances [100]")
     args = parser.parse_args(argv)
     subcommand = {"bundle": packer, "projectors": picker, "backbones": trainer, "reader": reading, "standins": fitting}
-    problem = output_problem(args.command, args.output)
+    problem = input_problem(args) or output_problem(args.command, args.output)
     if problem:  # before anything is read or trained
         subcommand[args.command].error(problem)
+    from .checkpoint import CheckpointError
+    from .data import DataError
+
     try:
         if args.command == "bundle":
             print(bundle(args.checkpoint, args.backbones, args.output))
@@ -1067,9 +1152,12 @@ def main(argv=None) -> int:
             fit_standins(args)
         else:
             pretrain(args)
-    except PretrainError as e:
+    except (PretrainError, DataError, CheckpointError) as e:  # what was given cannot be used: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+        return getattr(e, "exit_code", ExitCode.FAILURE)
+    except OSError as e:  # a file that cannot be read or written: the disk full, no permission
+        print(f"error: {e.filename}: {e.strerror}" if e.filename and e.strerror else f"error: {e}", file=sys.stderr)
+        return ExitCode.FAILURE
     return ExitCode.OK
 
 

@@ -176,7 +176,7 @@ def test_a_bundle_carries_its_backbones_and_loads_from_anywhere(run, tmp_path):
 def test_a_bundle_of_a_run_on_other_backbones_is_refused(run, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(run / "backbones", other)
-    with pytest.raises(SystemExit, match="was trained on"):
+    with pytest.raises(pretrain.PretrainError, match="was trained on"):
         pretrain.bundle(run / "run", other, tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists()
 
@@ -201,7 +201,7 @@ def test_a_baseline_gets_the_projectors_of_its_own_rates_alone(run, tmp_path):
                                               tmp_path / "p.safetensors"))
     assert sorted({k.rsplit(".", 2)[0] for k in mine}) == ["audio.projectors.16", "video.projectors.5"]
     assert all(torch.equal(t, every[k]) for k, t in mine.items())
-    with pytest.raises(SystemExit, match="no audio.projectors.8"):
+    with pytest.raises(pretrain.PretrainError, match="no audio.projectors.8"):
         pretrain.rate_projectors(run / "backbones" / "projectors.safetensors", [(8, 5)], tmp_path / "q.safetensors")
     assert not (tmp_path / "q.safetensors").exists()
 
@@ -496,7 +496,8 @@ def test_a_corpus_with_no_clip_to_train_on_is_an_error_not_an_endless_loop(stage
                     str(tmp_path / "x.wav")], check=True)
     manifest = tmp_path / "train.jsonl"
     manifest.write_text(json.dumps({"id": "x", "audio": "x.wav", "text": "a tone"}) + "\n")
-    (tmp_path / "alignments.jsonl").write_text(json.dumps({"id": "x", "text": "a tone"}) + "\n")  # standins reads it
+    alignment = {"id": "x", "duration": 0.5, "frames": 13, "speech": [0.0, 0.5], "phonemes": [], "words": []}
+    (tmp_path / "alignments.jsonl").write_text(json.dumps(alignment) + "\n")  # standins reads it first
     result = pretrain_cli(stage, "--train", manifest, "-o", tmp_path / "out", "--steps", "2", "--threads", "1",
                           home=tmp_path / "home", timeout=120)
     assert result.returncode == 1, result.stderr
@@ -608,3 +609,54 @@ def test_a_bundle_takes_its_backbones_named_through_dot_dot_or_a_link(run, tmp_p
                                 timeout=120)
         assert result.returncode == 0 and result.stderr == "", result.stderr  # no note of backbones elsewhere either
         assert json.loads((tmp_path / f"bundle{i}" / "config.json").read_text())["model"]["llm"] == "llm"
+
+
+MISSING_MANIFEST = "no such manifest or folder (give a .jsonl or auto_avsr .csv manifest, or a folder of media files "
+
+
+@pytest.mark.parametrize("args, code, said", [
+    (["bundle", "nope", "--backbones", "nope", "-o", "o"], 2, "python -m mome_cli.pretrain bundle: error: checkpoint "
+                                                              "nope: no such folder"),
+    (["bundle", "{corpus}", "--backbones", "{corpus}", "-o", "o"], 1, "error: {corpus}: not a mome checkpoint (no "
+                                                                      "config.json)"),
+    (["projectors", "nope.safetensors", "--rates", "4,2", "-o", "o"], 2,
+     "python -m mome_cli.pretrain projectors: error: source nope.safetensors: no such file"),
+    (["projectors", "{corpus}/train.jsonl", "--rates", "4,2", "-o", "o"], 1, "error: {corpus}/train.jsonl: not a "
+                                                                             "safetensors file ("),
+    (["reader", "--train", "nope.jsonl", "-o", "o"], 4, f"error: nope.jsonl: {MISSING_MANIFEST}"),
+    (["reader", "--train", "{corpus}/train.jsonl", "--valid", "nope.jsonl", "-o", "o"], 4,
+     f"error: nope.jsonl: {MISSING_MANIFEST}"),
+    (["reader", "--train", "{corpus}/train.jsonl", "--alignments", "nope.jsonl", "-o", "o"], 4,
+     "error: nope.jsonl: no such file (mome_cli.synth writes alignments.jsonl beside its manifests; --alignments "
+     "names one kept elsewhere)"),
+    (["reader", "--train", "{corpus}/train.jsonl", "--alignments", "{corpus}/train.jsonl", "-o", "o"], 1,
+     "error: {corpus}/train.jsonl: not an alignments file as mome_cli.synth writes them (row "),
+    (["reader", "--train", "{corpus}/train.jsonl", "--init", "nope", "-o", "o"], 2,
+     "python -m mome_cli.pretrain reader: error: --init nope: no such folder"),
+    (["standins", "--train", "{corpus}/train.jsonl", "--init", "{corpus}", "-o", "o"], 1,
+     "error: --init {corpus}: not a folder of backbones (no llm, audio_encoder, video_encoder; an earlier stage's -o, "
+     "or a bundle)"),
+    (["backbones", "--train", "nope.jsonl", "-o", "o"], 4, f"error: nope.jsonl: {MISSING_MANIFEST}"),
+])
+def test_what_cannot_be_used_is_said_in_one_line_with_the_exit_code_for_it(args, code, said, corpus, tmp_path):
+    """Each was a traceback (a missing manifest's naming alignments.jsonl, the wrong file), exit 1 whatever it was."""
+    args = [a.format(corpus=corpus) for a in args]
+    result = subprocess.run([sys.executable, "-m", "mome_cli.pretrain", *args, "--threads", "1"] if "--train" in args
+                            else [sys.executable, "-m", "mome_cli.pretrain", *args], cwd=tmp_path,
+                            env={**os.environ, "MOME_HOME": str(corpus.parent / "home")}, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == code and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(said.format(corpus=corpus))
+    assert not (tmp_path / "o").exists()
+
+
+def test_backbones_whose_weights_cannot_be_loaded_are_said_in_one_line(run, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run / "backbones", damaged)
+    (damaged / pretrain.STATE_NAME).unlink()  # the backbones' own files are read
+    (damaged / "video_encoder" / "model.safetensors").write_bytes(b"cut short")
+    result = pretrain_cli("standins", "--train", run / "corpus" / "train.jsonl", "--init", damaged, "-o",
+                          tmp_path / "o", "--steps", "1", "--threads", "1", home=run / "home")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(f"error: {damaged}: weights that cannot be loaded (")
+    assert not (tmp_path / "o").exists()
