@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import difflib
 import hashlib
 import json
 import os
@@ -81,6 +82,10 @@ VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4"
 
 class SynthError(Exception):
     """The corpus cannot be made (no espeak-ng, no text, an unknown voice); str() says what to do."""
+
+
+class UnknownVoice(SynthError):
+    """A voice or voice variant espeak-ng does not have: a bad --voices value (exit 2)."""
 
 
 # ------------------------------------------------------------------------------------------------------------- text
@@ -179,6 +184,8 @@ class Espeak:
         self.lib.espeak_GetCurrentVoice.restype = ctypes.POINTER(_Voice)
         self.lib.espeak_Info.restype = ctypes.c_char_p
         self.lib.espeak_Info.argtypes = [ctypes.c_void_p]
+        self.lib.espeak_ListVoices.argtypes = [ctypes.POINTER(_Voice)]
+        self.lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
         self._identifiers: dict[str, str] = {}  # language -> voice file, e.g. en-gb -> gmw/en
         self.lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
                                           ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
@@ -189,6 +196,33 @@ class Espeak:
         self._events: list[tuple[int, int, int, int, bytes]] = []
         self._callback = _CALLBACK(self._receive)  # kept referenced: espeak calls it until the process ends
         self.lib.espeak_SetSynthCallback(self._callback)
+        self.variants = self._list_variants()
+
+    def _list_variants(self) -> frozenset[str]:
+        """The variant names a voice takes after its '+' (f3 for en-gb+f3), as `espeak-ng --voices=variant` lists
+        them: the files of its voices/!v folder. espeak-ng speaks an unknown variant as no variant at all, without a
+        word, so this is the only place a misspelt one shows."""
+        listed = self.lib.espeak_ListVoices(ctypes.byref(_Voice(languages=b"variant")))
+        names, i = set(), 0
+        while listed[i]:  # a NULL-terminated array, valid until the next call: copied out at once
+            identifier = listed[i].contents.identifier.decode("utf-8", "replace")
+            if identifier.startswith("!v/"):
+                names.add(identifier[3:])
+            i += 1
+        return frozenset(names)
+
+    def check_variant(self, voice: str) -> None:
+        """UnknownVoice unless the variant of LANGUAGE[+VARIANT] is one espeak-ng has (or there is none)."""
+        language, _, variant = voice.partition("+")
+        if variant.isdigit():  # espeak-ng's old numbered variants: +3 is m3, +12 is f2, +0 none
+            n = int(variant)
+            variant = "" if n == 0 else f"m{n}" if n < 10 else f"f{n - 10}"
+        if not variant or variant in self.variants:
+            return
+        like = difflib.get_close_matches(variant, sorted(self.variants), n=3, cutoff=0.5)
+        some = like or [v for v in VARIANTS if v in self.variants][:8] or sorted(self.variants)[:8]
+        raise UnknownVoice(f"espeak-ng has no voice variant {variant!r} (in {voice!r}): it has {len(self.variants)}, "
+                           f"{'like' if like else 'e.g.'} {', '.join(some)} (espeak-ng --voices=variant lists them)")
 
     @property
     def version(self) -> str:
@@ -208,17 +242,18 @@ class Espeak:
 
     def select(self, voice: str) -> None:
         """Use a voice given as LANGUAGE[+VARIANT] (en-gb+f3), as the espeak-ng command's -v takes it."""
+        self.check_variant(voice)
         language, _, variant = voice.partition("+")
         if language not in self._identifiers:  # the library finds voices by file name: look the language up
             wanted = _Voice(languages=language.encode())
             self.lib.espeak_SetVoiceByProperties(ctypes.byref(wanted))
             found = self.lib.espeak_GetCurrentVoice().contents
             if (found.languages or b"")[1:].decode().lower() != language.lower():
-                raise SynthError(f"espeak-ng has no voice for {language!r} (see espeak-ng --voices=en)")
+                raise UnknownVoice(f"espeak-ng has no voice for {language!r} (see espeak-ng --voices=en)")
             self._identifiers[language] = found.identifier.decode()
         name = self._identifiers[language] + (f"+{variant}" if variant else "")
         if self.lib.espeak_SetVoiceByName(name.encode()) != 0:
-            raise SynthError(f"espeak-ng has no voice {voice!r} (variants: espeak-ng --voices=variant)")
+            raise UnknownVoice(f"espeak-ng has no voice {voice!r} (variants: espeak-ng --voices=variant)")
 
     def speak(self, text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50, pitch_range: int = 50) -> Speech:
         """Speak in a forked child: espeak-ng carries state from one message to the next (its waveform generator's
@@ -230,6 +265,8 @@ class Espeak:
             os.close(read_end)
             try:
                 payload = pickle.dumps((True, self._speak(text, voice, rate, pitch, pitch_range)))
+            except SynthError as e:  # as it is: an UnknownVoice stays one
+                payload = pickle.dumps((False, e))
             except BaseException as e:  # noqa: BLE001 - anything the child meets is the parent's to report
                 payload = pickle.dumps((False, f"{type(e).__name__}: {e}"))
             with os.fdopen(write_end, "wb") as pipe:
@@ -243,7 +280,7 @@ class Espeak:
             raise SynthError(f"espeak-ng died speaking {text!r} in voice {voice}")
         ok, result = pickle.loads(payload)
         if not ok:
-            raise SynthError(result.split(": ", 1)[1] if result.startswith("SynthError") else result)
+            raise result if isinstance(result, SynthError) else SynthError(result)
         return result
 
     def _speak(self, text: str, voice: str, rate: int, pitch: int, pitch_range: int) -> Speech:
@@ -572,8 +609,10 @@ def generate(out_dir, utterances: int, seed: int = 0, voices: list[str] | None =
                          f"{len(sentences)} sentences")
     order = np.random.default_rng([seed, 0]).permutation(len(sentences))[:utterances + reading]
     cast = make_speakers(speakers, voices, seed)
-    for speaker in {s.voice: s for s in cast}.values():  # fail early on an unknown voice
-        espeak().speak("hello", speaker.voice)
+    for voice in dict.fromkeys(voices):  # fail early on an unknown voice or variant, named as the user gave it
+        espeak().speak("hello", voice)
+    for speaker in cast:  # and on one of VARIANTS that this espeak-ng lacks
+        espeak().check_variant(speaker.voice)
     counts = split_counts(utterances, valid, test)
     meta = {"seed": seed, "utterances": utterances, "splits": counts, "hours": None,
             "text": str(text_file) if text_file else f"Debian fortunes ({FORTUNE_DIR}), BSD licence",
@@ -681,7 +720,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--utterances", "-n", type=int, help="how many clips in all splits")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same corpus [0]")
     parser.add_argument("--voices", nargs="+", default=list(DEFAULT_VOICES), metavar="VOICE",
-                        help="espeak-ng English voices the speakers are drawn from [%(default)s]")
+                        help="espeak-ng English voices the speakers are drawn from, each LANGUAGE[+VARIANT] as "
+                        "espeak-ng -v takes it (a voice given with a variant keeps it) [%(default)s]")
     parser.add_argument("--speakers", type=int, default=12, help="distinct speakers (voice, variant, face) [12]")
     parser.add_argument("--valid", type=float, default=0.05, help="fraction of sentences for valid [0.05]")
     parser.add_argument("--test", type=float, default=0.05, help="fraction of sentences for test [0.05]")
@@ -714,6 +754,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         meta = generate(args.out_dir, args.utterances, args.seed, args.voices, args.speakers, args.valid, args.test,
                         args.text, args.jobs, progress, args.reading)
+    except UnknownVoice as e:
+        print(f"error: --voices: {e}", file=sys.stderr)
+        return 2
     except (SynthError, MediaError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

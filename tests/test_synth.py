@@ -2,8 +2,12 @@
 written end to end (skipped without espeak-ng or ffmpeg)."""
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +31,18 @@ needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which
                                   reason="ffmpeg and ffprobe are not installed")
 needs_fortunes = pytest.mark.skipif(not (synth.FORTUNE_DIR / "fortunes").is_file(),
                                     reason="Debian's fortunes package is not installed")
+
+REPO = Path(__file__).parents[1]
+
+
+def run_synth(*args, **kwargs) -> subprocess.CompletedProcess:
+    """`python -m mome_cli.synth ARGS` from this checkout, its stderr's lines as .lines."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    result = subprocess.run([sys.executable, "-m", "mome_cli.synth", *map(str, args)], capture_output=True, text=True,
+                            env=env, **kwargs)
+    result.lines = result.stderr.splitlines()
+    return result
+
 
 # Sentences for the corpus test: each has a bilabial closure (p, b, m) and an open vowel.
 TEXT = """Bob bought a big map of the harbour. My father parked the car by the barn.
@@ -139,6 +155,42 @@ def test_espeak_gives_the_same_samples_whatever_came_before():
 def test_an_unknown_voice_is_a_synth_error():
     with pytest.raises(synth.SynthError, match="no voice"):
         synth.espeak().speak("hello there.", "xx-nowhere")
+
+
+@needs_espeak
+def test_the_variants_are_those_espeak_ng_lists():
+    variants = synth.espeak().variants
+    assert set(synth.VARIANTS) - {""} <= variants and "zz" not in variants
+    if shutil.which("espeak-ng"):  # the library's list against the program's (its "File" column: !v/NAME)
+        listed = subprocess.run(["espeak-ng", "--voices=variant"], capture_output=True, text=True, check=True).stdout
+        assert variants == set(re.findall(r"!v/(\S+(?: \S+)*)", listed))
+
+
+@needs_espeak
+@pytest.mark.parametrize("voice", ["en-us+zz", "en-gb+F3", "en-us+10"])  # +10 would be f0: there is none
+def test_an_unknown_variant_is_refused_not_spoken_as_no_variant(voice):
+    """espeak-ng speaks an unknown variant as the plain voice and says nothing: en-us+zz gave en-us's samples."""
+    with pytest.raises(synth.UnknownVoice, match=r"no voice variant .*\(espeak-ng --voices=variant"):
+        synth.espeak().speak("hello there.", voice)
+
+
+@needs_espeak
+def test_numbered_variants_are_espeak_ngs_own():
+    engine = synth.espeak()
+    assert np.array_equal(engine.speak("hello.", "en-us+3").samples, engine.speak("hello.", "en-us+m3").samples)
+    assert np.array_equal(engine.speak("hello.", "en-us+12").samples, engine.speak("hello.", "en-us+f2").samples)
+
+
+@needs_espeak
+@needs_fortunes
+def test_a_misspelt_variant_is_a_usage_error_that_names_it(tmp_path):
+    result = run_synth(tmp_path / "out", "-n", 3, "--voices", "en-us", "en-us+zz")
+    assert result.returncode == 2 and len(result.lines) == 1, result.stderr
+    assert "no voice variant 'zz' (in 'en-us+zz')" in result.stderr and "m1, m2" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
+    result = run_synth(tmp_path / "out", "-n", 3, "--voices", "xx-nowhere")  # an unknown voice too
+    assert result.returncode == 2 and result.lines == ["error: --voices: espeak-ng has no voice for 'xx-nowhere' "
+                                                       "(see espeak-ng --voices=en)"], result.stderr
 
 
 def test_a_text_file_that_cannot_be_read_is_a_synth_error(tmp_path):
