@@ -45,6 +45,7 @@ import json
 import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -260,18 +261,15 @@ class Espeak:
         phase and pitch), so the same call in this process would give other samples after other texts; a child of a
         process that has spoken nothing starts where every other child starts."""
         read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: speak, send the result back, leave without running the parent's exit handlers
-            os.close(read_end)
-            try:
-                payload = pickle.dumps((True, self._speak(text, voice, rate, pitch, pitch_range)))
-            except SynthError as e:  # as it is: an UnknownVoice stays one
-                payload = pickle.dumps((False, e))
-            except BaseException as e:  # noqa: BLE001 - anything the child meets is the parent's to report
-                payload = pickle.dumps((False, f"{type(e).__name__}: {e}"))
-            with os.fdopen(write_end, "wb") as pipe:
-                pipe.write(payload)
-            os._exit(0)
+        # Ctrl-C is the parent's: blocked across the fork, so that it never reaches the child before the child ignores
+        # it (a KeyboardInterrupt there would print a traceback of its own and run on in the parent's code)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._answer(read_end, write_end, mask, text, voice, rate, pitch, pitch_range)  # never returns
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(write_end)
         with os.fdopen(read_end, "rb") as pipe:
             payload = pipe.read()
@@ -282,6 +280,23 @@ class Espeak:
         if not ok:
             raise result if isinstance(result, SynthError) else SynthError(result)
         return result
+
+    def _answer(self, read_end: int, write_end: int, mask, *speech) -> None:
+        """The child of speak(): speak, send the result back, leave without running the parent's exit handlers."""
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            os.close(read_end)
+            try:
+                payload = pickle.dumps((True, self._speak(*speech)))
+            except SynthError as e:  # as it is: an UnknownVoice stays one
+                payload = pickle.dumps((False, e))
+            except BaseException as e:  # noqa: BLE001 - anything the child meets is the parent's to report
+                payload = pickle.dumps((False, f"{type(e).__name__}: {e}"))
+            with os.fdopen(write_end, "wb") as pipe:
+                pipe.write(payload)
+        finally:  # also when the parent stopped reading (interrupted): the pipe it broke is no one's to report
+            os._exit(0)
 
     def _speak(self, text: str, voice: str, rate: int, pitch: int, pitch_range: int) -> Speech:
         self.select(voice)
@@ -645,7 +660,7 @@ def generate(out_dir, utterances: int, seed: int = 0, voices: list[str] | None =
     if jobs > 1:
         import multiprocessing
 
-        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        with multiprocessing.get_context("fork").Pool(jobs, initializer=_quiet_worker) as pool:
             for record in pool.imap(make_utterance, work, chunksize=4):
                 records.append(record)
                 if progress:
@@ -664,6 +679,17 @@ def generate(out_dir, utterances: int, seed: int = 0, voices: list[str] | None =
     meta["hours"] = sum(r["duration"] for r in records if r["split"] in SPLITS) / 3600
     atomic_write_text(written, json.dumps(meta, indent=1) + "\n")
     return meta
+
+
+def _quiet_worker() -> None:
+    """A pool worker leaves Ctrl-C to the parent, which stops the pool (SIGTERM); stopped, it raises SystemExit, which
+    ends a worker without a traceback and removes a clip it was writing as an error would (atomic_write)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop)
+
+
+def _stop(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def join_clips(corpus: str | Path, split: str, seconds: float, out_dir: str | Path) -> list[dict]:
@@ -715,6 +741,14 @@ def _write_lines(path: Path, rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C: every clip is whole or absent, and a rerun keeps the whole ones
+        print("synth: interrupted; the same command again goes on from where it stopped", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mome_cli.synth", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder for the manifests and clips")
     parser.add_argument("--utterances", "-n", type=int, help="how many clips in all splits")

@@ -5,8 +5,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -345,6 +347,33 @@ def test_long_form_clips_join_each_speakers_clips_with_their_pauses(corpus, tmp_
     with pytest.raises(SystemExit) as refused:  # joining and generating are two different runs
         synth.main([str(out), "--long-form", "9", "--utterances", "6"])
     assert refused.value.code == 2
+
+
+@needs_espeak
+@needs_ffmpeg
+@needs_fortunes
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_ctrl_c_is_one_line_and_exit_130_and_the_same_command_goes_on(tmp_path, jobs):
+    """Ctrl-C ended with a KeyboardInterrupt traceback from the process and one from each worker (--jobs 2)."""
+    out = tmp_path / "out"
+    command = [out, "-n", 16, "--speakers", 2, "--jobs", jobs]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    # a session of its own, so that SIGINT reaches the process and its workers and children as a terminal's would
+    run = subprocess.Popen([sys.executable, "-m", "mome_cli.synth", *map(str, command)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(out.rglob("*.mp4")) and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(run.pid, signal.SIGINT)  # with the first clips written, others being made
+    stderr = run.communicate(timeout=60)[1]
+    assert run.returncode == 130, stderr
+    assert stderr.splitlines() == ["synth: interrupted; the same command again goes on from where it stopped"]
+    made = {p: p.stat().st_mtime_ns for p in out.rglob("*.mp4")}
+    assert 0 < len(made) < 16
+    assert sorted(p.name for p in out.rglob("*") if p.is_file() and p.suffix != ".mp4") == ["corpus.json"]  # no part
+    resumed = run_synth(*command, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert {p: p.stat().st_mtime_ns for p in made} == made and len(list(out.rglob("*.mp4"))) == 16  # kept, and the rest
 
 
 def test_a_negative_seed_is_a_usage_error(tmp_path, capsys):
