@@ -85,8 +85,12 @@ class SynthError(Exception):
     """The corpus cannot be made (no espeak-ng, no text, an unknown voice); str() says what to do."""
 
 
-class UnknownVoice(SynthError):
-    """A voice or voice variant espeak-ng does not have: a bad --voices value (exit 2)."""
+class UsageError(SynthError):
+    """A bad value or a folder not to write into (exit 2): an unknown voice, a folder of files that is no corpus."""
+
+
+class UnknownVoice(UsageError):
+    """A voice or voice variant espeak-ng does not have: a bad --voices value."""
 
 
 # ------------------------------------------------------------------------------------------------------------- text
@@ -617,6 +621,9 @@ def generate(out_dir, utterances: int, seed: int = 0, voices: list[str] | None =
     learn to read, `reading.jsonl`); returns what corpus.json holds. Clips already in out_dir from an earlier run
     with the same options are kept, so an interrupted run resumes and a reading set can be added later."""
     out_dir = Path(out_dir)
+    written = out_dir / "corpus.json"
+    if not written.is_file() and out_dir.is_dir() and any(out_dir.iterdir()):  # its train.jsonl would be written over
+        raise UsageError(f"{out_dir} holds files and no synth corpus (corpus.json): write to a new or empty folder")
     voices = list(voices or DEFAULT_VOICES)
     sentences = load_sentences(text_file)
     if utterances + reading > len(sentences):
@@ -635,7 +642,6 @@ def generate(out_dir, utterances: int, seed: int = 0, voices: list[str] | None =
             "espeak_ng": espeak().version,
             "sentences_sha256": hashlib.sha256("\n".join(sentences[at] for at in order[:utterances]).encode())
             .hexdigest()}  # the clips' sentences (a reading set may be added to a corpus later)
-    written = out_dir / "corpus.json"
     if written.is_file():
         before = json.loads(written.read_text(encoding="utf-8"))
         differ = [key for key in IDENTITY if before.get(key) != json.loads(json.dumps(meta[key]))]
@@ -788,8 +794,8 @@ def _main(argv: list[str] | None) -> int:
     try:
         meta = generate(args.out_dir, args.utterances, args.seed, args.voices, args.speakers, args.valid, args.test,
                         args.text, args.jobs, progress, args.reading)
-    except UnknownVoice as e:
-        print(f"error: --voices: {e}", file=sys.stderr)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     except (SynthError, MediaError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -191,7 +191,7 @@ def test_a_misspelt_variant_is_a_usage_error_that_names_it(tmp_path):
     assert "no voice variant 'zz' (in 'en-us+zz')" in result.stderr and "m1, m2" in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
     result = run_synth(tmp_path / "out", "-n", 3, "--voices", "xx-nowhere")  # an unknown voice too
-    assert result.returncode == 2 and result.lines == ["error: --voices: espeak-ng has no voice for 'xx-nowhere' "
+    assert result.returncode == 2 and result.lines == ["error: espeak-ng has no voice for 'xx-nowhere' "
                                                        "(see espeak-ng --voices=en)"], result.stderr
 
 
@@ -374,6 +374,22 @@ def test_ctrl_c_is_one_line_and_exit_130_and_the_same_command_goes_on(tmp_path, 
     resumed = run_synth(*command, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert {p: p.stat().st_mtime_ns for p in made} == made and len(list(out.rglob("*.mp4"))) == 16  # kept, and the rest
+
+
+@needs_espeak
+@needs_ffmpeg
+def test_a_folder_of_other_files_is_not_written_into(tmp_path):
+    """It was: its train.jsonl written over, clips and manifests added among the user's files."""
+    (tmp_path / "text.txt").write_text(TEXT, encoding="utf-8")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "train.jsonl").write_text("mine\n")
+    result = run_synth(mine, "-n", 3, "--text", tmp_path / "text.txt")
+    assert result.returncode == 2 and result.lines == [f"error: {mine} holds files and no synth corpus (corpus.json): "
+                                                       "write to a new or empty folder"], result.stderr
+    assert [p.name for p in mine.iterdir()] == ["train.jsonl"] and (mine / "train.jsonl").read_text() == "mine\n"
+    (mine / "train.jsonl").unlink()  # an empty folder is written into
+    assert run_synth(mine, "-n", 3, "--text", tmp_path / "text.txt").returncode == 0
 
 
 def test_a_negative_seed_is_a_usage_error(tmp_path, capsys):
