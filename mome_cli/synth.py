@@ -537,12 +537,17 @@ def make_speakers(n: int, voices: list[str], seed: int) -> list[Speaker]:
 
 
 def split_counts(n: int, valid: float, test: float) -> dict[str, int]:
-    """Utterances per split; valid and test get at least one each once there are three utterances."""
-    n_valid = max(1 if n >= 3 else 0, int(round(n * valid)))
-    n_test = max(1 if n >= 3 else 0, int(round(n * test)))
-    if n_valid + n_test >= n and n >= 3:
-        n_valid = n_test = 1
-    return {"train": n - n_valid - n_test, "valid": n_valid, "test": n_test}
+    """Utterances per split: the fractions of n, rounded, except that valid and test get one each when given a
+    fraction above 0 and there are three utterances or more, and that train keeps one (the larger of valid and test
+    gives it up)."""
+    held = {}
+    for split, fraction in (("valid", valid), ("test", test)):
+        held[split] = int(round(n * fraction))
+        if fraction > 0 and n >= 3:
+            held[split] = max(held[split], 1)
+    while n >= 1 and held["valid"] + held["test"] >= n:
+        held["valid" if held["valid"] >= held["test"] else "test"] -= 1
+    return {"train": n - held["valid"] - held["test"], **held}
 
 
 # Output settings every clip of the corpus is written with (deterministic: the same frames give the same bytes).
@@ -616,10 +621,11 @@ IDENTITY_IF_RECORDED = ("sentences_sha256", "espeak_ng")
 
 def generate(out_dir, utterances: int, seed: int = 0, voices: list[str] | None = None, speakers: int = 12,
              valid: float = 0.05, test: float = 0.05, text_file=None, jobs: int = 1, progress=None,
-             reading: int = 0) -> dict:
+             reading: int = 0, warn=None) -> dict:
     """Write the corpus, and `reading` more sentences spoken for their alignments only (no clip: text for the LM to
     learn to read, `reading.jsonl`); returns what corpus.json holds. Clips already in out_dir from an earlier run
-    with the same options are kept, so an interrupted run resumes and a reading set can be added later."""
+    with the same options are kept, so an interrupted run resumes and a reading set can be added later. `warn` gets
+    what is done otherwise than asked (splits not of the sizes --valid and --test give)."""
     out_dir = Path(out_dir)
     written = out_dir / "corpus.json"
     if not written.is_file() and out_dir.is_dir() and any(out_dir.iterdir()):  # its train.jsonl would be written over
@@ -650,6 +656,11 @@ def generate(out_dir, utterances: int, seed: int = 0, voices: list[str] | None =
             raise SynthError(f"{out_dir} holds a corpus made otherwise ({', '.join(differ)} differ: seed "
                              f"{before.get('seed')}, {before.get('utterances')} utterances, espeak-ng "
                              f"{before.get('espeak_ng')}): write to another folder")
+    exact = {"valid": int(round(utterances * valid)), "test": int(round(utterances * test))}
+    if warn and any(counts[split] != exact[split] for split in exact):  # moved by a rule, not by rounding: said
+        warn(f"train/valid/test {'/'.join(str(k) for k in counts.values())}, not the "
+             f"{utterances - sum(exact.values())}/{exact['valid']}/{exact['test']} of --valid {valid:g} "
+             f"--test {test:g}: a split given a fraction gets a clip at least, and train keeps one")
     out_dir.mkdir(parents=True, exist_ok=True)
     # written before any clip: a rerun with other options is refused, not mixed in
     atomic_write_text(written, json.dumps(meta, indent=1) + "\n")
@@ -791,9 +802,12 @@ def _main(argv: list[str] | None) -> int:
         if done == total or done % 50 == 0:
             print(f"synth: {done}/{total} utterances, {time.monotonic() - started:.1f} s", file=sys.stderr)
 
+    def warn(message: str) -> None:
+        print(f"synth: warning: {message}", file=sys.stderr)
+
     try:
         meta = generate(args.out_dir, args.utterances, args.seed, args.voices, args.speakers, args.valid, args.test,
-                        args.text, args.jobs, progress, args.reading)
+                        args.text, args.jobs, progress, args.reading, warn)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -82,9 +82,31 @@ def test_fortunes_give_thousands_of_clean_sentences():
     assert all(re.fullmatch(r"[a-z']+( [a-z']+){2,11}", s) for s in sentences)
 
 
-@pytest.mark.parametrize("n, counts", [(1, (1, 0, 0)), (3, (1, 1, 1)), (6, (4, 1, 1)), (100, (90, 5, 5))])
-def test_split_counts(n, counts):
-    assert tuple(synth.split_counts(n, 0.05, 0.05).values()) == counts
+@pytest.mark.parametrize("n, valid, test, counts", [
+    (1, 0.05, 0.05, (1, 0, 0)), (3, 0.05, 0.05, (1, 1, 1)), (6, 0.05, 0.05, (4, 1, 1)), (100, 0.05, 0.05, (90, 5, 5)),
+    (4000, 0.05, 0.05, (3600, 200, 200)),
+    (10, 0.0, 0.0, (10, 0, 0)),  # was 8/1/1: none asked for, none given
+    (10, 0.0, 0.1, (9, 0, 1)),
+    (10, 0.5, 0.45, (1, 5, 4)), (10, 0.5, 0.49, (1, 4, 5)),  # the second was 8/1/1: 5 and 5 leave train none
+    (3, 0.5, 0.45, (1, 1, 1)), (2, 0.5, 0.45, (1, 0, 1)),  # train keeps one
+])
+def test_split_counts(n, valid, test, counts):
+    assert tuple(synth.split_counts(n, valid, test).values()) == counts
+
+
+@needs_espeak
+@needs_ffmpeg
+def test_split_counts_follow_the_fractions_given_or_a_warning_says_why_not(tmp_path):
+    (tmp_path / "text.txt").write_text(TEXT, encoding="utf-8")
+    result = run_synth(tmp_path / "none", "-n", 3, "--valid", 0, "--test", 0, "--text", tmp_path / "text.txt")
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+    lines = [(tmp_path / "none" / f"{split}.jsonl").read_text().splitlines() for split in synth.SPLITS]
+    assert [len(split) for split in lines] == [3, 0, 0]  # was 1/1/1
+    result = run_synth(tmp_path / "few", "-n", 4, "--text", tmp_path / "text.txt")
+    assert result.returncode == 0 and result.lines[0] == ("synth: warning: train/valid/test 2/1/1, not the 4/0/0 of "
+                                                          "--valid 0.05 --test 0.05: a split given a fraction gets "
+                                                          "a clip at least, and train keeps one"), result.stderr
+    assert [len(load_manifest(tmp_path / "few" / f"{split}.jsonl")) for split in synth.SPLITS] == [2, 1, 1]
 
 
 @pytest.mark.parametrize("phoneme, viseme", [("p", "closed"), ("m", "closed"), ("f", "labiodental"),
