@@ -757,6 +757,11 @@ def _write_lines(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+# What a new corpus is made with where the command line does not say (--text: the fortunes)
+CORPUS_DEFAULTS = {"seed": 0, "voices": list(DEFAULT_VOICES), "speakers": 12, "valid": 0.05, "test": 0.05,
+                   "text": None, "reading": 0, "jobs": 1}
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -769,25 +774,33 @@ def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mome_cli.synth", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder for the manifests and clips")
     parser.add_argument("--utterances", "-n", type=int, help="how many clips in all splits")
-    parser.add_argument("--seed", type=int, default=0, help="same seed, same corpus [0]")
-    parser.add_argument("--voices", nargs="+", default=list(DEFAULT_VOICES), metavar="VOICE",
+    # the options of a new corpus default to None here, so that --long-form can tell those given (CORPUS_DEFAULTS)
+    parser.add_argument("--seed", type=int, help="same seed, same corpus [0]")
+    parser.add_argument("--voices", nargs="+", metavar="VOICE",
                         help="espeak-ng English voices the speakers are drawn from, each LANGUAGE[+VARIANT] as "
-                        "espeak-ng -v takes it (a voice given with a variant keeps it) [%(default)s]")
-    parser.add_argument("--speakers", type=int, default=12, help="distinct speakers (voice, variant, face) [12]")
-    parser.add_argument("--valid", type=float, default=0.05, help="fraction of sentences for valid [0.05]")
-    parser.add_argument("--test", type=float, default=0.05, help="fraction of sentences for test [0.05]")
+                        f"espeak-ng -v takes it (a voice given with a variant keeps it) [{' '.join(DEFAULT_VOICES)}]")
+    parser.add_argument("--speakers", type=int, help="distinct speakers (voice, variant, face) [12]")
+    parser.add_argument("--valid", type=float, help="fraction of sentences for valid [0.05]")
+    parser.add_argument("--test", type=float, help="fraction of sentences for test [0.05]")
     parser.add_argument("--text", metavar="FILE", help="plain English text to take sentences from [Debian fortunes]")
-    parser.add_argument("--reading", type=int, default=0, metavar="N", help="also speak N more sentences, none of "
+    parser.add_argument("--reading", type=int, metavar="N", help="also speak N more sentences, none of "
                         "the clips', for their alignments only: reading.jsonl, text for the LM to learn to read [0]")
-    parser.add_argument("--jobs", "-j", type=int, default=1, help="worker processes [1]")
+    parser.add_argument("--jobs", "-j", type=int, help="worker processes [1]")
     parser.add_argument("--long-form", type=float, metavar="SECONDS", help="instead: join OUT_DIR's valid and test "
                         "clips into clips of SECONDS or more per speaker (a speaker's last may be shorter), in "
                         "OUT_DIR/long")
     args = parser.parse_args(argv)
+    given = [f"--{name}" for name in ("utterances", *CORPUS_DEFAULTS) if getattr(args, name) is not None]
     if args.long_form is not None:
-        if args.utterances is not None or args.long_form <= 0:
-            parser.error("--long-form takes a positive number of seconds and no --utterances")
+        if args.long_form <= 0:
+            parser.error(f"--long-form takes a positive number of seconds, got {args.long_form:g}")
+        if given:  # they would be ignored
+            parser.error(f"--long-form joins the clips already in OUT_DIR as they were made: it takes no "
+                         f"{', '.join(given)}")
         return _long_form(Path(args.out_dir), args.long_form)
+    for name, default in CORPUS_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     if args.utterances is None:
         parser.error("--utterances is required (or --long-form)")
     if args.utterances < 1 or args.speakers < 1 or args.jobs < 1 or args.reading < 0:

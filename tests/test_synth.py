@@ -371,6 +371,19 @@ def test_long_form_clips_join_each_speakers_clips_with_their_pauses(corpus, tmp_
     assert refused.value.code == 2
 
 
+@pytest.mark.parametrize("options, named", [
+    (["--seed", "3"], "--seed"), (["--jobs", "2"], "--jobs"), (["--voices", "en-gb"], "--voices"),
+    (["--seed", "0", "-j", "1"], "--seed, --jobs"),  # the defaults, given: still not what --long-form reads
+    (["--text", "x.txt", "--reading", "0"], "--text, --reading"),
+])
+def test_long_form_refuses_the_options_of_a_new_corpus_it_would_ignore(tmp_path, options, named):
+    result = run_synth(tmp_path, "--long-form", 9, *options)
+    assert result.returncode == 2, result.stderr
+    assert result.lines[-1] == ("python -m mome_cli.synth: error: --long-form joins the clips already in OUT_DIR as "
+                                f"they were made: it takes no {named}"), result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 @needs_espeak
 @needs_ffmpeg
 @needs_fortunes
