@@ -567,20 +567,28 @@ def _preprocess(job):
         return str(e)
 
 
+def usable(manifest, say) -> list:
+    """The utterances of a manifest that can be learnt from: one whose transcript is missing or unreadable is left
+    out with a warning (it came back with an empty text)."""
+    from .data import load_manifest
+
+    listed = []
+    for u in load_manifest(manifest):
+        if u.problem is not None:
+            say(f"warning: {u.id} skipped: {u.problem}")
+        else:
+            listed.append(u)
+    return listed
+
+
 def load_clips(manifest: str, home: Path, say, workers: int = 2) -> tuple[list, list]:
     """(utterances, clips) of a manifest of mouth-crop videos, through the media stage (cached), in worker processes."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from .data import load_manifest
     from .preprocess import PreprocessOptions, Preprocessor
 
     preprocess = Preprocessor(PreprocessOptions(mode="av", roi=True, device="cpu"), cache_dir=home / "cache" / "clips")
-    listed = []
-    for u in load_manifest(manifest):
-        if u.problem is not None:  # its transcript missing or unreadable
-            say(f"warning: {u.id} skipped: {u.problem}")
-        else:
-            listed.append(u)
+    listed = usable(manifest, say)
     utterances, clips, started = [], [], time.monotonic()
     with ProcessPoolExecutor(workers) as pool:
         for n, (u, clip) in enumerate(zip(listed, pool.map(_preprocess, [(preprocess, u.media) for u in listed],
@@ -834,15 +842,13 @@ def fit_standins(args) -> None:
 def reader(args) -> None:
     """Stage `reader`: the LM (with projectors and MoME) learns to transcribe the stand-ins' features, which only need
     the alignments: no clip is read and no encoder runs, so thousands of steps take minutes on a CPU."""
-    from .data import load_manifest
-
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    utterances = load_manifest(args.train)
+    utterances = usable(args.train, say)
     alignments = _alignments_of(args)
     rows = list(zip(_aligned(alignments, utterances, args.train, args), [u.text for u in utterances]))
     valid = []
     if args.valid:  # read now: a manifest that is not there is said before the training, not after it
-        utterances = load_manifest(args.valid)[: args.valid_limit]
+        utterances = usable(args.valid, say)[: args.valid_limit]
         valid = list(zip(_aligned(alignments, utterances, args.valid, args), [u.text for u in utterances]))
     if args.reading:  # sentences spoken for their timings only (mome_cli.synth --reading)
         extra = list(read_alignments(args.reading, "mome_cli.synth --reading writes reading.jsonl").values())

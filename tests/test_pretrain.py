@@ -660,3 +660,15 @@ def test_backbones_whose_weights_cannot_be_loaded_are_said_in_one_line(run, tmp_
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.splitlines()[-1].startswith(f"error: {damaged}: weights that cannot be loaded (")
     assert not (tmp_path / "o").exists()
+
+
+def test_the_reader_leaves_out_an_utterance_whose_transcript_cannot_be_read(tmp_path):
+    """The reader (and its validation) read such an utterance with an empty text, to learn from and score on."""
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.mp4").write_bytes(b"")
+    (tmp_path / "a.txt").write_text("a tone")
+    (tmp_path / "b.txt").write_bytes(b"caf\xe9")
+    said = []
+    assert [(u.id, u.text) for u in pretrain.usable(tmp_path, said.append)] == [("a", "a tone")]
+    assert said == [f"warning: b skipped: {tmp_path / 'b.txt'}:1: not UTF-8 text (byte 4 of the line is 0xe9); save "
+                    "it as UTF-8"]
