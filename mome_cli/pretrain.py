@@ -137,6 +137,7 @@ PHONEMES = ("p", "b", "m", "f", "v", "T", "D", "s", "z", "S", "Z", "tS", "dZ", "
             "?", "x")
 AUDIO_UNITS = ("letters", "phonemes")  # what the audio stand-in is made of (--audio-units)
 ALIGNED = {"duration", "frames", "speech", "phonemes", "words"}  # what the stand-ins read of an alignment row
+BPE_LEAST = 256 + 3  # the smallest `reader --vocab`: every byte, BOS, EOS and PAD (llm.bpe_tokenizer)
 
 
 def load_alignments(path: str | Path) -> dict[str, dict]:
@@ -617,7 +618,7 @@ def _train(model: Backbones, params: list, args, out: Path, batches, loss_of, sa
                                                                                 0.0))
     out.mkdir(parents=True, exist_ok=True)
     (out / "log.jsonl").unlink(missing_ok=True)
-    last = min(args.steps, args.stop_after or args.steps)
+    last = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
     step, epoch, started, meter, counts = 0, 0, time.monotonic(), {}, {}
     while step < last:
         epoch_batches = batches(epoch)
@@ -1053,6 +1054,28 @@ def output_problem(command: str, output: str) -> str | None:
             "where such a run was cut short")
 
 
+def value_problem(args) -> str | None:
+    """Why an option's value is out of its range, or None: said before anything runs, not ignored (--stop-after 0),
+    looped on (--batch 0) or half obeyed (--steps 0 wrote nothing and said it had)."""
+    if args.command in ("bundle", "projectors"):
+        return None
+    least = {"steps": 1, "seed": 0, "threads": 0, "log_every": 1, "save_every": 1, "batch_frames": 1, "batch": 1,
+             "copy": 0, "curriculum": 0, "valid_limit": 1, "audio_layers": 1, "vocab": BPE_LEAST}
+    for name, low in least.items():
+        value = getattr(args, name, None)
+        if value is not None and value < low:
+            why = " (the 256 bytes and BOS, EOS, PAD)" if name == "vocab" else ""
+            return f"--{name.replace('_', '-')} must be at least {low}{why}, got {value}"
+    if args.stop_after is not None and not 1 <= args.stop_after <= args.steps:
+        return (f"--stop-after must be a step of the --steps {args.steps} schedule (1 to {args.steps}), got "
+                f"{args.stop_after}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        return f"--lr must be a positive number, got {args.lr}"
+    if not 0 <= getattr(args, "babble", 0) <= 1:  # also refuses nan
+        return f"--babble is a share of the utterances, from 0 to 1, got {args.babble}"
+    return None
+
+
 def input_problem(args) -> str | None:
     """Why a model or file named on the command line cannot be used, or None. One that is not there is a usage error
     (as `mome train --init` and `mome transcribe --model` take it); a manifest or alignments not there is a missing
@@ -1066,6 +1089,14 @@ def input_problem(args) -> str | None:
     for flag, path, kind in named:
         if path is not None and not Path(path).exists():
             return f"{flag} {path}: no such {kind}"
+    layers = getattr(args, "audio_layers", None)
+    for flag, path, _ in named if layers else ():  # an encoder grows (Backbones._grow), it is never cut down
+        try:
+            depth = _audio_depth(Path(path)) if path is not None else 0
+        except (OSError, ValueError, KeyError, TypeError):  # not a folder of backbones: said where it is loaded
+            depth = 0
+        if depth > layers:
+            return f"--audio-layers {layers} is fewer than the {depth} layers of the audio encoder of {flag} {path}"
     return None
 
 
@@ -1117,8 +1148,9 @@ def main(argv=None) -> int:
                          "(and with --match its stand-in distance): no LM runs, so steps are several times cheaper")
     trainer.add_argument("--audio-layers", type=int, metavar="N", help="audio encoder depth [that of --encoders or "
                          "--init, else 3]; one grown from a shallower encoder gets its new top layers as identities")
-    trainer.add_argument("--babble", type=float, default=0.0, help="share of utterances given babble noise [0]")
-    reading.add_argument("--batch", type=int, default=24, help="utterances per step [24]")
+    trainer.add_argument("--babble", type=float, default=0.0, help="share of utterances given babble noise, 0 to 1 [0]")
+    reading.add_argument("--batch", type=int, default=24, help="utterances per step; fewer rows than that make one "
+                         "batch of them all [24]")
     reading.add_argument("--copy", type=int, default=0, metavar="STEPS", help="first STEPS steps: the LM alone "
                          "copies transcripts from its prefix (Backbones.copy) [0]")
     reading.add_argument("--curriculum", type=int, default=0, metavar="STEPS", help="over the first STEPS steps, "
@@ -1129,13 +1161,14 @@ def main(argv=None) -> int:
     reading.add_argument("--reading", metavar="JSONL", help="also read these sentences, spoken for their timings "
                          "only (mome_cli.synth --reading: reading.jsonl)")
     reading.add_argument("--vocab", type=int, metavar="N", help="a new LM (random weights, with new projectors and "
-                         "MoME modules) whose tokenizer is a byte-level BPE of N tokens learnt from the sentences it "
-                         "reads, instead of --init's LM; the stand-ins and encoders of --init stay")
+                         f"MoME modules) whose tokenizer is a byte-level BPE of N (at least {BPE_LEAST}) tokens learnt "
+                         "from the sentences it reads, instead of --init's LM; the stand-ins and encoders of --init "
+                         "stay")
     reading.add_argument("--valid", help="manifest to report greedy WER on at the end")
     reading.add_argument("--valid-limit", type=int, default=100, help="its first N utterances [100]")
     args = parser.parse_args(argv)
     subcommand = {"bundle": packer, "projectors": picker, "backbones": trainer, "reader": reading, "standins": fitting}
-    problem = input_problem(args) or output_problem(args.command, args.output)
+    problem = value_problem(args) or input_problem(args) or output_problem(args.command, args.output)
     if problem:  # before anything is read or trained
         subcommand[args.command].error(problem)
     from .checkpoint import CheckpointError

@@ -672,3 +672,34 @@ def test_the_reader_leaves_out_an_utterance_whose_transcript_cannot_be_read(tmp_
     assert [(u.id, u.text) for u in pretrain.usable(tmp_path, said.append)] == [("a", "a tone")]
     assert said == [f"warning: b skipped: {tmp_path / 'b.txt'}:1: not UTF-8 text (byte 4 of the line is 0xe9); save "
                     "it as UTF-8"]
+
+
+@pytest.mark.parametrize("args, said", [
+    (["reader", "--batch", "0"], "--batch must be at least 1, got 0"),
+    (["reader", "--steps", "0"], "--steps must be at least 1, got 0"),
+    (["reader", "--steps", "2", "--stop-after", "0"], "--stop-after must be a step of the --steps 2 schedule (1 to 2), "
+                                                      "got 0"),
+    (["reader", "--steps", "2", "--stop-after", "3"], "--stop-after must be a step of the --steps 2 schedule (1 to 2), "
+                                                      "got 3"),
+    (["reader", "--steps", "2", "--lr", "0"], "--lr must be a positive number, got 0.0"),
+    (["reader", "--steps", "2", "--vocab", "100"], "--vocab must be at least 259 (the 256 bytes and BOS, EOS, PAD), "
+                                                   "got 100"),
+    (["backbones", "--steps", "1", "--babble", "5"], "--babble is a share of the utterances, from 0 to 1, got 5.0"),
+    (["standins", "--steps", "1", "--batch-frames", "0"], "--batch-frames must be at least 1, got 0"),
+    (["backbones", "--steps", "1", "--init", "{deep}", "--audio-layers", "3"],
+     "--audio-layers 3 is fewer than the 6 layers of the audio encoder of --init {deep}"),
+])
+def test_option_values_out_of_range_are_usage_errors(args, said, corpus, tmp_path):
+    """Each was taken: --stop-after 0 ignored, --steps 0 said it had written a reader it had not, --babble 5 (a share)
+    and a --vocab too small for the bytes obeyed as something else, --batch 0 and --audio-layers below --init's a
+    traceback."""
+    deep = tmp_path / "deep"  # backbones with a 6-layer audio encoder, as far as --audio-layers looks
+    for name in ("llm", "audio_encoder", "video_encoder"):
+        (deep / name).mkdir(parents=True)
+    (deep / "audio_encoder" / "config.json").write_text(json.dumps({"encoder_layers": 6}))
+    args = [a.format(deep=deep) for a in args]
+    result = pretrain_cli(*args, "--train", corpus / "train.jsonl", "-o", tmp_path / "o", "--threads", "1",
+                          home=corpus.parent / "home", timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == f"python -m mome_cli.pretrain {args[0]}: error: {said.format(deep=deep)}"
+    assert not (tmp_path / "o").exists()
