@@ -5,9 +5,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -54,13 +56,17 @@ def kit(tmp_path_factory):
     return kit
 
 
-def device_demo(kit: Path, root: Path, *args) -> subprocess.CompletedProcess:
+def device_demo(kit: Path, root: Path, *args, trial: bool = True, run=subprocess.run, **kwargs):
+    """The script on a machine whose folders are under root, on the CPU: a trial on 40 clips, or the real run (the
+    recipe's 4,000 clips: too many to make here, so only what it does before it has them can be seen)."""
     (root / "out").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OUT": str(root / "out"), "MOME_DEVICE_ROOT": str(root / "machine"),
            "MOME_DEVICE_KIT": str(kit), "OMP_NUM_THREADS": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # python3: this one
-    return subprocess.run(["bash", str(REPO / "scripts" / "device_demo.sh"), "--device", "cpu", "--utterances", "40",
-                           *map(str, args)], env=env, capture_output=True, text=True, cwd=REPO)
+    kwargs = {"stdout": subprocess.PIPE, **kwargs}
+    return run(["bash", str(REPO / "scripts" / "device_demo.sh"), "--device", "cpu",
+                *(["--utterances", "40"] if trial else []), *map(str, args)],
+               env=env, stderr=subprocess.PIPE, text=True, cwd=REPO, **kwargs)
 
 
 def members(tar_path: Path) -> list[str]:
@@ -68,46 +74,108 @@ def members(tar_path: Path) -> list[str]:
         return sorted(m.name for m in tar.getmembers() if m.isfile())
 
 
-def test_device_demo_makes_the_corpus_trains_evaluates_and_resumes_on_a_fresh_machine(kit, tmp_path):
-    first = device_demo(kit, tmp_path / "first", "--steps", 2, "--baselines")
+@pytest.fixture(scope="module")
+def trial(kit, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A machine (the folder) where a trial ran: 40 clips, 2 steps, the baselines beside the demo run."""
+    root = tmp_path_factory.mktemp("first")
+    return root, device_demo(kit, root, "--steps", 2, "--baselines")
+
+
+def test_device_demo_makes_the_corpus_trains_evaluates_and_resumes_on_a_fresh_machine(kit, trial, tmp_path):
+    root, first = trial
     assert first.returncode == 0, first.stderr
-    machine = tmp_path / "first" / "machine"
+    machine = root / "machine"
     assert (machine / "bin" / "ffprobe").is_file() and (machine / "espeak" / "libespeak-ng.so.1").is_file()
-    corpus = json.loads((machine / "work" / "synth" / "corpus.json").read_text())
+    corpus = json.loads((machine / "work" / "synth-n40" / "corpus.json").read_text())
     assert corpus["utterances"] == 40 and corpus["espeak_ng"] == synth.espeak().version
-    out = tmp_path / "first" / "out"
+    out = root / "out"
     runs = ["baseline-16-2", "baseline-16-5", "baseline-4-2", "baseline-4-5", "demo-run"]
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"{r}.tar" for r in runs] + ["evals.tar"])
+    # a trial's: named after it, in a folder of its own (unpacked into the kit, never the real run's)
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"trial-n40-{r}.tar" for r in runs]
+                                                           + ["trial-n40-evals.tar"])
+    files = ("config.json", "log.jsonl", "model.safetensors", "train_config.json", "trainer_state.pt")
     for run in runs:  # each run's files and output, the run's folder as it lies there
-        assert members(out / f"{run}.tar") == [f"{run}.log"] + [f"{run}/{name}" for name in (
-            "config.json", "log.jsonl", "model.safetensors", "train_config.json", "trainer_state.pt")]
-    reports = [name for name in members(out / "evals.tar") if name.endswith("report.json")]
-    assert reports == sorted(f"evals/{run}/{mode}/report.json" for run in runs for mode in ("a", "av", "v"))
-    with tarfile.open(out / "evals.tar") as tar:
-        demo = json.load(tar.extractfile("evals/demo-run/av/report.json"))
-        baseline = json.load(tar.extractfile("evals/baseline-16-5/av/report.json"))
+        folder = f"trial-n40/{run}"
+        assert members(out / f"trial-n40-{run}.tar") == [f"{folder}.log", *(f"{folder}/{f}" for f in files)]
+    reports = [name for name in members(out / "trial-n40-evals.tar") if name.endswith("report.json")]
+    assert reports == sorted(f"trial-n40/evals/{run}/{mode}/report.json" for run in runs for mode in ("a", "av", "v"))
+    with tarfile.open(out / "trial-n40-evals.tar") as tar:
+        demo = json.load(tar.extractfile("trial-n40/evals/demo-run/av/report.json"))
+        baseline = json.load(tar.extractfile("trial-n40/evals/baseline-16-5/av/report.json"))
     assert demo["snrs"] == ["clean", -5, 0, 5] and len(demo["rates"]) == 4  # the demo run under babble too
     assert baseline["snrs"] == ["clean"] and baseline["rates"] == [[16, 5]]  # a baseline at its own pair alone
-    with tarfile.open(out / "baseline-16-5.tar") as tar:
-        trained = json.load(tar.extractfile("baseline-16-5/train_config.json"))
+    with tarfile.open(out / "trial-n40-baseline-16-5.tar") as tar:
+        trained = json.load(tar.extractfile("trial-n40/baseline-16-5/train_config.json"))
     assert [tuple(p) for p in trained["rates"]] == [(16, 5)]
-    with tarfile.open(out / "demo-run.tar") as tar:
-        assert torch.load(tar.extractfile("demo-run/trainer_state.pt"), weights_only=True)["step"] == 2
+    with tarfile.open(out / "trial-n40-demo-run.tar") as tar:
+        assert torch.load(tar.extractfile("trial-n40/demo-run/trainer_state.pt"), weights_only=True)["step"] == 2
     assert "training for at most" in first.stderr and "demo-run: finished" in first.stderr
 
-    # Next session: a bare machine, and what came back unpacked into the kit (.device): the demo run is resumed,
-    # not started again (a finished one resumes to no more steps and is evaluated)
-    with tarfile.open(out / "demo-run.tar") as tar:
+    # Next session: a bare machine, and what came back unpacked into the kit (.device): the demo run is resumed by
+    # the same trial, not started again (a finished one resumes to no more steps and is evaluated)
+    with tarfile.open(out / "trial-n40-demo-run.tar") as tar:
         tar.extractall(kit, filter="data")
     try:
         again = device_demo(kit, tmp_path / "second")
     finally:
-        shutil.rmtree(kit / "demo-run")
-        (kit / "demo-run.log").unlink()
+        shutil.rmtree(kit / "trial-n40")
     assert again.returncode == 0, again.stderr
     assert "--resume" in again.stderr, again.stderr
-    assert "resuming at step 2" in (tmp_path / "second" / "machine" / "work" / "demo-run.log").read_text()
-    assert sorted(p.name for p in (tmp_path / "second" / "out").iterdir()) == ["demo-run.tar", "evals.tar"]
+    second = tmp_path / "second"
+    assert "resuming at step 2" in (second / "machine" / "work" / "trial-n40" / "demo-run.log").read_text()
+    assert sorted(p.name for p in (second / "out").iterdir()) == ["trial-n40-demo-run.tar", "trial-n40-evals.tar"]
+
+    # The first machine again, still warm, the trial called without --baselines: only this call's reports come back
+    # (the baselines' reports of the first call came back again, as if made now)
+    shutil.rmtree(out)
+    warm = device_demo(kit, root)
+    assert warm.returncode == 0, warm.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["trial-n40-demo-run.tar", "trial-n40-evals.tar"]
+    assert {name.split("/")[2] for name in members(out / "trial-n40-evals.tar")} == {"demo-run"}
+
+
+def test_device_demo_never_takes_a_trial_for_the_real_run(kit, trial):
+    """What a trial left, as an older device_demo.sh left it under the real run's names (a trial on 30 clips for 2
+    steps, then the real call said "corpus: 30 clips" and "demo-run: finished" with no step trained), is not the
+    real run's: a run in the kit is refused, a corpus on the machine made again."""
+    root, first = trial
+    assert first.returncode == 0, first.stderr
+    work = root / "machine" / "work"
+    trained = work / "trial-n40" / "demo-run"
+    shutil.copytree(trained, kit / "demo-run")
+    try:
+        refused = device_demo(kit, root, trial=False)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.splitlines() == [
+            f"device_demo.sh: {kit / 'demo-run'} is not this call's run: it was trained on the corpus synth-n40, not "
+            f"synth (a trial's, kept by an older device_demo.sh?); move it out of {kit} to start the run afresh"]
+        config = json.loads((kit / "demo-run" / "train_config.json").read_text())  # as the older script named it
+        config["train"] = str(work / "synth" / "train.jsonl")
+        (kit / "demo-run" / "train_config.json").write_text(json.dumps(config))
+        refused = device_demo(kit, root, trial=False)
+        assert refused.returncode == 2 and "it was trained for 2 steps, not the recipe's" in refused.stderr
+    finally:
+        shutil.rmtree(kit / "demo-run")
+
+    # The trial's corpus and run where the real run's go: the corpus is made again (4,000 clips: stopped once begun)
+    (work / "synth-n40").rename(work / "synth")
+    shutil.copytree(trained, work / "demo-run")
+    real = device_demo(kit, root, trial=False, run=subprocess.Popen, stdout=subprocess.DEVNULL,
+                       start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while real.poll() is None and time.monotonic() < deadline:
+            made = work / "synth" / "corpus.json"
+            if made.is_file() and json.loads(made.read_text())["utterances"] == 4000:
+                break
+            time.sleep(0.5)
+    finally:
+        if real.poll() is None:
+            os.killpg(real.pid, signal.SIGKILL)
+        stderr = real.communicate()[1]
+    assert "corpus: synth holds another corpus (40 clips of seed 0), not 4000 clips of seed 0: made again" in stderr
+    assert json.loads((work / "synth" / "corpus.json").read_text())["utterances"] == 4000, stderr
+    assert not (work / "demo-run").exists()  # trained on the trial's corpus
 
 
 def test_device_demo_says_what_is_missing(tmp_path):
