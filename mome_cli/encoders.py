@@ -41,9 +41,9 @@ DEMO_WHISPER = dict(d_model=128, encoder_layers=3, encoder_attention_heads=4, en
                     decoder_attention_heads=4, decoder_ffn_dim=64, num_mel_bins=80, vocab_size=64, pad_token_id=0,
                     bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
 DEMO_WINDOW = 8  # seconds
-TINY_WHISPER = dict(d_model=TINY_WIDTH, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, decoder_layers=1,
-                    decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80, vocab_size=64, pad_token_id=0,
-                    bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+TINY_WHISPER = dict(d_model=TINY_WIDTH, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                    decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80, vocab_size=64,
+                    pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
 
 
 class EncoderError(Exception):

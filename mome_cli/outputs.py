@@ -222,5 +222,5 @@ def write_outputs(transcript: Transcript, out_dir: Path, stem: Path, formats: li
     return paths
 
 
-__all__ = ["VIDEO_EXTENSIONS", "AUDIO_EXTENSIONS", "MEDIA_EXTENSIONS", "FORMATS", "one_line", "clean_text", "Input", "Transcript", "collect_inputs",
-           "output_stems", "output_path", "timestamp", "render", "read_text", "write_outputs"]
+__all__ = ["VIDEO_EXTENSIONS", "AUDIO_EXTENSIONS", "MEDIA_EXTENSIONS", "FORMATS", "one_line", "clean_text", "Input",
+           "Transcript", "collect_inputs", "output_stems", "output_path", "timestamp", "render", "read_text", "write_outputs"]
