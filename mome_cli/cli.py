@@ -425,9 +425,11 @@ def train(ctx: click.Context, config, resume, **flags):
 @click.option("--token", help="Hugging Face token, for gated models [$HF_TOKEN].")
 @click.option("--offline", is_flag=True, help="Use no network: check the cache and report what is missing "
               "[$HF_HUB_OFFLINE].")
+@click.option("--force-download", "force", is_flag=True, help="Download every file NAME needs again, cached or not "
+              "(a damaged one that mome names when it cannot load it).")
 @verbosity_options
 @click.pass_context
-def download(ctx: click.Context, names, list_cached, cache_dir, revision, token, offline):
+def download(ctx: click.Context, names, list_cached, cache_dir, revision, token, offline, force):
     """Fetch the models NAME needs into the cache (presets: tiny, demo, mome-1b, mome-3b, mome-8b)."""
     from pathlib import Path
 
@@ -440,6 +442,9 @@ def download(ctx: click.Context, names, list_cached, cache_dir, revision, token,
     if not names and not list_cached:
         raise click.UsageError(f"name a preset to download ({', '.join(hub.PRESETS)}), or use --list.")
     home = Path(cache_dir) if cache_dir else hub.mome_home()
+    if force and (list_cached or offline or hub.hub_offline()):
+        raise click.UsageError("--force-download downloads: it goes with neither --list nor --offline "
+                               "(HF_HUB_OFFLINE=1)")
     if list_cached:
         click.echo(hub.cache_listing(home, list(names), revision), nl=False)
         return
@@ -449,7 +454,7 @@ def download(ctx: click.Context, names, list_cached, cache_dir, revision, token,
     try:
         for name in names:
             resolved = hub.download_preset(name, home, revision=revision, token=token, offline=offline or None,
-                                           console=console, log=log)
+                                           console=console, log=log, force=force)
             if ctx.obj.verbose:  # where each part lies, as transcribe and train will load it
                 for part in ("llm", "audio", "video", "face_alignment", "adapter"):
                     if (path := getattr(resolved, part)) is not None:

@@ -276,8 +276,8 @@ def check_users_copy(item: RemoteFile, path: Path, preset: str | None = None) ->
 
 
 def fetch_file(item: RemoteFile, home: Path, *, console=None, log: Callable[[str], None] = lambda m: None,
-               client=None) -> Path:
-    """Make sure item is in the cache and checks out; download it (resuming) if not. Return its path.
+               client=None, force: bool = False) -> Path:
+    """Make sure item is in the cache and checks out; download it (resuming) if not, or if force. Return its path.
 
     Processes sharing the cache take turns (downloads.download_lock): one that waited while another downloaded item
     finds the file there, checks it, and is done. A file that checks out is used without the lock, which a
@@ -288,14 +288,14 @@ def fetch_file(item: RemoteFile, home: Path, *, console=None, log: Callable[[str
     """
     path = item.path(home)
     seen = _identity(path)
-    mismatch = _mismatch(item, path, log) if seen is not None else None
-    if seen is not None and mismatch is None:
+    mismatch = _mismatch(item, path, log) if seen is not None and not force else None
+    if seen is not None and mismatch is None and not force:
         return path
     try:
         ensure_writable(path.parent)
         with download_lock(path, log):
             now = _identity(path)
-            if now is not None and now != seen:  # another process fetched it meanwhile
+            if now is not None and now != seen and not force:  # another process fetched it meanwhile
                 if (mismatch := _mismatch(item, path, log)) is None:
                     return path
             log(f"fetching {item.label}: {item.url}")
@@ -385,8 +385,9 @@ def _answered(repo: HubRepo, e, token_given: bool) -> HubError:
 
 
 def fetch_repo(repo: HubRepo, home: Path, *, token: str | None = None, console=None,
-               log: Callable[[str], None] = lambda m: None) -> Path:
-    """Fetch a Hub repository's needed files into <home>/hub (resumed and verified by huggingface_hub)."""
+               log: Callable[[str], None] = lambda m: None, force: bool = False) -> Path:
+    """Fetch a Hub repository's needed files into <home>/hub (resumed and verified by huggingface_hub); with force,
+    each of them again, cached or not (huggingface_hub keeps a cached blob as it is, damaged or not)."""
     import huggingface_hub
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
@@ -400,6 +401,7 @@ def fetch_repo(repo: HubRepo, home: Path, *, token: str | None = None, console=N
             folder = huggingface_hub.snapshot_download(
                 repo.repo_id, revision=repo.revision, cache_dir=hub_cache_dir(home), token=token,
                 allow_patterns=list(repo.allow_patterns) or None, ignore_patterns=list(repo.ignore_patterns) or None,
+                force_download=force,
             )
     finally:
         if console is None and not bars_were_off:
@@ -564,8 +566,9 @@ def resolve_preset(preset: str | Preset, home: Path | None = None, *, offline: b
 
 def download_preset(preset: str | Preset, home: Path | None = None, *, revision: str | None = None,
                     token: str | None = None, offline: bool | None = None, console=None,
-                    log: Callable[[str], None] = lambda m: None) -> ResolvedPreset:
-    """Fetch what preset needs into the cache (checking what is already there) and return the local paths.
+                    log: Callable[[str], None] = lambda m: None, force: bool = False) -> ResolvedPreset:
+    """Fetch what preset needs into the cache (checking what is already there; with force, everything again, but a
+    user's own $TORCH_HOME copy, used as it is) and return the local paths.
 
     offline (None: from HF_HUB_OFFLINE) fetches nothing and raises MissingModelError if anything is missing.
     console: a rich Console (stderr) for progress bars, or None for none; log: where messages go.
@@ -580,12 +583,12 @@ def download_preset(preset: str | Preset, home: Path | None = None, *, revision:
     theirs = users_copies(preset.face, home)
     for _, item in preset.items():
         if isinstance(item, HubRepo):
-            fetch_repo(item, home, token=token, console=console, log=log)
+            fetch_repo(item, home, token=token, console=console, log=log, force=force)
         elif item in theirs and not item.path(home).is_file():
             check_users_copy(item, theirs[item], preset.name)
             log(f"{item.label}: {theirs[item]} ($TORCH_HOME)")
         else:
-            fetch_file(item, home, console=console, log=log)
+            fetch_file(item, home, console=console, log=log, force=force)
     log(f"{preset.name}: complete in {home}" + (f" ({preset.note})" if preset.note else ""))
     paths, missing = _find(preset, home, verify=False)
     if missing:  # fetched a moment ago: only a concurrent deletion gets here

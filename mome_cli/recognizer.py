@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -279,7 +280,22 @@ def _unusable_models():
     try:
         yield
     except (CheckpointError, AVHubertCheckpointError, EncoderError) as e:
-        raise UnusableModelError(str(e)) from e
+        raise UnusableModelError(f"{e}{_refetch_hint(str(e))}") from e
+
+
+def _refetch_hint(message: str) -> str:
+    """For a file of a Hub snapshot in the cache that cannot be used, how to fetch it again: huggingface_hub keeps a
+    cached blob as it is, damaged or not, and `mome download` without --force-download leaves it."""
+    found = re.search(r"/models--(.+?)--(.+?)/snapshots/([0-9a-f]{40})/", message)
+    if found is None:
+        return ""
+    repo_id, commit = f"{found[1]}/{found[2]}", found[3]
+    presets = _presets_with(repo_id)
+    if not presets:
+        return ""
+    is_llm = PRESETS[presets[0]].llm is not None and PRESETS[presets[0]].llm.repo_id == repo_id
+    pinned = f" --revision {commit}" if is_llm else ""  # --revision is the LLM's
+    return f"; if the cached file is damaged, `mome download {presets[0]}{pinned} --force-download` fetches it again"
 
 
 def load_recognizer(model: str, adapter: str | None = None, device: str = "auto",

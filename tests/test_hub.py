@@ -413,6 +413,42 @@ def test_download_fetches_a_preset_then_lists_it_complete(server, home, monkeypa
     assert re.search(r"mome-3b +incomplete: missing meta-llama/Llama-3.2-3B", result.stdout), explain(result)
 
 
+def test_force_download_fetches_cached_files_again(server, home, monkeypatch):
+    """A file that checks out, or one with no checksum to check (AV-HuBERT's), and a Hub snapshot, whose blobs
+    huggingface_hub keeps as they are, damaged or not: --force-download fetches each of them again."""
+    monkeypatch.setitem(PRESETS, "mome-1b", dataclasses.replace(
+        file_preset(remote(server, None)), llm=PRESETS["mome-1b"].llm))
+    forced = []
+
+    def snapshot_download(repo_id, **kwargs):  # the Hub: a snapshot it writes again when forced
+        folder = home / "hub" / "snapshot"
+        if kwargs.get("force_download") or not folder.is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
+            fake_repo(folder)
+            forced.append(bool(kwargs.get("force_download")))
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    assert invoke("download", "mome-1b").exit_code == 0
+    weights = home / "avhubert" / "weights.bin"
+    weights.write_bytes(b"damaged, and its digest recorded as if it were not")
+    (home / "avhubert" / "weights.bin.sha256").write_text(f"{hashlib.sha256(weights.read_bytes()).hexdigest()}  x\n")
+    again = invoke("download", "mome-1b")
+    assert again.exit_code == 0 and weights.read_bytes() != DATA and forced == [False], explain(again)
+    asked = len(server.requests)
+    forced_run = invoke("download", "mome-1b", "--force-download")
+    assert forced_run.exit_code == 0, explain(forced_run)
+    assert weights.read_bytes() == DATA and len(server.requests) == asked + 1 and forced == [False, True]
+    assert hub.verify_file(PRESETS["mome-1b"].video, weights) == DATA_SHA256  # the digest recorded: the new file's
+
+
+@pytest.mark.parametrize("args, env", [(("--list",), {}), (("--offline",), {}), ((), {"HF_HUB_OFFLINE": "1"})],
+                         ids=["list", "offline", "hf-hub-offline"])
+def test_force_download_without_the_network_is_a_usage_error(home, args, env):
+    result = invoke("download", "demo", "--force-download", *args, env=env)
+    assert result.exit_code == ExitCode.USAGE and "--force-download downloads" in result.stderr, explain(result)
+
+
 def test_face_alignment_weights_in_the_users_torch_home_are_used_not_fetched(server, home, tmp_path, monkeypatch):
     theirs = tmp_path / "torch-home" / "hub" / "checkpoints"
     theirs.mkdir(parents=True)
