@@ -14,8 +14,10 @@ name is not UTF-8), is kept with its problem,
 that utterance's error where its media are read (Utterance.check), as a missing video is; a manifest that cannot be
 parsed, or a JSON line holding what UTF-8 cannot write (a lone surrogate), is a DataError.
 
-Named datasets (lrs3, lrs2) are looked up as <data root>/<name>/<split>.jsonl | .csv | <split>/ ; when none is there,
-DatasetMissing (exit 4) says how to obtain and place it. Torch-free.
+Named datasets (lrs3, lrs2) are looked up as <data root>/<name>/<split>.jsonl | .csv | <split>/, then as auto_avsr's
+label CSV, <data root>[/<name>]/labels/<name>_<split>_transcript_lengths_seg<N>s.csv (the data root is the
+preparation's --root-dir); when none is there, DatasetMissing (exit 4) says where it looked and how to obtain and
+place it. Torch-free.
 """
 
 from __future__ import annotations
@@ -257,22 +259,51 @@ def load_manifest(path) -> list[Utterance]:
 
 
 def find_dataset(name: str, data_root: str | Path | None, split: str = "test") -> Path:
-    """The manifest (or folder) of a dataset given by name (lrs3, lrs2) or path."""
+    """The manifest (or folder) of a dataset given by name (lrs3, lrs2) or path.
+
+    A name is looked up under the data root: <root>/<name>/<split>.jsonl | .csv | <split>/, then the label CSV that
+    auto_avsr's preparation writes when the root is its --root-dir (or <root>/<name> is):
+    labels/<name>_<split>_transcript_lengths_seg<N>s.csv, the shortest N when several were prepared. A path is read
+    as it is."""
     if name not in NAMED_DATASETS:
         return Path(name)
     if data_root is None:
         raise DatasetMissing(f"{name}: no data root: set MOME_DATA or pass --data-root; " + _how_to(name))
-    base = Path(data_root) / name
-    for candidate in (base / f"{split}.jsonl", base / f"{split}.csv", base / split):
+    root = Path(data_root)
+    base = root / name
+    for candidate in (*_split_manifests(base, split), base / split):
         if candidate.exists():
             return candidate
-    raise DatasetMissing(f"{name}: no {split}.jsonl, {split}.csv or {split}/ under {base}; " + _how_to(name))
+    labels = [root / "labels", base / "labels"]
+    for folder in labels:
+        if found := _auto_avsr_labels(folder, name, split):
+            return found
+    raise DatasetMissing(f"{name}: no {split}.jsonl, {split}.csv or {split}/ under {base}, and no "
+                         f"{name}_{split}{AUTO_AVSR_LABELS} in {labels[0]} or {labels[1]}; " + _how_to(name))
+
+
+AUTO_AVSR_LABELS = "_transcript_lengths_seg<N>s.csv"  # after <dataset>_<split>: auto_avsr's label CSV
+
+
+def _split_manifests(folder: Path, split: str) -> tuple[Path, Path]:
+    return folder / f"{split}.jsonl", folder / f"{split}.csv"
+
+
+def _auto_avsr_labels(folder: Path, name: str, split: str) -> Path | None:
+    """folder/<name>_<split>_transcript_lengths_seg<N>s.csv with the smallest N, or None. (The pieces a parallel
+    preparation writes before merging them, ...seg<N>s.<groups>.<job>.csv, are not a split.)"""
+    pattern = re.compile(re.escape(f"{name}_{split}_transcript_lengths_seg") + r"(\d+)s\.csv")
+    try:
+        found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := pattern.fullmatch(p.name)) and p.is_file()]
+    except OSError:  # no such folder (or not one)
+        return None
+    return min(found)[1] if found else None
 
 
 def _how_to(name: str) -> str:
     return (f"{name} is not downloadable here: request it from {NAMED_DATASETS[name]}, prepare mouth crops with "
-            f"auto_avsr's preparation (its {name} CSV labels work as they are) and place them under "
-            f"<data root>/{name}/ with <split>.csv (or a <split>.jsonl manifest) there")
+            f"auto_avsr's preparation and pass its --root-dir as the data root (its {name} CSV labels work as they "
+            f"are), or place them under <data root>/{name}/ with <split>.csv (or a <split>.jsonl manifest) there")
 
 
 def frame_batches(lengths: list[int], max_frames: int, shuffle: bool = False, seed: int = 0,

@@ -276,6 +276,32 @@ def test_named_dataset_lookup_and_missing_dataset_exit_4(tmp_path):
     assert find_dataset(str(tmp_path / "my.jsonl"), None) == tmp_path / "my.jsonl"
 
 
+def test_a_named_dataset_is_found_where_auto_avsr_s_preparation_writes_its_labels(tmp_path):
+    """--data-root auto_avsr's --root-dir: <root>/labels/<name>_<split>_transcript_lengths_seg<N>s.csv (or the same
+    under <root>/<name>/), the shortest N when several were prepared, never a parallel run's unmerged piece; it was
+    refused, exit 4, for want of <root>/lrs3/test.csv. The message names every place looked at."""
+    labels = tmp_path / "labels"
+    touch(labels / "lrs3_test_transcript_lengths_seg16s.4.0.csv")  # a piece of a parallel preparation
+    touch(labels / "lrs3_train_transcript_lengths_seg16s.csv")  # another split
+    with pytest.raises(DatasetMissing) as e:
+        find_dataset("lrs3", tmp_path)
+    assert str(e.value).startswith(f"lrs3: no test.jsonl, test.csv or test/ under {tmp_path / 'lrs3'}, and no "
+                                   f"lrs3_test_transcript_lengths_seg<N>s.csv in {labels} or "
+                                   f"{tmp_path / 'lrs3' / 'labels'}; "), e.value
+    assert e.value.exit_code == ExitCode.MISSING and "--root-dir" in str(e.value)
+    touch(labels / "lrs3_test_transcript_lengths_seg24s.csv")
+    assert find_dataset("lrs3", tmp_path) == labels / "lrs3_test_transcript_lengths_seg24s.csv"
+    touch(labels / "lrs3_test_transcript_lengths_seg16s.csv")
+    assert find_dataset("lrs3", tmp_path) == labels / "lrs3_test_transcript_lengths_seg16s.csv"
+    assert find_dataset("lrs3", tmp_path, "train") == labels / "lrs3_train_transcript_lengths_seg16s.csv"
+    touch(tmp_path / "lrs3" / "test.csv")  # a manifest placed by hand comes first
+    assert find_dataset("lrs3", tmp_path) == tmp_path / "lrs3" / "test.csv"
+    with pytest.raises(DatasetMissing, match="lrs2: no val.jsonl"):
+        find_dataset("lrs2", tmp_path, "val")
+    touch(tmp_path / "lrs2" / "labels" / "lrs2_val_transcript_lengths_seg24s.csv")  # MOME_DATA/lrs2 is the root
+    assert find_dataset("lrs2", tmp_path, "val") == tmp_path / "lrs2/labels/lrs2_val_transcript_lengths_seg24s.csv"
+
+
 def test_frame_batches_respect_the_budget_and_cover_everything():
     lengths = [10, 200, 30, 30, 500, 80, 75, 20, 1000, 60]
     for shuffle in (False, True):

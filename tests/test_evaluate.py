@@ -221,6 +221,17 @@ def test_auto_avsr_labels_are_read_where_its_preparation_writes_them(prepared, t
 
 
 @needs_ffmpeg
+def test_a_named_dataset_s_data_root_may_be_auto_avsr_s_root(prepared, tmp_path):
+    """--dataset lrs3 --data-root <auto_avsr's --root-dir>: its labels/ CSV, the clips in lrs3/ beside it."""
+    result = evaluate("--dataset", "lrs3", "--data-root", prepared, "--model", "tiny", "--rates", "4,2", "-o",
+                      tmp_path / "out", home=tmp_path / "home")
+    assert result.returncode == 0, result.explain
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    assert (report["manifest"], report["split"]) == (str(prepared / "labels" / LABELS), "test"), result.explain
+    assert (report["utterances"], report["evaluated"], report["segments"]) == (3, 3, "packed"), result.explain
+
+
+@needs_ffmpeg
 def test_a_transcript_that_is_not_utf8_is_named_with_its_line(prepared, tmp_path):
     """The .txt that is bad, not the CSV that led to it (it said "test.csv: not UTF-8 text (byte 3 of a line)"); its
     utterance's error, the rest scored."""
