@@ -266,7 +266,8 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
 @cli.command()
 @click.option("--dataset", required=True, metavar="lrs3|lrs2|PATH", help="Name, manifest (.jsonl, .csv) or folder.")
 @click.option("--data-root", type=click.Path(file_okay=False), envvar="MOME_DATA", help="Dataset folder [$MOME_DATA].")
-@click.option("--split", default="test", show_default=True)
+@click.option("--split", default="test", show_default=True,
+              help="Split of lrs3 or lrs2, or of a folder holding <split>.jsonl or <split>.csv.")
 @model_options
 @click.option("--rates", type=RateListParam(allow_all=True), default="all", metavar="all|A,V[;A,V...]",
               help="Rate pairs [all trained].")

@@ -17,7 +17,7 @@ parsed, or a JSON line holding what UTF-8 cannot write (a lone surrogate), is a 
 Named datasets (lrs3, lrs2) are looked up as <data root>/<name>/<split>.jsonl | .csv | <split>/, then as auto_avsr's
 label CSV, <data root>[/<name>]/labels/<name>_<split>_transcript_lengths_seg<N>s.csv (the data root is the
 preparation's --root-dir); when none is there, DatasetMissing (exit 4) says where it looked and how to obtain and
-place it. Torch-free.
+place it. A folder given as a path is read through its <split>.jsonl or <split>.csv when it holds one. Torch-free.
 """
 
 from __future__ import annotations
@@ -263,10 +263,14 @@ def find_dataset(name: str, data_root: str | Path | None, split: str = "test") -
 
     A name is looked up under the data root: <root>/<name>/<split>.jsonl | .csv | <split>/, then the label CSV that
     auto_avsr's preparation writes when the root is its --root-dir (or <root>/<name> is):
-    labels/<name>_<split>_transcript_lengths_seg<N>s.csv, the shortest N when several were prepared. A path is read
-    as it is."""
+    labels/<name>_<split>_transcript_lengths_seg<N>s.csv, the shortest N when several were prepared. A folder given
+    as a path that holds <split>.jsonl or <split>.csv (as a corpus of `python -m mome_cli.synth` does) is that
+    manifest, not a folder to search for media; any other path is read as it is."""
     if name not in NAMED_DATASETS:
-        return Path(name)
+        path = Path(name)
+        if path.is_dir():
+            return next((c for c in _split_manifests(path, split) if c.is_file()), path)
+        return path
     if data_root is None:
         raise DatasetMissing(f"{name}: no data root: set MOME_DATA or pass --data-root; " + _how_to(name))
     root = Path(data_root)

@@ -228,6 +228,7 @@ class Evaluation:
     job: EvaluateJob
     manifest: Path
     rates: list  # resolved rate tuples, (A, V) with None for an absent modality
+    split: str | None = None  # the split read: of a named dataset, or a folder's <split>.jsonl / .csv; else None
     cells: list[Cell] = field(default_factory=list)
     hypotheses: list[dict] = field(default_factory=list)  # id, rate, snr, mode, ref, hyp
     evaluated: int = 0  # utterances preprocessed and decoded
@@ -264,13 +265,12 @@ class Evaluation:
         return "\n".join([title, *lines])
 
     def to_dict(self) -> dict:
-        from .data import NAMED_DATASETS
         from .decoding import TOKENS_PER_SECOND
 
         j = self.job
         return {
             "model": j.model, "adapter": j.adapter, "mode": j.mode, "dataset": j.dataset,
-            "manifest": str(self.manifest), "split": j.split if j.dataset in NAMED_DATASETS else None,  # else unused
+            "manifest": str(self.manifest), "split": self.split,
             "seed": j.seed, "beam": j.beam, "noise": self.noise,
             "max_segment_seconds": self.max_segment, "segments": "packed" if self.pack else "every pause",
             "max_new_tokens": j.max_new_tokens or f"{TOKENS_PER_SECOND} a second of the segment",
@@ -302,9 +302,10 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
 
     started = time.perf_counter()
     manifest = find_dataset(job.dataset, job.data_root, job.split)
-    if job.dataset not in NAMED_DATASETS and job.split != "test":
-        log(f"warning: --split {job.split} is not used: it picks a split of lrs2 or lrs3; {job.dataset} is read as "
-            "it is")
+    split = job.split if job.dataset in NAMED_DATASETS or manifest != Path(job.dataset) else None
+    if split is None and job.split != "test":
+        log(f"warning: --split {job.split} is not used: it picks a split of lrs2 or lrs3, or a folder's "
+            f"{job.split}.jsonl or {job.split}.csv; {job.dataset} is read as it is")
     utterances = load_manifest(manifest)
     chosen = utterances[: job.limit] if job.limit else utterances
     auto_avsr = manifest.suffix == ".csv"  # LRS2/LRS3 prepared by auto_avsr: mouth crops, single utterances
@@ -325,7 +326,7 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
     segment_seconds = recognizer.segment_limit(job.max_segment)
     if job.model == "tiny" and job.adapter is None:
         log("warning: --model tiny is random and untrained: its transcripts are meaningless")
-    evaluation = Evaluation(job, manifest, rates, max_segment=segment_seconds, pack=pack)
+    evaluation = Evaluation(job, manifest, rates, split, max_segment=segment_seconds, pack=pack)
     noisy_snrs = [s for s in job.snrs if s != CLEAN]
     sound = None  # the --noise file's samples, read (and refused) before any utterance is
     if job.noise is not None and not (noisy_snrs and "a" in job.mode):

@@ -23,8 +23,6 @@ def plot_wer(evaluation: Evaluation, path) -> None:
     """WER % against SNR, a line per rate pair (clean at the right end); bars per rate pair for a single column."""
     from matplotlib.figure import Figure  # no pyplot: no global state, and PNGs are drawn by Agg
 
-    from .data import NAMED_DATASETS
-
     j = evaluation.job
     numeric = sorted(s for s in j.snrs if s != CLEAN)
     columns = numeric + ([CLEAN] if CLEAN in j.snrs else [])
@@ -69,7 +67,7 @@ def plot_wer(evaluation: Evaluation, path) -> None:
         ax.set_xlabel(f"SNR (dB){f', {noise}' if noise else ''}")
         ax.legend(title=legend_title, frameon=False)
         condition = "clean = no noise added" if CLEAN in columns else noise
-    dataset = f"{j.dataset} {j.split}" if j.dataset in NAMED_DATASETS else _short(j.dataset)
+    dataset = _short(j.dataset) + (f" {evaluation.split}" if evaluation.split else "")
     modality = {"av": "audio-visual", "a": "audio only", "v": "video only"}[j.mode]
     title = f"Word error rate of {_short(j.model)} on {dataset}, {modality}"
     ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=12, pad=18)

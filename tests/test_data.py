@@ -302,6 +302,18 @@ def test_a_named_dataset_is_found_where_auto_avsr_s_preparation_writes_its_label
     assert find_dataset("lrs2", tmp_path, "val") == tmp_path / "lrs2/labels/lrs2_val_transcript_lengths_seg24s.csv"
 
 
+def test_a_folder_holding_the_split_s_manifest_is_read_through_it(tmp_path):
+    """--dataset FOLDER --split test with FOLDER/test.jsonl (a synth corpus): that manifest, not the folder searched
+    for media with transcripts (which mixed every split, or found none)."""
+    touch(tmp_path / "test.csv")
+    assert find_dataset(str(tmp_path), None) == tmp_path / "test.csv"
+    touch(tmp_path / "test.jsonl")  # .jsonl first, as for a named dataset
+    assert find_dataset(str(tmp_path), None) == tmp_path / "test.jsonl"
+    assert find_dataset(str(tmp_path), None, "valid") == tmp_path  # no valid manifest: the folder itself
+    (tmp_path / "valid.jsonl").mkdir()  # not a file
+    assert find_dataset(str(tmp_path), None, "valid") == tmp_path
+
+
 def test_frame_batches_respect_the_budget_and_cover_everything():
     lengths = [10, 200, 30, 30, 500, 80, 75, 20, 1000, 60]
     for shuffle in (False, True):

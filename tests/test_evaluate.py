@@ -232,6 +232,32 @@ def test_a_named_dataset_s_data_root_may_be_auto_avsr_s_root(prepared, tmp_path)
 
 
 @needs_ffmpeg
+def test_a_folder_with_the_split_s_manifest_is_evaluated_through_it(prepared, tmp_path):
+    """A folder holding test.jsonl (as a synth corpus does) given as --dataset: its manifest for --split test, not
+    the clips with a transcript beside them found in it; another split it has no manifest for: the folder, said."""
+    clips = prepared / "lrs3" / "lrs3_video_seg24s" / "test" / "spk"
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for name, n in (("listed", 0), ("loose", 1)):
+        shutil.copy(clips / f"{n:05d}.wav", folder / f"{name}.wav")
+    (folder / "loose.txt").write_text("a clip found by searching the folder")
+    (folder / "test.jsonl").write_text('{"id": "listed", "audio": "listed.wav", "text": "the manifest\'s own"}\n')
+    for split, ids in (("test", ["listed"]), ("valid", ["loose"])):
+        out = tmp_path / split
+        result = evaluate("--dataset", folder, "--split", split, "--model", "tiny", "--mode", "a", "--rates", "4",
+                          "-o", out, home=tmp_path / "home")
+        assert result.returncode == 0, result.explain
+        report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+        hypotheses = [json.loads(line) for line in (out / "hypotheses.jsonl").read_text(encoding="utf-8").splitlines()]
+        assert [h["id"] for h in hypotheses] == ids, result.explain
+        assert (report["manifest"], report["split"]) == ((str(folder / "test.jsonl"), "test") if split == "test" else
+                                                         (str(folder), None)), result.explain
+        said = f"warning: --split valid is not used: it picks a split of lrs2 or lrs3, or a folder's valid.jsonl or " \
+            f"valid.csv; {folder} is read as it is"
+        assert (said in result.stderr.splitlines()) == (split == "valid"), result.explain
+
+
+@needs_ffmpeg
 def test_a_transcript_that_is_not_utf8_is_named_with_its_line(prepared, tmp_path):
     """The .txt that is bad, not the CSV that led to it (it said "test.csv: not UTF-8 text (byte 3 of a line)"); its
     utterance's error, the rest scored."""
@@ -446,8 +472,8 @@ def test_a_noise_file_is_read_before_the_utterances_and_one_it_cannot_use_is_ref
                       "--split", "valid", "-o", tmp_path / "clean", home=tmp_path / "home")
     assert unused.returncode == 0, unused.explain
     assert "warning: --noise is not used: no --snr level below clean" in unused.stderr, unused.explain
-    assert f"warning: --split valid is not used: it picks a split of lrs2 or lrs3; {manifest} is read as it is" \
-        in unused.stderr, unused.explain
+    assert f"warning: --split valid is not used: it picks a split of lrs2 or lrs3, or a folder's valid.jsonl or " \
+        f"valid.csv; {manifest} is read as it is" in unused.stderr, unused.explain
     used = evaluate("--dataset", manifest, "--model", model, "--roi", "--limit", "1", "--rates", "4,2", "--snr", "5",
                     "--noise", tmp_path / "hiss.wav", "-o", tmp_path / "noisy", home=tmp_path / "home")
     assert used.returncode == 0 and "warning" not in used.stderr, used.explain
