@@ -41,7 +41,7 @@ import numpy as np
 from .files import atomic_write_all, interrupt_after, text_writer
 from .noise import LoopedNoise, mix_at_snr
 from .report import Report
-from .scoring import NORMALISATION, WordErrors, score
+from .scoring import NORMALISATION, WordErrors, score, wer_percent
 
 BABBLE_TALKERS = 30  # utterances summed into babble, as in AV-HuBERT's LRS3 babble; with few, words stand out
 CLEAN = "clean"  # the SNR column with no noise added
@@ -255,8 +255,7 @@ class Evaluation:
             values = []
             for snr in self.job.snrs:
                 cell = self.cell(rate, snr)
-                wer = cell.errors.wer if cell else math.nan
-                values.append(f"{100 * wer:.2f}" if math.isfinite(wer) else "-")
+                values.append(wer_percent(cell.errors.wer if cell else math.nan, 2, unit=""))
             rows.append([rate_label(rate), *values])
         widths = [max(len(row[k]) for row in rows) for k in range(len(head))]
         lines = ["  ".join(v.ljust(w) if k == 0 else v.rjust(w) for k, (v, w) in enumerate(zip(row, widths)))
@@ -403,7 +402,7 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
                                          *counts[rate, snr]))
             if job.verbose:
                 cell = evaluation.cells[-1]
-                log(f"rate {rate_label(rate)}, {snr_label(snr)}: WER {100 * cell.errors.wer:.2f}% in "
+                log(f"rate {rate_label(rate)}, {snr_label(snr)}: WER {wer_percent(cell.errors.wer, 2)} in "
                     f"{cell.wall_seconds:.2f} s ({audio_seconds / max(cell.wall_seconds, 1e-9):.0f}x real time)")
             evaluation.hypotheses += [  # rate: the report's cell; mode: what was read (a: no video, or no face)
                 {"id": u.id, "rate": [r for r in rate if r is not None], "snr": snr, "mode": c.mode, "ref": u.text,

@@ -887,8 +887,10 @@ def reader(args) -> None:
 
     _train(model, params, args, out, batches, loss_of, say)
     if valid:
+        from .scoring import wer_percent
+
         for mode, rate, wer in read_wer(model, valid):
-            say(f"valid {mode} {rate}: WER {100 * wer:.1f}%")
+            say(f"valid {mode} {rate}: WER {wer_percent(wer)}")
     say(f"reader written to {out}")
 
 

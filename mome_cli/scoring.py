@@ -26,6 +26,7 @@ NORMALISATION = (
     "runs of whitespace collapsed to one space and the ends stripped"
 )
 
+NO_WER = "-"  # a WER that is no number, as it is printed (an "inf%" meant nothing to a reader)
 APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})  # ’ ‘ ʼ
 NOT_WORD_CHAR = re.compile(r"[^\w\s']|_")  # \w is Unicode letters, digits and "_"; "_" counts as punctuation here
 EDGE_APOSTROPHE = re.compile(r"(?<!\w)'|'(?!\w)")  # an apostrophe without a letter or digit on one side
@@ -109,6 +110,12 @@ def score(refs: Sequence[str], hyps: Sequence[str]) -> WordErrors:
         total += WordErrors(substitutions=out.substitutions, deletions=out.deletions, insertions=out.insertions,
                             hits=out.hits, ref_words=out.hits + out.substitutions + out.deletions)
     return total
+
+
+def wer_percent(wer: float, digits: int = 1, unit: str = "%") -> str:
+    """A WER as a percentage to print ("12.3%"), or NO_WER when it is no number: infinite, words heard where the
+    references have none (report.json and log.jsonl write null). One form for every table and log line."""
+    return f"{100 * wer:.{digits}f}{unit}" if math.isfinite(wer) else NO_WER
 
 
 def score_one(ref: str, hyp: str) -> WordErrors:

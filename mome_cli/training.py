@@ -468,7 +468,7 @@ class Trainer:
         """Greedy transcripts of the valid clips at every trained rate, through transcribe's path; WER per rate.
         averaged: the model is the mean of the saves at these steps (the checkpoint written at the end)."""
         from .recognizer import RecognizeOptions
-        from .scoring import WordErrors, score
+        from .scoring import WordErrors, score, wer_percent
 
         valid = self.data.valid_clips
         if not valid:
@@ -491,7 +491,7 @@ class Trainer:
         extra = {} if averaged is None else {"averaged_steps": averaged}
         self.record("eval", wer=result, utterances=len(valid), seconds=round(seconds, 3), **extra)
         what = f"step {self.step}" if averaged is None else "final model (the mean)"
-        self.say(f"{what}  valid WER " + "  ".join(f"{r} {100 * w:.1f}%" for r, w in result.items()))
+        self.say(f"{what}  valid WER " + "  ".join(f"{r} {wer_percent(w)}" for r, w in result.items()))
         return result
 
     # -- saving and resuming ---------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mome_cli.scoring import NORMALISATION, WordErrors, normalise, score, score_one
+from mome_cli.scoring import NORMALISATION, WordErrors, normalise, score, score_one, wer_percent
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -193,3 +193,11 @@ def test_import_loads_neither_torch_nor_numpy():
     code = "import sys, mome_cli.scoring; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("wer, digits, unit, shown", [
+    (0.1234, 1, "%", "12.3%"), (0.0, 2, "", "0.00"), (1.5, 1, "%", "150.0%"),
+    (math.inf, 1, "%", "-"), (math.nan, 2, "", "-"),  # words heard where the references have none: not "inf%"
+])
+def test_wer_percent_shows_a_wer_that_is_no_number_as_a_dash(wer, digits, unit, shown):
+    assert wer_percent(wer, digits, unit) == shown

@@ -392,6 +392,9 @@ def test_a_wer_with_no_reference_words_is_null_in_the_log(corpus, tmp_path):
     assert result.returncode == 0, result.explain
     (evaluation,) = [r for r in strict_records(tmp_path / "out") if r["kind"] == "eval"]
     assert evaluation["wer"] == {"4,2": None, "4,5": None, "16,2": None, "16,5": None}, evaluation
+    # The console said "4,2 inf%": a WER that is no number is "-", as in evaluate's table.
+    assert "step 2  valid WER 4,2 -  4,5 -  16,2 -  16,5 -" in result.stderr.splitlines(), result.explain
+    assert "inf" not in result.stderr, result.explain
 
 
 def test_the_log_writes_nan_and_infinity_as_null_wherever_they_are(tmp_path):
