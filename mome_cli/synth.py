@@ -3,7 +3,7 @@
     python -m mome_cli.synth OUT_DIR --utterances 2000 --seed 0 [--voices en-us en-gb ...] [--speakers 12] [--jobs 2]
 
 writes OUT_DIR/{train,valid,test}.jsonl, one {"id", "video", "text"} line per utterance with the path relative to
-OUT_DIR, and OUT_DIR/<split>/<id>.mp4: 96 x 96 grayscale mouth crops at 25 fps (libx264, yuv420p) with the speech as
+OUT_DIR (a split of no utterances, --valid 0 or --test 0, has no manifest: an empty one is no set to use), and OUT_DIR/<split>/<id>.mp4: 96 x 96 grayscale mouth crops at 25 fps (libx264, yuv420p) with the speech as
 16 kHz mono AAC, so `mome train --train OUT_DIR/train.jsonl` reads it like any manifest (the clips are already mouth
 ROIs: the --roi path). OUT_DIR/alignments.jsonl holds each clip's speaker, duration and phoneme and word timings;
 OUT_DIR/corpus.json the seed, the speakers and the text source. The same seed and options give the same manifests,
@@ -15,7 +15,7 @@ written (each is written whole or not at all), so an interrupted run resumes and
     python -m mome_cli.synth OUT_DIR --long-form 9
 
 joins a corpus's valid and test clips into long-form ones instead (join_clips): each speaker's clips, in manifest
-order, until they last 9 s or more, as OUT_DIR/long/{valid,test}.jsonl and OUT_DIR/long/<split>/<id>.mp4. Models
+order, until they last 9 s or more, as OUT_DIR/long/{valid,test}.jsonl (of the splits the corpus has) and OUT_DIR/long/<split>/<id>.mp4. Models
 trained on single utterances meet several in one input there, with the pauses between them, as in a user's video.
 
 Text: the fortune cookie files of Debian's `fortunes` package (with `fortunes-min`), /usr/share/games/fortunes, under
@@ -689,7 +689,8 @@ def generate(out_dir, utterances: int, seed: int = 0, voices: list[str] | None =
                 progress(len(records), len(work))
     for label in SPLITS:
         rows = [{"id": j["id"], "video": j["video"], "text": j["text"]} for j in work if j["split"] == label]
-        _write_lines(out_dir / f"{label}.jsonl", rows)
+        if rows:  # an empty manifest is no set: `mome train --valid` refuses it, `evaluate` finds nothing in it
+            _write_lines(out_dir / f"{label}.jsonl", rows)
     _write_lines(out_dir / "alignments.jsonl", [r for r in records if r["split"] in SPLITS])
     if reading:
         _write_lines(out_dir / "reading.jsonl", [r for r in records if r["split"] == "reading"])
@@ -827,7 +828,7 @@ def _main(argv: list[str] | None) -> int:
     except (SynthError, MediaError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    for label in SPLITS + (("reading",) if args.reading else ()):
+    for label in [s for s in SPLITS if meta["splits"][s]] + (["reading"] if args.reading else []):
         print(os.path.join(args.out_dir, f"{label}.jsonl"))
     print(f"synth: {meta['utterances']} clips, {meta['hours'] * 60:.1f} min of speech, "
           f"{time.monotonic() - started:.1f} s", file=sys.stderr)
@@ -837,6 +838,8 @@ def _main(argv: list[str] | None) -> int:
 def _long_form(corpus: Path, seconds: float) -> int:
     started = time.monotonic()
     for split in ("valid", "test"):
+        if not (corpus / f"{split}.jsonl").is_file() and (corpus / "corpus.json").is_file():
+            continue  # a corpus made with --valid 0 or --test 0 has no such split
         try:
             rows = join_clips(corpus, split, seconds, corpus / "long")
         except (MediaError, OSError, KeyError, ValueError) as e:

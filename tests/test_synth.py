@@ -100,8 +100,8 @@ def test_split_counts_follow_the_fractions_given_or_a_warning_says_why_not(tmp_p
     (tmp_path / "text.txt").write_text(TEXT, encoding="utf-8")
     result = run_synth(tmp_path / "none", "-n", 3, "--valid", 0, "--test", 0, "--text", tmp_path / "text.txt")
     assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
-    lines = [(tmp_path / "none" / f"{split}.jsonl").read_text().splitlines() for split in synth.SPLITS]
-    assert [len(split) for split in lines] == [3, 0, 0]  # was 1/1/1
+    assert len(load_manifest(tmp_path / "none" / "train.jsonl")) == 3  # was 1/1/1
+    assert [(tmp_path / "none" / f"{split}.jsonl").exists() for split in ("valid", "test")] == [False, False]  # empty
     result = run_synth(tmp_path / "few", "-n", 4, "--text", tmp_path / "text.txt")
     assert result.returncode == 0 and result.lines[0] == ("synth: warning: train/valid/test 2/1/1, not the 4/0/0 of "
                                                           "--valid 0.05 --test 0.05: a split given a fraction gets "
@@ -425,6 +425,24 @@ def test_a_folder_of_other_files_is_not_written_into(tmp_path):
     assert [p.name for p in mine.iterdir()] == ["train.jsonl"] and (mine / "train.jsonl").read_text() == "mine\n"
     (mine / "train.jsonl").unlink()  # an empty folder is written into
     assert run_synth(mine, "-n", 3, "--text", tmp_path / "text.txt").returncode == 0
+
+
+@needs_espeak
+@needs_ffmpeg
+def test_a_split_of_no_utterances_has_no_manifest(tmp_path, capsys):
+    """--valid 0 wrote an empty valid.jsonl, which `mome train --valid` refuses ("no utterances"); the paths printed
+    are the manifests written, and --long-form joins the splits the corpus has."""
+    (tmp_path / "text.txt").write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "corpus"
+    assert synth.main([str(out), "-n", "3", "--valid", "0", "--test", "0.3", "--speakers", "1", "--text",
+                       str(tmp_path / "text.txt")]) == 0
+    assert capsys.readouterr().out.splitlines() == [str(out / "train.jsonl"), str(out / "test.jsonl")]
+    assert not (out / "valid.jsonl").exists() and not (out / "valid").exists()
+    assert [len(load_manifest(out / f"{split}.jsonl")) for split in ("train", "test")] == [2, 1]
+    assert json.loads((out / "corpus.json").read_text())["splits"] == {"train": 2, "valid": 0, "test": 1}
+    assert synth.main([str(out), "--long-form", "9"]) == 0
+    assert capsys.readouterr().out.splitlines() == [str(out / "long" / "test.jsonl")]
+    assert not (out / "long" / "valid.jsonl").exists()
 
 
 def test_a_negative_seed_is_a_usage_error(tmp_path, capsys):
