@@ -79,11 +79,13 @@ class RateListParam(click.ParamType):
     def convert(self, value, param, ctx):
         if value is None or isinstance(value, tuple):
             return value
-        if self.allow_all and value.strip() == "all":
+        if self.allow_all and value.strip().lower() == "all":  # any case, as --snr takes "clean"
             return None
         rates = [_parse_rate(part) for part in value.split(";") if part.strip()]
         if not rates or None in rates:
-            self.fail(f"{value!r}: expected A,V pairs separated by ';' such as \"4,2;4,5\"", param, ctx)
+            expected = "'all', or A,V pairs" if self.allow_all else "A,V pairs"
+            self.fail(f"{value!r}: expected {expected} separated by ';' such as \"4,2;4,5\" (in mode a or v, one "
+                      "rate each will do: \"4;16\")", param, ctx)
         return tuple(rates)
 
 

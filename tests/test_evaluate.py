@@ -494,6 +494,13 @@ def test_missing_dataset_exits_4_and_says_how_to_get_it(tmp_path):
         "a .jsonl or auto_avsr .csv manifest, or a folder of media files with .txt transcripts beside them)"
 
 
+def test_rates_all_is_taken_in_any_case_as_snr_clean_is(tmp_path):
+    """--rates ALL was a usage error (exit 2) where --snr CLEAN is taken: here the dataset is what is missing."""
+    result = evaluate("--dataset", tmp_path / "nowhere.jsonl", "--rates", "ALL", "--snr", "CLEAN", "-o",
+                      tmp_path / "out", home=tmp_path / "home")
+    assert result.returncode == 4, result.explain
+
+
 def test_an_output_path_that_fails_part_way_or_goes_up_leaves_no_folders(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = evaluate("--dataset", tmp_path / "x.jsonl", "-o", Path("new") / ("x" * 300) / "out", home=tmp_path / "home")
@@ -519,7 +526,8 @@ def test_ctrl_c_during_an_evaluation_exits_130_and_leaves_no_empty_output_folder
 
 @pytest.mark.parametrize("args, complaint", [
     (["--snr", "5,x"], "--snr"),
-    (["--rates", "4,x"], "--rates"),
+    (["--rates", "4,x"], "'4,x': expected 'all', or A,V pairs separated by ';' such as \"4,2;4,5\" (in mode a or v, "
+                         "one rate each will do: \"4;16\")"),
     (["--rates", "8,3"], "not trained"),
     (["--rates", "4,2;4"], "mode av needs an audio and a video rate, A,V (e.g. 4,2), got 4"),
     (["--max-segment", "21"], "at most 20 s"),
