@@ -372,6 +372,11 @@ def run(job: EvaluateJob, log: Callable[[str], None] = lambda m: None, progress=
     elif noisy_snrs:
         if sound is not None:
             noise = LoopedNoise([(None, sound)], count=1, seed=job.seed)
+            longest = max(clips, key=lambda c: len(c.audio))
+            if len(sound) < len(longest.audio):  # a short file heard again and again: a hum more than a noise
+                log(f"warning: --noise {job.noise} lasts {len(sound) / SAMPLE_RATE:.2f} s, less than the "
+                    f"{len(longest.audio) / SAMPLE_RATE:.2f} s of the longest utterance: it is repeated end to end "
+                    "to cover each one")
             evaluation.noise = {"source": "file", "path": str(job.noise), "seconds": round(len(sound) / SAMPLE_RATE, 3)}
         else:
             failed = frozenset(i for i, _ in evaluation.failed)  # each said once, as an error

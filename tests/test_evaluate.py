@@ -258,6 +258,21 @@ def test_a_folder_with_the_split_s_manifest_is_evaluated_through_it(prepared, tm
 
 
 @needs_ffmpeg
+def test_a_noise_file_shorter_than_an_utterance_is_said_to_be_repeated(prepared, tmp_path):
+    """A 0.1 s --noise is looped over each 0.6 s utterance, a hum more than a noise: it was used without a word."""
+    for seconds in (0.1, 1):
+        ffmpeg("-f", "lavfi", "-i", f"anoisesrc=seed=3:d={seconds}", "-ar", "16000", tmp_path / f"{seconds}.wav")
+        result = evaluate("--dataset", prepared / "labels" / LABELS, "--model", "tiny", "--mode", "a", "--rates", "4",
+                          "--snr", "0", "--noise", tmp_path / f"{seconds}.wav", "-o", tmp_path / f"out{seconds}",
+                          home=tmp_path / "home")
+        assert result.returncode == 0, result.explain
+        said = [line for line in result.stderr.splitlines() if "--noise" in line]
+        assert said == ([f"warning: --noise {tmp_path / '0.1.wav'} lasts 0.10 s, less than the 0.60 s of the longest "
+                         "utterance: it is repeated end to end to cover each one"] if seconds < 1 else []), \
+            result.explain
+
+
+@needs_ffmpeg
 def test_a_transcript_that_is_not_utf8_is_named_with_its_line(prepared, tmp_path):
     """The .txt that is bad, not the CSV that led to it (it said "test.csv: not UTF-8 text (byte 3 of a line)"); its
     utterance's error, the rest scored."""
