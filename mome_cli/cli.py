@@ -337,6 +337,7 @@ def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode
         ctx.exit(e.exit_code)
     if evaluation.cells:
         click.echo(evaluation.table())  # first: the figures are not lost if the files cannot be written
+    earlier = (job.output_dir / library.REPORT_FILE).is_file()  # replaced by this run's: said, not asked
     try:
         written = library.write_outputs(evaluation, job.output_dir)
     except OSError as e:
@@ -345,7 +346,7 @@ def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode
     if not written:
         quiet_log(f"warning: nothing was scored: the report of an earlier run in {output_dir} is left as it was")
     if not quiet:
-        where = f" (report in {output_dir})" if written else ""
+        where = f" (report in {output_dir}{', replacing an earlier run' * earlier})" if written else ""
         log(f"{evaluation.evaluated} evaluated, {len(evaluation.failed)} failed{where}")
     ctx.exit(evaluation.return_code)
 

@@ -273,6 +273,21 @@ def test_a_noise_file_shorter_than_an_utterance_is_said_to_be_repeated(prepared,
 
 
 @needs_ffmpeg
+def test_a_report_already_in_the_output_folder_is_replaced_and_said_to_be(prepared, tmp_path):
+    """-o is ./mome-eval unless given: a second evaluation there replaced the first's report without a word."""
+    out = tmp_path / "mome-eval"
+    said = []
+    for rate in ("4", "16"):
+        result = evaluate("--dataset", prepared / "labels" / LABELS, "--model", "tiny", "--mode", "a", "--rates", rate,
+                          "-o", out, home=tmp_path / "home")
+        assert result.returncode == 0, result.explain
+        assert json.loads((out / "report.json").read_text(encoding="utf-8"))["rates"] == [[int(rate)]]
+        said.append(result.stderr.splitlines()[-1])
+    assert said == [f"3 evaluated, 0 failed (report in {out})",
+                    f"3 evaluated, 0 failed (report in {out}, replacing an earlier run)"]
+
+
+@needs_ffmpeg
 def test_a_transcript_that_is_not_utf8_is_named_with_its_line(prepared, tmp_path):
     """The .txt that is bad, not the CSV that led to it (it said "test.csv: not UTF-8 text (byte 3 of a line)"); its
     utterance's error, the rest scored."""
