@@ -3,8 +3,9 @@
     python -m mome_cli.synth OUT_DIR --utterances 2000 --seed 0 [--voices en-us en-gb ...] [--speakers 12] [--jobs 2]
 
 writes OUT_DIR/{train,valid,test}.jsonl, one {"id", "video", "text"} line per utterance with the path relative to
-OUT_DIR (a split of no utterances, --valid 0 or --test 0, has no manifest: an empty one is no set to use), and OUT_DIR/<split>/<id>.mp4: 96 x 96 grayscale mouth crops at 25 fps (libx264, yuv420p) with the speech as
-16 kHz mono AAC, so `mome train --train OUT_DIR/train.jsonl` reads it like any manifest (the clips are already mouth
+OUT_DIR (a split of no utterances, --valid 0 or --test 0, has no manifest: an empty one is no set to use), and
+OUT_DIR/<split>/<id>.mp4: 96 x 96 grayscale mouth crops at 25 fps (libx264, yuv420p) with the speech as 16 kHz mono
+AAC, so `mome train --train OUT_DIR/train.jsonl` reads it like any manifest (the clips are already mouth
 ROIs: the --roi path). OUT_DIR/alignments.jsonl holds each clip's speaker, duration and phoneme and word timings;
 OUT_DIR/corpus.json the seed, the speakers and the text source. The same seed and options give the same manifests,
 durations and frames. `--reading N` also speaks N more sentences (none of the clips') for their timings only, with no
@@ -15,8 +16,9 @@ written (each is written whole or not at all), so an interrupted run resumes and
     python -m mome_cli.synth OUT_DIR --long-form 9
 
 joins a corpus's valid and test clips into long-form ones instead (join_clips): each speaker's clips, in manifest
-order, until they last 9 s or more, as OUT_DIR/long/{valid,test}.jsonl (of the splits the corpus has) and OUT_DIR/long/<split>/<id>.mp4. Models
-trained on single utterances meet several in one input there, with the pauses between them, as in a user's video.
+order, until they last 9 s or more, as OUT_DIR/long/{valid,test}.jsonl (of the splits the corpus has) and
+OUT_DIR/long/<split>/<id>.mp4. Models trained on single utterances meet several in one input there, with the pauses
+between them, as in a user's video.
 
 Text: the fortune cookie files of Debian's `fortunes` package (with `fortunes-min`), /usr/share/games/fortunes, under
 the BSD licence of fortune-mod (Debian's /usr/share/doc/fortunes/copyright). The categories in FORTUNE_CATEGORIES are
