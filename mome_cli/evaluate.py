@@ -103,7 +103,7 @@ class EvaluateJob:
     limit: int | None = None  # evaluate the first N utterances only
     beam: int = 1
     batch_size: int = 8  # segments encoded and decoded together
-    max_new_tokens: int | None = None  # None: from the length of each batch's longest segment (token_budget)
+    max_new_tokens: int | None = None  # None: from the length of each segment (token_budget)
     max_segment: float | None = None  # seconds; None: the recognizer's limit (20 s, or its audio window)
     pack: bool | None = None  # cut only what is longer than the limit; None: yes for the auto_avsr CSV layout
     roi: bool | None = None  # videos are mouth crops; None: yes for the auto_avsr CSV layout, else no
@@ -429,9 +429,9 @@ def _transcribe_grid(recognizer, clips: list, ids: list[str], rates: list, snrs:
                      job: EvaluateJob, segment_seconds: float, pack: bool, progress) -> tuple[dict, dict, dict]:
     """Hypotheses (one text per clip, its segments' texts joined), wall seconds and (segments decoded, of them cut
     short at the token limit), each per (rate, snr)."""
-    from .decoding import DecodingOptions, decode, token_budget
+    from .decoding import DecodingOptions, decode
     from .model import Features
-    from .recognizer import segments_of, slice_audio, slice_rois
+    from .recognizer import budget_batches, segments_of, slice_audio, slice_rois
 
     def heard(c: int, snr: SNR):
         if snr == CLEAN or noise is None:
@@ -453,9 +453,8 @@ def _transcribe_grid(recognizer, clips: list, ids: list[str], rates: list, snrs:
             for c, segs in enumerate(segments):
                 groups.setdefault(clips[c].mode, []).extend((c, i) for i, seg in enumerate(segs) if seg.speech)
             for mode, jobs in groups.items():
-                jobs.sort(key=lambda j: -segments[j[0]][j[1]].duration)  # similar lengths share a batch
-                for at in range(0, len(jobs), job.batch_size):
-                    batch = jobs[at : at + job.batch_size]
+                seconds_of = [segments[c][i].duration for c, i in jobs]
+                for batch, budget in budget_batches(jobs, seconds_of, job.batch_size, job.max_new_tokens):
                     tick = _clock(recognizer)
                     cuts = tuple((c, segments[c][i].start, segments[c][i].end) for c, i in batch)
                     if "v" in mode and cuts not in lips:  # cut as at an SNR before: encoded then
@@ -465,8 +464,7 @@ def _transcribe_grid(recognizer, clips: list, ids: list[str], rates: list, snrs:
                                                 None) if "a" in mode else Features()
                     features = Features(audio.audio, audio.audio_lengths, video.video, video.video_lengths)
                     encoders_share = (_clock(recognizer) - tick) / len(rates)
-                    budget = job.max_new_tokens or token_budget(segments[batch[0][0]][batch[0][1]].duration)
-                    decoding = dataclasses.replace(decoding, max_new_tokens=budget)  # the longest segment first
+                    decoding = dataclasses.replace(decoding, max_new_tokens=budget)
                     for rate in rates:
                         tick = _clock(recognizer)
                         rate_here = rate if mode == job.mode else (rate[0], None)  # a clip fallen back to audio

@@ -20,7 +20,7 @@ class RecognizeOptions:
     any_rate: bool = False  # allow a rate the model was not trained on
     beam: int = 1
     batch_size: int = 8  # segments decoded together
-    max_new_tokens: int | None = None  # None: from the length of each batch's longest segment (token_budget)
+    max_new_tokens: int | None = None  # None: from the length of each segment (token_budget)
     max_segment: float | None = None  # seconds; None: Recognizer.max_segment_seconds
     pack: bool = False  # cut only what is longer than the limit, not at every pause (media.split_at_pauses)
 

@@ -134,14 +134,12 @@ class Recognizer:
                     groups.setdefault((modes[c], rates[c]), []).append((c, i))
         decoding = DecodingOptions(beam_size=options.beam)
         for (mode, rate), jobs in groups.items():
-            jobs.sort(key=lambda job: -segments[job[0]][job[1]].duration)  # similar lengths share a batch
-            for at in range(0, len(jobs), options.batch_size):
-                batch = jobs[at : at + options.batch_size]
+            seconds = [segments[c][i].duration for c, i in jobs]
+            for batch, budget in budget_batches(jobs, seconds, options.batch_size, options.max_new_tokens):
                 audio = [slice_audio(clips[c], segments[c][i]) for c, i in batch] if "a" in mode else None
                 rois = [slice_rois(clips[c], segments[c][i]) for c, i in batch] if "v" in mode else None
                 features = self.features(audio, rois)
-                budget = options.max_new_tokens or token_budget(segments[batch[0][0]][batch[0][1]].duration)
-                decoding = dataclasses.replace(decoding, max_new_tokens=budget)  # the batch's longest segment first
+                decoding = dataclasses.replace(decoding, max_new_tokens=budget)
                 for (c, i), result in zip(batch, decode(self.model, features, rate, mode, decoding, options.any_rate)):
                     texts[c][i] = result.text
                     if len(result.tokens) >= budget:  # it did not end: a model that repeats itself, or noise
@@ -165,6 +163,22 @@ class Recognizer:
             )
             for c, clip in enumerate(clips)
         ]
+
+
+def budget_batches(jobs: list, seconds: list[float], batch_size: int,
+                   max_new_tokens: int | None = None) -> list[tuple[list, int]]:
+    """Jobs (segments of `seconds` each) longest first, in batches of at most batch_size, each with its token budget
+    (max_new_tokens, else token_budget of the segments' length). A batch only holds segments of one budget: a segment
+    decoded with a longer one's budget could run on past where it stops alone (a model that does not end), so the
+    batch size would change its transcript."""
+    order = sorted(range(len(jobs)), key=lambda j: -seconds[j])  # similar lengths share a batch
+    out = []
+    for j in order:
+        budget = max_new_tokens or token_budget(seconds[j])
+        if not out or out[-1][1] != budget or len(out[-1][0]) == batch_size:
+            out.append(([], budget))
+        out[-1][0].append(jobs[j])
+    return out
 
 
 def segments_of(clip: Clip, max_seconds: float = MAX_SEGMENT_SECONDS, every_pause: bool = True) -> list[Segment]:
@@ -356,7 +370,7 @@ def build_recognizer(config: ModelConfig, home: Path, device: str, dtype: torch.
 
 
 __all__ = ["UsageProblem", "RecognizeOptions", "Recognizer", "load_recognizer", "build_recognizer", "resolve_device",
-           "cached_commit", "segments_of", "slice_audio", "slice_rois",
+           "cached_commit", "budget_batches", "segments_of", "slice_audio", "slice_rois",
            # from presets.py, torch-free
            "BUNDLED", "tiny_config", "preset_config", "model_config", "rate_for", "segment_limit", "check_options",
            "shadowed_preset"]

@@ -317,3 +317,25 @@ def test_a_segment_cut_short_at_the_token_limit_is_said():
     (cut,) = recognizer.transcribe_many([clip], RecognizeOptions(mode="a", max_new_tokens=1))
     assert cut.warnings == ["decoding reached the token limit without ending at 0.00-3.00 s: the text stops there "
                             "(the model repeats itself, or reads noise as speech)"]
+
+
+def test_a_short_segment_gets_its_own_token_budget_in_a_batch_with_a_long_one():
+    """The tiny random LM never ends: alone, a 1.5 s segment stops at its budget (64 tokens); decoded beside a 3.5 s
+    one it took that one's (128), so --batch-size changed the transcript."""
+    rng = np.random.default_rng(1)
+    clips = [Clip(path=f"{s}.wav", duration=s, mode="a",
+                  audio=(0.1 * rng.standard_normal(int(s * 16000))).astype(np.float32)) for s in (1.5, 3.5)]
+    recognizer = load_recognizer("tiny")
+    alone = [recognizer.transcribe_many([c], RecognizeOptions(mode="a"))[0] for c in clips]
+    together = recognizer.transcribe_many(clips, RecognizeOptions(mode="a", batch_size=2))
+    assert [t.text for t in together] == [t.text for t in alone]
+    assert [t.warnings for t in together] == [t.warnings for t in alone]
+
+
+def test_budget_batches_hold_one_budget_each_longest_first():
+    from mome_cli.recognizer import budget_batches
+
+    seconds = [1.0, 5.0, 4.6, 1.5, 4.9, 0.5]
+    jobs = list("abcdef")
+    assert budget_batches(jobs, seconds, 2) == [(["b", "e"], 160), (["c"], 160), (["d", "a"], 64), (["f"], 64)]
+    assert budget_batches(jobs, seconds, 8, max_new_tokens=5) == [(list("becdaf"), 5)]
