@@ -101,6 +101,7 @@ class TrainConfig:
     # -- augmentation of the raw inputs (any of it on: every step encodes its batch again) ------------------------
     mask_audio: bool = False  # zero random spans of audio samples
     mask_video: bool = False  # zero random spans of ROI frames
+    crop_video: bool = False  # a random 88 x 88 window of each utterance's ROIs (one offset a clip), not the centre
     mask_max_seconds: float = 0.4  # longest masked span
     mask_every_seconds: float = 1.0  # one span per this much of an utterance (at least one)
     babble_prob: float = 0.0  # chance that an utterance gets babble noise (other training utterances summed)
@@ -168,6 +169,8 @@ class TrainConfig:
             raise ConfigError("babble_prob > 0 needs at least one SNR in babble_snr")
         if self.mask_audio and "a" not in self.data_mode or self.mask_video and "v" not in self.data_mode:
             raise ConfigError(f"mask_audio/mask_video need their modality in mode, got mode={self.mode!r}")
+        if self.crop_video and "v" not in self.data_mode:
+            raise ConfigError(f"crop_video needs video in mode, got mode={self.mode!r}")
         if self.babble_prob > 0 and "a" not in self.data_mode:
             raise ConfigError(f"babble noise needs audio, got mode={self.mode!r}")
         try:
@@ -218,7 +221,7 @@ class TrainConfig:
 
     @property
     def augmenting(self) -> bool:
-        return self.mask_audio or self.mask_video or self.babble_prob > 0
+        return self.mask_audio or self.mask_video or self.crop_video or self.babble_prob > 0
 
     def mome_config(self) -> MoMEConfig:
         return MoMEConfig(num_routed=self.experts, num_shared=self.shared, top_k=self.top_k,

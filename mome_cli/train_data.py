@@ -5,9 +5,9 @@ each epoch's batch order shuffled with (seed, epoch) and dealt out to the proces
 batch, so every process makes the same number of steps. The encoders are frozen: without raw-input augmentation each
 utterance is encoded once and its features are kept (in memory, or on disk under $MOME_HOME/cache/features).
 Augmentation changes raw inputs, which are then encoded again at every step, but only what it changed: a time mask
-changes its modality in every utterance, babble the audio of the utterances it hits (babble_prob); the features of
-the rest come from the store. The augmentation's randomness is drawn from (seed, step, rank), so resuming needs no
-augmentation state.
+or a random crop of the lips changes its modality in every utterance, babble the audio of the utterances it hits
+(babble_prob); the features of the rest come from the store. The augmentation's randomness is drawn from (seed, step,
+rank), so resuming needs no augmentation state.
 
 Preprocessed clips are cached under $MOME_HOME/cache/clips, as for transcribe and evaluate; face-alignment's weights
 (when videos are not mouth crops) come from $TORCH_HOME if set, else mome's cache (preprocess.face_alignment_weights).
@@ -88,6 +88,17 @@ def time_mask(x: np.ndarray, rate: float, config: TrainConfig, rng: np.random.Ge
             start = int(rng.integers(0, T - span + 1))
             x[start : start + span] = 0
     return x
+
+
+def random_crop(rois: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(T, H, W) mouth ROIs -> (T, C, C), C = 88: one window at a random offset for the whole utterance, as the
+    predecessors crop in training (torchvision RandomCrop(88) over the clip); transcribe and evaluate read the centre
+    one (lips.normalised_crops, which takes an 88 x 88 ROI whole)."""
+    from .lips import CROP_SIZE
+
+    T, H, W = rois.shape
+    top, left = int(rng.integers(0, H - CROP_SIZE + 1)), int(rng.integers(0, W - CROP_SIZE + 1))
+    return np.ascontiguousarray(rois[:, top : top + CROP_SIZE, left : left + CROP_SIZE])
 
 
 # ---- features ----------------------------------------------------------------------------------------------------
@@ -288,9 +299,9 @@ class TrainingData:
 
     def _reusable(self) -> tuple[str, ...]:
         """The modalities whose stored features a step can use: all when not augmenting; else those that no time
-        mask changes in every utterance (babble changes only the audio of the utterances it hits)."""
+        mask or random crop changes in every utterance (babble changes only the audio of the utterances it hits)."""
         cfg, mode = self.config, self.config.data_mode
-        masked = {"audio": cfg.mask_audio, "video": cfg.mask_video}
+        masked = {"audio": cfg.mask_audio, "video": cfg.mask_video or cfg.crop_video}
         return tuple(name for name in ("audio", "video") if name[0] in mode and not masked[name])
 
     def _encode(self, indices, loaded: dict | None = None) -> list[int]:
@@ -368,11 +379,14 @@ class TrainingData:
         if cfg.mask_audio:
             audio = time_mask(audio, SAMPLE_RATE, cfg, rng)
             changed.add("audio")
+        if cfg.crop_video:
+            rois = random_crop(rois, rng)
+            changed.add("video")
         if cfg.mask_video:
             rois = time_mask(rois, VIDEO_FPS, cfg, rng)
             changed.add("video")
         return dataclasses.replace(clip, audio=audio, rois=rois), changed  # config checks: only modalities of the mode
 
 
-__all__ = ["TrainingData", "FeatureStore", "ClipStore", "load_clip", "clip_frames", "time_mask", "collate",
-           "split_features"]
+__all__ = ["TrainingData", "FeatureStore", "ClipStore", "load_clip", "clip_frames", "time_mask", "random_crop",
+           "collate", "split_features"]

@@ -23,7 +23,7 @@ from mome_cli.data import load_manifest
 from mome_cli.preprocess import Preprocessor, PreprocessOptions
 from mome_cli.noise import add_babble
 from mome_cli.train_config import ConfigError, TrainConfig, resolve_config
-from mome_cli.train_data import load_clip, time_mask
+from mome_cli.train_data import load_clip, random_crop, time_mask
 from mome_cli.training import tensor_digest
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
@@ -859,8 +859,26 @@ def test_time_mask_zeroes_spans_and_babble_hits_the_snr():
     assert noisy.shape == speech.shape and snr == pytest.approx(5.0, abs=1e-3)
 
 
+def test_random_crop_is_one_88_window_per_utterance_anywhere_in_the_roi():
+    """The predecessors train on RandomCrop(88) of the 96 x 96 mouth crops (one offset a clip) and test on the
+    centre: training only ever saw the centre crop."""
+    rois = np.arange(5 * 96 * 96, dtype=np.int64).reshape(5, 96, 96)  # every pixel tells where it came from
+    offsets = set()
+    for seed in range(200):
+        crop = random_crop(rois, np.random.default_rng(seed))
+        assert crop.shape == (5, 88, 88)
+        top, left = divmod(int(crop[0, 0, 0]), 96)
+        assert torch.equal(torch.from_numpy(crop), torch.from_numpy(rois[:, top : top + 88, left : left + 88]))
+        offsets.add((top, left))
+    assert {t for t, _ in offsets} == set(range(9)) == {x for _, x in offsets}  # 0..8 each way, the centre is 4
+    with pytest.raises(ConfigError, match="crop_video"):
+        TrainConfig(train="t", output="o", steps=1, mode="a", crop_video=True)
+    assert TrainConfig(train="t", output="o", steps=1, crop_video=True).augmenting
+
+
 @pytest.mark.parametrize("augment, reused", [({"babble_prob": 0.5}, ("audio", "video")),
                                               ({"babble_prob": 0.5, "mask_video": True}, ("audio",)),
+                                              ({"crop_video": True}, ("audio",)),
                                               ({"mask_audio": True, "mask_video": True}, ())])
 def test_augmented_steps_encode_again_only_what_augmentation_changed(corpus, tmp_path, augment, reused):
     # Babble hits some utterances' audio; a time mask changes its modality in every utterance. The rest comes from
