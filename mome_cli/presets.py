@@ -10,6 +10,7 @@ re-exports all of it.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from .checkpoint import CheckpointError, read_config
@@ -75,6 +76,22 @@ def segment_limit(asked: float | None, most: float) -> float:
 
 
 
+def longest_segment(config: ModelConfig) -> float:
+    """Recognizer.max_segment_seconds from the configs alone: 20 s, or the audio encoder's window where it is shorter,
+    as the chunk_length of its folder's preprocessor_config.json says (8 s for the demo model). A hub encoder (Whisper's
+    30 s), tiny, or a window that cannot be read here (said when the model loads): 20 s."""
+    folder = config.audio_encoder
+    if not folder or folder == "tiny" or not Path(folder).is_dir():
+        return MAX_SEGMENT_SECONDS
+    try:
+        chunk = json.loads((Path(folder) / "preprocessor_config.json").read_text(encoding="utf-8"))["chunk_length"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return MAX_SEGMENT_SECONDS
+    if isinstance(chunk, bool) or not isinstance(chunk, (int, float)) or not chunk > 0:
+        return MAX_SEGMENT_SECONDS
+    return min(MAX_SEGMENT_SECONDS, float(chunk))
+
+
 def check_options(model: str, adapter: str | None, device: str | None, options: RecognizeOptions) -> None:
     """What load_recognizer and its checks refuse, from the configs alone (no weights loaded): before a run prints or
     reads anything, and in a run that has nothing left to transcribe, so that a mistyped option fails there too
@@ -88,7 +105,7 @@ def check_options(model: str, adapter: str | None, device: str | None, options: 
 
         resolve_device(device)
     rate_for(config, options.mode, options.rate, options.any_rate)
-    segment_limit(options.max_segment, MAX_SEGMENT_SECONDS)  # the audio encoder's window is known once it loads
+    segment_limit(options.max_segment, longest_segment(config))
 
 
 
@@ -136,5 +153,5 @@ def model_config(model: str, adapter: str | None = None) -> tuple[ModelConfig, P
     return config, None if weights is None else Path(weights)
 
 
-__all__ = ["BUNDLED", "tiny_config", "preset_config", "model_config", "rate_for", "segment_limit", "check_options",
-           "shadowed_preset"]
+__all__ = ["BUNDLED", "tiny_config", "preset_config", "model_config", "rate_for", "segment_limit", "longest_segment",
+           "check_options", "shadowed_preset"]

@@ -295,6 +295,18 @@ def test_demo_loads_from_the_package_and_an_install_without_it_is_missing_not_a_
         load_recognizer("demo", home=home)
 
 
+def test_a_max_segment_the_demo_model_cannot_take_is_refused_naming_its_own_limit():
+    """--max-segment 30 with the demo model (an 8 s window) was refused, before it loaded, as "this model takes
+    segments of at most 20 s", and 20 then as "at most 8 s"; the configs already say 8."""
+    from mome_cli.presets import check_options, longest_segment, model_config
+
+    assert longest_segment(model_config("demo")[0]) == 8 and longest_segment(model_config("tiny")[0]) == 20
+    for asked in (30, 10):
+        with pytest.raises(UsageProblem, match="at most 8 s"):
+            check_options("demo", None, None, RecognizeOptions(max_segment=asked))
+    check_options("demo", None, None, RecognizeOptions(max_segment=8))
+
+
 @pytest.mark.parametrize("mode, frames, duration", [("v", 74, 2.95), ("av", 549, 21.9525)])
 def test_no_segment_ends_past_the_clip(mode, frames, duration):
     """A clip's frames round its length up (2.95 s is 73.75 frames): the last segment said 2.96 s of a 2.95 s clip."""
