@@ -181,7 +181,8 @@ def model_options(f):
         click.option("--mode", type=click.Choice(MODES), default="av", show_default=True, help="Audio, video or both."),
         click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True),
         click.option("--beam", type=click.IntRange(min=1), default=1, show_default=True, help="Beam size (1: greedy)."),
-        click.option("--batch-size", type=click.IntRange(min=1), help="Inputs decoded together."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+                     help="Segments decoded together."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -195,7 +196,9 @@ def model_options(f):
               help="Only files of folder inputs whose name matches PATTERN, ignoring case (e.g. '*.mp4'; files "
                    "named as INPUT are always taken).")
 @model_options
-@click.option("--rate", type=RateParam(), metavar="A,V", help="Compression rates [the model's first trained pair].")
+@click.option("--rate", type=RateParam(), metavar="A,V",
+              help="Compression rates: A,V in mode av, A in mode a, V in mode v (or a pair: its half) [the "
+                   "model's first trained pair].")
 @click.option("--any-rate", is_flag=True, help="Accept a rate the model was not trained on.")
 @click.option("--roi", is_flag=True, help="Videos are already mouth crops: skip face detection.")
 @click.option("--max-segment", type=click.FloatRange(min=1.0), metavar="SECONDS",
@@ -246,7 +249,7 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
         cache_dir=None if no_cache else mome_home() / "cache" / "clips", verbose=ctx.obj.verbose,
     )
     prep = PreprocessOptions(mode=mode, roi=roi, detector=detector, device=device)
-    recog = RecognizeOptions(mode=mode, rate=rate, any_rate=any_rate, beam=beam, batch_size=batch_size or 8,
+    recog = RecognizeOptions(mode=mode, rate=rate, any_rate=any_rate, beam=beam, batch_size=batch_size,
                              max_segment=max_segment, pack=pack)
     try:
         with _progress(len(found), "transcribing", enabled=stderr.is_terminal and not quiet) as advance:
@@ -315,7 +318,7 @@ def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode
     job = library.EvaluateJob(
         dataset=dataset, output_dir=Path(output_dir), data_root=Path(data_root) if data_root else None, split=split,
         model=model, adapter=adapter, device=device, mode=mode, rates=rates, any_rate=any_rate, snrs=snrs,
-        noise=Path(noise) if noise else None, seed=seed, limit=limit, beam=beam, batch_size=batch_size or 8, roi=roi,
+        noise=Path(noise) if noise else None, seed=seed, limit=limit, beam=beam, batch_size=batch_size, roi=roi,
         max_segment=max_segment, pack=pack, detector=detector,
         cache_dir=None if no_cache else mome_home() / "cache" / "clips", verbose=ctx.obj.verbose,
     )

@@ -293,3 +293,13 @@ def test_stdout_goes_above_the_bar_only_when_it_is_the_bars_terminal():
         assert _same_terminal(first, again) and not _same_terminal(first, second)
         assert not _same_terminal(None, first) and not _same_terminal(null, first)
     os.close(master), os.close(other_master)
+
+
+def test_help_says_what_batch_size_and_rate_take():
+    """--batch-size said "Inputs decoded together" with no default: it is the segments decoded together, 8 unless
+    given; --rate said nothing of the one rate that modes a and v take (the README and the contract do)."""
+    for command in ("transcribe", "evaluate"):
+        shown = " ".join(invoke(command, "--help").stdout.split())
+        assert "--batch-size INTEGER RANGE Segments decoded together" in shown and "[default: 8; x>=1]" in shown
+    shown = " ".join(invoke("transcribe", "--help").stdout.split())
+    assert "A in mode a, V in mode v" in shown
