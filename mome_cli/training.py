@@ -21,7 +21,8 @@ The output directory is a checkpoint directory (`--model DIR` for transcribe and
                                      trainable tensors, optimiser, scheduler, step, data position (epoch, batch
                                      index), RNG states; plain containers of tensors and numbers (weights_only load)
     snapshots/step-000100/           the last keep_last saves, each a checkpoint directory
-    log.jsonl                        one JSON object per logged step ("train"), validation ("eval") and save ("save")
+    log.jsonl                        one JSON object per logged step ("train"), validation ("eval") and save ("save");
+                                     "done" closes a run that has nothing left (a --resume of it returns at once)
 
 This module is the recipe (Trainer: setup, train, cleanup; DDP; saving and resuming). The settings - TrainConfig,
 recipes, flags, what a resume may change - are in train_config.py. A step is one batch per process; train_data.py
@@ -178,6 +179,7 @@ class Trainer:
         self.elapsed = 0.0
         self.meter, self.meter_steps = None, 0  # summed losses since the last log line
         self._stop, self._ending = None, False  # the stop request while train() runs; past the last step
+        self.complete = False  # a resumed run that has nothing left: its last step and its end are done
         self._validated_at_end = False  # the final validation is done (before a stop in the averaging)
 
     # -- messages --------------------------------------------------------------------------------------------------
@@ -202,6 +204,10 @@ class Trainer:
         self._state = self._read_state() if self.resume else None
         if self._state is not None:  # what can be refused before the data is prepared, is
             self._check_state(self._state, cfg.steps)
+            self.complete = self._is_complete(self._state)
+            if self.complete:  # nothing to prepare: on LRS3 that is hours of features for nothing
+                self.step = self._state["step"]
+                return
         self.device = self._init_device()
         self.data = TrainingData(cfg, self.home, self.rank, self.world, self.say)  # manifests; DataError: exit 1 or 4
         random.seed(cfg.seed)
@@ -364,6 +370,10 @@ class Trainer:
     def train(self) -> None:
         """The loop, to the last step. SIGINT or SIGTERM (Ctrl-C, a scheduler's pre-emption, `timeout`) stops it
         after the step under way, saved: TrainingStopped; a second signal stops the process at once."""
+        if self.complete:
+            self.say(f"{self.out} is complete: {self.step} steps, saved, its end done; nothing to do (a larger "
+                     f"--steps or --epochs trains on)")
+            return
         with _stop_signals(self.say) as stop:
             self._stop = stop
             try:
@@ -548,6 +558,27 @@ class Trainer:
         done = [p for p in folder.glob("step-*") if (p / "config.json").is_file()]
         return sorted(done, key=lambda p: int(p.name.split("-")[1]))  # by step: step-1000000 after step-999999
 
+    def _is_complete(self, state: dict) -> bool:
+        """Whether a resumed run has nothing left to do: as long as it was (no larger --steps or --epochs given) and
+        its log closes with the record the end of a run writes last, at the step it is at."""
+        cfg = self.config
+        if cfg.steps is not None:
+            if cfg.steps != state["step"]:
+                return False
+        else:
+            try:
+                saved = json.loads((self.out / CONFIG_NAME).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return False
+            if not isinstance(saved, dict) or saved.get("epochs") != cfg.epochs or state.get("total") != state["step"]:
+                return False
+        try:
+            lines = (self.out / LOG_NAME).read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return False
+        records = [r for r in map(_log_record, lines) if r is not None]
+        return bool(records) and records[-1].get("kind") == "done" and records[-1]["step"] == state["step"]
+
     def _read_state(self) -> dict:
         """The run's saved state, read before anything long starts: a damaged file is said at once."""
         path = self.out / STATE_NAME
@@ -592,7 +623,7 @@ class Trainer:
         log, kept, at_end = self.out / LOG_NAME, [], self.step == self.total
         for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if log.is_file() else ():
             record = _log_record(line)
-            if record is None or record["step"] > self.step:
+            if record is None or record["step"] > self.step or record.get("kind") == "done":
                 continue
             if at_end and record["step"] == self.step:
                 if record.get("kind") == "average" or "averaged_steps" in record:
@@ -645,6 +676,7 @@ class Trainer:
                 self.validate(averaged=steps)
         if self.world > 1:  # all leave together: a process that tears down gloo while another works can abort
             torch.distributed.barrier()
+        self.record("done")  # last: a --resume of this run has nothing left to do
         self.say(f"done: {self.step} steps in {self.elapsed:.0f} s; checkpoint in {self.out}")
 
     def average(self, k: int) -> list[int]:

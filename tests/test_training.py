@@ -409,6 +409,25 @@ def test_the_log_writes_nan_and_infinity_as_null_wherever_they_are(tmp_path):
                                          "rate_losses": {"4,2": None, "4,5": 1.5}, "steps": [1, None]}]
 
 
+def test_resuming_a_complete_run_does_nothing_and_says_so_at_once(trained, corpus):
+    """It prepared every training utterance's features again and redid the averaging and its validation before
+    saying "done": hours on LRS3, for nothing."""
+    lines = (trained / "log.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1]) == {"kind": "done", "step": STEPS}  # what the end of a run writes last
+    shutil.copytree(trained, corpus / "again")
+    before = {p.relative_to(corpus / "again"): p.read_bytes() for p in (corpus / "again").rglob("*") if p.is_file()}
+    again = mome(*train_args(corpus, "again"), "--resume", "-v", root=corpus)
+    assert again.returncode == 0, again.explain
+    assert again.stderr == (f"{corpus / 'again'} is complete: {STEPS} steps, saved, its end done; nothing to do (a "
+                            "larger --steps or --epochs trains on)\n"), again.explain  # no model built, no data read
+    after = {p.relative_to(corpus / "again"): p.read_bytes() for p in (corpus / "again").rglob("*") if p.is_file()}
+    assert after == before
+    (corpus / "again" / "log.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # a run of a mome before "done"
+    redone = mome(*train_args(corpus, "again"), "--resume", root=corpus)
+    assert redone.returncode == 0 and "is complete" not in redone.stderr, redone.explain
+    assert json.loads((corpus / "again" / "log.jsonl").read_text().splitlines()[-1]) == {"kind": "done", "step": STEPS}
+
+
 def test_a_run_resumed_longer_keeps_its_warmup_and_stretches_its_cosine(trained, corpus):
     from mome_cli.training import Trainer
 
