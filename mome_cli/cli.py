@@ -162,6 +162,14 @@ def _name_pattern(ctx: click.Context, param, value):
     return value
 
 
+def _named_inputs(ctx: click.Context, param, value):
+    """An empty INPUT ("", as an unset shell variable gives) names no file: pathlib reads it as ".", and the run
+    transcribed every media file in the current folder into it."""
+    if any(argument == "" for argument in value):
+        raise click.BadParameter("'': an empty name is no file or folder", ctx, param)
+    return value
+
+
 def _complete_model(ctx, param, incomplete):
     """Preset names, then directories (checkpoints)."""
     from click.shell_completion import CompletionItem
@@ -190,7 +198,7 @@ def model_options(f):
 
 
 @cli.command()
-@click.argument("inputs", metavar="INPUT...", nargs=-1, required=True, type=click.Path())
+@click.argument("inputs", metavar="INPUT...", nargs=-1, required=True, type=click.Path(), callback=_named_inputs)
 @click.option("-r", "--recursive", is_flag=True, help="Look into sub-folders of folder inputs.")
 @click.option("--glob", metavar="PATTERN", callback=_name_pattern,
               help="Only files of folder inputs whose name matches PATTERN, ignoring case (e.g. '*.mp4'; files "

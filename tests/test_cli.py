@@ -315,3 +315,15 @@ def test_the_readme_names_every_module_and_only_files_that_exist():
     assert {path for path in named if not (ROOT / path).exists()} == set()
     modules = {f"mome_cli/{p.name}" for p in (ROOT / "mome_cli").glob("*.py") if not p.name.startswith("__")}
     assert modules - named == set()
+
+
+def test_an_empty_input_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch):
+    """`mome transcribe ""` (an unset variable in `mome transcribe "$CLIP"`) transcribed every media file in the
+    current folder: pathlib reads "" as "."."""
+    (tmp_path / "x.wav").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    for args in ([""], ["x.wav", ""]):
+        result = invoke("transcribe", *args, "--model", "nosuchmodel")
+        assert result.exit_code == ExitCode.USAGE and "'': an empty name is no file or folder" in result.stderr, \
+            explain(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.wav"]
