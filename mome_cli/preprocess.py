@@ -315,7 +315,7 @@ class Preprocessor:
                 meta = json.loads(str(data["meta"]))
                 clip = Clip(**meta, audio=data["audio"] if "audio" in data else None,
                             rois=data["rois"] if "rois" in data else None)
-        except (OSError, ValueError, KeyError, TypeError):
+        except Exception:  # noqa: BLE001 (whatever a damaged file raises: zipfile's BadZipFile, EOFError, ValueError..)
             return None  # a damaged entry (or one another process just trimmed) is recomputed and overwritten
         with contextlib.suppress(OSError):  # a cache that cannot be written is still read
             os.utime(path)  # used now: among the last to go when the cache is trimmed

@@ -272,6 +272,23 @@ def test_a_copy_of_a_cached_file_is_read_under_its_own_name(media, tmp_path):
     assert prep(copy).path == str(copy) and len(list((tmp_path / "cache").iterdir())) == 1
 
 
+@pytest.mark.parametrize("damage", ["cut in half", "cut short by 10 bytes", "zero bytes", "a byte changed",
+                                    "random bytes after a zip's signature"])
+def test_a_damaged_cache_entry_is_made_again_not_a_traceback(media, tmp_path, damage):
+    """A cut-short entry (a full disk, a copy interrupted) raised zipfile.BadZipFile or EOFError out of transcribe."""
+    cache = tmp_path / "cache"
+    first = Preprocessor(PreprocessOptions(mode="a"), cache_dir=cache)(media / "speech.wav")
+    (entry,) = cache.glob("*.npz")
+    whole = entry.read_bytes()
+    middle = len(whole) // 2
+    entry.write_bytes({"cut in half": whole[:middle], "cut short by 10 bytes": whole[:-10], "zero bytes": b"",
+                       "a byte changed": whole[:middle] + bytes([whole[middle] ^ 0xFF]) + whole[middle + 1 :],
+                       "random bytes after a zip's signature": b"PK\x03\x04" + os.urandom(4000)}[damage])
+    again = Preprocessor(PreprocessOptions(mode="a"), cache_dir=cache)(media / "speech.wav")
+    np.testing.assert_array_equal(again.audio, first.audio)
+    assert again.warnings == [] and entry.read_bytes() == whole  # made again, and written over the damaged one
+
+
 def test_a_video_read_in_chunks_is_tracked_by_one_tracker(media, monkeypatch):
     from mome_cli import preprocess
 
