@@ -11,9 +11,9 @@ whose frames are too small to find one in) falls back to audio in av (with a war
 more than half the frames show no face warns. A pipe is copied to a temporary file first: it gives its bytes once, and
 a file is read several times here.
 
-A finished clip is cached under <cache>/<sha256 of the file>-<options>.npz (written atomically), so running
-transcribe or evaluate again skips decoding and face detection. PREPROCESS_VERSION is in the key: change it whenever
-the output of this stage changes.
+A finished clip is cached under <cache>/<sha256 of the file>-<options>.npz (written atomically, its name in it too),
+so running transcribe or evaluate again skips decoding and face detection. PREPROCESS_VERSION is in the key: change it
+whenever the output of this stage changes.
 
 Notation for shapes: S samples, T frames, R = 96 ROI side.
 """
@@ -313,6 +313,8 @@ class Preprocessor:
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
+                if meta.pop("key", key) != key:  # another entry's bytes (copied over it): not this file's clip
+                    return None  # (an entry written before entries named their key is taken as it is)
                 clip = Clip(**meta, audio=data["audio"] if "audio" in data else None,
                             rois=data["rois"] if "rois" in data else None)
         except Exception:  # noqa: BLE001 (whatever a damaged file raises: zipfile's BadZipFile, EOFError, ValueError..)
@@ -324,7 +326,7 @@ class Preprocessor:
     def _save(self, key: str | None, clip: Clip) -> None:
         if key is None:
             return
-        meta = {k: v for k, v in asdict(clip).items() if k not in ("audio", "rois")}
+        meta = {k: v for k, v in asdict(clip).items() if k not in ("audio", "rois")} | {"key": key}
         arrays = {"meta": np.array(json.dumps(meta))}
         if clip.audio is not None:
             arrays["audio"] = clip.audio

@@ -289,6 +289,20 @@ def test_a_damaged_cache_entry_is_made_again_not_a_traceback(media, tmp_path, da
     assert again.warnings == [] and entry.read_bytes() == whole  # made again, and written over the damaged one
 
 
+def test_a_cache_entry_holding_another_entrys_bytes_is_not_taken_for_this_file(media, tmp_path):
+    """Another file's clip copied over an entry was read as this file's: a wrong transcript, without a word."""
+    cache = tmp_path / "cache"
+    prep = Preprocessor(PreprocessOptions(mode="av"), cache_dir=cache, detector=FakeDetector(face_points()))
+    prep(media / "face.mp4")  # mode av: audio and mouth crops
+    (entry,) = cache.glob("*.npz")
+    speech = prep(media / "speech.wav")  # mode a (no video): another entry
+    (other,) = set(cache.glob("*.npz")) - {entry}
+    shutil.copy(entry, other)
+    again = Preprocessor(PreprocessOptions(mode="av"), cache_dir=cache)(media / "speech.wav")
+    assert again.mode == "a" and again.rois is None
+    np.testing.assert_array_equal(again.audio, speech.audio)
+
+
 def test_a_video_read_in_chunks_is_tracked_by_one_tracker(media, monkeypatch):
     from mome_cli import preprocess
 
