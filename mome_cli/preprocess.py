@@ -28,6 +28,7 @@ import os
 import queue
 import tempfile
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, TimeoutError as FuturesTimeout
 from dataclasses import asdict, dataclass, field
@@ -49,6 +50,7 @@ PREPROCESS_VERSION = 6
 MAX_HEIGHT = 720  # frames taller than this are scaled down before detection and cropping
 CHUNK_FRAMES = 125  # frames held in memory at once: 5 s of video
 CLIP_CACHE_BYTES = 20 * 2**30  # past this the clip cache drops the entries used longest ago (an hour of video: ~1 GB)
+STALE_TEMP_SECONDS = 3600  # a cache entry's temporary file untouched this long is a killed writer's: trimmed too
 CROP_CHUNK_PIXELS = 8_000_000  # and with --roi at most this many pixels (96 MB as float RGB): a 720p video is not crops
 PIPE_BLOCK = 1 << 20  # bytes copied from a pipe at a time (a stop is looked at between them)
 
@@ -341,7 +343,14 @@ class Preprocessor:
         self._trim()
 
     def _trim(self) -> None:
-        """Keep the cache within CLIP_CACHE_BYTES: the entries used longest ago go first (the one just written last)."""
+        """Keep the cache within CLIP_CACHE_BYTES: the entries used longest ago go first (the one just written last).
+        The temporary file of a writer killed before it could remove it (SIGKILL, the OOM killer, a power cut: as
+        large as the clip) is removed once it has not changed for STALE_TEMP_SECONDS; a live writer's is kept."""
+        now = time.time()
+        for path in self.cache_dir.glob(".*.npz.*.tmp"):  # files.atomic_write's temporary names
+            with contextlib.suppress(OSError):  # gone meanwhile: its writer renamed it, or another process trimmed it
+                if now - path.stat().st_mtime > STALE_TEMP_SECONDS:
+                    path.unlink()
         entries = []
         for path in self.cache_dir.glob("*.npz"):
             try:

@@ -253,6 +253,20 @@ def test_the_clip_cache_keeps_within_its_size_dropping_what_was_used_longest_ago
     assert calls == []  # both still cached
 
 
+def test_a_killed_writers_temporary_file_is_trimmed_once_stale_and_a_live_ones_is_kept(media, tmp_path):
+    """A writer killed while writing an entry (SIGKILL, the OOM killer) left its temporary file, as large as the clip,
+    in the cache for good: not an entry, so never trimmed, yet counted in `mome download --list`'s size."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    stale, live = cache / ".abc-v6-a-sfd-720.npz.k1l2m3.tmp", cache / ".def-v6-a-sfd-720.npz.n4o5p6.tmp"
+    stale.write_bytes(b"\0" * 1000)
+    live.write_bytes(b"\0" * 1000)
+    days_ago = time.time() - 2 * 86400  # a writer has long ended
+    os.utime(stale, (days_ago, days_ago))
+    Preprocessor(PreprocessOptions(mode="a"), cache_dir=cache)(media / "speech.wav")
+    assert not stale.exists() and live.exists() and len(list(cache.glob("*.npz"))) == 1
+
+
 @pytest.mark.parametrize("order", [("a", "av"), ("av", "a")])
 def test_the_av_fallback_warning_is_said_to_av_runs_alone_whichever_filled_the_cache(media, tmp_path, order):
     # an audio-only file in mode av is read as in mode a and shares its cache entry
