@@ -340,10 +340,11 @@ class Preprocessor:
                 np.savez(f, **arrays)
 
         atomic_write(self.cache_dir / f"{key}.npz", write)
-        self._trim()
+        self._trim(keep=self.cache_dir / f"{key}.npz")
 
-    def _trim(self) -> None:
-        """Keep the cache within CLIP_CACHE_BYTES: the entries used longest ago go first (the one just written last).
+    def _trim(self, keep: Path) -> None:
+        """Keep the cache within CLIP_CACHE_BYTES: the entries used longest ago go first, and never `keep`, the one
+        just written (even where another's time is later: a cache copied from a machine whose clock is ahead).
         The temporary file of a writer killed before it could remove it (SIGKILL, the OOM killer, a power cut: as
         large as the clip) is removed once it has not changed for STALE_TEMP_SECONDS; a live writer's is kept."""
         now = time.time()
@@ -359,7 +360,9 @@ class Preprocessor:
                 continue
             entries.append((info.st_mtime, info.st_size, path))
         total = sum(size for _, size, _ in entries)
-        for _, size, path in sorted(entries)[:-1]:
+        for _, size, path in sorted(entries):
+            if path == keep:
+                continue
             if total <= CLIP_CACHE_BYTES:
                 break
             path.unlink(missing_ok=True)

@@ -253,6 +253,23 @@ def test_the_clip_cache_keeps_within_its_size_dropping_what_was_used_longest_ago
     assert calls == []  # both still cached
 
 
+def test_the_clip_cache_keeps_the_entry_just_written_over_one_whose_time_is_in_the_future(media, tmp_path,
+                                                                                           monkeypatch):
+    """The entry with the latest time was the one kept, taken for the one just written: an entry dated in the future
+    (a cache copied from a machine whose clock is ahead) stayed, and every new entry was dropped as soon as written."""
+    cache = tmp_path / "cache"
+    prep = Preprocessor(PreprocessOptions(mode="a"), cache_dir=cache)
+    prep(media / "speech.wav")
+    (ahead,) = cache.glob("*.npz")
+    later = time.time() + 365 * 86400
+    os.utime(ahead, (later, later))
+    monkeypatch.setattr(preprocess_module, "CLIP_CACHE_BYTES", ahead.stat().st_size * 3 // 2)  # room for one entry
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=500:duration=1", tmp_path / "other.wav")
+    prep(tmp_path / "other.wav")
+    (kept,) = cache.glob("*.npz")
+    assert kept != ahead
+
+
 def test_a_killed_writers_temporary_file_is_trimmed_once_stale_and_a_live_ones_is_kept(media, tmp_path):
     """A writer killed while writing an entry (SIGKILL, the OOM killer) left its temporary file, as large as the clip,
     in the cache for good: not an entry, so never trimmed, yet counted in `mome download --list`'s size."""
