@@ -133,6 +133,7 @@ class FeatureStore:
 
     def __init__(self, folder: Path | None, tag: str):
         self.folder, self.tag, self.memory = folder, tag, {}
+        self.sound: set[Path] = set()  # files known to load: written here, or loaded once
 
     def key(self, u) -> str:
         files = [p for p in (u.video, u.audio) if p is not None]
@@ -146,15 +147,24 @@ class FeatureStore:
         if self.folder is None:
             return i in self.memory
         try:
-            return self.path(u).is_file()
+            path = self.path(u)
         except OSError:  # an input file that is gone or unreadable: not stored (reading it says why, and skips it)
             return False
+        if path not in self.sound:
+            try:  # memory-mapped: the tensors themselves are not read
+                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception:  # noqa: BLE001 (missing; or damaged, cut short by a full disk: made again, written over)
+                return False
+            self.sound.add(path)
+        return True
 
     def put(self, i: int, u, item: dict) -> None:
         if self.folder is None:
             self.memory[i] = item
         else:
-            atomic_write(self.path(u), lambda tmp: torch.save(item, tmp))
+            path = self.path(u)
+            atomic_write(path, lambda tmp: torch.save(item, tmp))
+            self.sound.add(path)
 
     def get(self, i: int, u, mmap: bool = False) -> dict:
         if self.folder is None:

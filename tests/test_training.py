@@ -975,6 +975,31 @@ def test_clips_for_augmentation_stay_on_disk_with_the_disk_cache_and_give_the_sa
         assert torch.equal(getattr(memory, name), getattr(disk, name)), name
 
 
+@pytest.mark.parametrize("folder", ["features", "train-clips"])
+def test_damaged_files_in_the_disk_feature_cache_are_made_again(corpus, tmp_path, folder):
+    """A file of cache/features or cache/train-clips cut short (a full disk, a copy interrupted) or emptied was taken
+    as stored, then torch.load's RuntimeError ended the run with a traceback."""
+    from mome_cli.recognizer import build_recognizer
+    from mome_cli.train_data import TrainingData
+
+    augment = dict(mask_audio=True, mask_video=True) if folder == "train-clips" else {}
+    config = TrainConfig(train=str(corpus / "train.jsonl"), output=str(tmp_path / "o"), steps=1, roi=True,
+                         batch_frames=200, feature_cache="disk", **augment)
+    recognizer = build_recognizer(config.model_config(), tmp_path, "cpu", dtype=torch.float32, seed=0)
+    inputs = []
+    for run in range(2):
+        data = TrainingData(config, tmp_path)
+        data.prepare(recognizer, torch.device("cpu"))
+        (batch,) = data.epoch_batches(0)
+        inputs.append(data.inputs(batch, 3))
+        cut, emptied, *_ = sorted((tmp_path / "cache" / folder).glob("*.pt"))
+        cut.write_bytes(cut.read_bytes()[:1000])
+        emptied.write_bytes(b"")
+    assert inputs[0][1] == inputs[1][1] and len(data.kept) == 3
+    for name in ("audio", "audio_lengths", "video", "video_lengths"):
+        assert torch.equal(getattr(inputs[0][0], name), getattr(inputs[1][0], name)), name
+
+
 def test_a_run_with_babble_and_masks_trains(corpus, tmp_path):
     recipe = tmp_path / "augmented.toml"
     recipe.write_text(RECIPE.read_text().replace("babble_prob = 0.0", "babble_prob = 0.5")
