@@ -689,7 +689,7 @@ def _folder_size(folder: Path) -> int:
         for name in files:
             try:
                 stat = os.stat(os.path.join(root, name))
-            except FileNotFoundError:  # a link whose blob is gone
+            except OSError:  # a link whose blob is gone, or a link to itself (ELOOP): nothing to count
                 continue
             if (stat.st_dev, stat.st_ino) not in seen:
                 seen.add((stat.st_dev, stat.st_ino))

@@ -593,6 +593,17 @@ def test_list_names_cached_items_and_what_presets_lack(home):
     assert re.search(r"tiny +ready", result.stdout) and "mome-8b" not in result.stdout, explain(result)
 
 
+def test_list_counts_no_bytes_for_a_link_to_itself_in_the_cache(home):
+    """A link to itself (ELOOP) in cache/clips ended `mome download --list` with an OSError traceback."""
+    clips = home / "cache" / "clips"
+    clips.mkdir(parents=True)
+    (clips / "abc.npz").write_bytes(b"12345")
+    (clips / "loop.npz").symlink_to("loop.npz")
+    result = invoke("download", "--list")
+    assert result.exit_code == 0 and result.stderr == "", explain(result)
+    assert re.search(r"cache/clips +1 file +5 B +\S+cache/clips", result.stdout), explain(result)
+
+
 def test_list_checks_the_revision_asked_for(home):
     """--list ignored --revision: a preset whose LLM is cached at that revision was listed as missing it at main,
     with a command that fetches main."""
