@@ -320,6 +320,21 @@ def test_a_damaged_cache_entry_is_made_again_not_a_traceback(media, tmp_path, da
     assert again.warnings == [] and entry.read_bytes() == whole  # made again, and written over the damaged one
 
 
+@pytest.mark.parametrize("link", ["dangling", "to itself"])
+def test_a_link_in_a_cache_entrys_place_is_written_over(media, tmp_path, link):
+    """A link to itself there made atomic_write's stat raise ELOOP: the clip cache was said unwritable, and left off
+    for the rest of the run."""
+    cache = tmp_path / "cache"
+    first = Preprocessor(PreprocessOptions(mode="a"), cache_dir=cache)(media / "speech.wav")
+    (entry,) = cache.glob("*.npz")
+    whole = entry.read_bytes()
+    entry.unlink()
+    entry.symlink_to(entry if link == "to itself" else tmp_path / "gone")
+    again = Preprocessor(PreprocessOptions(mode="a"), cache_dir=cache)(media / "speech.wav")
+    np.testing.assert_array_equal(again.audio, first.audio)
+    assert again.warnings == [] and not entry.is_symlink() and entry.read_bytes() == whole
+
+
 def test_a_cache_entry_holding_another_entrys_bytes_is_not_taken_for_this_file(media, tmp_path):
     """Another file's clip copied over an entry was read as this file's: a wrong transcript, without a word."""
     cache = tmp_path / "cache"
