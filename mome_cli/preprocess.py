@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import queue
+import stat
 import tempfile
 import threading
 import time
@@ -242,6 +243,9 @@ class Preprocessor:
                 warnings.append(f"{why}: transcribed from audio alone")
         try:
             self._save(key, clip)
+        except IsADirectoryError:  # a folder in this entry's place (not ours): this clip is not cached, others are
+            clip.warnings.append(f"cannot write the clip cache entry {self.cache_dir / f'{key}.npz'}: a folder is in "
+                                 "its place (delete it to cache this clip)")
         except OSError as e:  # a cache that cannot be written costs speed, not the transcript: go on without it
             clip.warnings.append(f"cannot write the clip cache in {self.cache_dir} ({e.strerror or e}): "
                                  "going on without it (--no-cache to silence this)")
@@ -355,8 +359,10 @@ class Preprocessor:
         entries = []
         for path in self.cache_dir.glob("*.npz"):
             try:
-                info = path.stat()
+                info = path.lstat()
             except OSError:  # gone meanwhile (another process trimming)
+                continue
+            if stat.S_ISDIR(info.st_mode):  # a folder of that name is not an entry: not ours to remove
                 continue
             entries.append((info.st_mtime, info.st_size, path))
         total = sum(size for _, size, _ in entries)

@@ -335,6 +335,25 @@ def test_a_link_in_a_cache_entrys_place_is_written_over(media, tmp_path, link):
     assert again.warnings == [] and not entry.is_symlink() and entry.read_bytes() == whole
 
 
+def test_a_folder_in_a_cache_entrys_place_is_said_and_the_cache_stays_on_for_other_clips(media, tmp_path,
+                                                                                         monkeypatch):
+    """It was said as a cache that cannot be written at all, naming the cache's folder, and the cache was turned off
+    for the rest of the run; trimming, past the size limit, failed on it too."""
+    cache = tmp_path / "cache"
+    Preprocessor(PreprocessOptions(mode="a"), cache_dir=cache)(media / "speech.wav")
+    (entry,) = cache.glob("*.npz")
+    entry.unlink()
+    (entry / "inside").mkdir(parents=True)
+    monkeypatch.setattr(preprocess_module, "CLIP_CACHE_BYTES", 1)  # every save trims
+    prep = Preprocessor(PreprocessOptions(mode="a"), cache_dir=cache)
+    clip = prep(media / "speech.wav")
+    assert clip.warnings == [f"cannot write the clip cache entry {entry}: a folder is in its place (delete it to "
+                             "cache this clip)"] and clip.audio is not None
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=500:duration=1", tmp_path / "other.wav")
+    assert prep(tmp_path / "other.wav").warnings == []
+    assert len([p for p in cache.glob("*.npz") if p.is_file()]) == 1 and (entry / "inside").is_dir()
+
+
 def test_a_cache_entry_holding_another_entrys_bytes_is_not_taken_for_this_file(media, tmp_path):
     """Another file's clip copied over an entry was read as this file's: a wrong transcript, without a word."""
     cache = tmp_path / "cache"
