@@ -128,12 +128,23 @@ def split_features(features: Features) -> list[dict]:
     return items
 
 
+def _whole(path: Path) -> bool:
+    """Whether a file torch.save wrote ends as it does, with a zip archive's end record: one cut short or emptied does
+    not. 22 bytes read, not a torch.load (2 ms a file: ten minutes at every start for LRS3's 300,000 utterances)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(-22, os.SEEK_END)
+            return f.read(4) == b"PK\x05\x06"
+    except OSError:  # not there, or shorter than the record
+        return False
+
+
 class FeatureStore:
     """Encoded utterances: in memory, or one file each under a cache folder keyed by input files and encoders."""
 
     def __init__(self, folder: Path | None, tag: str):
         self.folder, self.tag, self.memory = folder, tag, {}
-        self.sound: set[Path] = set()  # files known to load: written here, or loaded once
+        self.sound: set[Path] = set()  # files known whole: written here, or checked once
 
     def key(self, u) -> str:
         files = [p for p in (u.video, u.audio) if p is not None]
@@ -151,9 +162,7 @@ class FeatureStore:
         except OSError:  # an input file that is gone or unreadable: not stored (reading it says why, and skips it)
             return False
         if path not in self.sound:
-            try:  # memory-mapped: the tensors themselves are not read
-                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except Exception:  # noqa: BLE001 (missing; or damaged, cut short by a full disk: made again, written over)
+            if not _whole(path):  # missing; or cut short (a copy interrupted) or emptied: made again, written over
                 return False
             self.sound.add(path)
         return True
