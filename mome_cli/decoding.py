@@ -104,13 +104,24 @@ def _dynamic_cache(llm):
     return DynamicCache(config=llm.config)
 
 
+def _row_limits(options: DecodingOptions, B: int, limits: list[int] | None, device) -> torch.Tensor:
+    """(B,) how many tokens each row may generate: its own limit (a short segment batched with a long one stops where
+    it would alone), else options.max_new_tokens."""
+    if limits is None:
+        return torch.full((B,), options.max_new_tokens, dtype=torch.long, device=device)
+    if len(limits) != B or not all(1 <= n <= options.max_new_tokens for n in limits):
+        raise ValueError(f"limits must be {B} numbers in [1, {options.max_new_tokens}], got {limits}")
+    return torch.tensor(limits, dtype=torch.long, device=device)
+
+
 class GreedyDecoder:
     def __init__(self, options: DecodingOptions, eos: int):
         self.options, self.eos = options, eos
 
-    def run(self, stepper: _Stepper) -> list[tuple[list[int], float]]:
+    def run(self, stepper: _Stepper, limits: list[int] | None = None) -> list[tuple[list[int], float]]:
         logprobs = stepper.logprobs  # (B, V)
         B = logprobs.shape[0]
+        limit = _row_limits(self.options, B, limits, logprobs.device)  # (B,)
         finished = torch.zeros(B, dtype=torch.bool, device=logprobs.device)
         total = torch.zeros(B, device=logprobs.device)
         steps = []
@@ -119,7 +130,7 @@ class GreedyDecoder:
             token = torch.where(finished, self.eos, token)
             total += torch.where(finished, 0.0, best)
             steps.append(token)
-            finished |= token == self.eos
+            finished |= (token == self.eos) | (limit <= step + 1)  # a row at its limit ends as it would alone
             if bool(finished.all()) or step + 1 == self.options.max_new_tokens:
                 break
             logprobs = stepper.step(token)
@@ -135,15 +146,17 @@ class BeamSearchDecoder:
         alpha = self.options.length_penalty
         return logprob / (length if alpha is None else ((5 + length) / 6) ** alpha)
 
-    def run(self, stepper: _Stepper) -> list[tuple[list[int], float]]:
+    def run(self, stepper: _Stepper, limits: list[int] | None = None) -> list[tuple[list[int], float]]:
         K, eos = self.options.beam_size, self.eos
         B = stepper.logprobs.shape[0]
+        limit = _row_limits(self.options, B, limits, stepper.logprobs.device).tolist()
         stepper.repeat(K)
         device = stepper.logprobs.device
         scores = torch.full((B, K), float("-inf"), device=device)
         scores[:, 0] = 0.0  # all beams start identical: expand only the first
         seqs = [[] for _ in range(B * K)]
         ended = [[] for _ in range(B)]  # per clip: (ranking score, tokens, logprob)
+        done = [False] * B  # a clip past its own limit: decided, its rows inert
         logprobs = stepper.logprobs  # (B*K, V)
         V = logprobs.shape[-1]
         for step in range(self.options.max_new_tokens):
@@ -154,7 +167,7 @@ class BeamSearchDecoder:
             for b in range(B):
                 kept = 0
                 for rank, (s, idx) in enumerate(zip(top_scores[b], top_index[b])):
-                    if kept == K or len(ended[b]) >= K or s == float("-inf"):
+                    if kept == K or len(ended[b]) >= K or done[b] or s == float("-inf"):
                         break
                     source, token = b * K + idx // V, idx % V
                     if token == eos:  # ends a hypothesis only from the top K (as transformers' and fairseq's search)
@@ -167,22 +180,31 @@ class BeamSearchDecoder:
                 for _ in range(K - kept):  # a finished clip keeps K inert rows so that shapes stay (B*K, ...)
                     rows.append(b * K), tokens.append(eos), new_scores.append(float("-inf"))
                     new_seqs.append([])
+            for b in range(B):  # a clip at its own limit is decided as it would be alone, out of steps
+                if not done[b] and limit[b] == step + 1:
+                    self._out_of_steps(ended[b], new_scores[b * K : (b + 1) * K], new_seqs[b * K : (b + 1) * K])
+                    done[b] = True
+                    for j in range(b * K, (b + 1) * K):
+                        rows[j], tokens[j], new_scores[j], new_seqs[j] = b * K, eos, float("-inf"), []
             seqs, scores = new_seqs, torch.tensor(new_scores, device=device).reshape(B, K)
-            if all(len(e) >= K for e in ended) or step + 1 == self.options.max_new_tokens:
+            if all(len(e) >= K or d for e, d in zip(ended, done)) or step + 1 == self.options.max_new_tokens:
                 break
             stepper.reorder(torch.tensor(rows, device=device))
             logprobs = stepper.step(torch.tensor(tokens, device=device))
         results = []
         for b in range(B):
-            pool = ended[b]
-            if len(pool) < K:  # out of steps: live beams compete as they are
-                for j in range(K):
-                    s = float(scores[b, j])
-                    if s > float("-inf"):
-                        pool.append((self.score(s, len(seqs[b * K + j])), seqs[b * K + j], s))
-            _, tokens, logprob = max(pool, key=lambda item: item[0])
+            if not done[b]:
+                self._out_of_steps(ended[b], scores[b].tolist(), seqs[b * K : (b + 1) * K])
+            _, tokens, logprob = max(ended[b], key=lambda item: item[0])
             results.append((tokens, logprob))
         return results
+
+    def _out_of_steps(self, pool: list, scores: list[float], seqs: list[list[int]]) -> None:
+        """A clip's hypotheses when its steps are over: with fewer than K ended, its live beams compete as they are."""
+        if len(pool) < self.options.beam_size:
+            for s, seq in zip(scores, seqs):
+                if s > float("-inf"):
+                    pool.append((self.score(s, len(seq)), seq, s))
 
 
 CHECK_EVERY = 8  # StaticGreedy asks the GPU whether every row has ended once per this many steps
@@ -225,6 +247,7 @@ class StaticGreedy:
         self.tokens = torch.full((batch, max_new_tokens), eos, **long)  # (B, capacity)
         self.total = torch.zeros(batch, dtype=torch.float32, device=device)  # (B,)
         self.finished = torch.zeros(batch, dtype=torch.bool, device=device)  # (B,)
+        self.limit = torch.full((batch,), max_new_tokens, **long)  # (B,) how many tokens each row may generate
         self.graph = None
         self.warm_steps = 0
         self.step_fn = self._step  # what a step runs (and the graph captures): _step, or its compiled form
@@ -246,7 +269,7 @@ class StaticGreedy:
         best, token = logits[:, -1].float().log_softmax(-1).max(dim=-1)  # (B,), (B,)
         token = torch.where(self.finished, self.eos, token)
         self.total.add_(torch.where(self.finished, 0.0, best))
-        self.finished.logical_or_(token == self.eos)
+        self.finished.logical_or_(token == self.eos).logical_or_(self.limit <= self.step + 1)  # a row at its limit
         self.tokens.index_copy_(1, self.step, token.unsqueeze(1))
         self.token.copy_(token)
         self.position.add_(1)
@@ -271,8 +294,9 @@ class StaticGreedy:
                 self.step_fn()
         self.graph.replay()
 
-    def run(self, prefix, max_new_tokens: int) -> list[tuple[list[int], float]]:
-        """Prefill the cache with a left-padded Prefix, then decode; (tokens without EOS, summed log-prob) per row."""
+    def run(self, prefix, max_new_tokens: int, limits: torch.Tensor | None = None) -> list[tuple[list[int], float]]:
+        """Prefill the cache with a left-padded Prefix, then decode; (tokens without EOS, summed log-prob) per row.
+        limits: (B,) how many tokens each row may generate (each at most max_new_tokens), or None: max_new_tokens."""
         B, L = prefix.attention_mask.shape
         S = self.cache_len
         device = self.bias.device
@@ -296,7 +320,11 @@ class StaticGreedy:
         self.tokens.fill_(self.eos)
         self.tokens[:, 0] = token
         self.total.copy_(best)
-        self.finished.copy_(token == self.eos)
+        if limits is None:
+            self.limit.fill_(max_new_tokens)
+        else:
+            self.limit.copy_(limits)
+        self.finished.copy_((token == self.eos) | (self.limit <= 1))
         for i in range(max_new_tokens - 1):
             if i % CHECK_EVERY == 0 and bool(self.finished.all()):  # the only host sync: once per CHECK_EVERY steps
                 break
@@ -334,10 +362,13 @@ def decode(
     options: DecodingOptions = DecodingOptions(),
     any_rate: bool = False,
     static: bool | None = None,
+    limits: list[int] | None = None,
 ) -> list[DecodingResult]:
     """Transcribe a batch of clips at one rate.
 
     static: greedy on the static cache (StaticGreedy) even on the CPU (True), never (False), or on CUDA only (None).
+    limits: how many tokens each clip may generate (each at most options.max_new_tokens), or None: that many each.
+    A clip gets the tokens it gets decoded alone with its limit as max_new_tokens, whatever it is batched with.
     """
     from .mome_kernels import refresh
 
@@ -347,11 +378,12 @@ def decode(
     if options.beam_size == 1 and (static or (static is None and options.cuda_graphs and on_cuda)):
         prefix = model.prefix(features, rate, mode, any_rate)
         runner = _static_greedy(model, prefix, options.max_new_tokens, eos, graphs=on_cuda and options.cuda_graphs)
-        found = runner.run(prefix, options.max_new_tokens)
+        row_limits = None if limits is None else _row_limits(options, prefix.embeds.shape[0], limits, prefix.embeds.device)
+        found = runner.run(prefix, options.max_new_tokens, row_limits)
     else:
         stepper = _Stepper(model, features, rate, mode, any_rate)
         decoder = GreedyDecoder(options, eos) if options.beam_size == 1 else BeamSearchDecoder(options, eos)
-        found = decoder.run(stepper)
+        found = decoder.run(stepper, limits)
     results = []
     for tokens, logprob in found:
         results.append(DecodingResult(text=clean_text(model.tokenizer.decode(tokens, skip_special_tokens=True)),

@@ -454,7 +454,7 @@ def _transcribe_grid(recognizer, clips: list, ids: list[str], rates: list, snrs:
                 groups.setdefault(clips[c].mode, []).extend((c, i) for i, seg in enumerate(segs) if seg.speech)
             for mode, jobs in groups.items():
                 seconds_of = [segments[c][i].duration for c, i in jobs]
-                for batch, budget in budget_batches(jobs, seconds_of, job.batch_size, job.max_new_tokens):
+                for batch, budgets in budget_batches(jobs, seconds_of, job.batch_size, job.max_new_tokens):
                     tick = _clock(recognizer)
                     cuts = tuple((c, segments[c][i].start, segments[c][i].end) for c, i in batch)
                     if "v" in mode and cuts not in lips:  # cut as at an SNR before: encoded then
@@ -464,16 +464,17 @@ def _transcribe_grid(recognizer, clips: list, ids: list[str], rates: list, snrs:
                                                 None) if "a" in mode else Features()
                     features = Features(audio.audio, audio.audio_lengths, video.video, video.video_lengths)
                     encoders_share = (_clock(recognizer) - tick) / len(rates)
-                    decoding = dataclasses.replace(decoding, max_new_tokens=budget)
+                    decoding = dataclasses.replace(decoding, max_new_tokens=max(budgets))
                     for rate in rates:
                         tick = _clock(recognizer)
                         rate_here = rate if mode == job.mode else (rate[0], None)  # a clip fallen back to audio
-                        results = decode(recognizer.model, features, rate_here, mode, decoding, job.any_rate)
+                        results = decode(recognizer.model, features, rate_here, mode, decoding, job.any_rate,
+                                         limits=budgets)
                         for (c, i), result in zip(batch, results):
                             texts[rate, snr][c][i] = result.text
                         done, short = counts[rate, snr]
                         counts[rate, snr] = (done + len(batch),
-                                             short + sum(len(r.tokens) >= budget for r in results))
+                                             short + sum(len(r.tokens) >= n for r, n in zip(results, budgets)))
                         seconds[rate, snr] += _clock(recognizer) - tick + encoders_share
                 advance(len(clips))
     joined = {cell: [" ".join(t for t in parts if t) for parts in per_clip] for cell, per_clip in texts.items()}

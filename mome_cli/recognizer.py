@@ -135,12 +135,13 @@ class Recognizer:
         decoding = DecodingOptions(beam_size=options.beam)
         for (mode, rate), jobs in groups.items():
             seconds = [segments[c][i].duration for c, i in jobs]
-            for batch, budget in budget_batches(jobs, seconds, options.batch_size, options.max_new_tokens):
+            for batch, budgets in budget_batches(jobs, seconds, options.batch_size, options.max_new_tokens):
                 audio = [slice_audio(clips[c], segments[c][i]) for c, i in batch] if "a" in mode else None
                 rois = [slice_rois(clips[c], segments[c][i]) for c, i in batch] if "v" in mode else None
                 features = self.features(audio, rois)
-                decoding = dataclasses.replace(decoding, max_new_tokens=budget)
-                for (c, i), result in zip(batch, decode(self.model, features, rate, mode, decoding, options.any_rate)):
+                decoding = dataclasses.replace(decoding, max_new_tokens=max(budgets))
+                results = decode(self.model, features, rate, mode, decoding, options.any_rate, limits=budgets)
+                for (c, i), budget, result in zip(batch, budgets, results):
                     texts[c][i] = result.text
                     if len(result.tokens) >= budget:  # it did not end: a model that repeats itself, or noise
                         cut[c].append(i)
@@ -166,19 +167,15 @@ class Recognizer:
 
 
 def budget_batches(jobs: list, seconds: list[float], batch_size: int,
-                   max_new_tokens: int | None = None) -> list[tuple[list, int]]:
-    """Jobs (segments of `seconds` each) longest first, in batches of at most batch_size, each with its token budget
-    (max_new_tokens, else token_budget of the segments' length). A batch only holds segments of one budget: a segment
-    decoded with a longer one's budget could run on past where it stops alone (a model that does not end), so the
-    batch size would change its transcript."""
-    order = sorted(range(len(jobs)), key=lambda j: -seconds[j])  # similar lengths share a batch
-    out = []
-    for j in order:
-        budget = max_new_tokens or token_budget(seconds[j])
-        if not out or out[-1][1] != budget or len(out[-1][0]) == batch_size:
-            out.append(([], budget))
-        out[-1][0].append(jobs[j])
-    return out
+                   max_new_tokens: int | None = None) -> list[tuple[list, list[int]]]:
+    """Jobs (segments of `seconds` each) longest first, in batches of at most batch_size (similar lengths share a
+    batch: little padding), each job with its own token budget (max_new_tokens, else token_budget of its length),
+    which decode(limits=...) keeps to: a short segment beside a long one stops where it would alone, so the batch size
+    does not change a transcript."""
+    order = sorted(range(len(jobs)), key=lambda j: -seconds[j])
+    budgets = [max_new_tokens or token_budget(seconds[j]) for j in order]
+    return [([jobs[j] for j in order[at : at + batch_size]], budgets[at : at + batch_size])
+            for at in range(0, len(order), batch_size)]
 
 
 def segments_of(clip: Clip, max_seconds: float = MAX_SEGMENT_SECONDS, every_pause: bool = True) -> list[Segment]:

@@ -54,6 +54,29 @@ def test_batched_equals_one_by_one(model, beam, rate):
         assert b.logprob == pytest.approx(a.logprob, abs=1e-4)
 
 
+@pytest.mark.parametrize("beam, static", [(1, False), (1, True), (3, False)], ids=["greedy", "static-cache", "beam"])
+def test_each_row_keeps_to_its_own_limit_as_it_would_alone(model, beam, static):
+    """A short segment batched with a long one took the batch's token limit: a model that does not end wrote on past
+    where it stops alone, so --batch-size changed its transcript."""
+    features = random_features((50, 37, 21))
+    limits = [12, 3, 7]
+    unlimited = decode(model, features, (4, 2), options=DecodingOptions(max_new_tokens=12, beam_size=beam))
+    assert all(len(r.tokens) > n for r, n in zip(unlimited[1:], limits[1:]))  # the limits cut rows 1 and 2 short
+    options = DecodingOptions(max_new_tokens=12, beam_size=beam)
+    batched = decode(model, features, (4, 2), options=options, static=static, limits=limits)
+    alone = [decode(model, clip(features, i), (4, 2), options=DecodingOptions(max_new_tokens=n, beam_size=beam),
+                    static=static)[0] for i, n in enumerate(limits)]
+    assert [r.tokens for r in batched] == [r.tokens for r in alone]
+    for b, a in zip(batched, alone):
+        assert b.logprob == pytest.approx(a.logprob, abs=1e-4)
+
+
+@pytest.mark.parametrize("limits", [[4, 4], [4, 4, 13], [0, 4, 4]])
+def test_limits_are_one_per_row_within_max_new_tokens(model, limits):
+    with pytest.raises(ValueError, match="limits must be 3 numbers in \\[1, 12\\]"):
+        decode(model, random_features((50, 37, 21)), (4, 2), options=DecodingOptions(max_new_tokens=12), limits=limits)
+
+
 def test_cached_greedy_equals_uncached_reference(model):
     features = random_features((37,))
     result = decode(model, features, (4, 5), options=OPTIONS)[0]

@@ -344,10 +344,10 @@ def test_a_short_segment_gets_its_own_token_budget_in_a_batch_with_a_long_one():
     assert [t.warnings for t in together] == [t.warnings for t in alone]
 
 
-def test_budget_batches_hold_one_budget_each_longest_first():
+def test_budget_batches_are_longest_first_each_segment_with_its_own_budget():
     from mome_cli.recognizer import budget_batches
 
     seconds = [1.0, 5.0, 4.6, 1.5, 4.9, 0.5]
     jobs = list("abcdef")
-    assert budget_batches(jobs, seconds, 2) == [(["b", "e"], 160), (["c"], 160), (["d", "a"], 64), (["f"], 64)]
-    assert budget_batches(jobs, seconds, 8, max_new_tokens=5) == [(list("becdaf"), 5)]
+    assert budget_batches(jobs, seconds, 4) == [(["b", "e", "c", "d"], [160, 160, 160, 64]), (["a", "f"], [64, 64])]
+    assert budget_batches(jobs, seconds, 8, max_new_tokens=5) == [(list("becdaf"), [5] * 6)]
