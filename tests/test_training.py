@@ -220,6 +220,8 @@ def at_its_last_save(trained: Path, out: Path, corpus: Path, eval_every: int, mo
 
     shutil.copytree(trained, out)
     shutil.copy(out / "snapshots" / f"step-{STEPS:06d}" / "model.safetensors", out / "model.safetensors")
+    lines = (out / "log.jsonl").read_text().splitlines()  # no "done" yet: the end of the run writes it last
+    (out / "log.jsonl").write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["kind"] != "done"))
     monkeypatch.setenv("MOME_HOME", str(corpus / "home"))
     monkeypatch.chdir(corpus)
     return resolve_config(RECIPE, {"train": str(corpus / "train.jsonl"), "valid": str(corpus / "train.jsonl"),
