@@ -64,6 +64,7 @@ from .train_data import TrainingData
 
 STATE_FORMAT = 1  # bumped when trainer_state.pt changes layout
 DIGEST_ENV = "MOME_TRAIN_DIGEST_DIR"
+END_SETTINGS = ("average_last", "valid", "eval_limit")  # what the end of a run reads: a resume changing one redoes it
 
 
 def _log_record(line: str) -> dict | None:
@@ -559,19 +560,21 @@ class Trainer:
         return sorted(done, key=lambda p: int(p.name.split("-")[1]))  # by step: step-1000000 after step-999999
 
     def _is_complete(self, state: dict) -> bool:
-        """Whether a resumed run has nothing left to do: as long as it was (no larger --steps or --epochs given) and
-        its log closes with the record the end of a run writes last, at the step it is at."""
+        """Whether a resumed run has nothing left to do: as long as it was (no larger --steps or --epochs given), its
+        end asked for as it was done (no other average_last, valid or eval_limit: those redo it), and its log
+        closes with the record the end of a run writes last, at the step it is at."""
         cfg = self.config
+        try:
+            saved = json.loads((self.out / CONFIG_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        if not isinstance(saved, dict) or any(saved.get(k) != v for k, v in cfg.to_dict().items() if k in END_SETTINGS):
+            return False
         if cfg.steps is not None:
             if cfg.steps != state["step"]:
                 return False
-        else:
-            try:
-                saved = json.loads((self.out / CONFIG_NAME).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                return False
-            if not isinstance(saved, dict) or saved.get("epochs") != cfg.epochs or state.get("total") != state["step"]:
-                return False
+        elif saved.get("epochs") != cfg.epochs or state.get("total") != state["step"]:
+            return False
         try:
             lines = (self.out / LOG_NAME).read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:

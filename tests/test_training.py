@@ -430,6 +430,21 @@ def test_resuming_a_complete_run_does_nothing_and_says_so_at_once(trained, corpu
     assert json.loads((corpus / "again" / "log.jsonl").read_text().splitlines()[-1]) == {"kind": "done", "step": STEPS}
 
 
+def test_resuming_a_complete_run_with_another_average_last_averages_again(trained, corpus):
+    """--resume --average-last K of a finished run redid the averaging with K saves; the "done" record made it say
+    "nothing to do" and keep the old mean, and its train_config.json said the old K."""
+    shutil.copytree(trained, corpus / "reaveraged")
+    args = [*train_args(corpus, "reaveraged")]
+    args[args.index("--average-last") + 1] = 3
+    result = mome(*args, "--resume", root=corpus)
+    assert result.returncode == 0 and "is complete" not in result.stderr, result.explain
+    assert f"mean of the saves at steps {STEPS - 2 * SAVE_EVERY}, {STEPS - SAVE_EVERY}, {STEPS}" in result.stderr
+    assert json.loads((corpus / "reaveraged" / "train_config.json").read_text())["average_last"] == 3
+    assert json.loads((corpus / "reaveraged" / "log.jsonl").read_text().splitlines()[-1])["kind"] == "done"
+    again = mome(*args, "--resume", root=corpus)  # now as asked: nothing left
+    assert again.returncode == 0 and "is complete" in again.stderr, again.explain
+
+
 def test_a_run_resumed_longer_keeps_its_warmup_and_stretches_its_cosine(trained, corpus):
     from mome_cli.training import Trainer
 
