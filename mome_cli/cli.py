@@ -83,9 +83,10 @@ class RateListParam(click.ParamType):
             return None
         rates = [_parse_rate(part) for part in value.split(";") if part.strip()]
         if not rates or None in rates:
+            # evaluate's --rates (allow_all) takes one rate each in mode a or v; train's takes pairs in every mode
             expected = "'all', or A,V pairs" if self.allow_all else "A,V pairs"
-            self.fail(f"{value!r}: expected {expected} separated by ';' such as \"4,2;4,5\" (in mode a or v, one "
-                      "rate each will do: \"4;16\")", param, ctx)
+            single = " (in mode a or v, one rate each will do: \"4;16\")" if self.allow_all else ""
+            self.fail(f"{value!r}: expected {expected} separated by ';' such as \"4,2;4,5\"{single}", param, ctx)
         return tuple(rates)
 
 

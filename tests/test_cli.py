@@ -147,6 +147,15 @@ def test_rate_list_param_rejects(text):
         RateListParam().convert(text, None, None)
 
 
+def test_trains_rates_message_asks_for_pairs_only():
+    """train's --rates takes A,V pairs in every mode: its message offered "4;16" for mode a or v (evaluate's form),
+    which train then refused as no pairs."""
+    result = invoke("train", "-o", "run", "--steps", "1", "--rates", "x")
+    assert result.exit_code == ExitCode.USAGE, explain(result)
+    assert "'x': expected A,V pairs separated by ';' such as \"4,2;4,5\"\n" in result.stderr, explain(result)
+    assert "one rate each" not in result.stderr, explain(result)
+
+
 def test_bad_rate_is_a_usage_error():
     result = invoke("transcribe", "--rate", "4,x", "clip.mp4")
     assert result.exit_code == ExitCode.USAGE, explain(result)
