@@ -269,7 +269,12 @@ def find_dataset(name: str, data_root: str | Path | None, split: str = "test") -
     if name not in NAMED_DATASETS:
         path = Path(name)
         if path.is_dir():
-            return next((c for c in _split_manifests(path, split) if c.is_file()), path)
+            found = next((c for c in _split_manifests(path, split) if c.is_file()), None)
+            others = sorted(p.name for s in SPLIT_NAMES for p in _split_manifests(path, s) if p.is_file())
+            if found is None and others:  # a corpus folder without the split asked: a typo, not a media folder
+                raise DatasetMissing(f"{path}: no {split}.jsonl or {split}.csv in it (it holds {', '.join(others)}): "
+                                     "give --split one of those, or the manifest itself")
+            return found or path
         return path
     if data_root is None:
         raise DatasetMissing(f"{name}: no data root: set MOME_DATA or pass --data-root; " + _how_to(name))
@@ -286,6 +291,7 @@ def find_dataset(name: str, data_root: str | Path | None, split: str = "test") -
                          f"{name}_{split}{AUTO_AVSR_LABELS} in {labels[0]} or {labels[1]}; " + _how_to(name))
 
 
+SPLIT_NAMES = ("train", "valid", "val", "dev", "test")  # a folder's manifests of these names make it a corpus folder
 AUTO_AVSR_LABELS = "_transcript_lengths_seg<N>s.csv"  # after <dataset>_<split>: auto_avsr's label CSV
 
 

@@ -309,9 +309,15 @@ def test_a_folder_holding_the_split_s_manifest_is_read_through_it(tmp_path):
     assert find_dataset(str(tmp_path), None) == tmp_path / "test.csv"
     touch(tmp_path / "test.jsonl")  # .jsonl first, as for a named dataset
     assert find_dataset(str(tmp_path), None) == tmp_path / "test.jsonl"
-    assert find_dataset(str(tmp_path), None, "valid") == tmp_path  # no valid manifest: the folder itself
-    (tmp_path / "valid.jsonl").mkdir()  # not a file
-    assert find_dataset(str(tmp_path), None, "valid") == tmp_path
+    for _ in range(2):  # a corpus folder without the split asked (a typo): said, not searched for media
+        with pytest.raises(DatasetMissing, match=r"no valid\.jsonl or valid\.csv in it \(it holds test\.csv, "
+                                                 r"test\.jsonl\): give --split one of those") as e:
+            find_dataset(str(tmp_path), None, "valid")
+        assert e.value.exit_code == ExitCode.MISSING
+        (tmp_path / "valid.jsonl").mkdir(exist_ok=True)  # not a file
+    media = tmp_path / "media"
+    touch(media / "hypotheses.jsonl")  # no split's manifest: a folder of media with transcripts, searched
+    assert find_dataset(str(media), None, "valid") == media
 
 
 def test_frame_batches_respect_the_budget_and_cover_everything():
