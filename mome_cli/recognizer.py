@@ -304,6 +304,9 @@ def _refetch_hint(message: str) -> str:
     presets = _presets_with(repo_id)
     if not presets:
         return ""
+    if len(presets) > 1:  # a backbone the presets share (Whisper): the one in use, whose LLM is fetched again too
+        return (f"; if the cached file is damaged, `mome download PRESET --force-download` ({', '.join(presets)}: the "
+                "one you use) fetches it again")
     is_llm = PRESETS[presets[0]].llm is not None and PRESETS[presets[0]].llm.repo_id == repo_id
     pinned = f" --revision {commit}" if is_llm else ""  # --revision is the LLM's
     return f"; if the cached file is damaged, `mome download {presets[0]}{pinned} --force-download` fetches it again"

@@ -186,8 +186,10 @@ def test_an_llm_config_of_the_wrong_type_or_model_is_one_line_and_exit_1(home, t
                              f"mome-1b --revision {COMMIT} --force-download` fetches it again\n"), result.stderr
 
 
-@pytest.mark.parametrize("repo_id, fix", [(LLAMA, f"mome-1b --revision {COMMIT}"), (WHISPER, "mome-1b")],
-                         ids=["llm", "whisper"])
+@pytest.mark.parametrize("repo_id, fix", [
+    (LLAMA, f"`mome download mome-1b --revision {COMMIT} --force-download`"),
+    (WHISPER, "`mome download PRESET --force-download` (mome-1b, mome-3b, mome-8b: the one you use)"),
+], ids=["llm", "whisper"])
 def test_damaged_weights_in_the_hub_cache_name_the_file_and_how_to_fetch_them_again(home, tmp_path, repo_id, fix):
     """huggingface_hub keeps a cached blob as it is: `mome download` left a damaged one, and nothing said how to
     replace it but deleting it by hand."""
@@ -198,7 +200,7 @@ def test_damaged_weights_in_the_hub_cache_name_the_file_and_how_to_fetch_them_ag
     result = transcribe(damaged, "--model", damaged / "ckpt", "--mode", "a")
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith(f"mome transcribe: {weights}: "), result.stderr
-    assert result.stderr.endswith(f"`mome download {fix} --force-download` fetches it again\n"), result.stderr
+    assert result.stderr.endswith(f"{fix} fetches it again\n"), result.stderr
 
 
 def test_an_adapter_for_another_encoder_width_is_one_line_and_exit_1(home, tmp_path):
