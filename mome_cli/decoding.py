@@ -378,8 +378,9 @@ def decode(
     if options.beam_size == 1 and (static or (static is None and options.cuda_graphs and on_cuda)):
         prefix = model.prefix(features, rate, mode, any_rate)
         runner = _static_greedy(model, prefix, options.max_new_tokens, eos, graphs=on_cuda and options.cuda_graphs)
-        row_limits = None if limits is None else _row_limits(options, prefix.embeds.shape[0], limits, prefix.embeds.device)
-        found = runner.run(prefix, options.max_new_tokens, row_limits)
+        B = prefix.embeds.shape[0]
+        found = runner.run(prefix, options.max_new_tokens,
+                           None if limits is None else _row_limits(options, B, limits, prefix.embeds.device))
     else:
         stepper = _Stepper(model, features, rate, mode, any_rate)
         decoder = GreedyDecoder(options, eos) if options.beam_size == 1 else BeamSearchDecoder(options, eos)
