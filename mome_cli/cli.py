@@ -371,8 +371,10 @@ def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode
 @click.option("--mode", metavar="MODE[,MODE...]", help="a, v or av [av]; or several, comma-separated (av,a,v): "
               "one model then serves each.")
 @click.option("--train", "train_manifest", metavar="MANIFEST", type=click.Path(), help="A manifest (.jsonl, or "
-              "auto_avsr's .csv) or a folder of media files with a same-named .txt transcript beside each.")
-@click.option("--valid", "valid_manifest", metavar="MANIFEST", type=click.Path(), help="The same, for validation.")
+              "auto_avsr's .csv), a folder of media files with a same-named .txt transcript beside each, or a corpus "
+              "folder holding train.jsonl (or .csv).")
+@click.option("--valid", "valid_manifest", metavar="MANIFEST", type=click.Path(), help="The same, for validation "
+              "(a corpus folder's valid, val or dev manifest).")
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Checkpoint directory to write.")
 @click.option("--steps", type=click.IntRange(min=1))
 @click.option("--epochs", type=click.IntRange(min=1))

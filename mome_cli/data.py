@@ -268,14 +268,7 @@ def find_dataset(name: str, data_root: str | Path | None, split: str = "test") -
     manifest, not a folder to search for media; any other path is read as it is."""
     if name not in NAMED_DATASETS:
         path = Path(name)
-        if path.is_dir():
-            found = next((c for c in _split_manifests(path, split) if c.is_file()), None)
-            others = sorted(p.name for s in SPLIT_NAMES for p in _split_manifests(path, s) if p.is_file())
-            if found is None and others:  # a corpus folder without the split asked: a typo, not a media folder
-                raise DatasetMissing(f"{path}: no {split}.jsonl or {split}.csv in it (it holds {', '.join(others)}): "
-                                     "give --split one of those, or the manifest itself")
-            return found or path
-        return path
+        return split_manifest(path, (split,), "give --split one of those, or the manifest itself") if path.is_dir() else path
     if data_root is None:
         raise DatasetMissing(f"{name}: no data root: set MOME_DATA or pass --data-root; " + _how_to(name))
     root = Path(data_root)
@@ -293,6 +286,22 @@ def find_dataset(name: str, data_root: str | Path | None, split: str = "test") -
 
 SPLIT_NAMES = ("train", "valid", "val", "dev", "test")  # a folder's manifests of these names make it a corpus folder
 AUTO_AVSR_LABELS = "_transcript_lengths_seg<N>s.csv"  # after <dataset>_<split>: auto_avsr's label CSV
+
+
+def split_manifest(folder: Path, splits: tuple[str, ...], fix: str) -> Path:
+    """A folder's manifest of the first of splits it holds (<split>.jsonl, else <split>.csv), as a corpus of
+    `python -m mome_cli.synth` has them; the folder itself when it holds no split's manifest (a folder of media with
+    transcripts). A folder with other splits' manifests only is DatasetMissing, naming them and fix: a mistyped
+    split, not a folder to search for media."""
+    for split in splits:
+        if found := next((c for c in _split_manifests(folder, split) if c.is_file()), None):
+            return found
+    others = sorted(p.name for s in SPLIT_NAMES for p in _split_manifests(folder, s) if p.is_file())
+    if others:
+        wanted = (f"{splits[0]}.jsonl or {splits[0]}.csv" if len(splits) == 1 else
+                  f"{', '.join(splits[:-1])} or {splits[-1]} manifest (.jsonl or .csv)")
+        raise DatasetMissing(f"{folder}: no {wanted} in it (it holds {', '.join(others)}): {fix}")
+    return folder
 
 
 def _split_manifests(folder: Path, split: str) -> tuple[Path, Path]:
@@ -346,4 +355,5 @@ def frame_batches(lengths: list[int], max_frames: int, shuffle: bool = False, se
 
 
 __all__ = ["DataError", "DatasetMissing", "UtteranceError", "Utterance", "load_manifest", "find_dataset",
+           "split_manifest",
            "frame_batches", "read_jsonl", "read_auto_avsr_csv", "read_folder"]

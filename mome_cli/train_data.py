@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .data import DataError, UtteranceError, frame_batches, load_manifest
+from .data import DataError, UtteranceError, frame_batches, load_manifest, split_manifest
 from .files import atomic_write
 from .media import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, MediaError
 from .model import Features
@@ -220,6 +220,16 @@ class ClipStore:
 # ---- one process's data ------------------------------------------------------------------------------------------
 
 
+VALID_SPLITS = ("valid", "val", "dev")  # the names a corpus folder's validation manifest goes by
+
+
+def _manifest(path: str, splits: tuple[str, ...]) -> Path:
+    """--train / --valid: a manifest, a folder of media with transcripts, or a corpus folder, read through its
+    train.jsonl (or valid.jsonl ...; .csv too) as evaluate reads its test.jsonl."""
+    path = Path(path)
+    return split_manifest(path, splits, "give the manifest itself") if path.is_dir() else path
+
+
 class TrainingData:
     """The manifests (read when built), then after prepare(): this process's batches and their inputs, and the
     validation clips. Utterances are named by their index in `utterances`; `kept` lists those that prepared."""
@@ -227,8 +237,9 @@ class TrainingData:
     def __init__(self, config: TrainConfig, home: Path, rank: int = 0, world: int = 1,
                  say: Callable[[str], None] = lambda message: None):
         self.config, self.home, self.rank, self.world, self.say = config, Path(home), rank, world, say
-        self.utterances = load_manifest(config.train)  # DataError: exit 1 or 4
-        self.valid_utterances = load_manifest(config.valid)[: config.eval_limit] if config.valid else []
+        self.utterances = load_manifest(_manifest(config.train, ("train",)))  # DataError: exit 1 or 4
+        self.valid_utterances = (load_manifest(_manifest(config.valid, VALID_SPLITS))[: config.eval_limit]
+                                 if config.valid else [])
         self.order = (None, [])  # (epoch, its batches): the last epoch_batches() result
 
     # -- preparing -------------------------------------------------------------------------------------------------

@@ -992,6 +992,28 @@ def test_clips_for_augmentation_stay_on_disk_with_the_disk_cache_and_give_the_sa
         assert torch.equal(getattr(memory, name), getattr(disk, name)), name
 
 
+def test_a_corpus_folder_is_read_through_its_train_and_valid_manifests(corpus, tmp_path):
+    """--train data/synth --valid data/synth (a corpus folder, as evaluate --dataset takes one) was searched for media
+    with transcripts beside them: "no media files with a same-named .txt transcript"."""
+    from mome_cli.data import DatasetMissing
+    from mome_cli.train_data import TrainingData
+
+    folder = tmp_path / "synth"
+    folder.mkdir()
+    (folder / "media").symlink_to(corpus / "media")
+    rows = (corpus / "train.jsonl").read_text().splitlines(keepends=True)
+    (folder / "train.jsonl").write_text("".join(rows))
+    (folder / "val.jsonl").write_text(rows[0])
+    config = TrainConfig(train=str(folder), valid=str(folder), output=str(tmp_path / "o"), steps=1, roi=True)
+    data = TrainingData(config, tmp_path)
+    assert [u.id for u in data.utterances] == [json.loads(r)["id"] for r in rows]
+    assert [u.id for u in data.valid_utterances] == [json.loads(rows[0])["id"]]
+    (folder / "val.jsonl").unlink()
+    with pytest.raises(DatasetMissing, match=r"synth: no valid, val or dev manifest \(\.jsonl or \.csv\) in it \(it "
+                                             r"holds train\.jsonl\): give the manifest itself$"):
+        TrainingData(config, tmp_path)
+
+
 @pytest.mark.parametrize("folder", ["features", "train-clips"])
 def test_damaged_files_in_the_disk_feature_cache_are_made_again(corpus, tmp_path, folder):
     """A file of cache/features or cache/train-clips cut short (a full disk, a copy interrupted) or emptied was taken
