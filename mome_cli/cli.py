@@ -165,10 +165,11 @@ def _name_pattern(ctx: click.Context, param, value):
 
 def _named_inputs(ctx: click.Context, param, value):
     """An empty INPUT ("", as an unset shell variable gives) names no file: pathlib reads it as ".", and the run
-    transcribed every media file in the current folder into it."""
+    transcribed every media file in the current folder into it. "-" is standard input, as for ffmpeg (a file of
+    that name is ./-)."""
     if any(argument == "" for argument in value):
         raise click.BadParameter("'': an empty name is no file or folder", ctx, param)
-    return value
+    return tuple("/dev/stdin" if argument == "-" and os.path.exists("/dev/stdin") else argument for argument in value)
 
 
 def _complete_model(ctx, param, incomplete):

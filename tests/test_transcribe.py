@@ -451,9 +451,11 @@ def test_mode_v_reads_a_video_to_its_end_past_its_sound(trained, tmp_path):
     assert not [ln for ln in result.stderr.splitlines() if "short.mp4" in ln or "empty.mp4" in ln], result.explain
 
 
-def test_a_video_piped_to_dev_stdin_is_transcribed(trained, tmp_path):
-    """`cat hello.mp4 | mome transcribe /dev/stdin` was "error: /dev/stdin: empty file (0 bytes)", exit 1."""
-    result = subprocess.run([MOME, "transcribe", "/dev/stdin", "--model", trained / "ckpt", "--roi", "--stdout", "-o",
+@pytest.mark.parametrize("name", ["/dev/stdin", "-"])
+def test_a_video_piped_to_dev_stdin_is_transcribed(trained, tmp_path, name):
+    """`cat hello.mp4 | mome transcribe /dev/stdin` was "error: /dev/stdin: empty file (0 bytes)", exit 1; and
+    `mome transcribe -` was "-: no such file", where ffmpeg's users read standard input."""
+    result = subprocess.run([MOME, "transcribe", name, "--model", trained / "ckpt", "--roi", "--stdout", "-o",
                              tmp_path], input=(trained / "media" / "hello.mp4").read_bytes(), capture_output=True,
                             env={**os.environ, "MOME_HOME": str(tmp_path / "home")})
     explain = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
