@@ -112,7 +112,7 @@ def test_device_demo_makes_the_corpus_trains_evaluates_and_resumes_on_a_fresh_ma
     assert "training for at most" in first.stderr and "demo-run: finished" in first.stderr
 
     # Next session: a bare machine, and what came back unpacked into the kit (.device): the demo run is resumed by
-    # the same trial, not started again (a finished one resumes to no more steps and is evaluated)
+    # the same trial, not started again (a finished one, resumed, says it is complete and is evaluated)
     with tarfile.open(out / "trial-n40-demo-run.tar") as tar:
         tar.extractall(kit, filter="data")
     try:
@@ -122,7 +122,8 @@ def test_device_demo_makes_the_corpus_trains_evaluates_and_resumes_on_a_fresh_ma
     assert again.returncode == 0, again.stderr
     assert "--resume" in again.stderr, again.stderr
     second = tmp_path / "second"
-    assert "resuming at step 2" in (second / "machine" / "work" / "trial-n40" / "demo-run.log").read_text()
+    resumed = (second / "machine" / "work" / "trial-n40" / "demo-run.log").read_text()
+    assert "demo-run is complete: 2 steps" in resumed, resumed  # resumed, not trained again: it had nothing left
     assert sorted(p.name for p in (second / "out").iterdir()) == ["trial-n40-demo-run.tar", "trial-n40-evals.tar"]
 
     # The first machine again, still warm, the trial called without --baselines: only this call's reports come back
