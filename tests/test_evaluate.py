@@ -234,7 +234,7 @@ def test_a_named_dataset_s_data_root_may_be_auto_avsr_s_root(prepared, tmp_path)
 @needs_ffmpeg
 def test_a_folder_with_the_split_s_manifest_is_evaluated_through_it(prepared, tmp_path):
     """A folder holding test.jsonl (as a synth corpus does) given as --dataset: its manifest for --split test, not
-    the clips with a transcript beside them found in it; another split it has no manifest for: the folder, said."""
+    the clips with a transcript beside them found in it; another split: exit 4 naming the manifests it holds."""
     clips = prepared / "lrs3" / "lrs3_video_seg24s" / "test" / "spk"
     folder = tmp_path / "corpus"
     folder.mkdir()
@@ -242,18 +242,25 @@ def test_a_folder_with_the_split_s_manifest_is_evaluated_through_it(prepared, tm
         shutil.copy(clips / f"{n:05d}.wav", folder / f"{name}.wav")
     (folder / "loose.txt").write_text("a clip found by searching the folder")
     (folder / "test.jsonl").write_text('{"id": "listed", "audio": "listed.wav", "text": "the manifest\'s own"}\n')
-    for split, ids in (("test", ["listed"]), ("valid", ["loose"])):
-        out = tmp_path / split
+    said = f"warning: --split valid is not used: it picks a split of lrs2 or lrs3, or a folder's valid.jsonl or " \
+        f"valid.csv; {folder} is read as it is"
+    for split, ids in (("test", ["listed"]), ("valid", None), ("valid", ["loose"])):
+        if split == "valid" and ids:  # a folder with no split's manifest: the folder, searched, and --split said unused
+            (folder / "test.jsonl").unlink()
+        out = tmp_path / f"{split}-{bool(ids)}"
         result = evaluate("--dataset", folder, "--split", split, "--model", "tiny", "--mode", "a", "--rates", "4",
                           "-o", out, home=tmp_path / "home")
+        if ids is None:  # a corpus folder without the split asked (a mistyped --split): said, not searched for media
+            assert result.returncode == 4 and result.stderr == (
+                f"mome evaluate: {folder}: no valid.jsonl or valid.csv in it (it holds test.jsonl): give --split one "
+                "of those, or the manifest itself\n"), result.explain
+            continue
         assert result.returncode == 0, result.explain
         report = json.loads((out / "report.json").read_text(encoding="utf-8"))
         hypotheses = [json.loads(line) for line in (out / "hypotheses.jsonl").read_text(encoding="utf-8").splitlines()]
         assert [h["id"] for h in hypotheses] == ids, result.explain
         assert (report["manifest"], report["split"]) == ((str(folder / "test.jsonl"), "test") if split == "test" else
                                                          (str(folder), None)), result.explain
-        said = f"warning: --split valid is not used: it picks a split of lrs2 or lrs3, or a folder's valid.jsonl or " \
-            f"valid.csv; {folder} is read as it is"
         assert (said in result.stderr.splitlines()) == (split == "valid"), result.explain
 
 
