@@ -267,8 +267,7 @@ def find_dataset(name: str, data_root: str | Path | None, split: str = "test") -
     as a path that holds <split>.jsonl or <split>.csv (as a corpus of `python -m mome_cli.synth` does) is that
     manifest, not a folder to search for media; any other path is read as it is."""
     if name not in NAMED_DATASETS:
-        path = Path(name)
-        return split_manifest(path, (split,), "give --split one of those, or the manifest itself") if path.is_dir() else path
+        return split_manifest(Path(name), (split,), "give --split one of those, or the manifest itself")
     if data_root is None:
         raise DatasetMissing(f"{name}: no data root: set MOME_DATA or pass --data-root; " + _how_to(name))
     root = Path(data_root)
@@ -291,8 +290,10 @@ AUTO_AVSR_LABELS = "_transcript_lengths_seg<N>s.csv"  # after <dataset>_<split>:
 def split_manifest(folder: Path, splits: tuple[str, ...], fix: str) -> Path:
     """A folder's manifest of the first of splits it holds (<split>.jsonl, else <split>.csv), as a corpus of
     `python -m mome_cli.synth` has them; the folder itself when it holds no split's manifest (a folder of media with
-    transcripts). A folder with other splits' manifests only is DatasetMissing, naming them and fix: a mistyped
-    split, not a folder to search for media."""
+    transcripts), and a path that is no folder as it is. A folder with other splits' manifests only is
+    DatasetMissing, naming them and fix: a mistyped split, not a folder to search for media."""
+    if not folder.is_dir():
+        return folder
     for split in splits:
         if found := next((c for c in _split_manifests(folder, split) if c.is_file()), None):
             return found

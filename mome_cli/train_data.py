@@ -223,13 +223,6 @@ class ClipStore:
 VALID_SPLITS = ("valid", "val", "dev")  # the names a corpus folder's validation manifest goes by
 
 
-def _manifest(path: str, splits: tuple[str, ...]) -> Path:
-    """--train / --valid: a manifest, a folder of media with transcripts, or a corpus folder, read through its
-    train.jsonl (or valid.jsonl ...; .csv too) as evaluate reads its test.jsonl."""
-    path = Path(path)
-    return split_manifest(path, splits, "give the manifest itself") if path.is_dir() else path
-
-
 class TrainingData:
     """The manifests (read when built), then after prepare(): this process's batches and their inputs, and the
     validation clips. Utterances are named by their index in `utterances`; `kept` lists those that prepared."""
@@ -237,9 +230,12 @@ class TrainingData:
     def __init__(self, config: TrainConfig, home: Path, rank: int = 0, world: int = 1,
                  say: Callable[[str], None] = lambda message: None):
         self.config, self.home, self.rank, self.world, self.say = config, Path(home), rank, world, say
-        self.utterances = load_manifest(_manifest(config.train, ("train",)))  # DataError: exit 1 or 4
-        self.valid_utterances = (load_manifest(_manifest(config.valid, VALID_SPLITS))[: config.eval_limit]
-                                 if config.valid else [])
+        # --train / --valid: a manifest, a folder of media with transcripts, or a corpus folder, read through its
+        # train.jsonl (valid.jsonl, ...; .csv too) as evaluate reads its test.jsonl. DataError: exit 1 or 4
+        fix = "give the manifest itself"
+        self.utterances = load_manifest(split_manifest(Path(config.train), ("train",), fix))
+        valid = load_manifest(split_manifest(Path(config.valid), VALID_SPLITS, fix)) if config.valid else []
+        self.valid_utterances = valid[: config.eval_limit]
         self.order = (None, [])  # (epoch, its batches): the last epoch_batches() result
 
     # -- preparing -------------------------------------------------------------------------------------------------
