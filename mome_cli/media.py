@@ -138,12 +138,12 @@ def check_file(path: Path) -> None:
         raise MediaError(path, "is a folder, not a media file")
     if not os.access(path, os.R_OK):
         raise MediaError(path, "permission denied")
-    mode = path.stat().st_mode
-    if stat.S_ISFIFO(mode):
+    info = path.stat()
+    if stat.S_ISFIFO(info.st_mode):
         raise MediaError(path, "a pipe, not a file: it can be read once, and media are read more than once")
-    if not stat.S_ISREG(mode):  # a device (its size says nothing), a socket
+    if not stat.S_ISREG(info.st_mode):  # a device (its size says nothing), a socket
         raise MediaError(path, "not a regular file (a device or a socket)")
-    if path.stat().st_size == 0:
+    if info.st_size == 0:
         raise MediaError(path, "empty file (0 bytes)")
 
 
