@@ -116,10 +116,8 @@ def _mode_for(path: Path) -> int:
     """The permissions the file should get: those of the file it replaces, else 0666 less the umask."""
     try:
         return stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:  # nothing there: a new file
-        return 0o666 & ~_umask()
-    except OSError as e:  # a link to itself (ELOOP) in its place: replaced as a dangling link is, not followed
-        if e.errno != errno.ELOOP:
+    except OSError as e:  # nothing there (a new file), or a link to itself (ELOOP) in its place: replaced as a
+        if e.errno not in (errno.ENOENT, errno.ELOOP):  # dangling link is, not followed
             raise
         return 0o666 & ~_umask()
 
