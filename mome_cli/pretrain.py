@@ -582,14 +582,15 @@ def usable(manifest, say) -> list:
     return listed
 
 
-def load_clips(manifest: str, home: Path, say, workers: int = 2) -> tuple[list, list]:
-    """(utterances, clips) of a manifest of mouth-crop videos, through the media stage (cached), in worker processes."""
+def load_clips(manifest: str, home: Path, say, workers: int = 2, listed: list | None = None) -> tuple[list, list]:
+    """(utterances, clips) of a manifest of mouth-crop videos, through the media stage (cached), in worker processes;
+    listed: its usable utterances when they were read already."""
     from concurrent.futures import ProcessPoolExecutor
 
     from .preprocess import PreprocessOptions, Preprocessor
 
     preprocess = Preprocessor(PreprocessOptions(mode="av", roi=True, device="cpu"), cache_dir=home / "cache" / "clips")
-    listed = usable(manifest, say)
+    listed = usable(manifest, say) if listed is None else listed
     utterances, clips, started = [], [], time.monotonic()
     with ProcessPoolExecutor(workers) as pool:
         for n, (u, clip) in enumerate(zip(listed, pool.map(_preprocess, [(preprocess, u.media) for u in listed],
@@ -750,15 +751,15 @@ def _aligned(alignments: dict[str, dict], utterances: list, manifest, args) -> l
     return [alignments[u.id] for u in utterances]
 
 
-def _clip_batches(args, say, by_id: dict[str, dict] | None):
-    """(utterances, clips, alignments or None, batches) of the stages that read clips: the clips of --train through
-    the media stage, their alignments if by_id (_alignments_of) is given, and batches(epoch) of about --batch-frames
-    video frames each."""
+def _clip_batches(args, say, listed: list, by_id: dict[str, dict] | None):
+    """(utterances, clips, alignments or None, batches) of the stages that read clips: the clips of the utterances
+    listed in --train (usable) through the media stage, their alignments if by_id (_alignments_of) is given, and
+    batches(epoch) of about --batch-frames video frames each."""
     from .data import frame_batches
     from .hub import mome_home
     from .train_data import clip_frames
 
-    utterances, clips = load_clips(args.train, mome_home(), say)
+    utterances, clips = load_clips(args.train, mome_home(), say, listed=listed)
     if not clips:
         raise PretrainError(f"{args.train}: no clip to train on (each one skipped, as the warnings above say)")
     alignments = None if by_id is None else _aligned(by_id, utterances, args.train, args)
@@ -773,14 +774,13 @@ def _clip_batches(args, say, by_id: dict[str, dict] | None):
 
 def pretrain(args) -> None:
     """Stage `backbones`: the encoders (and with --match, their distance to the stand-ins) under the LM loss."""
-    from .data import load_manifest
     from .noise import add_babble
 
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    load_manifest(args.train)  # a manifest or alignments not there is said before anything is built or read
+    listed = usable(args.train, say)  # a manifest or alignments not there is said before anything is built or read
     by_id = _alignments_of(args) if args.match else None
     out, model = _setup(args, say)
-    utterances, clips, alignments, batches = _clip_batches(args, say, by_id)
+    utterances, clips, alignments, batches = _clip_batches(args, say, listed, by_id)
     if args.only:  # one encoder and its CTC head; everything else stays as it is
         params = model.train_only(f"{args.only}_encoder", f"{args.only}_ctc")
     elif args.match:  # the LM already reads the stand-ins (`reader`): it and they stay as they are
@@ -816,13 +816,11 @@ def fit_standins(args) -> None:
     distance of --match, the other way round), for backbones that come without their stand-ins, such as the shipped
     demo bundle. A `reader` run can then teach a new LM (`--vocab`) to read these encoders, through the stand-ins,
     on text that has no clip."""
-    from .data import load_manifest
-
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    load_manifest(args.train)  # a manifest or alignments not there is said before anything is built or read
+    listed = usable(args.train, say)  # a manifest or alignments not there is said before anything is built or read
     by_id = _alignments_of(args)
     out, model = _setup(args, say)
-    utterances, clips, alignments, batches = _clip_batches(args, say, by_id)
+    utterances, clips, alignments, batches = _clip_batches(args, say, listed, by_id)
     params = model.train_only("audio_standin", "video_standin")
     model.audio_encoder.eval()
     model.video_encoder.eval()

@@ -703,3 +703,25 @@ def test_option_values_out_of_range_are_usage_errors(args, said, corpus, tmp_pat
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines()[-1] == f"python -m mome_cli.pretrain {args[0]}: error: {said.format(deep=deep)}"
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("stage", ["backbones", "standins"])
+def test_the_stages_that_read_clips_read_the_manifest_once(stage, tmp_path, monkeypatch, capsys):
+    """The check that --train is there before anything is built is the reading of its utterances, not a first read
+    of a manifest that is then parsed again (LRS3's lists every clip)."""
+    from mome_cli import data
+
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "sine=duration=0.5",
+                    str(tmp_path / "x.wav")], check=True)
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text(json.dumps({"id": "x", "audio": "x.wav", "text": "a tone"}) + "\n")
+    alignment = {"id": "x", "duration": 0.5, "frames": 13, "speech": [0.0, 0.5], "phonemes": [], "words": []}
+    (tmp_path / "alignments.jsonl").write_text(json.dumps(alignment) + "\n")
+    reads = []
+    load_manifest = data.load_manifest
+    monkeypatch.setattr(data, "load_manifest", lambda path, *a, **k: reads.append(path) or load_manifest(path, *a, **k))
+    monkeypatch.setenv("MOME_HOME", str(tmp_path / "home"))
+    code = pretrain.main([stage, "--train", str(manifest), "-o", str(tmp_path / "out"), "--steps", "2",
+                          "--threads", "1"])
+    assert code == 1 and "no clip to train on" in capsys.readouterr().err  # the clip is sound alone
+    assert [str(p) for p in reads] == [str(manifest)]
