@@ -12,8 +12,9 @@ more than half the frames show no face warns. A pipe is copied to a temporary fi
 a file is read several times here.
 
 A finished clip is cached under <cache>/<sha256 of the file>-<options>.npz (written atomically, its name in it too),
-so running transcribe or evaluate again skips decoding and face detection. PREPROCESS_VERSION is in the key: change it
-whenever the output of this stage changes.
+so running transcribe or evaluate again skips decoding and face detection (not a file written to while it was read:
+what was decoded may not be what was hashed). PREPROCESS_VERSION is in the key: change it whenever the output of this
+stage changes.
 
 Notation for shapes: S samples, T frames, R = 96 ROI side.
 """
@@ -153,6 +154,15 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
+def _version(path) -> tuple[int, int] | None:
+    """What tells whether a file was written to: its size and the time it was last written (ns)."""
+    try:
+        info = os.stat(path)
+    except OSError:  # gone, or moved away
+        return None
+    return info.st_size, info.st_mtime_ns
+
+
 class Preprocessor:
     """Turns media files into Clips; holds the landmark detector (built on first need) and the cache folder.
 
@@ -194,6 +204,7 @@ class Preprocessor:
     def _read(self, path) -> Clip:
         """The Clip of a file (not a pipe)."""
         check_file(Path(path))  # a missing or unreadable file is one input's MediaError, before it is hashed
+        version = _version(path)
         digest = file_sha256(path) if self.cache_dir is not None else None  # read once, whatever mode it ends in
         cached = self._load(self._cache_key(digest, self.options.mode))  # no probe for a file seen before
         if cached is not None:
@@ -241,6 +252,10 @@ class Preprocessor:
                     raise MediaError(path, f"{why} (mode v needs the lips{crops})") from e
                 clip.mode = "a"
                 warnings.append(f"{why}: transcribed from audio alone")
+        if key is not None and _version(path) != version:  # written to while it was read (a recording going on):
+            # what was decoded is not the content that was hashed, and must not be found under that content's key
+            clip.warnings.append("the file changed while it was read: its clip is not cached")
+            key = None
         try:
             self._save(key, clip)
         except IsADirectoryError:  # a folder in this entry's place (not ours): this clip is not cached, others are

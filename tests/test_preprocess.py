@@ -303,6 +303,32 @@ def test_a_copy_of_a_cached_file_is_read_under_its_own_name(media, tmp_path):
     assert prep(copy).path == str(copy) and len(list((tmp_path / "cache").iterdir())) == 1
 
 
+def test_a_file_written_to_while_it_was_read_is_not_cached_under_the_content_it_had_before(media, tmp_path,
+                                                                                           monkeypatch):
+    """A recording still going on: the clip decoded is not the content that was hashed, so a later file holding that
+    content must not be given this clip."""
+    path = tmp_path / "growing.wav"
+    shutil.copy(media / "speech.wav", path)
+    before = path.read_bytes()
+    decode = preprocess_module.decode_audio
+
+    def decode_then_append(*args, **kwargs):
+        audio = decode(*args, **kwargs)
+        with open(path, "ab") as f:
+            f.write(b"\0" * 64)
+        return audio
+
+    monkeypatch.setattr(preprocess_module, "decode_audio", decode_then_append)
+    cache = tmp_path / "cache"
+    clip = Preprocessor(PreprocessOptions(mode="a"), cache_dir=cache)(path)
+    assert clip.warnings == ["the file changed while it was read: its clip is not cached"]
+    assert not list(cache.glob("*.npz"))
+    monkeypatch.setattr(preprocess_module, "decode_audio", decode)
+    path.write_bytes(before)
+    assert Preprocessor(PreprocessOptions(mode="a"), cache_dir=cache)(path).warnings == []
+    assert len(list(cache.glob("*.npz"))) == 1  # a file left alone is cached as before
+
+
 @pytest.mark.parametrize("damage", ["cut in half", "cut short by 10 bytes", "zero bytes", "a byte changed",
                                     "random bytes after a zip's signature"])
 def test_a_damaged_cache_entry_is_made_again_not_a_traceback(media, tmp_path, damage):
