@@ -1,6 +1,31 @@
 """mome: audio-visual speech recognition with a Mixture of Matryoshka Experts.
 
-Kept free of heavy imports so that ``mome --help`` and shell completion stay instant.
+From Python, as from the command line::
+
+    import mome_cli
+
+    model = mome_cli.load_model("demo")  # what `mome transcribe --model demo` loads
+    print(model.transcribe_file("examples/demo.mp4", roi=True).text)
+
+Kept free of heavy imports so that ``mome --help`` and shell completion stay instant: load_model imports torch
+when it is called.
 """
 
 __version__ = "0.1.0"
+
+
+def load_model(name: str = "demo", device: str = "auto", adapter: str | None = None):
+    """The model `mome transcribe --model NAME [--adapter DIR] --device DEVICE` loads, as a recognizer.Recognizer:
+    its transcribe_file(path, mode=..., rate=..., roi=...) gives the Transcript that the command writes.
+
+    name: a preset (tiny, demo, mome-1b, mome-3b, mome-8b: the last three with an adapter) or a checkpoint folder
+    written by `mome train`; device: auto, cpu or cuda. Backbones come from mome's cache ($MOME_HOME) and are never
+    downloaded here: one that is missing raises hub.MissingModelError naming the `mome download` that fetches it, one
+    that cannot be used hub.UnusableModelError, and an unknown name options.UsageProblem.
+    """
+    from .recognizer import load_recognizer
+
+    return load_recognizer(name, adapter, device)
+
+
+__all__ = ["__version__", "load_model"]

@@ -30,7 +30,7 @@ from .media import MAX_SEGMENT_SECONDS, SAMPLES_PER_FRAME, VIDEO_FPS, Segment, s
 from .model import AVSRModel, Features, ModelConfig
 from .options import RecognizeOptions, UsageProblem
 from .outputs import Transcript
-from .preprocess import Clip
+from .preprocess import Clip, PreprocessOptions, Preprocessor
 from .presets import (BUNDLED, check_options, model_config, preset_config, rate_for, segment_limit, shadowed_preset,
                       tiny_config)
 from .rng import seeded
@@ -118,6 +118,28 @@ class Recognizer:
 
     def transcribe(self, clip: Clip, options: RecognizeOptions = RecognizeOptions()) -> Transcript:
         return self.transcribe_many([clip], options)[0]
+
+    def transcribe_file(self, path, mode: str = "av", rate: int | tuple | None = None, roi: bool = False,
+                        beam: int = 1, detector: str = "sfd", any_rate: bool = False,
+                        max_segment: float | None = None, pack: bool = False) -> Transcript:
+        """The Transcript of one media file (or pipe) that `mome transcribe PATH` writes with the same options
+        (--mode, --rate, --roi, --beam, --detector, --any-rate, --max-segment, --pack): .text, .segments (start, end
+        and text of each, seconds), .mode (a where av fell back to audio), .rate, .duration and .warnings (what the
+        command prints as warnings), read with preprocess.Preprocessor (no clip cache) and transcribed by transcribe().
+
+        rate: None for the model's first trained rate in mode; one rate (16) in mode a or v, or a pair (4, 2), of
+        which mode a takes the audio half and v the video half. roi: the video is already mouth crops; otherwise
+        face-alignment finds the lips (its weights: `mome download demo`). A mode or rate the model does not take
+        raises options.UsageProblem before the file is read, a file that cannot be read media.MediaError.
+        """
+        rate = (rate,) if isinstance(rate, int) else None if rate is None else tuple(rate)  # (4, 2) or [4, 2]
+        options = RecognizeOptions(mode=mode, rate=rate, any_rate=any_rate, beam=beam, max_segment=max_segment,
+                                   pack=pack)
+        prepare = Preprocessor(PreprocessOptions(mode=mode, roi=roi, detector=detector,
+                                                 device=next(self.model.parameters()).device.type))
+        self.rate_for(mode, options.rate, any_rate)  # refused before the file is read, as the command does
+        self.segment_limit(max_segment)
+        return self.transcribe(prepare(path), options)
 
     def transcribe_many(self, clips: list[Clip], options: RecognizeOptions = RecognizeOptions()) -> list[Transcript]:
         """Transcripts of many clips; their segments are decoded together, longest first, grouped by mode."""

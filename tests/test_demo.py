@@ -68,6 +68,39 @@ def test_every_mode_and_rate_of_the_demo_model_runs_on_the_clip(tmp_path):
         assert transcribe(tmp_path, *flags).strip()  # some words: the model reads the clip in every mode
 
 
+@pytest.mark.parametrize("flags, options", [
+    ((), {}),
+    (("--mode", "a", "--rate", "16"), dict(mode="a", rate=16)),
+    (("--rate", "16,5"), dict(rate=(16, 5))),
+], ids=["defaults", "mode-a-rate-16", "rate-16,5"])
+def test_python_gives_the_transcript_the_command_writes(tmp_path, monkeypatch, flags, options):
+    """The README's "From Python": mome_cli.load_model(...).transcribe_file(...) with the command's options gives the
+    Transcript `mome transcribe` writes (its JSON output, byte for byte), without a subprocess or the CLI's code."""
+    import mome_cli
+    from mome_cli.outputs import render
+
+    monkeypatch.setenv("MOME_HOME", str(tmp_path / "home"))
+    transcript = mome_cli.load_model("demo").transcribe_file(EXAMPLES / "demo.mp4", roi=True, **options)
+    assert transcript.text == transcribe(tmp_path, *flags, "-f", "json")
+    assert render(transcript, "json") == (tmp_path / "out" / "demo.json").read_text(encoding="utf-8")
+
+
+def test_the_readmes_python_example_runs_as_written(tmp_path):
+    """The README's "From Python" block, run from the repository's root as it is written: the transcript, one line
+    a segment, then mode a's."""
+    import re
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    code = re.search(r"^### From Python\n\n```python\n(.*?)^```$", readme, re.M | re.S)[1]
+    env = {**os.environ, "MOME_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                            cwd=EXAMPLES.parent, timeout=300)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) >= 4 and re.fullmatch(r" *\d+\.\d\d +\d+\.\d\d  \S.*", lines[1]), result.stdout
+    assert " ".join(line.split(None, 2)[2] for line in lines[1:-1]) == lines[0]  # the segments make the text
+
+
 def test_the_readme_quotes_one_wer_per_cell_of_the_demo_model():
     """The README's long-form table gave the single clips' WER from before two decoding changes (av 4,5 42.5) beside
     the main table's after them (41.1): each (mode, rates) has one clean WER on the 200 test clips."""
