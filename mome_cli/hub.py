@@ -396,8 +396,9 @@ def fetch_repo(repo: HubRepo, home: Path, *, token: str | None = None, console=N
     bars_were_off = are_progress_bars_disabled()
     if console is None:
         disable_progress_bars()
+    token_given = bool(token or huggingface_hub.get_token())
     try:
-        with _hub_errors(repo, home, token_given=bool(token or huggingface_hub.get_token())):
+        with _hub_errors(repo, home, token_given):
             folder = huggingface_hub.snapshot_download(
                 repo.repo_id, revision=repo.revision, cache_dir=hub_cache_dir(home), token=token,
                 allow_patterns=list(repo.allow_patterns) or None, ignore_patterns=list(repo.ignore_patterns) or None,
@@ -407,6 +408,17 @@ def fetch_repo(repo: HubRepo, home: Path, *, token: str | None = None, console=N
         if console is None and not bars_were_off:
             enable_progress_bars()
     lacks = _snapshot_lacks(Path(folder), repo.needs)
+    if lacks or force:
+        # Where it cannot ask the Hub which commit the revision is at (no network, an error answer), huggingface_hub
+        # gives back the snapshot cached for it as it is, in part or fetched nothing again: asked here, the Hub's
+        # error is said (exit 4: no network), not a snapshot that the Hub would lack files of, or "complete".
+        try:
+            with _hub_errors(repo, home, token_given):
+                huggingface_hub.HfApi().repo_info(repo.repo_id, revision=repo.revision, token=token)
+        except HubError as e:
+            what = f"the cached snapshot lacks {', '.join(lacks)}" if lacks else "--force-download fetched nothing"
+            e.args = (f"{repo.label}: {what}: {e}",)
+            raise
     if lacks:
         raise HubError(f"{repo.label}: the snapshot in {folder} has no {', '.join(lacks)}")
     return Path(folder)

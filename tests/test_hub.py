@@ -429,6 +429,7 @@ def test_force_download_fetches_cached_files_again(server, home, monkeypatch):
         return str(folder)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    hub_reached(monkeypatch)
     assert invoke("download", "mome-1b").exit_code == 0
     weights = home / "avhubert" / "weights.bin"
     weights.write_bytes(b"damaged, and its digest recorded as if it were not")
@@ -652,12 +653,46 @@ def test_a_snapshot_cached_in_part_is_incomplete_until_download_fetches_what_it_
     assert re.search(r"mome-1b +complete", invoke("download", "--list", "mome-1b").stdout)
 
 
+def hub_reached(monkeypatch) -> list[str]:
+    """Make huggingface_hub's HfApi.repo_info answer, as the Hub does when it is reached; return the repos asked."""
+    asked = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", lambda self, repo_id, **kwargs: asked.append(repo_id))
+    return asked
+
+
 def test_a_snapshot_the_hub_leaves_incomplete_names_what_it_lacks(home, monkeypatch):
     folder = make_snapshot(home, "openai/whisper-medium.en", lambda f: (f / "config.json").write_text("{}"))
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kwargs: str(folder))
+    hub_reached(monkeypatch)
     with pytest.raises(hub.HubError, match=f"the snapshot in {folder} has no preprocessor_config.json, "
                                            "model.safetensors$"):
         hub.fetch_repo(hub.WHISPER_MEDIUM_EN, home)
+
+
+@pytest.mark.parametrize("cached, flags, said", [
+    (("config.json",), (), "the cached snapshot lacks tokenizer.json, tokenizer_config.json, model.safetensors"),
+    (("config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"), ("--force-download",),
+     "--force-download fetched nothing"),
+], ids=["cached-in-part", "force-download"])
+def test_a_cached_snapshot_with_no_network_is_no_network_exit_4(home, monkeypatch, cached, flags, said):
+    """With no network, huggingface_hub gives back the snapshot cached for `main` as it is: one cached in part was
+    said to lack files as if the Hub had none (exit 1), and --force-download fetched nothing again, saying
+    "complete" (exit 0). Both are the Hub out of reach: exit 4, one line naming the repository and what to do."""
+    monkeypatch.setitem(PRESETS, "mome-1b", dataclasses.replace(PRESETS["mome-1b"], audio=None, video=None, face=()))
+    folder = make_snapshot(home, "meta-llama/Llama-3.2-1B", lambda f: [(f / name).write_text("{}") for name in cached])
+
+    def no_network(*args, **kwargs):
+        raise httpx.ConnectError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(httpx.Client, "send", no_network)  # huggingface_hub's own snapshot_download runs
+    result = invoke("download", "mome-1b", *flags)
+    assert result.exit_code == ExitCode.MISSING, explain(result)
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"mome download: meta-llama/Llama-3.2-1B (main): {said}: no network: cannot reach the "
+                            "Hugging Face Hub for meta-llama/Llama-3.2-1B (ConnectError"), explain(result)
+    assert "accept its licence at https://huggingface.co/meta-llama/Llama-3.2-1B" in error, explain(result)
+    assert len(result.stderr.strip().splitlines()) == 2 and sorted(p.name for p in folder.iterdir()) == \
+        sorted(cached), explain(result)  # "fetching", then the error; the cache as it was
 
 
 @pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "--offline"])
