@@ -438,7 +438,8 @@ def train(ctx: click.Context, config, resume, **flags):
 @click.argument("names", metavar="[NAME...]", nargs=-1)
 @click.option("--list", "list_cached", is_flag=True,
               help="Show what is cached, with sizes, and which presets are complete.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache folder [$MOME_HOME].")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache folder [$MOME_HOME]; the other commands "
+              "read $MOME_HOME: set it to this folder for them.")
 @click.option("--revision", help="Branch, tag or commit of the LLM (and adapter) [the preset's]; a checkpoint trained "
               "on one loads that one.")
 @click.option("--token", help="Hugging Face token, for gated models [$HF_TOKEN].")
@@ -481,6 +482,9 @@ def download(ctx: click.Context, names, list_cached, cache_dir, revision, token,
     except hub.HubError as e:
         say(f"mome download: {e}")
         ctx.exit(e.exit_code)
+    if cache_dir and home.resolve() != hub.mome_home().resolve():  # transcribe would not look there
+        log(f"transcribe, evaluate and train read the cache in $MOME_HOME ({hub.mome_home()}): run them with "
+            f"MOME_HOME={home} to use this one")
 
 
 def _same_terminal(one, other) -> bool:

@@ -854,6 +854,20 @@ def test_cache_dir_overrides_mome_home(server, home, tmp_path, monkeypatch):
     assert (tmp_path / "other" / "avhubert" / "weights.bin").is_file() and not home.exists()
 
 
+def test_a_download_into_another_cache_dir_says_how_the_other_commands_use_it(server, home, tmp_path, monkeypatch):
+    """`mome download X --cache-dir DIR` said "complete in DIR", and transcribe then said X was not in the cache: it
+    reads $MOME_HOME. The download says so, and how to point it there; not where DIR is $MOME_HOME."""
+    monkeypatch.setitem(PRESETS, "mome-1b", file_preset(remote(server, DATA_SHA256)))
+    other = tmp_path / "other"
+    result = invoke("download", "--cache-dir", str(other), "mome-1b")
+    assert result.exit_code == 0, explain(result)
+    assert result.stderr.splitlines()[-1] == (f"transcribe, evaluate and train read the cache in $MOME_HOME ({home}): "
+                                              f"run them with MOME_HOME={other} to use this one"), explain(result)
+    same = invoke("download", "--cache-dir", str(home), "mome-1b")
+    assert same.exit_code == 0 and "MOME_HOME" not in same.stderr, explain(same)
+    assert invoke("-q", "download", "--cache-dir", str(other), "mome-1b").stderr == ""
+
+
 @pytest.mark.parametrize("args, message", [
     ([], "name a preset to download"),
     (["mome-2b"], "unknown preset 'mome-2b'; known presets: tiny, demo, mome-1b, mome-3b, mome-8b"),
