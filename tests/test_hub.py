@@ -739,6 +739,16 @@ def test_gated_repo_exits_4_with_licence_and_token(home, monkeypatch):
     assert "Traceback" not in result.stderr, explain(result)
 
 
+def test_offline_with_another_cache_dir_names_the_download_into_it(home, tmp_path):
+    """The fix of `mome download demo --cache-dir DIR --offline` was `mome download demo`: into $MOME_HOME, not DIR."""
+    other = tmp_path / "other"
+    result = invoke("download", "demo", "--offline", "--cache-dir", str(other))
+    assert result.exit_code == ExitCode.MISSING, explain(result)
+    assert f"run `mome download demo --cache-dir {other}` when online" in result.stderr, explain(result)
+    result = invoke("download", "demo", "--offline", "--cache-dir", str(home))
+    assert "run `mome download demo` when online" in result.stderr, explain(result)
+
+
 @pytest.mark.parametrize("error, code, message", [
     (errors.RepositoryNotFoundError("404", response=hub_response(404)), ExitCode.MISSING,
      "meta-llama/Llama-3.2-1B: repository not found"),
