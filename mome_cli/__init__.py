@@ -25,7 +25,12 @@ def load_model(name: str = "demo", device: str = "auto", adapter: str | None = N
     """
     from .recognizer import load_recognizer
 
-    return load_recognizer(name, adapter, device)
+    model = load_recognizer(name, adapter, device)
+    if name == "tiny" and adapter is None:  # the command's warning, as Python's
+        import warnings
+
+        warnings.warn("the tiny model is random and untrained: its transcripts are meaningless", stacklevel=2)
+    return model
 
 
 __all__ = ["__version__", "load_model"]

@@ -19,6 +19,7 @@ import dataclasses
 import os
 import re
 from pathlib import Path
+from warnings import warn
 
 import torch
 
@@ -124,8 +125,9 @@ class Recognizer:
                         max_segment: float | None = None, pack: bool = False) -> Transcript:
         """The Transcript of one media file (or pipe) that `mome transcribe PATH` writes with the same options
         (--mode, --rate, --roi, --beam, --detector, --any-rate, --max-segment, --pack): .text, .segments (start, end
-        and text of each, seconds), .mode (a where av fell back to audio), .rate, .duration and .warnings (what the
-        command prints as warnings), read with preprocess.Preprocessor (no clip cache) and transcribed by transcribe().
+        and text of each, seconds), .mode (a where av fell back to audio), .rate, .duration and .warnings (those the
+        command prints for the file; its warning that the model was not trained in this mode is a Python warning
+        here), read with preprocess.Preprocessor (no clip cache) and transcribed by transcribe().
 
         rate: None for the model's first trained rate in mode; one rate (16) in mode a or v, or a pair (4, 2), of
         which mode a takes the audio half and v the video half. roi: the video is already mouth crops; otherwise
@@ -139,6 +141,8 @@ class Recognizer:
                                                  device=next(self.model.parameters()).device.type))
         self.rate_for(mode, options.rate, any_rate)  # refused before the file is read, as the command does
         self.segment_limit(max_segment)
+        if said := self.untrained_mode(mode):  # the command's warning, as Python's
+            warn(said.removeprefix("warning: "), stacklevel=2)
         return self.transcribe(prepare(path), options)
 
     def transcribe_many(self, clips: list[Clip], options: RecognizeOptions = RecognizeOptions()) -> list[Transcript]:

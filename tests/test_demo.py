@@ -112,3 +112,16 @@ def test_the_readme_quotes_one_wer_per_cell_of_the_demo_model():
     single = {(m[0], m[1]): m[2] for m in re.findall(r"^\| (a|v|av) \| ([\d,]+) \| ([\d.]+) \| [\d.]+ \|$",
                                                     readme, re.M)}
     assert len(main) == 8 and single == main
+
+
+def test_python_warns_as_the_command_does(tmp_path, monkeypatch):
+    """The command's warnings that are not a file's: tiny is untrained, and a mode the model was not trained in."""
+    import mome_cli
+
+    monkeypatch.setenv("MOME_HOME", str(tmp_path / "home"))
+    with pytest.warns(UserWarning, match="^the tiny model is random and untrained: its transcripts are meaningless$"):
+        model = mome_cli.load_model("tiny")
+    assert model.config.modes == ["av"]
+    with pytest.warns(UserWarning, match="^this model was trained for mode av, not a: expect worse transcripts"):
+        transcript = model.transcribe_file(EXAMPLES / "demo.mp4", mode="a", max_segment=2.0)
+    assert transcript.mode == "a" and transcript.rate == (4,) and transcript.segments
