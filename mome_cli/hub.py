@@ -469,8 +469,12 @@ def _cached_snapshot(repo: HubRepo, home: Path) -> Path | None:
             repo.repo_id, revision=repo.revision, cache_dir=hub_cache_dir(home), local_files_only=True,
             allow_patterns=list(repo.allow_patterns) or None, ignore_patterns=list(repo.ignore_patterns) or None,
         )
-    except (errors.LocalEntryNotFoundError, FileNotFoundError):
-        return None
+    except (errors.LocalEntryNotFoundError, FileNotFoundError) as e:
+        # huggingface_hub >= 1.x: a snapshot its cached file listing finds incomplete (any file of the patterns, a
+        # generation_config.json too) is an IncompleteSnapshotError that says where it is: what it lacks of what
+        # loading reads is _snapshot_lacks' to say
+        folder = getattr(e, "snapshot_path", None)
+        return Path(folder) if folder else None
     return Path(folder)
 
 

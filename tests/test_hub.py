@@ -3,6 +3,7 @@
 import dataclasses
 import errno
 import hashlib
+import json
 import os
 import random
 import re
@@ -651,6 +652,30 @@ def test_a_snapshot_cached_in_part_is_incomplete_until_download_fetches_what_it_
     fetched = invoke("download", "mome-1b")
     assert fetched.exit_code == 0 and "mome-1b: complete" in fetched.stderr, explain(fetched)
     assert re.search(r"mome-1b +complete", invoke("download", "--list", "mome-1b").stdout)
+
+
+@pytest.mark.parametrize("lost, said", [
+    ("generation_config.json", "complete"),
+    ("tokenizer.json",
+     "incomplete: missing tokenizer.json of meta-llama/Llama-3.2-1B (main); run `mome download mome-1b`"),
+], ids=["a-file-loading-does-not-read", "the-tokenizer"])
+def test_a_snapshot_that_huggingface_hubs_listing_calls_incomplete_is_judged_by_what_loading_reads(home, monkeypatch,
+                                                                                                    lost, said):
+    """huggingface_hub 1.x keeps each snapshot's file listing (trees/<commit>.json) and calls, without the network, a
+    snapshot that lacks any file of it incomplete: a Llama with every file loading reads but its generation_config.json
+    was missing as a whole (transcribe exit 4), and one without its tokenizer did not say which file it lacks."""
+    monkeypatch.setitem(PRESETS, "mome-1b", dataclasses.replace(PRESETS["mome-1b"], audio=None, video=None, face=()))
+    folder = make_snapshot(home, "meta-llama/Llama-3.2-1B", fake_repo)
+    (folder / "generation_config.json").write_text("{}")
+    listed = {p.name: {"size": p.stat().st_size, "blob_id": f"{i:040x}"} for i, p in enumerate(folder.iterdir())}
+    (folder.parents[1] / "trees").mkdir()
+    (folder.parents[1] / "trees" / f"{COMMIT}.json").write_text(json.dumps({"format_version": 1, "files": listed}))
+    (folder / lost).unlink()
+    listing = invoke("download", "--list", "mome-1b")
+    line = next(line for line in listing.stdout.splitlines() if line.strip().startswith("mome-1b"))
+    assert line.split(None, 1)[1] == said, explain(listing)
+    found = hub.locate(PRESETS["mome-1b"].llm, home)
+    assert found == (folder if lost == "generation_config.json" else None)
 
 
 def hub_reached(monkeypatch) -> list[str]:
