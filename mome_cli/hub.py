@@ -347,18 +347,21 @@ def _hub_errors(repo: HubRepo, home: Path, token_given: bool = False) -> Iterato
         if isinstance(cause, errors.HfHubHTTPError) and cause.response is not None:
             raise _answered(repo, cause, token_given) from e
         raise no_network_error(f"the Hugging Face Hub for {repo.repo_id}", cause or e, home,
-                               _gated_hint(repo)) from e
+                               _gated_hint(repo, token_given)) from e
     except errors.HfHubHTTPError as e:  # GatedRepoError and RepositoryNotFoundError too
         raise _answered(repo, e, token_given) from e
     except httpx.TransportError as e:
-        raise no_network_error(f"the Hugging Face Hub for {repo.repo_id}", e, home, _gated_hint(repo)) from e
+        raise no_network_error(f"the Hugging Face Hub for {repo.repo_id}", e, home,
+                               _gated_hint(repo, token_given)) from e
     except OSError as e:
         reraise_os_error(e, hub_cache_dir(home))
 
 
-def _gated_hint(repo: HubRepo) -> str:
-    return (f"; it is gated: accept its licence at {repo.licence_url} and set HF_TOKEN (or pass --token)"
-            if repo.gated else "")
+def _gated_hint(repo: HubRepo, token_given: bool = False) -> str:
+    if not repo.gated:
+        return ""
+    token = "with the account of the token sent" if token_given else "and set HF_TOKEN (or pass --token)"
+    return f"; it is gated: accept its licence at {repo.licence_url} {token}"
 
 
 def _answered(repo: HubRepo, e, token_given: bool) -> HubError:

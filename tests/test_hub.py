@@ -821,6 +821,23 @@ def test_what_the_hub_answered_is_told_from_no_network(home, monkeypatch, error,
     assert "\\n" not in result.stderr and len(result.stderr.strip().splitlines()) == 2, explain(result)
 
 
+@pytest.mark.parametrize("how", ["HF_TOKEN", "--token"])
+def test_no_network_with_a_token_does_not_ask_for_one(home, monkeypatch, how):
+    """With no network, a gated repository's download said "set HF_TOKEN (or pass --token)" to one who had."""
+    hub_fails_with(monkeypatch, httpx.ConnectError("Name or service not known"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: os.environ.get("HF_TOKEN"))  # no stored login either
+    args, env = (("download", "mome-1b"), {"HF_TOKEN": "hf_xxx"}) if how == "HF_TOKEN" else (
+        ("download", "mome-1b", "--token", "hf_xxx"), None)
+    result = invoke(*args, env=env)
+    assert result.exit_code == ExitCode.MISSING, explain(result)
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "; it is gated: accept its licence at https://huggingface.co/meta-llama/Llama-3.2-1B with the account of the "
+        "token sent"), explain(result)
+    without = invoke("download", "mome-1b")
+    assert without.stderr.strip().endswith("and set HF_TOKEN (or pass --token)"), explain(without)
+
+
 def test_access_denied_with_a_token_says_that_its_account_lacks_the_licence(home, monkeypatch):
     hub_fails_with(monkeypatch, errors.GatedRepoError("403 gated", response=hub_response(403)))
     monkeypatch.setenv("HF_TOKEN", "hf_xxx")
