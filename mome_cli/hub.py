@@ -132,6 +132,12 @@ FACE_ALIGNMENT_FILES = (
                "2DFAN4-11f355bf06.pth.tar", sha256="11f355bf06"),
 )
 
+# The files face-alignment 1.5.0 loads from $TORCH_HOME/hub/checkpoints for each detector (of FACE_ALIGNMENT_FILES).
+FACE_ALIGNMENT_NEEDS = {
+    "sfd": ("s3fd-619a316812.pth", "2DFAN4-11f355bf06.pth.tar"),
+    "blazeface": ("blazeface.pth", "anchors.npy", "2DFAN4-11f355bf06.pth.tar"),
+}
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -237,6 +243,19 @@ def face_alignment_env(home: Path | None = None) -> Iterator[Path]:
             os.environ.pop("TORCH_HOME", None)
         else:
             os.environ["TORCH_HOME"] = previous
+
+
+def face_alignment_lacks(detector: str, torch_home_dir) -> list[str]:
+    """The files of detector's set (FACE_ALIGNMENT_NEEDS) that a TORCH_HOME's hub/checkpoints lacks."""
+    return [name for name in FACE_ALIGNMENT_NEEDS[detector] if not (hub_checkpoints(torch_home_dir) / name).is_file()]
+
+
+def face_alignment_home(detector: str, home: Path | None = None) -> Path | None:
+    """The TORCH_HOME that face-alignment's detector runs from: the user's own $TORCH_HOME if it holds the detector's
+    whole set (where face-alignment keeps what it downloads itself), else mome's cache if it does, else None."""
+    user_home = os.environ.get("TORCH_HOME")
+    homes = ([Path(user_home)] if user_home else []) + [torch_home(home)]
+    return next((h for h in homes if not face_alignment_lacks(detector, h)), None)
 
 
 def hub_offline() -> bool:
@@ -693,8 +712,14 @@ def cache_listing(home: Path | None = None, names: list[str] | None = None, revi
         preset = get_preset(name, revision)
         missing = missing_items(preset, home)
         if preset.source != "hub":  # its model is here; face-alignment's weights are for videos not cropped yet
-            state = f"ready: {preset.note}" + (f"; for videos that are not mouth crops (no --roi), missing "
-                                               f"{', '.join(missing)}: run `mome download {name}`" if missing else "")
+            state = f"ready: {preset.note}"
+            lacking = [d for d in FACE_ALIGNMENT_NEEDS if face_alignment_home(d, home) is None]
+            if missing and lacking == ["blazeface"]:  # the default detector's set is there: it is all most need
+                state += f"; --detector blazeface lacks its face-alignment weights: run `mome download {name}`"
+            elif missing and lacking:
+                has = [d for d in FACE_ALIGNMENT_NEEDS if d not in lacking]
+                state += (f"; for videos that are not mouth crops (no --roi), missing {', '.join(missing)}: run "
+                          f"`mome download {name}`" + (f"; --detector {has[0]} has its weights" if has else ""))
         else:
             state = "complete" if not missing else (f"incomplete: missing {', '.join(missing)}; "
                                                     f"run `mome download {name}{at}`")
@@ -720,7 +745,8 @@ def _folder_size(folder: Path) -> int:
 
 __all__ = ["HubError", "MissingModelError", "UnusableModelError", "ChecksumError", "CacheWriteError", "HubRepo",
            "RemoteFile", "Preset", "PRESETS", "WHISPER_MEDIUM_EN", "AVHUBERT_LARGE", "FACE_ALIGNMENT_FILES",
-           "get_preset", "mome_home", "users_copies", "hub_cache_dir", "torch_home", "face_alignment_dir",
+           "get_preset", "mome_home", "users_copies", "FACE_ALIGNMENT_NEEDS",
+           "face_alignment_lacks", "face_alignment_home", "hub_cache_dir", "torch_home", "face_alignment_dir",
            "face_alignment_env", "hub_checkpoints", "hub_offline", "sha256_of", "verify_file", "fetch_url",
            "fetch_file", "fetch_repo", "ResolvedPreset", "locate", "snapshot_lacks", "missing_items", "resolve_preset",
            "download_preset", "cache_listing", "human_size"]

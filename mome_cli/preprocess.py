@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from .files import atomic_write
+from .hub import FACE_ALIGNMENT_NEEDS
 from .lips import (FaceTracker, FramesTooSmall, NoFaceError, check_stop, crop_mouths, interpolate_missing,
                    load_mean_face, rois_from_crops, smooth, too_small_to_detect)
 from .media import (SAMPLE_RATE, SHORT_STREAM_SECONDS, VIDEO_FPS, MediaError, NoAudioError, NoVideoError,
@@ -82,13 +83,6 @@ class Clip:
     warnings: list = field(default_factory=list)
 
 
-# The files face-alignment 1.5.0 loads from $TORCH_HOME/hub/checkpoints for each detector (hub.FACE_ALIGNMENT_FILES).
-FACE_ALIGNMENT_NEEDS = {
-    "sfd": ("s3fd-619a316812.pth", "2DFAN4-11f355bf06.pth.tar"),
-    "blazeface": ("blazeface.pth", "anchors.npy", "2DFAN4-11f355bf06.pth.tar"),
-}
-
-
 @contextlib.contextmanager
 def face_alignment_weights(detector: str):
     """Point face-alignment at its weights, or raise MissingModelError (exit 4) naming the fix; never download.
@@ -96,16 +90,13 @@ def face_alignment_weights(detector: str):
     The weights are looked for in $TORCH_HOME/hub/checkpoints if the user set TORCH_HOME (where face-alignment keeps
     them when it downloads them itself), then in mome's cache, where `mome download` puts them (MOME_HOME/torch).
     """
-    from .hub import MissingModelError, UnusableModelError, hub_checkpoints, torch_home
-
-    def lacking(home: Path) -> list[str]:
-        return [name for name in FACE_ALIGNMENT_NEEDS[detector] if not (hub_checkpoints(home) / name).is_file()]
+    from .hub import (MissingModelError, UnusableModelError, face_alignment_home, face_alignment_lacks,
+                      hub_checkpoints, torch_home)
 
     user_home = os.environ.get("TORCH_HOME")
-    homes = ([Path(user_home)] if user_home else []) + [torch_home()]
-    home = next((h for h in homes if not lacking(h)), None)
+    home = face_alignment_home(detector)
     if home is None:
-        folder, missing = hub_checkpoints(torch_home()), lacking(torch_home())
+        folder, missing = hub_checkpoints(torch_home()), face_alignment_lacks(detector, torch_home())
         raise MissingModelError(f"face-alignment weights {', '.join(missing)} are not in {folder}: run `mome "
                                 "download demo` (face-alignment's weights, no licence needed), or pass --roi if the "
                                 "videos are already mouth crops")

@@ -958,6 +958,34 @@ def test_demo_and_tiny_download_only_face_alignment_and_are_ready_without_it(ser
     assert result.exit_code == 0 and result.stderr == "", explain(result)
 
 
+@pytest.mark.parametrize("where", ["cache", "TORCH_HOME"])
+def test_list_says_the_default_detectors_weights_read_videos_that_are_not_mouth_crops(home, tmp_path, monkeypatch,
+                                                                                       where):
+    """With the sfd detector's two files (all that `mome transcribe` without --roi needs: sfd is the default), in the
+    cache or in the user's $TORCH_HOME, `--list` said demo was missing face-alignment weights (4 of 6 files) for videos
+    that are not mouth crops; with both detectors' files, it said so of the back-camera ones, which nothing loads."""
+    folder = (home / "torch" if where == "cache" else tmp_path / "torch-home") / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    if where == "TORCH_HOME":
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+
+    def state() -> str:
+        result = invoke("download", "--list", "demo")
+        return next(line for line in result.stdout.splitlines() if line.strip().startswith("demo")).split(None, 1)[1]
+
+    ready = "ready: ships inside the package (mome_cli/models/demo)"
+    for name in hub.FACE_ALIGNMENT_NEEDS["sfd"]:
+        (folder / name).write_bytes(b"x")
+    assert state() == f"{ready}; --detector blazeface lacks its face-alignment weights: run `mome download demo`"
+    for name in hub.FACE_ALIGNMENT_NEEDS["blazeface"]:
+        (folder / name).write_bytes(b"x")
+    assert state() == ready
+    (folder / "s3fd-619a316812.pth").unlink()
+    assert re.fullmatch(rf"{re.escape(ready)}; for videos that are not mouth crops \(no --roi\), missing "
+                        r"face-alignment weights \(\d of 6 files\): run `mome download demo`; --detector blazeface "
+                        r"has its weights", state())
+
+
 # --- resolution: the presets' own loading path ------------------------------------------------------------------------
 
 
