@@ -471,6 +471,9 @@ def download(ctx: click.Context, names, list_cached, cache_dir, revision, token,
     quiet = ctx.obj.quiet
     log = (lambda message: None) if quiet else say
     console = stderr if stderr.is_terminal and not quiet else None
+    if revision and not any(hub.PRESETS[name].llm or hub.PRESETS[name].adapter for name in names):
+        log(f"warning: --revision is the LLM's (and adapter's): {', '.join(names)} fetch{'es' * (len(names) == 1)} "
+            "neither, so it is not used")
     try:
         for name in names:
             resolved = hub.download_preset(name, home, revision=revision, token=token, offline=offline or None,

@@ -570,7 +570,8 @@ def _find(preset: Preset, home: Path, verify: bool) -> tuple[dict[str, Path], li
 
 
 def _missing_message(preset: Preset, missing: list, home: Path, revision: str | None, offline: bool) -> str:
-    fix = f"mome download {preset.name}" + (f" --revision {revision}" if revision else "")
+    pinned = revision and (preset.llm or preset.adapter)  # the LLM's (and adapter's), which demo and tiny have not
+    fix = f"mome download {preset.name}" + (f" --revision {revision}" if pinned else "")
     if Path(home).resolve() != mome_home().resolve():  # --cache-dir: the same folder again
         fix += f" --cache-dir {home}"
     message = f"{preset.name} needs {', '.join(_labels(preset, missing, home))}, not in the cache ({home}); "

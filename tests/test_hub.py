@@ -986,6 +986,19 @@ def test_list_says_the_default_detectors_weights_read_videos_that_are_not_mouth_
                         r"has its weights", state())
 
 
+def test_revision_for_presets_without_an_llm_is_said_unused_and_not_named_in_the_fix(home):
+    """`mome download demo --revision X` took X without a word (demo fetches no LLM) and offline named
+    `mome download demo --revision X` as the fix."""
+    result = invoke("download", "demo", "--revision", "abc", "--offline")
+    assert result.exit_code == ExitCode.MISSING, explain(result)
+    assert result.stderr.splitlines()[0] == ("warning: --revision is the LLM's (and adapter's): demo fetches neither, "
+                                             "so it is not used"), explain(result)
+    assert "run `mome download demo` when online" in result.stderr, explain(result)
+    pinned = invoke("download", "mome-1b", "--revision", "abc", "--offline")
+    assert "warning" not in pinned.stderr and "`mome download mome-1b --revision abc`" in pinned.stderr, \
+        explain(pinned)
+
+
 # --- resolution: the presets' own loading path ------------------------------------------------------------------------
 
 
