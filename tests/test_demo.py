@@ -1,6 +1,7 @@
 """The bundled `demo` model on the example clip that ships with the repository, the way the README runs it: offline,
 on a CPU, through the installed `mome` executable, with a fresh (empty) cache."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -125,3 +126,14 @@ def test_python_warns_as_the_command_does(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="^this model was trained for mode av, not a: expect worse transcripts"):
         transcript = model.transcribe_file(EXAMPLES / "demo.mp4", mode="a", max_segment=2.0)
     assert transcript.mode == "a" and transcript.rate == (4,) and transcript.segments
+
+
+def test_python_takes_a_checkpoint_folder_as_a_path(tmp_path, monkeypatch):
+    """load_model(Path) kept the Path as the Transcript's model, and writing the JSON output failed on it."""
+    import mome_cli
+    from mome_cli.outputs import render
+
+    monkeypatch.setenv("MOME_HOME", str(tmp_path / "home"))
+    transcript = mome_cli.load_model(BUNDLED / "demo").transcribe_file(EXAMPLES / "demo.mp4", roi=True, mode="v")
+    assert transcript.model == str(BUNDLED / "demo") and transcript.text
+    assert json.loads(render(transcript, "json"))["model"] == str(BUNDLED / "demo")
