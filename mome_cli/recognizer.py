@@ -48,6 +48,7 @@ def resolve_device(device: str) -> str:
 class Recognizer:
     def __init__(self, model: AVSRModel, audio_encoder, video_encoder, name: str):
         self.model, self.audio_encoder, self.video_encoder, self.name = model, audio_encoder, video_encoder, name
+        self._preprocessors = {}  # PreprocessOptions -> the Preprocessor transcribe_file reads files with
 
     @property
     def config(self) -> ModelConfig:
@@ -137,13 +138,15 @@ class Recognizer:
         rate = (rate,) if isinstance(rate, int) else None if rate is None else tuple(rate)  # (4, 2) or [4, 2]
         options = RecognizeOptions(mode=mode, rate=rate, any_rate=any_rate, beam=beam, max_segment=max_segment,
                                    pack=pack)
-        prepare = Preprocessor(PreprocessOptions(mode=mode, roi=roi, detector=detector,
-                                                 device=next(self.model.parameters()).device.type))
+        reading = PreprocessOptions(mode=mode, roi=roi, detector=detector,
+                                    device=next(self.model.parameters()).device.type)
+        if reading not in self._preprocessors:  # one a way of reading: its face detector is built once, not per file
+            self._preprocessors[reading] = Preprocessor(reading)
         self.rate_for(mode, options.rate, any_rate)  # refused before the file is read, as the command does
         self.segment_limit(max_segment)
         if said := self.untrained_mode(mode):  # the command's warning, as Python's
             warn(said.removeprefix("warning: "), stacklevel=2)
-        return self.transcribe(prepare(path), options)
+        return self.transcribe(self._preprocessors[reading](path), options)
 
     def transcribe_many(self, clips: list[Clip], options: RecognizeOptions = RecognizeOptions()) -> list[Transcript]:
         """Transcripts of many clips; their segments are decoded together, longest first, grouped by mode."""

@@ -137,3 +137,32 @@ def test_python_takes_a_checkpoint_folder_as_a_path(tmp_path, monkeypatch):
     transcript = mome_cli.load_model(BUNDLED / "demo").transcribe_file(EXAMPLES / "demo.mp4", roi=True, mode="v")
     assert transcript.model == str(BUNDLED / "demo") and transcript.text
     assert json.loads(render(transcript, "json"))["model"] == str(BUNDLED / "demo")
+
+
+def test_python_builds_the_face_detector_once_for_many_files(tmp_path, monkeypatch, torch_home):
+    """Load the model once and call it for each file: the landmark detector (seconds to build on a CPU) was built
+    again for every file."""
+    import numpy as np
+
+    import mome_cli
+    from conftest import FakeDetector
+    from mome_cli import lips
+
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=320x240:rate=25:duration=1", "-f", "lavfi", "-i", "sine=duration=1", "-c:v",
+                    "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(tmp_path / "face.mp4")],
+                   check=True)
+    built = []
+
+    def detector(**kwargs):
+        built.append(kwargs)
+        return FakeDetector(lips.load_mean_face() * 0.6 + np.array([60.0, 40.0]))  # a face inside the frame
+
+    monkeypatch.setattr(lips, "LandmarkDetector", detector)
+    monkeypatch.setenv("MOME_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))  # its files must be there, though FakeDetector reads none
+    model = mome_cli.load_model("demo", device="cpu")
+    first = model.transcribe_file(tmp_path / "face.mp4")
+    again = model.transcribe_file(tmp_path / "face.mp4")
+    assert first.mode == again.mode == "av" and first.text == again.text
+    assert len(built) == 1
