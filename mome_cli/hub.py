@@ -124,10 +124,6 @@ FACE_ALIGNMENT_FILES = (
                "blazeface.pth"),
     RemoteFile("face-alignment BlazeFace anchors", f"{_BLAZEFACE}/anchors.npy?raw=true", FACE_ALIGNMENT_DIR,
                "anchors.npy"),
-    RemoteFile("face-alignment BlazeFace back-camera detector", f"{_BLAZEFACE}/blazefaceback.pth?raw=true",
-               FACE_ALIGNMENT_DIR, "blazefaceback.pth"),
-    RemoteFile("face-alignment BlazeFace back-camera anchors", f"{_BLAZEFACE}/anchorsback.npy?raw=true",
-               FACE_ALIGNMENT_DIR, "anchorsback.npy"),
     RemoteFile("face-alignment 2DFAN-4 landmarks", f"{_FA}/2DFAN4-11f355bf06.pth.tar", FACE_ALIGNMENT_DIR,
                "2DFAN4-11f355bf06.pth.tar", sha256="11f355bf06"),
 )

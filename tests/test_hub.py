@@ -590,7 +590,7 @@ def test_list_names_cached_items_and_what_presets_lack(home):
     assert re.search(r"avhubert/large_vox_iter5\.pt +1 B", result.stdout), explain(result)
     assert re.search(r"avhubert/other\.pt\.part +4 B +partial", result.stdout), explain(result)
     line = next(line for line in result.stdout.splitlines() if line.strip().startswith("mome-1b"))
-    assert "incomplete: missing meta-llama/Llama-3.2-1B (main), face-alignment weights (6 of 6 files)" in line
+    assert "incomplete: missing meta-llama/Llama-3.2-1B (main), face-alignment weights (4 of 4 files)" in line
     assert "whisper" not in line and "large_vox_iter5" not in line and "mome download mome-1b" in line
     assert re.search(r"tiny +ready", result.stdout) and "mome-8b" not in result.stdout, explain(result)
 
@@ -963,7 +963,7 @@ def test_list_says_the_default_detectors_weights_read_videos_that_are_not_mouth_
                                                                                        where):
     """With the sfd detector's two files (all that `mome transcribe` without --roi needs: sfd is the default), in the
     cache or in the user's $TORCH_HOME, `--list` said demo was missing face-alignment weights (4 of 6 files) for videos
-    that are not mouth crops; with both detectors' files, it said so of the back-camera ones, which nothing loads."""
+    that are not mouth crops."""
     folder = (home / "torch" if where == "cache" else tmp_path / "torch-home") / "hub" / "checkpoints"
     folder.mkdir(parents=True)
     if where == "TORCH_HOME":
@@ -982,7 +982,7 @@ def test_list_says_the_default_detectors_weights_read_videos_that_are_not_mouth_
     assert state() == ready
     (folder / "s3fd-619a316812.pth").unlink()
     assert re.fullmatch(rf"{re.escape(ready)}; for videos that are not mouth crops \(no --roi\), missing "
-                        r"face-alignment weights \(\d of 6 files\): run `mome download demo`; --detector blazeface "
+                        r"face-alignment weights \(\d of 4 files\): run `mome download demo`; --detector blazeface "
                         r"has its weights", state())
 
 
