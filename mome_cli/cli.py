@@ -16,6 +16,7 @@ import click.shell_completion
 from rich.console import Console
 
 from . import __version__
+from .options import MAX_BEAM
 from .outputs import one_line
 from .report import ExitCode
 
@@ -190,7 +191,9 @@ def model_options(f):
         click.option("--adapter", type=click.Path(file_okay=False), help="MoME adapter checkpoint directory."),
         click.option("--mode", type=click.Choice(MODES), default="av", show_default=True, help="Audio, video or both."),
         click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True),
-        click.option("--beam", type=click.IntRange(min=1), default=1, show_default=True, help="Beam size (1: greedy)."),
+        click.option("--beam", type=click.IntRange(1, MAX_BEAM), default=1, show_default=True,
+                     help=f"Beam size (1: greedy; at most {MAX_BEAM}: memory and time grow as beam x batch size, "
+                          "gains stop long before)."),
         click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
                      help="Segments decoded together."),
     ]

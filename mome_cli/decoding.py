@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .model import AVSRModel, Features, Rate
+from .options import MAX_BEAM
 from .outputs import clean_text
 
 
@@ -37,14 +38,14 @@ def token_budget(seconds: float) -> int:
 
 @dataclass(frozen=True)
 class DecodingOptions:
-    beam_size: int = 1  # 1: greedy; K > 1: beam search with K beams
+    beam_size: int = 1  # 1: greedy; K > 1: beam search with K beams, at most MAX_BEAM
     max_new_tokens: int = 96  # stop after this many tokens (EOS included) if EOS has not come
     length_penalty: float | None = None  # None: rank by log-prob / length; a: by log-prob / ((5 + length) / 6) ** a
     cuda_graphs: bool = True  # greedy on a CUDA device: static cache and a captured decode step (same tokens)
 
     def __post_init__(self):
-        if self.beam_size < 1:
-            raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+        if not 1 <= self.beam_size <= MAX_BEAM:
+            raise ValueError(f"beam_size must be in [1, {MAX_BEAM}], got {self.beam_size}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.length_penalty is not None and not 0 <= self.length_penalty <= 2:

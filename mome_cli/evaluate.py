@@ -40,6 +40,7 @@ import numpy as np
 
 from .files import atomic_write_all, interrupt_after, text_writer
 from .noise import LoopedNoise, mix_at_snr
+from .options import MAX_BEAM
 from .report import Report
 from .scoring import NORMALISATION, WordErrors, score, wer_percent
 
@@ -114,8 +115,9 @@ class EvaluateJob:
     def __post_init__(self):
         if not self.snrs:
             raise ValueError("snrs must name at least one SNR or 'clean'")
-        if self.batch_size < 1 or self.beam < 1:
-            raise ValueError(f"batch_size and beam must be >= 1, got {self.batch_size} and {self.beam}")
+        if self.batch_size < 1 or not 1 <= self.beam <= MAX_BEAM:
+            raise ValueError(f"batch_size must be >= 1 and beam in [1, {MAX_BEAM}], got {self.batch_size} and "
+                             f"{self.beam}")
 
 
 # ---- noise -----------------------------------------------------------------------------------------------------------

@@ -314,6 +314,20 @@ def test_help_says_what_batch_size_and_rate_take():
     assert "A in mode a, V in mode v" in shown
 
 
+@pytest.mark.parametrize("command", ["transcribe", "evaluate"])
+@pytest.mark.parametrize("beam", ["65", "5000", "100000"])
+def test_a_huge_beam_is_a_usage_error_before_anything_is_read(command, beam):
+    """--beam 5000 held 17 GB and ran on for minutes on a 10 s clip, --beam 100000 ended in a MemoryError traceback:
+    a beam over MAX_BEAM is refused at once, exit 2, one line giving the range."""
+    from mome_cli.options import MAX_BEAM
+
+    target = ["examples/demo.mp4"] if command == "transcribe" else ["--dataset", "examples"]
+    result = invoke(command, *target, "--beam", beam)
+    assert result.exit_code == ExitCode.USAGE, explain(result)
+    assert f"'--beam': {beam} is not in the range 1<=x<={MAX_BEAM}" in result.stderr, explain(result)
+    assert invoke(command, "--help").exit_code == 0 and f"at most {MAX_BEAM}" in invoke(command, "--help").stdout
+
+
 def test_the_readme_names_every_module_and_only_files_that_exist():
     """The README's map of the code ("The model in code") left out training, evaluation and the CLI: a reader
     looking for them found no pointer. Every module is named, and every repository path it names exists."""

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mome_cli.decoding import DecodingOptions, decode, token_budget
+from mome_cli.options import MAX_BEAM
 
 from conftest import clip, random_features, tiny_model
 
@@ -134,7 +135,8 @@ def test_token_budget_grows_with_the_segment_in_steps_of_32(seconds, budget):
     assert token_budget(seconds) == budget
 
 
-@pytest.mark.parametrize("kw", [dict(beam_size=0), dict(max_new_tokens=0), dict(length_penalty=3.0)])
+@pytest.mark.parametrize("kw", [dict(beam_size=0), dict(beam_size=MAX_BEAM + 1), dict(max_new_tokens=0),
+                                dict(length_penalty=3.0)])
 def test_options_reject_impossible_values(kw):
     with pytest.raises(ValueError):
         DecodingOptions(**kw)
