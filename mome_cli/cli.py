@@ -217,7 +217,7 @@ def model_options(f):
 @click.option("--max-segment", type=click.FloatRange(min=1.0), metavar="SECONDS",
               help="Cut inputs at pauses into segments of at most this long [20, or the model's audio window].")
 @click.option("--pack", is_flag=True, help="Cut at pauses only to keep segments within --max-segment, not at each one.")
-@click.option("-o", "--output-dir", type=click.Path(file_okay=False), default=".", show_default=True)
+@click.option("-o", "--output-dir", type=click.Path(), default=".", show_default=True)
 @click.option("-f", "--format", "formats", type=click.Choice(OUTPUT_FORMATS), multiple=True, default=("txt",),
               show_default=True, help="Output format (repeatable).")
 @click.option("--stdout", is_flag=True, help="Print '<input>\\t<text>' lines; alone (no -o, no -f), instead of files.")
@@ -307,7 +307,7 @@ def transcribe(ctx: click.Context, inputs, recursive, glob, model, adapter, mode
 @click.option("--detector", type=click.Choice(("sfd", "blazeface")), default="sfd", show_default=True,
               help="Face detector when videos are not mouth crops.")
 @click.option("--no-cache", is_flag=True, help="Don't reuse or store preprocessed clips.")
-@click.option("-o", "--output-dir", type=click.Path(file_okay=False), default="mome-eval", show_default=True)
+@click.option("-o", "--output-dir", type=click.Path(), default="mome-eval", show_default=True)
 @verbosity_options
 @click.pass_context
 def evaluate(ctx: click.Context, dataset, data_root, split, model, adapter, mode, device, beam, batch_size, rates,

@@ -46,9 +46,21 @@ def atomic_write_all(writes: list[tuple[object, Callable[[str], None]]]) -> None
             pass
 
 
+def refuse_file_in_the_way(path) -> None:
+    """NotADirectoryError naming the file when a file (not a folder) is where the folder path, or the nearest of its
+    parents that exists, is: said as such, where mkdir says "File exists" or "Not a directory"."""
+    path = folder = Path(os.path.abspath(path))
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{'it' if folder == path else folder} is a file, not a folder",
+                                 str(folder))
+
+
 def writable_folder(path) -> list[Path]:
     """Make sure a file can be written in the folder path (made, with its missing parents, if missing), before long
-    work that ends by writing there; OSError if not. Returns the folders made here, deepest first: remove_folders
+    work that ends by writing there; OSError if not (NotADirectoryError naming the file when a file is where path or
+    one of its parents should be a folder). Returns the folders made here, deepest first: remove_folders
     takes them away again if that work fails."""
     path = Path(os.path.abspath(path))  # normalised: no '..' among the folders to remove
     made, folder = [], path
@@ -56,6 +68,7 @@ def writable_folder(path) -> list[Path]:
         made.append(folder)
         folder = folder.parent
     try:
+        refuse_file_in_the_way(path)
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
@@ -143,5 +156,5 @@ def text_writer(text: str) -> Callable[[str], None]:
     return lambda tmp: Path(tmp).write_text(text, encoding="utf-8")
 
 
-__all__ = ["atomic_write", "atomic_write_all", "atomic_write_text", "text_writer", "interrupt_after", "writable_folder",
-           "removed_if_empty", "remove_folders"]
+__all__ = ["atomic_write", "atomic_write_all", "atomic_write_text", "text_writer", "interrupt_after",
+           "refuse_file_in_the_way", "writable_folder", "removed_if_empty", "remove_folders"]

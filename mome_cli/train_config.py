@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .checkpoint import BACKBONES_NAME, CheckpointError, backbones_config
+from .files import refuse_file_in_the_way
 from .hub import PRESETS
 from .model import DEFAULT_RATES, MODES, ModelConfig
 from .mome import POSITIONS, MoMEConfig
@@ -341,8 +342,10 @@ def resolve_config(config_file=None, overrides: dict | None = None, resume: bool
     if not resume:
         if (out / STATE_NAME).exists():
             raise ConfigError(f"{out} holds a training run already: pass --resume to continue it, or another -o")
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"-o {out}: a file, not a folder")
+        try:  # -o FILE, or FILE/sub (which failed only once the model was built, exit 1): as a run's other -o refusals
+            refuse_file_in_the_way(out)
+        except NotADirectoryError as e:
+            raise ConfigError(f"-o {out}: {e.strerror}") from e
         if out.is_dir():  # never written over: a checkpoint there (a model's weights) or anything else of the user's
             try:
                 theirs = sorted(p.name for p in out.iterdir() if not left_by_a_run(p))

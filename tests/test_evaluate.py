@@ -466,7 +466,10 @@ def test_failed_utterances_are_skipped_reported_and_exit_3_or_1(corpus, tmp_path
     assert not (tmp_path / "fresh" / "wer.png").exists()
 
 
-def test_an_output_folder_that_cannot_be_written_fails_before_the_evaluation(corpus, tmp_path, monkeypatch):
+@pytest.mark.parametrize("below", [(), ("out",)], ids=["FILE", "FILE/out"])
+def test_an_output_folder_that_cannot_be_written_fails_before_the_evaluation(corpus, tmp_path, monkeypatch, below):
+    """-o FILE was a usage error (exit 2, click's "Directory ... is a file") where -o FILE/out was exit 1: both are an
+    output folder that cannot be written, exit 1, one line naming the file in the way."""
     from mome_cli import evaluate as library
 
     def run(*args, **kwargs):
@@ -474,11 +477,13 @@ def test_an_output_folder_that_cannot_be_written_fails_before_the_evaluation(cor
 
     monkeypatch.setattr(library, "run", run)
     (tmp_path / "a-file").write_text("")
-    result = evaluate("--dataset", corpus / "jsonl" / "test.jsonl", "--model", corpus / "ckpt", "--roi", "-o",
-                      tmp_path / "a-file" / "out", home=tmp_path / "home")
+    out = tmp_path.joinpath("a-file", *below)
+    result = evaluate("--dataset", corpus / "jsonl" / "test.jsonl", "--model", corpus / "ckpt", "--roi", "-o", out,
+                      home=tmp_path / "home")
     assert result.returncode == 1 and result.stdout == "", result.explain
-    assert result.stderr.strip().splitlines() == [f"mome evaluate: cannot write to {tmp_path / 'a-file' / 'out'}: "
-                                                  "Not a directory"], result.explain
+    blocker = "it" if not below else tmp_path / "a-file"
+    assert result.stderr.strip().splitlines() == [f"mome evaluate: cannot write to {out}: {blocker} is a file, not a "
+                                                  "folder"], result.explain
 
 
 def test_a_mode_the_model_was_not_trained_in_is_scored_with_a_warning(corpus, tmp_path):

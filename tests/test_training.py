@@ -746,6 +746,9 @@ def test_a_new_run_never_writes_over_a_folder_that_holds_something(tmp_path):
         resolve_config(None, flags)
     with pytest.raises(ConfigError, match="a file, not a folder"):
         resolve_config(None, {**flags, "output": str(out / "model.safetensors")})
+    # below a file: refused alike (it failed only once the model was built, "Not a directory", exit 1)
+    with pytest.raises(ConfigError, match=f"-o {out}/model.safetensors/sub: {out}/model.safetensors is a file"):
+        resolve_config(None, {**flags, "output": str(out / "model.safetensors" / "sub")})
     left = tmp_path / "left"  # what a run that stopped before its first save leaves: started again, not refused
     left.mkdir()
     (left / "train_config.json").write_text("{}")

@@ -355,16 +355,21 @@ def test_same_names_in_two_folders_skip_overwrite_and_a_bad_file(trained, tmp_pa
     assert (tmp_path / "out" / "a" / "x.txt").read_text() == "hello world\n"
 
 
-def test_an_output_folder_that_cannot_be_written_is_said_before_any_input_is_read(trained, tmp_path):
+@pytest.mark.parametrize("below", [(), ("sub",), ("sub", "deeper")], ids=["FILE", "FILE/sub", "FILE/sub/deeper"])
+def test_an_output_folder_that_cannot_be_written_is_said_before_any_input_is_read(trained, tmp_path, below):
     """Each input was read and transcribed, then failed at its write ("cannot write ...: Not a directory"), and the
-    transcripts were lost with --stdout too."""
+    transcripts were lost with --stdout too. -o FILE was a usage error (exit 2, click's "Directory ... is a file")
+    where -o FILE/sub was exit 1: both are an output folder that cannot be written, exit 1, one line naming the file."""
     (tmp_path / "afile").write_text("")
-    result = mome("transcribe", trained / "media", "--model", trained / "ckpt", "--roi", "-o",
-                  tmp_path / "afile" / "sub", "--stdout", "-v", cwd=trained)
+    out = tmp_path.joinpath("afile", *below)
+    result = mome("transcribe", trained / "media", "--model", trained / "ckpt", "--roi", "-o", out, "--stdout", "-v",
+                  cwd=trained)
     assert result.returncode == 1 and result.stdout == "", result.explain
-    assert result.stderr.splitlines()[-1] == (f"mome transcribe: {tmp_path / 'afile' / 'sub'}: cannot write outputs "
-                                              f"there: Not a directory"), result.explain
+    blocker = "it" if not below else tmp_path / "afile"
+    assert result.stderr.splitlines()[-1] == (f"mome transcribe: {out}: cannot write outputs there: {blocker} is a "
+                                              "file, not a folder"), result.explain
     assert "read in" not in result.stderr, result.explain  # no input was read
+    assert (tmp_path / "afile").read_text() == "" and len(list(tmp_path.iterdir())) == 1
 
 
 def test_a_rate_pair_in_mode_a_or_v_takes_its_half_as_evaluate_does(trained, tmp_path):
