@@ -149,8 +149,8 @@ def timestamp(seconds: float, separator: str) -> str:
 def render(transcript: Transcript, fmt: str) -> str:
     """The text of one output format."""
     segments = [s for s in transcript.segments if s["text"].strip()]
-    if fmt == "txt":
-        return transcript.text + "\n"
+    if fmt == "txt":  # nothing said (a silent input): no line, as srt and jsonl have no cue and vtt its header alone
+        return transcript.text + "\n" if transcript.text else ""
     if fmt == "json":
         document = {
             "text": transcript.text,

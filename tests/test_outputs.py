@@ -88,6 +88,21 @@ def test_every_format_is_well_formed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"talk.{f}" for f in text)  # no temporary left
 
 
+def test_nothing_said_is_no_line_in_any_format(tmp_path):
+    """A silent input (no segment): txt held one empty line where srt and jsonl held none; each now holds no line of
+    text (srt and jsonl empty, as whisper writes them; vtt its header, which players read as no cues; json an empty
+    text and no segments), and each reads back as no text."""
+    silent = Transcript(text="", segments=[], mode="a", rate=(4,), model="demo", duration=5.0,
+                        warnings=["the sound is silence throughout: nothing was transcribed"])
+    write_outputs(silent, tmp_path, Path("quiet"), list(FORMATS))
+    written = {fmt: (tmp_path / f"quiet.{fmt}").read_text() for fmt in FORMATS}
+    assert {fmt: written[fmt] for fmt in ("txt", "srt", "jsonl", "vtt")} == {"txt": "", "srt": "", "jsonl": "",
+                                                                              "vtt": "WEBVTT\n\n"}
+    document = json.loads(written["json"])
+    assert (document["text"], document["segments"], document["duration"]) == ("", [], 5.0)
+    assert all(read_text(tmp_path, Path("quiet"), [fmt]) == "" for fmt in FORMATS)
+
+
 def test_unknown_format_is_refused():
     with pytest.raises(ValueError, match="unknown format"):
         render(TRANSCRIPT, "docx")
