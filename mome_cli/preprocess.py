@@ -208,7 +208,8 @@ class Preprocessor:
         if mode == "v" and info.has_video:  # and the video alone, whatever the audio's
             info = dataclasses.replace(info, duration=info.video_duration)
         if "a" in mode and not info.has_audio:
-            raise NoAudioError(path, f"no audio stream (mode {mode} needs one)")
+            lips = "; --mode v reads the lips alone" if info.has_video else ""  # as a silent track's warning says
+            raise NoAudioError(path, f"no audio stream (mode {mode} needs one{lips})")
         if mode == "v" and not info.has_video:
             raise NoVideoError(path, "no video stream (mode v needs one)")
         fallback = []  # said to this run, not stored: the mode-a entry it shares is also a plain mode-a run's

@@ -92,6 +92,15 @@ def test_large_frames_given_as_crops_are_read_in_chunks_of_few_frames(tmp_path, 
     assert asked == [8, 125] and small.shape == (50, 96, 96) and np.array_equal(small, whole)
 
 
+@pytest.mark.parametrize("mode", ["av", "a"])
+def test_a_video_without_sound_points_to_mode_v(media, mode):
+    """A video with no audio stream in mode av or a was "no audio stream (mode av needs one)", with no word of the
+    mode that reads it (a silent sound track's warning names it)."""
+    with pytest.raises(NoAudioError, match=rf"silent.mp4: no audio stream \(mode {mode} needs one; --mode v reads "
+                                           r"the lips alone\)$"):
+        Preprocessor(PreprocessOptions(mode=mode, roi=True))(media / "silent.mp4")
+
+
 def test_missing_streams_per_mode(media):
     with pytest.raises(NoAudioError, match="silent.mp4: no audio stream"):
         Preprocessor(PreprocessOptions(mode="av"))(media / "silent.mp4")

@@ -434,7 +434,8 @@ def test_a_video_too_small_for_face_detection_is_one_line_and_the_batch_goes_on(
             "pixels a side): transcribed from audio alone") in lines, result.explain
     assert (f"warning: {thin}: frames of 2 x 2000 pixels are too small to find a face in (face detection needs 32 "
             "pixels a side once the longer is scaled to 640): transcribed from audio alone") in lines, result.explain
-    assert f"error: {silent}: no audio stream (mode av needs one)" in lines, result.explain
+    assert f"error: {silent}: no audio stream (mode av needs one; --mode v reads the lips alone)" in lines, \
+        result.explain
     assert sorted(p.name for p in (tmp_path / "av").iterdir()) == ["thin.txt", "tiny.txt"]
 
 
