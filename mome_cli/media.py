@@ -155,7 +155,7 @@ def probe(path) -> MediaInfo:
     command = ["ffprobe", "-v", "warning", "-show_format", "-show_streams", "-of", "json", _source(path)]
     done = subprocess.run(command, capture_output=True)
     if done.returncode:
-        raise MediaError(path, f"not a readable media file ({last_words(done.stderr)})")
+        raise MediaError(path, f"not a readable media file ({_unreadable(done.stderr, _source(path))})")
     try:
         info = json.loads(done.stdout)
     except ValueError as e:
@@ -194,6 +194,15 @@ def probe(path) -> MediaInfo:
     return MediaInfo(path=str(path), duration=duration, has_audio=audio is not None, has_video=video is not None,
                      width=width, height=height, fps=fps, audio_duration=audio_duration, video_duration=video_duration,
                      estimated=estimated, audio_streams=len(audios), video_streams=len(videos))
+
+
+def _unreadable(stderr: bytes | None, source: str) -> str:
+    """Why ffprobe could not read a file: its last words without the "file:/abs/path: " they start with (the error
+    names the file already), and for an mp4 with no index ("moov atom not found"), what that usually means."""
+    said = last_words(stderr).removeprefix(f"{source}: ")
+    if b"moov atom not found" in (stderr or b""):
+        said += "; no moov atom, the index an mp4 writes at its end: a download or recording cut short?"
+    return said
 
 
 def _seconds(value) -> float | None:

@@ -94,6 +94,19 @@ def test_bad_inputs_give_one_clear_line(tmp_path):
         decode_video(speech_only)
 
 
+def test_an_mp4_cut_before_its_index_says_so_without_ffmpegs_file_url(tmp_path):
+    """The first half of an mp4 (its moov atom at the end) was "not a readable media file (file:/abs/cut.mp4: Invalid
+    data found when processing input)": the name again, as ffmpeg's file: URL, and no word of why."""
+    good = make(tmp_path / "good.mp4", "testsrc2=size=64x48:rate=25:duration=2", "sine=duration=2",
+                ["-c:a", "aac", "-shortest"])
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(MediaError) as e:
+        probe(cut)
+    assert str(e.value) == (f"{cut}: not a readable media file (Invalid data found when processing input; no moov "
+                            "atom, the index an mp4 writes at its end: a download or recording cut short?)")
+
+
 def test_a_pipe_or_a_device_is_not_called_an_empty_file(tmp_path):
     """A named pipe (or /dev/stdin fed by `cat x.mp4 |`) has no size: it was "empty file (0 bytes)"; so was /dev/null.
     probe reads a file more than once (and then it is decoded): a pipe is said to be one (Preprocessor copies it)."""
