@@ -426,7 +426,7 @@ class Trainer:
             if stop.agreed(self.world, self.device) and (self.step < self.total or self._end_left()):
                 if not saved:
                     self.save(snapshot=False)
-                raise TrainingStopped(stop.signal, self.step, self.total, self.out, self._end_left())
+                raise TrainingStopped(stop.signal, self.step, self.total, self.out, self._end_left(), self.world)
         self._ending = True  # the steps are done and saved: a stop between the end's stages loses nothing
         if self._final_validation_due():
             self.validate()
@@ -437,7 +437,8 @@ class Trainer:
         """At the end of a run (its last step saved, before each validation cell and the averaging): TrainingStopped
         if a stop signal came; `--resume` does what was left."""
         if self._ending and self._stop is not None and self._stop.agreed(self.world, self.device):
-            raise TrainingStopped(self._stop.signal, self.step, self.total, self.out, self._end_left())
+            raise TrainingStopped(self._stop.signal, self.step, self.total, self.out, self._end_left(),
+                                  self.world)
 
     def _final_validation_due(self) -> bool:
         """Whether the run's end validates: there is a validation set, and neither the last step nor the end (before a
@@ -715,16 +716,19 @@ class Trainer:
 class TrainingStopped(Exception):
     """The run was stopped by a signal after a step, and saved there: `--resume` continues it."""
 
-    def __init__(self, signal_number: int, step: int, total: int, out: Path, end_left: list[str] = ()):
+    def __init__(self, signal_number: int, step: int, total: int, out: Path, end_left: list[str] = (),
+                 world: int = 1):
         self.signal_number = signal_number
         name = signal.Signals(signal_number).name
+        resume = f"`mome train -o {out} --resume`"
+        if world > 1:  # a plain `mome` would go on in one process: another data order and global batch
+            resume = f"`torchrun ... -m mome_cli train -o {out} --resume` with the {world} processes the run had"
         if step < total:
-            super().__init__(f"stopped by {name} after step {step} of {total}, saved: continue with "
-                             f"`mome train -o {out} --resume`")
+            super().__init__(f"stopped by {name} after step {step} of {total}, saved: continue with {resume}")
         else:
             left = " and ".join(end_left) or "nothing"
             super().__init__(f"stopped by {name} after the last step ({step}), saved; {left} left: "
-                             f"`mome train -o {out} --resume` does {'it' if len(end_left) < 2 else 'them'}")
+                             f"{resume} does {'it' if len(end_left) < 2 else 'them'}")
 
 
 class _StopRequest:

@@ -509,6 +509,18 @@ def _worker_of_rank(launcher: subprocess.Popen, rank: int) -> int | None:
     return None
 
 
+def test_a_run_stopped_under_torchrun_is_told_to_resume_under_torchrun(tmp_path):
+    """A plain `mome train --resume` of a 2-process run goes on in one process (another data order, half the global
+    batch): the stop message names torchrun and the number of processes; a one-process run's names plain mome."""
+    from mome_cli.training import TrainingStopped
+
+    alone = str(TrainingStopped(signal.SIGINT, 5, 10, tmp_path))
+    assert f"continue with `mome train -o {tmp_path} --resume`" in alone and "torchrun" not in alone
+    ddp = str(TrainingStopped(signal.SIGTERM, 5, 10, tmp_path, world=2))
+    assert f"-m mome_cli train -o {tmp_path} --resume` with the 2 processes the run had" in ddp, ddp
+    assert "torchrun" in str(TrainingStopped(signal.SIGINT, 10, 10, tmp_path, ["the averaging"], world=4))
+
+
 def test_a_signal_that_comes_during_the_stop_all_reduce_is_kept_for_the_next_step(monkeypatch):
     """A worker waits in the step's all-reduce much of the time: a SIGTERM handled there, after the flag was made,
     must stop the run one step later, not be overwritten by that all-reduce's 0 (1 run in ~6 went on to the end)."""
