@@ -111,7 +111,8 @@ class OrderedGroup(click.Group):
         except KeyboardInterrupt:
             if _in_program:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
-            click.echo("\ninterrupted", err=True)
+            if int(os.environ.get("RANK", 0)) == 0:  # under torchrun every process gets it: rank 0 says it
+                click.echo("\ninterrupted", err=True)
             ctx.exit(INTERRUPTED)
 
 

@@ -211,6 +211,21 @@ def test_ctrl_c_ends_a_command_with_130_not_click_s_1(tmp_path, monkeypatch, com
         assert handlers == ([(signal.SIGINT, signal.SIG_IGN)] if in_program else [])
 
 
+def test_ctrl_c_under_torchrun_is_said_once_by_rank_0(tmp_path, monkeypatch):
+    """torchrun hands a Ctrl-C to every process: during a train's preparation each said "interrupted"."""
+    from mome_cli import training
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "run", interrupted)
+    monkeypatch.chdir(tmp_path)
+    for rank, said in (("1", ""), ("0", "interrupted")):
+        monkeypatch.setenv("RANK", rank)
+        result = invoke("train", "--train", "t.jsonl", "-o", "out", "--steps", "1")
+        assert result.exit_code == 130 and result.stderr.strip() == said, explain(result)
+
+
 def test_exit_codes_match_contract():
     assert [(code.name, int(code)) for code in ExitCode] == [
         ("OK", 0), ("FAILURE", 1), ("USAGE", 2), ("PARTIAL", 3), ("MISSING", 4)
