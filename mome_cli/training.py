@@ -300,10 +300,11 @@ class Trainer:
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            # Inputs are moved to the device here (device_ids=None); a mode without one modality leaves that
-            # modality's projectors out of the graph.
+            # Inputs are moved to the device here (device_ids=None). Modes that leave a modality out (a, v) leave
+            # its projectors out of the graph; modes that read both between them (av,a,v; a,v) use every tensor,
+            # and looking for unused ones would cost a walk of the graph each step (and a warning from DDP).
             self.ddp = DistributedDataParallel(self.ddp, device_ids=None, broadcast_buffers=False,
-                                               find_unused_parameters=cfg.modes != ["av"])
+                                               find_unused_parameters=cfg.data_mode != "av")
         counts = self.model.parameter_counts()
         self.say(f"training {counts['trainable']:,} parameters ({cfg.model} backbones, rates "
                  f"{'; '.join(f'{a},{v}' for a, v in cfg.rates)}) on {self.device} x {self.world}; "
