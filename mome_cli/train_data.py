@@ -38,6 +38,11 @@ from .preprocess import PREPROCESS_VERSION
 from .train_config import TrainConfig
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """"1 utterance", "2 utterances" ("1 batch", "2 batches" with plural="batches"): a number and its noun."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def _stamp(backbone: str) -> list:
     """What tells one local backbone folder's weights from another's (features cached on disk are keyed by it)."""
     folder = Path(backbone)
@@ -249,7 +254,7 @@ class TrainingData:
             how = "augmented: encoded at every step"
         else:
             how = f"features cached in {cfg.feature_cache}" + (": augmented ones encoded again" * cfg.augmenting)
-        self.say(f"preparing {n} training utterances ({how})")
+        self.say(f"preparing {counted(n, 'training utterance')} ({how})")
         # Those without a transcript are left out here, not where clips are read: a cache may hold their clips.
         usable = [i for i, u in enumerate(self.utterances) if u.problem is None]
         for u in self.utterances:
@@ -279,7 +284,8 @@ class TrainingData:
                 torch.distributed.barrier()
             kept = self._encode(kept, loaded)
         if not kept:
-            raise DataError(f"{cfg.train}: none of its {n} utterances could be prepared")
+            none = "its one utterance could not" if n == 1 else f"none of its {n} utterances could"
+            raise DataError(f"{cfg.train}: {none} be prepared")
         if len(kept) < n:
             self.say(f"warning: {n - len(kept)} of {n} training utterances skipped")
         self.kept = kept  # indices into self.utterances
@@ -287,8 +293,9 @@ class TrainingData:
         self.valid_clips = list(self._load_clips(self.valid_utterances, range(len(self.valid_utterances)),
                                                  "validation").items())
         if self.valid_utterances and not self.valid_clips:  # the run goes on, without validation: said, not silent
-            self.say(f"warning: none of the {len(self.valid_utterances)} validation utterances in {cfg.valid} could "
-                     "be prepared: the run is not validated (no WER)")
+            valid = counted(len(self.valid_utterances), "validation utterance")
+            self.say(f"warning: none of the {valid} in {cfg.valid} could be prepared: the run is not validated "
+                     "(no WER)")
 
     def _preprocessors(self) -> dict:
         from .preprocess import PreprocessOptions, Preprocessor
@@ -362,8 +369,8 @@ class TrainingData:
         batches = frame_batches(self.lengths, cfg.batch_frames, shuffle=True, seed=cfg.seed + epoch, bucket=cfg.bucket)
         n = len(batches) // self.world
         if n == 0:
-            raise DataError(f"{cfg.train}: {len(batches)} batches an epoch cannot feed {self.world} processes; "
-                            f"lower batch_frames ({cfg.batch_frames}) or add utterances")
+            raise DataError(f"{cfg.train}: {counted(len(batches), 'batch', 'batches')} an epoch cannot feed "
+                            f"{self.world} processes; lower batch_frames ({cfg.batch_frames}) or add utterances")
         self.order = (epoch, batches[self.rank :: self.world][:n])
         return self.order[1]
 
@@ -415,4 +422,4 @@ class TrainingData:
 
 
 __all__ = ["TrainingData", "FeatureStore", "ClipStore", "load_clip", "clip_frames", "time_mask", "random_crop",
-           "collate", "split_features"]
+           "collate", "split_features", "counted"]

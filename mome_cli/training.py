@@ -60,7 +60,7 @@ from .outputs import one_line
 from .recognizer import build_recognizer, cached_commit
 from .train_config import (CONFIG_NAME, LOCK_NAME, LOG_NAME, SNAPSHOTS, STATE_NAME, ConfigError, TrainConfig,
                            save_leftover)
-from .train_data import TrainingData
+from .train_data import TrainingData, counted
 
 STATE_FORMAT = 1  # bumped when trainer_state.pt changes layout
 DIGEST_ENV = "MOME_TRAIN_DIGEST_DIR"
@@ -92,10 +92,6 @@ def _finite(value):
 def _first_line(e: BaseException) -> str:
     """What an error says, on one line: its first (torch's run over many), or its kind when it says nothing."""
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 class TrainingError(RuntimeError):
@@ -308,8 +304,8 @@ class Trainer:
         counts = self.model.parameter_counts()
         self.say(f"training {counts['trainable']:,} parameters ({cfg.model} backbones, rates "
                  f"{'; '.join(f'{a},{v}' for a, v in cfg.rates)}) on {self.device} x {self.world}; "
-                 f"{_count(len(self.data.kept), 'utterance')}, {_count(self.per_epoch, 'step')}/epoch, "
-                 f"{_count(self.total, 'step')}"
+                 f"{counted(len(self.data.kept), 'utterance')}, {counted(self.per_epoch, 'step')}/epoch, "
+                 f"{counted(self.total, 'step')}"
                  + (f", resuming at step {self.step}" if self.resume else ""))
         if cfg.eval_every and not cfg.valid:
             self.say(f"warning: eval_every {cfg.eval_every} but no validation manifest: give --valid MANIFEST to "
@@ -606,7 +602,8 @@ class Trainer:
         state, self._state = self._state, None
         self._check_state(state, self.total)  # --epochs: the steps they make are known now
         if state["world"] != self.world:
-            self.say(f"warning: the run had {state['world']} processes, now {self.world}: the data order changes")
+            self.say(f"warning: the run had {counted(state['world'], 'process', 'processes')}, now {self.world}: the "
+                     "data order changes")
         params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         if params.keys() != state["model"].keys():
             raise ConfigError(f"{self.out / STATE_NAME}: its tensors do not fit this model")

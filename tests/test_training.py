@@ -23,7 +23,7 @@ from mome_cli.data import load_manifest
 from mome_cli.preprocess import Preprocessor, PreprocessOptions
 from mome_cli.noise import add_babble
 from mome_cli.train_config import ConfigError, TrainConfig, resolve_config
-from mome_cli.train_data import load_clip, random_crop, time_mask
+from mome_cli.train_data import counted, load_clip, random_crop, time_mask
 from mome_cli.training import tensor_digest
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
@@ -314,6 +314,26 @@ def test_a_missing_clip_is_skipped_with_a_warning_whichever_the_feature_cache(co
         result.explain
     assert "warning: 1 of 4 training utterances skipped" in result.stderr, result.explain
     assert "; 3 utterances, " in result.stderr, result.explain  # those it trains on
+
+
+def test_one_utterance_or_batch_is_said_in_the_singular(corpus, tmp_path):
+    """"preparing 1 training utterances", "none of its 1 utterances", "1 batches an epoch" were said."""
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"id": "gone", "video": str(tmp_path / "gone.mp4"), "text": "a"}) + "\n")
+    base = ["train", "--config", RECIPE, "--roi", "--steps", 1, "--device", "cpu"]
+    result = mome(*base, "--train", one, "-o", tmp_path / "out", root=corpus)
+    assert result.returncode == 1, result.explain
+    assert "preparing 1 training utterance (" in result.stderr, result.explain
+    assert f"{one}: its one utterance could not be prepared" in result.stderr, result.explain
+    assert [counted(1, "batch", "batches"), counted(2, "batch", "batches"), counted(0, "step")] == [
+        "1 batch", "2 batches", "0 steps"]
+    alone = ["train", "--config", RECIPE, "--train", corpus / "train.jsonl", "--roi", "-o", tmp_path / "alone",
+             "--steps", 2, "--batch-frames", 50, "--device", "cpu"]
+    assert mome(*alone, root=corpus).returncode == 0
+    resumed = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "mome_cli",
+                              *map(str, alone), "--steps", "3", "--resume"],
+                             cwd=corpus, env=environment(corpus), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0 and "the run had 1 process, now 2" in resumed.stderr, explain(resumed)
 
 
 def test_a_clip_whose_transcript_cannot_be_read_is_skipped_with_a_warning_even_with_its_features_cached(corpus,
