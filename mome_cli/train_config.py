@@ -321,13 +321,26 @@ def left_by_a_run(path: Path) -> bool:
     return False
 
 
+def _built(values: dict, from_recipe: set[str], config_file) -> TrainConfig:
+    """TrainConfig(**values); a ConfigError about a setting the recipe gave (the one its message begins with, as each
+    does) names the recipe, so that a value no flag on the command line shows is found."""
+    try:
+        return TrainConfig(**values)
+    except ConfigError as e:
+        words = str(e).removeprefix("MoME: ").split()
+        if words and words[0] in from_recipe:
+            raise ConfigError(f"{config_file}: {e}") from e
+        raise
+
+
 def resolve_config(config_file=None, overrides: dict | None = None, resume: bool = False) -> TrainConfig:
     """The TrainConfig of a run: [the saved run's config when resuming] < the TOML recipe < the flags.
 
     Refuses to start a new run in a directory that holds one, and to resume with settings that would make it a
     different run (only RESUMABLE settings may change)."""
-    values = _layer({}, read_toml(config_file), str(config_file)) if config_file else {}
-    values = _layer(values, overrides or {}, "flags")
+    recipe = read_toml(config_file) if config_file else {}
+    values = _layer(_layer({}, recipe, str(config_file)), overrides or {}, "flags")
+    from_recipe = {k for k in recipe if k not in (overrides or {})}  # a value the flags left as the recipe has it
     if values.get("output") is None:
         raise ConfigError("no output directory: give -o/--output DIR (or output = ... in the config)")
     # A folder of backbones is saved absolute; a preset's name stays one, even beside a folder of that name (a run
@@ -355,7 +368,7 @@ def resolve_config(config_file=None, overrides: dict | None = None, resume: bool
                 listed = ", ".join(theirs[:3]) + (", ..." if len(theirs) > 3 else "")
                 raise ConfigError(f"-o {out} is not empty ({listed}): a new run is written to a new or empty folder "
                                   "(--resume continues a run)")
-        return TrainConfig(**values)
+        return _built(values, from_recipe, config_file)
     if not (out / STATE_NAME).is_file() or not saved_path.is_file():
         raise ConfigError(f"--resume: {out} holds no run to continue (no {STATE_NAME} / {CONFIG_NAME})")
     try:
@@ -366,7 +379,7 @@ def resolve_config(config_file=None, overrides: dict | None = None, resume: bool
     except (OSError, ValueError, TypeError) as e:  # ConfigError too: a value the saved run could not have had
         raise ConfigError(f"--resume: {saved_path}: damaged or from another version of mome, the run cannot be "
                           f"resumed from it ({getattr(e, 'strerror', None) or e})") from e
-    config = TrainConfig(**_layer(_layer({}, saved, str(saved_path)), values, "flags and recipe"))
+    config = _built(_layer(_layer({}, saved, str(saved_path)), values, "flags and recipe"), from_recipe, config_file)
     changed = [k for k, v in config.to_dict().items() if k not in RESUMABLE and v != before[k]]
     if changed:
         detail = "; ".join(f"{k}: run {before[k]!r}, now {config.to_dict()[k]!r}" for k in changed)

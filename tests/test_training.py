@@ -858,6 +858,25 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_trains(corpu
     assert first.returncode == 130
 
 
+def test_a_bad_value_from_the_recipe_names_the_recipe_and_one_from_a_flag_does_not(tmp_path):
+    """"steps must be a whole number, got 'x'" said nothing of where the value was: on no flag of the command line."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('steps = "x"\nlr = -1.0\nlb_coef = -1.0\n')
+    base = {"train": "t.jsonl", "output": str(tmp_path / "o")}
+    with pytest.raises(ConfigError) as e:
+        resolve_config(recipe, base)
+    assert str(e.value) == f"{recipe}: steps must be a whole number, got 'x'"
+    with pytest.raises(ConfigError) as e:
+        resolve_config(recipe, {**base, "steps": 2})
+    assert str(e.value) == f"{recipe}: lr must be > 0 and finite, got -1.0"
+    with pytest.raises(ConfigError) as e:
+        resolve_config(recipe, {**base, "steps": 2, "lr": 1e-3})
+    assert str(e.value).startswith(f"{recipe}: MoME: lb_coef must be a finite number >= 0, got -1.0")
+    with pytest.raises(ConfigError) as e:  # the flag's value: the command line shows it
+        resolve_config(recipe, {**base, "steps": 2, "lr": -2.0})
+    assert str(e.value) == "lr must be > 0 and finite, got -2.0"
+
+
 @pytest.mark.parametrize("setting, value, message", [
     ("lr", "1e-3", "lr must be a number, got '1e-3'"),  # a crash (TypeError) before
     ("roi", "false", "roi must be true or false, got 'false'"),  # read as true before
@@ -892,11 +911,11 @@ def test_a_recipe_value_of_the_wrong_kind_is_refused(tmp_path, setting, value, m
                            "got [[4.7, 2]]"),  # trained as 4,2 before
 ])
 def test_a_bad_list_in_a_recipe_is_a_usage_error_on_one_line(corpus, tmp_path, recipe, message):
-    """Exit 2 and the setting named, as for any value of the wrong kind; a traceback (exit 1) before."""
+    """Exit 2 and the setting named, and the recipe, as for any value of the wrong kind; a traceback (exit 1) before."""
     (tmp_path / "r.toml").write_text(recipe + "\n")
     result = mome("train", "--config", tmp_path / "r.toml", "--train", corpus / "train.jsonl", "--roi", "-o",
                   tmp_path / "out", "--steps", 2, root=corpus)
-    assert result.returncode == 2 and f"Error: {message}\n" in result.stderr, result.explain
+    assert result.returncode == 2 and f"Error: {tmp_path / 'r.toml'}: {message}\n" in result.stderr, result.explain
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists(), result.explain
 
 
