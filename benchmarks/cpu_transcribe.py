@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's mome_cli, not an installed one (in the child processes too)
 TARGET_SECONDS, TARGET_RSS_MIB = 2.0, 1024  # issue #8, point 5
 
 
@@ -62,7 +63,8 @@ def whole_processes(clip: Path, runs: int, threads: int) -> list[tuple[str, list
         ]
         command = [python, "-m", "mome_cli", "transcribe", str(clip), "--roi", "--no-cache", "--overwrite", "-o", out,
                    "--stdout"]
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # the children's torch threads
+        path = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": path}  # the children's torch threads
         timed = [(name, *timed_process(argv, runs, env)) for name, argv in rows]
         timed.append((f"baseline: mome transcribe {clip.name} --roi, transformers' backbones (MOME_NATIVE=0)",
                       *timed_process(command, runs, {**env, "MOME_NATIVE": "0"})))

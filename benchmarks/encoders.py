@@ -11,10 +11,14 @@ the table also shows what mome's wrapper adds (feature extraction, trimming to t
 import argparse
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mome_cli, not an installed one
 
 from mome_cli.avhubert import AVHubertConfig, AVHubertVideoEncoder
 from mome_cli.encoders import SAMPLE_RATE

@@ -47,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mome_cli, not an installed one
+
 from mome_cli.lips import DETECT_BATCH, REFERENCE_SIZE, ROI_SIZE, LandmarkDetector, crop_mouths, load_mean_face
 from mome_cli.media import VIDEO_FPS, decode_audio, decode_video, iter_video, probe
 from mome_cli.preprocess import CHUNK_FRAMES, MAX_HEIGHT, Preprocessor, PreprocessOptions

@@ -7,8 +7,12 @@ Active = what one token uses at one rate pair: the router, the shared experts an
 """
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mome_cli, not an installed one
 
 from mome_cli.llm import LLM_SHAPES, build_on_meta, byte_tokenizer
 from mome_cli.model import AVSRModel, ModelConfig
