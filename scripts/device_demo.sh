@@ -49,6 +49,7 @@ while (( $# )); do
         --steps) steps=(--steps "$2"); shift 2 ;;  # these two make a trial (above)
         --utterances) utterances=$2; shift 2 ;;
         --baselines) baselines=1; shift ;;
+        -h|--help) sed -n '2,/^set /{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "device_demo.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done

@@ -184,3 +184,13 @@ def test_device_demo_says_what_is_missing(tmp_path):
     result = subprocess.run(["bash", str(REPO / "scripts" / "device_demo.sh")], env=env, capture_output=True,
                             text=True)
     assert result.returncode == 4 and "ffmpeg.tar.xz is missing" in result.stderr, result.stderr
+
+
+def test_device_demo_help_says_how_and_starts_nothing(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    for flag in ("-h", "--help"):
+        result = subprocess.run(["bash", str(REPO / "scripts" / "device_demo.sh"), flag], env=env, capture_output=True,
+                                text=True, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr  # before: "unknown argument --help", exit 2
+        assert "bash scripts/device_demo.sh [--baselines]" in result.stdout and "What it does there:" in result.stdout
+    assert list(tmp_path.iterdir()) == []
