@@ -15,7 +15,8 @@
 # scripts/device_demo.sh unpacks it there. Versions are those of requirements/constraints.txt where it pins them.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-kit=$(realpath -m "${1:-$repo/.device}")
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then sed -n '2,/^set /{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0; fi
+kit=$(realpath -m -- "${1:-$repo/.device}")
 mkdir -p "$kit/wheels"
 pin() { grep -i "^$1==" "$repo/requirements/constraints.txt" | head -1; }
 platforms=()

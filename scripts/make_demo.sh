@@ -18,7 +18,8 @@
 # its start, a `mome train` run resumes from its last save, and evaluations newer than their model are kept.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-work=$(realpath -m "${1:-work}")
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then sed -n '2,/^set /{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0; fi
+work=$(realpath -m -- "${1:-work}")
 mkdir -p "$work"
 cd "$work"
 

@@ -194,3 +194,11 @@ def test_device_demo_help_says_how_and_starts_nothing(tmp_path):
         assert result.returncode == 0, result.stderr  # before: "unknown argument --help", exit 2
         assert "bash scripts/device_demo.sh [--baselines]" in result.stdout and "What it does there:" in result.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_device_kit_help_says_how_and_fetches_nothing(tmp_path):
+    result = subprocess.run(["bash", str(REPO / "scripts" / "device_kit.sh"), "--help"], capture_output=True,
+                            text=True, cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr  # before: --help was taken for KIT_DIR (realpath's own --help)
+    assert "bash scripts/device_kit.sh [KIT_DIR]" in result.stdout
+    assert list(tmp_path.iterdir()) == []

@@ -2,6 +2,7 @@
 ("The demo model"): the same stages with the same options (the README had lost --lr 2e-3 and the --valid reports)."""
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).parents[1]
@@ -42,3 +43,12 @@ def test_the_readme_says_the_bundle_needs_an_editable_install():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("### The demo model") : readme.index("```sh", readme.index("### The demo model"))]
     assert "pip install -e ." in section and "mome_cli/models/demo" in section
+
+
+def test_make_demo_help_says_how_and_makes_nothing(tmp_path):
+    for flag in ("-h", "--help"):
+        result = subprocess.run(["bash", str(REPO / "scripts" / "make_demo.sh"), flag], capture_output=True,
+                                text=True, cwd=tmp_path, timeout=60)
+        assert result.returncode == 0, result.stderr  # before: --help was taken for WORK_DIR (realpath's own --help)
+        assert "bash scripts/make_demo.sh [WORK_DIR]" in result.stdout
+    assert list(tmp_path.iterdir()) == []
