@@ -202,3 +202,19 @@ def test_device_kit_help_says_how_and_fetches_nothing(tmp_path):
     assert result.returncode == 0, result.stderr  # before: --help was taken for KIT_DIR (realpath's own --help)
     assert "bash scripts/device_kit.sh [KIT_DIR]" in result.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_device_demo_refuses_what_it_cannot_run_before_anything(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "MOME_DEVICE_KIT": str(tmp_path / "no-kit")}
+    for args, said in [(["--steps", "0"], "--utterances and --steps take a whole number above 0"),
+                       (["--utterances", "4k"], "--utterances and --steps take a whole number above 0"),
+                       (["--bf16"], "unknown argument --bf16")]:
+        result = subprocess.run(["bash", str(REPO / "scripts" / "device_demo.sh"), *args], env=env,
+                                capture_output=True, text=True)
+        assert result.returncode == 2 and result.stderr == f"device_demo.sh: {said}\n", result.stderr
+
+
+def test_the_kit_made_here_holds_the_espeak_data_device_kit_sh_packs():
+    """The kit fixture stands in for device_kit.sh's (which needs the registries): the same espeak-ng data."""
+    packed = re.search(r'"\$\{data#\*/\}"/\{([\w,]+)\}', (REPO / "scripts" / "device_kit.sh").read_text())
+    assert packed is not None and tuple(packed.group(1).split(",")) == ESPEAK_DATA
