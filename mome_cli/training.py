@@ -296,11 +296,13 @@ class Trainer:
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            # Inputs are moved to the device here (device_ids=None). Modes that leave a modality out (a, v) leave
-            # its projectors out of the graph; modes that read both between them (av,a,v; a,v) use every tensor,
-            # and looking for unused ones would cost a walk of the graph each step (and a warning from DDP).
-            self.ddp = DistributedDataParallel(self.ddp, device_ids=None, broadcast_buffers=False,
-                                               find_unused_parameters=cfg.data_mode != "av")
+            # Inputs are moved to the device here (device_ids=None). A run whose modes leave a modality out (a, v)
+            # never reads that modality's projectors: DDP is told to leave them alone, rather than to look for unused
+            # tensors, which walks the graph at every step.
+            unread = [name for name, _ in self.ddp.named_parameters()
+                      if any(name.startswith(f"model.{m}.") for m in ("audio", "video") if m[0] not in cfg.data_mode)]
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.ddp, unread)
+            self.ddp = DistributedDataParallel(self.ddp, device_ids=None, broadcast_buffers=False)
         counts = self.model.parameter_counts()
         self.say(f"training {counts['trainable']:,} parameters ({cfg.model} backbones, rates "
                  f"{'; '.join(f'{a},{v}' for a, v in cfg.rates)}) on {self.device} x {self.world}; "
