@@ -40,6 +40,7 @@ import numpy as np
 
 from .files import atomic_write_all, interrupt_after, text_writer
 from .noise import LoopedNoise, mix_at_snr
+from .outputs import counted
 from .options import MAX_BEAM
 from .report import Report
 from .scoring import NORMALISATION, WordErrors, score, wer_percent
@@ -262,7 +263,7 @@ class Evaluation:
         widths = [max(len(row[k]) for row in rows) for k in range(len(head))]
         lines = ["  ".join(v.ljust(w) if k == 0 else v.rjust(w) for k, (v, w) in enumerate(zip(row, widths)))
                  for row in rows]
-        title = f"WER % ({self.job.mode}, {self.evaluated} utterance{'s' * (self.evaluated != 1)})"
+        title = f"WER % ({self.job.mode}, {counted(self.evaluated, 'utterance')})"
         return "\n".join([title, *lines])
 
     def to_dict(self) -> dict:

@@ -32,6 +32,7 @@ from typing import Callable, Iterator
 from .downloads import (PART_SUFFIX, SHA256_SUFFIX, CacheWriteError, ChecksumError, HubError, MissingModelError,
                         UnusableModelError, download_lock, ensure_writable, fetch_url, no_network_error,
                         recorded_sha256, reraise_os_error, sha256_of, verify_file)
+from .outputs import counted
 
 HUB_DIR = "hub"  # huggingface_hub cache_dir, relative to the mome home
 AVHUBERT_DIR = "avhubert"
@@ -699,7 +700,7 @@ def cache_listing(home: Path | None = None, names: list[str] | None = None, revi
     rows = []
     for folder in sorted(p for p in (home / "cache").glob("*") if p.is_dir()):  # clips, features, train-clips
         files = sum(1 for f in folder.rglob("*") if f.is_file())
-        rows.append((f"cache/{folder.name}", f"{files} file{'s' * (files != 1)}", human_size(_folder_size(folder)),
+        rows.append((f"cache/{folder.name}", counted(files, "file"), human_size(_folder_size(folder)),
                      str(folder)))
     lines += _table(rows) if rows else ["  (none)"]
     lines += ["", "Presets:"]

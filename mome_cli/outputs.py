@@ -35,6 +35,11 @@ BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u206
 ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """"1 utterance", "2 utterances" ("1 batch", "2 batches" with plural="batches"): a number and its noun."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def one_line(text) -> str:
     """text (a file's name, a message naming one) as one line that a terminal shows as it is: control characters
     (a tab, a newline, ESC: a file may be named with them) escaped as \\t, \\n, \\r, \\xNN, and line separators,
@@ -222,5 +227,6 @@ def write_outputs(transcript: Transcript, out_dir: Path, stem: Path, formats: li
     return paths
 
 
-__all__ = ["VIDEO_EXTENSIONS", "AUDIO_EXTENSIONS", "MEDIA_EXTENSIONS", "FORMATS", "one_line", "clean_text", "Input",
-           "Transcript", "collect_inputs", "output_stems", "output_path", "timestamp", "render", "read_text", "write_outputs"]
+__all__ = ["VIDEO_EXTENSIONS", "AUDIO_EXTENSIONS", "MEDIA_EXTENSIONS", "FORMATS", "counted", "one_line", "clean_text",
+           "Input", "Transcript", "collect_inputs", "output_stems", "output_path", "timestamp", "render", "read_text",
+           "write_outputs"]

@@ -33,14 +33,10 @@ from .data import DataError, UtteranceError, frame_batches, load_manifest, split
 from .files import atomic_write
 from .media import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, MediaError
 from .model import Features
+from .outputs import counted
 from .noise import add_babble
 from .preprocess import PREPROCESS_VERSION
 from .train_config import TrainConfig
-
-
-def counted(n: int, noun: str, plural: str | None = None) -> str:
-    """"1 utterance", "2 utterances" ("1 batch", "2 batches" with plural="batches"): a number and its noun."""
-    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def _stamp(backbone: str) -> list:
@@ -422,4 +418,4 @@ class TrainingData:
 
 
 __all__ = ["TrainingData", "FeatureStore", "ClipStore", "load_clip", "clip_frames", "time_mask", "random_crop",
-           "collate", "split_features", "counted"]
+           "collate", "split_features"]

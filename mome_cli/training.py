@@ -56,11 +56,11 @@ from .checkpoint import CONFIG_NAME as CHECKPOINT_CONFIG, CheckpointError, read_
 from .configuration import ModelConfig
 from .files import atomic_write, atomic_write_text, remove_folders, writable_folder
 from .hub import human_size, mome_home
-from .outputs import one_line
+from .outputs import counted, one_line
 from .recognizer import build_recognizer, cached_commit
 from .train_config import (CONFIG_NAME, LOCK_NAME, LOG_NAME, SNAPSHOTS, STATE_NAME, ConfigError, TrainConfig,
                            save_leftover)
-from .train_data import TrainingData, counted
+from .train_data import TrainingData
 
 STATE_FORMAT = 1  # bumped when trainer_state.pt changes layout
 DIGEST_ENV = "MOME_TRAIN_DIGEST_DIR"

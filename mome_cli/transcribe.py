@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .outputs import FORMATS, Input, clean_text, one_line, output_path, output_stems, read_text, write_outputs
+from .outputs import FORMATS, Input, clean_text, counted, one_line, output_path, output_stems, read_text, write_outputs
 from .report import Report
 
 
@@ -169,13 +169,13 @@ def run(job: TranscribeJob, preprocess_options, recognize_options, log, progress
                 continue
             started = time.perf_counter()
             transcripts = recognizer.transcribe_many([clip for *_, clip in ready], recognize_options)
-            detail(1, f"{'1 file' if len(ready) == 1 else f'{len(ready)} files'} transcribed"
+            detail(1, f"{counted(len(ready), 'file')} transcribed"
                       f"{' together' * (len(ready) > 1)} in {time.perf_counter() - started:.2f} s")
             for (item, stem, formats, _), transcript in zip(ready, transcripts):
                 for warning in transcript.warnings:  # the clip's and decoding's, once it is transcribed
                     log(f"warning: {item.path}: {warning}")
                 detail(1, f"{item.path}: mode {transcript.mode}, rate {','.join(map(str, transcript.rate))}, "
-                          f"{len(transcript.segments)} segment{'s' * (len(transcript.segments) != 1)}")
+                          f"{counted(len(transcript.segments), 'segment')}")
                 for segment in transcript.segments:
                     detail(2, f"  [{segment['start']:.2f} -> {segment['end']:.2f}] {segment['text']}")
                 try:

@@ -23,7 +23,8 @@ from mome_cli.data import load_manifest
 from mome_cli.preprocess import Preprocessor, PreprocessOptions
 from mome_cli.noise import add_babble
 from mome_cli.train_config import ConfigError, TrainConfig, resolve_config
-from mome_cli.train_data import counted, load_clip, random_crop, time_mask
+from mome_cli.outputs import counted
+from mome_cli.train_data import load_clip, random_crop, time_mask
 from mome_cli.training import tensor_digest
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
